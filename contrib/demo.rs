@@ -1,0 +1,103 @@
+//! The demo behind README's first command (`contrib/demo`): boots the
+//! testbed, builds the sample images from images/, and shows wharf's flows
+//! in it, printing each command and its output. Any failing step stops the
+//! demo with a non-zero exit status.
+
+#[path = "../tests/testbed/mod.rs"]
+mod testbed;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use testbed::{BootOptions, Release, Testbed, images};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => {
+            println!("\n==> the demo ran every step");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\ndemo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bin_dir() -> Result<PathBuf, String> {
+    // target/<profile>/examples/demo -> target/<profile>, where cargo put the binaries.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    exe.parent()
+        .and_then(|examples| examples.parent())
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("cannot tell the binary directory from {}", exe.display()))
+}
+
+fn run() -> Result<(), String> {
+    let release = Release::from_env().map_err(|e| e.to_string())?;
+    let bin_dir = bin_dir()?;
+    for bin in ["portable", "machine", "wharfd"] {
+        if !bin_dir.join(bin).is_file() {
+            return Err(format!(
+                "{bin} is not built in {}: run contrib/demo",
+                bin_dir.display()
+            ));
+        }
+    }
+
+    heading(&format!(
+        "booting the testbed: Debian {} with systemd as PID 1, in a container",
+        release.name()
+    ));
+    let tb = Testbed::boot(&BootOptions {
+        release,
+        bin_dir,
+        label: "demo".into(),
+    })
+    .map_err(|e| e.to_string())?;
+    show(&tb, "systemctl --version | head -1")?;
+    show(&tb, "systemctl is-system-running")?;
+
+    heading("building the sample images from images/");
+    let pool = tb.host_path("/var/lib/portables");
+    std::fs::create_dir_all(&pool).map_err(|e| e.to_string())?;
+    images::foobar(&pool.join("foobar.raw"), "squashfs", "1").map_err(|e| e.to_string())?;
+    println!("images/foobar/build /var/lib/portables/foobar.raw squashfs");
+
+    heading("wharfd is started by the first D-Bus call");
+    show(&tb, "systemctl is-active wharfd.service || true")?;
+    show(&tb, "portable list")?;
+    show(&tb, "systemctl is-active wharfd.service")?;
+
+    heading("read-only needs root; anyone may look");
+    show(&tb, "portable read-only foobar.raw && portable list")?;
+    show(
+        &tb,
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups portable read-only foobar.raw no || true",
+    )?;
+    show(
+        &tb,
+        "portable read-only foobar.raw no && portable list --json=pretty",
+    )?;
+
+    heading("powering the testbed off");
+    tb.poweroff().map_err(|e| e.to_string())
+}
+
+fn heading(text: &str) {
+    println!("\n==> {text}");
+}
+
+/// Prints a command as typed in the testbed, runs it, prints its output;
+/// a failure ends the demo.
+fn show(tb: &Testbed, command: &str) -> Result<(), String> {
+    println!("# {command}");
+    let out = tb.sh(command);
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!("`{command}` exited with {:?}", out.code))
+    }
+}

@@ -1,0 +1,119 @@
+//! The D-Bus contract between `wharfd` and its clients.
+//!
+//! Everything that crosses the bus is declared here once: the bus name and
+//! object path, the records exchanged (each is both a D-Bus struct and, through
+//! serde, the `--json` output of the CLI), the operation flags, and the client
+//! proxies. `dbus/org.wharf1.xml` documents the same interfaces for people and
+//! is checked against the live daemon by the integration tests.
+
+use serde::{Deserialize, Serialize};
+use zbus::Type;
+
+/// Well-known name wharfd owns on the system bus.
+pub const BUS_NAME: &str = "org.wharf1";
+/// The one object wharfd serves; each domain is an interface on it.
+pub const OBJECT_PATH: &str = "/org/wharf1";
+
+/// One image in a portable or machine image pool, as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImageEntry {
+    /// File or directory name, e.g. `foobar_1.2.raw`.
+    pub name: String,
+    /// Absolute path on the host.
+    pub path: String,
+    /// What the image is: see [`crate::image::ImageKind`].
+    pub kind: String,
+    /// Attachment state (portables) or run state (machines).
+    pub state: String,
+    pub read_only: bool,
+    /// Bytes on disk (0 for directories, which are not summed).
+    pub size: u64,
+    /// Last modification, microseconds since the epoch.
+    pub modified_usec: u64,
+}
+
+/// Flags of the state-changing portable calls, as one `t` on the bus.
+pub mod flags {
+    /// Attach below /run (gone at reboot) instead of /etc.
+    pub const RUNTIME: u64 = 1 << 0;
+    /// Overwrite host units that wharf did not write for this image.
+    pub const FORCE: u64 = 1 << 1;
+    /// Enable the units (attach) or disable them (detach).
+    pub const ENABLE: u64 = 1 << 2;
+    /// Start the units after attach, or stop them before detach.
+    pub const NOW: u64 = 1 << 3;
+    /// Do not wait for start/stop jobs to finish.
+    pub const NO_BLOCK: u64 = 1 << 4;
+    /// Every flag this version understands; others are refused.
+    pub const ALL: u64 = RUNTIME | FORCE | ENABLE | NOW | NO_BLOCK;
+}
+
+/// Client side of `org.wharf1.Manager`: the daemon itself.
+#[zbus::proxy(
+    interface = "org.wharf1.Manager",
+    default_service = "org.wharf1",
+    default_path = "/org/wharf1"
+)]
+pub trait Manager {
+    /// wharfd's version, so a client can tell it talks to the daemon it was built with.
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+}
+
+/// Client side of `org.wharf1.Portable`.
+#[zbus::proxy(
+    interface = "org.wharf1.Portable",
+    default_service = "org.wharf1",
+    default_path = "/org/wharf1"
+)]
+pub trait Portable {
+    /// Every image in the portable search path, with its attachment state.
+    fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
+    /// Marks an image read-only, or writable again.
+    fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
+}
+
+/// Errors wharfd returns, as `org.wharf1.Error.*`. The description is always
+/// one line that names the object and the reason; clients print it as is.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.wharf1.Error", impl_display = false)]
+pub enum BusError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The caller may not do this (only root may change state).
+    AccessDenied(String),
+    /// No image by that name or path.
+    NoSuchImage(String),
+    /// The image exists but cannot be used: unreadable, corrupt, incomplete.
+    BadImage(String),
+    /// An argument is malformed (profile, prefix, flag, name).
+    InvalidArgument(String),
+    /// The operation would clobber something wharf does not own.
+    Conflict(String),
+    /// The object is in use (running unit, attached image).
+    Busy(String),
+    /// Anything else, with its reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for BusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusError::ZBus(e) => write!(f, "{e}"),
+            other => f.write_str(zbus::DBusError::description(other).unwrap_or("unknown error")),
+        }
+    }
+}
+
+/// Client side of `org.wharf1.Machine`.
+#[zbus::proxy(
+    interface = "org.wharf1.Machine",
+    default_service = "org.wharf1",
+    default_path = "/org/wharf1"
+)]
+pub trait Machine {
+    /// Every image in the machine search path, running or stopped.
+    fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
+    /// Marks an image read-only, or writable again.
+    fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
+}

@@ -1,0 +1,31 @@
+//! wharfd, the privileged half of wharf, started by D-Bus activation.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The wharf daemon: serves org.wharf1 on the system bus.
+#[derive(Debug, Parser)]
+#[command(name = "wharfd", version, about)]
+struct Args {
+    /// Exit after this many seconds without a call (0: never).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    idle_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    wharf::logging::init_daemon();
+    let options = wharf::daemon::Options {
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+    };
+    match wharf::daemon::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("wharfd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The command lines of `portable` and `machine`: argument parsing, calls to
+//! wharfd over D-Bus, and output for people (tables) or scripts (`--json`).
+
+pub mod machine;
+pub mod output;
+pub mod portable;
+
+use std::process::ExitCode;
+
+use crate::api::BusError;
+
+/// What a command-line tool can fail with; each prints as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot connect to the system bus: {0}")]
+    Connect(#[source] zbus::Error),
+    /// An error wharfd returned: its description already names the object and the reason.
+    #[error("{0}")]
+    Daemon(BusError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl From<zbus::Error> for CliError {
+    fn from(error: zbus::Error) -> Self {
+        CliError::Daemon(BusError::from(error))
+    }
+}
+
+impl From<BusError> for CliError {
+    fn from(error: BusError) -> Self {
+        CliError::Daemon(error)
+    }
+}
+
+/// Exit status for errors; 0 and the per-command codes are the commands' own.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Runs a tool's async body and turns its outcome into an exit status,
+/// printing a failure as `tool: message`.
+pub fn run_tool<F>(tool: &str, body: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<ExitCode, CliError>>,
+{
+    match zbus::block_on(body) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("{tool}: {}", one_line(&error.to_string()));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Errors are promised to be one line; a description from elsewhere (a
+/// kernel message, a D-Bus peer) is folded to keep that promise.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub(crate) async fn system_bus() -> Result<zbus::Connection, CliError> {
+    zbus::Connection::system().await.map_err(CliError::Connect)
+}
+
+/// The working directory, against which relative image paths are resolved.
+pub(crate) fn current_dir() -> Result<std::path::PathBuf, CliError> {
+    std::env::current_dir()
+        .map_err(|e| CliError::Usage(format!("cannot read the working directory: {e}")))
+}
+
+/// Booleans as systemd spells them.
+pub(crate) fn parse_bool(word: &str) -> Result<bool, String> {
+    match word.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
+        "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
+        _ => Err(format!(
+            "'{word}' is not a boolean (yes/no, true/false, on/off, 1/0)"
+        )),
+    }
+}
+
+/// What `read-only` reports with `--json`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ReadOnlyResult {
+    pub image: String,
+    pub read_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_parse_like_systemd() {
+        for yes in ["1", "yes", "Y", "true", "on"] {
+            assert_eq!(parse_bool(yes), Ok(true));
+        }
+        for no in ["0", "no", "false", "OFF", "n"] {
+            assert_eq!(parse_bool(no), Ok(false));
+        }
+        assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn errors_are_folded_to_one_line() {
+        assert_eq!(one_line("a\n  b\tc "), "a b c");
+    }
+}

@@ -1,0 +1,163 @@
+//! Output for people and for scripts. Every command can print its result as
+//! one JSON document (`--json`), and otherwise as text or an aligned table.
+
+use std::io::Write;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use super::CliError;
+use crate::api::ImageEntry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JsonStyle {
+    /// One line.
+    Short,
+    /// Indented.
+    Pretty,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json(JsonStyle),
+}
+
+impl Format {
+    pub fn new(json: Option<JsonStyle>) -> Format {
+        json.map_or(Format::Human, Format::Json)
+    }
+
+    pub fn is_json(self) -> bool {
+        matches!(self, Format::Json(_))
+    }
+
+    /// Prints `value` as JSON if asked for, else calls `human` to print it.
+    pub fn emit<T: Serialize>(
+        self,
+        value: &T,
+        human: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
+        let text = match self {
+            Format::Json(JsonStyle::Short) => {
+                serde_json::to_string(value).map_err(|e| CliError::Output(e.into()))?
+            }
+            Format::Json(JsonStyle::Pretty) => {
+                serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.into()))?
+            }
+            Format::Human => human(value),
+        };
+        let mut stdout = std::io::stdout().lock();
+        if text.is_empty() {
+            return Ok(());
+        }
+        writeln!(stdout, "{}", text.trim_end_matches('\n')).map_err(CliError::Output)
+    }
+}
+
+/// Lays out rows under headers, each column as wide as its widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$} "));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// The image table of `portable list` and `machine list-images`.
+pub fn images_table(images: &[ImageEntry], with_path: bool) -> String {
+    if images.is_empty() {
+        return "No images.".to_string();
+    }
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|image| {
+            let mut row = vec![
+                image.name.clone(),
+                image.kind.clone(),
+                if image.read_only { "yes" } else { "no" }.to_string(),
+                if image.size > 0 {
+                    human_size(image.size)
+                } else {
+                    "-".to_string()
+                },
+                image.state.clone(),
+            ];
+            if with_path {
+                row.push(image.path.clone());
+            }
+            row
+        })
+        .collect();
+    let headers = ["NAME", "KIND", "RO", "SIZE", "STATE", "PATH"];
+    table(&headers[..if with_path { 6 } else { 5 }], &rows)
+}
+
+/// Sizes as people read them: 1.5K, 230.0M, 2.1G.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec![
+                "foobar.raw".to_string(),
+                "squashfs".to_string(),
+                "attached".to_string(),
+            ],
+            vec![
+                "x".to_string(),
+                "directory".to_string(),
+                "detached".to_string(),
+            ],
+        ];
+        assert_eq!(
+            table(&["NAME", "KIND", "STATE"], &rows),
+            "NAME       KIND      STATE\nfoobar.raw squashfs  attached\nx          directory detached"
+        );
+    }
+
+    #[test]
+    fn sizes_are_short() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(1023), "1023B");
+        assert_eq!(human_size(1536), "1.5K");
+        assert_eq!(human_size(5 * 1024 * 1024 * 1024), "5.0G");
+    }
+}

@@ -1,0 +1,126 @@
+//! wharfd: the D-Bus activated system service that does all of wharf's
+//! privileged work. It serves `org.wharf1` on the system bus and exits once it
+//! has been idle for a while; the bus starts it again on the next call.
+
+mod auth;
+mod machine;
+mod manager;
+mod portable;
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::future::{Either, select};
+
+use crate::api::{BUS_NAME, BusError, OBJECT_PATH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot serve {BUS_NAME} on the system bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Exit after this long without a call; `None` runs until killed.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// State shared by all interfaces of the daemon.
+#[derive(Debug, Default)]
+pub(crate) struct Daemon {
+    /// Calls in progress; the daemon never exits while one runs.
+    busy: AtomicUsize,
+}
+
+/// Marks the daemon busy for as long as it lives.
+pub(crate) struct BusyGuard(Arc<Daemon>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Daemon {
+    pub(crate) fn busy(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        BusyGuard(self.clone())
+    }
+
+    /// Runs blocking work (file system walks, image reads, writes) on a
+    /// thread pool, keeping the bus responsive and the daemon marked busy.
+    pub(crate) async fn blocking<T, F>(self: &Arc<Self>, work: F) -> T
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let _busy = self.busy();
+        zruntime::unblock(work).await
+    }
+}
+
+/// Serves the bus until idle (or forever without an idle timeout).
+pub fn run(options: Options) -> Result<(), Error> {
+    zbus::block_on(serve(options))
+}
+
+async fn serve(options: Options) -> Result<(), Error> {
+    let daemon = Arc::new(Daemon::default());
+    let connection = zbus::connection::Builder::system()
+        .serve_at(OBJECT_PATH, manager::ManagerInterface)
+        .serve_at(
+            OBJECT_PATH,
+            portable::PortableInterface::new(daemon.clone()),
+        )
+        .serve_at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone()))
+        .name(BUS_NAME)
+        .build()
+        .await?;
+    tracing::info!("serving {BUS_NAME}");
+
+    let Some(idle_timeout) = options.idle_timeout else {
+        std::future::pending::<()>().await;
+        unreachable!("pending never completes");
+    };
+    let runtime = zruntime::SharedRuntime::current().map_err(Error::Runtime)?;
+    loop {
+        let activity = connection.monitor_activity();
+        match select(pin!(activity), pin!(runtime.sleep(idle_timeout))).await {
+            Either::Left(_) => continue,
+            Either::Right(_) if daemon.busy.load(Ordering::SeqCst) > 0 => continue,
+            Either::Right(_) => break,
+        }
+    }
+    // Give the name up first, so a call arriving now activates a new wharfd
+    // instead of reaching one that is leaving.
+    tracing::info!("idle for {idle_timeout:?}, exiting");
+    connection.release_name(BUS_NAME).await?;
+    connection.graceful_shutdown().await;
+    Ok(())
+}
+
+/// Turns a library error into the one-line D-Bus error a client prints.
+pub(crate) fn failed(error: impl std::fmt::Display) -> BusError {
+    BusError::Failed(error.to_string())
+}
+
+impl From<crate::image::Error> for BusError {
+    fn from(error: crate::image::Error) -> Self {
+        use crate::image::Error as E;
+        let message = error.to_string();
+        match error {
+            E::NotFound(..) => BusError::NoSuchImage(message),
+            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                BusError::NoSuchImage(message)
+            }
+            E::NotAnImage(_) => BusError::BadImage(message),
+            E::Name(_) => BusError::InvalidArgument(message),
+            E::Io { .. } => BusError::Failed(message),
+        }
+    }
+}
