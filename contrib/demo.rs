@@ -38,23 +38,12 @@ fn run() -> Result<(), String> {
     let bin_dir = bin_dir()?;
     for bin in ["portable", "machine", "wharfd"] {
         if !bin_dir.join(bin).is_file() {
-            return Err(format!(
-                "{bin} is not built in {}: run contrib/demo",
-                bin_dir.display()
-            ));
+            return Err(format!("{bin} is not built in {}: run contrib/demo", bin_dir.display()));
         }
     }
 
-    heading(&format!(
-        "booting the testbed: Debian {} with systemd as PID 1, in a container",
-        release.name()
-    ));
-    let tb = Testbed::boot(&BootOptions {
-        release,
-        bin_dir,
-        label: "demo".into(),
-    })
-    .map_err(|e| e.to_string())?;
+    heading(&format!("booting the testbed: Debian {} with systemd as PID 1, in a container", release.name()));
+    let tb = Testbed::boot(&BootOptions { release, bin_dir, label: "demo".into() }).map_err(|e| e.to_string())?;
     show(&tb, "systemctl --version | head -1")?;
     show(&tb, "systemctl is-system-running")?;
 
@@ -71,14 +60,8 @@ fn run() -> Result<(), String> {
 
     heading("read-only needs root; anyone may look");
     show(&tb, "portable read-only foobar.raw && portable list")?;
-    show(
-        &tb,
-        "setpriv --reuid=nobody --regid=nogroup --clear-groups portable read-only foobar.raw no || true",
-    )?;
-    show(
-        &tb,
-        "portable read-only foobar.raw no && portable list --json=pretty",
-    )?;
+    show(&tb, "setpriv --reuid=nobody --regid=nogroup --clear-groups portable read-only foobar.raw no || true")?;
+    show(&tb, "portable read-only foobar.raw no && portable list --json=pretty")?;
 
     heading("powering the testbed off");
     tb.poweroff().map_err(|e| e.to_string())
@@ -95,9 +78,5 @@ fn show(tb: &Testbed, command: &str) -> Result<(), String> {
     let out = tb.sh(command);
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
-    if out.success() {
-        Ok(())
-    } else {
-        Err(format!("`{command}` exited with {:?}", out.code))
-    }
+    if out.success() { Ok(()) } else { Err(format!("`{command}` exited with {:?}", out.code)) }
 }

@@ -32,6 +32,85 @@ pub struct ImageEntry {
     pub modified_usec: u64,
 }
 
+/// What `inspect` reports about an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImageInfo {
+    pub name: String,
+    pub path: String,
+    pub kind: String,
+    /// How the daemon read it: a user-space reader or a mount.
+    pub access: String,
+    /// os-release fields in file order.
+    pub os_release: Vec<(String, String)>,
+    /// The prefixes unit files were matched against.
+    pub prefixes: Vec<String>,
+    pub units: Vec<UnitInfo>,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// A unit file of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct UnitInfo {
+    pub name: String,
+    /// Where it is inside the image.
+    pub path: String,
+    /// Its text, when asked for (`--cat`); else empty.
+    pub contents: String,
+}
+
+/// A partition of a GPT disk image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PartitionInfo {
+    /// `root`, `usr`, `root-verity`, `root-verity-sig`, ..., or `other`.
+    pub role: String,
+    /// Architecture of the partition type; empty when it has none.
+    pub architecture: String,
+    pub type_uuid: String,
+    pub uuid: String,
+    pub label: String,
+    pub offset: u64,
+    pub size: u64,
+    /// Whether this is the partition wharf reads the tree from.
+    pub used: bool,
+}
+
+impl ImageInfo {
+    /// The record for an inspection; unit texts only when `cat`.
+    pub fn from_inspection(inspection: crate::image::Inspection, cat: bool) -> ImageInfo {
+        ImageInfo {
+            name: inspection.name,
+            path: inspection.path.display().to_string(),
+            kind: inspection.kind.to_string(),
+            access: inspection.access,
+            os_release: inspection.os_release.0,
+            prefixes: inspection.prefixes,
+            units: inspection
+                .units
+                .into_iter()
+                .map(|unit| UnitInfo {
+                    name: unit.name,
+                    path: unit.path,
+                    contents: if cat { unit.contents } else { String::new() },
+                })
+                .collect(),
+            partitions: inspection
+                .partitions
+                .into_iter()
+                .map(|p| PartitionInfo {
+                    role: p.role,
+                    architecture: p.architecture.unwrap_or_default(),
+                    type_uuid: p.type_uuid,
+                    uuid: p.uuid,
+                    label: p.label,
+                    offset: p.offset,
+                    size: p.size,
+                    used: p.used,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Flags of the state-changing portable calls, as one `t` on the bus.
 pub mod flags {
     /// Attach below /run (gone at reboot) instead of /etc.
@@ -49,11 +128,7 @@ pub mod flags {
 }
 
 /// Client side of `org.wharf1.Manager`: the daemon itself.
-#[zbus::proxy(
-    interface = "org.wharf1.Manager",
-    default_service = "org.wharf1",
-    default_path = "/org/wharf1"
-)]
+#[zbus::proxy(interface = "org.wharf1.Manager", default_service = "org.wharf1", default_path = "/org/wharf1")]
 pub trait Manager {
     /// wharfd's version, so a client can tell it talks to the daemon it was built with.
     #[zbus(property)]
@@ -61,16 +136,15 @@ pub trait Manager {
 }
 
 /// Client side of `org.wharf1.Portable`.
-#[zbus::proxy(
-    interface = "org.wharf1.Portable",
-    default_service = "org.wharf1",
-    default_path = "/org/wharf1"
-)]
+#[zbus::proxy(interface = "org.wharf1.Portable", default_service = "org.wharf1", default_path = "/org/wharf1")]
 pub trait Portable {
     /// Every image in the portable search path, with its attachment state.
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
     /// Marks an image read-only, or writable again.
     fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
+    /// Inspects an image the caller opened and passes as `fd`; `image` is its
+    /// path, for messages. Unit texts are included when `cat` is true.
+    fn inspect_image(&self, image: &str, fd: zbus::Fd<'_>, prefixes: &[String], cat: bool) -> zbus::Result<ImageInfo>;
 }
 
 /// Errors wharfd returns, as `org.wharf1.Error.*`. The description is always
@@ -106,11 +180,7 @@ impl std::fmt::Display for BusError {
 }
 
 /// Client side of `org.wharf1.Machine`.
-#[zbus::proxy(
-    interface = "org.wharf1.Machine",
-    default_service = "org.wharf1",
-    default_path = "/org/wharf1"
-)]
+#[zbus::proxy(interface = "org.wharf1.Machine", default_service = "org.wharf1", default_path = "/org/wharf1")]
 pub trait Machine {
     /// Every image in the machine search path, running or stopped.
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;

@@ -15,7 +15,7 @@ use crate::image::Pool;
 #[command(name = "machine", version, about, long_about = None)]
 pub struct Cli {
     /// Print results as one JSON document.
-    #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, default_missing_value = "short")]
+    #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
     pub json: Option<JsonStyle>,
     /// Log what is done, to stderr.
     #[arg(short, long, global = true)]

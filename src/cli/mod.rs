@@ -65,8 +65,7 @@ pub(crate) async fn system_bus() -> Result<zbus::Connection, CliError> {
 
 /// The working directory, against which relative image paths are resolved.
 pub(crate) fn current_dir() -> Result<std::path::PathBuf, CliError> {
-    std::env::current_dir()
-        .map_err(|e| CliError::Usage(format!("cannot read the working directory: {e}")))
+    std::env::current_dir().map_err(|e| CliError::Usage(format!("cannot read the working directory: {e}")))
 }
 
 /// Booleans as systemd spells them.
@@ -74,9 +73,7 @@ pub(crate) fn parse_bool(word: &str) -> Result<bool, String> {
     match word.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
         "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
-        _ => Err(format!(
-            "'{word}' is not a boolean (yes/no, true/false, on/off, 1/0)"
-        )),
+        _ => Err(format!("'{word}' is not a boolean (yes/no, true/false, on/off, 1/0)")),
     }
 }
 

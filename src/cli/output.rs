@@ -34,15 +34,9 @@ impl Format {
     }
 
     /// Prints `value` as JSON if asked for, else calls `human` to print it.
-    pub fn emit<T: Serialize>(
-        self,
-        value: &T,
-        human: impl FnOnce(&T) -> String,
-    ) -> Result<(), CliError> {
+    pub fn emit<T: Serialize>(self, value: &T, human: impl FnOnce(&T) -> String) -> Result<(), CliError> {
         let text = match self {
-            Format::Json(JsonStyle::Short) => {
-                serde_json::to_string(value).map_err(|e| CliError::Output(e.into()))?
-            }
+            Format::Json(JsonStyle::Short) => serde_json::to_string(value).map_err(|e| CliError::Output(e.into()))?,
             Format::Json(JsonStyle::Pretty) => {
                 serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.into()))?
             }
@@ -96,11 +90,7 @@ pub fn images_table(images: &[ImageEntry], with_path: bool) -> String {
                 image.name.clone(),
                 image.kind.clone(),
                 if image.read_only { "yes" } else { "no" }.to_string(),
-                if image.size > 0 {
-                    human_size(image.size)
-                } else {
-                    "-".to_string()
-                },
+                if image.size > 0 { human_size(image.size) } else { "-".to_string() },
                 image.state.clone(),
             ];
             if with_path {
@@ -122,11 +112,7 @@ pub fn human_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes}B") } else { format!("{value:.1}{}", UNITS[unit]) }
 }
 
 #[cfg(test)]
@@ -136,16 +122,8 @@ mod tests {
     #[test]
     fn table_aligns_columns() {
         let rows = vec![
-            vec![
-                "foobar.raw".to_string(),
-                "squashfs".to_string(),
-                "attached".to_string(),
-            ],
-            vec![
-                "x".to_string(),
-                "directory".to_string(),
-                "detached".to_string(),
-            ],
+            vec!["foobar.raw".to_string(), "squashfs".to_string(), "attached".to_string()],
+            vec!["x".to_string(), "directory".to_string(), "detached".to_string()],
         ];
         assert_eq!(
             table(&["NAME", "KIND", "STATE"], &rows),

@@ -27,25 +27,13 @@ impl MachineInterface {
 impl MachineInterface {
     /// Every image in the machine search path; `running` when machined has a
     /// machine of the image's name.
-    async fn list_images(
-        &self,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<Vec<ImageEntry>, BusError> {
+    async fn list_images(&self, #[zbus(connection)] connection: &Connection) -> Result<Vec<ImageEntry>, BusError> {
         let running = running_machines(connection).await?;
-        let entries = self
-            .daemon
-            .blocking(|| Pool::machines().list())
-            .await
-            .map_err(failed)?;
+        let entries = self.daemon.blocking(|| Pool::machines().list()).await.map_err(failed)?;
         Ok(entries
             .into_iter()
             .map(|entry| ImageEntry {
-                state: if running.contains(entry.name.stem()) {
-                    "running"
-                } else {
-                    "stopped"
-                }
-                .to_string(),
+                state: if running.contains(entry.name.stem()) { "running" } else { "stopped" }.to_string(),
                 name: entry.name.to_string(),
                 path: entry.path.display().to_string(),
                 kind: entry.kind.to_string(),
@@ -65,18 +53,13 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
         require_root(connection, &header, "marking an image read-only").await?;
-        self.daemon
-            .blocking(move || mark_read_only(&Pool::machines(), &image, read_only))
-            .await
+        self.daemon.blocking(move || mark_read_only(&Pool::machines(), &image, read_only)).await
     }
 }
 
 /// Names of the machines systemd-machined knows, whoever started them.
 async fn running_machines(connection: &Connection) -> Result<HashSet<String>, BusError> {
     let machined = zbus_systemd::machine1::ManagerProxy::new(connection).await?;
-    let machines = machined
-        .list_machines()
-        .await
-        .map_err(|e| failed(format!("cannot list machines: {e}")))?;
+    let machines = machined.list_machines().await.map_err(|e| failed(format!("cannot list machines: {e}")))?;
     Ok(machines.into_iter().map(|(name, ..)| name).collect())
 }

@@ -73,10 +73,7 @@ async fn serve(options: Options) -> Result<(), Error> {
     let daemon = Arc::new(Daemon::default());
     let connection = zbus::connection::Builder::system()
         .serve_at(OBJECT_PATH, manager::ManagerInterface)
-        .serve_at(
-            OBJECT_PATH,
-            portable::PortableInterface::new(daemon.clone()),
-        )
+        .serve_at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone()))
         .serve_at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone()))
         .name(BUS_NAME)
         .build()
@@ -115,11 +112,14 @@ impl From<crate::image::Error> for BusError {
         let message = error.to_string();
         match error {
             E::NotFound(..) => BusError::NoSuchImage(message),
-            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                BusError::NoSuchImage(message)
-            }
-            E::NotAnImage(_) => BusError::BadImage(message),
-            E::Name(_) => BusError::InvalidArgument(message),
+            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => BusError::NoSuchImage(message),
+            E::Name(_) | E::PrefixNotAllowed { .. } => BusError::InvalidArgument(message),
+            E::NotAnImage(_)
+            | E::Unsupported { .. }
+            | E::Read { .. }
+            | E::Corrupt { .. }
+            | E::NoOsRelease(_)
+            | E::Unit { .. } => BusError::BadImage(message),
             E::Io { .. } => BusError::Failed(message),
         }
     }

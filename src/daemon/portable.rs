@@ -8,7 +8,7 @@ use zbus::message::Header;
 
 use super::auth::require_root;
 use super::{Daemon, failed};
-use crate::api::{BusError, ImageEntry};
+use crate::api::{BusError, ImageEntry, ImageInfo};
 use crate::image::{Pool, readonly};
 use crate::portable::Attachments;
 
@@ -30,6 +30,24 @@ impl PortableInterface {
         self.daemon.blocking(list_images).await
     }
 
+    /// Inspects an image the caller opened (so wharfd reads only what the
+    /// caller may read) and passes as `fd`; `image` names it in the result.
+    async fn inspect_image(
+        &self,
+        image: String,
+        fd: zbus::OwnedFd,
+        prefixes: Vec<String>,
+        cat: bool,
+    ) -> Result<ImageInfo, BusError> {
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+        self.daemon
+            .blocking(move || {
+                let inspection = crate::image::inspect::inspect_open(Path::new(&image), file, &prefixes)?;
+                Ok(ImageInfo::from_inspection(inspection, cat))
+            })
+            .await
+    }
+
     /// Marks an image read-only (or writable again). Root only.
     async fn mark_read_only(
         &self,
@@ -39,9 +57,7 @@ impl PortableInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
         require_root(connection, &header, "marking an image read-only").await?;
-        self.daemon
-            .blocking(move || mark_read_only(&Pool::portables(), &image, read_only))
-            .await
+        self.daemon.blocking(move || mark_read_only(&Pool::portables(), &image, read_only)).await
     }
 }
 

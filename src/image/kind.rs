@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -44,8 +44,7 @@ impl ImageKind {
     /// Recognises a file image from its first bytes (at least
     /// [`MAGIC_PROBE_LEN`] of them when the file is that long).
     pub fn from_magic(head: &[u8]) -> Option<ImageKind> {
-        let at =
-            |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+        let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
         if at(0, XZ_MAGIC) {
             Some(ImageKind::Xz)
         } else if at(0, SQUASHFS_MAGIC) {
@@ -65,14 +64,31 @@ impl ImageKind {
 
     /// Looks at `path` (following a symlink to it) and says what it is.
     pub fn detect(path: &Path) -> Result<ImageKind> {
-        let meta = std::fs::metadata(path).map_err(Error::io(path))?;
+        let file = File::open(path).map_err(Error::io(path))?;
+        ImageKind::detect_open(&file, path)
+    }
+
+    /// Says what an open image is (`path` only names it in errors). Reads
+    /// with pread, so the file position is left alone.
+    pub fn detect_open(file: &File, path: &Path) -> Result<ImageKind> {
+        let meta = file.metadata().map_err(Error::io(path))?;
         if meta.is_dir() {
             return Ok(ImageKind::Directory);
         }
-        let mut head = Vec::with_capacity(MAGIC_PROBE_LEN);
-        File::open(path)
-            .and_then(|f| f.take(MAGIC_PROBE_LEN as u64).read_to_end(&mut head))
-            .map_err(Error::io(path))?;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(Error::NotAnImage(path.to_path_buf()));
+        }
+        let mut head = vec![0u8; MAGIC_PROBE_LEN];
+        let mut filled = 0;
+        while filled < head.len() {
+            match file.read_at(&mut head[filled..], filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(path)(e)),
+            }
+        }
+        head.truncate(filled);
         ImageKind::from_magic(&head).ok_or_else(|| Error::NotAnImage(path.to_path_buf()))
     }
 
@@ -111,30 +127,12 @@ mod tests {
 
     #[test]
     fn recognises_each_magic() {
-        assert_eq!(
-            ImageKind::from_magic(&with(0, XZ_MAGIC)),
-            Some(ImageKind::Xz)
-        );
-        assert_eq!(
-            ImageKind::from_magic(&with(0, SQUASHFS_MAGIC)),
-            Some(ImageKind::Squashfs)
-        );
-        assert_eq!(
-            ImageKind::from_magic(&with(512, GPT_SIGNATURE)),
-            Some(ImageKind::Gpt)
-        );
-        assert_eq!(
-            ImageKind::from_magic(&with(4096, GPT_SIGNATURE)),
-            Some(ImageKind::Gpt)
-        );
-        assert_eq!(
-            ImageKind::from_magic(&with(EXT_MAGIC_OFFSET, EXT_MAGIC)),
-            Some(ImageKind::Ext4)
-        );
-        assert_eq!(
-            ImageKind::from_magic(&with(EROFS_MAGIC_OFFSET, EROFS_MAGIC)),
-            Some(ImageKind::Erofs)
-        );
+        assert_eq!(ImageKind::from_magic(&with(0, XZ_MAGIC)), Some(ImageKind::Xz));
+        assert_eq!(ImageKind::from_magic(&with(0, SQUASHFS_MAGIC)), Some(ImageKind::Squashfs));
+        assert_eq!(ImageKind::from_magic(&with(512, GPT_SIGNATURE)), Some(ImageKind::Gpt));
+        assert_eq!(ImageKind::from_magic(&with(4096, GPT_SIGNATURE)), Some(ImageKind::Gpt));
+        assert_eq!(ImageKind::from_magic(&with(EXT_MAGIC_OFFSET, EXT_MAGIC)), Some(ImageKind::Ext4));
+        assert_eq!(ImageKind::from_magic(&with(EROFS_MAGIC_OFFSET, EROFS_MAGIC)), Some(ImageKind::Erofs));
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! Images: where they are found, what kind they are, and (in the submodules)
 //! how their contents are read without trusting them.
 
+pub mod dir;
+pub mod inspect;
 pub mod kind;
 pub mod name;
+pub mod os_release;
 pub mod pool;
 pub mod readonly;
+pub mod tree;
+pub mod units;
 
+pub use inspect::{Inspection, Opened, Partition, inspect};
 pub use kind::ImageKind;
 pub use name::{ImageName, NameError};
+pub use os_release::OsRelease;
 pub use pool::{Pool, PoolEntry};
 
 use std::path::PathBuf;
@@ -27,12 +34,37 @@ pub enum Error {
     NotAnImage(PathBuf),
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error("image '{}': {kind} images cannot be read", image.display())]
+    Unsupported { image: PathBuf, kind: ImageKind },
+    #[error("image '{}': {source}", image.display())]
+    Read {
+        image: PathBuf,
+        #[source]
+        source: tree::TreeError,
+    },
+    #[error("image '{}': corrupt {kind} image: {reason}", image.display())]
+    Corrupt { image: PathBuf, kind: ImageKind, reason: String },
+    #[error("image '{}': no os-release (looked for /etc/os-release and /usr/lib/os-release)", .0.display())]
+    NoOsRelease(PathBuf),
+    #[error("image '{}': {source}", image.display())]
+    Unit {
+        image: PathBuf,
+        #[source]
+        source: units::UnitError,
+    },
+    #[error("image '{}': prefix '{prefix}' is not among the image's PORTABLE_PREFIXES ({allowed})", image.display())]
+    PrefixNotAllowed { image: PathBuf, prefix: String, allowed: String },
 }
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    pub(crate) fn read(image: impl Into<PathBuf>) -> impl FnOnce(tree::TreeError) -> Error {
+        let image = image.into();
+        move |source| Error::Read { image, source }
     }
 }
 

@@ -67,10 +67,7 @@ impl ImageName {
 
     /// The version after the first `_`, if the name carries one.
     pub fn version(&self) -> Option<&str> {
-        self.stem()
-            .split_once('_')
-            .map(|(_, version)| version)
-            .filter(|v| !v.is_empty())
+        self.stem().split_once('_').map(|(_, version)| version).filter(|v| !v.is_empty())
     }
 }
 
@@ -90,10 +87,7 @@ pub fn validate_prefix(prefix: &str) -> Result<(), NameError> {
     if prefix.len() > 200 {
         return invalid("it is longer than 200 bytes");
     }
-    if !prefix
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\'))
-    {
+    if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\')) {
         return invalid("unit names only hold ASCII letters, digits and ':-_.\\'");
     }
     Ok(())

@@ -75,14 +75,8 @@ impl Pool {
         if let Some(path) = found {
             return Ok(path);
         }
-        if let Some(local) = cwd
-            .map(|cwd| cwd.join(arg))
-            .filter(|p| p.symlink_metadata().is_ok())
-        {
-            tracing::debug!(
-                image = arg,
-                "not in the search path, using the file in the working directory"
-            );
+        if let Some(local) = cwd.map(|cwd| cwd.join(arg)).filter(|p| p.symlink_metadata().is_ok()) {
+            tracing::debug!(image = arg, "not in the search path, using the file in the working directory");
             return Ok(local);
         }
         Err(Error::NotFound(arg.to_string(), self.describe()))
@@ -190,57 +184,26 @@ mod tests {
         squashfs_file(&cwd.join("local.raw"));
 
         let here = Some(cwd.as_path());
-        assert_eq!(
-            pool.locate("foo", here).unwrap(),
-            root.join("etc/portables/foo.raw")
-        );
-        assert_eq!(
-            pool.locate("foo.raw", here).unwrap(),
-            root.join("etc/portables/foo.raw")
-        );
-        assert_eq!(
-            pool.locate("bar", here).unwrap(),
-            root.join("var/lib/portables/bar.raw.xz")
-        );
-        assert_eq!(
-            pool.locate("local.raw", here).unwrap(),
-            cwd.join("local.raw")
-        );
+        assert_eq!(pool.locate("foo", here).unwrap(), root.join("etc/portables/foo.raw"));
+        assert_eq!(pool.locate("foo.raw", here).unwrap(), root.join("etc/portables/foo.raw"));
+        assert_eq!(pool.locate("bar", here).unwrap(), root.join("var/lib/portables/bar.raw.xz"));
+        assert_eq!(pool.locate("local.raw", here).unwrap(), cwd.join("local.raw"));
         assert!(pool.locate("local.raw", None).is_err());
-        assert_eq!(
-            pool.locate("./local.raw", here).unwrap(),
-            cwd.join("./local.raw")
-        );
+        assert_eq!(pool.locate("./local.raw", here).unwrap(), cwd.join("./local.raw"));
         let missing = pool.locate("nope", here).unwrap_err().to_string();
-        assert!(
-            missing.starts_with("image 'nope' not found in the search path ("),
-            "{missing}"
-        );
+        assert!(missing.starts_with("image 'nope' not found in the search path ("), "{missing}");
         assert!(pool.locate("../x", here).is_err());
 
         assert_eq!(pool.argument_for_daemon("foo", &cwd), "foo");
-        assert_eq!(
-            pool.argument_for_daemon("local.raw", &cwd),
-            cwd.join("local.raw").display().to_string()
-        );
+        assert_eq!(pool.argument_for_daemon("local.raw", &cwd), cwd.join("local.raw").display().to_string());
         assert_eq!(pool.argument_for_daemon("nope", &cwd), "nope");
-        assert_eq!(
-            pool.argument_for_daemon("sub/x.raw", &cwd),
-            cwd.join("sub/x.raw").display().to_string()
-        );
+        assert_eq!(pool.argument_for_daemon("sub/x.raw", &cwd), cwd.join("sub/x.raw").display().to_string());
 
-        let listed: Vec<String> = pool
-            .list()
-            .unwrap()
-            .iter()
-            .map(|e| e.path.display().to_string())
-            .collect();
+        let listed: Vec<String> = pool.list().unwrap().iter().map(|e| e.path.display().to_string()).collect();
         assert_eq!(
             listed,
             [
-                root.join("var/lib/portables/bar.raw.xz")
-                    .display()
-                    .to_string(),
+                root.join("var/lib/portables/bar.raw.xz").display().to_string(),
                 root.join("etc/portables/foo.raw").display().to_string(),
             ]
         );

@@ -40,7 +40,6 @@ pub fn set_read_only(path: &Path, read_only: bool) -> Result<()> {
             // had before are unknown, and owner-writable is the safe default.
             mode | 0o200
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(Error::io(path))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(path))
     }
 }

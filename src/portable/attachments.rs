@@ -53,11 +53,7 @@ impl Attachments {
                     Err(e) => return Err(e),
                 };
                 if let Some(image) = parse_marker(&contents) {
-                    found.push(Attachment {
-                        image: image.to_string(),
-                        unit: unit.to_string(),
-                        runtime,
-                    });
+                    found.push(Attachment { image: image.to_string(), unit: unit.to_string(), runtime });
                 }
             }
         }
@@ -95,26 +91,14 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, contents).unwrap();
         };
-        write(
-            "etc/systemd/system/foobar.service.d/20-portable.conf",
-            &format!("{}\n", marker("/p/foobar.raw")),
-        );
-        write(
-            "etc/systemd/system/foobar-web.socket.d/20-portable.conf",
-            &format!("{}\n", marker("/p/foobar.raw")),
-        );
-        write(
-            "run/systemd/system/baz.service.d/20-portable.conf",
-            &format!("{}\n", marker("/p/baz")),
-        );
+        write("etc/systemd/system/foobar.service.d/20-portable.conf", &format!("{}\n", marker("/p/foobar.raw")));
+        write("etc/systemd/system/foobar-web.socket.d/20-portable.conf", &format!("{}\n", marker("/p/foobar.raw")));
+        write("run/systemd/system/baz.service.d/20-portable.conf", &format!("{}\n", marker("/p/baz")));
         write(
             "etc/systemd/system/hand.service.d/20-portable.conf",
             "# Drop-in created for image '/p/hand.raw', do not edit.\n",
         );
-        write(
-            "etc/systemd/system/other.service.d/override.conf",
-            &marker("/p/foobar.raw"),
-        );
+        write("etc/systemd/system/other.service.d/override.conf", &marker("/p/foobar.raw"));
 
         let found = Attachments::scan(&root).unwrap();
         let units: Vec<&str> = found.of("/p/foobar.raw").map(|a| a.unit.as_str()).collect();

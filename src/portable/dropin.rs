@@ -17,12 +17,7 @@ pub fn marker(image: &str) -> String {
 
 /// The image a file was written for, if its first line is wharf's marker.
 pub fn parse_marker(contents: &str) -> Option<&str> {
-    contents
-        .lines()
-        .next()?
-        .strip_prefix(MARKER_HEAD)?
-        .strip_suffix(MARKER_TAIL)
-        .filter(|image| !image.is_empty())
+    contents.lines().next()?.strip_prefix(MARKER_HEAD)?.strip_suffix(MARKER_TAIL).filter(|image| !image.is_empty())
 }
 
 #[cfg(test)]
@@ -40,17 +35,8 @@ mod tests {
     fn other_files_have_no_marker() {
         assert_eq!(parse_marker(""), None);
         assert_eq!(parse_marker("[Service]\n"), None);
-        assert_eq!(
-            parse_marker("# Drop-in created for image '/x.raw', do not edit.\n"),
-            None
-        );
-        assert_eq!(
-            parse_marker("\n# Drop-in created by wharf for image '/x', do not edit.\n"),
-            None
-        );
-        assert_eq!(
-            parse_marker("# Drop-in created by wharf for image '', do not edit."),
-            None
-        );
+        assert_eq!(parse_marker("# Drop-in created for image '/x.raw', do not edit.\n"), None);
+        assert_eq!(parse_marker("\n# Drop-in created by wharf for image '/x', do not edit.\n"), None);
+        assert_eq!(parse_marker("# Drop-in created by wharf for image '', do not edit."), None);
     }
 }

@@ -9,6 +9,7 @@
 mod testbed;
 
 mod foundation;
+mod images;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,10 +51,7 @@ impl Shared {
 
 /// Where cargo put the binaries under test.
 pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_wharfd"))
-        .parent()
-        .expect("binary has a directory")
-        .to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_wharfd")).parent().expect("binary has a directory").to_path_buf()
 }
 
 /// A test that runs against the shared testbed; panics are failures.
@@ -61,10 +59,7 @@ pub fn trial(shared: &Arc<Shared>, name: &str, test: fn(&Testbed)) -> Trial {
     let shared = shared.clone();
     Trial::test(name, move || {
         let testbed = shared.testbed()?;
-        let _shared = shared
-            .exclusive
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _shared = shared.exclusive.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         test(testbed);
         Ok(())
     })
@@ -76,10 +71,7 @@ pub fn exclusive_trial(shared: &Arc<Shared>, name: &str, test: fn(&Testbed)) -> 
     let shared = shared.clone();
     Trial::test(name, move || {
         let testbed = shared.testbed()?;
-        let _alone = shared
-            .exclusive
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _alone = shared.exclusive.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         test(testbed);
         Ok(())
     })
@@ -90,6 +82,7 @@ fn main() -> ExitCode {
     let shared = Arc::new(Shared::default());
     let mut trials = Vec::new();
     trials.extend(foundation::trials(&shared));
+    trials.extend(images::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");
@@ -102,36 +95,24 @@ fn main() -> ExitCode {
         eprintln!("the testbed left traces behind: {leftovers}");
         failed = true;
     }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// After the suite: no container process and no mount under the work or
 /// cache directories.
 fn testbed_left_nothing_behind() -> Result<(), String> {
     let mut problems = Vec::new();
-    for dir in [
-        PathBuf::from(testbed::WORK_BASE),
-        testbed::cache::cache_dir(),
-    ] {
+    for dir in [PathBuf::from(testbed::WORK_BASE), testbed::cache::cache_dir()] {
         let mounts = testbed::cleanup::mounts_below(&dir);
         if !mounts.is_empty() {
             problems.push(format!("mounts under {}: {mounts:?}", dir.display()));
         }
         let loops = testbed::cleanup::loops_below(&dir);
         if !loops.is_empty() {
-            problems.push(format!(
-                "loop devices backed by files under {}: {loops:?}",
-                dir.display()
-            ));
+            problems.push(format!("loop devices backed by files under {}: {loops:?}", dir.display()));
         }
     }
-    let nspawn = std::process::Command::new("pgrep")
-        .args(["-af", "systemd-nspawn.*wharf-tb-"])
-        .output();
+    let nspawn = std::process::Command::new("pgrep").args(["-af", "systemd-nspawn.*wharf-tb-"]).output();
     if let Ok(out) = nspawn {
         let mine: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -142,9 +123,5 @@ fn testbed_left_nothing_behind() -> Result<(), String> {
             problems.push(format!("systemd-nspawn still running: {mine:?}"));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }

@@ -36,26 +36,18 @@ pub fn cached_tree(name: &str, build: impl FnOnce(&Path) -> Result<()>) -> Resul
     if tarball.is_file() {
         return Ok(tarball);
     }
-    fs::create_dir_all(&cache)
-        .map_err(|e| Error(format!("cannot create the cache {}: {e}", cache.display())))?;
+    fs::create_dir_all(&cache).map_err(|e| Error(format!("cannot create the cache {}: {e}", cache.display())))?;
     let staging = cache.join(format!(".build-{name}-{}", std::process::id()));
     let partial = cache.join(format!(".{name}.tar.{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     let result = (|| {
-        fs::create_dir_all(&staging)
-            .map_err(|e| Error(format!("cannot create {}: {e}", staging.display())))?;
+        fs::create_dir_all(&staging).map_err(|e| Error(format!("cannot create {}: {e}", staging.display())))?;
         build(&staging)?;
         run_host(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&staging)
-                .args(["--numeric-owner", "-cf"])
-                .arg(&partial)
-                .arg("."),
+            Command::new("tar").arg("-C").arg(&staging).args(["--numeric-owner", "-cf"]).arg(&partial).arg("."),
             &format!("packing {name}"),
         )?;
-        fs::rename(&partial, &tarball)
-            .map_err(|e| Error(format!("cannot store {}: {e}", tarball.display())))
+        fs::rename(&partial, &tarball).map_err(|e| Error(format!("cannot store {}: {e}", tarball.display())))
     })();
     let _ = fs::remove_dir_all(&staging);
     let _ = fs::remove_file(&partial);
@@ -78,28 +70,18 @@ pub fn mirror() -> String {
         .lines()
         .map(str::trim)
         .filter(|line| line.starts_with("deb ") && !line.contains("security"))
-        .find_map(|line| {
-            line.split_whitespace()
-                .find(|word| word.starts_with("http"))
-        })
+        .find_map(|line| line.split_whitespace().find(|word| word.starts_with("http")))
         .map(str::to_string);
-    from_deb822
-        .or(from_legacy)
-        .unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
+    from_deb822.or(from_legacy).unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
 }
 
 /// debootstrap of a minimal Debian with `packages` into `dir`.
 pub fn debootstrap(release: &str, packages: &[&str], dir: &Path) -> Result<()> {
     let mirror = mirror();
-    note(&format!(
-        "debootstrap {release} from {mirror} (first run only, about a minute)"
-    ));
+    note(&format!("debootstrap {release} from {mirror} (first run only, about a minute)"));
     let log = dir.with_extension("debootstrap.log");
     let output = Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            &format!("--include={}", packages.join(",")),
-        ])
+        .args(["--variant=minbase", &format!("--include={}", packages.join(","))])
         .arg(release)
         .arg(dir)
         .arg(&mirror)
@@ -146,9 +128,7 @@ rm -rf "$r/var/cache/apt/archives/"*.deb "$r/var/lib/apt/lists/"*
 
 fn customise(dir: &Path) -> Result<()> {
     run_host(
-        Command::new("sh")
-            .args(["-c", TESTBED_CUSTOMISATION, "customise"])
-            .arg(dir),
+        Command::new("sh").args(["-c", TESTBED_CUSTOMISATION, "customise"]).arg(dir),
         "customising the testbed root",
     )
     .map(drop)

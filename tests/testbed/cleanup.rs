@@ -54,14 +54,8 @@ pub fn spawn_dying_with_us(mut command: Command) -> std::io::Result<Child> {
     });
     die_with_parent(&mut command);
     let (reply, result) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap()
-        .send((command, reply))
-        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-    result
-        .recv()
-        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    spawner.lock().unwrap().send((command, reply)).map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    result.recv().map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 fn die_with_parent(command: &mut Command) {
@@ -71,8 +65,7 @@ fn die_with_parent(command: &mut Command) {
     #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                .map_err(std::io::Error::from)
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
         });
     }
 }
@@ -82,8 +75,7 @@ fn die_with_parent(command: &mut Command) {
 pub fn write_owner(work: &Path) -> Result<()> {
     let me = std::process::id();
     let owner = format!("{me} {}", start_time(me).unwrap_or_default());
-    fs::write(work.join("owner"), owner)
-        .map_err(|e| Error(format!("cannot write {}: {e}", work.display())))
+    fs::write(work.join("owner"), owner).map_err(|e| Error(format!("cannot write {}: {e}", work.display())))
 }
 
 /// A process's start time (clock ticks since boot), to tell a reused PID apart.
@@ -119,10 +111,7 @@ pub fn reap_stale_runs() {
         eprintln!("testbed: reaping {name}, left by a run that did not finish");
         let root = work.join("root");
         for file in ["pid1", "nspawn.pid"] {
-            let Some(pid) = fs::read_to_string(work.join(file))
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok())
-            else {
+            let Some(pid) = fs::read_to_string(work.join(file)).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
                 continue;
             };
             if process_belongs_to(pid, &root) {
@@ -156,12 +145,7 @@ fn wait_gone(root: &Path) {
 
 fn all_pids() -> Vec<u32> {
     fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -170,23 +154,17 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     all_pids()
         .into_iter()
         .filter(|child| {
-            fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let after = stat[stat.rfind(')')? + 2..].to_string();
-                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
+            fs::read_to_string(format!("/proc/{child}/stat")).ok().and_then(|stat| {
+                let after = stat[stat.rfind(')')? + 2..].to_string();
+                after.split_whitespace().nth(1)?.parse::<u32>().ok()
+            }) == Some(pid)
         })
         .collect()
 }
 
 pub fn signal(pid: u32, signal: i32) {
     // SIGRTMIN+N has no nix::Signal variant, so go through the raw number.
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
 }
 
 /// Mount points at or below `dir`, deepest first.
@@ -209,10 +187,7 @@ fn unescape_mount_path(field: &str) -> PathBuf {
     let bytes = field.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
-        {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
             let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
             out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
             i += 4;
@@ -234,9 +209,7 @@ pub fn loops_below(dir: &Path) -> Vec<String> {
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let backing = fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
-            Path::new(backing.trim())
-                .starts_with(dir)
-                .then(|| format!("/dev/{name}"))
+            Path::new(backing.trim()).starts_with(dir).then(|| format!("/dev/{name}"))
         })
         .collect()
 }
@@ -259,16 +232,11 @@ pub fn remove_work_dir(work: &Path, name: &str) -> Result<()> {
     }
     let left = mounts_below(work);
     if !left.is_empty() {
-        return Err(Error(format!(
-            "{name}: mounts remain under {}, not removing it: {left:?}",
-            work.display()
-        )));
+        return Err(Error(format!("{name}: mounts remain under {}, not removing it: {left:?}", work.display())));
     }
     let loops = loops_below(work);
     if !loops.is_empty() {
-        return Err(Error(format!(
-            "{name}: loop devices remain attached: {loops:?}"
-        )));
+        return Err(Error(format!("{name}: loop devices remain attached: {loops:?}")));
     }
     let mut attempt = 0;
     while work.exists() {
@@ -279,11 +247,7 @@ pub fn remove_work_dir(work: &Path, name: &str) -> Result<()> {
             // (read-only) images behind. Clear the flag and try again.
             Err(_) if attempt < 5 => {
                 attempt += 1;
-                let _ = Command::new("chattr")
-                    .arg("-R")
-                    .arg("-i")
-                    .arg(work)
-                    .output();
+                let _ = Command::new("chattr").arg("-R").arg("-i").arg(work).output();
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => return Err(Error(format!("cannot remove {}: {e}", work.display()))),

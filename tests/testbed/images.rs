@@ -14,10 +14,7 @@ pub fn foobar(out: &Path, format: &str, version: &str) -> Result<()> {
     let recipe = repo_dir().join("images/foobar/build");
     run_host(
         Command::new(&recipe).arg(out).arg(format).arg(version),
-        &format!(
-            "building foobar ({format}, version {version}) as {}",
-            out.display()
-        ),
+        &format!("building foobar ({format}, version {version}) as {}", out.display()),
     )
     .map(drop)
 }
@@ -29,10 +26,6 @@ pub fn f28_tarball() -> Result<PathBuf> {
     let script = std::fs::read_to_string(&recipe).unwrap_or_default();
     cached_tree(&format!("f28-{}", key(&[&script])), |dir| {
         super::note("building the f28 machine image (first run only, about a minute)");
-        run_host(
-            Command::new(&recipe).arg(dir).arg(mirror()),
-            "building the f28 machine image",
-        )
-        .map(drop)
+        run_host(Command::new(&recipe).arg(dir).arg(mirror()), "building the f28 machine image").map(drop)
     })
 }

@@ -21,31 +21,11 @@ pub const MANIFEST: &[(Source, &str, u32)] = &[
     (Source::Bin("portable"), "usr/bin/portable", 0o755),
     (Source::Bin("machine"), "usr/bin/machine", 0o755),
     (Source::Bin("wharfd"), "usr/lib/wharf/wharfd", 0o755),
-    (
-        Source::Repo("units/wharfd.service"),
-        "usr/lib/systemd/system/wharfd.service",
-        0o644,
-    ),
-    (
-        Source::Repo("units/wharf.tmpfiles"),
-        "usr/lib/tmpfiles.d/wharf.conf",
-        0o644,
-    ),
-    (
-        Source::Repo("dbus/org.wharf1.conf"),
-        "usr/share/dbus-1/system.d/org.wharf1.conf",
-        0o644,
-    ),
-    (
-        Source::Repo("dbus/org.wharf1.service"),
-        "usr/share/dbus-1/system-services/org.wharf1.service",
-        0o644,
-    ),
-    (
-        Source::Repo("dbus/org.wharf1.xml"),
-        "usr/share/dbus-1/interfaces/org.wharf1.xml",
-        0o644,
-    ),
+    (Source::Repo("units/wharfd.service"), "usr/lib/systemd/system/wharfd.service", 0o644),
+    (Source::Repo("units/wharf.tmpfiles"), "usr/lib/tmpfiles.d/wharf.conf", 0o644),
+    (Source::Repo("dbus/org.wharf1.conf"), "usr/share/dbus-1/system.d/org.wharf1.conf", 0o644),
+    (Source::Repo("dbus/org.wharf1.service"), "usr/share/dbus-1/system-services/org.wharf1.service", 0o644),
+    (Source::Repo("dbus/org.wharf1.xml"), "usr/share/dbus-1/interfaces/org.wharf1.xml", 0o644),
 ];
 
 /// The repository checkout the tests were built from.
@@ -66,24 +46,9 @@ pub fn install_wharf(bin_dir: &Path, root: &Path) -> Result<()> {
     if profiles.is_dir() {
         for profile in read_dir(&profiles)? {
             for file in read_dir(&profile)? {
-                let name = file
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let profile_name = profile
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                copy(
-                    &file,
-                    &root
-                        .join("usr/lib/wharf/profiles")
-                        .join(profile_name)
-                        .join(name),
-                    0o644,
-                )?;
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                let profile_name = profile.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                copy(&file, &root.join("usr/lib/wharf/profiles").join(profile_name).join(name), 0o644)?;
             }
         }
     }
@@ -100,13 +65,7 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
-    let fail = |e: std::io::Error| {
-        Error(format!(
-            "installing {} as {}: {e}",
-            from.display(),
-            to.display()
-        ))
-    };
+    let fail = |e: std::io::Error| Error(format!("installing {} as {}: {e}", from.display(), to.display()));
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(fail)?;
     }

@@ -67,15 +67,9 @@ impl Release {
     /// systemd-container for machined and the reference portablectl/machinectl.
     pub fn packages(self) -> &'static [&'static str] {
         match self {
-            Release::Bookworm => &[
-                "systemd",
-                "systemd-sysv",
-                "dbus",
-                "systemd-container",
-                "iproute2",
-                "util-linux",
-                "kmod",
-            ],
+            Release::Bookworm => {
+                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod"]
+            }
             Release::Trixie => &[
                 "systemd",
                 "systemd-sysv",
@@ -182,38 +176,21 @@ impl Testbed {
         cleanup::reap_stale_runs();
         let tarball = cache::root_tarball(options.release)?;
 
-        let name = format!(
-            "wharf-tb-{}-{}-{}",
-            options.label,
-            std::process::id(),
-            next_serial()
-        );
+        let name = format!("wharf-tb-{}-{}-{}", options.label, std::process::id(), next_serial());
         let work = Path::new(WORK_BASE).join(&name);
         let root = work.join("root");
-        fs::create_dir_all(&root)
-            .map_err(|e| Error(format!("cannot create {}: {e}", root.display())))?;
+        fs::create_dir_all(&root).map_err(|e| Error(format!("cannot create {}: {e}", root.display())))?;
         cleanup::write_owner(&work)?;
         // A root that is not 0755 boots, but dbus-daemon (as messagebus) then
         // cannot read its configuration and the system never gets to running.
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
             .map_err(|e| Error(format!("cannot chmod {}: {e}", root.display())))?;
-        let running = Arc::new(Mutex::new(Running {
-            name: name.clone(),
-            work: work.clone(),
-            nspawn: None,
-            pid1: None,
-        }));
+        let running =
+            Arc::new(Mutex::new(Running { name: name.clone(), work: work.clone(), nspawn: None, pid1: None }));
         LIVE.lock().unwrap().push(running.clone());
 
         let booted = (|| {
-            run_host(
-                Command::new("tar")
-                    .arg("-C")
-                    .arg(&root)
-                    .arg("-xf")
-                    .arg(&tarball),
-                "unpacking the testbed root",
-            )?;
+            run_host(Command::new("tar").arg("-C").arg(&root).arg("-xf").arg(&tarball), "unpacking the testbed root")?;
             install::install_wharf(&options.bin_dir, &root)?;
             fs::write(root.join("etc/hostname"), format!("{}\n", options.label))
                 .map_err(|e| Error(format!("cannot write the hostname: {e}")))?;
@@ -223,8 +200,7 @@ impl Testbed {
                 state.pid1 = Some(pid1);
                 state.nspawn = Some(nspawn);
             }
-            fs::write(work.join("pid1"), pid1.to_string())
-                .map_err(|e| Error(format!("cannot record pid1: {e}")))?;
+            fs::write(work.join("pid1"), pid1.to_string()).map_err(|e| Error(format!("cannot record pid1: {e}")))?;
             Ok(pid1)
         })();
         let pid1 = match booted {
@@ -236,14 +212,7 @@ impl Testbed {
                 return Err(e);
             }
         };
-        let testbed = Testbed {
-            release: options.release,
-            name,
-            work,
-            root,
-            pid1,
-            running,
-        };
+        let testbed = Testbed { release: options.release, name, work, root, pid1, running };
         // From here on, dropping `testbed` tears it down.
         testbed.wait_until_running()?;
         testbed.mount_host_dev()?;
@@ -278,21 +247,16 @@ impl Testbed {
         command.args(["sh", "-c", script]);
         match command.output() {
             Ok(output) => Out::from_output(script, output),
-            Err(e) => Out {
-                command: script.to_string(),
-                code: None,
-                stdout: String::new(),
-                stderr: format!("nsenter: {e}"),
-            },
+            Err(e) => {
+                Out { command: script.to_string(), code: None, stdout: String::new(), stderr: format!("nsenter: {e}") }
+            }
         }
     }
 
     /// Runs a shell script inside as an unprivileged user (nobody).
     pub fn sh_nobody(&self, script: &str) -> Out {
         let quoted = script.replace('\'', r"'\''");
-        let mut out = self.sh(&format!(
-            "setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c '{quoted}'"
-        ));
+        let mut out = self.sh(&format!("setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c '{quoted}'"));
         out.command = format!("(as nobody) {script}");
         out
     }
@@ -309,10 +273,7 @@ impl Testbed {
     #[track_caller]
     pub fn fails(&self, script: &str) -> Out {
         let out = self.sh(script);
-        assert!(
-            !out.success() && out.code.is_some(),
-            "expected a failure in the testbed: {out}"
-        );
+        assert!(!out.success() && out.code.is_some(), "expected a failure in the testbed: {out}");
         out
     }
 
@@ -321,13 +282,7 @@ impl Testbed {
         command
             .args(["-t", &self.pid1.to_string(), "-a", "--", "env", "-i"])
             .arg(format!("PATH={INNER_PATH}"))
-            .args([
-                "LANG=C.UTF-8",
-                "HOME=/root",
-                "TERM=dumb",
-                "SYSTEMD_PAGER=",
-                "SYSTEMD_COLORS=0",
-            ])
+            .args(["LANG=C.UTF-8", "HOME=/root", "TERM=dumb", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"])
             .stdin(Stdio::null());
         command
     }
@@ -348,9 +303,7 @@ impl Testbed {
                 "running" => return Ok(()),
                 "degraded" => {
                     let failed = self.sh("systemctl --failed --no-legend --plain").stdout;
-                    return Err(Error(format!(
-                        "the testbed booted degraded; failed units:\n{failed}"
-                    )));
+                    return Err(Error(format!("the testbed booted degraded; failed units:\n{failed}")));
                 }
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -376,13 +329,7 @@ ln -sfn /run/systemd/journal/dev-log $d/log; ln -sfn /proc/self/fd $d/fd
 ln -sfn /proc/self/fd/0 $d/stdin; ln -sfn /proc/self/fd/1 $d/stdout; ln -sfn /proc/self/fd/2 $d/stderr
 mount --rbind $d /dev"#;
         let out = self.sh(script);
-        if out.success() {
-            Ok(())
-        } else {
-            Err(Error(format!(
-                "cannot give the testbed the host's /dev: {out}"
-            )))
-        }
+        if out.success() { Ok(()) } else { Err(Error(format!("cannot give the testbed the host's /dev: {out}"))) }
     }
 
     fn is_alive(&self) -> bool {
@@ -425,9 +372,7 @@ fn next_serial() -> u32 {
 /// Checks what booting needs, so that a missing piece is named up front.
 fn preflight() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(Error(
-            "must run as root (it boots a container with systemd-nspawn)".into(),
-        ));
+        return Err(Error("must run as root (it boots a container with systemd-nspawn)".into()));
     }
     for (tool, package) in [
         ("debootstrap", "debootstrap"),
@@ -439,9 +384,7 @@ fn preflight() -> Result<()> {
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
             .any(|dir| dir.join(tool).is_file());
         if !found {
-            return Err(Error(format!(
-                "'{tool}' is missing: install the Debian package '{package}'"
-            )));
+            return Err(Error(format!("'{tool}' is missing: install the Debian package '{package}'")));
         }
     }
     Ok(())
@@ -449,9 +392,7 @@ fn preflight() -> Result<()> {
 
 /// Runs a host command, turning a failure into an error with its stderr.
 pub fn run_host(command: &mut Command, what: &str) -> Result<Output> {
-    let output = command
-        .output()
-        .map_err(|e| Error(format!("{what}: cannot run {command:?}: {e}")))?;
+    let output = command.output().map_err(|e| Error(format!("{what}: cannot run {command:?}: {e}")))?;
     if !output.status.success() {
         return Err(Error(format!(
             "{what}: {command:?} failed ({}): {}",
@@ -471,23 +412,15 @@ fn start_nspawn(name: &str, work: &Path, root: &Path) -> Result<(Child, u32)> {
     for n in 0..LOOP_DEVICES {
         let node = format!("/dev/loop{n}");
         if !Path::new(&node).exists() {
-            let _ = Command::new("mknod")
-                .args([&node, "b", "7", &n.to_string()])
-                .status();
+            let _ = Command::new("mknod").args([&node, "b", "7", &n.to_string()]).status();
         }
     }
-    let console = fs::File::create(work.join("console.log"))
-        .map_err(|e| Error(format!("cannot create the console log: {e}")))?;
+    let console =
+        fs::File::create(work.join("console.log")).map_err(|e| Error(format!("cannot create the console log: {e}")))?;
     let mut command = Command::new("systemd-nspawn");
     // --register=no --keep-unit: there is no system bus on the host to register with.
     command
-        .args([
-            "--register=no",
-            "--keep-unit",
-            "-q",
-            "-b",
-            "--capability=all",
-        ])
+        .args(["--register=no", "--keep-unit", "-q", "-b", "--capability=all"])
         .arg(format!("--machine={name}"))
         .arg("--bind=/dev/loop-control");
     for n in 0..LOOP_DEVICES {
@@ -502,8 +435,8 @@ fn start_nspawn(name: &str, work: &Path, root: &Path) -> Result<(Child, u32)> {
         // Its own process group: a ^C on the terminal reaches the harness,
         // which powers the container off, not nspawn directly.
         .process_group(0);
-    let mut child = cleanup::spawn_dying_with_us(command)
-        .map_err(|e| Error(format!("cannot start systemd-nspawn: {e}")))?;
+    let mut child =
+        cleanup::spawn_dying_with_us(command).map_err(|e| Error(format!("cannot start systemd-nspawn: {e}")))?;
     fs::write(work.join("nspawn.pid"), child.id().to_string()).map_err(|e| Error(e.to_string()))?;
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -513,17 +446,12 @@ fn start_nspawn(name: &str, work: &Path, root: &Path) -> Result<(Child, u32)> {
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = fs::read_to_string(work.join("console.log")).unwrap_or_default();
-            return Err(Error(format!(
-                "systemd-nspawn exited at once ({status}): {}",
-                log.trim()
-            )));
+            return Err(Error(format!("systemd-nspawn exited at once ({status}): {}", log.trim())));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error(
-                "systemd-nspawn started no container within 30 s".into(),
-            ));
+            return Err(Error("systemd-nspawn started no container within 30 s".into()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -542,10 +470,7 @@ fn teardown(running: &Arc<Mutex<Running>>) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         if matches!(nspawn.try_wait(), Ok(None)) {
-            eprintln!(
-                "testbed {}: did not power off within 30 s, killing it",
-                state.name
-            );
+            eprintln!("testbed {}: did not power off within 30 s, killing it", state.name);
             if let Some(pid1) = state.pid1 {
                 cleanup::signal(pid1, 9);
             }
@@ -554,9 +479,7 @@ fn teardown(running: &Arc<Mutex<Running>>) -> Result<()> {
         }
     }
     let result = cleanup::remove_work_dir(&state.work, &state.name);
-    LIVE.lock()
-        .unwrap()
-        .retain(|other| !Arc::ptr_eq(other, running));
+    LIVE.lock().unwrap().retain(|other| !Arc::ptr_eq(other, running));
     result
 }
 
