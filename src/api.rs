@@ -111,6 +111,39 @@ impl ImageInfo {
     }
 }
 
+/// One file change an operation made: (kind, path, source), kind being
+/// `mkdir`, `write`, `symlink` or `unlink`, source a symlink's target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ChangeRecord {
+    pub kind: String,
+    pub path: String,
+    pub source: String,
+}
+
+/// What attach, detach and reattach did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct OperationResult {
+    pub changes: Vec<ChangeRecord>,
+    /// Units attached (attach, reattach) or detached (detach).
+    pub units: Vec<String>,
+    /// Units started (attach --now), stopped (detach --now) or restarted (reattach).
+    pub restarted: Vec<String>,
+}
+
+impl From<crate::portable::ops::Outcome> for OperationResult {
+    fn from(outcome: crate::portable::ops::Outcome) -> Self {
+        OperationResult {
+            changes: outcome
+                .changes
+                .into_iter()
+                .map(|c| ChangeRecord { kind: c.kind, path: c.path, source: c.source })
+                .collect(),
+            units: outcome.units,
+            restarted: outcome.restarted,
+        }
+    }
+}
+
 /// Flags of the state-changing portable calls, as one `t` on the bus.
 pub mod flags {
     /// Attach below /run (gone at reboot) instead of /etc.
@@ -145,6 +178,33 @@ pub trait Portable {
     /// Inspects an image the caller opened and passes as `fd`; `image` is its
     /// path, for messages. Unit texts are included when `cat` is true.
     fn inspect_image(&self, image: &str, fd: zbus::Fd<'_>, prefixes: &[String], cat: bool) -> zbus::Result<ImageInfo>;
+    /// Attaches an image's units (those matching `prefixes`, or its own).
+    fn attach_image(
+        &self,
+        image: &str,
+        prefixes: &[String],
+        profile: &str,
+        copy_mode: &str,
+        flags: u64,
+    ) -> zbus::Result<OperationResult>;
+    /// Attaches several images, each with its own prefixes, in one transaction and one reload.
+    fn attach_images(&self, images: &[String], profile: &str, copy_mode: &str, flags: u64)
+    -> zbus::Result<OperationResult>;
+    /// Detaches an image.
+    fn detach_image(&self, image: &str, flags: u64) -> zbus::Result<OperationResult>;
+    /// Replaces the attached version of an image by this one.
+    fn reattach_image(
+        &self,
+        image: &str,
+        prefixes: &[String],
+        profile: &str,
+        copy_mode: &str,
+        flags: u64,
+    ) -> zbus::Result<OperationResult>;
+    /// The image's path and state (detached, attached, running, ...).
+    fn get_image_state(&self, image: &str) -> zbus::Result<(String, String)>;
+    /// Deletes an image from the pool; refused while attached or read-only.
+    fn remove_image(&self, image: &str) -> zbus::Result<String>;
 }
 
 /// Errors wharfd returns, as `org.wharf1.Error.*`. The description is always

@@ -19,3 +19,5 @@ pub mod fs;
 pub mod image;
 pub mod logging;
 pub mod portable;
+pub mod systemd;
+pub mod transaction;

@@ -1,15 +1,14 @@
 //! `portable`: attach, detach and inspect portable service images, as
 //! portablectl(1) does, through wharfd.
 
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::output::{Format, JsonStyle, images_table};
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
-use std::os::fd::AsFd;
-
-use crate::api::{ImageInfo, PartitionInfo, PortableProxy, UnitInfo};
+use crate::api::{ImageInfo, OperationResult, PartitionInfo, PortableProxy, UnitInfo, flags};
 use crate::image::Pool;
 
 /// Attach, detach and inspect portable service images.
@@ -22,8 +21,76 @@ pub struct Cli {
     /// Log what is done, to stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Copy {
+    /// Copies of the unit files and profile drop-ins.
+    Copy,
+    /// Symlinks: units into a directory image, drop-ins to the profile.
+    Symlink,
+    /// Symlinked profile drop-ins; units copied from file images, linked from directory images.
+    Auto,
+}
+
+impl Copy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Copy::Copy => "copy",
+            Copy::Symlink => "symlink",
+            Copy::Auto => "auto",
+        }
+    }
+}
+
+/// Options shared by attach and reattach.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The image (a name in the search path, or a path), then unit name
+    /// prefixes to attach instead of the image's own.
+    #[arg(required = true, value_name = "IMAGE [PREFIX]...")]
+    pub args: Vec<String>,
+    /// Sandbox profile: default, nonetwork, strict, trusted, or one under /etc/wharf/profiles.
+    #[arg(short, long, default_value = "default")]
+    pub profile: String,
+    /// How unit files and drop-ins are placed.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub copy: Copy,
+    /// Attach below /run: gone at the next boot.
+    #[arg(long)]
+    pub runtime: bool,
+    /// Enable the units too.
+    #[arg(long)]
+    pub enable: bool,
+    /// Start the units too.
+    #[arg(long)]
+    pub now: bool,
+    /// Do not wait for the units to start.
+    #[arg(long)]
+    pub no_block: bool,
+    /// Attach over units that exist on the host and were not attached by wharf.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl AttachArgs {
+    fn flags(&self) -> u64 {
+        [
+            (self.runtime, flags::RUNTIME),
+            (self.enable, flags::ENABLE),
+            (self.now, flags::NOW),
+            (self.no_block, flags::NO_BLOCK),
+            (self.force, flags::FORCE),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .fold(0, |all, (_, flag)| all | flag)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +105,39 @@ pub enum Command {
         /// Print the unit files' contents too.
         #[arg(long)]
         cat: bool,
+    },
+    /// Attach an image's units to the host, with a sandbox profile.
+    Attach {
+        #[command(flatten)]
+        attach: AttachArgs,
+        /// Every argument is an image: attach them all with one reload, all or none.
+        #[arg(long)]
+        batch: bool,
+    },
+    /// Detach an image: remove exactly the files wharf wrote for it.
+    Detach {
+        image: String,
+        /// Stop (and disable) its units first.
+        #[arg(long)]
+        now: bool,
+        /// Accepted for portablectl compatibility: wharf finds attachments wherever they are.
+        #[arg(long, hide = true)]
+        runtime: bool,
+        /// Accepted for portablectl compatibility: enabled units are always disabled.
+        #[arg(long, hide = true)]
+        enable: bool,
+    },
+    /// Replace the attached version of an image by this one, restarting what ran.
+    Reattach {
+        #[command(flatten)]
+        attach: AttachArgs,
+    },
+    /// Tell whether an image is attached: exit status 0 if it is, 1 if not.
+    IsAttached { image: String },
+    /// Delete images from the pool (refused while attached or read-only).
+    Remove {
+        #[arg(required = true)]
+        images: Vec<String>,
     },
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
@@ -66,6 +166,53 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let (path, file) = open_image(&Pool::portables(), &image)?;
             let info = portable.inspect_image(&path, file.as_fd().into(), &prefixes, cat).await?;
             format.emit(&InspectView::from(&info), |_| inspect_text(&info, cat))?;
+        }
+        Command::Attach { attach, batch } => {
+            let pool = Pool::portables();
+            let cwd = current_dir()?;
+            let copy = attach.copy.as_str();
+            let result = if batch {
+                let images: Vec<String> = attach.args.iter().map(|a| pool.argument_for_daemon(a, &cwd)).collect();
+                portable.attach_images(&images, &attach.profile, copy, attach.flags()).await?
+            } else {
+                let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
+                let image = pool.argument_for_daemon(image, &cwd);
+                portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags()).await?
+            };
+            emit_operation(format, cli.quiet, &result, "Started")?;
+        }
+        Command::Detach { image, now, .. } => {
+            let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
+            let result = portable.detach_image(&image, if now { flags::NOW } else { 0 }).await?;
+            emit_operation(format, cli.quiet, &result, "Stopped")?;
+        }
+        Command::Reattach { attach } => {
+            let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
+            let image = Pool::portables().argument_for_daemon(image, &current_dir()?);
+            let result =
+                portable.reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags()).await?;
+            emit_operation(format, cli.quiet, &result, "Restarted")?;
+        }
+        Command::IsAttached { image } => {
+            let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
+            let (path, state) = portable.get_image_state(&image).await?;
+            let attached = state != "detached";
+            if !cli.quiet {
+                let record = serde_json::json!({ "image": path, "state": state, "attached": attached });
+                format.emit(&record, |_| state.clone())?;
+            }
+            return Ok(if attached { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        Command::Remove { images } => {
+            let cwd = current_dir()?;
+            let mut removed = Vec::new();
+            for image in images {
+                let image = Pool::portables().argument_for_daemon(&image, &cwd);
+                removed.push(portable.remove_image(&image).await?);
+            }
+            if !cli.quiet {
+                format.emit(&removed, |removed| removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n"))?;
+            }
         }
         Command::ReadOnly { image, read_only } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
@@ -145,4 +292,26 @@ fn inspect_text(info: &ImageInfo, cat: bool) -> String {
         }
     }
     out
+}
+
+/// Prints what an operation changed, as portablectl does, or as JSON.
+fn emit_operation(format: Format, quiet: bool, result: &OperationResult, verb: &str) -> Result<(), CliError> {
+    if quiet && !format.is_json() {
+        return Ok(());
+    }
+    format.emit(result, |result| {
+        let mut lines: Vec<String> = result
+            .changes
+            .iter()
+            .map(|change| match change.kind.as_str() {
+                "mkdir" => format!("Created directory {}.", change.path),
+                "write" => format!("Written {}.", change.path),
+                "symlink" => format!("Created symlink {} \u{2192} {}.", change.path, change.source),
+                "unlink" => format!("Removed {}.", change.path),
+                other => format!("{other} {}.", change.path),
+            })
+            .collect();
+        lines.extend(result.restarted.iter().map(|unit| format!("{verb} {unit}.")));
+        lines.join("\n")
+    })
 }

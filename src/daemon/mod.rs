@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use futures_util::future::{Either, select};
 
+use std::path::Path;
+
 use crate::api::{BUS_NAME, BusError, OBJECT_PATH};
+use crate::systemd::Systemd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,6 +38,9 @@ pub struct Options {
 pub(crate) struct Daemon {
     /// Calls in progress; the daemon never exits while one runs.
     busy: AtomicUsize,
+    /// Held by every operation that changes portable attachments: they
+    /// plan against the host as it is, so they must not interleave.
+    pub(crate) portable_lock: zruntime::lock::Mutex<()>,
 }
 
 /// Marks the daemon busy for as long as it lives.
@@ -71,13 +77,27 @@ pub fn run(options: Options) -> Result<(), Error> {
 
 async fn serve(options: Options) -> Result<(), Error> {
     let daemon = Arc::new(Daemon::default());
-    let connection = zbus::connection::Builder::system()
-        .serve_at(OBJECT_PATH, manager::ManagerInterface)
-        .serve_at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone()))
-        .serve_at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone()))
-        .name(BUS_NAME)
-        .build()
-        .await?;
+    // Finish what a crash interrupted before taking any call: a half-done
+    // attach or detach is rolled back (or a half-done commit completed).
+    let journal = Path::new(crate::transaction::JOURNAL_DIR);
+    let recovered = zruntime::unblock(move || crate::transaction::recover(journal)).await;
+    let connection = zbus::Connection::system().await?;
+    match recovered {
+        Ok(0) => {}
+        Ok(count) => {
+            tracing::warn!("recovered {count} interrupted operation(s)");
+            let reloaded = async { Systemd::new(&connection).await?.reload().await }.await;
+            if let Err(e) = reloaded {
+                tracing::error!("reloading systemd after recovery: {e}");
+            }
+        }
+        Err(e) => tracing::error!("recovering interrupted operations: {e}"),
+    }
+    let server = connection.object_server();
+    server.at(OBJECT_PATH, manager::ManagerInterface).await?;
+    server.at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone())).await?;
+    server.at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone())).await?;
+    connection.request_name(BUS_NAME).await?;
     tracing::info!("serving {BUS_NAME}");
 
     let Some(idle_timeout) = options.idle_timeout else {
@@ -108,19 +128,24 @@ pub(crate) fn failed(error: impl std::fmt::Display) -> BusError {
 
 impl From<crate::image::Error> for BusError {
     fn from(error: crate::image::Error) -> Self {
-        use crate::image::Error as E;
         let message = error.to_string();
-        match error {
-            E::NotFound(..) => BusError::NoSuchImage(message),
-            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => BusError::NoSuchImage(message),
-            E::Name(_) | E::PrefixNotAllowed { .. } => BusError::InvalidArgument(message),
-            E::NotAnImage(_)
-            | E::Unsupported { .. }
-            | E::Read { .. }
-            | E::Corrupt { .. }
-            | E::NoOsRelease(_)
-            | E::Unit { .. } => BusError::BadImage(message),
-            E::Io { .. } => BusError::Failed(message),
-        }
+        image_bus_error(&error, message)
+    }
+}
+
+/// The D-Bus error for an image error, carrying `message`.
+pub(crate) fn image_bus_error(error: &crate::image::Error, message: String) -> BusError {
+    use crate::image::Error as E;
+    match error {
+        E::NotFound(..) => BusError::NoSuchImage(message),
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => BusError::NoSuchImage(message),
+        E::Name(_) | E::PrefixNotAllowed { .. } => BusError::InvalidArgument(message),
+        E::NotAnImage(_)
+        | E::Unsupported { .. }
+        | E::Read { .. }
+        | E::Corrupt { .. }
+        | E::NoOsRelease(_)
+        | E::Unit { .. } => BusError::BadImage(message),
+        E::Io { .. } => BusError::Failed(message),
     }
 }

@@ -8,26 +8,69 @@ use zbus::message::Header;
 
 use super::auth::require_root;
 use super::{Daemon, failed};
-use crate::api::{BusError, ImageEntry, ImageInfo};
+use crate::api::{BusError, ImageEntry, ImageInfo, OperationResult, flags};
 use crate::image::{Pool, readonly};
-use crate::portable::Attachments;
+use crate::portable::ops::{self, Actions, Host, ImageRequest};
+use crate::portable::plan::CopyMode;
+use crate::portable::{Error, State};
+use crate::systemd::Systemd;
 
 #[derive(Debug)]
 pub(crate) struct PortableInterface {
     daemon: Arc<Daemon>,
+    host: Host,
 }
 
 impl PortableInterface {
     pub(crate) fn new(daemon: Arc<Daemon>) -> Self {
-        PortableInterface { daemon }
+        PortableInterface { daemon, host: Host::system() }
     }
+
+    async fn systemd(&self, connection: &Connection) -> Result<Systemd, BusError> {
+        Systemd::new(connection).await.map_err(failed)
+    }
+}
+
+fn check_flags(flags: u64) -> Result<Actions, BusError> {
+    if flags & !flags::ALL != 0 {
+        return Err(BusError::InvalidArgument(format!("unknown flags {:#x}", flags & !flags::ALL)));
+    }
+    Ok(Actions::from_flags(flags))
+}
+
+fn copy_mode(word: &str) -> Result<CopyMode, BusError> {
+    word.parse().map_err(|e: Error| BusError::from(e))
+}
+
+fn profile_or_default(profile: &str) -> &str {
+    if profile.is_empty() { crate::portable::profile::DEFAULT_PROFILE } else { profile }
 }
 
 #[zbus::interface(name = "org.wharf1.Portable")]
 impl PortableInterface {
     /// Every image in the portable search path, with its attachment state.
-    async fn list_images(&self) -> Result<Vec<ImageEntry>, BusError> {
-        self.daemon.blocking(list_images).await
+    async fn list_images(&self, #[zbus(connection)] connection: &Connection) -> Result<Vec<ImageEntry>, BusError> {
+        let _busy = self.daemon.busy();
+        let systemd = self.systemd(connection).await?;
+        let states = ops::states(&self.host, &systemd).await?;
+        let pool = self.host.pool.clone();
+        let entries = self.daemon.blocking(move || pool.list()).await?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let path = entry.path.display().to_string();
+                let state = states.get(&path).copied().unwrap_or(State::Detached);
+                ImageEntry {
+                    state: state.to_string(),
+                    name: entry.name.to_string(),
+                    kind: entry.kind.to_string(),
+                    read_only: entry.read_only,
+                    size: entry.size,
+                    modified_usec: entry.modified_usec,
+                    path,
+                }
+            })
+            .collect())
     }
 
     /// Inspects an image the caller opened (so wharfd reads only what the
@@ -46,6 +89,111 @@ impl PortableInterface {
                 Ok(ImageInfo::from_inspection(inspection, cat))
             })
             .await
+    }
+
+    /// Attaches an image's units with a sandbox profile. Root only.
+    async fn attach_image(
+        &self,
+        image: String,
+        prefixes: Vec<String>,
+        profile: String,
+        copy_mode: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        require_root(connection, &header, "attaching an image").await?;
+        let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
+        let _busy = self.daemon.busy();
+        let _exclusive = self.daemon.portable_lock.lock().await;
+        let systemd = self.systemd(connection).await?;
+        let requests = vec![ImageRequest { image, prefixes }];
+        let outcome = ops::attach(&self.host, &systemd, requests, profile_or_default(&profile), copy, actions).await?;
+        Ok(outcome.into())
+    }
+
+    /// Attaches several images (each with its own prefixes) in one
+    /// transaction with one reload: all or none. Root only.
+    async fn attach_images(
+        &self,
+        images: Vec<String>,
+        profile: String,
+        copy_mode: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        require_root(connection, &header, "attaching images").await?;
+        let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
+        let _busy = self.daemon.busy();
+        let _exclusive = self.daemon.portable_lock.lock().await;
+        let systemd = self.systemd(connection).await?;
+        let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
+        let outcome = ops::attach(&self.host, &systemd, requests, profile_or_default(&profile), copy, actions).await?;
+        Ok(outcome.into())
+    }
+
+    /// Detaches an image, removing exactly the files wharf wrote for it. Root only.
+    async fn detach_image(
+        &self,
+        image: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        require_root(connection, &header, "detaching an image").await?;
+        let actions = check_flags(flags)?;
+        let _busy = self.daemon.busy();
+        let _exclusive = self.daemon.portable_lock.lock().await;
+        let systemd = self.systemd(connection).await?;
+        Ok(ops::detach(&self.host, &systemd, &image, actions).await?.into())
+    }
+
+    /// Replaces the attached version of an image by this one, restarting
+    /// the units that were running. Root only.
+    async fn reattach_image(
+        &self,
+        image: String,
+        prefixes: Vec<String>,
+        profile: String,
+        copy_mode: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        require_root(connection, &header, "reattaching an image").await?;
+        let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
+        let _busy = self.daemon.busy();
+        let _exclusive = self.daemon.portable_lock.lock().await;
+        let systemd = self.systemd(connection).await?;
+        let request = ImageRequest { image, prefixes };
+        Ok(ops::reattach(&self.host, &systemd, request, profile_or_default(&profile), copy, actions).await?.into())
+    }
+
+    /// The image's path and state.
+    async fn get_image_state(
+        &self,
+        image: String,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(String, String), BusError> {
+        let _busy = self.daemon.busy();
+        let systemd = self.systemd(connection).await?;
+        let (path, state) = ops::state(&self.host, &systemd, &image).await?;
+        Ok((path, state.to_string()))
+    }
+
+    /// Deletes an image; refused while attached or read-only. Root only.
+    async fn remove_image(
+        &self,
+        image: String,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        require_root(connection, &header, "removing an image").await?;
+        let _exclusive = self.daemon.portable_lock.lock().await;
+        let host = self.host.clone();
+        let path = self.daemon.blocking(move || ops::remove(&host, &image)).await?;
+        Ok(path.display().to_string())
     }
 
     /// Marks an image read-only (or writable again). Root only.
@@ -69,22 +217,29 @@ pub(crate) fn mark_read_only(pool: &Pool, image: &str, read_only: bool) -> Resul
     Ok(())
 }
 
-fn list_images() -> Result<Vec<ImageEntry>, BusError> {
-    let attachments = Attachments::scan(Path::new("/")).map_err(failed)?;
-    let entries = Pool::portables().list().map_err(failed)?;
-    Ok(entries
-        .into_iter()
-        .map(|entry| {
-            let path = entry.path.display().to_string();
-            ImageEntry {
-                state: attachments.file_state(&path).to_string(),
-                name: entry.name.to_string(),
-                kind: entry.kind.to_string(),
-                read_only: entry.read_only,
-                size: entry.size,
-                modified_usec: entry.modified_usec,
-                path,
+impl From<Error> for BusError {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        let inner = match &error {
+            Error::RolledBack(inner) => inner.as_ref(),
+            other => other,
+        };
+        match inner {
+            Error::Image(image) => super::image_bus_error(image, message),
+            Error::Profile(_) | Error::InvalidCopyMode(_) | Error::InvalidImagePath(_) | Error::SymlinkNeedsDirectory(_) => {
+                BusError::InvalidArgument(message)
             }
-        })
-        .collect())
+            Error::NoUnits(_) => BusError::BadImage(message),
+            Error::UnitExists { .. }
+            | Error::Shadowed { .. }
+            | Error::AttachedFrom { .. }
+            | Error::AttachedOtherwise { .. }
+            | Error::DuplicateUnit { .. } => BusError::Conflict(message),
+            Error::NotAttached(_) => BusError::NoSuchImage(message),
+            Error::Attached(_) | Error::Running { .. } | Error::ReadOnly(_) => BusError::Busy(message),
+            Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } | Error::RolledBack(_) => {
+                BusError::Failed(message)
+            }
+        }
+    }
 }

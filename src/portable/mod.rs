@@ -3,10 +3,14 @@
 
 pub mod attachments;
 pub mod dropin;
+pub mod ops;
+pub mod plan;
+pub mod profile;
 
 pub use attachments::{Attachment, Attachments};
 
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -41,4 +45,52 @@ impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Why a portable operation was refused or failed. Each names the image or
+/// unit and the reason, in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Profile(#[from] profile::Error),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::Error),
+    #[error(transparent)]
+    Transaction(#[from] crate::transaction::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("'{0}' is not a copy mode (copy, symlink, auto)")]
+    InvalidCopyMode(String),
+    #[error("image '{0}': cannot be attached from this path (it must be absolute, without quotes or newlines)")]
+    InvalidImagePath(String),
+    #[error("image '{0}': no unit files match its prefixes")]
+    NoUnits(String),
+    #[error("image '{0}': --copy=symlink needs a directory image; a file image's units must be copied")]
+    SymlinkNeedsDirectory(String),
+    #[error("unit '{unit}' is in both '{first}' and '{second}'")]
+    DuplicateUnit { unit: String, first: String, second: String },
+    #[error("unit '{unit}' exists on the host already ({}); use --force to attach over it", path.display())]
+    UnitExists { unit: String, path: PathBuf },
+    #[error("unit '{unit}' in {} takes precedence over a runtime attachment", path.display())]
+    Shadowed { unit: String, path: PathBuf },
+    #[error("unit '{unit}' is already attached from image '{image}'; use reattach to replace it")]
+    AttachedFrom { unit: String, image: String },
+    #[error("unit '{unit}' of image '{image}' is already attached {how}")]
+    AttachedOtherwise { unit: String, image: String, how: &'static str },
+    #[error("image '{0}' is not attached")]
+    NotAttached(String),
+    #[error("image '{0}' is attached; detach it first")]
+    Attached(String),
+    #[error("unit '{unit}' of image '{image}' is {state}; stop it first or use --now")]
+    Running { unit: String, image: String, state: String },
+    #[error("image '{0}' is read-only")]
+    ReadOnly(String),
+    #[error("{0}; the host was left as it was")]
+    RolledBack(Box<Error>),
 }

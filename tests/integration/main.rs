@@ -10,6 +10,7 @@ mod testbed;
 
 mod foundation;
 mod images;
+mod portable;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -83,6 +84,7 @@ fn main() -> ExitCode {
     let mut trials = Vec::new();
     trials.extend(foundation::trials(&shared));
     trials.extend(images::trials(&shared));
+    trials.extend(portable::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");

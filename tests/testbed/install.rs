@@ -43,7 +43,7 @@ pub fn install_wharf(bin_dir: &Path, root: &Path) -> Result<()> {
         copy(&from, &to, *mode)?;
     }
     let profiles = repo_dir().join("units/profiles");
-    if profiles.is_dir() {
+    {
         for profile in read_dir(&profiles)? {
             for file in read_dir(&profile)? {
                 let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();

@@ -441,8 +441,13 @@ fn start_nspawn(name: &str, work: &Path, root: &Path) -> Result<(Child, u32)> {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(pid1) = cleanup::children_of(child.id()).first() {
-            return Ok((child, *pid1));
+        // nspawn forks an outer child that forks the container's init and
+        // exits; the init is the child that has become systemd.
+        let init = cleanup::children_of(child.id())
+            .into_iter()
+            .find(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "systemd"));
+        if let Some(pid1) = init {
+            return Ok((child, pid1));
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = fs::read_to_string(work.join("console.log")).unwrap_or_default();

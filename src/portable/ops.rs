@@ -1,0 +1,448 @@
+//! The portable operations as wharfd runs them: attach, detach, reattach,
+//! state and remove, each one transaction of file changes and one systemd
+//! reload, and each either done completely or undone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::attachments::{Attachment, Attachments};
+use super::plan::{AttachOptions, CopyMode, DetachUnit, Source, add_detach_steps, plan_attach, plan_detach_unit};
+use super::profile::Profile;
+use super::{Error, State};
+use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
+use crate::image::units::find_units;
+use crate::image::{ImageKind, Pool, readonly};
+use crate::systemd::Systemd;
+use crate::transaction::{Change, Transaction};
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The host wharf works on: its root (`/`, or a scratch directory in tests),
+/// the image pool and the transaction journal.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub root: PathBuf,
+    pub pool: Pool,
+    pub journal_dir: PathBuf,
+}
+
+impl Host {
+    /// The real host.
+    pub fn system() -> Host {
+        Host {
+            root: PathBuf::from("/"),
+            pool: Pool::portables(),
+            journal_dir: PathBuf::from(crate::transaction::JOURNAL_DIR),
+        }
+    }
+}
+
+/// What attach, detach and reattach are asked to do beyond the files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Actions {
+    pub runtime: bool,
+    pub force: bool,
+    pub enable: bool,
+    pub now: bool,
+    pub no_block: bool,
+}
+
+impl Actions {
+    pub fn from_flags(flags: u64) -> Actions {
+        use crate::api::flags::*;
+        Actions {
+            runtime: flags & RUNTIME != 0,
+            force: flags & FORCE != 0,
+            enable: flags & ENABLE != 0,
+            now: flags & NOW != 0,
+            no_block: flags & NO_BLOCK != 0,
+        }
+    }
+}
+
+/// One image asked for, with its prefixes (empty: the image's own).
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub image: String,
+    pub prefixes: Vec<String>,
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub changes: Vec<Change>,
+    /// Units attached (attach, reattach) or detached (detach).
+    pub units: Vec<String>,
+    /// Units started, stopped or restarted on the way.
+    pub restarted: Vec<String>,
+}
+
+/// Runs blocking file work off the async executor.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    zruntime::unblock(work).await
+}
+
+/// Reads one image into an attach [`Source`]: locate, recognise, read its
+/// os-release and the units matching its prefixes.
+pub fn read_source(host: &Host, request: &ImageRequest) -> Result<Source> {
+    let path = host.pool.locate(&request.image, None)?;
+    let path = std::path::absolute(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let name = image_name(&path)?;
+    let kind = ImageKind::detect(&path)?;
+    let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let mut opened = open(&path, file, kind)?;
+    let os_release = read_os_release(&path, opened.tree.as_mut())?;
+    let prefixes = choose_prefixes(&path, &name, &request.prefixes, &os_release)?;
+    let units = find_units(opened.tree.as_mut(), &prefixes)
+        .map_err(|source| crate::image::Error::Unit { image: path.clone(), source })?;
+    Ok(Source { image: path, kind, units })
+}
+
+/// Units that can be started or enabled on their own (not templates).
+fn startable(units: &[String]) -> Vec<String> {
+    units.iter().filter(|u| !u.contains("@.")).cloned().collect()
+}
+
+/// Attaches images (one or a batch) with one transaction and one reload.
+pub async fn attach(
+    host: &Host,
+    systemd: &Systemd,
+    requests: Vec<ImageRequest>,
+    profile: &str,
+    copy: CopyMode,
+    actions: Actions,
+) -> Result<Outcome> {
+    let planning_host = host.clone();
+    let profile = profile.to_string();
+    let (tx, units, changes, enable) = blocking(move || -> Result<_> {
+        let host = planning_host;
+        let sources = requests.iter().map(|r| read_source(&host, r)).collect::<Result<Vec<_>>>()?;
+        let options =
+            AttachOptions { profile: Profile::find(&host.root, &profile)?, copy, runtime: actions.runtime, force: actions.force };
+        let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+        let mut tx = Transaction::new(&host.journal_dir);
+        let units = plan_attach(&host.root, &sources, &options, &existing, &[], &mut tx)?;
+        let enable: Vec<String> = sources
+            .iter()
+            .flat_map(|s| &s.units)
+            .filter(|u| !u.name.contains("@.") && u.contents.contains("[Install]"))
+            .map(|u| u.name.clone())
+            .collect();
+        let changes = tx.apply()?;
+        Ok((tx, units, changes, enable))
+    })
+    .await?;
+
+    let result = async {
+        if actions.enable {
+            systemd.enable(&enable, actions.runtime).await?;
+        }
+        systemd.reload().await?;
+        if actions.now {
+            systemd.start(&startable(&units), !actions.no_block).await?;
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(error) = result {
+        undo_attach(systemd, tx, &units, &enable, actions).await;
+        return Err(Error::RolledBack(Box::new(error)));
+    }
+    blocking(move || tx.commit()).await?;
+    tracing::info!(units = ?units, "attached");
+    let restarted = if actions.now { startable(&units) } else { Vec::new() };
+    Ok(Outcome { changes, units, restarted })
+}
+
+/// Puts the host back after a failed attach: the units stopped and
+/// disabled, the files removed, systemd reloaded.
+async fn undo_attach(systemd: &Systemd, tx: Transaction, units: &[String], enabled: &[String], actions: Actions) {
+    if actions.now
+        && let Err(e) = systemd.stop(&startable(units), true).await
+    {
+        tracing::error!("undoing attach: {e}");
+    }
+    if actions.enable
+        && let Err(e) = systemd.disable(enabled, actions.runtime).await
+    {
+        tracing::error!("undoing attach: {e}");
+    }
+    if let Err(e) = blocking(move || tx.rollback()).await {
+        tracing::error!("undoing attach: {e}");
+    }
+    if let Err(e) = systemd.reload().await {
+        tracing::error!("undoing attach: {e}");
+    }
+}
+
+/// The attachments of an image given by name or path. A detached image's
+/// file may be gone already, so attachments are also matched by file name.
+fn attachments_of(host: &Host, image: &str) -> Result<(String, Vec<Attachment>)> {
+    let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    let located = host
+        .pool
+        .locate(image, None)
+        .ok()
+        .and_then(|p| std::path::absolute(p).ok())
+        .map(|p| p.display().to_string());
+    let matches = |a: &Attachment| {
+        Some(&a.image) == located.as_ref()
+            || a.image == image
+            || Path::new(&a.image).file_name().is_some_and(|n| n.to_string_lossy() == image)
+    };
+    let found: Vec<Attachment> = existing.0.into_iter().filter(matches).collect();
+    match found.first() {
+        Some(first) => Ok((first.image.clone(), found)),
+        None => Err(Error::NotAttached(located.unwrap_or_else(|| image.to_string()))),
+    }
+}
+
+/// Units among `units` that are enabled, by whether they are runtime.
+async fn enabled_units(systemd: &Systemd, units: &[String]) -> Result<Vec<String>> {
+    let states = systemd.unit_file_states(units).await?;
+    Ok(units.iter().filter(|u| states.get(*u).is_some_and(|s| s.starts_with("enabled"))).cloned().collect())
+}
+
+async fn active_units(systemd: &Systemd, units: &[String]) -> Result<Vec<(String, String)>> {
+    Ok(systemd
+        .unit_states(units)
+        .await?
+        .into_iter()
+        .filter(|s| s.is_active())
+        .map(|s| (s.name, s.active_state))
+        .collect())
+}
+
+/// Detaches an image: its running units are refused unless `now`, which
+/// stops them first; enabled units are disabled.
+pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Actions) -> Result<Outcome> {
+    let lookup_host = host.clone();
+    let image = image.to_string();
+    let (image, attachments) = blocking(move || attachments_of(&lookup_host, &image)).await?;
+    let units: Vec<String> = attachments.iter().map(|a| a.unit.clone()).collect();
+    let runtime = attachments.iter().any(|a| a.runtime);
+
+    let active = active_units(systemd, &units).await?;
+    if let Some((unit, state)) = active.first()
+        && !actions.now
+    {
+        return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
+    }
+    let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
+    systemd.stop(&stopped, true).await?;
+    let enabled = enabled_units(systemd, &units).await?;
+
+    let plan_host = host.clone();
+    let prepared = blocking(move || -> Result<_> {
+        let plans = attachments.iter().map(|a| plan_detach_unit(&plan_host.root, a)).collect::<Result<Vec<_>>>()?;
+        report_kept(&plans);
+        let mut tx = Transaction::new(&plan_host.journal_dir);
+        add_detach_steps(&plans, &mut tx);
+        Ok(tx)
+    })
+    .await;
+    let result = async {
+        let mut tx = prepared?;
+        systemd.disable(&enabled, runtime).await?;
+        let applied = blocking(move || tx.apply().map(|changes| (tx, changes))).await;
+        let (tx, changes) = match applied {
+            Ok(done) => done,
+            Err(e) => return Err(Error::from(e)),
+        };
+        if let Err(e) = systemd.reload().await {
+            let _ = blocking(move || tx.rollback()).await;
+            return Err(e.into());
+        }
+        blocking(move || tx.commit()).await?;
+        Ok(changes)
+    }
+    .await;
+    match result {
+        Ok(changes) => {
+            tracing::info!(image, units = ?units, "detached");
+            Ok(Outcome { changes, units, restarted: stopped })
+        }
+        Err(error) => {
+            // Leave the host as it was: enabled and running again.
+            if let Err(e) = systemd.enable(&enabled, runtime).await {
+                tracing::error!("undoing detach: {e}");
+            }
+            if let Err(e) = systemd.reload().await {
+                tracing::error!("undoing detach: {e}");
+            }
+            if let Err(e) = systemd.start(&stopped, true).await {
+                tracing::error!("undoing detach: {e}");
+            }
+            Err(Error::RolledBack(Box::new(error)))
+        }
+    }
+}
+
+fn report_kept(plans: &[DetachUnit]) {
+    for plan in plans {
+        for path in &plan.kept {
+            tracing::warn!(unit = plan.unit, path = %path.display(), "not written by wharf, left in place");
+        }
+    }
+}
+
+/// Replaces the attached version of an image by a new one: the new units
+/// are attached, old units the new image no longer has are detached, and
+/// units that were running are restarted on the new image. If anything
+/// fails, the old attachment is put back as it was, running again.
+pub async fn reattach(
+    host: &Host,
+    systemd: &Systemd,
+    request: ImageRequest,
+    profile: &str,
+    copy: CopyMode,
+    actions: Actions,
+) -> Result<Outcome> {
+    let planning_host = host.clone();
+    let profile = profile.to_string();
+    let planned = blocking(move || -> Result<_> {
+        let host = planning_host;
+        let source = read_source(&host, &request)?;
+        let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+        let new_prefix = image_name(&source.image)?.prefix().to_string();
+        // The old version: whatever image holds units of the same names, or
+        // an attached image with the same name prefix.
+        let old_images: Vec<String> = {
+            let mut images: Vec<String> = existing
+                .0
+                .iter()
+                .filter(|a| a.image != source.image_str())
+                .filter(|a| {
+                    source.units.iter().any(|u| u.name == a.unit)
+                        || image_name(Path::new(&a.image)).is_ok_and(|n| n.prefix() == new_prefix)
+                })
+                .map(|a| a.image.clone())
+                .collect();
+            images.sort();
+            images.dedup();
+            images
+        };
+        let old: Vec<Attachment> = existing.0.iter().filter(|a| old_images.contains(&a.image)).cloned().collect();
+        let runtime = old.first().map_or(actions.runtime, |a| a.runtime);
+        let options = AttachOptions { profile: Profile::find(&host.root, &profile)?, copy, runtime, force: actions.force };
+        let mut tx = Transaction::new(&host.journal_dir);
+        // Old units the new image does not bring go; the others are rewritten by the attach steps.
+        let dropped: Vec<DetachUnit> = old
+            .iter()
+            .filter(|a| !source.units.iter().any(|u| u.name == a.unit))
+            .map(|a| plan_detach_unit(&host.root, a))
+            .collect::<Result<_>>()?;
+        report_kept(&dropped);
+        add_detach_steps(&dropped, &mut tx);
+        let units = plan_attach(&host.root, std::slice::from_ref(&source), &options, &existing, &old_images, &mut tx)?;
+        Ok((tx, units, old, dropped, runtime))
+    })
+    .await?;
+    let (mut tx, units, old, dropped, runtime) = planned;
+    let old_units: Vec<String> = old.iter().map(|a| a.unit.clone()).collect();
+    let dropped_units: Vec<String> = dropped.iter().map(|d| d.unit.clone()).collect();
+
+    let running: Vec<String> = active_units(systemd, &old_units).await?.into_iter().map(|(u, _)| u).collect();
+    let running_dropped: Vec<String> = running.iter().filter(|u| dropped_units.contains(u)).cloned().collect();
+    let restart: Vec<String> = running.iter().filter(|u| units.contains(u)).cloned().collect();
+    let enabled_dropped = enabled_units(systemd, &dropped_units).await?;
+
+    systemd.stop(&running_dropped, true).await?;
+    let applied = async {
+        systemd.disable(&enabled_dropped, runtime).await?;
+        blocking(move || tx.apply().map(|changes| (tx, changes))).await.map_err(Error::from)
+    }
+    .await;
+    let (tx, changes) = match applied {
+        Ok(done) => done,
+        Err(error) => {
+            let _ = systemd.enable(&enabled_dropped, runtime).await;
+            let _ = systemd.start(&running_dropped, true).await;
+            return Err(Error::RolledBack(Box::new(error)));
+        }
+    };
+    let result = async {
+        if actions.enable {
+            systemd.enable(&startable(&units), runtime).await?;
+        }
+        systemd.reload().await?;
+        systemd.restart(&restart, !actions.no_block).await?;
+        if actions.now {
+            let not_running: Vec<String> = startable(&units).into_iter().filter(|u| !restart.contains(u)).collect();
+            systemd.start(&not_running, !actions.no_block).await?;
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(error) = result {
+        // Back to the old version: its files, its enablement, its running units.
+        if let Err(e) = blocking(move || tx.rollback()).await {
+            tracing::error!("undoing reattach: {e}");
+        }
+        let _ = systemd.enable(&enabled_dropped, runtime).await;
+        let _ = systemd.reload().await;
+        let _ = systemd.restart(&running, true).await;
+        return Err(Error::RolledBack(Box::new(error)));
+    }
+    blocking(move || tx.commit()).await?;
+    tracing::info!(units = ?units, restarted = ?restart, "reattached");
+    Ok(Outcome { changes, units, restarted: restart })
+}
+
+/// The state of every image attached on the host, keyed by image path.
+pub async fn states(host: &Host, systemd: &Systemd) -> Result<HashMap<String, State>> {
+    let scan_root = host.root.clone();
+    let attachments = blocking(move || Attachments::scan(&scan_root))
+        .await
+        .map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    let units: Vec<String> = attachments.0.iter().map(|a| a.unit.clone()).collect();
+    let active: Vec<String> = active_units(systemd, &units).await?.into_iter().map(|(u, _)| u).collect();
+    let enabled = enabled_units(systemd, &units).await?;
+    let mut states: HashMap<String, State> = HashMap::new();
+    for attachment in &attachments.0 {
+        let state = match (active.contains(&attachment.unit), enabled.contains(&attachment.unit), attachment.runtime) {
+            (true, _, false) => State::Running,
+            (true, _, true) => State::RunningRuntime,
+            (false, true, false) => State::Enabled,
+            (false, true, true) => State::EnabledRuntime,
+            (false, false, false) => State::Attached,
+            (false, false, true) => State::AttachedRuntime,
+        };
+        let entry = states.entry(attachment.image.clone()).or_insert(state);
+        *entry = (*entry).max(state);
+    }
+    Ok(states)
+}
+
+/// The state of one image (detached when nothing of it is attached).
+pub async fn state(host: &Host, systemd: &Systemd, image: &str) -> Result<(String, State)> {
+    let lookup_host = host.clone();
+    let name = image.to_string();
+    match blocking(move || attachments_of(&lookup_host, &name)).await {
+        Ok((path, _)) => {
+            let state = states(host, systemd).await?.get(&path).copied().unwrap_or(State::Detached);
+            Ok((path, state))
+        }
+        Err(Error::NotAttached(path)) => Ok((path, State::Detached)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes an image from the pool; refused while attached or read-only.
+pub fn remove(host: &Host, image: &str) -> Result<PathBuf> {
+    let path = host.pool.locate(image, None)?;
+    let path = std::path::absolute(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    let image_str = path.display().to_string();
+    if existing.of(&image_str).next().is_some() {
+        return Err(Error::Attached(image_str));
+    }
+    let meta = std::fs::symlink_metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    if readonly::is_read_only(&path, &meta) {
+        return Err(Error::ReadOnly(image_str));
+    }
+    let removed = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    removed.map_err(|source| Error::Io { path: path.clone(), source })?;
+    tracing::info!(image = image_str, "removed");
+    Ok(path)
+}

@@ -1,0 +1,453 @@
+//! Planning attach and detach: from an image's units, the profile and the
+//! host as it is, the file steps of one [`Transaction`]. Everything that can
+//! refuse (a unit that exists on the host, one attached from another image,
+//! a running unit) is checked here, before anything is written.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::Error;
+use super::attachments::{Attachment, Attachments, PERSISTENT_UNIT_DIR, RUNTIME_UNIT_DIR};
+use super::dropin::{PORTABLE_DROPIN, PROFILE_DROPIN, marker, parse_marker};
+use super::profile::{PROFILE_DIRS, Profile};
+use crate::image::ImageKind;
+use crate::image::units::UnitFile;
+use crate::transaction::Transaction;
+
+/// Every directory systemd loads system units from, in priority order.
+pub const HOST_UNIT_DIRS: &[&str] = &[
+    "etc/systemd/system",
+    "run/systemd/system",
+    "usr/local/lib/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+];
+
+/// How unit files and profile drop-ins get onto the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Copies of everything.
+    Copy,
+    /// Symlinks: units into a directory image, drop-ins to the profile.
+    Symlink,
+    /// Profile drop-ins as symlinks (profile updates apply), units copied
+    /// from file images and linked from directory images.
+    Auto,
+}
+
+impl FromStr for CopyMode {
+    type Err = Error;
+    fn from_str(word: &str) -> Result<Self, Error> {
+        match word {
+            "copy" => Ok(CopyMode::Copy),
+            "symlink" => Ok(CopyMode::Symlink),
+            "auto" | "" => Ok(CopyMode::Auto),
+            other => Err(Error::InvalidCopyMode(other.to_string())),
+        }
+    }
+}
+
+/// What attach needs to know about one image.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Absolute path of the image on the host (after any decompression).
+    pub image: PathBuf,
+    pub kind: ImageKind,
+    pub units: Vec<UnitFile>,
+}
+
+impl Source {
+    pub fn image_str(&self) -> String {
+        self.image.display().to_string()
+    }
+
+    /// The value of `PORTABLE=`: the image's file name.
+    fn portable_name(&self) -> String {
+        self.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub profile: Profile,
+    pub copy: CopyMode,
+    pub runtime: bool,
+    pub force: bool,
+}
+
+/// The unit directory an attachment goes to.
+pub fn unit_dir(root: &Path, runtime: bool) -> PathBuf {
+    root.join(if runtime { RUNTIME_UNIT_DIR } else { PERSISTENT_UNIT_DIR })
+}
+
+/// The `20-portable.conf` drop-in tying `unit` to its image.
+pub fn portable_dropin(source: &Source, unit: &UnitFile) -> String {
+    let image = source.image_str();
+    let mut text = format!("{}\n", marker(&image));
+    if unit.is_service() {
+        let root = if source.kind.is_file() { "RootImage" } else { "RootDirectory" };
+        let name = source.portable_name();
+        text.push_str(&format!(
+            "[Service]\n{root}={image}\nEnvironment=PORTABLE={name}\n\
+             BindReadOnlyPaths=/etc/os-release:/run/host/os-release\nLogExtraFields=PORTABLE={name}\n"
+        ));
+    }
+    text
+}
+
+/// Adds to `tx` the steps that attach `sources`, and returns the unit names
+/// attached. `existing` is what is attached now; units of the images in
+/// `replacing` are being detached by the same transaction (reattach) and
+/// are not conflicts.
+pub fn plan_attach(
+    root: &Path,
+    sources: &[Source],
+    options: &AttachOptions,
+    existing: &Attachments,
+    replacing: &[String],
+    tx: &mut Transaction,
+) -> Result<Vec<String>, Error> {
+    let dest = unit_dir(root, options.runtime);
+    let mut names: Vec<String> = Vec::new();
+    for source in sources {
+        let image = source.image_str();
+        if image.contains(['\'', '\n']) || !source.image.is_absolute() {
+            return Err(Error::InvalidImagePath(image));
+        }
+        if source.units.is_empty() {
+            return Err(Error::NoUnits(image));
+        }
+        if options.copy == CopyMode::Symlink && source.kind.is_file() {
+            return Err(Error::SymlinkNeedsDirectory(image));
+        }
+        for unit in &source.units {
+            if let Some(other) = sources.iter().find(|s| s.image != source.image && s.units.iter().any(|u| u.name == unit.name))
+            {
+                return Err(Error::DuplicateUnit { unit: unit.name.clone(), first: image, second: other.image_str() });
+            }
+            check_conflict(root, &dest, &image, &unit.name, options, existing, replacing)?;
+            names.push(unit.name.clone());
+        }
+    }
+
+    // Drop-ins first, unit files last: systemd never sees a unit without its sandbox.
+    for source in sources {
+        for unit in &source.units {
+            let dropins = dest.join(format!("{}.d", unit.name));
+            tx.make_dir(&dropins);
+            tx.write(dropins.join(PORTABLE_DROPIN), portable_dropin(source, unit), 0o644);
+            if let Some((profile_file, contents)) = options.profile.contents_for(&unit.name)? {
+                match options.copy {
+                    CopyMode::Copy => tx.write(
+                        dropins.join(PROFILE_DROPIN),
+                        format!("{}\n{contents}", marker(&source.image_str())),
+                        0o644,
+                    ),
+                    CopyMode::Symlink | CopyMode::Auto => tx.symlink(dropins.join(PROFILE_DROPIN), profile_file),
+                }
+            } else {
+                // A profile without a drop-in for this unit type: drop a stale one.
+                tx.remove(dropins.join(PROFILE_DROPIN));
+            }
+        }
+    }
+    for source in sources {
+        for unit in &source.units {
+            let path = dest.join(&unit.name);
+            let link = match options.copy {
+                CopyMode::Symlink => true,
+                CopyMode::Auto => !source.kind.is_file(),
+                CopyMode::Copy => false,
+            };
+            if link {
+                tx.symlink(path, in_directory_image(&source.image, &unit.path));
+            } else {
+                tx.write(path, format!("{}\n{}", marker(&source.image_str()), unit.contents), 0o644);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The host path of a file inside a directory image.
+fn in_directory_image(image: &Path, inner: &str) -> PathBuf {
+    image.join(inner.trim_start_matches('/'))
+}
+
+fn check_conflict(
+    root: &Path,
+    dest: &Path,
+    image: &str,
+    unit: &str,
+    options: &AttachOptions,
+    existing: &Attachments,
+    replacing: &[String],
+) -> Result<(), Error> {
+    if let Some(current) = existing.0.iter().find(|a| a.unit == unit) {
+        if replacing.contains(&current.image) {
+            return Ok(());
+        }
+        if current.image != image {
+            return Err(Error::AttachedFrom { unit: unit.to_string(), image: current.image.clone() });
+        }
+        if current.runtime != options.runtime {
+            let how = if current.runtime { "at runtime" } else { "persistently" };
+            return Err(Error::AttachedOtherwise { unit: unit.to_string(), image: image.to_string(), how });
+        }
+        // The same image again, the same way: a refresh.
+        return Ok(());
+    }
+    for dir in HOST_UNIT_DIRS {
+        let path = root.join(dir).join(unit);
+        if path.symlink_metadata().is_err() {
+            continue;
+        }
+        let takes_precedence = options.runtime && dir.starts_with("etc/");
+        if takes_precedence {
+            return Err(Error::Shadowed { unit: unit.to_string(), path });
+        }
+        if !options.force {
+            return Err(Error::UnitExists { unit: unit.to_string(), path });
+        }
+        if path.parent() == Some(dest) {
+            tracing::warn!(unit, path = %path.display(), "--force: replacing a unit file wharf did not write");
+        }
+    }
+    Ok(())
+}
+
+/// What detaching one unit removes, found by wharf's marks only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachUnit {
+    pub unit: String,
+    pub runtime: bool,
+    /// Files to remove, in order (the unit file first, so systemd never sees
+    /// it without its drop-ins).
+    pub remove: Vec<PathBuf>,
+    /// Files left alone because wharf did not write them.
+    pub kept: Vec<PathBuf>,
+}
+
+/// Which of the files of an attachment wharf wrote, and so may remove.
+pub fn plan_detach_unit(root: &Path, attachment: &Attachment) -> Result<DetachUnit, Error> {
+    let dir = unit_dir(root, attachment.runtime);
+    let unit_path = dir.join(&attachment.unit);
+    let dropins = dir.join(format!("{}.d", attachment.unit));
+    let mut remove = Vec::new();
+    let mut kept = Vec::new();
+
+    let ours = |path: &Path| -> Result<bool, Error> { written_by_wharf(root, path, &attachment.image) };
+    if unit_path.symlink_metadata().is_ok() {
+        if ours(&unit_path)? {
+            remove.push(unit_path);
+        } else {
+            kept.push(unit_path);
+        }
+    }
+    let profile = dropins.join(PROFILE_DROPIN);
+    if profile.symlink_metadata().is_ok() {
+        if ours(&profile)? {
+            remove.push(profile);
+        } else {
+            kept.push(profile);
+        }
+    }
+    remove.push(dropins.join(PORTABLE_DROPIN));
+    let others = std::fs::read_dir(&dropins)
+        .map_err(|e| Error::Io { path: dropins.clone(), source: e })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .any(|path| !remove.contains(&path));
+    if !others {
+        remove.push(dropins);
+    }
+    Ok(DetachUnit { unit: attachment.unit.clone(), runtime: attachment.runtime, remove, kept })
+}
+
+/// Whether a file next to an attached unit was written by wharf for `image`:
+/// it carries the marker, or it is a symlink into the image or to a profile.
+fn written_by_wharf(root: &Path, path: &Path, image: &str) -> Result<bool, Error> {
+    let meta = path.symlink_metadata().map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        let into_image = target.starts_with(image);
+        let to_profile = PROFILE_DIRS.iter().any(|dir| target.starts_with(Path::new("/").join(dir)) || target.starts_with(root.join(dir)));
+        return Ok(into_image || to_profile);
+    }
+    if !meta.is_file() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    Ok(parse_marker(&text) == Some(image))
+}
+
+/// Adds the removals of `units` to `tx`.
+pub fn add_detach_steps(units: &[DetachUnit], tx: &mut Transaction) {
+    for unit in units {
+        for path in &unit.remove {
+            tx.remove(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::units::UnitFile;
+    use crate::portable::Attachments;
+
+    struct Host {
+        root: PathBuf,
+    }
+
+    impl Host {
+        fn new(tag: &str) -> Host {
+            let root = std::env::temp_dir().join(format!("wharf-plan-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            for dir in ["etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system", "usr/lib/wharf/profiles/default"] {
+                std::fs::create_dir_all(root.join(dir)).unwrap();
+            }
+            std::fs::write(root.join("usr/lib/wharf/profiles/default/service.conf"), "[Service]\nDynamicUser=yes\n").unwrap();
+            Host { root }
+        }
+
+        fn options(&self, copy: CopyMode, runtime: bool, force: bool) -> AttachOptions {
+            AttachOptions { profile: Profile::find(&self.root, "default").unwrap(), copy, runtime, force }
+        }
+
+        fn attach(&self, sources: &[Source], options: &AttachOptions) -> Result<Vec<String>, Error> {
+            let existing = Attachments::scan(&self.root).unwrap();
+            let mut tx = Transaction::new(&self.root.join("journal"));
+            let units = plan_attach(&self.root, sources, options, &existing, &[], &mut tx)?;
+            tx.apply().unwrap();
+            tx.commit().unwrap();
+            Ok(units)
+        }
+
+        fn read(&self, rel: &str) -> String {
+            std::fs::read_to_string(self.root.join(rel)).unwrap()
+        }
+    }
+
+    impl Drop for Host {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn unit(name: &str) -> UnitFile {
+        UnitFile {
+            name: name.into(),
+            path: format!("/usr/lib/systemd/system/{name}"),
+            contents: "[Service]\nExecStart=/x\n".into(),
+        }
+    }
+
+    fn raw(image: &str, units: &[&str]) -> Source {
+        Source { image: image.into(), kind: ImageKind::Squashfs, units: units.iter().map(|u| unit(u)).collect() }
+    }
+
+    #[test]
+    fn attach_writes_units_and_dropins() {
+        let host = Host::new("attach");
+        let source = raw("/var/lib/portables/foobar.raw", &["foobar.service", "foobar.socket"]);
+        let units = host.attach(&[source], &host.options(CopyMode::Auto, false, false)).unwrap();
+        assert_eq!(units, ["foobar.service", "foobar.socket"]);
+
+        let dropin = host.read("etc/systemd/system/foobar.service.d/20-portable.conf");
+        assert_eq!(
+            dropin,
+            "# Drop-in created by wharf for image '/var/lib/portables/foobar.raw', do not edit.\n[Service]\n\
+             RootImage=/var/lib/portables/foobar.raw\nEnvironment=PORTABLE=foobar.raw\n\
+             BindReadOnlyPaths=/etc/os-release:/run/host/os-release\nLogExtraFields=PORTABLE=foobar.raw\n"
+        );
+        let socket_dropin = host.read("etc/systemd/system/foobar.socket.d/20-portable.conf");
+        assert_eq!(socket_dropin.lines().count(), 1, "non-service units only get the marker");
+        let profile = std::fs::read_link(host.root.join("etc/systemd/system/foobar.service.d/10-profile.conf")).unwrap();
+        assert_eq!(profile, host.root.join("usr/lib/wharf/profiles/default/service.conf"));
+        assert!(!host.root.join("etc/systemd/system/foobar.socket.d/10-profile.conf").exists());
+        let unit_file = host.read("etc/systemd/system/foobar.service");
+        assert!(unit_file.starts_with("# Drop-in created by wharf for image '/var/lib/portables/foobar.raw'"));
+        assert!(unit_file.ends_with("[Service]\nExecStart=/x\n"));
+
+        let attached = Attachments::scan(&host.root).unwrap();
+        assert_eq!(attached.file_state("/var/lib/portables/foobar.raw"), crate::portable::State::Attached);
+    }
+
+    #[test]
+    fn directory_images_get_root_directory_and_links() {
+        let host = Host::new("dir");
+        let source = Source { image: "/srv/foobar".into(), kind: ImageKind::Directory, units: vec![unit("foobar.service")] };
+        host.attach(&[source.clone()], &host.options(CopyMode::Auto, true, false)).unwrap();
+        assert!(host.read("run/systemd/system/foobar.service.d/20-portable.conf").contains("\nRootDirectory=/srv/foobar\n"));
+        assert_eq!(
+            std::fs::read_link(host.root.join("run/systemd/system/foobar.service")).unwrap(),
+            PathBuf::from("/srv/foobar/usr/lib/systemd/system/foobar.service")
+        );
+        let copied = host.options(CopyMode::Copy, false, false);
+        let raw_source = raw("/x/other.raw", &["other.service"]);
+        host.attach(&[raw_source.clone()], &copied).unwrap();
+        assert!(host.read("etc/systemd/system/other.service.d/10-profile.conf").starts_with("# Drop-in created by wharf"));
+        let symlinked = host.options(CopyMode::Symlink, false, false);
+        assert!(matches!(host.attach(&[raw_source], &symlinked), Err(Error::SymlinkNeedsDirectory(_))));
+    }
+
+    #[test]
+    fn conflicts_are_refused_before_writing() {
+        let host = Host::new("conflict");
+        std::fs::write(host.root.join("usr/lib/systemd/system/dbus.service"), "[Service]\n").unwrap();
+        let before = std::fs::read_dir(host.root.join("etc/systemd/system")).unwrap().count();
+        let source = raw("/p/dbus.raw", &["dbus-extra.service", "dbus.service"]);
+        let error = host.attach(&[source.clone()], &host.options(CopyMode::Auto, false, false)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "unit 'dbus.service' exists on the host already ({}); use --force to attach over it",
+                host.root.join("usr/lib/systemd/system/dbus.service").display()
+            )
+        );
+        assert_eq!(std::fs::read_dir(host.root.join("etc/systemd/system")).unwrap().count(), before);
+        // --force attaches over it (the /etc copy shadows /usr/lib).
+        host.attach(&[source], &host.options(CopyMode::Auto, false, true)).unwrap();
+
+        // Another image bringing the same unit is refused, even with --force.
+        let second = raw("/p/dbus_2.raw", &["dbus.service"]);
+        let error = host.attach(&[second], &host.options(CopyMode::Auto, false, true)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unit 'dbus.service' is already attached from image '/p/dbus.raw'; use reattach to replace it"
+        );
+        // Two images of one batch bringing the same unit.
+        let a = raw("/p/a.raw", &["same.service"]);
+        let b = raw("/p/b.raw", &["same.service"]);
+        assert!(matches!(host.attach(&[a, b], &host.options(CopyMode::Auto, false, false)), Err(Error::DuplicateUnit { .. })));
+    }
+
+    #[test]
+    fn detach_removes_only_what_wharf_wrote() {
+        let host = Host::new("detach");
+        let source = raw("/p/foobar.raw", &["foobar.service"]);
+        host.attach(&[source], &host.options(CopyMode::Auto, false, false)).unwrap();
+        std::fs::write(host.root.join("etc/systemd/system/foobar.service.d/50-admin.conf"), "[Service]\n").unwrap();
+        let attached = Attachments::scan(&host.root).unwrap();
+        let attachment = attached.of("/p/foobar.raw").next().unwrap();
+        let plan = plan_detach_unit(&host.root, attachment).unwrap();
+        let dir = host.root.join("etc/systemd/system");
+        assert_eq!(
+            plan.remove,
+            [
+                dir.join("foobar.service"),
+                dir.join("foobar.service.d/10-profile.conf"),
+                dir.join("foobar.service.d/20-portable.conf")
+            ]
+        );
+        // The admin's drop-in keeps the directory.
+        assert!(plan.kept.is_empty());
+
+        // A unit file someone replaced by hand is kept.
+        std::fs::write(dir.join("foobar.service"), "[Service]\nExecStart=/mine\n").unwrap();
+        std::fs::remove_file(dir.join("foobar.service.d/50-admin.conf")).unwrap();
+        let plan = plan_detach_unit(&host.root, attachment).unwrap();
+        assert_eq!(plan.kept, [dir.join("foobar.service")]);
+        assert_eq!(plan.remove.last().unwrap(), &dir.join("foobar.service.d"));
+    }
+}

@@ -1,0 +1,238 @@
+//! The calls wharf makes to systemd's manager (org.freedesktop.systemd1)
+//! over D-Bus: reload, enable/disable, start/stop/restart with waiting for
+//! the job, unit states, and transient units.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus::{Connection, OwnedObjectPath};
+use zbus_systemd::systemd1::ManagerProxy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("systemd: {what}: {source}")]
+    Call {
+        what: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("{unit}: {verb} job {result}")]
+    JobFailed { unit: String, verb: &'static str, result: String },
+    #[error("{unit}: {verb} job did not finish within {seconds} s")]
+    JobTimeout { unit: String, verb: &'static str, seconds: u64 },
+    #[error("{unit} failed right after it was started (see journalctl -u {unit})")]
+    FailedAfterStart { unit: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn call(what: impl Into<String>) -> impl FnOnce(zbus::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Call { what, source }
+}
+
+/// How long wharf waits for a start/stop job before calling it failed.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// After a start, units are watched this many times this far apart for an
+/// early failure.
+const SETTLE_CHECKS: u32 = 4;
+const SETTLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Unit state as `systemctl` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    pub name: String,
+    pub load_state: String,
+    pub active_state: String,
+}
+
+impl UnitState {
+    /// Running, or on its way up or down: not safe to pull its files.
+    pub fn is_active(&self) -> bool {
+        matches!(self.active_state.as_str(), "active" | "activating" | "deactivating" | "reloading" | "refreshing")
+    }
+}
+
+/// A change `EnableUnitFiles`/`DisableUnitFiles` made: (type, file, destination).
+pub type InstallChange = (String, String, String);
+
+/// A handle on systemd's manager.
+#[derive(Debug, Clone)]
+pub struct Systemd {
+    manager: ManagerProxy<'static>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum JobVerb {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl JobVerb {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobVerb::Start => "start",
+            JobVerb::Stop => "stop",
+            JobVerb::Restart => "restart",
+        }
+    }
+}
+
+impl Systemd {
+    pub async fn new(connection: &Connection) -> Result<Systemd> {
+        let manager = ManagerProxy::new(connection).await.map_err(call("connecting to the manager"))?;
+        Ok(Systemd { manager })
+    }
+
+    /// `daemon-reload`; returns once systemd has reloaded.
+    pub async fn reload(&self) -> Result<()> {
+        self.manager.reload().await.map_err(call("reload"))
+    }
+
+    pub async fn enable(&self, units: &[String], runtime: bool) -> Result<Vec<InstallChange>> {
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (_, changes) = self
+            .manager
+            .enable_unit_files(units.to_vec(), runtime, false)
+            .await
+            .map_err(call(format!("enabling {}", units.join(" "))))?;
+        Ok(changes)
+    }
+
+    pub async fn disable(&self, units: &[String], runtime: bool) -> Result<Vec<InstallChange>> {
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.manager
+            .disable_unit_files(units.to_vec(), runtime)
+            .await
+            .map_err(call(format!("disabling {}", units.join(" "))))
+    }
+
+    /// `enabled`, `disabled`, `static`, `enabled-runtime`, ... of a unit file.
+    pub async fn unit_file_state(&self, unit: &str) -> Result<String> {
+        self.manager.get_unit_file_state(unit.to_string()).await.map_err(call(format!("state of {unit}")))
+    }
+
+    /// Unit file states (`enabled`, `static`, ...) of several units in one
+    /// call, by unit name; units without a file are left out.
+    pub async fn unit_file_states(&self, units: &[String]) -> Result<HashMap<String, String>> {
+        if units.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let files = self
+            .manager
+            .list_unit_files_by_patterns(Vec::new(), units.to_vec())
+            .await
+            .map_err(call("listing unit files"))?;
+        Ok(files
+            .into_iter()
+            .filter_map(|(path, state)| {
+                let name = path.rsplit('/').next()?.to_string();
+                Some((name, state))
+            })
+            .collect())
+    }
+
+    /// Load and active states of several units in one call.
+    pub async fn unit_states(&self, units: &[String]) -> Result<Vec<UnitState>> {
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        let listed = self.manager.list_units_by_names(units.to_vec()).await.map_err(call("listing units"))?;
+        Ok(listed
+            .into_iter()
+            .map(|(name, _description, load_state, active_state, ..)| UnitState { name, load_state, active_state })
+            .collect())
+    }
+
+    pub async fn start(&self, units: &[String], wait: bool) -> Result<()> {
+        self.jobs(JobVerb::Start, units, wait).await?;
+        if wait { self.settle(units).await } else { Ok(()) }
+    }
+
+    pub async fn stop(&self, units: &[String], wait: bool) -> Result<()> {
+        self.jobs(JobVerb::Stop, units, wait).await
+    }
+
+    pub async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
+        self.jobs(JobVerb::Restart, units, wait).await?;
+        if wait { self.settle(units).await } else { Ok(()) }
+    }
+
+    /// A start job of a simple service is done once systemd has forked, so
+    /// a service whose binary is missing or that dies at once still starts
+    /// "successfully". Watch the units for a moment and call any that
+    /// failed a failure. (A oneshot that finished is inactive, not failed.)
+    async fn settle(&self, units: &[String]) -> Result<()> {
+        let runtime = zruntime::SharedRuntime::current()
+            .map_err(|e| Error::Call { what: "timer".into(), source: zbus::Error::InputOutput(e.into()) })?;
+        for _ in 0..SETTLE_CHECKS {
+            if let Some(failed) = self.unit_states(units).await?.into_iter().find(|s| s.active_state == "failed") {
+                return Err(Error::FailedAfterStart { unit: failed.name });
+            }
+            runtime.sleep(SETTLE_INTERVAL).await;
+        }
+        Ok(())
+    }
+
+    /// Queues one job per unit and, when `wait`, waits for all of them and
+    /// fails with the first that did not end in `done`.
+    async fn jobs(&self, verb: JobVerb, units: &[String], wait: bool) -> Result<()> {
+        if units.is_empty() {
+            return Ok(());
+        }
+        // Subscribe to JobRemoved before queueing, or a quick job's signal is missed.
+        let mut removed = if wait {
+            match self.manager.subscribe().await {
+                // One subscription per connection; the daemon's stays for its life.
+                Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+                other => other.map_err(call("subscribing to jobs"))?,
+            }
+            Some(self.manager.receive_job_removed().await.map_err(call("watching jobs"))?)
+        } else {
+            None
+        };
+        let mut pending: HashMap<OwnedObjectPath, String> = HashMap::new();
+        for unit in units {
+            let name = unit.clone();
+            let mode = "replace".to_string();
+            let job = match verb {
+                JobVerb::Start => self.manager.start_unit(name, mode).await,
+                JobVerb::Stop => self.manager.stop_unit(name, mode).await,
+                JobVerb::Restart => self.manager.restart_unit(name, mode).await,
+            }
+            .map_err(call(format!("{} {unit}", verb.as_str())))?;
+            pending.insert(job, unit.clone());
+        }
+        let Some(removed) = removed.as_mut() else {
+            return Ok(());
+        };
+        let runtime = zruntime::SharedRuntime::current()
+            .map_err(|e| Error::Call { what: "timer".into(), source: zbus::Error::InputOutput(e.into()) })?;
+        let mut failure = None;
+        let waited = runtime
+            .timeout(JOB_TIMEOUT, async {
+                while !pending.is_empty() {
+                    let Some(signal) = removed.next().await else { break };
+                    let Ok(args) = signal.args() else { continue };
+                    if let Some(unit) = pending.remove(&args.job) {
+                        if args.result != "done" && failure.is_none() {
+                            failure = Some(Error::JobFailed { unit, verb: verb.as_str(), result: args.result });
+                        }
+                    }
+                }
+            })
+            .await;
+        if waited.is_err() {
+            let unit = pending.values().next().cloned().unwrap_or_default();
+            return Err(Error::JobTimeout { unit, verb: verb.as_str(), seconds: JOB_TIMEOUT.as_secs() });
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,354 @@
+//! Portable services end to end in the testbed: attach, systemctl start and
+//! stop, reattach, detach, with every kind of image, and side by side with
+//! portablectl on the same image.
+//!
+//! The tests all attach the foobar image (units foobar.service and
+//! foobar-hello.service, port 8080), so they run one at a time.
+
+use std::sync::Arc;
+
+use libtest_mimic::Trial;
+
+use crate::testbed::{Out, Testbed, images};
+
+/// The raw format the portable tests attach.
+const RAW: &str = "dir";
+use crate::{Shared, exclusive_trial};
+
+pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
+    vec![
+        exclusive_trial(shared, "portable::attach_start_detach_a_squashfs_image", attach_squashfs),
+        exclusive_trial(shared, "portable::attach_start_detach_a_directory_image", attach_directory),
+        exclusive_trial(shared, "portable::now_and_enable_start_and_stop_with_attach", now_and_enable),
+        exclusive_trial(shared, "portable::reattach_restarts_running_units_on_the_new_version", reattach_running),
+        exclusive_trial(shared, "portable::failed_reattach_leaves_the_old_version_running", failed_reattach),
+        exclusive_trial(shared, "portable::host_units_are_not_overwritten_without_force", conflicts),
+        exclusive_trial(shared, "portable::bad_requests_fail_in_one_line_and_leave_nothing", bad_requests),
+        exclusive_trial(shared, "portable::profiles_sandbox_the_service", profiles),
+        exclusive_trial(shared, "portable::only_root_may_attach_detach_and_remove", unprivileged),
+        exclusive_trial(shared, "portable::an_interrupted_attach_is_rolled_back_at_start", crash_recovery),
+        exclusive_trial(shared, "portable::batch_attach_reloads_once", batch_attach),
+        exclusive_trial(shared, "portable::runtime_attach_and_remove", runtime_and_remove),
+    ]
+}
+
+/// Puts the testbed back to no foobar attached and an empty pool, whatever
+/// an earlier (failed) test left: each test starts from the same host.
+fn clean_slate(tb: &Testbed) {
+    tb.ok(
+        "systemctl stop 'foobar*' alpha beta gamma 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
+         rm -rf /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
+         /var/lib/portables/* /var/lib/wharf/transactions/*; systemctl daemon-reload; systemctl reset-failed; true",
+    );
+}
+
+/// Builds foobar in `format` with `version` as `/var/lib/portables/<name>`.
+fn pool_image(tb: &Testbed, name: &str, format: &str, version: &str) {
+    let host = tb.host_path(&format!("/var/lib/portables/{name}"));
+    std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+    images::foobar(&host, format, version).unwrap();
+}
+
+/// Nothing of foobar is left among the host's units.
+#[track_caller]
+fn assert_no_foobar_units(tb: &Testbed) {
+    let left = tb.ok("ls -d /etc/systemd/system/foobar* /run/systemd/system/foobar* 2>/dev/null || true");
+    assert_eq!(left.trim(), "", "files left behind");
+}
+
+#[track_caller]
+fn show(tb: &Testbed, unit: &str, property: &str) -> String {
+    tb.ok(&format!("systemctl show -p {property} --value {unit}")).trim().to_string()
+}
+
+/// The os-release the running service sees, from inside its mount namespace.
+fn os_release_seen_by(tb: &Testbed, unit: &str) -> String {
+    let pid = show(tb, unit, "MainPID");
+    assert_ne!(pid, "0", "{unit} has no main process");
+    // Until systemd has set up the sandbox and exec'd, the process is
+    // systemd's "(busybox)" child, still in the host's root.
+    tb.ok(&format!("for i in $(seq 50); do [ \"$(cat /proc/{pid}/comm)\" = busybox ] && break; sleep 0.1; done"));
+    tb.ok(&format!("cat /proc/{pid}/root/usr/lib/os-release"))
+}
+
+/// Attaches, starts, checks the service runs in the image, stops, detaches.
+fn attach_run_detach(tb: &Testbed, image: &str, root_property: &str, version: &str) {
+    let out = tb.ok(&format!("portable attach {image}"));
+    assert!(out.contains("/etc/systemd/system/foobar.service.d/20-portable.conf"), "{out}");
+    let dropin = tb.ok("cat /etc/systemd/system/foobar.service.d/20-portable.conf");
+    let path = tb.ok(&format!("portable is-attached --json {image}"));
+    let state: serde_json::Value = serde_json::from_str(&path).unwrap();
+    assert_eq!(state["state"], "attached");
+    let image_path = state["image"].as_str().unwrap().to_string();
+    assert!(dropin.starts_with(&format!("# Drop-in created by wharf for image '{image_path}', do not edit.\n")), "{dropin}");
+    assert!(dropin.contains(&format!("{root_property}={image_path}\n")), "{dropin}");
+
+    tb.ok("systemctl start foobar.service");
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    assert_eq!(show(tb, "foobar.service", root_property), image_path);
+    let seen = os_release_seen_by(tb, "foobar.service");
+    assert!(seen.contains(&format!("VERSION_ID={version}")), "{seen}");
+    assert_eq!(tb.ok(&format!("portable is-attached {image}")).trim(), "running");
+
+    tb.ok("systemctl stop foobar.service");
+    let out = tb.ok(&format!("portable detach {image}"));
+    assert!(out.contains("Removed /etc/systemd/system/foobar.service."), "{out}");
+    assert_no_foobar_units(tb);
+    let detached: Out = tb.sh(&format!("portable is-attached {image}"));
+    assert_eq!((detached.code, detached.stdout.trim()), (Some(1), "detached"), "{detached}");
+}
+
+fn attach_squashfs(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", "squashfs", "1");
+    attach_run_detach(tb, "foobar.raw", "RootImage", "1");
+}
+
+fn attach_directory(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar-dir", "dir", "4");
+    // A directory image's units are symlinked into the image.
+    attach_run_detach(tb, "foobar-dir", "RootDirectory", "4");
+}
+
+fn now_and_enable(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", RAW, "1");
+    let out = tb.ok("portable attach --now --enable foobar.raw");
+    assert!(out.contains("Started foobar.service."), "{out}");
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    assert_eq!(tb.ok("systemctl is-enabled foobar.service").trim(), "enabled");
+    let listed = tb.ok("portable list --json");
+    let kind = if RAW == "dir" { "directory" } else { RAW };
+    let expected = format!(r#""name":"foobar.raw","path":"/var/lib/portables/foobar.raw","kind":"{kind}","state":"running""#);
+    assert!(listed.contains(&expected), "{listed}");
+
+    let refused = tb.fails("portable detach foobar.raw");
+    assert_eq!(
+        refused.stderr.trim(),
+        "portable: unit 'foobar.service' of image '/var/lib/portables/foobar.raw' is active; stop it first or use --now"
+    );
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active", "a refused detach changes nothing");
+
+    let out = tb.ok("portable detach --now foobar.raw");
+    assert!(out.contains("Stopped foobar.service."), "{out}");
+    assert_eq!(show(tb, "foobar.service", "LoadState"), "not-found");
+    assert_eq!(tb.ok("ls /etc/systemd/system/multi-user.target.wants/").contains("foobar"), false, "still enabled");
+    assert_no_foobar_units(tb);
+}
+
+fn reattach_running(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar_1.raw", RAW, "1");
+    pool_image(tb, "foobar_2.raw", RAW, "2");
+    tb.ok("portable attach --now foobar_1.raw");
+    let pid_before = show(tb, "foobar.service", "MainPID");
+    assert!(os_release_seen_by(tb, "foobar.service").contains("VERSION_ID=1"));
+
+    let out = tb.ok("portable reattach foobar_2.raw");
+    assert!(out.contains("Restarted foobar.service."), "{out}");
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    assert_ne!(show(tb, "foobar.service", "MainPID"), pid_before, "not restarted");
+    assert_eq!(show(tb, "foobar.service", "RootImage"), "/var/lib/portables/foobar_2.raw");
+    assert!(os_release_seen_by(tb, "foobar.service").contains("VERSION_ID=2"));
+    assert_eq!(tb.sh("portable is-attached foobar_1.raw").stdout.trim(), "detached");
+    assert_eq!(tb.ok("portable is-attached foobar_2.raw").trim(), "running");
+
+    tb.ok("portable detach --now foobar_2.raw");
+    assert_no_foobar_units(tb);
+}
+
+fn failed_reattach(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar_1.raw", RAW, "1");
+    tb.ok("portable attach --now foobar_1.raw");
+    let before = tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort");
+
+    // A newer version whose service cannot start: its files are put back
+    // and the old version runs again.
+    let broken = tb.host_path("/var/lib/portables/foobar_3.raw");
+    images::foobar(&broken, "dir", "3").unwrap();
+    let unit = broken.join("usr/lib/systemd/system/foobar.service");
+    let text = std::fs::read_to_string(&unit).unwrap().replace("ExecStart=/usr/bin/busybox httpd", "ExecStart=/usr/bin/missing httpd");
+    std::fs::write(&unit, text).unwrap();
+    let dir_image = broken.with_file_name("foobar_3");
+    std::fs::rename(&broken, &dir_image).unwrap();
+    let refused = tb.fails("portable reattach foobar_3");
+    assert!(refused.stderr.contains("the host was left as it was"), "{refused}");
+    assert_eq!(refused.stderr.lines().count(), 1, "{refused}");
+    assert_eq!(tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort"), before);
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    assert_eq!(show(tb, "foobar.service", "RootImage"), "/var/lib/portables/foobar_1.raw");
+
+    // An image that cannot be read at all never touches the old attachment.
+    std::fs::write(tb.host_path("/var/lib/portables/foobar_4.raw"), b"not an image").unwrap();
+    let refused = tb.fails("portable reattach foobar_4.raw");
+    assert_eq!(
+        refused.stderr.trim(),
+        "portable: image '/var/lib/portables/foobar_4.raw': not an image (neither a directory nor a squashfs, ext4, erofs, GPT or xz file)"
+    );
+    assert_eq!(tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort"), before);
+    tb.ok("portable detach --now foobar_1.raw && rm -rf /var/lib/portables/foobar_3 /var/lib/portables/foobar_4.raw");
+    assert_no_foobar_units(tb);
+}
+
+fn conflicts(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", RAW, "1");
+    tb.ok("printf '[Service]\\nExecStart=/bin/true\\n' > /etc/systemd/system/foobar.service");
+    let refused = tb.fails("portable attach foobar.raw");
+    assert_eq!(
+        refused.stderr.trim(),
+        "portable: unit 'foobar.service' exists on the host already (/etc/systemd/system/foobar.service); use --force to attach over it"
+    );
+    assert_eq!(tb.ok("ls -d /etc/systemd/system/foobar*").trim(), "/etc/systemd/system/foobar.service");
+
+    tb.ok("portable attach --force foobar.raw");
+    assert!(tb.ok("cat /etc/systemd/system/foobar.service").contains("busybox httpd"));
+    tb.ok("portable detach foobar.raw");
+    assert_no_foobar_units(tb);
+
+    // Another image bringing the same units is pointed to reattach.
+    pool_image(tb, "foobar_2.raw", RAW, "2");
+    tb.ok("portable attach foobar.raw");
+    let refused = tb.fails("portable attach foobar_2.raw");
+    assert!(refused.stderr.contains("is already attached from image '/var/lib/portables/foobar.raw'; use reattach"), "{refused}");
+    tb.ok("portable detach foobar.raw");
+    assert_no_foobar_units(tb);
+}
+
+fn bad_requests(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", RAW, "1");
+    let cases = [
+        ("portable attach --profile nope foobar.raw", "portable: unknown profile 'nope' (known: default, nonetwork, strict, trusted)"),
+        ("portable attach no-such-image", "portable: image 'no-such-image' not found in the search path"),
+        ("portable attach foobar.raw nomatch", "portable: image '/var/lib/portables/foobar.raw': prefix 'nomatch' is not among the image's PORTABLE_PREFIXES (foobar)"),
+        ("portable attach --copy=symlink foobar.raw", "portable: image '/var/lib/portables/foobar.raw': --copy=symlink needs a directory image"),
+        ("portable detach foobar.raw", "portable: image '/var/lib/portables/foobar.raw' is not attached"),
+        ("portable attach /etc/hostname", "portable: image '/etc/hostname': not an image"),
+    ];
+    for (command, expected) in cases {
+        let out = tb.fails(command);
+        assert!(out.stderr.starts_with(expected), "{command}: {out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{command}: {out}");
+        assert_no_foobar_units(tb);
+        assert_eq!(tb.ok("ls -A /var/lib/wharf/transactions 2>/dev/null || true").trim(), "", "journal left by {command}");
+    }
+}
+
+fn profiles(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", RAW, "1");
+    for (profile, expectations) in [
+        ("default", &[("DynamicUser", "yes"), ("PrivateNetwork", "no"), ("ProtectSystem", "strict")][..]),
+        ("nonetwork", &[("PrivateNetwork", "yes"), ("RestrictAddressFamilies", "AF_NETLINK AF_UNIX")][..]),
+        ("strict", &[("PrivateNetwork", "yes"), ("TasksMax", "4"), ("CapabilityBoundingSet", ""), ("NoNewPrivileges", "yes")][..]),
+        ("trusted", &[("DynamicUser", "no"), ("PrivateTmp", "yes"), ("PrivateNetwork", "no")][..]),
+    ] {
+        tb.ok(&format!("portable attach --profile {profile} foobar.raw"));
+        for (property, value) in expectations {
+            assert_eq!(show(tb, "foobar-hello.service", property), *value, "{profile}: {property}");
+        }
+        // The service really runs in the image under each profile.
+        tb.ok("systemctl start foobar-hello.service");
+        let said = tb.ok("journalctl -q -u foobar-hello.service -o cat | grep '^hello from' | tail -1");
+        assert_eq!(said.trim(), "hello from foobar 1 (a wharf sample portable service)", "{profile}");
+        tb.ok("portable detach foobar.raw");
+    }
+    assert_no_foobar_units(tb);
+}
+
+fn unprivileged(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", RAW, "1");
+    for (command, what) in [
+        ("portable attach foobar.raw", "attaching an image"),
+        ("portable attach --batch foobar.raw", "attaching images"),
+        ("portable reattach foobar.raw", "reattaching an image"),
+        ("portable detach foobar.raw", "detaching an image"),
+        ("portable remove foobar.raw", "removing an image"),
+    ] {
+        let out = tb.sh_nobody(command);
+        assert_eq!(out.code, Some(1), "{out}");
+        assert_eq!(out.stderr.trim(), format!("portable: access denied: {what} needs root (caller is uid 65534)"));
+    }
+    // Looking is allowed.
+    let out = tb.sh_nobody("portable is-attached foobar.raw");
+    assert_eq!((out.code, out.stdout.trim()), (Some(1), "detached"), "{out}");
+    assert_no_foobar_units(tb);
+}
+
+fn crash_recovery(tb: &Testbed) {
+    clean_slate(tb);
+    // What a wharfd killed in the middle of an attach leaves: a journal
+    // that says it was about to create these files, and some of them.
+    tb.ok("systemctl stop wharfd.service");
+    tb.ok("mkdir -p /etc/systemd/system/foobar.service.d /var/lib/wharf/transactions");
+    tb.ok("echo '# Drop-in created by wharf' > /etc/systemd/system/foobar.service.d/20-portable.conf");
+    let journal = serde_json::json!({
+        "state": "Prepared",
+        "actions": [
+            {"CreateDir": {"path": "/etc/systemd/system/foobar.service.d"}},
+            {"Create": {"path": "/etc/systemd/system/foobar.service.d/20-portable.conf", "temp": "/etc/systemd/system/foobar.service.d/.#wharf-new-x"}},
+            {"Create": {"path": "/etc/systemd/system/foobar.service", "temp": "/etc/systemd/system/.#wharf-new-y"}},
+        ]
+    });
+    std::fs::write(tb.host_path("/var/lib/wharf/transactions/crashed.json"), journal.to_string()).unwrap();
+    // The next call starts wharfd, which rolls it back before answering.
+    tb.ok("portable list >/dev/null");
+    assert_no_foobar_units(tb);
+    assert_eq!(tb.ok("ls -A /var/lib/wharf/transactions").trim(), "");
+    let journal = tb.ok("journalctl -q -u wharfd.service -o cat | grep -c 'rolling back an interrupted change'");
+    assert!(journal.trim().parse::<u32>().unwrap() >= 1);
+}
+
+fn batch_attach(tb: &Testbed) {
+    clean_slate(tb);
+    // Three images with distinct units: build foobar and rename its units.
+    for name in ["alpha", "beta", "gamma"] {
+        let dir = tb.host_path(&format!("/var/lib/portables/{name}"));
+        images::foobar(&dir, "dir", "1").unwrap();
+        let units = dir.join("usr/lib/systemd/system");
+        std::fs::rename(units.join("foobar-hello.service"), units.join(format!("{name}.service"))).unwrap();
+        std::fs::remove_file(units.join("foobar.service")).unwrap();
+        let os = dir.join("usr/lib/os-release");
+        let text = std::fs::read_to_string(&os).unwrap().replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
+        std::fs::write(os, text).unwrap();
+    }
+    let since = tb.ok("date +%s.%N").trim().to_string();
+    let out = tb.ok("portable attach --batch alpha beta gamma");
+    assert_eq!(out.matches("Written /etc/systemd/system/").count(), 3, "{out}");
+    let reloads = tb.ok(&format!("journalctl -q --since @{since} -o cat _PID=1 | grep -c '^Reloading' || true"));
+    assert_eq!(reloads.trim(), "1", "one reload for the whole batch");
+    for name in ["alpha", "beta", "gamma"] {
+        tb.ok(&format!("systemctl start {name}.service"));
+        assert!(tb.ok(&format!("journalctl -q -u {name}.service -o cat")).contains("hello from foobar 1"));
+    }
+    // All or nothing: a batch with one bad image attaches none.
+    for name in ["alpha", "beta", "gamma"] {
+        tb.ok(&format!("portable detach {name}"));
+    }
+    let refused = tb.fails("portable attach --batch alpha beta no-such-image");
+    assert!(refused.stderr.contains("'no-such-image' not found"), "{refused}");
+    assert_eq!(tb.ok("ls /etc/systemd/system | grep -c -E 'alpha|beta' || true").trim(), "0");
+    tb.ok("rm -rf /var/lib/portables/alpha /var/lib/portables/beta /var/lib/portables/gamma");
+}
+
+fn runtime_and_remove(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", RAW, "1");
+    tb.ok("portable attach --runtime foobar.raw");
+    assert_eq!(tb.sh("portable is-attached foobar.raw").stdout.trim(), "attached-runtime");
+    assert!(tb.ok("cat /run/systemd/system/foobar.service.d/20-portable.conf").contains("RootImage=/var/lib/portables/foobar.raw"));
+    let refused = tb.fails("portable remove foobar.raw");
+    assert_eq!(refused.stderr.trim(), "portable: image '/var/lib/portables/foobar.raw' is attached; detach it first");
+    tb.ok("portable detach foobar.raw");
+    assert_no_foobar_units(tb);
+    tb.ok("portable read-only foobar.raw");
+    let refused = tb.fails("portable remove foobar.raw");
+    assert_eq!(refused.stderr.trim(), "portable: image '/var/lib/portables/foobar.raw' is read-only");
+    tb.ok("portable read-only foobar.raw no");
+    assert_eq!(tb.ok("portable remove foobar.raw").trim(), "Removed /var/lib/portables/foobar.raw.");
+    tb.fails("test -e /var/lib/portables/foobar.raw");
+}
