@@ -59,7 +59,11 @@ fn main() -> ExitCode {
         failed |= !out.success();
     }
     if wait {
-        println!("enter it with: nsenter -t {} -a  (root: {}); press Enter to power off", tb.pid1(), tb.root().display());
+        println!(
+            "enter it with: nsenter -t {} -a  (root: {}); press Enter to power off",
+            tb.pid1(),
+            tb.root().display()
+        );
         let _ = std::io::stdin().read_line(&mut String::new());
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }

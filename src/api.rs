@@ -188,8 +188,13 @@ pub trait Portable {
         flags: u64,
     ) -> zbus::Result<OperationResult>;
     /// Attaches several images, each with its own prefixes, in one transaction and one reload.
-    fn attach_images(&self, images: &[String], profile: &str, copy_mode: &str, flags: u64)
-    -> zbus::Result<OperationResult>;
+    fn attach_images(
+        &self,
+        images: &[String],
+        profile: &str,
+        copy_mode: &str,
+        flags: u64,
+    ) -> zbus::Result<OperationResult>;
     /// Detaches an image.
     fn detach_image(&self, image: &str, flags: u64) -> zbus::Result<OperationResult>;
     /// Replaces the attached version of an image by this one.

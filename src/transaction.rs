@@ -384,8 +384,8 @@ pub fn recover(journal_dir: &Path) -> Result<usize> {
             continue;
         }
         let text = fs::read(&path).map_err(io(&path))?;
-        let journal: Journal = serde_json::from_slice(&text)
-            .map_err(|e| Error::Journal { path: path.clone(), reason: e.to_string() })?;
+        let journal: Journal =
+            serde_json::from_slice(&text).map_err(|e| Error::Journal { path: path.clone(), reason: e.to_string() })?;
         match journal.state {
             State::Prepared => {
                 tracing::warn!(journal = %path.display(), "rolling back an interrupted change");
@@ -414,7 +414,8 @@ mod tests {
     }
 
     fn listing(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = walk(dir).into_iter().map(|p| p.strip_prefix(dir).unwrap().display().to_string()).collect();
+        let mut names: Vec<String> =
+            walk(dir).into_iter().map(|p| p.strip_prefix(dir).unwrap().display().to_string()).collect();
         names.sort();
         names
     }
@@ -448,12 +449,22 @@ mod tests {
         tx.remove(units.join("gone.service.d/20-portable.conf"));
         tx.remove(units.join("gone.service.d"));
         let changes = tx.apply().unwrap();
-        assert_eq!(changes.iter().map(|c| c.kind.as_str()).collect::<Vec<_>>(), ["mkdir", "write", "write", "symlink", "unlink", "unlink", "unlink"]);
+        assert_eq!(
+            changes.iter().map(|c| c.kind.as_str()).collect::<Vec<_>>(),
+            ["mkdir", "write", "write", "symlink", "unlink", "unlink", "unlink"]
+        );
         tx.commit().unwrap();
         assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "new");
         assert_eq!(
             listing(&root),
-            ["journal", "units", "units/a.service.d", "units/a.service.d/20-portable.conf", "units/b.service", "units/old.service"]
+            [
+                "journal",
+                "units",
+                "units/a.service.d",
+                "units/a.service.d/20-portable.conf",
+                "units/b.service",
+                "units/old.service"
+            ]
         );
         fs::remove_dir_all(&root).unwrap();
     }
@@ -467,7 +478,14 @@ mod tests {
         fs::create_dir(units.join("gone.service.d")).unwrap();
         fs::write(units.join("gone.service.d/x.conf"), "x").unwrap();
         // The journal directory stays, empty, once made.
-        let before = ["journal", "units", "units/gone.service", "units/gone.service.d", "units/gone.service.d/x.conf", "units/old.service"];
+        let before = [
+            "journal",
+            "units",
+            "units/gone.service",
+            "units/gone.service.d",
+            "units/gone.service.d/x.conf",
+            "units/old.service",
+        ];
 
         let mut tx = Transaction::new(&root.join("journal"));
         tx.make_dir(units.join("a.service.d"));

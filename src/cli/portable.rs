@@ -189,8 +189,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Reattach { attach } => {
             let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
             let image = Pool::portables().argument_for_daemon(image, &current_dir()?);
-            let result =
-                portable.reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags()).await?;
+            let result = portable
+                .reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags())
+                .await?;
             emit_operation(format, cli.quiet, &result, "Restarted")?;
         }
         Command::IsAttached { image } => {
@@ -211,7 +212,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 removed.push(portable.remove_image(&image).await?);
             }
             if !cli.quiet {
-                format.emit(&removed, |removed| removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n"))?;
+                format.emit(&removed, |removed| {
+                    removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n")
+                })?;
             }
         }
         Command::ReadOnly { image, read_only } => {

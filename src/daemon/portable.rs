@@ -226,9 +226,10 @@ impl From<Error> for BusError {
         };
         match inner {
             Error::Image(image) => super::image_bus_error(image, message),
-            Error::Profile(_) | Error::InvalidCopyMode(_) | Error::InvalidImagePath(_) | Error::SymlinkNeedsDirectory(_) => {
-                BusError::InvalidArgument(message)
-            }
+            Error::Profile(_)
+            | Error::InvalidCopyMode(_)
+            | Error::InvalidImagePath(_)
+            | Error::SymlinkNeedsDirectory(_) => BusError::InvalidArgument(message),
             Error::NoUnits(_) => BusError::BadImage(message),
             Error::UnitExists { .. }
             | Error::Shadowed { .. }

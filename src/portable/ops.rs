@@ -117,8 +117,12 @@ pub async fn attach(
     let (tx, units, changes, enable) = blocking(move || -> Result<_> {
         let host = planning_host;
         let sources = requests.iter().map(|r| read_source(&host, r)).collect::<Result<Vec<_>>>()?;
-        let options =
-            AttachOptions { profile: Profile::find(&host.root, &profile)?, copy, runtime: actions.runtime, force: actions.force };
+        let options = AttachOptions {
+            profile: Profile::find(&host.root, &profile)?,
+            copy,
+            runtime: actions.runtime,
+            force: actions.force,
+        };
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let mut tx = Transaction::new(&host.journal_dir);
         let units = plan_attach(&host.root, &sources, &options, &existing, &[], &mut tx)?;
@@ -179,12 +183,8 @@ async fn undo_attach(systemd: &Systemd, tx: Transaction, units: &[String], enabl
 /// file may be gone already, so attachments are also matched by file name.
 fn attachments_of(host: &Host, image: &str) -> Result<(String, Vec<Attachment>)> {
     let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
-    let located = host
-        .pool
-        .locate(image, None)
-        .ok()
-        .and_then(|p| std::path::absolute(p).ok())
-        .map(|p| p.display().to_string());
+    let located =
+        host.pool.locate(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
     let matches = |a: &Attachment| {
         Some(&a.image) == located.as_ref()
             || a.image == image
@@ -324,7 +324,8 @@ pub async fn reattach(
         };
         let old: Vec<Attachment> = existing.0.iter().filter(|a| old_images.contains(&a.image)).cloned().collect();
         let runtime = old.first().map_or(actions.runtime, |a| a.runtime);
-        let options = AttachOptions { profile: Profile::find(&host.root, &profile)?, copy, runtime, force: actions.force };
+        let options =
+            AttachOptions { profile: Profile::find(&host.root, &profile)?, copy, runtime, force: actions.force };
         let mut tx = Transaction::new(&host.journal_dir);
         // Old units the new image does not bring go; the others are rewritten by the attach steps.
         let dropped: Vec<DetachUnit> = old

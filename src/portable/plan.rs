@@ -121,7 +121,8 @@ pub fn plan_attach(
             return Err(Error::SymlinkNeedsDirectory(image));
         }
         for unit in &source.units {
-            if let Some(other) = sources.iter().find(|s| s.image != source.image && s.units.iter().any(|u| u.name == unit.name))
+            if let Some(other) =
+                sources.iter().find(|s| s.image != source.image && s.units.iter().any(|u| u.name == unit.name))
             {
                 return Err(Error::DuplicateUnit { unit: unit.name.clone(), first: image, second: other.image_str() });
             }
@@ -270,7 +271,9 @@ fn written_by_wharf(root: &Path, path: &Path, image: &str) -> Result<bool, Error
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
         let into_image = target.starts_with(image);
-        let to_profile = PROFILE_DIRS.iter().any(|dir| target.starts_with(Path::new("/").join(dir)) || target.starts_with(root.join(dir)));
+        let to_profile = PROFILE_DIRS
+            .iter()
+            .any(|dir| target.starts_with(Path::new("/").join(dir)) || target.starts_with(root.join(dir)));
         return Ok(into_image || to_profile);
     }
     if !meta.is_file() {
@@ -303,10 +306,13 @@ mod tests {
         fn new(tag: &str) -> Host {
             let root = std::env::temp_dir().join(format!("wharf-plan-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&root);
-            for dir in ["etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system", "usr/lib/wharf/profiles/default"] {
+            for dir in
+                ["etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system", "usr/lib/wharf/profiles/default"]
+            {
                 std::fs::create_dir_all(root.join(dir)).unwrap();
             }
-            std::fs::write(root.join("usr/lib/wharf/profiles/default/service.conf"), "[Service]\nDynamicUser=yes\n").unwrap();
+            std::fs::write(root.join("usr/lib/wharf/profiles/default/service.conf"), "[Service]\nDynamicUser=yes\n")
+                .unwrap();
             Host { root }
         }
 
@@ -362,7 +368,8 @@ mod tests {
         );
         let socket_dropin = host.read("etc/systemd/system/foobar.socket.d/20-portable.conf");
         assert_eq!(socket_dropin.lines().count(), 1, "non-service units only get the marker");
-        let profile = std::fs::read_link(host.root.join("etc/systemd/system/foobar.service.d/10-profile.conf")).unwrap();
+        let profile =
+            std::fs::read_link(host.root.join("etc/systemd/system/foobar.service.d/10-profile.conf")).unwrap();
         assert_eq!(profile, host.root.join("usr/lib/wharf/profiles/default/service.conf"));
         assert!(!host.root.join("etc/systemd/system/foobar.socket.d/10-profile.conf").exists());
         let unit_file = host.read("etc/systemd/system/foobar.service");
@@ -376,9 +383,12 @@ mod tests {
     #[test]
     fn directory_images_get_root_directory_and_links() {
         let host = Host::new("dir");
-        let source = Source { image: "/srv/foobar".into(), kind: ImageKind::Directory, units: vec![unit("foobar.service")] };
+        let source =
+            Source { image: "/srv/foobar".into(), kind: ImageKind::Directory, units: vec![unit("foobar.service")] };
         host.attach(&[source.clone()], &host.options(CopyMode::Auto, true, false)).unwrap();
-        assert!(host.read("run/systemd/system/foobar.service.d/20-portable.conf").contains("\nRootDirectory=/srv/foobar\n"));
+        assert!(
+            host.read("run/systemd/system/foobar.service.d/20-portable.conf").contains("\nRootDirectory=/srv/foobar\n")
+        );
         assert_eq!(
             std::fs::read_link(host.root.join("run/systemd/system/foobar.service")).unwrap(),
             PathBuf::from("/srv/foobar/usr/lib/systemd/system/foobar.service")
@@ -386,7 +396,9 @@ mod tests {
         let copied = host.options(CopyMode::Copy, false, false);
         let raw_source = raw("/x/other.raw", &["other.service"]);
         host.attach(&[raw_source.clone()], &copied).unwrap();
-        assert!(host.read("etc/systemd/system/other.service.d/10-profile.conf").starts_with("# Drop-in created by wharf"));
+        assert!(
+            host.read("etc/systemd/system/other.service.d/10-profile.conf").starts_with("# Drop-in created by wharf")
+        );
         let symlinked = host.options(CopyMode::Symlink, false, false);
         assert!(matches!(host.attach(&[raw_source], &symlinked), Err(Error::SymlinkNeedsDirectory(_))));
     }
@@ -419,7 +431,10 @@ mod tests {
         // Two images of one batch bringing the same unit.
         let a = raw("/p/a.raw", &["same.service"]);
         let b = raw("/p/b.raw", &["same.service"]);
-        assert!(matches!(host.attach(&[a, b], &host.options(CopyMode::Auto, false, false)), Err(Error::DuplicateUnit { .. })));
+        assert!(matches!(
+            host.attach(&[a, b], &host.options(CopyMode::Auto, false, false)),
+            Err(Error::DuplicateUnit { .. })
+        ));
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub struct Profile {
 impl Profile {
     /// Finds a profile by name below `root` (`/` on a real host).
     pub fn find(root: &Path, name: &str) -> Result<Profile, Error> {
-        if name.is_empty() || name.starts_with('.') || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        if name.is_empty()
+            || name.starts_with('.')
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(Error::InvalidName(name.to_string()));
         }
@@ -91,7 +93,11 @@ mod tests {
     fn etc_overrides_usr_and_unknown_names_are_errors() {
         let root = std::env::temp_dir().join(format!("wharf-profile-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        for (dir, text) in [("usr/lib/wharf/profiles/default", "usr"), ("usr/lib/wharf/profiles/strict", "usr"), ("etc/wharf/profiles/strict", "etc")] {
+        for (dir, text) in [
+            ("usr/lib/wharf/profiles/default", "usr"),
+            ("usr/lib/wharf/profiles/strict", "usr"),
+            ("etc/wharf/profiles/strict", "etc"),
+        ] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
             std::fs::write(root.join(dir).join("service.conf"), text).unwrap();
         }

@@ -191,7 +191,8 @@ impl Systemd {
         let mut removed = if wait {
             match self.manager.subscribe().await {
                 // One subscription per connection; the daemon's stays for its life.
-                Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+                Err(zbus::Error::MethodError(name, ..))
+                    if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
                 other => other.map_err(call("subscribing to jobs"))?,
             }
             Some(self.manager.receive_job_removed().await.map_err(call("watching jobs"))?)

@@ -29,17 +29,16 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::an_interrupted_attach_is_rolled_back_at_start", crash_recovery),
         exclusive_trial(shared, "portable::batch_attach_reloads_once", batch_attach),
         exclusive_trial(shared, "portable::runtime_attach_and_remove", runtime_and_remove),
+        exclusive_trial(shared, "portable::same_image_side_by_side_with_portablectl", side_by_side),
     ]
 }
 
 /// Puts the testbed back to no foobar attached and an empty pool, whatever
 /// an earlier (failed) test left: each test starts from the same host.
 fn clean_slate(tb: &Testbed) {
-    tb.ok(
-        "systemctl stop 'foobar*' alpha beta gamma 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
+    tb.ok("systemctl stop 'foobar*' alpha beta gamma 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
          rm -rf /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
-         /var/lib/portables/* /var/lib/wharf/transactions/*; systemctl daemon-reload; systemctl reset-failed; true",
-    );
+         /var/lib/portables/* /var/lib/wharf/transactions/*; systemctl daemon-reload; systemctl reset-failed; true");
 }
 
 /// Builds foobar in `format` with `version` as `/var/lib/portables/<name>`.
@@ -80,7 +79,10 @@ fn attach_run_detach(tb: &Testbed, image: &str, root_property: &str, version: &s
     let state: serde_json::Value = serde_json::from_str(&path).unwrap();
     assert_eq!(state["state"], "attached");
     let image_path = state["image"].as_str().unwrap().to_string();
-    assert!(dropin.starts_with(&format!("# Drop-in created by wharf for image '{image_path}', do not edit.\n")), "{dropin}");
+    assert!(
+        dropin.starts_with(&format!("# Drop-in created by wharf for image '{image_path}', do not edit.\n")),
+        "{dropin}"
+    );
     assert!(dropin.contains(&format!("{root_property}={image_path}\n")), "{dropin}");
 
     tb.ok("systemctl start foobar.service");
@@ -120,7 +122,8 @@ fn now_and_enable(tb: &Testbed) {
     assert_eq!(tb.ok("systemctl is-enabled foobar.service").trim(), "enabled");
     let listed = tb.ok("portable list --json");
     let kind = if RAW == "dir" { "directory" } else { RAW };
-    let expected = format!(r#""name":"foobar.raw","path":"/var/lib/portables/foobar.raw","kind":"{kind}","state":"running""#);
+    let expected =
+        format!(r#""name":"foobar.raw","path":"/var/lib/portables/foobar.raw","kind":"{kind}","state":"running""#);
     assert!(listed.contains(&expected), "{listed}");
 
     let refused = tb.fails("portable detach foobar.raw");
@@ -169,7 +172,9 @@ fn failed_reattach(tb: &Testbed) {
     let broken = tb.host_path("/var/lib/portables/foobar_3.raw");
     images::foobar(&broken, "dir", "3").unwrap();
     let unit = broken.join("usr/lib/systemd/system/foobar.service");
-    let text = std::fs::read_to_string(&unit).unwrap().replace("ExecStart=/usr/bin/busybox httpd", "ExecStart=/usr/bin/missing httpd");
+    let text = std::fs::read_to_string(&unit)
+        .unwrap()
+        .replace("ExecStart=/usr/bin/busybox httpd", "ExecStart=/usr/bin/missing httpd");
     std::fs::write(&unit, text).unwrap();
     let dir_image = broken.with_file_name("foobar_3");
     std::fs::rename(&broken, &dir_image).unwrap();
@@ -212,7 +217,10 @@ fn conflicts(tb: &Testbed) {
     pool_image(tb, "foobar_2.raw", RAW, "2");
     tb.ok("portable attach foobar.raw");
     let refused = tb.fails("portable attach foobar_2.raw");
-    assert!(refused.stderr.contains("is already attached from image '/var/lib/portables/foobar.raw'; use reattach"), "{refused}");
+    assert!(
+        refused.stderr.contains("is already attached from image '/var/lib/portables/foobar.raw'; use reattach"),
+        "{refused}"
+    );
     tb.ok("portable detach foobar.raw");
     assert_no_foobar_units(tb);
 }
@@ -221,10 +229,19 @@ fn bad_requests(tb: &Testbed) {
     clean_slate(tb);
     pool_image(tb, "foobar.raw", RAW, "1");
     let cases = [
-        ("portable attach --profile nope foobar.raw", "portable: unknown profile 'nope' (known: default, nonetwork, strict, trusted)"),
+        (
+            "portable attach --profile nope foobar.raw",
+            "portable: unknown profile 'nope' (known: default, nonetwork, strict, trusted)",
+        ),
         ("portable attach no-such-image", "portable: image 'no-such-image' not found in the search path"),
-        ("portable attach foobar.raw nomatch", "portable: image '/var/lib/portables/foobar.raw': prefix 'nomatch' is not among the image's PORTABLE_PREFIXES (foobar)"),
-        ("portable attach --copy=symlink foobar.raw", "portable: image '/var/lib/portables/foobar.raw': --copy=symlink needs a directory image"),
+        (
+            "portable attach foobar.raw nomatch",
+            "portable: image '/var/lib/portables/foobar.raw': prefix 'nomatch' is not among the image's PORTABLE_PREFIXES (foobar)",
+        ),
+        (
+            "portable attach --copy=symlink foobar.raw",
+            "portable: image '/var/lib/portables/foobar.raw': --copy=symlink needs a directory image",
+        ),
         ("portable detach foobar.raw", "portable: image '/var/lib/portables/foobar.raw' is not attached"),
         ("portable attach /etc/hostname", "portable: image '/etc/hostname': not an image"),
     ];
@@ -233,7 +250,11 @@ fn bad_requests(tb: &Testbed) {
         assert!(out.stderr.starts_with(expected), "{command}: {out}");
         assert_eq!(out.stderr.lines().count(), 1, "{command}: {out}");
         assert_no_foobar_units(tb);
-        assert_eq!(tb.ok("ls -A /var/lib/wharf/transactions 2>/dev/null || true").trim(), "", "journal left by {command}");
+        assert_eq!(
+            tb.ok("ls -A /var/lib/wharf/transactions 2>/dev/null || true").trim(),
+            "",
+            "journal left by {command}"
+        );
     }
 }
 
@@ -243,7 +264,11 @@ fn profiles(tb: &Testbed) {
     for (profile, expectations) in [
         ("default", &[("DynamicUser", "yes"), ("PrivateNetwork", "no"), ("ProtectSystem", "strict")][..]),
         ("nonetwork", &[("PrivateNetwork", "yes"), ("RestrictAddressFamilies", "AF_NETLINK AF_UNIX")][..]),
-        ("strict", &[("PrivateNetwork", "yes"), ("TasksMax", "4"), ("CapabilityBoundingSet", ""), ("NoNewPrivileges", "yes")][..]),
+        (
+            "strict",
+            &[("PrivateNetwork", "yes"), ("TasksMax", "4"), ("CapabilityBoundingSet", ""), ("NoNewPrivileges", "yes")]
+                [..],
+        ),
         ("trusted", &[("DynamicUser", "no"), ("PrivateTmp", "yes"), ("PrivateNetwork", "no")][..]),
     ] {
         tb.ok(&format!("portable attach --profile {profile} foobar.raw"));
@@ -313,7 +338,9 @@ fn batch_attach(tb: &Testbed) {
         std::fs::rename(units.join("foobar-hello.service"), units.join(format!("{name}.service"))).unwrap();
         std::fs::remove_file(units.join("foobar.service")).unwrap();
         let os = dir.join("usr/lib/os-release");
-        let text = std::fs::read_to_string(&os).unwrap().replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
+        let text = std::fs::read_to_string(&os)
+            .unwrap()
+            .replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
         std::fs::write(os, text).unwrap();
     }
     let since = tb.ok("date +%s.%N").trim().to_string();
@@ -340,7 +367,10 @@ fn runtime_and_remove(tb: &Testbed) {
     pool_image(tb, "foobar.raw", RAW, "1");
     tb.ok("portable attach --runtime foobar.raw");
     assert_eq!(tb.sh("portable is-attached foobar.raw").stdout.trim(), "attached-runtime");
-    assert!(tb.ok("cat /run/systemd/system/foobar.service.d/20-portable.conf").contains("RootImage=/var/lib/portables/foobar.raw"));
+    assert!(
+        tb.ok("cat /run/systemd/system/foobar.service.d/20-portable.conf")
+            .contains("RootImage=/var/lib/portables/foobar.raw")
+    );
     let refused = tb.fails("portable remove foobar.raw");
     assert_eq!(refused.stderr.trim(), "portable: image '/var/lib/portables/foobar.raw' is attached; detach it first");
     tb.ok("portable detach foobar.raw");
@@ -351,4 +381,122 @@ fn runtime_and_remove(tb: &Testbed) {
     tb.ok("portable read-only foobar.raw no");
     assert_eq!(tb.ok("portable remove foobar.raw").trim(), "Removed /var/lib/portables/foobar.raw.");
     tb.fails("test -e /var/lib/portables/foobar.raw");
+}
+
+/// Sandbox properties compared between portablectl's and wharf's default profile.
+const COMPARED: &[&str] = &[
+    "ActiveState",
+    "Environment",
+    "LogExtraFields",
+    "DynamicUser",
+    "PrivateUsers",
+    "PrivateTmp",
+    "PrivateDevices",
+    "PrivateNetwork",
+    "ProtectSystem",
+    "ProtectHome",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectControlGroups",
+    "NoNewPrivileges",
+    "RestrictAddressFamilies",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "RestrictNamespaces",
+    "LockPersonality",
+    "SystemCallArchitectures",
+    "SystemCallErrorNumber",
+    "RemoveIPC",
+    "MountAPIVFS",
+    "SystemCallFilter",
+    // These differ on purpose; see below.
+    "CapabilityBoundingSet",
+    "ProtectClock",
+    "ProtectKernelLogs",
+    "ProtectHostname",
+    "MemoryDenyWriteExecute",
+    "TemporaryFileSystem",
+];
+
+fn started_properties(tb: &Testbed, root_property: &str) -> std::collections::BTreeMap<String, String> {
+    tb.ok("systemctl start foobar.service");
+    let mut properties = std::collections::BTreeMap::new();
+    for property in COMPARED.iter().chain([&root_property]) {
+        properties.insert(property.to_string(), show(tb, "foobar.service", property));
+    }
+    tb.ok("systemctl stop foobar.service");
+    properties
+}
+
+fn side_by_side(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", RAW, "1");
+    let root_property = if RAW == "dir" { "RootDirectory" } else { "RootImage" };
+
+    tb.ok("portablectl attach --profile default foobar.raw");
+    let reference = started_properties(tb, root_property);
+    tb.ok("portablectl detach foobar.raw");
+    assert_eq!(tb.ok("ls /etc/systemd/system.attached 2>/dev/null | grep -c foobar || true").trim(), "0");
+
+    tb.ok("portable attach --profile default foobar.raw");
+    let ours = started_properties(tb, root_property);
+    tb.ok("portable detach foobar.raw");
+    assert_no_foobar_units(tb);
+
+    // The same image, the same way, running in it.
+    for same in [root_property, "ActiveState", "Environment", "LogExtraFields"] {
+        assert_eq!(ours[same], reference[same], "{same}");
+    }
+    assert_eq!(ours["ActiveState"], "active");
+    // The sandbox of the default profile: the same switches...
+    for same in [
+        "DynamicUser",
+        "PrivateUsers",
+        "PrivateTmp",
+        "PrivateDevices",
+        "PrivateNetwork",
+        "ProtectSystem",
+        "ProtectHome",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectControlGroups",
+        "NoNewPrivileges",
+        "RestrictAddressFamilies",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+        "RestrictNamespaces",
+        "LockPersonality",
+        "SystemCallArchitectures",
+        "SystemCallErrorNumber",
+        "RemoveIPC",
+        "MountAPIVFS",
+        "SystemCallFilter",
+    ] {
+        assert_eq!(ours[same], reference[same], "{same}");
+    }
+    // ...and the differences, each on purpose:
+    // - wharf's default keeps 7 capabilities a daemon commonly needs
+    //   (chown, dac_override, fowner, kill, net_bind_service, setgid,
+    //   setuid); portablectl 252 keeps 18, among them cap_sys_admin, which
+    //   undoes much of a sandbox.
+    assert_eq!(
+        ours["CapabilityBoundingSet"],
+        "cap_chown cap_dac_override cap_fowner cap_kill cap_setgid cap_setuid cap_net_bind_service"
+    );
+    assert!(reference["CapabilityBoundingSet"].contains("cap_sys_admin"));
+    // - wharf also protects the clock, the kernel log and the hostname,
+    //   which no ordinary service needs to change or read.
+    for hardened in ["ProtectClock", "ProtectKernelLogs", "ProtectHostname"] {
+        assert_eq!((ours[hardened].as_str(), reference[hardened].as_str()), ("yes", "no"), "{hardened}");
+    }
+    // - wharf's default allows writable-executable memory, so that JIT
+    //   runtimes (Java, Node.js, LuaJIT) run; its strict profile forbids it.
+    assert_eq!((ours["MemoryDenyWriteExecute"].as_str(), reference["MemoryDenyWriteExecute"].as_str()), ("no", "yes"));
+    // - wharf gives the service an empty /run with only the sockets it
+    //   binds in, instead of the image's own /run.
+    assert_eq!(ours["TemporaryFileSystem"], "/run");
+    assert_eq!(reference["TemporaryFileSystem"], "");
+    // Not compared: the drop-ins live in /etc/systemd/system (as asked of
+    // wharf) rather than portablectl 252's /etc/systemd/system.attached,
+    // and portablectl also links images attached by path into /etc/portables.
 }

@@ -277,6 +277,18 @@ impl Testbed {
         out
     }
 
+    /// Times `command` inside the testbed (with the shell's own clock, so
+    /// entering the container is not counted), then runs `reset` untimed.
+    /// Panics if either fails.
+    #[track_caller]
+    pub fn time(&self, command: &str, reset: &str) -> Duration {
+        let script = format!(
+            "s=$(date +%s%N); {{ {command} ; }} || exit 97; e=$(date +%s%N); {{ {reset} ; }} || exit 98; echo $((e - s))"
+        );
+        let out = self.ok(&script);
+        Duration::from_nanos(out.trim().lines().last().and_then(|l| l.parse().ok()).expect("nanoseconds"))
+    }
+
     fn inner_command(&self) -> Command {
         let mut command = Command::new("nsenter");
         command
