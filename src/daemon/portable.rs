@@ -92,6 +92,7 @@ impl PortableInterface {
     }
 
     /// Attaches an image's units with a sandbox profile. Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn attach_image(
         &self,
         image: String,
@@ -151,6 +152,7 @@ impl PortableInterface {
 
     /// Replaces the attached version of an image by this one, restarting
     /// the units that were running. Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn reattach_image(
         &self,
         image: String,

@@ -222,10 +222,11 @@ impl Systemd {
                 while !pending.is_empty() {
                     let Some(signal) = removed.next().await else { break };
                     let Ok(args) = signal.args() else { continue };
-                    if let Some(unit) = pending.remove(&args.job) {
-                        if args.result != "done" && failure.is_none() {
-                            failure = Some(Error::JobFailed { unit, verb: verb.as_str(), result: args.result });
-                        }
+                    if let Some(unit) = pending.remove(&args.job)
+                        && args.result != "done"
+                        && failure.is_none()
+                    {
+                        failure = Some(Error::JobFailed { unit, verb: verb.as_str(), result: args.result });
                     }
                 }
             })
