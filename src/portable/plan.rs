@@ -385,7 +385,7 @@ mod tests {
         let host = Host::new("dir");
         let source =
             Source { image: "/srv/foobar".into(), kind: ImageKind::Directory, units: vec![unit("foobar.service")] };
-        host.attach(&[source.clone()], &host.options(CopyMode::Auto, true, false)).unwrap();
+        host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Auto, true, false)).unwrap();
         assert!(
             host.read("run/systemd/system/foobar.service.d/20-portable.conf").contains("\nRootDirectory=/srv/foobar\n")
         );
@@ -395,7 +395,7 @@ mod tests {
         );
         let copied = host.options(CopyMode::Copy, false, false);
         let raw_source = raw("/x/other.raw", &["other.service"]);
-        host.attach(&[raw_source.clone()], &copied).unwrap();
+        host.attach(std::slice::from_ref(&raw_source), &copied).unwrap();
         assert!(
             host.read("etc/systemd/system/other.service.d/10-profile.conf").starts_with("# Drop-in created by wharf")
         );
@@ -409,7 +409,8 @@ mod tests {
         std::fs::write(host.root.join("usr/lib/systemd/system/dbus.service"), "[Service]\n").unwrap();
         let before = std::fs::read_dir(host.root.join("etc/systemd/system")).unwrap().count();
         let source = raw("/p/dbus.raw", &["dbus-extra.service", "dbus.service"]);
-        let error = host.attach(&[source.clone()], &host.options(CopyMode::Auto, false, false)).unwrap_err();
+        let error =
+            host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Auto, false, false)).unwrap_err();
         assert_eq!(
             error.to_string(),
             format!(

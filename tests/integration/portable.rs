@@ -136,7 +136,7 @@ fn now_and_enable(tb: &Testbed) {
     let out = tb.ok("portable detach --now foobar.raw");
     assert!(out.contains("Stopped foobar.service."), "{out}");
     assert_eq!(show(tb, "foobar.service", "LoadState"), "not-found");
-    assert_eq!(tb.ok("ls /etc/systemd/system/multi-user.target.wants/").contains("foobar"), false, "still enabled");
+    assert!(!tb.ok("ls /etc/systemd/system/multi-user.target.wants/").contains("foobar"), "still enabled");
     assert_no_foobar_units(tb);
 }
 
