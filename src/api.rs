@@ -166,6 +166,9 @@ pub trait Manager {
     /// wharfd's version, so a client can tell it talks to the daemon it was built with.
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
+    /// Progress of the caller's long operation: what, bytes done, bytes in all (0: unknown).
+    #[zbus(signal)]
+    fn progress(&self, what: String, done: u64, total: u64) -> zbus::Result<()>;
 }
 
 /// Client side of `org.wharf1.Portable`.
@@ -251,4 +254,20 @@ pub trait Machine {
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
     /// Marks an image read-only, or writable again.
     fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
+    /// Copies an image under a new name; returns the new image's path.
+    fn clone_image(&self, name: &str, new_name: &str, read_only: bool) -> zbus::Result<String>;
+    /// Renames an image; returns its new path.
+    fn rename_image(&self, name: &str, new_name: &str) -> zbus::Result<String>;
+    /// Deletes an image; returns the path it had.
+    fn remove_image(&self, name: &str) -> zbus::Result<String>;
+    /// Imports a tar archive read from `fd`; returns the image's path.
+    fn import_tar(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
+    /// Imports a raw image read from `fd`; returns the image's path.
+    fn import_raw(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
+    /// Imports the directory tree open as `fd`; returns the image's path.
+    fn import_fs(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
+    /// Writes a directory image as a tar archive to `fd`.
+    fn export_tar(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
+    /// Writes a raw image to `fd`.
+    fn export_raw(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
 }

@@ -14,10 +14,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod compress;
 pub mod daemon;
 pub mod fs;
 pub mod image;
 pub mod logging;
+pub mod machine;
 pub mod portable;
 pub mod systemd;
 pub mod transaction;

@@ -1,13 +1,17 @@
 //! `machine`: machine images and containers, as machinectl(1) knows them,
 //! through wharfd.
 
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use super::output::{Format, JsonStyle, images_table};
+use super::progress::with_progress;
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::MachineProxy;
+use crate::compress::Compression;
 use crate::image::Pool;
 
 /// Manage machine images and the containers booted from them.
@@ -20,6 +24,9 @@ pub struct Cli {
     /// Log what is done, to stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Print nothing but errors (and no progress bars).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +41,78 @@ pub enum Command {
         #[arg(value_parser = parse_bool, default_value = "yes", action = clap::ArgAction::Set)]
         read_only: bool,
     },
+    /// Copy an image under a new name.
+    Clone {
+        name: String,
+        new_name: String,
+        /// Make the copy read-only.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Rename an image (refused while its machine runs).
+    Rename { name: String, new_name: String },
+    /// Delete images (refused while their machine runs or when read-only).
+    Remove {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Import a tar archive (plain, xz, gzip or zstd) as a directory image.
+    ImportTar {
+        file: PathBuf,
+        /// Image name; by default the file name without its suffixes.
+        name: Option<String>,
+    },
+    /// Import a raw disk or file system image (plain, xz, gzip or zstd).
+    ImportRaw { file: PathBuf, name: Option<String> },
+    /// Import a directory tree as a directory image.
+    ImportFs { directory: PathBuf, name: Option<String> },
+    /// Export a directory image as a tar archive (.xz, .gz, .zst compress it).
+    ExportTar { name: String, file: PathBuf },
+    /// Export a raw image (.xz, .gz, .zst compress it).
+    ExportRaw { name: String, file: PathBuf },
+}
+
+/// The image name an imported file gets when none is given.
+fn default_name(file: &Path) -> String {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    const SUFFIXES: &[&str] = &[
+        ".tar.xz", ".tar.gz", ".tar.zst", ".tgz", ".tar", ".raw.xz", ".raw.gz", ".raw.zst", ".raw", ".xz", ".gz",
+        ".zst",
+    ];
+    SUFFIXES.iter().find_map(|suffix| name.strip_suffix(suffix)).unwrap_or(&name).to_string()
+}
+
+fn open_input(path: &Path) -> Result<std::fs::File, CliError> {
+    std::fs::File::open(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+}
+
+/// An export target written under a temporary name next to it and renamed
+/// only when the export is complete.
+struct ExportTarget {
+    temp: PathBuf,
+    target: PathBuf,
+    file: std::fs::File,
+}
+
+impl ExportTarget {
+    fn create(target: &Path) -> Result<ExportTarget, CliError> {
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp = target.with_file_name(format!(".{name}.wharf-{}", std::process::id()));
+        let file = std::fs::File::create_new(&temp).map_err(|e| CliError::Usage(format!("{}: {e}", temp.display())))?;
+        Ok(ExportTarget { temp, target: target.to_path_buf(), file })
+    }
+
+    fn finish(self, result: Result<(), CliError>) -> Result<(), CliError> {
+        let done = result.and_then(|()| {
+            self.file.sync_all().map_err(CliError::Output)?;
+            std::fs::rename(&self.temp, &self.target)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", self.target.display())))
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+        done
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -46,6 +125,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let format = Format::new(cli.json);
     let bus = system_bus().await?;
     let machine = MachineProxy::new(&bus).await?;
+    let show = !cli.quiet && !format.is_json();
     match cli.command {
         Command::ListImages => {
             let images = machine.list_images().await?;
@@ -56,6 +136,81 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             machine.mark_read_only(&image, read_only).await?;
             format.emit(&ReadOnlyResult { image, read_only }, |_| String::new())?;
         }
+        Command::Clone { name, new_name, read_only } => {
+            let path = with_progress(&bus, show, machine.clone_image(&name, &new_name, read_only)).await?;
+            emit_path(format, cli.quiet, "Cloned", &path)?;
+        }
+        Command::Rename { name, new_name } => {
+            let path = machine.rename_image(&name, &new_name).await?;
+            emit_path(format, cli.quiet, "Renamed to", &path)?;
+        }
+        Command::Remove { names } => {
+            let mut removed = Vec::new();
+            for name in names {
+                removed.push(machine.remove_image(&name).await?);
+            }
+            if !cli.quiet {
+                format.emit(&removed, |removed| {
+                    removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n")
+                })?;
+            }
+        }
+        Command::ImportTar { file, name } => {
+            let name = name.unwrap_or_else(|| default_name(&file));
+            let input = open_input(&file)?;
+            let path = with_progress(&bus, show, machine.import_tar(input.as_fd().into(), &name)).await?;
+            emit_path(format, cli.quiet, "Imported", &path)?;
+        }
+        Command::ImportRaw { file, name } => {
+            let name = name.unwrap_or_else(|| default_name(&file));
+            let input = open_input(&file)?;
+            let path = with_progress(&bus, show, machine.import_raw(input.as_fd().into(), &name)).await?;
+            emit_path(format, cli.quiet, "Imported", &path)?;
+        }
+        Command::ImportFs { directory, name } => {
+            let name = name.unwrap_or_else(|| default_name(&directory));
+            let input = open_input(&directory)?;
+            let path = with_progress(&bus, show, machine.import_fs(input.as_fd().into(), &name)).await?;
+            emit_path(format, cli.quiet, "Imported", &path)?;
+        }
+        Command::ExportTar { name, file } => {
+            export(&bus, &machine, show, &name, &file, false).await?;
+            emit_path(format, cli.quiet, "Exported to", &file.display().to_string())?;
+        }
+        Command::ExportRaw { name, file } => {
+            export(&bus, &machine, show, &name, &file, true).await?;
+            emit_path(format, cli.quiet, "Exported to", &file.display().to_string())?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn emit_path(format: Format, quiet: bool, verb: &str, path: &str) -> Result<(), CliError> {
+    if quiet && !format.is_json() {
+        return Ok(());
+    }
+    format.emit(&serde_json::json!({ "path": path }), |_| format!("{verb} {path}."))
+}
+
+/// Exports into a file that appears under its name only once complete.
+async fn export(
+    bus: &zbus::Connection,
+    machine: &MachineProxy<'_>,
+    show: bool,
+    name: &str,
+    file: &Path,
+    raw: bool,
+) -> Result<(), CliError> {
+    let compression = Compression::from_suffix(&file.to_string_lossy()).as_str();
+    let target = ExportTarget::create(file)?;
+    let fd = target.file.as_fd();
+    let call = async {
+        if raw {
+            machine.export_raw(name, fd.into(), compression).await
+        } else {
+            machine.export_tar(name, fd.into(), compression).await
+        }
+    };
+    let result = with_progress(bus, show, call).await.map_err(CliError::from);
+    target.finish(result)
 }

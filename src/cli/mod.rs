@@ -4,6 +4,7 @@
 pub mod machine;
 pub mod output;
 pub mod portable;
+pub mod progress;
 
 use std::process::ExitCode;
 

@@ -93,6 +93,7 @@ async fn serve(options: Options) -> Result<(), Error> {
         }
         Err(e) => tracing::error!("recovering interrupted operations: {e}"),
     }
+    crate::machine::store::Store::machines().remove_leftovers();
     let server = connection.object_server();
     server.at(OBJECT_PATH, manager::ManagerInterface).await?;
     server.at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone())).await?;

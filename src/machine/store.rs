@@ -1,0 +1,451 @@
+//! The machine image store: /var/lib/machines and the rest of the machine
+//! search path. Clone, rename, remove, import and export, each of which
+//! builds its result under a hidden temporary name and renames it only once
+//! complete, so that an interrupted operation never leaves an image under
+//! the final name.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::copy::copy_tree;
+use super::name::{self, NameError};
+use crate::compress::{self, Compression, Counting};
+use crate::image::{ImageKind, Pool, readonly};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error("machine image '{name}' exists already ({})", path.display())]
+    Exists { name: String, path: PathBuf },
+    #[error("machine image '{name}': {}: {source}", path.display())]
+    Io {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("machine image '{0}' is read-only")]
+    ReadOnly(String),
+    #[error("machine image '{name}': {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Progress of a long operation: (bytes done, bytes in all; 0 if unknown).
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
+/// Prefix of the temporary names imports and clones are built under.
+pub const TEMP_PREFIX: &str = ".#wharf-import-";
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub pool: Pool,
+}
+
+fn io_error(name: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let (name, path) = (name.to_string(), path.to_path_buf());
+    move |source| Error::Io { name, path, source }
+}
+
+/// A temporary path in `dir` that is removed when dropped unless kept.
+struct Temp {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Temp {
+    fn new(dir: &Path, name: &str) -> Temp {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        Temp { path: dir.join(format!("{TEMP_PREFIX}{name}-{}-{serial}", std::process::id())), keep: false }
+    }
+
+    /// Renames the temporary to `target`; from then on it is no longer removed.
+    fn commit(mut self, target: &Path, name: &str) -> Result<()> {
+        fs::rename(&self.path, target).map_err(io_error(name, target))?;
+        crate::fs::sync_parent(target).map_err(io_error(name, target))?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let removed = if self.path.is_dir() { fs::remove_dir_all(&self.path) } else { fs::remove_file(&self.path) };
+        if let Err(e) = removed
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::error!(path = %self.path.display(), "cannot remove a temporary image: {e}");
+        }
+    }
+}
+
+impl Store {
+    pub fn machines() -> Store {
+        Store { pool: Pool::machines() }
+    }
+
+    /// The image of a machine name: `NAME` or `NAME.raw` in the search path.
+    pub fn locate(&self, machine: &str) -> Result<PathBuf> {
+        name::validate(machine)?;
+        Ok(self.pool.locate(machine, None)?)
+    }
+
+    /// Refuses a new name that is invalid or taken anywhere in the search path.
+    fn check_free(&self, machine: &str) -> Result<()> {
+        name::validate(machine)?;
+        for dir in self.pool.dirs() {
+            for candidate in [dir.join(machine), dir.join(format!("{machine}.raw"))] {
+                if candidate.symlink_metadata().is_ok() {
+                    return Err(Error::Exists { name: machine.to_string(), path: candidate });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a new image of this name and kind goes.
+    fn target(&self, machine: &str, kind: ImageKind) -> PathBuf {
+        let file_name = if kind.is_file() { format!("{machine}.raw") } else { machine.to_string() };
+        self.pool.home().join(file_name)
+    }
+
+    fn home(&self, machine: &str) -> Result<&Path> {
+        let home = self.pool.home();
+        fs::create_dir_all(home).map_err(io_error(machine, home))?;
+        Ok(home)
+    }
+
+    /// Copies an image under a new name, optionally read-only.
+    pub fn clone_image(&self, machine: &str, new: &str, read_only: bool, progress: Progress<'_>) -> Result<PathBuf> {
+        let source = self.locate(machine)?;
+        self.check_free(new)?;
+        let kind = ImageKind::detect(&source)?;
+        let total = if kind.is_file() { fs::metadata(&source).map(|m| m.len()).unwrap_or(0) } else { 0 };
+        let temp = Temp::new(self.home(new)?, new);
+        if kind.is_file() {
+            copy_file(&source, &temp.path, &mut |done| progress(done, total)).map_err(io_error(new, &temp.path))?;
+        } else {
+            copy_tree(&source, &temp.path, &mut |done| progress(done, total)).map_err(io_error(new, &temp.path))?;
+        }
+        let target = self.target(new, kind);
+        temp.commit(&target, new)?;
+        // An immutable directory cannot be renamed: mark it once in place,
+        // and take the clone back if that fails.
+        if read_only && let Err(e) = readonly::set_read_only(&target, true) {
+            let _ = if target.is_dir() { fs::remove_dir_all(&target) } else { fs::remove_file(&target) };
+            return Err(e.into());
+        }
+        tracing::info!(from = %source.display(), to = %target.display(), "cloned");
+        Ok(target)
+    }
+
+    /// Renames an image in place (it stays in the directory it is in).
+    pub fn rename(&self, machine: &str, new: &str) -> Result<PathBuf> {
+        let source = self.locate(machine)?;
+        self.check_free(new)?;
+        let kind = ImageKind::detect(&source)?;
+        let file_name = if kind.is_file() { format!("{new}.raw") } else { new.to_string() };
+        let target = source.with_file_name(file_name);
+        fs::rename(&source, &target).map_err(io_error(machine, &source))?;
+        tracing::info!(from = %source.display(), to = %target.display(), "renamed");
+        Ok(target)
+    }
+
+    /// Deletes an image; refused when it is read-only.
+    pub fn remove(&self, machine: &str) -> Result<PathBuf> {
+        let path = self.locate(machine)?;
+        let meta = fs::symlink_metadata(&path).map_err(io_error(machine, &path))?;
+        if readonly::is_read_only(&path, &meta) {
+            return Err(Error::ReadOnly(machine.to_string()));
+        }
+        let removed = if meta.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        removed.map_err(io_error(machine, &path))?;
+        tracing::info!(image = %path.display(), "removed");
+        Ok(path)
+    }
+
+    /// Imports a (possibly compressed) tar archive of an OS tree as a
+    /// directory image.
+    pub fn import_tar(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        self.check_free(machine)?;
+        let total = input.metadata().map(|m| m.len()).unwrap_or(0);
+        let counted = Counting::new(input, |done| progress(done, total));
+        let (compression, reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
+        tracing::debug!(compression = compression.as_str(), "importing a tar archive");
+        let temp = Temp::new(self.home(machine)?, machine);
+        fs::create_dir(&temp.path).map_err(io_error(machine, &temp.path))?;
+        let mut archive = tar::Archive::new(reader);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(true);
+        archive.set_preserve_mtime(true);
+        archive.set_unpack_xattrs(true);
+        archive.set_overwrite(false);
+        archive.unpack(&temp.path).map_err(|e| Error::Invalid {
+            name: machine.to_string(),
+            reason: format!("cannot unpack the archive: {e}"),
+        })?;
+        fix_root_mode(machine, &temp.path)?;
+        let target = self.target(machine, ImageKind::Directory);
+        temp.commit(&target, machine)?;
+        tracing::info!(image = %target.display(), "imported a tar archive");
+        Ok(target)
+    }
+
+    /// Imports a (possibly compressed) raw disk or file system image.
+    pub fn import_raw(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        self.check_free(machine)?;
+        let total = input.metadata().map(|m| m.len()).unwrap_or(0);
+        let counted = Counting::new(input, |done| progress(done, total));
+        let (compression, mut reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
+        tracing::debug!(compression = compression.as_str(), "importing a raw image");
+        let temp = Temp::new(self.home(machine)?, machine);
+        let file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
+        let mut writer = BufWriter::with_capacity(4 << 20, file);
+        io::copy(&mut reader, &mut writer).map_err(|e| Error::Invalid {
+            name: machine.to_string(),
+            reason: format!("cannot decompress the image: {e}"),
+        })?;
+        let file = writer.into_inner().map_err(|e| io_error(machine, &temp.path)(e.into_error()))?;
+        file.sync_all().map_err(io_error(machine, &temp.path))?;
+        drop(file);
+        let kind = ImageKind::detect(&temp.path).map_err(|_| Error::Invalid {
+            name: machine.to_string(),
+            reason: "the data is not a raw image (squashfs, ext4, erofs or GPT)".into(),
+        })?;
+        if !kind.is_file() || kind == ImageKind::Xz {
+            return Err(Error::Invalid {
+                name: machine.to_string(),
+                reason: format!("a {kind} image cannot be imported as raw"),
+            });
+        }
+        let target = self.target(machine, kind);
+        temp.commit(&target, machine)?;
+        tracing::info!(image = %target.display(), %kind, "imported a raw image");
+        Ok(target)
+    }
+
+    /// Imports a directory tree as it is.
+    pub fn import_fs(&self, source: &Path, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        self.check_free(machine)?;
+        if !source.is_dir() {
+            return Err(Error::Invalid {
+                name: machine.to_string(),
+                reason: format!("{} is not a directory", source.display()),
+            });
+        }
+        let temp = Temp::new(self.home(machine)?, machine);
+        copy_tree(source, &temp.path, &mut |done| progress(done, 0)).map_err(io_error(machine, &temp.path))?;
+        fix_root_mode(machine, &temp.path)?;
+        let target = self.target(machine, ImageKind::Directory);
+        temp.commit(&target, machine)?;
+        Ok(target)
+    }
+
+    /// Writes a directory image as a tar archive to `output`.
+    pub fn export_tar<W: Write + Send + 'static>(
+        &self,
+        machine: &str,
+        output: W,
+        compression: Compression,
+        progress: Progress<'_>,
+    ) -> Result<()> {
+        let source = self.locate(machine)?;
+        if ImageKind::detect(&source)? != ImageKind::Directory {
+            return Err(Error::Invalid { name: machine.to_string(), reason: "is a raw image; use export-raw".into() });
+        }
+        let encoder = compress::encoder(compression, output).map_err(io_error(machine, &source))?;
+        let mut builder = tar::Builder::new(encoder);
+        builder.follow_symlinks(false);
+        builder.mode(tar::HeaderMode::Complete);
+        append_tree(&mut builder, &source, Path::new("."), &mut 0, progress).map_err(io_error(machine, &source))?;
+        let encoder = builder.into_inner().map_err(io_error(machine, &source))?;
+        encoder.finish().map_err(io_error(machine, &source))
+    }
+
+    /// Writes a raw image to `output`.
+    pub fn export_raw<W: Write + Send + 'static>(
+        &self,
+        machine: &str,
+        output: W,
+        compression: Compression,
+        progress: Progress<'_>,
+    ) -> Result<()> {
+        let source = self.locate(machine)?;
+        if !ImageKind::detect(&source)?.is_file() {
+            return Err(Error::Invalid {
+                name: machine.to_string(),
+                reason: "is a directory image; use export-tar".into(),
+            });
+        }
+        let input = File::open(&source).map_err(io_error(machine, &source))?;
+        let total = input.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut counted = Counting::new(input, |done| progress(done, total));
+        let mut encoder = compress::encoder(compression, output).map_err(io_error(machine, &source))?;
+        io::copy(&mut counted, &mut encoder).map_err(io_error(machine, &source))?;
+        encoder.finish().map_err(io_error(machine, &source))
+    }
+
+    /// Removes what interrupted imports left (their hidden temporaries).
+    pub fn remove_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(self.pool.home()) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let path = entry.path();
+                tracing::warn!(path = %path.display(), "removing what an interrupted import left");
+                let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            }
+        }
+    }
+}
+
+/// A tar archive of a tree made in a private temporary directory records
+/// its top as 0700; a container booted from it has dbus and logind stuck.
+/// Give the root of an OS tree the mode every root has, and say so.
+fn fix_root_mode(machine: &str, root: &Path) -> Result<()> {
+    let mode = fs::metadata(root).map_err(io_error(machine, root))?.permissions().mode() & 0o7777;
+    if mode != 0o755 {
+        tracing::warn!(
+            machine,
+            "the image's root directory had mode {mode:o}; set to 755 so that its services can read it"
+        );
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).map_err(io_error(machine, root))?;
+    }
+    Ok(())
+}
+
+/// Appends a tree to a tar archive without following symlinks, in a stable
+/// order, reporting content bytes.
+fn append_tree<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+    name: &Path,
+    done: &mut u64,
+    progress: Progress<'_>,
+) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.file_type().is_socket() {
+        return Ok(());
+    }
+    builder.append_path_with_name(path, name)?;
+    if meta.is_file() {
+        *done += meta.len();
+        progress(*done, 0);
+    }
+    if meta.is_dir() {
+        let mut entries: Vec<_> = fs::read_dir(path)?.collect::<io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            append_tree(builder, &entry.path(), &name.join(entry.file_name()), done, progress)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies one file, reflinked where possible.
+fn copy_file(from: &Path, to: &Path, progress: &mut dyn FnMut(u64)) -> io::Result<()> {
+    let mut source = File::open(from)?;
+    let mut target = File::create_new(to)?;
+    if rustix::fs::ioctl_ficlone(&target, &source).is_err() {
+        let mut buffer = vec![0u8; 4 << 20];
+        let mut done = 0;
+        loop {
+            let n = source.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            target.write_all(&buffer[..n])?;
+            done += n as u64;
+            progress(done);
+        }
+    }
+    fs::set_permissions(to, fs::metadata(from)?.permissions())?;
+    target.sync_all()
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(tag: &str) -> (Store, PathBuf) {
+        let root = std::env::temp_dir().join(format!("wharf-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("var/lib/machines")).unwrap();
+        (Store { pool: Pool::under(&root, "machines") }, root)
+    }
+
+    fn os_tree(dir: &Path) {
+        fs::create_dir_all(dir.join("usr/lib/systemd")).unwrap();
+        fs::write(dir.join("usr/lib/os-release"), "ID=test\n").unwrap();
+        fs::write(dir.join("usr/lib/systemd/systemd"), "#!/bin/sh\n").unwrap();
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn import_export_clone_rename_remove() {
+        let (store, root) = store("cycle");
+        let source = root.join("tree");
+        os_tree(&source);
+        fs::set_permissions(&source, fs::Permissions::from_mode(0o700)).unwrap();
+        let home = root.join("var/lib/machines");
+
+        let imported = store.import_fs(&source, "one", &mut |_, _| {}).unwrap();
+        assert_eq!(imported, home.join("one"));
+        assert_eq!(fs::metadata(&imported).unwrap().permissions().mode() & 0o777, 0o755, "root mode fixed");
+
+        // Export as tar.xz, import it back under another name.
+        let archive = root.join("one.tar.xz");
+        store.export_tar("one", File::create(&archive).unwrap(), Compression::Xz, &mut |_, _| {}).unwrap();
+        let mut seen = (0, 0);
+        store.import_tar(File::open(&archive).unwrap(), "two", &mut |done, total| seen = (done, total)).unwrap();
+        assert_eq!(fs::read_to_string(home.join("two/usr/lib/os-release")).unwrap(), "ID=test\n");
+        assert_eq!(seen.0, seen.1, "progress reached the end");
+
+        store.clone_image("two", "three", true, &mut |_, _| {}).unwrap();
+        assert!(store.remove("three").unwrap_err().to_string().contains("is read-only"));
+        readonly::set_read_only(&home.join("three"), false).unwrap();
+        store.rename("three", "four").unwrap();
+        store.remove("four").unwrap();
+
+        assert!(matches!(store.import_fs(&source, "one", &mut |_, _| {}), Err(Error::Exists { .. })));
+        assert!(matches!(store.clone_image("one", "bad name", false, &mut |_, _| {}), Err(Error::Name(_))));
+        assert_eq!(listing(&home), ["one", "two"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_failed_import_leaves_nothing() {
+        let (store, root) = store("failed");
+        let home = root.join("var/lib/machines");
+        let garbage = root.join("garbage.tar.xz");
+        let mut bytes = vec![0xfd, b'7', b'z', b'X', b'Z', 0x00];
+        bytes.extend_from_slice(&[7u8; 4096]);
+        fs::write(&garbage, bytes).unwrap();
+        assert!(store.import_tar(File::open(&garbage).unwrap(), "x", &mut |_, _| {}).is_err());
+        assert!(store.import_raw(File::open(&garbage).unwrap(), "x", &mut |_, _| {}).is_err());
+        let not_raw = root.join("text");
+        fs::write(&not_raw, "hello").unwrap();
+        let error = store.import_raw(File::open(&not_raw).unwrap(), "x", &mut |_, _| {}).unwrap_err();
+        assert_eq!(error.to_string(), "machine image 'x': the data is not a raw image (squashfs, ext4, erofs or GPT)");
+        assert!(listing(&home).is_empty(), "left behind: {:?}", listing(&home));
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

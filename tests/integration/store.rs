@@ -1,0 +1,163 @@
+//! The machine image store in the testbed: import (tar, raw, fs; plain and
+//! compressed), export, clone, rename, remove, read-only, and what is left
+//! when an import fails or is interrupted (nothing under the final name).
+
+use std::sync::Arc;
+
+use libtest_mimic::Trial;
+
+use crate::testbed::{Testbed, images, run_host};
+use crate::{Shared, exclusive_trial, trial};
+
+pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
+    vec![
+        trial(shared, "store::import_export_clone_rename_remove", import_export_cycle),
+        trial(shared, "store::raw_imports_are_recognised_by_content", raw_imports),
+        trial(shared, "store::bad_imports_fail_in_one_line_and_leave_nothing", bad_imports),
+        exclusive_trial(shared, "store::an_interrupted_import_leaves_nothing_under_its_name", interrupted_import),
+    ]
+}
+
+/// A small OS-like tree (foobar's) as `/srv/store/<name>.tar.xz` in the testbed.
+fn tree_archive(tb: &Testbed, name: &str) -> String {
+    let stage = tb.host_path(&format!("/srv/store/{name}-tree"));
+    std::fs::create_dir_all(stage.parent().unwrap()).unwrap();
+    images::foobar(&stage, "dir", "1").unwrap();
+    let archive = format!("/srv/store/{name}.tar.xz");
+    run_host(
+        std::process::Command::new("sh").arg("-c").arg(format!(
+            "tar --numeric-owner -C {} -cf - . | xz -T0 > {}",
+            stage.display(),
+            tb.host_path(&archive).display()
+        )),
+        "making a tar.xz",
+    )
+    .unwrap();
+    archive
+}
+
+/// No temporary of an import of these names is left in /var/lib/machines.
+/// (Other tests import at the same time, so only their own names count.)
+#[track_caller]
+fn no_leftovers(tb: &Testbed, names: &[&str]) {
+    for name in names {
+        let left = tb.ok(&format!("ls -A /var/lib/machines | grep '^\\.#wharf-import-{name}-' || true"));
+        assert_eq!(left.trim(), "", "temporaries of {name} left in /var/lib/machines");
+    }
+}
+
+fn import_export_cycle(tb: &Testbed) {
+    let archive = tree_archive(tb, "cycle");
+    let out = tb.ok(&format!("machine import-tar {archive}"));
+    assert_eq!(out.trim(), "Imported /var/lib/machines/cycle.");
+    let listed = tb.ok("machine list-images --json");
+    assert!(
+        listed.contains(r#""name":"cycle","path":"/var/lib/machines/cycle","kind":"directory","state":"stopped""#),
+        "{listed}"
+    );
+    assert_eq!(tb.ok("cat /var/lib/machines/cycle/usr/lib/os-release | grep VERSION_ID").trim(), "VERSION_ID=1");
+    assert_eq!(tb.ok("stat -c %a /var/lib/machines/cycle").trim(), "755");
+
+    tb.ok("machine clone --read-only cycle cycle-copy");
+    assert!(tb.ok("machine list-images --json").contains(r#""name":"cycle-copy","path":"/var/lib/machines/cycle-copy","kind":"directory","state":"stopped","read_only":true"#));
+    let refused = tb.fails("machine remove cycle-copy");
+    assert_eq!(refused.stderr.trim(), "machine: machine image 'cycle-copy' is read-only");
+    tb.ok("machine read-only cycle-copy no && machine rename cycle-copy cycle-renamed && machine remove cycle-renamed");
+
+    // Export compressed by suffix, import it back: the same tree.
+    tb.ok("machine export-tar cycle /srv/store/cycle-out.tar.zst");
+    assert_eq!(tb.ok("head -c4 /srv/store/cycle-out.tar.zst | od -An -tx1").trim(), "28 b5 2f fd");
+    tb.ok("machine import-tar /srv/store/cycle-out.tar.zst cycle-back");
+    tb.ok("diff -r /var/lib/machines/cycle /var/lib/machines/cycle-back");
+    let refused = tb.fails("machine export-raw cycle /srv/store/x.raw");
+    assert_eq!(refused.stderr.trim(), "machine: machine image 'cycle': is a directory image; use export-tar");
+    tb.fails("test -e /srv/store/x.raw");
+    tb.ok("ls -A /srv/store | grep -v -c '^\\.' >/dev/null");
+    assert_eq!(tb.ok("ls -A /srv/store | grep -c '^\\.' || true").trim(), "0", "export temporaries left");
+
+    let refused = tb.fails(&format!("machine import-tar {archive} cycle"));
+    assert_eq!(refused.stderr.trim(), "machine: machine image 'cycle' exists already (/var/lib/machines/cycle)");
+    tb.ok("machine remove cycle cycle-back");
+    no_leftovers(tb, &["cycle", "cycle-copy", "cycle-back"]);
+
+    // Only root changes the store.
+    let out = tb.sh_nobody(&format!("machine import-tar {archive} sneaky"));
+    assert_eq!(out.stderr.trim(), "machine: access denied: importing an image needs root (caller is uid 65534)");
+}
+
+fn raw_imports(tb: &Testbed) {
+    let dir = tb.host_path("/srv/store");
+    std::fs::create_dir_all(&dir).unwrap();
+    images::foobar(&dir.join("rawimg.raw.xz"), "xz", "2").unwrap();
+    images::foobar(&dir.join("extimg.raw"), "ext4", "2").unwrap();
+    run_host(std::process::Command::new("gzip").arg("-k").arg(dir.join("extimg.raw")), "gzip").unwrap();
+
+    assert_eq!(tb.ok("machine import-raw /srv/store/rawimg.raw.xz").trim(), "Imported /var/lib/machines/rawimg.raw.");
+    assert_eq!(tb.ok("machine import-raw /srv/store/extimg.raw.gz").trim(), "Imported /var/lib/machines/extimg.raw.");
+    let listed = tb.ok("machine list-images --json");
+    assert!(
+        listed.contains(r#""name":"rawimg.raw","path":"/var/lib/machines/rawimg.raw","kind":"squashfs""#),
+        "{listed}"
+    );
+    assert!(listed.contains(r#""name":"extimg.raw","path":"/var/lib/machines/extimg.raw","kind":"ext4""#), "{listed}");
+    tb.ok("machine export-raw rawimg /srv/store/rawimg-out.raw.xz");
+    // The testbed has no xz: compare on the host.
+    run_host(
+        std::process::Command::new("sh").arg("-c").arg(format!(
+            "xz -dc {} | cmp - {}",
+            dir.join("rawimg-out.raw.xz").display(),
+            tb.host_path("/var/lib/machines/rawimg.raw").display()
+        )),
+        "comparing the export",
+    )
+    .unwrap();
+    tb.ok("machine remove rawimg extimg");
+    no_leftovers(tb, &["rawimg", "extimg"]);
+}
+
+fn bad_imports(tb: &Testbed) {
+    let dir = tb.host_path("/srv/store");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut garbage = vec![0xfd, b'7', b'z', b'X', b'Z', 0x00];
+    garbage.extend(std::iter::repeat_n(0x5a, 100_000));
+    std::fs::write(dir.join("garbage.raw.xz"), &garbage).unwrap();
+    std::fs::write(dir.join("text.tar"), "not a tar archive\n").unwrap();
+    let cases = [
+        (
+            "machine import-raw /srv/store/garbage.raw.xz",
+            "machine: machine image 'garbage': cannot decompress the image:",
+        ),
+        ("machine import-tar /srv/store/text.tar", "machine: machine image 'text': cannot unpack the archive:"),
+        (
+            "machine import-raw /srv/store/text.tar notraw",
+            "machine: machine image 'notraw': the data is not a raw image",
+        ),
+        ("machine import-raw /srv/store/missing.raw", "machine: /srv/store/missing.raw: No such file or directory"),
+        ("machine import-tar /srv/store/text.tar 'bad name'", "machine: 'bad name' is not a valid machine name"),
+        ("machine clone no-such-machine x", "machine: image 'no-such-machine' not found in the search path"),
+    ];
+    for (command, expected) in cases {
+        let out = tb.fails(command);
+        assert!(out.stderr.starts_with(expected), "{command}: {out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{command}: {out}");
+        no_leftovers(tb, &["garbage", "text", "notraw", "missing", "bad name"]);
+    }
+    for name in ["garbage", "text", "notraw"] {
+        tb.fails(&format!("ls /var/lib/machines/{name} /var/lib/machines/{name}.raw"));
+    }
+}
+
+fn interrupted_import(tb: &Testbed) {
+    // A fifo fed slowly keeps the import in the middle; wharfd is killed there.
+    tb.ok("mkfifo /srv/slow.raw");
+    // Background processes must not hold the harness's output pipes open.
+    let feeder = "((head -c 1048576 /dev/zero; sleep 30) > /srv/slow.raw 2>/dev/null &)";
+    tb.ok(&format!("{feeder}; (machine import-raw /srv/slow.raw slow >/dev/null 2>&1 &)"));
+    tb.ok("for i in $(seq 100); do ls -A /var/lib/machines | grep -q '^\\.#wharf-import-slow-' && exit 0; sleep 0.1; done; exit 1");
+    tb.ok("systemctl kill -s KILL wharfd.service; sleep 0.5");
+    tb.fails("test -e /var/lib/machines/slow.raw");
+    // The next start of wharfd removes what the killed import left.
+    tb.ok("machine list-images >/dev/null");
+    no_leftovers(tb, &["slow"]);
+    tb.ok("pkill -f 'sleep 30' || true; rm -f /srv/slow.raw");
+}
