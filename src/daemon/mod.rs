@@ -119,8 +119,11 @@ impl From<crate::image::Error> for BusError {
             | E::Read { .. }
             | E::Corrupt { .. }
             | E::NoOsRelease(_)
+            | E::NoRootPartition { .. }
             | E::Unit { .. } => BusError::BadImage(message),
-            E::Io { .. } => BusError::Failed(message),
+            E::NeedsPrivilege { .. } => BusError::AccessDenied(message),
+            E::XzTargetExists { .. } => BusError::Conflict(message),
+            E::Io { .. } | E::Mount { .. } => BusError::Failed(message),
         }
     }
 }
