@@ -78,7 +78,15 @@ impl Mounted {
             .map_err(|e| fail("making the private mount namespace a slave")(e.into()))?;
         let dir = MountDir::create(base).map_err(fail("creating the mount point"))?;
         let device = Loop::attach(slice).map_err(fail("attaching a loop device"))?;
-        let mount = Mount::new(&device.path, &dir.path, fstype).map_err(fail("mounting the loop device"))?;
+        let mount = Mount::new(&device.path, &dir.path, fstype).map_err(|source| match source.raw_os_error() {
+            // What the kernel says when the file system does not check out.
+            Some(nix::libc::EBADMSG | nix::libc::EUCLEAN | nix::libc::EINVAL) => Error::Corrupt {
+                image: image.to_path_buf(),
+                kind,
+                reason: format!("the kernel refused to mount it: {source}"),
+            },
+            _ => fail("mounting the loop device")(source),
+        })?;
         let tree = DirTree::open(&dir.path).map_err(fail("opening the mount"))?;
         tracing::debug!(image = %image.display(), device = %device.path.display(), at = %dir.path.display(), "mounted");
         Ok(Mounted { tree, _mount: mount, _loop: device, _dir: dir })
