@@ -103,5 +103,5 @@ fn median(samples: &mut [f64]) -> Result<f64, String> {
     }
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
-    Ok(if samples.len() % 2 == 0 { (samples[mid - 1] + samples[mid]) / 2.0 } else { samples[mid] })
+    Ok(if samples.len().is_multiple_of(2) { (samples[mid - 1] + samples[mid]) / 2.0 } else { samples[mid] })
 }
