@@ -300,6 +300,20 @@ fn gpt_partitions(tb: &Testbed) {
     assert_eq!(info["os_release"]["VERSION_ID"], "6");
     assert_eq!(unit_names(&info), ["foobar-hello.service", "foobar.service"]);
     assert_eq!(info["partitions"][0]["role"], "usr");
+
+    // Root partitions holding ext4 and erofs: the loop device of the latter
+    // covers only its partition, and is gone afterwards.
+    for (format, access) in [("ext4", "ext4, user-space reader"), ("erofs", "erofs, kernel mount")] {
+        let fs = scratch.join(format!("root.{format}"));
+        images::foobar(&fs, format, "9").unwrap();
+        let image = format!("/srv/images/gpt/foobar-{format}_9.raw");
+        gpt_disk(&tb.host_path(&image), &[(ESP, "esp", None), (root_type, "root", Some(&fs))]);
+        let info = json(&tb.ok(&format!("portable inspect --json {image}")));
+        assert_eq!(info["os_release"]["VERSION_ID"], "9", "{image}");
+        assert!(info["access"].as_str().unwrap().starts_with(access), "{image}: {info}");
+        assert_eq!(unit_names(&info), ["foobar-hello.service", "foobar.service"], "{image}");
+    }
+    assert_eq!(loops_below(tb, "/srv/images/gpt"), "");
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 
