@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::output::{Format, JsonStyle, images_table};
+use super::progress::with_progress;
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::{ImageInfo, OperationResult, PartitionInfo, PortableProxy, UnitInfo, flags};
 use crate::image::Pool;
@@ -171,13 +172,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let pool = Pool::portables();
             let cwd = current_dir()?;
             let copy = attach.copy.as_str();
+            let show = !cli.quiet && !format.is_json();
             let result = if batch {
                 let images: Vec<String> = attach.args.iter().map(|a| pool.argument_for_daemon(a, &cwd)).collect();
-                portable.attach_images(&images, &attach.profile, copy, attach.flags()).await?
+                with_progress(&bus, show, portable.attach_images(&images, &attach.profile, copy, attach.flags()))
+                    .await?
             } else {
                 let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
                 let image = pool.argument_for_daemon(image, &cwd);
-                portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags()).await?
+                let call = portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags());
+                with_progress(&bus, show, call).await?
             };
             emit_operation(format, cli.quiet, &result, "Started")?;
         }

@@ -146,7 +146,10 @@ pub(crate) fn image_bus_error(error: &crate::image::Error, message: String) -> B
         | E::Read { .. }
         | E::Corrupt { .. }
         | E::NoOsRelease(_)
+        | E::NoRootPartition { .. }
         | E::Unit { .. } => BusError::BadImage(message),
-        E::Io { .. } => BusError::Failed(message),
+        E::NeedsPrivilege { .. } => BusError::AccessDenied(message),
+        E::XzTargetExists { .. } => BusError::Conflict(message),
+        E::Io { .. } | E::Mount { .. } => BusError::Failed(message),
     }
 }

@@ -7,6 +7,7 @@ use zbus::Connection;
 use zbus::message::Header;
 
 use super::auth::require_root;
+use super::manager::progress_reporter;
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, ImageInfo, OperationResult, flags};
 use crate::image::{Pool, readonly};
@@ -108,8 +109,10 @@ impl PortableInterface {
         let _busy = self.daemon.busy();
         let _exclusive = self.daemon.portable_lock.lock().await;
         let systemd = self.systemd(connection).await?;
+        let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
         let requests = vec![ImageRequest { image, prefixes }];
-        let outcome = ops::attach(&self.host, &systemd, requests, profile_or_default(&profile), copy, actions).await?;
+        let profile = profile_or_default(&profile);
+        let outcome = ops::attach(&self.host, &systemd, requests, profile, copy, actions, progress).await?;
         Ok(outcome.into())
     }
 
@@ -129,8 +132,10 @@ impl PortableInterface {
         let _busy = self.daemon.busy();
         let _exclusive = self.daemon.portable_lock.lock().await;
         let systemd = self.systemd(connection).await?;
+        let progress = Box::new(progress_reporter(connection, &header, "decompress"));
         let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
-        let outcome = ops::attach(&self.host, &systemd, requests, profile_or_default(&profile), copy, actions).await?;
+        let profile = profile_or_default(&profile);
+        let outcome = ops::attach(&self.host, &systemd, requests, profile, copy, actions, progress).await?;
         Ok(outcome.into())
     }
 
@@ -168,8 +173,10 @@ impl PortableInterface {
         let _busy = self.daemon.busy();
         let _exclusive = self.daemon.portable_lock.lock().await;
         let systemd = self.systemd(connection).await?;
+        let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
         let request = ImageRequest { image, prefixes };
-        Ok(ops::reattach(&self.host, &systemd, request, profile_or_default(&profile), copy, actions).await?.into())
+        let profile = profile_or_default(&profile);
+        Ok(ops::reattach(&self.host, &systemd, request, profile, copy, actions, progress).await?.into())
     }
 
     /// The image's path and state.

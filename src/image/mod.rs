@@ -2,14 +2,21 @@
 //! how their contents are read without trusting them.
 
 pub mod dir;
+pub mod ext4;
+pub mod gpt;
 pub mod inspect;
 pub mod kind;
+pub mod mount;
 pub mod name;
 pub mod os_release;
 pub mod pool;
 pub mod readonly;
+mod served;
+pub mod slice;
+pub mod squashfs;
 pub mod tree;
 pub mod units;
+pub mod xz;
 
 pub use inspect::{Inspection, Opened, Partition, inspect};
 pub use kind::ImageKind;
@@ -54,6 +61,20 @@ pub enum Error {
     },
     #[error("image '{}': prefix '{prefix}' is not among the image's PORTABLE_PREFIXES ({allowed})", image.display())]
     PrefixNotAllowed { image: PathBuf, prefix: String, allowed: String },
+    #[error("image '{}': no root or usr partition for {architecture} in its GPT partition table (found: {found})", image.display())]
+    NoRootPartition { image: PathBuf, architecture: String, found: String },
+    #[error("image '{}': {kind} file systems are read through a loop device and a mount, which needs root", image.display())]
+    NeedsPrivilege { image: PathBuf, kind: ImageKind },
+    #[error("image '{}': cannot mount its {kind} file system: {step}: {source}", image.display())]
+    Mount {
+        image: PathBuf,
+        kind: ImageKind,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image '{}': '{}' already exists and was not decompressed from this image; remove or rename one of them", image.display(), target.display())]
+    XzTargetExists { image: PathBuf, target: PathBuf },
 }
 
 impl Error {

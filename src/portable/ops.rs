@@ -82,13 +82,22 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     zruntime::unblock(work).await
 }
 
-/// Reads one image into an attach [`Source`]: locate, recognise, read its
-/// os-release and the units matching its prefixes.
-pub fn read_source(host: &Host, request: &ImageRequest) -> Result<Source> {
+/// Progress of a long step (xz decompression): bytes done, bytes in all.
+pub type ProgressFn = Box<dyn FnMut(u64, u64) + Send>;
+
+/// Reads one image into an attach [`Source`]: locate, recognise (an xz
+/// image is decompressed into the pool first, once), read its os-release
+/// and the units matching its prefixes.
+pub fn read_source(host: &Host, request: &ImageRequest, progress: &mut ProgressFn) -> Result<Source> {
     let path = host.pool.locate(&request.image, None)?;
-    let path = std::path::absolute(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let mut path = std::path::absolute(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    let mut kind = ImageKind::detect(&path)?;
+    if kind == ImageKind::Xz {
+        let compressed = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        path = crate::image::xz::decompress_to_pool(&path, &compressed, host.pool.home(), &mut *progress)?;
+        kind = ImageKind::detect(&path)?;
+    }
     let name = image_name(&path)?;
-    let kind = ImageKind::detect(&path)?;
     let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
     let mut opened = open(&path, file, kind)?;
     let os_release = read_os_release(&path, opened.tree.as_mut())?;
@@ -111,12 +120,13 @@ pub async fn attach(
     profile: &str,
     copy: CopyMode,
     actions: Actions,
+    mut progress: ProgressFn,
 ) -> Result<Outcome> {
     let planning_host = host.clone();
     let profile = profile.to_string();
     let (tx, units, changes, enable) = blocking(move || -> Result<_> {
         let host = planning_host;
-        let sources = requests.iter().map(|r| read_source(&host, r)).collect::<Result<Vec<_>>>()?;
+        let sources = requests.iter().map(|r| read_source(&host, r, &mut progress)).collect::<Result<Vec<_>>>()?;
         let options = AttachOptions {
             profile: Profile::find(&host.root, &profile)?,
             copy,
@@ -297,12 +307,13 @@ pub async fn reattach(
     profile: &str,
     copy: CopyMode,
     actions: Actions,
+    mut progress: ProgressFn,
 ) -> Result<Outcome> {
     let planning_host = host.clone();
     let profile = profile.to_string();
     let planned = blocking(move || -> Result<_> {
         let host = planning_host;
-        let source = read_source(&host, &request)?;
+        let source = read_source(&host, &request, &mut progress)?;
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let new_prefix = image_name(&source.image)?.prefix().to_string();
         // The old version: whatever image holds units of the same names, or

@@ -12,13 +12,17 @@ use libtest_mimic::Trial;
 use crate::testbed::{Out, Testbed, images};
 
 /// The raw format the portable tests attach.
-const RAW: &str = "dir";
+const RAW: &str = "squashfs";
 use crate::{Shared, exclusive_trial};
 
 pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         exclusive_trial(shared, "portable::attach_start_detach_a_squashfs_image", attach_squashfs),
         exclusive_trial(shared, "portable::attach_start_detach_a_directory_image", attach_directory),
+        exclusive_trial(shared, "portable::attach_start_detach_an_ext4_image", attach_ext4),
+        exclusive_trial(shared, "portable::attach_start_detach_an_erofs_image", attach_erofs),
+        exclusive_trial(shared, "portable::attach_start_detach_a_gpt_disk_image", attach_gpt),
+        exclusive_trial(shared, "portable::attach_start_detach_a_raw_xz_image", attach_xz),
         exclusive_trial(shared, "portable::now_and_enable_start_and_stop_with_attach", now_and_enable),
         exclusive_trial(shared, "portable::reattach_restarts_running_units_on_the_new_version", reattach_running),
         exclusive_trial(shared, "portable::failed_reattach_leaves_the_old_version_running", failed_reattach),
@@ -104,6 +108,44 @@ fn attach_squashfs(tb: &Testbed) {
     clean_slate(tb);
     pool_image(tb, "foobar.raw", "squashfs", "1");
     attach_run_detach(tb, "foobar.raw", "RootImage", "1");
+}
+
+fn attach_ext4(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", "ext4", "5");
+    attach_run_detach(tb, "foobar.raw", "RootImage", "5");
+}
+
+fn attach_erofs(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", "erofs", "6");
+    attach_run_detach(tb, "foobar.raw", "RootImage", "6");
+}
+
+fn attach_gpt(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar.raw", "gpt", "7");
+    attach_run_detach(tb, "foobar.raw", "RootImage", "7");
+}
+
+/// portablectl refuses .raw.xz; wharf decompresses it into the pool once
+/// and attaches the result.
+fn attach_xz(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar_8.raw.xz", "xz", "8");
+    let out = tb.ok("portable attach foobar_8.raw.xz");
+    assert!(out.contains("/etc/systemd/system/foobar.service.d/20-portable.conf"), "{out}");
+    assert_eq!(tb.ok("portable is-attached foobar_8.raw").trim(), "attached");
+    tb.ok("systemctl start foobar.service");
+    assert_eq!(show(tb, "foobar.service", "RootImage"), "/var/lib/portables/foobar_8.raw");
+    assert!(os_release_seen_by(tb, "foobar.service").contains("VERSION_ID=8"));
+    // A second attach of the same .raw.xz reuses the decompressed image.
+    let inode = tb.ok("stat -c %i /var/lib/portables/foobar_8.raw");
+    tb.ok("portable detach --now foobar_8.raw && portable attach foobar_8.raw.xz");
+    assert_eq!(tb.ok("stat -c %i /var/lib/portables/foobar_8.raw"), inode);
+    tb.ok("portable detach foobar_8.raw");
+    assert_no_foobar_units(tb);
+    assert_eq!(tb.ok("ls -A /var/lib/portables | grep -c '^\\.' || true").trim(), "0", "temporaries left in the pool");
 }
 
 fn attach_directory(tb: &Testbed) {
@@ -433,9 +475,9 @@ fn side_by_side(tb: &Testbed) {
     pool_image(tb, "foobar.raw", RAW, "1");
     let root_property = if RAW == "dir" { "RootDirectory" } else { "RootImage" };
 
-    tb.ok("portablectl attach --profile default foobar.raw");
+    tb.ok("portablectl attach --profile default /var/lib/portables/foobar.raw");
     let reference = started_properties(tb, root_property);
-    tb.ok("portablectl detach foobar.raw");
+    tb.ok("portablectl detach /var/lib/portables/foobar.raw");
     assert_eq!(tb.ok("ls /etc/systemd/system.attached 2>/dev/null | grep -c foobar || true").trim(), "0");
 
     tb.ok("portable attach --profile default foobar.raw");
