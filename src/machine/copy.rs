@@ -102,12 +102,12 @@ mod tests {
         fs::set_permissions(from.join("usr/bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
         fs::hard_link(from.join("usr/bin/tool"), from.join("usr/bin/alias")).unwrap();
         symlink("usr/bin", from.join("bin")).unwrap();
-        rustix::fs::mknodat(CWD, &from.join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        rustix::fs::mknodat(CWD, from.join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
         let old = Timestamps {
             last_access: Timespec { tv_sec: 1000, tv_nsec: 0 },
             last_modification: Timespec { tv_sec: 2000, tv_nsec: 5 },
         };
-        utimensat(CWD, &from.join("usr/bin/tool"), &old, AtFlags::empty()).unwrap();
+        utimensat(CWD, from.join("usr/bin/tool"), &old, AtFlags::empty()).unwrap();
 
         let mut seen = 0;
         copy_tree(&from, &root.join("to"), &mut |n| seen = n).unwrap();
