@@ -16,6 +16,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use testbed::bench::{Timed, alternate, report, runs, verdict};
 use testbed::{BootOptions, Release, Testbed, images};
 
 fn main() -> ExitCode {
@@ -44,14 +45,12 @@ fn run() -> Result<bool, String> {
     // Warm both daemons and the page cache.
     tb.ok("portable list >/dev/null; portablectl list >/dev/null; portable inspect foobar.raw >/dev/null");
 
-    let runs = 15;
-    let (wharf, reference) = alternate(
-        &tb,
-        runs,
-        ("portable attach foobar.raw >/dev/null", "portable detach foobar.raw >/dev/null"),
-        ("portablectl attach foobar.raw >/dev/null", "portablectl detach foobar.raw >/dev/null"),
-    );
-    met &= report("attach + detach of one squashfs image", wharf, reference, 1.0);
+    let runs = runs(15);
+    let image = "/var/lib/portables/foobar.raw";
+    let ours = format!("portable attach {image} >/dev/null && portable detach {image} >/dev/null");
+    let theirs = format!("portablectl attach {image} >/dev/null && portablectl detach {image} >/dev/null");
+    let (wharf, reference) = alternate(&tb, runs, Timed::alone(&ours), Timed::alone(&theirs));
+    met &= report("attach + detach of one squashfs image", "portablectl", wharf, reference, 1.0);
 
     // 50 images with distinct units.
     let names: Vec<String> = (0..50).map(|i| format!("svc{i:02}")).collect();
@@ -60,21 +59,22 @@ fn run() -> Result<bool, String> {
     for name in &names {
         make_renamed_image(&template, &pool.join(format!("{name}.raw")), name)?;
     }
-    let list = names.iter().map(|n| format!("{n}.raw")).collect::<Vec<_>>().join(" ");
+    let list = names.iter().map(|n| format!("/var/lib/portables/{n}.raw")).collect::<Vec<_>>().join(" ");
     let batch_attach = format!("portable attach --batch {list} >/dev/null");
     let batch_detach = format!("for n in {list}; do portable detach $n >/dev/null; done");
     let each_attach = format!("for n in {list}; do portablectl attach $n >/dev/null; done");
     let each_detach = format!("for n in {list}; do portablectl detach $n >/dev/null; done");
-    let (wharf, reference) = alternate(&tb, 5, (&batch_attach, &batch_detach), (&each_attach, &each_detach));
-    met &= report("attaching 50 images (one batch vs 50 calls)", wharf, reference, 0.1);
+    let (wharf, reference) =
+        alternate(&tb, runs.min(5), Timed::new(&batch_attach, &batch_detach), Timed::new(&each_attach, &each_detach));
+    met &= report("attaching 50 images (one batch vs 50 calls)", "portablectl", wharf, reference, 0.1);
 
     // 200 images in the pool (copies of foobar.raw under other names).
     for i in 0..200 {
         std::fs::copy(pool.join("foobar.raw"), pool.join(format!("copy{i:03}.raw"))).map_err(|e| e.to_string())?;
     }
     let (wharf, reference) =
-        alternate(&tb, 15, ("portable list >/dev/null", ":"), ("portablectl list >/dev/null", ":"));
-    met &= report("list with 250 images in the pool", wharf, reference, 0.5);
+        alternate(&tb, runs, Timed::alone("portable list >/dev/null"), Timed::alone("portablectl list >/dev/null"));
+    met &= report("list with 250 images in the pool", "portablectl", wharf, reference, 0.5);
 
     // Idle memory: after the work above, let wharfd settle.
     std::thread::sleep(Duration::from_secs(2));
@@ -114,37 +114,4 @@ fn make_renamed_image(template: &Path, out: &Path, name: &str) -> Result<(), Str
         .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&stage);
     if status.success() { Ok(()) } else { Err(format!("mksquashfs {}", out.display())) }
-}
-
-/// Times `timed` commands of wharf and the reference, alternating, each
-/// followed by its untimed `reset`; returns the median times.
-fn alternate(tb: &Testbed, runs: usize, wharf: (&str, &str), reference: (&str, &str)) -> (Duration, Duration) {
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for _ in 0..runs {
-        ours.push(tb.time(wharf.0, wharf.1));
-        theirs.push(tb.time(reference.0, reference.1));
-    }
-    (median(ours), median(theirs))
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "ok" } else { "MISSED" }
-}
-
-fn report(what: &str, wharf: Duration, reference: Duration, target: f64) -> bool {
-    let ratio = wharf.as_secs_f64() / reference.as_secs_f64();
-    let ok = ratio <= target;
-    println!(
-        "{what}: wharf {:.1} ms, portablectl {:.1} ms, ratio {ratio:.2} (target <= {target}) {}",
-        wharf.as_secs_f64() * 1e3,
-        reference.as_secs_f64() * 1e3,
-        verdict(ok)
-    );
-    ok
 }

@@ -50,18 +50,38 @@ fn run() -> Result<(), String> {
     heading("building the sample images from images/");
     let pool = tb.host_path("/var/lib/portables");
     std::fs::create_dir_all(&pool).map_err(|e| e.to_string())?;
-    images::foobar(&pool.join("foobar.raw"), "squashfs", "1").map_err(|e| e.to_string())?;
-    println!("images/foobar/build /var/lib/portables/foobar.raw squashfs");
+    for (file, format, version) in [("foobar.raw", "squashfs", "1"), ("foobar_2.raw.xz", "xz", "2")] {
+        images::foobar(&pool.join(file), format, version).map_err(|e| e.to_string())?;
+        println!("images/foobar/build /var/lib/portables/{file} {format} {version}");
+    }
 
     heading("wharfd is started by the first D-Bus call");
     show(&tb, "systemctl is-active wharfd.service || true")?;
     show(&tb, "portable list")?;
     show(&tb, "systemctl is-active wharfd.service")?;
 
-    heading("read-only needs root; anyone may look");
-    show(&tb, "portable read-only foobar.raw && portable list")?;
-    show(&tb, "setpriv --reuid=nobody --regid=nogroup --clear-groups portable read-only foobar.raw no || true")?;
-    show(&tb, "portable read-only foobar.raw no && portable list --json=pretty")?;
+    heading("a portable service: inspect, attach, start it with plain systemctl");
+    show(&tb, "portable inspect foobar.raw")?;
+    show(&tb, "portable attach foobar.raw")?;
+    show(&tb, "cat /etc/systemd/system/foobar.service.d/20-portable.conf")?;
+    show(&tb, "systemctl start foobar.service && sleep 0.5")?;
+    show(&tb, "systemctl status foobar.service --no-pager --lines=3")?;
+    show(&tb, "systemctl show -p RootImage -p DynamicUser -p ProtectSystem foobar.service")?;
+    show(&tb, "portable list")?;
+
+    heading("an upgrade while it runs: reattach version 2, shipped as .raw.xz (portablectl cannot read those)");
+    show(&tb, "portable reattach foobar_2.raw.xz")?;
+    show(&tb, "systemctl show -p RootImage -p ActiveState foobar.service")?;
+    show(&tb, "cat /proc/$(systemctl show -p MainPID --value foobar.service)/root/usr/lib/os-release | grep PRETTY")?;
+
+    heading("detach: refused while running, then with --now");
+    show(&tb, "portable detach foobar_2.raw || true")?;
+    show(&tb, "portable detach --now foobar_2.raw")?;
+    show(&tb, "ls /etc/systemd/system | grep foobar || echo 'no foobar units left'")?;
+
+    heading("only root changes state; anyone may look");
+    show(&tb, "setpriv --reuid=nobody --regid=nogroup --clear-groups portable attach foobar.raw || true")?;
+    show(&tb, "setpriv --reuid=nobody --regid=nogroup --clear-groups portable is-attached foobar.raw || true")?;
 
     heading("powering the testbed off");
     tb.poweroff().map_err(|e| e.to_string())

@@ -318,7 +318,13 @@ fn emit_operation(format: Format, quiet: bool, result: &OperationResult, verb: &
                 other => format!("{other} {}.", change.path),
             })
             .collect();
-        lines.extend(result.restarted.iter().map(|unit| format!("{verb} {unit}.")));
+        let units = result.restarted.iter().map(|unit| format!("{verb} {unit}."));
+        // Units are stopped before their files go, and started after they come.
+        if verb == "Stopped" {
+            lines.splice(0..0, units);
+        } else {
+            lines.extend(units);
+        }
         lines.join("\n")
     })
 }

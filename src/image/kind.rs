@@ -72,21 +72,23 @@ impl ImageKind {
     /// with pread, so the file position is left alone.
     pub fn detect_open(file: &File, path: &Path) -> Result<ImageKind> {
         let meta = file.metadata().map_err(Error::io(path))?;
+        ImageKind::detect_with(file, &meta, path)
+    }
+
+    /// [`ImageKind::detect_open`] for a caller that has the metadata already.
+    pub fn detect_with(file: &File, meta: &std::fs::Metadata, path: &Path) -> Result<ImageKind> {
         if meta.is_dir() {
             return Ok(ImageKind::Directory);
         }
         if !meta.is_file() && !meta.file_type().is_block_device() {
             return Err(Error::NotAnImage(path.to_path_buf()));
         }
+        // Most images say what they are in their first bytes; only the
+        // others need the superblock area read.
         let mut head = vec![0u8; MAGIC_PROBE_LEN];
-        let mut filled = 0;
-        while filled < head.len() {
-            match file.read_at(&mut head[filled..], filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(path)(e)),
-            }
+        let mut filled = read_at_least(file, &mut head, XZ_MAGIC.len()).map_err(Error::io(path))?;
+        if !head[..filled].starts_with(XZ_MAGIC) && !head[..filled].starts_with(SQUASHFS_MAGIC) {
+            filled = read_at_least(file, &mut head, MAGIC_PROBE_LEN).map_err(Error::io(path))?;
         }
         head.truncate(filled);
         ImageKind::from_magic(&head).ok_or_else(|| Error::NotAnImage(path.to_path_buf()))
@@ -113,6 +115,22 @@ impl fmt::Display for ImageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Fills `buffer` from the start of `file` until `wanted` bytes are in or
+/// the file ends; returns how many bytes were read.
+fn read_at_least(file: &File, buffer: &mut [u8], wanted: usize) -> std::io::Result<usize> {
+    let wanted = wanted.min(buffer.len());
+    let mut filled = 0;
+    while filled < wanted {
+        match file.read_at(&mut buffer[filled..wanted], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]

@@ -137,8 +137,9 @@ impl Pool {
 
 impl PoolEntry {
     pub fn read(name: ImageName, path: PathBuf) -> Result<PoolEntry> {
-        let kind = ImageKind::detect(&path)?;
-        let meta = std::fs::metadata(&path).map_err(Error::io(&path))?;
+        let file = std::fs::File::open(&path).map_err(Error::io(&path))?;
+        let meta = file.metadata().map_err(Error::io(&path))?;
+        let kind = ImageKind::detect_with(&file, &meta, &path)?;
         let modified_usec = u64::try_from(meta.mtime()).unwrap_or(0) * 1_000_000
             + u64::try_from(meta.mtime_nsec()).unwrap_or(0) / 1_000;
         Ok(PoolEntry {

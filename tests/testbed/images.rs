@@ -12,6 +12,10 @@ use super::{Result, run_host};
 /// gpt, xz, dir) with `version` into `out`.
 pub fn foobar(out: &Path, format: &str, version: &str) -> Result<()> {
     let recipe = repo_dir().join("images/foobar/build");
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| super::Error(format!("cannot create {}: {e}", parent.display())))?;
+    }
     run_host(
         Command::new(&recipe).arg(out).arg(format).arg(version),
         &format!("building foobar ({format}, version {version}) as {}", out.display()),

@@ -17,6 +17,7 @@
 
 #![allow(dead_code)] // Each user (tests, demo, benches) takes a different part.
 
+pub mod bench;
 pub mod cache;
 pub mod cleanup;
 pub mod images;
@@ -275,18 +276,6 @@ impl Testbed {
         let out = self.sh(script);
         assert!(!out.success() && out.code.is_some(), "expected a failure in the testbed: {out}");
         out
-    }
-
-    /// Times `command` inside the testbed (with the shell's own clock, so
-    /// entering the container is not counted), then runs `reset` untimed.
-    /// Panics if either fails.
-    #[track_caller]
-    pub fn time(&self, command: &str, reset: &str) -> Duration {
-        let script = format!(
-            "s=$(date +%s%N); {{ {command} ; }} || exit 97; e=$(date +%s%N); {{ {reset} ; }} || exit 98; echo $((e - s))"
-        );
-        let out = self.ok(&script);
-        Duration::from_nanos(out.trim().lines().last().and_then(|l| l.parse().ok()).expect("nanoseconds"))
     }
 
     fn inner_command(&self) -> Command {
