@@ -58,7 +58,7 @@ pub fn alternate(tb: &Testbed, runs: usize, wharf: Timed<'_>, reference: Timed<'
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     let mid = samples.len() / 2;
-    if samples.len() % 2 == 0 { (samples[mid - 1] + samples[mid]) / 2 } else { samples[mid] }
+    if samples.len().is_multiple_of(2) { (samples[mid - 1] + samples[mid]) / 2 } else { samples[mid] }
 }
 
 pub fn verdict(ok: bool) -> &'static str {
