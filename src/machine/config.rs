@@ -1,0 +1,146 @@
+//! Per-machine settings kept in `/etc/wharf/machines/NAME.toml`, applied on
+//! every start:
+//!
+//! ```toml
+//! [limits]
+//! MemoryMax = "512M"
+//! CPUQuota = "50%"
+//! TasksMax = 200
+//!
+//! [container]
+//! private-users = "pick"   # pick, no, or a UID
+//! network = "private"      # host or private
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::property::{Limit, Property, PropertyError};
+
+/// Where machine settings live.
+pub const CONFIG_DIR: &str = "/etc/wharf/machines";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{}: {source}", path.display())]
+    Limit {
+        path: PathBuf,
+        #[source]
+        source: PropertyError,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A limit's value in TOML: `MemoryMax = "512M"` or `TasksMax = 200`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum LimitValue {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ContainerSection {
+    private_users: Option<String>,
+    network: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLayout {
+    #[serde(default)]
+    limits: BTreeMap<String, LimitValue>,
+    #[serde(default)]
+    container: ContainerSection,
+}
+
+/// A machine's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineConfig {
+    pub limits: Vec<Property>,
+    pub private_users: Option<String>,
+    pub network: Option<String>,
+}
+
+impl MachineConfig {
+    /// Parses settings text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<MachineConfig, ConfigError> {
+        let layout: FileLayout = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), reason: e.message().to_string() })?;
+        let mut limits = Vec::new();
+        for (key, value) in layout.limits {
+            let limit = Limit::from_name(&key).ok_or_else(|| ConfigError::Limit {
+                path: path.to_path_buf(),
+                source: PropertyError::Unknown(key.clone()),
+            })?;
+            let text = match value {
+                LimitValue::Text(text) => text,
+                LimitValue::Number(n) => n.to_string(),
+            };
+            let property = Property::with_value(limit, &text)
+                .map_err(|source| ConfigError::Limit { path: path.to_path_buf(), source })?;
+            limits.push(property);
+        }
+        Ok(MachineConfig { limits, private_users: layout.container.private_users, network: layout.container.network })
+    }
+
+    /// The settings of `machine` below `dir`; none when there is no file.
+    pub fn load(dir: &Path, machine: &str) -> Result<MachineConfig, ConfigError> {
+        let path = dir.join(format!("{machine}.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => MachineConfig::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MachineConfig::default()),
+            Err(source) => Err(ConfigError::Io { path, source }),
+        }
+    }
+
+    /// Limits from the file, overridden by those given on the command line.
+    pub fn merged_limits(&self, given: &[Property]) -> Vec<Property> {
+        let mut merged: Vec<Property> =
+            self.limits.iter().filter(|p| !given.iter().any(|g| g.limit == p.limit)).cloned().collect();
+        merged.extend(given.iter().cloned());
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::property::Value;
+
+    #[test]
+    fn settings_parse_and_merge() {
+        let text = "[limits]\nMemoryMax = \"512M\"\nTasksMax = 200\n\n[container]\nprivate-users = \"pick\"\nnetwork = \"private\"\n";
+        let config = MachineConfig::parse(text, Path::new("f28.toml")).unwrap();
+        assert_eq!(config.limits.len(), 2);
+        assert_eq!(config.private_users.as_deref(), Some("pick"));
+        let given = [Property::parse("TasksMax=50").unwrap()];
+        let merged = config.merged_limits(&given);
+        let tasks: Vec<&Property> = merged.iter().filter(|p| p.limit == Limit::TasksMax).collect();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].value, Value::Number(50));
+    }
+
+    #[test]
+    fn bad_settings_name_the_file() {
+        let error =
+            |text: &str| MachineConfig::parse(text, Path::new("/etc/wharf/machines/f28.toml")).unwrap_err().to_string();
+        assert_eq!(
+            error("[limits]\nMemoryMax = \"lots\"\n"),
+            "/etc/wharf/machines/f28.toml: MemoryMax: 'lots' is not a size (bytes, K, M, G, T) or infinity"
+        );
+        assert!(error("[limits]\nNice = 5\n").starts_with("/etc/wharf/machines/f28.toml: unknown property 'Nice'"));
+        assert!(error("[other]\n").starts_with("/etc/wharf/machines/f28.toml: unknown field `other`"));
+        assert!(error("[container]\nprivate_users = 1\n").contains("unknown field"));
+    }
+}
