@@ -271,3 +271,21 @@ pub trait Machine {
     /// Writes a raw image to `fd`.
     fn export_raw(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
 }
+
+/// Flags of `org.wharf1.Fleet.Apply`.
+pub mod fleet_flags {
+    /// Plan only; change nothing.
+    pub const CHECK: u64 = 1 << 0;
+    /// Also detach images attached by hand that the file does not list.
+    pub const PRUNE: u64 = 1 << 1;
+    pub const ALL: u64 = CHECK | PRUNE;
+}
+
+/// Client side of `org.wharf1.Fleet`.
+#[zbus::proxy(interface = "org.wharf1.Fleet", default_service = "org.wharf1", default_path = "/org/wharf1")]
+pub trait Fleet {
+    /// Applies (or with CHECK, plans) a fleet file given as text; `file` is
+    /// its absolute path, against which relative image paths are taken.
+    /// Returns whether the plan was carried out, and the plan as JSON.
+    fn apply(&self, text: &str, file: &str, flags: u64) -> zbus::Result<(bool, String)>;
+}

@@ -35,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// List machine images in /var/lib/machines and the rest of the search path.
     ListImages,
+    /// Bring the host to what a fleet file says, all or nothing (see wharf-fleet(5)).
+    Apply(super::fleet::ApplyArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
         image: String,
@@ -131,6 +133,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let images = machine.list_images().await?;
             format.emit(&images, |images| images_table(images, false))?;
         }
+        Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.quiet).await,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::machines().argument_for_daemon(&image, &current_dir()?);
             machine.mark_read_only(&image, read_only).await?;

@@ -1,6 +1,7 @@
 //! The command lines of `portable` and `machine`: argument parsing, calls to
 //! wharfd over D-Bus, and output for people (tables) or scripts (`--json`).
 
+pub mod fleet;
 pub mod machine;
 pub mod output;
 pub mod portable;

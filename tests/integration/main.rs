@@ -8,6 +8,7 @@
 #[path = "../testbed/mod.rs"]
 mod testbed;
 
+mod fleet;
 mod foundation;
 mod images;
 mod portable;
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
     trials.extend(images::trials(&shared));
     trials.extend(portable::trials(&shared));
     trials.extend(store::trials(&shared));
+    trials.extend(fleet::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");
