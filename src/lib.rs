@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod fs;
 pub mod image;
 pub mod logging;
+pub mod machine;
 pub mod portable;
 pub mod systemd;
 pub mod transaction;
