@@ -187,7 +187,7 @@ impl Outcome {
 
 /// `wharfd launch`: runs the container, reports a failure on one line.
 pub fn main(args: LaunchArgs) -> ExitCode {
-    crate::logging::init_cli(false);
+    init_logging();
     match launch(&args) {
         Ok(outcome) => {
             if let Outcome::Killed(signal) = outcome {
@@ -204,6 +204,26 @@ pub fn main(args: LaunchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, which the unit sends to the journal: what the launcher
+/// decided (range, ownership) at info level, zbus only when it warns.
+/// `WHARF_LOG` overrides, as for the other binaries.
+fn init_logging() {
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("WHARF_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO).with_target("zbus", LevelFilter::WARN));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time();
+    let _ = tracing_subscriber::registry().with(stderr).with(filter).try_init();
 }
 
 /// Boots the image and supervises the container until its init exits.

@@ -10,6 +10,7 @@ mod testbed;
 
 mod foundation;
 mod images;
+mod machine;
 mod portable;
 
 use std::path::{Path, PathBuf};
@@ -85,6 +86,7 @@ fn main() -> ExitCode {
     trials.extend(foundation::trials(&shared));
     trials.extend(images::trials(&shared));
     trials.extend(portable::trials(&shared));
+    trials.extend(machine::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");
