@@ -90,8 +90,9 @@ pub(crate) struct Plan {
     pub name: String,
     /// The image's root directory on the host.
     pub root: PathBuf,
-    /// A detached, idmapped copy of `root` to mount instead of a plain bind.
-    pub idmapped_root: Option<OwnedFd>,
+    /// A detached mount to put on `root` (an idmapped clone of a directory,
+    /// or a raw image's file system); `None`: `root` is bound onto itself.
+    pub root_tree: Option<OwnedFd>,
     /// Host UID (and GID) of the container's root; `None`: no user namespace.
     pub base: Option<u32>,
     pub private_network: bool,
@@ -179,7 +180,7 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
         .map_err(step("making / a slave mount"))?;
 
     let root = plan.root.as_path();
-    match &plan.idmapped_root {
+    match &plan.root_tree {
         Some(tree) => rustix::mount::move_mount(
             tree.as_fd(),
             "",
@@ -187,7 +188,7 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
             root,
             rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
         )
-        .map_err(step(format!("mounting the idmapped image on {}", root.display())))?,
+        .map_err(step(format!("mounting the image on {}", root.display())))?,
         None => bind(root, root, MsFlags::MS_REC)?,
     }
     // A clone of a shared mount joins its peer group, and pivot_root

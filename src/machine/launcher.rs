@@ -50,6 +50,7 @@ use super::container::{self, Channels, Plan};
 use super::name::{MachineName, NameError};
 use super::notify;
 use super::ownership::{self, Ownership};
+use super::raw::{RawError, RawImage};
 use super::sys::{self, Forked};
 use super::uid_range::{self, HeldRange, PrivateUsers, RangeError};
 
@@ -115,8 +116,10 @@ pub enum Reason {
     NotADirectory(PathBuf),
     #[error("no init in {} (looked for {})", .0.display(), INITS.join(", "))]
     NoInit(PathBuf),
-    #[error("raw images (--image) are not supported by this launcher yet; unpack {} into a directory", .0.display())]
-    RawImage(PathBuf),
+    #[error(transparent)]
+    Raw(#[from] RawError),
+    #[error("read-only image {} cannot be shifted with chown: it needs idmapped mounts, or --private-users=no", .0.display())]
+    CannotShift(PathBuf),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -230,14 +233,51 @@ fn init_logging() {
 pub fn launch(args: &LaunchArgs) -> Result<Outcome, LaunchError> {
     let fail = |reason: Reason| LaunchError { machine: args.machine.clone(), reason };
     let name = MachineName::new(&args.machine).map_err(|e| fail(e.into()))?;
-    let directory = match (&args.directory, &args.image) {
-        (Some(directory), _) => directory,
-        (None, Some(image)) => return Err(fail(Reason::RawImage(image.clone()))),
+    let image = match (&args.directory, &args.image) {
+        (Some(directory), _) => Image::Directory(image_directory(directory).map_err(fail)?),
+        (None, Some(raw)) => Image::Raw(RawImage::open(raw).map_err(|e| fail(e.into()))?),
         (None, None) => return Err(fail(Reason::NoImage)),
     };
-    let root = image_directory(directory).map_err(fail)?;
-    let init = find_init(&root).map_err(fail)?;
-    supervise(&name, &root, &init, args).map_err(fail)
+    let init = find_init(&image.view()).map_err(fail)?;
+    let outcome = supervise(&name, &image, &init, args).map_err(fail);
+    // A raw image's loop device is gone once this returns.
+    drop(image);
+    outcome
+}
+
+/// The image as the launcher holds it.
+#[derive(Debug)]
+enum Image {
+    Directory(PathBuf),
+    Raw(RawImage),
+}
+
+impl Image {
+    /// Where its tree can be read from the launcher.
+    fn view(&self) -> PathBuf {
+        match self {
+            Image::Directory(root) => root.clone(),
+            Image::Raw(raw) => raw.view(),
+        }
+    }
+
+    /// The path machined records as the machine's root.
+    fn registered_root(&self) -> &Path {
+        match self {
+            Image::Directory(root) => root,
+            Image::Raw(raw) => &raw.path,
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        matches!(self, Image::Raw(raw) if raw.read_only)
+    }
+}
+
+/// Where a raw image's root is mounted in the container side's mount
+/// namespace (pivot_root needs a directory to mount it on).
+fn raw_mount_point(name: &MachineName) -> PathBuf {
+    Path::new("/run/wharf/machines").join(name.as_str())
 }
 
 /// The image directory, absolute.
@@ -276,7 +316,8 @@ struct Users {
     idmapped_root: Option<OwnedFd>,
 }
 
-fn prepare_users(name: &MachineName, root: &Path, args: &LaunchArgs) -> Result<Option<Users>, Reason> {
+fn prepare_users(name: &MachineName, image: &Image, args: &LaunchArgs) -> Result<Option<Users>, Reason> {
+    let root = &image.view();
     let root_uid = std::fs::metadata(root).map_err(io(format!("reading {}", root.display())))?.uid();
     let shifted_to = uid_range::base_of_shifted_image(root_uid);
     let range = match (args.private_users, shifted_to) {
@@ -294,7 +335,7 @@ fn prepare_users(name: &MachineName, root: &Path, args: &LaunchArgs) -> Result<O
     }
     let idmapped = match args.private_users_ownership {
         Ownership::Chown => None,
-        wanted => match idmapped_tree(root, range.base) {
+        wanted => match idmapped_tree(image, range.base) {
             Ok(tree) => Some(tree),
             Err(source) if wanted == Ownership::Auto => {
                 tracing::warn!(
@@ -308,21 +349,28 @@ fn prepare_users(name: &MachineName, root: &Path, args: &LaunchArgs) -> Result<O
         },
     };
     if idmapped.is_none() {
+        if image.read_only() {
+            return Err(Reason::CannotShift(image.registered_root().to_path_buf()));
+        }
         let changed = ownership::shift_tree(root, range.base)?;
         tracing::info!("shifted {changed} files of {} to UID range {}", root.display(), range.base);
     }
     Ok(Some(Users { range, idmapped_root: idmapped }))
 }
 
-/// A detached copy of the mount tree at `root`, idmapped to the range at `base`.
-fn idmapped_tree(root: &Path, base: u32) -> std::io::Result<OwnedFd> {
+/// A detached mount of the image, idmapped to the range at `base`: a
+/// clone of a directory's mount tree, or the raw image's own mount.
+fn idmapped_tree(image: &Image, base: u32) -> std::io::Result<OwnedFd> {
     use rustix::mount::{OpenTreeFlags, open_tree};
     let userns = throwaway_userns(base)?;
-    let tree = open_tree(
-        rustix::fs::CWD,
-        root,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
-    )?;
+    let tree = match image {
+        Image::Directory(root) => open_tree(
+            rustix::fs::CWD,
+            root,
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
+        )?,
+        Image::Raw(raw) => raw.mount().try_clone()?,
+    };
     sys::idmap_tree(&tree, &userns)?;
     Ok(tree)
 }
@@ -431,7 +479,7 @@ impl Running {
     }
 }
 
-fn supervise(name: &MachineName, root: &Path, init: &str, args: &LaunchArgs) -> Result<Outcome, Reason> {
+fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -> Result<Outcome, Reason> {
     // Signals arrive through a signalfd: blocked from now on, so none is
     // lost between here and the loop, and the children unblock them.
     let mut signals = SigSet::empty();
@@ -445,7 +493,7 @@ fn supervise(name: &MachineName, root: &Path, init: &str, args: &LaunchArgs) -> 
     // reparented here, and its exit status (reboot or poweroff) with it.
     nix::sys::prctl::set_child_subreaper(true).map_err(sys_err("becoming a subreaper"))?;
 
-    let users = prepare_users(name, root, args)?;
+    let users = prepare_users(name, image, args)?;
     let base = users.as_ref().map(|u| u.range.base);
     let host_cgroups = HostCgroups::detect().map_err(io("reading the host's cgroups"))?;
     let payload_cgroups = cgroup::split(&host_cgroups, base)?;
@@ -460,10 +508,22 @@ fn supervise(name: &MachineName, root: &Path, init: &str, args: &LaunchArgs) -> 
         Some(Users { range, idmapped_root }) => (Some(range), idmapped_root),
         None => (None, None),
     };
+    let (root, root_tree) = match image {
+        Image::Directory(root) => (root.clone(), idmapped_root),
+        Image::Raw(raw) => {
+            let mount_point = raw_mount_point(name);
+            std::fs::create_dir_all(&mount_point).map_err(io(format!("creating {}", mount_point.display())))?;
+            let tree = match idmapped_root {
+                Some(tree) => tree,
+                None => raw.mount().try_clone().map_err(io("duplicating the image's mount"))?,
+            };
+            (mount_point, Some(tree))
+        }
+    };
     let plan = Plan {
         name: name.to_string(),
-        root: root.to_path_buf(),
-        idmapped_root,
+        root: root.clone(),
+        root_tree,
         base,
         private_network: args.network == Network::Private,
         payload_cgroups,
@@ -481,8 +541,13 @@ fn supervise(name: &MachineName, root: &Path, init: &str, args: &LaunchArgs) -> 
     // and the idmapped tree alive.
     drop((plan, report_write, go_read));
 
-    let running = start(outer, base, report_read, go_write)?;
-    let bus = match register(name, &id, running.init, root) {
+    let running = start(outer, base, report_read, go_write);
+    if matches!(image, Image::Raw(_)) {
+        // Only the container side's mount namespace uses it.
+        let _ = std::fs::remove_dir(&root);
+    }
+    let running = running?;
+    let bus = match register(name, &id, running.init, image.registered_root()) {
         Ok(bus) => bus,
         Err(e) => {
             running.kill();

@@ -15,6 +15,7 @@ pub mod launcher;
 pub mod name;
 pub mod notify;
 pub mod ownership;
+pub mod raw;
 mod sys;
 pub mod uid_range;
 

@@ -17,6 +17,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::poweroff_inside_ends_the_unit_and_reboot_restarts_it", poweroff_and_reboot),
         exclusive_trial(shared, "machine::private_network_has_only_loopback", private_network),
         exclusive_trial(shared, "machine::chown_fallback_shifts_the_image_once", chown_fallback),
+        exclusive_trial(shared, "machine::raw_squashfs_and_ext4_images_boot_and_detach", raw_images),
         exclusive_trial(shared, "machine::bad_input_fails_in_one_line_and_leaves_nothing", bad_input),
     ]
 }
@@ -45,7 +46,10 @@ fn prepare(tb: &Testbed) {
         let status = std::process::Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(&tarball).status().unwrap();
         assert!(status.success(), "unpacking {}", tarball.display());
     }
-    tb.ok("for u in wharf-f28 wharf-f28c; do systemctl stop $u; systemctl reset-failed $u; done 2>/dev/null; true");
+    tb.ok(
+        "for u in wharf-f28 wharf-f28c wharf-f28s wharf-f28e; do systemctl stop $u; systemctl reset-failed $u; done \
+           2>/dev/null; true",
+    );
 }
 
 fn leader(tb: &Testbed, machine: &str) -> String {
@@ -218,6 +222,45 @@ fn chown_fallback(tb: &Testbed) {
     tb.ok(&format!("rm -rf {copy}"));
 }
 
+/// squashfs (read-only) and ext4 (writable) file system images of f28,
+/// through a loop device that is gone when the unit has stopped.
+fn raw_images(tb: &Testbed) {
+    prepare(tb);
+    let tree = tb.host_path(IMAGE);
+    let squashfs = tb.host_path("/var/lib/machines/f28s.raw");
+    let ext4 = tb.host_path("/var/lib/machines/f28e.raw");
+    let built = std::process::Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&squashfs)
+        .args(["-noappend", "-quiet", "-no-progress", "-noI", "-noId", "-noD", "-noF", "-noX", "-no-xattrs"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "mksquashfs");
+    let file = std::fs::File::create(&ext4).unwrap();
+    file.set_len(1 << 30).unwrap();
+    let built =
+        std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&tree).arg(&ext4).status().unwrap();
+    assert!(built.success(), "mkfs.ext4");
+
+    for (machine, fstype, mode) in [("f28s", "squashfs", "ro"), ("f28e", "ext4", "rw")] {
+        let unit = format!("wharf-{machine}");
+        let image = format!("/var/lib/machines/{machine}.raw");
+        start(tb, &unit, &format!("--machine {machine} --image {image}"));
+        let leader = leader(tb, machine);
+        assert_running_inside(tb, &leader, &unit);
+        let root = tb.ok(&format!("nsenter -t {leader} -a findmnt -n -o FSTYPE,OPTIONS /"));
+        assert!(root.starts_with(fstype) && root.contains(&format!(" {mode},")), "{root}");
+        assert!(tb.ok("losetup -a -n -O BACK-FILE").contains(&image));
+        assert!(tb.ok(&format!("machinectl status {machine} --no-pager")).contains(&format!("Root: {image}")));
+        tb.ok(&format!("systemctl stop {unit}"));
+        assert_nothing_left(tb, &image, machine, None);
+        assert_eq!(tb.ok("ls /run/wharf/machines 2>/dev/null; true").trim(), "", "mount points left");
+    }
+    std::fs::remove_file(&squashfs).unwrap();
+    std::fs::remove_file(&ext4).unwrap();
+}
+
 fn bad_input(tb: &Testbed) {
     prepare(tb);
     tb.ok("rm -rf /srv/noinit && mkdir -p /srv/noinit/etc /srv/noinit/usr/lib/systemd && chmod 755 /srv/noinit && \
@@ -233,6 +276,8 @@ fn bad_input(tb: &Testbed) {
         ("--machine 'no/slash' --directory /var/lib/machines/f28", "no/slash", "contains '/'"),
         (&format!("--machine {} --directory {IMAGE}", "x".repeat(65)), &"x".repeat(65), "longer than 64"),
         ("--machine f29 --directory /etc/hostname", "f29", "/etc/hostname is not a directory"),
+        ("--machine f29 --image /etc/hostname", "f29", "not an image"),
+        ("--machine f29 --image /var/lib/machines/missing.raw", "f29", "No such file or directory"),
     ] {
         let out = tb.sh(&format!("/usr/lib/wharf/wharfd launch {options}"));
         assert_eq!(out.code, Some(1), "{out}");
