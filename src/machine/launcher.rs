@@ -640,21 +640,34 @@ async fn unregister(bus: &zbus::Connection, name: &MachineName) -> zbus::Result<
     machined.unregister_machine(name.to_string()).await
 }
 
+/// How often a halt request is repeated until the init exits.
+const HALT_RESEND_MS: u16 = 250;
+
 /// The supervisor's loop: console, notifications, signals, until the init exits.
 fn serve(running: &Running, signals: &SignalFd, notify: &OwnedFd, console: &Console) -> Result<Outcome, Reason> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut ready = false;
     let mut stopping = false;
+    let mut stop_requested = false;
     loop {
         let mut fds = [
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(notify.as_fd(), PollFlags::POLLIN),
             PollFd::new(console.master.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = if stop_requested { PollTimeout::from(HALT_RESEND_MS) } else { PollTimeout::NONE };
+        let events = match poll(&mut fds, timeout) {
             Err(nix::errno::Errno::EINTR) => continue,
             other => other.map_err(sys_err("poll"))?,
         };
+        if events == 0 {
+            // The kernel drops a signal sent from outside to a PID
+            // namespace's init while that init has no handler for it: a
+            // halt request that came before the container's systemd set up
+            // its signal handling was lost. Asking again is harmless.
+            let _ = sys::send_signal(running.init, sys::sigrtmin_plus(3));
+            continue;
+        }
         let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         let (signal_ready, notify_ready, console_ready) = (readable(&fds[0]), readable(&fds[1]), readable(&fds[2]));
         if console_ready {
@@ -668,6 +681,7 @@ fn serve(running: &Running, signals: &SignalFd, notify: &OwnedFd, console: &Cons
                 let signal = info.ssi_signo as i32;
                 if signal == Signal::SIGTERM as i32 || signal == Signal::SIGINT as i32 {
                     tracing::info!("stop requested: asking the container to halt");
+                    stop_requested = true;
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                     // SIGRTMIN+3 is systemd's halt request.
                     let _ = sys::send_signal(running.init, sys::sigrtmin_plus(3));
@@ -675,7 +689,13 @@ fn serve(running: &Running, signals: &SignalFd, notify: &OwnedFd, console: &Cons
             }
             if let Some(outcome) = reap(running)? {
                 copy_console(console);
-                return Ok(outcome);
+                return Ok(match outcome {
+                    // Our halt request reached the init before its systemd
+                    // handled signals (a stop right at start): the stop we
+                    // were asked for, not a failure.
+                    Outcome::Killed(_) if stop_requested => Outcome::PoweredOff,
+                    other => other,
+                });
             }
         }
     }

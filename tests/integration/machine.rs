@@ -15,6 +15,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         exclusive_trial(shared, "machine::boots_registers_runs_commands_and_stops_cleanly", boot_and_stop),
         exclusive_trial(shared, "machine::poweroff_inside_ends_the_unit_and_reboot_restarts_it", poweroff_and_reboot),
+        exclusive_trial(shared, "machine::stop_during_boot_halts_the_container", stop_during_boot),
         exclusive_trial(shared, "machine::private_network_has_only_loopback", private_network),
         exclusive_trial(shared, "machine::chown_fallback_shifts_the_image_once", chown_fallback),
         exclusive_trial(shared, "machine::raw_squashfs_and_ext4_images_boot_and_detach", raw_images),
@@ -180,6 +181,20 @@ fn poweroff_and_reboot(tb: &Testbed) {
     assert_eq!(show(tb, UNIT, "Result"), "success");
     assert_eq!(show(tb, UNIT, "ExecMainStatus"), "0");
     assert_nothing_left(tb, IMAGE, "f28", None);
+}
+
+/// A stop that comes while the container is still booting (its systemd may
+/// not handle signals yet) still halts it, quickly and cleanly.
+fn stop_during_boot(tb: &Testbed) {
+    prepare(tb);
+    for delay in ["0.01", "0.03", "0.1"] {
+        tb.ok(&format!(
+            "systemd-run --quiet --no-block --unit={UNIT} {UNIT_PROPERTIES} /usr/lib/wharf/wharfd launch --machine f28 \
+             --directory {IMAGE}; sleep {delay}; timeout 20 systemctl stop {UNIT}"
+        ));
+        assert_eq!(show(tb, UNIT, "Result"), "success", "stopped {delay} s after the start");
+        assert_nothing_left(tb, IMAGE, "f28", None);
+    }
 }
 
 fn private_network(tb: &Testbed) {
