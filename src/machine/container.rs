@@ -30,7 +30,6 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -141,9 +140,11 @@ pub(crate) fn run_outer_child(plan: Plan, channels: Channels) -> ! {
     std::process::exit(0);
 }
 
+/// Writes one line for the launcher (one write: a pipe keeps it whole).
 fn report(pipe: &OwnedFd, line: &str) {
     let line = format!("{}\n", line.replace('\n', " "));
-    let _ = File::from(pipe.try_clone().expect("duplicating the report pipe")).write_all(line.as_bytes());
+    // Nothing to do if the launcher is gone: the launch is over anyway.
+    let _ = nix::unistd::write(pipe, line.as_bytes());
 }
 
 fn mount_fs(source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Step {

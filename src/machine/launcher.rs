@@ -567,32 +567,35 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
 /// the ID maps when asked. Returns the container's processes.
 fn start(outer: Pid, base: Option<u32>, report: OwnedFd, go: OwnedFd) -> Result<Running, Reason> {
     let mut lines = BufReader::new(File::from(report)).lines();
-    let mut next = || -> Result<String, Reason> {
+    // The next report; `None` once every writer has closed the pipe.
+    let mut next = || -> Result<Option<String>, Reason> {
         match lines.next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(io("reading the container's reports")(e)),
             Some(Ok(line)) => match line.strip_prefix("error ") {
                 Some(error) => Err(Reason::Setup(error.to_string())),
-                None => Ok(line),
+                None => Ok(Some(line)),
             },
-            Some(Err(e)) => Err(io("reading the container's reports")(e)),
-            None => Err(Reason::Setup("the container side exited without saying why".into())),
         }
+    };
+    let unexpected = |line: Option<String>| match line {
+        Some(line) => Reason::Setup(format!("unexpected report '{line}'")),
+        None => Reason::Setup("the container side exited without saying why".into()),
     };
     let result = (|| {
         if let Some(base) = base {
-            let line = next()?;
-            if line != "userns" {
-                return Err(Reason::Setup(format!("unexpected report '{line}'")));
+            match next()? {
+                Some(line) if line == "userns" => {}
+                other => return Err(unexpected(other)),
             }
             write_id_maps(outer, base).map_err(io("writing the container's UID/GID maps"))?;
             nix::unistd::write(&go, b"1").map_err(sys_err("releasing the container"))?;
         }
         let line = next()?;
-        let init = line
-            .strip_prefix("pid ")
-            .and_then(|pid| pid.parse().ok())
-            .map(Pid::from_raw)
-            .ok_or_else(|| Reason::Setup(format!("unexpected report '{line}'")))?;
-        Ok(init)
+        match line.as_deref().and_then(|l| l.strip_prefix("pid ")).and_then(|pid| pid.parse().ok()) {
+            Some(pid) => Ok(Pid::from_raw(pid)),
+            None => Err(unexpected(line)),
+        }
     })();
     let init = match result {
         Ok(init) => init,
@@ -603,16 +606,17 @@ fn start(outer: Pid, base: Option<u32>, report: OwnedFd, go: OwnedFd) -> Result<
         }
     };
     let running = Running { init, outer };
-    // The pipe closes without a word when the init has exec'd.
+    // The pipe closes without a word when the init has exec'd (its end is
+    // close-on-exec, and the outer child has exited).
     match next() {
-        Err(Reason::Setup(message)) if message.starts_with("the container side exited") => Ok(running),
+        Ok(None) => Ok(running),
+        Ok(line) => {
+            running.kill();
+            Err(unexpected(line))
+        }
         Err(e) => {
             running.kill();
             Err(e)
-        }
-        Ok(line) => {
-            running.kill();
-            Err(Reason::Setup(format!("unexpected report '{line}'")))
         }
     }
 }
