@@ -5,8 +5,9 @@
 //!   process of a machine's unit), built from
 //! - [`container`]: what happens inside the new namespaces before the
 //!   image's init runs,
-//! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`]: the parts that
-//!   decide things (and are tested without root), and
+//! - [`raw`]: raw file system images on a loop device,
+//! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`]: the
+//!   parts that decide things (and are tested without root), and
 //! - `sys`: the few kernel calls that need `unsafe`.
 
 pub mod cgroup;
