@@ -8,7 +8,7 @@
 //! image's ownership (idmapped mount, else a recorded chown), splits its
 //! delegated cgroup into `payload/` and `supervisor/`, opens the console pty
 //! and the notify socket, then forks the container side (see
-//! [`super::container`]) and writes the container's UID/GID maps when asked.
+//! `container`) and writes the container's UID/GID maps when asked.
 //! Once the container's init runs it registers the machine with
 //! systemd-machined and serves three things until the init exits:
 //!

@@ -3,7 +3,7 @@
 //!
 //! - [`launcher`]: `wharfd launch`, wharf's own container launcher (the main
 //!   process of a machine's unit), built from
-//! - [`container`]: what happens inside the new namespaces before the
+//! - `container`: what happens inside the new namespaces before the
 //!   image's init runs,
 //! - [`raw`]: raw file system images on a loop device,
 //! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`]: the
