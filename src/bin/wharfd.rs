@@ -1,9 +1,12 @@
 //! wharfd, the privileged half of wharf, started by D-Bus activation.
+//!
+//! `wharfd launch ...` (hidden) is the container launcher a machine's unit
+//! runs as its main process; see `wharf::machine::launcher`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The wharf daemon: serves org.wharf1 on the system bus.
 #[derive(Debug, Parser)]
@@ -12,10 +15,22 @@ struct Args {
     /// Exit after this many seconds without a call (0: never).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     idle_timeout: u64,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot an OS image as a container (the main process of a machine's unit).
+    #[command(hide = true)]
+    Launch(wharf::machine::launcher::LaunchArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Launch(launch)) = args.command {
+        return wharf::machine::launcher::main(launch);
+    }
     wharf::logging::init_daemon();
     let options = wharf::daemon::Options {
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),

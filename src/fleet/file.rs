@@ -335,7 +335,7 @@ MemoryMax = "512M"
         );
         assert!(error("[[portable]]\nimage = \"x\"\nsha256 = \"abc\"\n").contains("is not 64 hex digits"));
         assert!(error("[[portable]]\nimage = \"x\"\n[[portable]]\nimage = \"x\"\n").contains("listed twice"));
-        assert!(error("[[machine]]\nname = \"bad name\"\n").contains("is not a valid machine name"));
+        assert!(error("[[machine]]\nname = \"bad name\"\n").contains("machine name 'bad name' contains ' '"));
         assert!(error("[[portable]]\nimage = \"x\"\nstart-timeout = \"soon\"\n").contains("is not a duration"));
     }
 

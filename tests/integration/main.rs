@@ -11,6 +11,7 @@ mod testbed;
 mod fleet;
 mod foundation;
 mod images;
+mod machine;
 mod portable;
 mod store;
 
@@ -88,6 +89,7 @@ fn main() -> ExitCode {
     trials.extend(images::trials(&shared));
     trials.extend(portable::trials(&shared));
     trials.extend(store::trials(&shared));
+    trials.extend(machine::trials(&shared));
     trials.extend(fleet::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
