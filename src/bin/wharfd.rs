@@ -24,12 +24,17 @@ enum Command {
     /// Boot an OS image as a container (the main process of a machine's unit).
     #[command(hide = true)]
     Launch(wharf::machine::launcher::LaunchArgs),
+    /// Run a command inside a running container (for `machine shell`).
+    #[command(hide = true)]
+    Enter(wharf::machine::enter::EnterArgs),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Launch(launch)) = args.command {
-        return wharf::machine::launcher::main(launch);
+    match args.command {
+        Some(Command::Launch(launch)) => return wharf::machine::launcher::main(launch),
+        Some(Command::Enter(enter)) => return wharf::machine::enter::main(enter),
+        None => {}
     }
     wharf::logging::init_daemon();
     let options = wharf::daemon::Options {

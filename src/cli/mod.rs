@@ -6,6 +6,7 @@ pub mod machine;
 pub mod output;
 pub mod portable;
 pub mod progress;
+pub mod terminal;
 
 use std::process::ExitCode;
 

@@ -124,6 +124,15 @@ async fn serve(options: Options) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a D-Bus error says, without its name: the message a peer (machined,
+/// systemd) gave, for our own one-line errors.
+pub(crate) fn describe(error: &zbus::Error) -> String {
+    match error {
+        zbus::Error::MethodError(_, Some(description), _) => description.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Turns a library error into the one-line D-Bus error a client prints.
 pub(crate) fn failed(error: impl std::fmt::Display) -> BusError {
     BusError::Failed(error.to_string())

@@ -20,6 +20,10 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::chown_fallback_shifts_the_image_once", chown_fallback),
         exclusive_trial(shared, "machine::raw_squashfs_and_ext4_images_boot_and_detach", raw_images),
         exclusive_trial(shared, "machine::bad_input_fails_in_one_line_and_leaves_nothing", bad_input),
+        exclusive_trial(shared, "machine::start_shell_limits_and_poweroff_through_wharfd", machine_cli),
+        exclusive_trial(shared, "machine::imported_tar_xz_and_raw_xz_images_start", imported_images_start),
+        exclusive_trial(shared, "machine::bad_starts_fail_in_one_line_and_leave_nothing", bad_starts),
+        exclusive_trial(shared, "machine::enable_starts_the_machine_with_machines_target", enable_at_boot),
     ]
 }
 
@@ -312,4 +316,134 @@ fn bad_input(tb: &Testbed) {
     assert_eq!(mounts(tb), before, "the testbed's mounts changed");
     assert_nothing_left(tb, "/srv/noinit", "f29", None);
     tb.ok("rm -rf /srv/noinit");
+}
+
+/// No unit, scope or machine of `machine` is left.
+#[track_caller]
+fn assert_gone(tb: &Testbed, machine: &str) {
+    let units = tb.ok(&format!("systemctl list-units --all --no-legend --plain 'wharf-{machine}*' | wc -l"));
+    assert_eq!(units.trim(), "0", "units of {machine} left");
+    let machines = tb.ok("machinectl list --no-legend");
+    assert!(!machines.contains(machine), "machined still has {machine}: {machines}");
+}
+
+fn machine_cli(tb: &Testbed) {
+    prepare(tb);
+    let before = mounts(tb);
+    let out = tb.ok("machine start f28 --property=MemoryMax=512M --property=TasksMax=200 --property=CPUQuota=50%");
+    assert_eq!(out.trim(), "Machine f28 is running (wharf-f28.service); its init reported ready.");
+    let listed = tb.ok("machinectl list --no-legend");
+    assert!(
+        listed.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..3] == ["f28", "container", "wharf"]),
+        "{listed}"
+    );
+    assert!(tb.ok("machinectl status f28").contains("wharf-f28.service"));
+    assert!(tb.ok("machine list --json").contains(r#""name":"f28","class":"container","service":"wharf""#));
+
+    // Commands run inside, with their exit status and their output.
+    assert_eq!(tb.ok("machine shell f28 systemctl is-system-running").trim(), "running");
+    assert_eq!(tb.sh("machine shell f28 sh -c 'exit 7'").code, Some(7));
+    assert_eq!(tb.sh("machine shell f28 /no/such/command").code, Some(127));
+    assert_eq!(tb.ok("machine shell f28 nobody@ id -u").trim(), "65534");
+    assert_eq!(tb.ok("machine shell root@f28 -- cat /etc/hostname").trim(), "f28");
+    assert_eq!(tb.ok("echo piped | machine shell f28 cat").trim(), "piped");
+
+    // Limits set at start: on the unit, and in the container's cgroups.
+    assert_eq!(show(tb, "wharf-f28.service", "MemoryMax"), "536870912");
+    assert_eq!(show(tb, "wharf-f28.service", "TasksMax"), "200");
+    assert_eq!(show(tb, "wharf-f28.service", "CPUQuotaPerSecUSec"), "500ms");
+    let cgroup = "/sys/fs/cgroup/memory/machine.slice/wharf-f28.service";
+    assert_eq!(tb.ok(&format!("cat {cgroup}/memory.limit_in_bytes")).trim(), "536870912");
+    assert_eq!(tb.ok("cat /sys/fs/cgroup/pids/machine.slice/wharf-f28.service/pids.max").trim(), "200");
+    assert_eq!(tb.ok("machine shell f28 cat /sys/fs/cgroup/memory/memory.limit_in_bytes").trim(), "536870912");
+    let shown = tb.ok("machine show f28");
+    assert!(shown.contains("MemoryMax=536870912\n") && shown.contains("CPUQuota=50%\n"), "{shown}");
+
+    // Changed live.
+    tb.ok("machine set-property f28 MemoryMax=256M TasksMax=100");
+    assert_eq!(show(tb, "wharf-f28.service", "MemoryMax"), "268435456");
+    assert_eq!(tb.ok(&format!("cat {cgroup}/memory.limit_in_bytes")).trim(), "268435456");
+    assert_eq!(tb.ok("cat /sys/fs/cgroup/pids/machine.slice/wharf-f28.service/pids.max").trim(), "100");
+    assert_eq!(tb.ok("machine shell f28 cat /sys/fs/cgroup/memory/memory.limit_in_bytes").trim(), "268435456");
+
+    let status = tb.ok("machine status f28");
+    assert!(status.contains("Unit: wharf-f28.service") && status.contains("MemoryMax=268435456"), "{status}");
+    let refused = tb.fails("machine start f28");
+    assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running already");
+    let refused = tb.fails("machine remove f28");
+    assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running; stop it before removing its image");
+
+    // Poweroff: SIGRTMIN+4 to its init, and waits until nothing is left.
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+    assert_eq!(mounts(tb), before, "mounts left behind");
+    assert_eq!(tb.ok("losetup -a | wc -l").trim(), "0");
+    let refused = tb.fails("machine poweroff f28");
+    assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is not running");
+}
+
+fn imported_images_start(tb: &Testbed) {
+    prepare(tb);
+    // The f28 tree as .tar.xz, and a raw squashfs of it as .raw.xz, made on the host.
+    let work = tb.host_path("/srv/import");
+    std::fs::create_dir_all(&work).unwrap();
+    let tree = tb.host_path(IMAGE);
+    let script = format!(
+        "set -e; tar --numeric-owner -C {tree} -cf - . | xz -T0 -1 > {work}/f28x.tar.xz; \
+         mksquashfs {tree} {work}/f28q.raw -noappend -quiet -no-progress >/dev/null; xz -T0 -1 {work}/f28q.raw",
+        tree = tree.display(),
+        work = work.display()
+    );
+    crate::testbed::run_host(std::process::Command::new("sh").args(["-c", &script]), "making import files").unwrap();
+    assert_eq!(tb.ok("machine import-tar /srv/import/f28x.tar.xz").trim(), "Imported /var/lib/machines/f28x.");
+    assert_eq!(tb.ok("machine import-raw /srv/import/f28q.raw.xz").trim(), "Imported /var/lib/machines/f28q.raw.");
+    for name in ["f28x", "f28q"] {
+        tb.ok(&format!("machine start {name}"));
+        assert_eq!(tb.ok(&format!("machine shell {name} systemctl is-system-running")).trim(), "running", "{name}");
+        tb.ok(&format!("machine poweroff {name}"));
+        assert_gone(tb, name);
+    }
+    tb.ok("machine remove f28x f28q; rm -rf /srv/import");
+}
+
+fn bad_starts(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("mkdir -p /var/lib/machines/noinit/etc && echo ID=x > /var/lib/machines/noinit/etc/os-release");
+    let cases = [
+        ("machine start nosuch", "machine: image 'nosuch' not found in the search path"),
+        (
+            "machine start noinit",
+            "machine: machine 'noinit': the image has no init (/usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init)",
+        ),
+        ("machine start 'bad name'", "machine: machine name 'bad name' contains ' '"),
+        ("machine start f28 --property=Nice=5", "machine: unknown property 'Nice' (supported: MemoryMax"),
+        ("machine start f28 --property=MemoryMax=lots", "machine: MemoryMax: 'lots' is not a size"),
+        ("machine start f28 --network=bridge", "machine: machine 'f28': 'bridge' is not a valid --network value"),
+        ("machine shell nosuch true", "machine: machine 'nosuch' is not running"),
+    ];
+    for (command, expected) in cases {
+        let out = tb.fails(command);
+        assert!(out.stderr.starts_with(expected), "{command}: {out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{command}: {out}");
+        for machine in ["nosuch", "noinit", "f28"] {
+            assert_gone(tb, machine);
+        }
+    }
+    tb.ok("rm -rf /var/lib/machines/noinit");
+    let out = tb.sh_nobody("machine start f28");
+    assert_eq!(out.stderr.trim(), "machine: access denied: starting a machine needs root (caller is uid 65534)");
+}
+
+fn enable_at_boot(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("machine enable f28");
+    assert_eq!(tb.ok("systemctl is-enabled wharf-machine@f28.service").trim(), "enabled");
+    assert!(tb.ok("ls /etc/systemd/system/machines.target.wants/").contains("wharf-machine@f28.service"));
+    // What boot does: machines.target pulls the machine in.
+    tb.ok("systemctl start machines.target");
+    assert_eq!(tb.ok("machine shell f28 systemctl is-system-running").trim(), "running");
+    tb.ok("systemctl stop wharf-machine@f28.service");
+    assert_gone(tb, "f28");
+    tb.ok("machine disable f28");
+    assert_eq!(tb.sh("systemctl is-enabled wharf-machine@f28.service").stdout.trim(), "disabled");
 }

@@ -22,6 +22,7 @@ pub const MANIFEST: &[(Source, &str, u32)] = &[
     (Source::Bin("machine"), "usr/bin/machine", 0o755),
     (Source::Bin("wharfd"), "usr/lib/wharf/wharfd", 0o755),
     (Source::Repo("units/wharfd.service"), "usr/lib/systemd/system/wharfd.service", 0o644),
+    (Source::Repo("units/wharf-machine@.service"), "usr/lib/systemd/system/wharf-machine@.service", 0o644),
     (Source::Repo("units/wharf.tmpfiles"), "usr/lib/tmpfiles.d/wharf.conf", 0o644),
     (Source::Repo("dbus/org.wharf1.conf"), "usr/share/dbus-1/system.d/org.wharf1.conf", 0o644),
     (Source::Repo("dbus/org.wharf1.service"), "usr/share/dbus-1/system-services/org.wharf1.service", 0o644),
