@@ -64,8 +64,9 @@ impl Release {
         }
     }
 
-    /// Packages of the testbed root: systemd as PID 1 with dbus, and
-    /// systemd-container for machined and the reference portablectl/machinectl.
+    /// Packages of the testbed root: systemd as PID 1 with dbus,
+    /// systemd-container for machined and the reference portablectl/machinectl,
+    /// and python3 so that Ansible can manage testbeds as hosts.
     pub fn packages(self) -> &'static [&'static str] {
         match self {
             Release::Bookworm => {
