@@ -70,7 +70,7 @@ impl Release {
     pub fn packages(self) -> &'static [&'static str] {
         match self {
             Release::Bookworm => {
-                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod"]
+                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod", "python3"]
             }
             Release::Trixie => &[
                 "systemd",
@@ -81,6 +81,7 @@ impl Release {
                 "iproute2",
                 "util-linux",
                 "kmod",
+                "python3",
             ],
         }
     }
