@@ -235,6 +235,29 @@ impl Store {
         Ok(target)
     }
 
+    /// Imports a tar archive or a raw image (plain or compressed), whichever
+    /// the data is: a tar archive has `ustar` at byte 257.
+    pub fn import_any(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        use std::io::Seek;
+        let mut head = [0u8; 512];
+        let mut filled = 0;
+        {
+            let (_, mut reader) = compress::decoder(&input).map_err(io_error(machine, Path::new("input")))?;
+            while filled < head.len() {
+                match reader.read(&mut head[filled..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => filled += n,
+                }
+            }
+        }
+        (&input).seek(std::io::SeekFrom::Start(0)).map_err(io_error(machine, Path::new("input")))?;
+        if filled >= 262 && &head[257..262] == b"ustar" {
+            self.import_tar(input, machine, progress)
+        } else {
+            self.import_raw(input, machine, progress)
+        }
+    }
+
     /// Imports a directory tree as it is.
     pub fn import_fs(&self, source: &Path, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
         self.check_free(machine)?;
