@@ -443,8 +443,10 @@ fn start_nspawn(name: &str, work: &Path, root: &Path) -> Result<(Child, u32)> {
         fs::File::create(work.join("console.log")).map_err(|e| Error(format!("cannot create the console log: {e}")))?;
     let mut command = Command::new("systemd-nspawn");
     // --register=no --keep-unit: there is no system bus on the host to register with.
+    // --private-network: testbeds booted at the same time (several test runs,
+    // or the hosts of the Ansible test) must not share ports like 8080.
     command
-        .args(["--register=no", "--keep-unit", "-q", "-b", "--capability=all"])
+        .args(["--register=no", "--keep-unit", "-q", "-b", "--capability=all", "--private-network"])
         .arg(format!("--machine={name}"))
         .arg("--bind=/dev/loop-control");
     for n in 0..LOOP_DEVICES {
