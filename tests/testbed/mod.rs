@@ -77,7 +77,6 @@ impl Release {
                 "systemd-sysv",
                 "dbus",
                 "systemd-container",
-                "systemd-portabled",
                 "iproute2",
                 "util-linux",
                 "kmod",
