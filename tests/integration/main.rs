@@ -120,6 +120,17 @@ fn testbed_left_nothing_behind() -> Result<(), String> {
             problems.push(format!("loop devices backed by files under {}: {loops:?}", dir.display()));
         }
     }
+    // Each testbed's cgroups are named after it, beside each other.
+    let own = format!("-{}-", std::process::id());
+    for dir in testbed::cleanup::testbed_cgroups("x").iter().filter_map(|d| d.parent()) {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let left: Vec<&String> = left.iter().filter(|n| n.starts_with("wharf-tb-") && n.contains(&own)).collect();
+        if !left.is_empty() {
+            problems.push(format!("cgroups left in {}: {left:?}", dir.display()));
+        }
+    }
     let nspawn = std::process::Command::new("pgrep").args(["-af", "systemd-nspawn.*wharf-tb-"]).output();
     if let Ok(out) = nspawn {
         let mine: Vec<String> = String::from_utf8_lossy(&out.stdout)

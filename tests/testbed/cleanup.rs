@@ -122,6 +122,7 @@ pub fn reap_stale_runs() {
         if let Err(e) = remove_work_dir(&work, &name) {
             eprintln!("{e}");
         }
+        remove_cgroups(&name);
     }
 }
 
@@ -254,4 +255,46 @@ pub fn remove_work_dir(work: &Path, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A cgroup per testbed in every hierarchy this process is in (cpuset
+/// aside, which nothing in a testbed uses and whose new groups start with
+/// no CPUs): testbeds booted by one process would otherwise share its
+/// groups, and each one's systemd would create and remove `system.slice`
+/// and the rest under the other's feet.
+pub fn testbed_cgroups(name: &str) -> Vec<PathBuf> {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    own.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let mount = match controllers {
+                "" => "unified".to_string(),
+                "name=systemd" => "systemd".to_string(),
+                "cpuset" => return None,
+                other if other.starts_with("name=") => return None,
+                other => other.to_string(),
+            };
+            let base = Path::new("/sys/fs/cgroup").join(mount);
+            base.is_dir().then(|| base.join(path.trim_start_matches('/')).join(name))
+        })
+        .collect()
+}
+
+/// Removes a testbed's cgroups, deepest first (its systemd may have left
+/// groups behind when it was killed rather than powered off).
+pub fn remove_cgroups(name: &str) {
+    for dir in testbed_cgroups(name) {
+        remove_cgroup_tree(&dir);
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }

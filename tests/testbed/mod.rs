@@ -433,7 +433,14 @@ fn start_nspawn(name: &str, work: &Path, root: &Path) -> Result<(Child, u32)> {
     }
     let console =
         fs::File::create(work.join("console.log")).map_err(|e| Error(format!("cannot create the console log: {e}")))?;
-    let mut command = Command::new("systemd-nspawn");
+    // A shell that moves itself into the testbed's own cgroups, then becomes nspawn.
+    let cgroups = cleanup::testbed_cgroups(name);
+    for dir in &cgroups {
+        fs::create_dir_all(dir).map_err(|e| Error(format!("cannot create the cgroup {}: {e}", dir.display())))?;
+    }
+    let join: String = cgroups.iter().map(|dir| format!("echo $$ > '{}/cgroup.procs' && ", dir.display())).collect();
+    let mut command = Command::new("sh");
+    command.args(["-c", &format!("{join}exec \"$0\" \"$@\""), "systemd-nspawn"]);
     // --register=no --keep-unit: there is no system bus on the host to register with.
     // --private-network: testbeds booted at the same time (several test runs,
     // or the hosts of the Ansible test) must not share ports like 8080.
@@ -502,6 +509,7 @@ fn teardown(running: &Arc<Mutex<Running>>) -> Result<()> {
         }
     }
     let result = cleanup::remove_work_dir(&state.work, &state.name);
+    cleanup::remove_cgroups(&state.name);
     LIVE.lock().unwrap().retain(|other| !Arc::ptr_eq(other, running));
     result
 }
