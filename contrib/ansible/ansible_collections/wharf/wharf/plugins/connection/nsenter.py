@@ -19,7 +19,7 @@ description:
     container would resolve against the controller's root there.
   - Commands run as the container's root with a clean environment (C(PATH),
     C(HOME=/root), C(LANG=C.UTF-8)), not with the controller's.
-author: wharf authors
+author: wharf authors (!UNKNOWN)
 version_added: 0.1.0
 extends_documentation_fragment:
   - connection_pipelining
@@ -159,7 +159,7 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_native(in_path))
         with open(to_bytes(in_path), "rb") as source:
             process = self._spawn("cat > %s" % shlex.quote(out_path), source, subprocess.DEVNULL)
-            _, stderr = process.communicate()
+            stderr = process.communicate()[1]
         if process.returncode != 0:
             raise AnsibleError("failed to put %s into the container as %s: %s" % (in_path, out_path, to_native(stderr)))
 
@@ -170,7 +170,7 @@ class Connection(ConnectionBase):
         try:
             with open(to_bytes(partial), "wb") as target:
                 process = self._spawn("cat %s" % shlex.quote(in_path), subprocess.DEVNULL, target)
-                _, stderr = process.communicate()
+                stderr = process.communicate()[1]
             if process.returncode != 0:
                 raise AnsibleError(
                     "failed to fetch %s from the container: %s" % (in_path, to_native(stderr).strip())

@@ -18,13 +18,14 @@ class Wharf:
         self.path = module.get_bin_path(tool, required=True)
 
     def run(self, args, ok=(0,)):
-        """Runs `TOOL --json ARGS`; returns (exit status, parsed JSON or None).
-        Any exit status not in `ok` fails the task with wharf's one-line error."""
+        """Runs `TOOL --json ARGS`; returns its parsed JSON (None if it printed
+        none). Any exit status not in `ok` fails the task with wharf's
+        one-line error."""
         argv = [self.path, "--json"] + list(args)
         rc, out, err = self.module.run_command(argv)
         if rc not in ok:
             self.fail(argv, rc, out, err)
-        return rc, parse(out)
+        return parse(out)
 
     def try_run(self, args):
         """Runs `TOOL --json ARGS`; returns (exit status, parsed JSON or None, error line)."""
@@ -61,7 +62,7 @@ def systemctl_show(module, units, properties):
     for unit, block in zip(units, blocks):
         values = {}
         for line in block.splitlines():
-            key, _, value = line.partition("=")
+            key, value = line.partition("=")[::2]
             values[key] = value
         shown[unit] = values
     return shown

@@ -15,7 +15,7 @@ description:
     changed is put back and the task fails.
   - C(changed) is whether the plan had steps. In check mode C(portable apply --check)
     plans and changes nothing. In diff mode the plan is shown.
-author: wharf authors
+author: wharf authors (!UNKNOWN)
 options:
   path:
     description:
@@ -121,7 +121,7 @@ def main():
     cli = Wharf(module, "portable")
     args = ["apply"] + (["--check"] if module.check_mode else []) + (["--prune"] if p["prune"] else [])
     ok = (0, CHANGES_PENDING) if module.check_mode else (0,)
-    _, done = cli.run(args + [p["path"]], ok=ok)
+    done = cli.run(args + [p["path"]], ok=ok)
 
     lines = [step_text(step) for step in done["plan"]["steps"]]
     result = dict(

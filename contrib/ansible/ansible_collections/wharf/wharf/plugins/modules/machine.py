@@ -16,7 +16,7 @@ description:
     is told by its name).
   - Resource limits are set with C(machine set-property --save), so they apply
     at once to a running machine and are kept for every later start.
-author: wharf authors
+author: wharf authors (!UNKNOWN)
 options:
   name:
     description: The machine's name, which is also its image's name in the pool (C(/var/lib/machines), ...).
@@ -155,7 +155,7 @@ def cpu_set(text):
     for part in re.split(r"[, ]+", text.strip()):
         if not part:
             continue
-        low, _, high = part.partition("-")
+        low, high = part.partition("-")[::2]
         low, high = int(low), int(high or low)
         if low > high:
             raise ValueError(part)
@@ -212,7 +212,7 @@ def saved_limits(name):
             if line.startswith("["):
                 section = line.strip("[] ")
             elif section == "limits" and "=" in line:
-                key, _, value = line.partition("=")
+                key, value = line.partition("=")[::2]
                 table[key.strip()] = value.strip().strip('"')
     limits = {}
     for key, value in table.items():
@@ -263,9 +263,9 @@ def main():
     except ValueError as e:
         module.fail_json(msg=str(e))
 
-    _, images = cli.run(["list-images"])
+    images = cli.run(["list-images"])
     image = next((i["path"] for i in images or [] if i["name"] == name), None)
-    _, machines = cli.run(["list"])
+    machines = cli.run(["list"])
     running = any(m["name"] == name for m in machines or [])
     boot_unit = "wharf-machine@%s.service" % name
     enabled = systemctl_show(module, [boot_unit], ["UnitFileState"])[boot_unit].get("UnitFileState", "")
@@ -273,7 +273,7 @@ def main():
     saved = saved_limits(name)
     live = {}
     if running:
-        _, live = cli.run(["show", name])
+        live = cli.run(["show", name])
 
     def view(image, running, enabled, saved, live):
         state = "absent" if image is None else "running" if running else "stopped"
@@ -307,7 +307,7 @@ def main():
         result.update(changed=True, imported=True, source_type=kind)
         image = os.path.join("/var/lib/machines", name)
         if not check:
-            _, done = cli.run(["import-" + kind, p["source"], name])
+            done = cli.run(["import-" + kind, p["source"], name])
             image = done["path"]
 
     if p["enabled"] is not None and p["enabled"] != enabled:
@@ -331,11 +331,11 @@ def main():
         result["changed"] = True
         running, live = True, dict(wanted)
         if not check:
-            _, started = cli.run(["start", "--timeout", str(p["timeout"]), name])
+            started = cli.run(["start", "--timeout", str(p["timeout"]), name])
             result.update(unit=started["unit"], ready=started["ready"])
             if not started["ready"]:
                 module.warn("machine %s started, but its init did not report ready within %ds" % (name, p["timeout"]))
-            _, live = cli.run(["show", name])
+            live = cli.run(["show", name])
     elif p["state"] == "stopped" and running:
         result["changed"] = True
         running = False

@@ -19,7 +19,7 @@ description:
   - Every change goes through C(portable --json); unit files are never written
     by this module. Enabling, starting and stopping units that are already
     attached is done with C(systemctl), as for any other unit.
-author: wharf authors
+author: wharf authors (!UNKNOWN)
 options:
   image:
     description:
@@ -162,7 +162,7 @@ def name_prefix(path):
         if name.endswith(suffix) and len(name) > len(suffix):
             name = name[: -len(suffix)]
             break
-    head, sep, _ = name.partition("_")
+    head, sep = name.partition("_")[:2]
     return head if sep and head else name
 
 
@@ -278,10 +278,10 @@ class Host:
             marker = dropin(shown, PORTABLE_DROPIN)
             image = marker_image(marker) if marker else None
             if image and image != self.path:
-                _, attached = self.cli.run(["is-attached", image], ok=(0, 1))
+                attached = self.cli.run(["is-attached", image], ok=(0, 1))
                 return image, attached["state"]
         prefix = name_prefix(self.path)
-        _, listed = self.cli.run(["list"])
+        listed = self.cli.run(["list"])
         for entry in listed or []:
             if entry["path"] != self.path and entry["state"] != "detached" and name_prefix(entry["path"]) == prefix:
                 return entry["path"], entry["state"]
@@ -332,7 +332,7 @@ def detach(module, cli, host, result):
         if module.check_mode:
             result["changes"] = predicted("detach", attached, host.state.endswith("-runtime"), host.path)
         else:
-            _, done = cli.run(["detach", "--now", host.path])
+            done = cli.run(["detach", "--now", host.path])
             result["changes"] = done["changes"]
         after = dict(before, state="detached", attached_image=None, active_units=[], enabled_units=[])
     result.update(image=host.path, state="detached")
@@ -356,7 +356,7 @@ def file_step(module, cli, host, result):
         if module.check_mode:
             result["changes"] = predicted("attach", names, p["runtime"], host.path)
             return set(names) if want_running else set()
-        _, done = cli.run(["attach"] + flags + settings + image)
+        done = cli.run(["attach"] + flags + settings + image)
         result["changes"] = done["changes"]
         return set(done["restarted"])
 
@@ -375,13 +375,13 @@ def file_step(module, cli, host, result):
         # what ran and what was enabled unless told otherwise.
         enable = p["enabled"] if p["enabled"] is not None else bool(enabled_before)
         flags = (["--enable"] if enable else []) + (["--now"] if want_running or running_before else [])
-        _, gone = cli.run(["detach", "--now", replaced])
-        _, done = cli.run(["attach"] + flags + settings + image)
+        gone = cli.run(["detach", "--now", replaced])
+        done = cli.run(["attach"] + flags + settings + image)
         result["changes"] = gone["changes"] + done["changes"]
         return set(done["restarted"])
     # reattach restarts what ran and, if that fails, puts the old version back.
     flags = (["--enable"] if p["enabled"] else []) + (["--now"] if want_running else [])
-    _, done = cli.run(["reattach"] + flags + settings + image)
+    done = cli.run(["reattach"] + flags + settings + image)
     result["changes"] = done["changes"]
     started = set(done["restarted"])
     if action == "refresh":
@@ -508,7 +508,9 @@ def settle(module, verb, units):
     job of a simple service is done once systemd has forked, so one whose
     binary is missing still "starts" and fails right after."""
     systemctl(module, verb, "--", *units)
-    for _ in range(5):
+    checks = 5
+    while checks:
+        checks -= 1
         shown = systemctl_show(module, units, ("ActiveState", "Result"))
         failed = [u for u in units if shown[u].get("ActiveState") == "failed"]
         if failed:
