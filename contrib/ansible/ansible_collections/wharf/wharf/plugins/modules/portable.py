@@ -240,6 +240,8 @@ class Host:
         self.module = module
         self.cli = cli
         self.other_state = None
+        # Whether the attached image has the profile asked for (when attached).
+        self.profile_same = True
         rc, info, error = cli.try_run(["inspect", "--cat", image] + prefixes)
         self.found = rc == 0
         self.inspect_error = error
@@ -364,35 +366,60 @@ def file_step(module, cli, host, result):
     enabled_before = host.enabled(names)
     replaced = result.get("replaced", host.path)
     runtime_before = (host.other_state if action == "reattach" else host.state).endswith("-runtime")
+    move = runtime_before != p["runtime"]
     if module.check_mode:
         result["changes"] = predicted("detach", names, runtime_before, replaced) + predicted(
             "attach", names, p["runtime"], host.path
         )
         return set(names) if want_running else set(running_before)
-    if runtime_before != p["runtime"]:
-        # reattach keeps the new version where the old one was attached:
-        # moving between /etc and /run is a detach and an attach, keeping
-        # what ran and what was enabled unless told otherwise.
-        enable = p["enabled"] if p["enabled"] is not None else bool(enabled_before)
-        flags = (["--enable"] if enable else []) + (["--now"] if want_running or running_before else [])
-        gone = cli.run(["detach", "--now", replaced])
-        done = cli.run(["attach"] + flags + settings + image)
-        result["changes"] = gone["changes"] + done["changes"]
-        return set(done["restarted"])
-    # reattach restarts what ran and, if that fails, puts the old version back.
-    flags = (["--enable"] if p["enabled"] else []) + (["--now"] if want_running else [])
-    done = cli.run(["reattach"] + flags + settings + image)
-    result["changes"] = done["changes"]
-    started = set(done["restarted"])
-    if action == "refresh":
-        # wharf restarts what ran from the image it replaces; the same image
-        # with another profile replaces none, and its services would go on
-        # in the old sandbox.
-        stale = [u for u in running_before if u not in started]
-        if stale:
-            settle(module, "restart", stale)
-            started |= set(stale)
+
+    started = set()
+    if action == "reattach" or not host.profile_same:
+        # reattach restarts what ran and, if that fails, puts the old
+        # version back. It attaches where the old version was (/etc or
+        # /run); a move comes after.
+        flags = (["--enable"] if p["enabled"] else []) + (["--now"] if want_running else [])
+        place = ["--runtime"] if runtime_before else []
+        done = cli.run(["reattach"] + flags + ["--profile", p["profile"]] + place + image)
+        result["changes"] = done["changes"]
+        started = set(done["restarted"])
+        if action == "refresh":
+            # wharf restarts what ran from the image it replaces; the same
+            # image with another profile replaces none, and its services
+            # would go on in the old sandbox.
+            stale = [u for u in running_before if u not in started]
+            if stale:
+                settle(module, "restart", stale)
+                started |= set(stale)
+    if move:
+        started |= move_image(module, cli, host, result, runtime_before, running_before, enabled_before)
     return started
+
+
+def move_image(module, cli, host, result, runtime_before, running_before, enabled_before):
+    """Moves the attached image between /etc and /run: a detach and an
+    attach, keeping what ran and what was enabled unless told otherwise.
+    If the attach fails, the image is attached again where it was."""
+    p = module.params
+    enable = p["enabled"] if p["enabled"] is not None else bool(enabled_before)
+    run = p["state"] == "running" or bool(running_before)
+    flags = (["--enable"] if enable else []) + (["--now"] if run else [])
+    image = [p["image"]] + p["prefixes"]
+    gone = cli.run(["detach", "--now", host.path])
+    settings = ["--profile", p["profile"]]
+    rc, done, error = cli.try_run(["attach"] + flags + settings + (["--runtime"] if p["runtime"] else []) + image)
+    if rc != 0:
+        back = (["--enable"] if enabled_before else []) + (["--now"] if running_before else [])
+        back += ["--runtime"] if runtime_before else []
+        rc_back, _ignored, error_back = cli.try_run(["attach"] + back + settings + image)
+        where = "/run" if runtime_before else "/etc"
+        if rc_back == 0:
+            again = "attached it below %s again" % where
+        else:
+            again = "attaching it below %s again failed too: %s" % (where, error_back)
+        module.fail_json(msg="%s; %s" % (error, again), changes=result["changes"] + gone["changes"])
+    result["changes"] = result["changes"] + gone["changes"] + done["changes"]
+    return set(done["restarted"])
 
 
 def main():
@@ -439,10 +466,10 @@ def main():
         before = host.snapshot(other)
     else:
         same_place = host.state.endswith("-runtime") == p["runtime"]
-        same_profile = all(
+        host.profile_same = all(
             profile_matches(module, host.shown[name], name, p["profile"]) for name in host.attached_units()
         )
-        result["action"] = "none" if same_place and same_profile else "refresh"
+        result["action"] = "none" if same_place and host.profile_same else "refresh"
         before = host.snapshot()
 
     started = file_step(module, cli, host, result)
