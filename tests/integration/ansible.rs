@@ -344,6 +344,7 @@ const ROLLOUT: &str = r#"
       wharf.wharf.portable:
         image: "{{ image }}"
         profile: ownnet
+        runtime: "{{ runtime | default(false) }}"
         state: running
         enabled: true
 "#;
@@ -409,11 +410,21 @@ fn portable_rollout(rig: &Rig) {
             result["changes"].as_array().unwrap().iter().filter_map(|c| c["path"].as_str()).collect();
         assert!(written.contains(&"/etc/systemd/system/foobar.service.d/20-portable.conf"), "{host}: {upgrade}");
     }
-    let upgraded: Vec<Foobar> = rig.hosts.iter().map(|tb| assert_runs(tb, "2")).collect();
     assert_eq!(rollout("2", &[]).succeeded().changed(), [0, 0, 0]);
 
-    // Version 3 cannot start: wharf puts host1 back on version 2, the task
-    // fails, and the rollout stops before host2 and host3.
+    // Moved below /run on host1 (a detach and an attach), running on.
+    let moved = rollout("2", &["--limit", "host1", "-e", "runtime=true"]);
+    assert_eq!(moved.succeeded().stats()["host1"], (1, 0), "{moved}");
+    let host1 = rig.host("host1");
+    assert_eq!(host1.ok("ls /run/systemd/system | grep -c '^foobar' || true").trim(), "4", "{moved}");
+    assert_eq!(host1.ok("ls /etc/systemd/system | grep -c '^foobar' || true").trim(), "0", "{moved}");
+    let again = rollout("2", &["--limit", "host1", "-e", "runtime=true"]);
+    assert_eq!(again.succeeded().stats()["host1"], (0, 0), "{again}");
+    let upgraded: Vec<Foobar> = rig.hosts.iter().map(|tb| assert_runs(tb, "2")).collect();
+
+    // Version 3 cannot start: wharf puts host1 back on version 2 (below
+    // /run, where it was), the task fails, and the rollout stops before
+    // host2 and host3.
     let broken = rollout("3", &[]);
     assert_ne!(broken.code, Some(0), "{broken}");
     assert_eq!(broken.stats().keys().collect::<Vec<_>>(), ["host1"], "only host1 was tried: {broken}");
@@ -441,6 +452,17 @@ const APPLY: &str = r#"
     - name: the host is as the fleet file says
       wharf.wharf.apply:
         src: "fleet-{{ version }}.toml"
+"#;
+
+/// The same, with a fleet file already on the hosts.
+const APPLY_PATH: &str = r#"
+- name: Apply the fleet file on the hosts
+  hosts: fleet
+  gather_facts: false
+  tasks:
+    - name: the host is as the fleet file says
+      wharf.wharf.apply:
+        path: /srv/images/fleet-1.toml
 "#;
 
 fn fleet_file(image: &str) -> String {
@@ -473,7 +495,11 @@ fn apply_rollout(rig: &Rig) {
         assert_eq!(tb.ok("systemctl show -p MemoryMax --value foobar.service").trim(), "268435456");
     }
 
-    let again = apply("1", &[]);
+    // The same file on the hosts, naming its image relative to itself.
+    for tb in &rig.hosts {
+        std::fs::write(tb.host_path("/srv/images/fleet-1.toml"), fleet_file("foobar_1.raw")).unwrap();
+    }
+    let again = ansible.playbook("apply-path", APPLY_PATH, &[]);
     assert_eq!(again.succeeded().changed(), [0, 0, 0], "{again}");
     for (host, _, result) in again.task("the host is as the fleet file says") {
         assert_eq!(
@@ -529,6 +555,7 @@ const MACHINE: &str = r#"
         name: f28
         source: /srv/images/f28.tar
         state: started
+        enabled: true
         limits: "{{ limits }}"
 "#;
 
@@ -547,7 +574,7 @@ const MACHINE_STOP: &str = r#"
 
 fn machine_module(rig: &Rig) {
     let tb = rig.host("host1");
-    let reset = "machine poweroff f28 2>/dev/null; machine remove f28 2>/dev/null; \
+    let reset = "machine poweroff f28 2>/dev/null; machine disable f28 2>/dev/null; machine remove f28 2>/dev/null; \
                  rm -f /etc/wharf/machines/f28.toml /srv/images/f28.tar; true";
     tb.ok(reset);
     let tarball = images::f28_tarball().expect("the f28 image");
@@ -568,6 +595,7 @@ fn machine_module(rig: &Rig) {
     assert_eq!((&result["state"], &result["ready"]), (&Value::from("running"), &Value::from(true)), "{first}");
     let shown: Value = serde_json::from_str(&tb.ok("machine show --json f28")).unwrap();
     assert_eq!((&shown["MemoryMax"], &shown["TasksMax"]), (&Value::from("536870912"), &Value::from("200")));
+    assert_eq!(tb.ok("systemctl is-enabled wharf-machine@f28.service").trim(), "enabled");
     let saved = tb.ok("cat /etc/wharf/machines/f28.toml");
     assert!(saved.contains("MemoryMax = \"536870912\"") && saved.contains("TasksMax = \"200\""), "{saved}");
 
@@ -590,5 +618,6 @@ fn machine_module(rig: &Rig) {
     assert_eq!(changed, [true, false, true], "stop, stay stopped, remove: {stop}");
     assert!(!tb.ok("machine list --json").contains("\"f28\""), "f28 still runs");
     assert_eq!(tb.ok("machine list-images --json").trim(), "[]", "the image is still there");
+    assert_eq!(tb.sh("systemctl is-enabled wharf-machine@f28.service").stdout.trim(), "disabled");
     tb.ok(reset);
 }
