@@ -570,11 +570,18 @@ const MACHINE_STOP: &str = r#"
       wharf.wharf.machine: {name: f28, state: stopped}
     - name: f28 is gone
       wharf.wharf.machine: {name: f28, state: absent}
+    - name: a raw image is imported
+      wharf.wharf.machine: {name: tiny, source: /srv/images/foobar_1.raw}
+    - name: a raw image is there
+      wharf.wharf.machine: {name: tiny, source: /srv/images/foobar_1.raw}
+    - name: a raw image is gone
+      wharf.wharf.machine: {name: tiny, state: absent}
 "#;
 
 fn machine_module(rig: &Rig) {
     let tb = rig.host("host1");
-    let reset = "machine poweroff f28 2>/dev/null; machine disable f28 2>/dev/null; machine remove f28 2>/dev/null; \
+    let reset = "machine poweroff f28 2>/dev/null; machine disable f28 2>/dev/null; \
+                 machine remove f28 2>/dev/null; machine remove tiny 2>/dev/null; \
                  rm -f /etc/wharf/machines/f28.toml /srv/images/f28.tar; true";
     tb.ok(reset);
     let tarball = images::f28_tarball().expect("the f28 image");
@@ -612,10 +619,20 @@ fn machine_module(rig: &Rig) {
     assert_eq!(shown["MemoryMax"], "536870912", "check mode changed the limit");
 
     let stop = ansible.playbook("machine-stop", MACHINE_STOP, &[]);
-    assert_eq!(stop.succeeded().stats()["host1"], (2, 0), "{stop}");
+    assert_eq!(stop.succeeded().stats()["host1"], (4, 0), "{stop}");
     let changed: Vec<&Value> =
         stop.doc["results"].as_array().unwrap().iter().map(|r| &r["result"]["changed"]).collect();
-    assert_eq!(changed, [true, false, true], "stop, stay stopped, remove: {stop}");
+    assert_eq!(
+        changed,
+        [true, false, true, true, false, true],
+        "stop, stay stopped, remove; the same for tiny: {stop}"
+    );
+    // A raw image (a squashfs file system will do) is listed as tiny.raw, and still found.
+    let (_, _, tiny) = stop.task("a raw image is imported")[0];
+    assert_eq!(
+        (&tiny["source_type"], &tiny["image"]),
+        (&Value::from("raw"), &Value::from("/var/lib/machines/tiny.raw"))
+    );
     assert!(!tb.ok("machine list --json").contains("\"f28\""), "f28 still runs");
     assert_eq!(tb.ok("machine list-images --json").trim(), "[]", "the image is still there");
     assert_eq!(tb.sh("systemctl is-enabled wharf-machine@f28.service").stdout.trim(), "disabled");

@@ -264,7 +264,8 @@ def main():
         module.fail_json(msg=str(e))
 
     images = cli.run(["list-images"])
-    image = next((i["path"] for i in images or [] if i["name"] == name), None)
+    # A raw image is listed with its file name (f28.raw), a directory by its own.
+    image = next((i["path"] for i in images or [] if i["name"] in (name, name + ".raw")), None)
     machines = cli.run(["list"])
     running = any(m["name"] == name for m in machines or [])
     boot_unit = "wharf-machine@%s.service" % name
