@@ -8,6 +8,7 @@
 #[path = "../testbed/mod.rs"]
 mod testbed;
 
+mod ansible;
 mod fleet;
 mod foundation;
 mod images;
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
     trials.extend(store::trials(&shared));
     trials.extend(machine::trials(&shared));
     trials.extend(fleet::trials(&shared));
+    trials.extend(ansible::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");
