@@ -93,7 +93,7 @@ impl Rig {
 
 /// foobar versions 1 and 2 as squashfs images, and a version 3 (a
 /// directory) whose foobar.service cannot start, in /srv/images of each
-/// host, and the sandbox profile the tests attach them with.
+/// host.
 fn place_images(dir: &Path, hosts: &[Testbed]) -> Result<(), String> {
     images::foobar(&dir.join("foobar_1.raw"), "squashfs", "1").map_err(|e| e.to_string())?;
     images::foobar(&dir.join("foobar_2.raw"), "squashfs", "2").map_err(|e| e.to_string())?;
@@ -103,15 +103,7 @@ fn place_images(dir: &Path, hosts: &[Testbed]) -> Result<(), String> {
     let text = std::fs::read_to_string(&unit).map_err(|e| e.to_string())?;
     std::fs::write(&unit, text.replace("/usr/bin/busybox httpd", "/usr/bin/missing httpd"))
         .map_err(|e| e.to_string())?;
-    // The default profile plus a network namespace: the three testbeds share
-    // the machine's network, where only one foobar could listen on 8080.
-    let default =
-        std::fs::read_to_string(repo_dir().join("units/profiles/default/service.conf")).map_err(|e| e.to_string())?;
-    let ownnet = format!("{default}\n# A loopback of its own.\nPrivateNetwork=yes\n");
     for tb in hosts {
-        let profile = tb.host_path("/etc/wharf/profiles/ownnet");
-        std::fs::create_dir_all(&profile).map_err(|e| e.to_string())?;
-        std::fs::write(profile.join("service.conf"), &ownnet).map_err(|e| e.to_string())?;
         let target = tb.host_path("/srv/images");
         std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
         testbed::run_host(
@@ -331,8 +323,8 @@ fn assert_runs(tb: &Testbed, version: &str) -> Foobar {
     now
 }
 
-/// The testbeds share the machine's network, so every foobar gets a
-/// loopback of its own to serve 127.0.0.1:8080 on (profile "ownnet").
+/// Each testbed has a network namespace of its own, so every foobar
+/// serves 127.0.0.1:8080 with the default profile.
 const ROLLOUT: &str = r#"
 - name: Roll out foobar
   hosts: fleet
@@ -343,7 +335,6 @@ const ROLLOUT: &str = r#"
     - name: foobar runs the image
       wharf.wharf.portable:
         image: "{{ image }}"
-        profile: ownnet
         runtime: "{{ runtime | default(false) }}"
         state: running
         enabled: true
@@ -467,7 +458,7 @@ const APPLY_PATH: &str = r#"
 
 fn fleet_file(image: &str) -> String {
     format!(
-        "[[portable]]\nimage = \"{image}\"\nprofile = \"ownnet\"\nenabled = true\nrunning = true\n\
+        "[[portable]]\nimage = \"{image}\"\nenabled = true\nrunning = true\n\
          [portable.properties]\nMemoryMax = \"256M\"\n"
     )
 }
