@@ -4,15 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-
-/// The wharf daemon: serves org.wharf1 on the system bus.
-#[derive(Debug, Parser)]
-#[command(name = "wharfd", version, about)]
-struct Args {
-    /// Exit after this many seconds without a call (0: never).
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    idle_timeout: u64,
-}
+use wharf::cli::wharfd::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -1,10 +1,11 @@
-//! The command lines of `portable` and `machine`: argument parsing, calls to
+//! The command lines of `portable`, `machine` and `wharfd`: argument parsing, calls to
 //! wharfd over D-Bus, and output for people (tables) or scripts (`--json`).
 
 pub mod machine;
 pub mod output;
 pub mod portable;
 pub mod progress;
+pub mod wharfd;
 
 use std::process::ExitCode;
 

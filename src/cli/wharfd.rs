@@ -1,0 +1,14 @@
+//! The command line of `wharfd`. It lives in the library, not in the binary,
+//! so that the man page generator (contrib/gen.rs) documents exactly what
+//! wharfd parses.
+
+use clap::Parser;
+
+/// The wharf daemon: serves org.wharf1 on the system bus.
+#[derive(Debug, Parser)]
+#[command(name = "wharfd", version)]
+pub struct Args {
+    /// Exit after this many seconds without a call (0: never).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub idle_timeout: u64,
+}
