@@ -16,7 +16,7 @@ use crate::image::Pool;
 
 /// Manage machine images and the containers booted from them.
 #[derive(Debug, Parser)]
-#[command(name = "machine", version, about, long_about = None)]
+#[command(name = "machine", version)]
 pub struct Cli {
     /// Print results as one JSON document.
     #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
@@ -37,39 +37,70 @@ pub enum Command {
     ListImages,
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
+        /// The image: a machine name in the search path, or a path.
         image: String,
+        /// yes (or true, on, 1) to make it read-only; no (or false, off, 0) to make it writable.
         #[arg(value_parser = parse_bool, default_value = "yes", action = clap::ArgAction::Set)]
         read_only: bool,
     },
     /// Copy an image under a new name.
     Clone {
+        /// The image to copy.
         name: String,
+        /// The copy's name; it goes to /var/lib/machines.
         new_name: String,
         /// Make the copy read-only.
         #[arg(long)]
         read_only: bool,
     },
     /// Rename an image (refused while its machine runs).
-    Rename { name: String, new_name: String },
+    Rename {
+        /// The image to rename.
+        name: String,
+        /// The new name; the image stays in the directory it is in.
+        new_name: String,
+    },
     /// Delete images (refused while their machine runs or when read-only).
     Remove {
-        #[arg(required = true)]
+        /// Machine names in the search path.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Import a tar archive (plain, xz, gzip or zstd) as a directory image.
     ImportTar {
+        /// The archive.
         file: PathBuf,
         /// Image name; by default the file name without its suffixes.
         name: Option<String>,
     },
     /// Import a raw disk or file system image (plain, xz, gzip or zstd).
-    ImportRaw { file: PathBuf, name: Option<String> },
+    ImportRaw {
+        /// The image: squashfs, ext4, erofs or GPT.
+        file: PathBuf,
+        /// Image name; by default the file name without its suffixes.
+        name: Option<String>,
+    },
     /// Import a directory tree as a directory image.
-    ImportFs { directory: PathBuf, name: Option<String> },
+    ImportFs {
+        /// The tree, copied with its owners, modes, times and extended attributes.
+        directory: PathBuf,
+        /// Image name; by default the directory's name.
+        name: Option<String>,
+    },
     /// Export a directory image as a tar archive (.xz, .gz, .zst compress it).
-    ExportTar { name: String, file: PathBuf },
+    ExportTar {
+        /// The directory image to export.
+        name: String,
+        /// The archive to write; a file of that name is replaced once the export is complete.
+        file: PathBuf,
+    },
     /// Export a raw image (.xz, .gz, .zst compress it).
-    ExportRaw { name: String, file: PathBuf },
+    ExportRaw {
+        /// The raw image to export.
+        name: String,
+        /// The file to write; a file of that name is replaced once the export is complete.
+        file: PathBuf,
+    },
 }
 
 /// The image name an imported file gets when none is given.
