@@ -10,6 +10,7 @@ mod testbed;
 
 mod foundation;
 mod images;
+mod packaging;
 mod portable;
 mod store;
 
@@ -85,6 +86,7 @@ fn main() -> ExitCode {
     let mut trials = Vec::new();
     trials.extend(foundation::trials(&shared));
     trials.extend(images::trials(&shared));
+    trials.extend(packaging::trials(&shared));
     trials.extend(portable::trials(&shared));
     trials.extend(store::trials(&shared));
 
