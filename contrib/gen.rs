@@ -208,9 +208,13 @@ fn roff_fragment(roff: &Roff) -> String {
 /// `SOURCE_DATE_EPOCH` when set (reproducible builds), else left out.
 fn title(page: &Page) -> String {
     let date = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse::<i64>().ok()).map(iso_date);
-    // Written by hand: roff drops an empty argument, which would shift the others.
+    // Written by hand: roff drops an empty argument, which would shift the
+    // others. Then, as systemd's pages do, no hyphenation and a ragged right
+    // margin: the pages are full of paths and option names, which neither
+    // hyphens nor stretched spaces should break up. (HY too: the man
+    // macros turn hyphenation back on to its value after each example.)
     format!(
-        ".TH {} {} \"{}\" \"wharf {VERSION}\" \"wharf\"\n",
+        ".TH {} {} \"{}\" \"wharf {VERSION}\" \"wharf\"\n.ad l\n.nr HY 0\n.nh\n",
         page.name.to_uppercase(),
         page.section,
         date.unwrap_or_default()
