@@ -165,7 +165,7 @@ fn render_page(page: &Page) -> Result<String, String> {
     let mut required = vec!["title"];
     if let Some(command) = &command {
         required.extend(["name", "synopsis", "options"]);
-        if command.has_subcommands() {
+        if visible_subcommands(command).next().is_some() {
             required.push("commands");
         }
     }
@@ -260,8 +260,7 @@ fn commands_section(command: &Command) -> Result<String, String> {
     let mut roff = Roff::new();
     roff.control("SH", ["COMMANDS"]);
     out.push_str(&roff_fragment(&roff));
-    // clap's own `help` command needs no page.
-    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set() && sub.get_name() != "help") {
+    for sub in visible_subcommands(command) {
         let own: Vec<&Arg> = sub
             .get_arguments()
             .filter(|arg| {
@@ -312,6 +311,12 @@ fn commands_section(command: &Command) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// The subcommands a page documents: not the hidden ones (wharfd's
+/// internal `launch`), nor clap's own `help`.
+fn visible_subcommands(command: &Command) -> impl Iterator<Item = &Command> {
+    command.get_subcommands().filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
 }
 
 fn value_name(arg: &Arg) -> String {

@@ -129,7 +129,8 @@ fn man_pages() -> Result<(), Failed> {
             let heading = format!("\\fB{}\\fR", sub.get_name().replace('-', "\\-"));
             assert!(roff.contains(&heading), "{page} does not document the command {}", sub.get_name());
         }
-        for arg in command.get_subcommands().flat_map(|sub| sub.get_arguments()).chain(command.get_arguments()) {
+        let visible = command.get_subcommands().filter(|sub| !sub.is_hide_set());
+        for arg in visible.flat_map(|sub| sub.get_arguments()).chain(command.get_arguments()) {
             if let Some(long) = arg.get_long().filter(|_| !arg.is_hide_set()) {
                 let option = format!("\\fB\\-\\-{}\\fR", long.replace('-', "\\-"));
                 assert!(roff.contains(&option), "{page} does not document --{long}");

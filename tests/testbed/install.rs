@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{Error, Result, run_host};
+use super::{Error, Result};
 
 /// Every file the install puts below the root, with its mode: what the
 /// packaging tests check the staged tree against.
@@ -127,14 +127,22 @@ fn meson_install(bin_dir: &Path) -> Result<PathBuf> {
     Ok(stage)
 }
 
+/// Runs a meson command; a failure says what meson and ninja printed (a
+/// failing build step is reported on standard output).
 fn meson(command: &mut Command, what: &str) -> Result<()> {
-    run_host(command, what).map(drop).map_err(|e| {
-        if which("meson") {
-            e
-        } else {
-            Error(format!("{what}: meson is missing: install the Debian packages 'meson' and 'ninja-build'"))
-        }
-    })
+    if !which("meson") {
+        return Err(Error(format!("{what}: meson is missing: install the Debian packages 'meson' and 'ninja-build'")));
+    }
+    let output = command.output().map_err(|e| Error(format!("{what}: cannot run {command:?}: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error(format!(
+        "{what}: {command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )))
 }
 
 fn which(tool: &str) -> bool {
