@@ -74,6 +74,23 @@ fn run() -> Result<(), String> {
     show(&tb, "systemctl show -p RootImage -p ActiveState foobar.service")?;
     show(&tb, "cat /proc/$(systemctl show -p MainPID --value foobar.service)/root/usr/lib/os-release | grep PRETTY")?;
 
+    heading("a machine: import the f28 image, boot it with wharf's own launcher, with limits");
+    let f28 = images::f28_tarball().map_err(|e| e.to_string())?;
+    let staged = tb.host_path("/srv/f28.tar");
+    std::fs::create_dir_all(staged.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+    std::fs::copy(&f28, &staged).map_err(|e| e.to_string())?;
+    println!("images/f28/build (debootstrap, cached) -> /srv/f28.tar");
+    show(&tb, "machine import-tar /srv/f28.tar f28")?;
+    show(&tb, "machine list-images")?;
+    show(&tb, "machine start f28 --property=MemoryMax=512M --property=TasksMax=200")?;
+    show(&tb, "machinectl list")?;
+    show(&tb, "machine shell f28 systemctl is-system-running")?;
+    show(&tb, "machine shell f28 sh -c 'cat /etc/os-release | head -1; exit 3' || echo \"exit status $?\"")?;
+    show(&tb, "machine set-property f28 MemoryMax=256M && machine show f28")?;
+    show(&tb, "cat /sys/fs/cgroup/memory/machine.slice/wharf-f28.service/memory.limit_in_bytes")?;
+    show(&tb, "machine poweroff f28 && machinectl list")?;
+
+    heading("detach: refused while running, then with --now");
     heading("detach: refused while running, then with --now");
     show(&tb, "portable detach foobar_2.raw || true")?;
     show(&tb, "portable detach --now foobar_2.raw")?;

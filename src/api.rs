@@ -247,6 +247,26 @@ impl std::fmt::Display for BusError {
     }
 }
 
+/// A running machine, as `machine list` and `status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct MachineInfo {
+    pub name: String,
+    /// `container` (or `vm`, for machines others registered).
+    pub class: String,
+    /// Who runs it: `wharf`, or `systemd-nspawn`, ...
+    pub service: String,
+    pub unit: String,
+    /// PID of its init on the host.
+    pub leader: u32,
+    pub root_directory: String,
+    /// machined's state: opening, running, closing.
+    pub state: String,
+    /// The unit's status text (whether the init reported ready).
+    pub status: String,
+    /// Resource limits of its unit, as `Key`/value pairs.
+    pub limits: Vec<(String, String)>,
+}
+
 /// Client side of `org.wharf1.Machine`.
 #[zbus::proxy(interface = "org.wharf1.Machine", default_service = "org.wharf1", default_path = "/org/wharf1")]
 pub trait Machine {
@@ -270,4 +290,64 @@ pub trait Machine {
     fn export_tar(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
     /// Writes a raw image to `fd`.
     fn export_raw(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
+    /// Boots a machine; returns its unit and whether its init reported ready
+    /// within `ready_timeout` seconds.
+    fn start_machine(
+        &self,
+        name: &str,
+        properties: &[String],
+        private_users: &str,
+        network: &str,
+        ready_timeout: u32,
+    ) -> zbus::Result<(String, bool)>;
+    /// Sends `signal` to the machine's init (poweroff, reboot, halt) and,
+    /// when `wait`, waits until the machine is gone.
+    fn signal_machine(&self, name: &str, signal: i32, wait: bool) -> zbus::Result<()>;
+    /// Stops the machine's unit.
+    fn terminate_machine(&self, name: &str) -> zbus::Result<()>;
+    /// Sends a signal to the machine's init (`leader`) or all its processes (`all`).
+    fn kill_machine(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+    /// Changes limits live; with `save`, also in /etc/wharf/machines/NAME.toml.
+    fn set_machine_properties(&self, name: &str, properties: &[String], save: bool) -> zbus::Result<()>;
+    /// Running machines (all machined knows, whoever started them).
+    fn list_machines(&self) -> zbus::Result<Vec<MachineInfo>>;
+    /// One running machine, with its limits.
+    fn get_machine(&self, name: &str) -> zbus::Result<MachineInfo>;
+    /// Starts the machine at boot, or not.
+    fn enable_machine(&self, name: &str, enable: bool) -> zbus::Result<()>;
+    /// A login prompt on a new terminal of the machine: its master side and path.
+    fn open_login(&self, name: &str) -> zbus::Result<(zbus::OwnedFd, String)>;
+    /// Runs a command (empty: the user's shell) inside the machine with the
+    /// caller's descriptors, and returns its exit status. With `pty`, it gets
+    /// a terminal of its own (of `size` ROWSxCOLUMNS) relayed to `stdin`/`stdout`.
+    #[allow(clippy::too_many_arguments)]
+    fn shell(
+        &self,
+        name: &str,
+        user: &str,
+        command: &[String],
+        stdin: zbus::Fd<'_>,
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+        pty: bool,
+        size: &str,
+    ) -> zbus::Result<i32>;
+}
+
+/// Flags of `org.wharf1.Fleet.Apply`.
+pub mod fleet_flags {
+    /// Plan only; change nothing.
+    pub const CHECK: u64 = 1 << 0;
+    /// Also detach images attached by hand that the file does not list.
+    pub const PRUNE: u64 = 1 << 1;
+    pub const ALL: u64 = CHECK | PRUNE;
+}
+
+/// Client side of `org.wharf1.Fleet`.
+#[zbus::proxy(interface = "org.wharf1.Fleet", default_service = "org.wharf1", default_path = "/org/wharf1")]
+pub trait Fleet {
+    /// Applies (or with CHECK, plans) a fleet file given as text; `file` is
+    /// its absolute path, against which relative image paths are taken.
+    /// Returns whether the plan was carried out, and the plan as JSON.
+    fn apply(&self, text: &str, file: &str, flags: u64) -> zbus::Result<(bool, String)>;
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod cli;
 pub mod compress;
 pub mod daemon;
+pub mod fleet;
 pub mod fs;
 pub mod image;
 pub mod logging;

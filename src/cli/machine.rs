@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use super::output::{Format, JsonStyle, images_table};
+use super::output::{Format, JsonStyle, images_table, table};
 use super::progress::with_progress;
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::MachineProxy;
@@ -35,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// List machine images in /var/lib/machines and the rest of the search path.
     ListImages,
+    /// Bring the host to what a fleet file says, all or nothing (see wharf-fleet(5)).
+    Apply(super::fleet::ApplyArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
         /// The image: a machine name in the search path, or a path.
@@ -101,6 +103,87 @@ pub enum Command {
         /// The file to write; a file of that name is replaced once the export is complete.
         file: PathBuf,
     },
+    /// Boot a machine from its image, in a transient unit with its limits.
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// A resource limit, as systemctl set-property takes it (MemoryMax=512M,
+        /// CPUQuota=50%, TasksMax=200, ...); repeatable.
+        #[arg(short, long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        /// User namespace: pick (a free range; the default), no, or the first UID of the range.
+        #[arg(long, value_name = "pick|no|UID")]
+        private_users: Option<String>,
+        /// Network: host (the default) or private (only loopback).
+        #[arg(long, value_name = "host|private")]
+        network: Option<String>,
+        /// Seconds to wait for the machine's init to report ready.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        timeout: u32,
+    },
+    /// Power a machine off (SIGRTMIN+4 to its init) and wait until it is gone.
+    Poweroff {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Do not wait.
+        #[arg(long)]
+        no_block: bool,
+    },
+    /// Reboot a machine (SIGINT to its init).
+    Reboot {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop a machine's unit at once.
+    Terminate {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Send a signal to a machine's processes.
+    Kill {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// The signal (name or number); SIGTERM by default.
+        #[arg(short, long, default_value = "SIGTERM")]
+        signal: String,
+        /// leader (its init) or all (every process).
+        #[arg(long, default_value = "all", value_name = "leader|all")]
+        kill_whom: String,
+    },
+    /// List running machines.
+    List,
+    /// Show a running machine: its unit, init, root and limits.
+    Status { name: String },
+    /// Show a running machine's resource limits.
+    Show { name: String },
+    /// Change resource limits of a running machine, live.
+    SetProperty {
+        name: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        /// Also keep them in /etc/wharf/machines/NAME.toml, for every start.
+        #[arg(long)]
+        save: bool,
+    },
+    /// Start machines at boot (through machines.target).
+    Enable {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Do not start machines at boot.
+    Disable {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Open a login prompt in a machine (^] three times within 1s leaves).
+    Login { name: String },
+    /// Run a command (or a shell) in a machine; exits with its exit status.
+    /// NAME may be USER@NAME, or USER@ may follow NAME.
+    Shell {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "[USER@] [COMMAND]")]
+        command: Vec<String>,
+    },
 }
 
 /// The image name an imported file gets when none is given.
@@ -162,6 +245,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let images = machine.list_images().await?;
             format.emit(&images, |images| images_table(images, false))?;
         }
+        Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.quiet).await,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::machines().argument_for_daemon(&image, &current_dir()?);
             machine.mark_read_only(&image, read_only).await?;
@@ -204,6 +288,104 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let path = with_progress(&bus, show, machine.import_fs(input.as_fd().into(), &name)).await?;
             emit_path(format, cli.quiet, "Imported", &path)?;
         }
+        Command::Start { names, properties, private_users, network, timeout } => {
+            for name in names {
+                let pu = private_users.clone().unwrap_or_default();
+                let net = network.clone().unwrap_or_default();
+                let (unit, ready) = machine.start_machine(&name, &properties, &pu, &net, timeout).await?;
+                let record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
+                if !cli.quiet || format.is_json() {
+                    format.emit(&record, |_| {
+                        if ready {
+                            format!("Machine {name} is running ({unit}); its init reported ready.")
+                        } else {
+                            format!(
+                                "Machine {name} is starting ({unit}); its init did not report ready within {timeout}s."
+                            )
+                        }
+                    })?;
+                }
+            }
+        }
+        Command::Poweroff { names, no_block } => {
+            for name in names {
+                machine.signal_machine(&name, signal_number("SIGRTMIN+4")?, !no_block).await?;
+            }
+        }
+        Command::Reboot { names } => {
+            for name in names {
+                machine.signal_machine(&name, signal_number("SIGINT")?, false).await?;
+            }
+        }
+        Command::Terminate { names } => {
+            for name in names {
+                machine.terminate_machine(&name).await?;
+            }
+        }
+        Command::Kill { names, signal, kill_whom } => {
+            let signal = signal_number(&signal)?;
+            for name in names {
+                machine.kill_machine(&name, &kill_whom, signal).await?;
+            }
+        }
+        Command::List => {
+            let machines = machine.list_machines().await?;
+            format.emit(&machines, |machines| {
+                if machines.is_empty() {
+                    return "No machines.".to_string();
+                }
+                let rows: Vec<Vec<String>> = machines
+                    .iter()
+                    .map(|m| vec![m.name.clone(), m.class.clone(), m.service.clone(), m.state.clone(), m.unit.clone()])
+                    .collect();
+                table(&["MACHINE", "CLASS", "SERVICE", "STATE", "UNIT"], &rows)
+            })?;
+        }
+        Command::Status { name } => {
+            let info = machine.get_machine(&name).await?;
+            format.emit(&info, |m| {
+                let mut text = format!(
+                    "{}\n  Service: {} ({})\n     Unit: {}\n   Leader: {}\n     Root: {}\n    State: {}\n",
+                    m.name, m.service, m.class, m.unit, m.leader, m.root_directory, m.state
+                );
+                if !m.status.is_empty() {
+                    text.push_str(&format!("   Status: {}\n", m.status));
+                }
+                for (key, value) in &m.limits {
+                    text.push_str(&format!("  {key}={value}\n"));
+                }
+                text
+            })?;
+        }
+        Command::Show { name } => {
+            let info = machine.get_machine(&name).await?;
+            let limits: serde_json::Map<String, serde_json::Value> =
+                info.limits.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+            format.emit(&limits, |limits| {
+                limits.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join("\n")
+            })?;
+        }
+        Command::SetProperty { name, properties, save } => {
+            machine.set_machine_properties(&name, &properties, save).await?;
+        }
+        Command::Enable { names } => {
+            for name in names {
+                machine.enable_machine(&name, true).await?;
+            }
+        }
+        Command::Disable { names } => {
+            for name in names {
+                machine.enable_machine(&name, false).await?;
+            }
+        }
+        Command::Login { name } => {
+            let (master, path) = machine.open_login(&name).await?;
+            tracing::debug!(path, "login terminal");
+            super::terminal::relay(std::os::fd::OwnedFd::from(master)).map_err(CliError::Output)?;
+        }
+        Command::Shell { name, command } => {
+            return shell(&machine, &name, command).await;
+        }
         Command::ExportTar { name, file } => {
             export(&bus, &machine, show, &name, &file, false).await?;
             emit_path(format, cli.quiet, "Exported to", &file.display().to_string())?;
@@ -244,4 +426,83 @@ async fn export(
     };
     let result = with_progress(bus, show, call).await.map_err(CliError::from);
     target.finish(result)
+}
+
+/// A signal by name (`SIGTERM`, `TERM`, `SIGRTMIN+4`) or number.
+fn signal_number(word: &str) -> Result<i32, CliError> {
+    let bad = || CliError::Usage(format!("'{word}' is not a signal"));
+    if let Ok(number) = word.parse::<i32>() {
+        return Ok(number);
+    }
+    let name = word.strip_prefix("SIG").unwrap_or(word);
+    if let Some(offset) = name.strip_prefix("RTMIN") {
+        let offset: i32 = if offset.is_empty() {
+            0
+        } else {
+            offset.strip_prefix('+').and_then(|n| n.parse().ok()).ok_or_else(bad)?
+        };
+        let signal = nix::libc::SIGRTMIN() + offset;
+        return if signal <= nix::libc::SIGRTMAX() { Ok(signal) } else { Err(bad()) };
+    }
+    format!("SIG{name}").parse::<nix::sys::signal::Signal>().map(|s| s as i32).map_err(|_| bad())
+}
+
+/// `machine shell NAME [USER@] [COMMAND...]` (or `USER@NAME`): runs the
+/// command in the machine with this process's standard descriptors, and
+/// exits with its exit status. On a terminal, the command gets a terminal of
+/// its own in the machine.
+async fn shell(machine: &MachineProxy<'_>, name: &str, mut command: Vec<String>) -> Result<ExitCode, CliError> {
+    let (mut user, name) = match name.split_once('@') {
+        Some((user, machine)) => (user.to_string(), machine.to_string()),
+        None => (String::new(), name.to_string()),
+    };
+    if let Some(first) = command.first()
+        && let Some(named) = first.strip_suffix('@')
+    {
+        user = named.to_string();
+        command.remove(0);
+    }
+    if command.first().is_some_and(|c| c == "--") {
+        command.remove(0);
+    }
+    use std::io::IsTerminal;
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let size = super::terminal::size().unwrap_or_default();
+    let _raw = interactive.then(super::terminal::RawMode::enter);
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let status = machine
+        .shell(
+            &name,
+            &user,
+            &command,
+            stdin.as_fd().into(),
+            stdout.as_fd().into(),
+            stderr.as_fd().into(),
+            interactive,
+            &size,
+        )
+        .await?;
+    drop(_raw);
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(signal_number("SIGTERM").unwrap(), 15);
+        assert_eq!(signal_number("KILL").unwrap(), 9);
+        assert_eq!(signal_number("9").unwrap(), 9);
+        assert_eq!(signal_number("SIGRTMIN+4").unwrap(), nix::libc::SIGRTMIN() + 4);
+        assert!(signal_number("SIGNOPE").is_err());
+    }
+
+    #[test]
+    fn imported_files_name_their_image() {
+        assert_eq!(default_name(Path::new("/srv/f28.tar.xz")), "f28");
+        assert_eq!(default_name(Path::new("debian.raw.zst")), "debian");
+        assert_eq!(default_name(Path::new("tree")), "tree");
+    }
 }

@@ -1,10 +1,12 @@
 //! The command lines of `portable`, `machine` and `wharfd`: argument parsing, calls to
 //! wharfd over D-Bus, and output for people (tables) or scripts (`--json`).
 
+pub mod fleet;
 pub mod machine;
 pub mod output;
 pub mod portable;
 pub mod progress;
+pub mod terminal;
 pub mod wharfd;
 
 use std::process::ExitCode;

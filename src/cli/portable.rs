@@ -147,6 +147,8 @@ pub enum Command {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
+    /// Bring the host to what a fleet file says, all or nothing (see wharf-fleet(5)).
+    Apply(super::fleet::ApplyArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
         /// The image: a name in the search path, or a path.
@@ -230,6 +232,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 })?;
             }
         }
+        Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.quiet).await,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             portable.mark_read_only(&image, read_only).await?;

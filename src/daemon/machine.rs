@@ -7,26 +7,37 @@ use std::sync::Arc;
 
 use zbus::Connection;
 use zbus::message::Header;
+use zbus_systemd::machine1::ManagerProxy as Machined;
 
 use super::auth::require_root;
 use super::manager::progress_reporter;
 use super::portable::mark_read_only;
 use super::{Daemon, failed};
-use crate::api::{BusError, ImageEntry};
+use crate::api::{BusError, ImageEntry, MachineInfo};
 use crate::compress::Compression;
 use crate::image::Pool;
 use crate::machine::name::from_image_name;
+use crate::machine::ops::{self, Machines, StartRequest};
+use crate::machine::property::Property;
 use crate::machine::store::{Error, Store};
+use crate::systemd::Systemd;
 
 #[derive(Debug)]
 pub(crate) struct MachineInterface {
     daemon: Arc<Daemon>,
     store: Store,
+    machines: Machines,
 }
 
 impl MachineInterface {
     pub(crate) fn new(daemon: Arc<Daemon>) -> Self {
-        MachineInterface { daemon, store: Store::machines() }
+        MachineInterface { daemon, store: Store::machines(), machines: Machines::system() }
+    }
+
+    async fn clients<'a>(connection: &'a Connection) -> Result<(Systemd, Machined<'a>), BusError> {
+        let systemd = Systemd::new(connection).await.map_err(failed)?;
+        let machined = Machined::new(connection).await?;
+        Ok((systemd, machined))
     }
 
     /// Refuses to change an image whose machine is running.
@@ -219,6 +230,246 @@ impl MachineInterface {
         let (store, output) = (self.store.clone(), file_from(fd));
         Ok(self.daemon.blocking(move || store.export_raw(&name, output, compression, &mut progress)).await?)
     }
+
+    /// Boots a machine with wharf's launcher in a transient unit. Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
+    async fn start_machine(
+        &self,
+        name: String,
+        properties: Vec<String>,
+        private_users: String,
+        network: String,
+        ready_timeout: u32,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(String, bool), BusError> {
+        require_root(connection, &header, "starting a machine").await?;
+        let _busy = self.daemon.busy();
+        let properties = parse_properties(&properties)?;
+        let (systemd, machined) = Self::clients(connection).await?;
+        let request = StartRequest {
+            machine: name,
+            properties,
+            private_users: Some(private_users).filter(|s| !s.is_empty()),
+            network: Some(network).filter(|s| !s.is_empty()),
+            ready_timeout: std::time::Duration::from_secs(u64::from(ready_timeout.max(1))),
+        };
+        let started = self.machines.start(&systemd, &machined, request).await?;
+        Ok((started.unit, started.ready))
+    }
+
+    /// Signals the machine's init (SIGRTMIN+4 poweroff, SIGINT reboot,
+    /// SIGRTMIN+3 halt); with `wait`, until it is gone. Root only.
+    async fn signal_machine(
+        &self,
+        name: String,
+        signal: i32,
+        wait: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "signalling a machine").await?;
+        let _busy = self.daemon.busy();
+        let (systemd, machined) = Self::clients(connection).await?;
+        let wait = wait.then_some(STOP_TIMEOUT);
+        Ok(self.machines.signal_init(&systemd, &machined, &name, signal, wait).await?)
+    }
+
+    /// Stops the machine's unit. Root only.
+    async fn terminate_machine(
+        &self,
+        name: String,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "terminating a machine").await?;
+        let _busy = self.daemon.busy();
+        let (systemd, machined) = Self::clients(connection).await?;
+        Ok(self.machines.terminate(&systemd, &machined, &name).await?)
+    }
+
+    /// Sends a signal to the machine's init or all its processes. Root only.
+    async fn kill_machine(
+        &self,
+        name: String,
+        whom: String,
+        signal: i32,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "signalling a machine").await?;
+        let (_, machined) = Self::clients(connection).await?;
+        Ok(self.machines.kill(&machined, &name, &whom, signal).await?)
+    }
+
+    /// Changes limits live (`save`: also for later starts). Root only.
+    async fn set_machine_properties(
+        &self,
+        name: String,
+        properties: Vec<String>,
+        save: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "changing a machine's limits").await?;
+        let properties = parse_properties(&properties)?;
+        let (systemd, machined) = Self::clients(connection).await?;
+        Ok(self.machines.set_properties(&systemd, &machined, &name, &properties, save).await?)
+    }
+
+    /// Every machine machined knows.
+    async fn list_machines(&self, #[zbus(connection)] connection: &Connection) -> Result<Vec<MachineInfo>, BusError> {
+        let (_, machined) = Self::clients(connection).await?;
+        let listed = machined.list_machines().await.map_err(|e| failed(format!("cannot list machines: {e}")))?;
+        let mut machines = Vec::new();
+        for (name, ..) in listed {
+            // A machine may go between the list and the look-up.
+            if let Ok(info) = machine_info(connection, &machined, &name).await {
+                machines.push(info);
+            }
+        }
+        Ok(machines)
+    }
+
+    /// One machine, with its unit's limits.
+    async fn get_machine(
+        &self,
+        name: String,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<MachineInfo, BusError> {
+        let (systemd, machined) = Self::clients(connection).await?;
+        let mut info = machine_info(connection, &machined, &name).await?;
+        if info.service == "wharf" {
+            info.limits = self.machines.limits(&systemd, &machined, &name).await?;
+            info.status = systemd
+                .unit_property(&info.unit, "org.freedesktop.systemd1.Service", "StatusText")
+                .await
+                .ok()
+                .and_then(|v| String::try_from(v).ok())
+                .unwrap_or_default();
+        }
+        Ok(info)
+    }
+
+    /// Starts the machine at boot, or not. Root only.
+    async fn enable_machine(
+        &self,
+        name: String,
+        enable: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "enabling a machine").await?;
+        let (systemd, _) = Self::clients(connection).await?;
+        Ok(self.machines.set_enabled(&systemd, &name, enable).await?)
+    }
+
+    /// A login prompt on a new terminal in the machine (through machined,
+    /// which asks the container's systemd for a getty). Root only.
+    async fn open_login(
+        &self,
+        name: String,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(zbus::OwnedFd, String), BusError> {
+        require_root(connection, &header, "logging into a machine").await?;
+        let (_, machined) = Self::clients(connection).await?;
+        machined
+            .open_machine_login(name.clone())
+            .await
+            .map_err(|e| BusError::Failed(format!("machine '{name}': cannot open a login: {}", super::describe(&e))))
+    }
+
+    /// Runs a command inside the machine with the caller's descriptors and
+    /// returns its exit status. Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
+    async fn shell(
+        &self,
+        name: String,
+        user: String,
+        command: Vec<String>,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        pty: bool,
+        size: String,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<i32, BusError> {
+        require_root(connection, &header, "running a command in a machine").await?;
+        let _busy = self.daemon.busy();
+        let (_, machined) = Self::clients(connection).await?;
+        let info = machine_info(connection, &machined, &name).await?;
+        let mut enter = std::process::Command::new(std::env::current_exe().map_err(failed)?);
+        enter.args([
+            "enter",
+            "--leader",
+            &info.leader.to_string(),
+            "--user",
+            if user.is_empty() { "root" } else { &user },
+        ]);
+        if pty {
+            enter.arg("--pty");
+            if !size.is_empty() {
+                enter.args(["--size", &size]);
+            }
+        }
+        enter.arg("--").args(&command);
+        enter
+            .stdin(std::os::fd::OwnedFd::from(stdin))
+            .stdout(std::os::fd::OwnedFd::from(stdout))
+            .stderr(std::os::fd::OwnedFd::from(stderr));
+        let mut child = enter.spawn().map_err(|e| failed(format!("machine '{name}': cannot run wharfd enter: {e}")))?;
+        let status = self.daemon.blocking(move || child.wait()).await.map_err(failed)?;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+}
+
+/// How long a poweroff is waited for.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+fn parse_properties(words: &[String]) -> Result<Vec<Property>, BusError> {
+    words.iter().map(|w| Property::parse(w).map_err(|e| BusError::InvalidArgument(e.to_string()))).collect()
+}
+
+/// What machined says of a machine.
+async fn machine_info(connection: &Connection, machined: &Machined<'_>, name: &str) -> Result<MachineInfo, BusError> {
+    let path = machined
+        .get_machine(name.to_string())
+        .await
+        .map_err(|_| BusError::NoSuchImage(format!("machine '{name}' is not running")))?;
+    let machine = zbus_systemd::machine1::MachineProxy::builder(connection).path(path).build().await?;
+    Ok(MachineInfo {
+        name: name.to_string(),
+        class: machine.class().await.unwrap_or_default(),
+        service: machine.service().await.unwrap_or_default(),
+        unit: machine.unit().await.unwrap_or_default(),
+        leader: machine.leader().await.unwrap_or_default(),
+        root_directory: machine.root_directory().await.unwrap_or_default(),
+        state: machine.state().await.unwrap_or_default(),
+        status: String::new(),
+        limits: Vec::new(),
+    })
+}
+
+impl From<ops::Error> for BusError {
+    fn from(error: ops::Error) -> Self {
+        let message = error.to_string();
+        use ops::Error as E;
+        match &error {
+            E::Name(_) | E::Property(_) | E::Invalid { .. } => BusError::InvalidArgument(message),
+            E::Store(store) => store_bus_error(store, message),
+            E::Image(image) => super::image_bus_error(image, message),
+            E::Config(_) => BusError::InvalidArgument(message),
+            E::Running(_) => BusError::Busy(message),
+            E::NotRunning(_) => BusError::NoSuchImage(message),
+            E::NoInit { .. } | E::CannotBoot { .. } => BusError::BadImage(message),
+            E::Systemd { .. } | E::Machined { .. } | E::StartFailed { .. } | E::StopTimeout(..) | E::Io { .. } => {
+                BusError::Failed(message)
+            }
+        }
+    }
 }
 
 /// Names of the machines systemd-machined knows, whoever started them.
@@ -231,13 +482,18 @@ async fn running_machines(connection: &Connection) -> Result<HashSet<String>, Bu
 impl From<Error> for BusError {
     fn from(error: Error) -> Self {
         let message = error.to_string();
-        match &error {
-            Error::Image(image) => super::image_bus_error(image, message),
-            Error::Name(_) => BusError::InvalidArgument(message),
-            Error::Exists { .. } => BusError::Conflict(message),
-            Error::ReadOnly(_) => BusError::Busy(message),
-            Error::Invalid { .. } => BusError::BadImage(message),
-            Error::Io { .. } => BusError::Failed(message),
-        }
+        store_bus_error(&error, message)
+    }
+}
+
+/// The D-Bus error for an image store error, carrying `message`.
+fn store_bus_error(error: &Error, message: String) -> BusError {
+    match error {
+        Error::Image(image) => super::image_bus_error(image, message),
+        Error::Name(_) => BusError::InvalidArgument(message),
+        Error::Exists { .. } => BusError::Conflict(message),
+        Error::ReadOnly(_) => BusError::Busy(message),
+        Error::Invalid { .. } => BusError::BadImage(message),
+        Error::Io { .. } => BusError::Failed(message),
     }
 }

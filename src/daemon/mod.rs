@@ -3,6 +3,7 @@
 //! has been idle for a while; the bus starts it again on the next call.
 
 mod auth;
+mod fleet;
 mod machine;
 mod manager;
 mod portable;
@@ -98,6 +99,7 @@ async fn serve(options: Options) -> Result<(), Error> {
     server.at(OBJECT_PATH, manager::ManagerInterface).await?;
     server.at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone())).await?;
     server.at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone())).await?;
+    server.at(OBJECT_PATH, fleet::FleetInterface::new(daemon.clone())).await?;
     connection.request_name(BUS_NAME).await?;
     tracing::info!("serving {BUS_NAME}");
 
@@ -120,6 +122,15 @@ async fn serve(options: Options) -> Result<(), Error> {
     connection.release_name(BUS_NAME).await?;
     connection.graceful_shutdown().await;
     Ok(())
+}
+
+/// What a D-Bus error says, without its name: the message a peer (machined,
+/// systemd) gave, for our own one-line errors.
+pub(crate) fn describe(error: &zbus::Error) -> String {
+    match error {
+        zbus::Error::MethodError(_, Some(description), _) => description.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Turns a library error into the one-line D-Bus error a client prints.

@@ -229,27 +229,27 @@ pub(crate) fn mark_read_only(pool: &Pool, image: &str, read_only: bool) -> Resul
 impl From<Error> for BusError {
     fn from(error: Error) -> Self {
         let message = error.to_string();
-        let inner = match &error {
-            Error::RolledBack(inner) => inner.as_ref(),
-            other => other,
-        };
-        match inner {
-            Error::Image(image) => super::image_bus_error(image, message),
-            Error::Profile(_)
-            | Error::InvalidCopyMode(_)
-            | Error::InvalidImagePath(_)
-            | Error::SymlinkNeedsDirectory(_) => BusError::InvalidArgument(message),
-            Error::NoUnits(_) => BusError::BadImage(message),
-            Error::UnitExists { .. }
-            | Error::Shadowed { .. }
-            | Error::AttachedFrom { .. }
-            | Error::AttachedOtherwise { .. }
-            | Error::DuplicateUnit { .. } => BusError::Conflict(message),
-            Error::NotAttached(_) => BusError::NoSuchImage(message),
-            Error::Attached(_) | Error::Running { .. } | Error::ReadOnly(_) => BusError::Busy(message),
-            Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } | Error::RolledBack(_) => {
-                BusError::Failed(message)
-            }
-        }
+        portable_bus_error(&error, message)
+    }
+}
+
+/// The D-Bus error for a portable error, carrying `message`.
+pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
+    match error {
+        Error::RolledBack(inner) => portable_bus_error(inner, message),
+        Error::Image(image) => super::image_bus_error(image, message),
+        Error::Profile(_)
+        | Error::InvalidCopyMode(_)
+        | Error::InvalidImagePath(_)
+        | Error::SymlinkNeedsDirectory(_) => BusError::InvalidArgument(message),
+        Error::NoUnits(_) => BusError::BadImage(message),
+        Error::UnitExists { .. }
+        | Error::Shadowed { .. }
+        | Error::AttachedFrom { .. }
+        | Error::AttachedOtherwise { .. }
+        | Error::DuplicateUnit { .. } => BusError::Conflict(message),
+        Error::NotAttached(_) => BusError::NoSuchImage(message),
+        Error::Attached(_) | Error::Running { .. } | Error::ReadOnly(_) => BusError::Busy(message),
+        Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } => BusError::Failed(message),
     }
 }

@@ -1,7 +1,32 @@
-//! Machines: OS images in /var/lib/machines, booted as containers.
+//! Machines: OS images booted as containers, registered with
+//! systemd-machined.
+//!
+//! - [`launcher`]: `wharfd launch`, wharf's own container launcher (the main
+//!   process of a machine's unit), built from
+//! - `container`: what happens inside the new namespaces before the
+//!   image's init runs,
+//! - [`raw`]: raw file system images on a loop device,
+//! - [`store`]: the image store (clone, rename, remove, import, export),
+//!   with [`copy`] for trees,
+//! - [`property`], [`config`]: resource limits and per-machine settings,
+//! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`]: the
+//!   parts that decide things (and are tested without root), and
+//! - `sys`: the few kernel calls that need `unsafe`.
 
+pub mod cgroup;
 pub mod config;
+mod container;
 pub mod copy;
+pub mod enter;
+pub mod launcher;
 pub mod name;
+pub mod notify;
+pub mod ops;
+pub mod ownership;
 pub mod property;
+pub mod raw;
 pub mod store;
+mod sys;
+pub mod uid_range;
+
+pub use name::{MachineName, NameError};

@@ -1,32 +1,69 @@
-//! Machine names: what systemd-machined accepts, which is a valid host name
-//! (ASCII letters, digits, `-`, `_`, `.`; at most 64 characters).
+//! Machine names: what systemd-machined accepts, which is what a host name
+//! may be.
 
+use std::fmt;
+
+/// The longest machine name (a host name's limit).
+pub const MAX_LEN: usize = 64;
+
+/// Why a machine name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{name}' is not a valid machine name: {reason}")]
-pub struct NameError {
-    pub name: String,
-    pub reason: &'static str,
+pub enum NameError {
+    #[error("the machine name is empty")]
+    Empty,
+    #[error("machine name '{0}' is longer than {MAX_LEN} characters")]
+    TooLong(String),
+    #[error("machine name '{name}' contains '{bad}' (allowed: ASCII letters, digits, '-', '_' and '.')")]
+    BadCharacter { name: String, bad: char },
+    #[error("machine name '{0}' must not start or end with '.' or contain '..'")]
+    BadDots(String),
+}
+
+/// A valid machine name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MachineName(String);
+
+impl MachineName {
+    /// Host name rules, as machined applies them: 1 to 64 characters from
+    /// `a-zA-Z0-9-_.`, dots only between labels.
+    pub fn new(name: &str) -> Result<MachineName, NameError> {
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+            return Err(NameError::BadCharacter { name: name.to_string(), bad });
+        }
+        if name.len() > MAX_LEN {
+            return Err(NameError::TooLong(name.to_string()));
+        }
+        if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+            return Err(NameError::BadDots(name.to_string()));
+        }
+        Ok(MachineName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MachineName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for MachineName {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MachineName::new(s)
+    }
 }
 
 /// Checks a machine name, returning it unchanged when valid.
 pub fn validate(name: &str) -> Result<&str, NameError> {
-    let invalid = |reason| Err(NameError { name: name.to_string(), reason });
-    if name.is_empty() {
-        return invalid("it is empty");
-    }
-    if name.len() > 64 {
-        return invalid("it is longer than 64 characters");
-    }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return invalid("only ASCII letters, digits, '-', '_' and '.' are allowed");
-    }
-    if name.starts_with(['.', '-']) || name.ends_with(['.', '-']) {
-        return invalid("it may not start or end with '.' or '-'");
-    }
-    if name.contains("..") {
-        return invalid("it may not contain '..'");
-    }
-    Ok(name)
+    MachineName::new(name).map(|_| name)
 }
 
 /// The machine name of an image file or directory name: `f28.raw` -> `f28`.
@@ -39,18 +76,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_follow_hostname_rules() {
-        for good in ["f28", "web-1", "a.b_c", &"x".repeat(64)] {
-            assert_eq!(validate(good), Ok(good));
+    fn accepts_host_names() {
+        for name in ["f28", "a", "web-1.example_org", "F28", &"x".repeat(64)] {
+            assert_eq!(MachineName::new(name).unwrap().as_str(), name);
         }
-        for bad in ["", "a b", "ünicode", "-x", "x.", "a..b", "../etc", &"x".repeat(65), "a/b"] {
-            assert!(validate(bad).is_err(), "{bad:?} accepted");
+    }
+
+    #[test]
+    fn refuses_what_machined_refuses() {
+        assert_eq!(MachineName::new(""), Err(NameError::Empty));
+        assert!(matches!(MachineName::new(&"x".repeat(65)), Err(NameError::TooLong(_))));
+        for (name, bad) in [("a b", ' '), ("a/b", '/'), ("café", 'é'), ("../etc", '/'), ("x\n", '\n')] {
+            assert_eq!(MachineName::new(name), Err(NameError::BadCharacter { name: name.into(), bad }));
         }
-        assert_eq!(
-            validate("a b").unwrap_err().to_string(),
-            "'a b' is not a valid machine name: only ASCII letters, digits, '-', '_' and '.' are allowed"
-        );
-        assert_eq!(from_image_name("f28.raw"), "f28");
-        assert_eq!(from_image_name("f28"), "f28");
+        for name in [".", "..", ".hidden", "trailing.", "a..b"] {
+            assert!(matches!(MachineName::new(name), Err(NameError::BadDots(_))), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_error_names_the_machine() {
+        let message = MachineName::new("my machine").unwrap_err().to_string();
+        assert!(message.contains("'my machine'") && message.contains("' '"), "{message}");
     }
 }

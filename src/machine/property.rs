@@ -160,6 +160,8 @@ impl fmt::Display for Property {
 /// A limit's value as `systemctl show` would put it.
 pub fn format_value(limit: Limit, value: &Value) -> String {
     match (limit, value) {
+        // Weights have no infinity: the maximum means "not set", as systemctl says.
+        (Limit::CpuWeight | Limit::IoWeight, Value::Number(INFINITY)) => "[not set]".to_string(),
         (_, Value::Number(INFINITY)) => "infinity".to_string(),
         (Limit::CpuQuota, Value::Number(usec)) => format!("{}%", usec / 10_000),
         (_, Value::Number(n)) => n.to_string(),

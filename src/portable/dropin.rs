@@ -6,6 +6,8 @@
 pub const PORTABLE_DROPIN: &str = "20-portable.conf";
 /// File name of the drop-in holding the sandbox profile.
 pub const PROFILE_DROPIN: &str = "10-profile.conf";
+/// File name of the drop-in with settings a fleet file gives the services.
+pub const SETTINGS_DROPIN: &str = "30-settings.conf";
 
 const MARKER_HEAD: &str = "# Drop-in created by wharf for image '";
 const MARKER_TAIL: &str = "', do not edit.";
@@ -18,6 +20,16 @@ pub fn marker(image: &str) -> String {
 /// The image a file was written for, if its first line is wharf's marker.
 pub fn parse_marker(contents: &str) -> Option<&str> {
     contents.lines().next()?.strip_prefix(MARKER_HEAD)?.strip_suffix(MARKER_TAIL).filter(|image| !image.is_empty())
+}
+
+/// The settings drop-in of a service attached from `image`: one
+/// `Key=Value` line per setting, in the `[Service]` section.
+pub fn settings_dropin(image: &str, settings: &[(String, String)]) -> String {
+    let mut text = format!("{}\n[Service]\n", marker(image));
+    for (key, value) in settings {
+        text.push_str(&format!("{key}={value}\n"));
+    }
+    text
 }
 
 #[cfg(test)]

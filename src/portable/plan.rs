@@ -245,19 +245,26 @@ pub fn plan_detach_unit(root: &Path, attachment: &Attachment) -> Result<DetachUn
             kept.push(unit_path);
         }
     }
-    let profile = dropins.join(PROFILE_DROPIN);
-    if profile.symlink_metadata().is_ok() {
-        if ours(&profile)? {
-            remove.push(profile);
-        } else {
-            kept.push(profile);
-        }
-    }
-    remove.push(dropins.join(PORTABLE_DROPIN));
-    let others = std::fs::read_dir(&dropins)
+    // Every drop-in wharf wrote for this image (the profile, fleet
+    // settings, ...), the one that marks the attachment last.
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dropins)
         .map_err(|e| Error::Io { path: dropins.clone(), source: e })?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .any(|path| !remove.contains(&path));
+        .collect();
+    entries.sort();
+    let marker = dropins.join(PORTABLE_DROPIN);
+    let mut others = false;
+    for path in entries.iter().filter(|p| **p != marker) {
+        if ours(path)? {
+            remove.push(path.clone());
+        } else {
+            others = true;
+            if path.file_name().is_some_and(|n| n == PROFILE_DROPIN) {
+                kept.push(path.clone());
+            }
+        }
+    }
+    remove.push(marker);
     if !others {
         remove.push(dropins);
     }

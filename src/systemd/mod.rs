@@ -55,6 +55,13 @@ impl UnitState {
     }
 }
 
+/// How a start job ended within the time it was waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Done,
+    Pending,
+}
+
 /// A change `EnableUnitFiles`/`DisableUnitFiles` made: (type, file, destination).
 pub type InstallChange = (String, String, String);
 
@@ -163,6 +170,83 @@ impl Systemd {
     pub async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
         self.jobs(JobVerb::Restart, units, wait).await?;
         if wait { self.settle(units).await } else { Ok(()) }
+    }
+
+    /// Creates and starts a transient unit. Waits up to `wait` for its start
+    /// job: [`JobOutcome::Done`] when it finished well (for a Type=notify
+    /// service: readiness came), [`JobOutcome::Pending`] when `wait` passed
+    /// first (the unit goes on starting). A failed job is an error.
+    pub async fn start_transient(
+        &self,
+        unit: &str,
+        properties: Vec<(String, zbus::OwnedVariant)>,
+        wait: Duration,
+    ) -> Result<JobOutcome> {
+        match self.manager.subscribe().await {
+            Err(zbus::Error::MethodError(name, ..))
+                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+            other => other.map_err(call("subscribing to jobs"))?,
+        }
+        let mut removed = self.manager.receive_job_removed().await.map_err(call("watching jobs"))?;
+        let job = self
+            .manager
+            .start_transient_unit(unit.to_string(), "fail".to_string(), properties, Vec::new())
+            .await
+            .map_err(call(format!("starting {unit}")))?;
+        let runtime = zruntime::SharedRuntime::current()
+            .map_err(|e| Error::Call { what: "timer".into(), source: zbus::Error::InputOutput(e.into()) })?;
+        let finished = runtime
+            .timeout(wait, async {
+                while let Some(signal) = removed.next().await {
+                    let Ok(args) = signal.args() else { continue };
+                    if args.job == job {
+                        return Some(args.result);
+                    }
+                }
+                None
+            })
+            .await;
+        match finished {
+            Ok(Some(result)) if result == "done" => Ok(JobOutcome::Done),
+            Ok(Some(result)) => Err(Error::JobFailed { unit: unit.to_string(), verb: "start", result }),
+            Ok(None) => Err(Error::JobFailed { unit: unit.to_string(), verb: "start", result: "lost".into() }),
+            Err(_) => Ok(JobOutcome::Pending),
+        }
+    }
+
+    /// Changes properties of a loaded unit, live (`runtime`: not persisted).
+    pub async fn set_properties(
+        &self,
+        unit: &str,
+        runtime: bool,
+        properties: Vec<(String, zbus::OwnedVariant)>,
+    ) -> Result<()> {
+        self.manager
+            .set_unit_properties(unit.to_string(), runtime, properties)
+            .await
+            .map_err(call(format!("setting properties of {unit}")))
+    }
+
+    /// Sends a signal to a unit's main process (`main`) or all its processes (`all`).
+    pub async fn kill(&self, unit: &str, whom: &str, signal: i32) -> Result<()> {
+        self.manager
+            .kill_unit(unit.to_string(), whom.to_string(), signal)
+            .await
+            .map_err(call(format!("signalling {unit}")))
+    }
+
+    /// A property of a loaded unit, read through its object on the bus.
+    pub async fn unit_property(&self, unit: &str, interface: &str, property: &str) -> Result<zbus::OwnedVariant> {
+        let path = self.manager.get_unit(unit.to_string()).await.map_err(call(format!("finding {unit}")))?;
+        let proxy = zbus::Proxy::new(
+            self.manager.inner().connection(),
+            "org.freedesktop.systemd1",
+            path,
+            interface.to_string(),
+        )
+        .await
+        .map_err(call(format!("reading {unit}")))?;
+        proxy.get_property::<zbus::OwnedVariant>(property).await.map_err(call(format!("reading {property} of {unit}")))
     }
 
     /// A start job of a simple service is done once systemd has forked, so

@@ -8,8 +8,10 @@
 #[path = "../testbed/mod.rs"]
 mod testbed;
 
+mod fleet;
 mod foundation;
 mod images;
+mod machine;
 mod packaging;
 mod portable;
 mod store;
@@ -89,6 +91,8 @@ fn main() -> ExitCode {
     trials.extend(packaging::trials(&shared));
     trials.extend(portable::trials(&shared));
     trials.extend(store::trials(&shared));
+    trials.extend(machine::trials(&shared));
+    trials.extend(fleet::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");

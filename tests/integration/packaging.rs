@@ -68,6 +68,7 @@ fn installed_tree() -> Result<(), Failed> {
     }
     let mut from_repo = vec![
         ("units/wharfd.service", "usr/lib/systemd/system/wharfd.service".to_string()),
+        ("units/wharf-machine@.service", "usr/lib/systemd/system/wharf-machine@.service".to_string()),
         ("units/wharf.tmpfiles", "usr/lib/tmpfiles.d/wharf.conf".to_string()),
         ("dbus/org.wharf1.conf", "usr/share/dbus-1/system.d/org.wharf1.conf".to_string()),
         ("dbus/org.wharf1.service", "usr/share/dbus-1/system-services/org.wharf1.service".to_string()),

@@ -133,7 +133,7 @@ fn bad_imports(tb: &Testbed) {
             "machine: machine image 'notraw': the data is not a raw image",
         ),
         ("machine import-raw /srv/store/missing.raw", "machine: /srv/store/missing.raw: No such file or directory"),
-        ("machine import-tar /srv/store/text.tar 'bad name'", "machine: 'bad name' is not a valid machine name"),
+        ("machine import-tar /srv/store/text.tar 'bad name'", "machine: machine name 'bad name' contains ' '"),
         ("machine clone no-such-machine x", "machine: image 'no-such-machine' not found in the search path"),
     ];
     for (command, expected) in cases {

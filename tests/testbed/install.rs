@@ -23,6 +23,7 @@ pub const EXPECTED: &[(&str, u32)] = &[
     ("usr/bin/machine", 0o755),
     ("usr/lib/wharf/wharfd", 0o755),
     ("usr/lib/systemd/system/wharfd.service", 0o644),
+    ("usr/lib/systemd/system/wharf-machine@.service", 0o644),
     ("usr/lib/tmpfiles.d/wharf.conf", 0o644),
     ("usr/share/dbus-1/system.d/org.wharf1.conf", 0o644),
     ("usr/share/dbus-1/system-services/org.wharf1.service", 0o644),

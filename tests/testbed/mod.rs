@@ -217,6 +217,7 @@ impl Testbed {
         // From here on, dropping `testbed` tears it down.
         testbed.wait_until_running()?;
         testbed.mount_host_dev()?;
+        testbed.writable_cgroup_controllers()?;
         Ok(testbed)
     }
 
@@ -331,6 +332,26 @@ ln -sfn /proc/self/fd/0 $d/stdin; ln -sfn /proc/self/fd/1 $d/stdout; ln -sfn /pr
 mount --rbind $d /dev"#;
         let out = self.sh(script);
         if out.success() { Ok(()) } else { Err(Error(format!("cannot give the testbed the host's /dev: {out}"))) }
+    }
+
+    /// nspawn mounts the host's cgroup v1 controllers read-only in the
+    /// container, so the testbed's systemd can set no resource limit (these
+    /// hosts run a hybrid hierarchy whose v2 side has no controllers). Make
+    /// them writable and let systemd start over on them, so that MemoryMax,
+    /// TasksMax and CPUQuota of units really reach cgroup files, as on a
+    /// host where systemd is PID 1.
+    fn writable_cgroup_controllers(&self) -> Result<()> {
+        let script = r#"set -e
+for d in /sys/fs/cgroup/*/; do
+  case "$d" in */systemd/|*/unified/) continue ;; esac
+  if mountpoint -q "$d"; then mount -o remount,bind,rw "$d"; fi
+done
+systemctl daemon-reexec"#;
+        let out = self.sh(script);
+        if !out.success() {
+            return Err(Error(format!("cannot make the cgroup controllers writable: {out}")));
+        }
+        self.wait_until_running()
     }
 
     fn is_alive(&self) -> bool {

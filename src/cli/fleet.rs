@@ -1,0 +1,63 @@
+//! `apply`: the same verb in `portable` and `machine`, since a fleet file
+//! describes the whole host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::output::Format;
+use super::progress::with_progress;
+use super::{CliError, current_dir};
+use crate::api::{FleetProxy, fleet_flags};
+use crate::fleet::Plan;
+
+/// Exit status of `apply --check` when the host differs from the file.
+pub const EXIT_CHANGES_PENDING: u8 = 2;
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The fleet file (see wharf-fleet(5)).
+    pub file: PathBuf,
+    /// Print the plan and change nothing; exit 0 if there is nothing to do,
+    /// 2 if there is.
+    #[arg(long)]
+    pub check: bool,
+    /// Also detach images attached by hand that the file does not list.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+/// What `apply --json` prints.
+#[derive(Debug, serde::Serialize)]
+struct ApplyView<'a> {
+    file: String,
+    /// Whether the host differs (differed) from the file.
+    changed: bool,
+    /// Whether the plan was carried out.
+    applied: bool,
+    plan: &'a Plan,
+}
+
+pub async fn apply(bus: &zbus::Connection, args: ApplyArgs, format: Format, quiet: bool) -> Result<ExitCode, CliError> {
+    let file = current_dir()?.join(&args.file);
+    let text = std::fs::read_to_string(&file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    let flags = if args.check { fleet_flags::CHECK } else { 0 } | if args.prune { fleet_flags::PRUNE } else { 0 };
+    let fleet = FleetProxy::new(bus).await?;
+    let show = !quiet && !format.is_json();
+    let (applied, plan) = with_progress(bus, show, fleet.apply(&text, &file.display().to_string(), flags)).await?;
+    let plan: Plan = serde_json::from_str(&plan).map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+    let view = ApplyView { file: file.display().to_string(), changed: !plan.is_empty(), applied, plan: &plan };
+    if !quiet || format.is_json() {
+        format.emit(&view, |view| {
+            let mut text = view.plan.to_string();
+            if view.applied {
+                text.push_str("Applied.");
+            } else if view.changed {
+                text.push_str("(check: nothing was changed)");
+            }
+            text
+        })?;
+    }
+    Ok(if args.check && !plan.is_empty() { ExitCode::from(EXIT_CHANGES_PENDING) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,137 @@
+//! The terminal side of `machine login` and `machine shell`: raw mode for
+//! as long as a session runs, and for login, copying between the terminal
+//! and the machine's pty until the session ends or `^]` is pressed three
+//! times within a second.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+
+/// ^] (GS), as in machinectl and nspawn.
+const ESCAPE: u8 = 0x1d;
+
+/// Puts the terminal on stdin in raw mode, and back when dropped.
+#[derive(Debug)]
+pub struct RawMode {
+    saved: Option<Termios>,
+}
+
+impl RawMode {
+    /// Raw mode if stdin is a terminal; otherwise nothing to do.
+    pub fn enter() -> RawMode {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return RawMode { saved: None };
+        }
+        let Ok(saved) = tcgetattr(stdin.as_fd()) else { return RawMode { saved: None } };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw);
+        RawMode { saved: Some(saved) }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, saved);
+        }
+    }
+}
+
+/// The terminal's size as ROWSxCOLUMNS, if stdout is one.
+pub fn size() -> Option<String> {
+    let stdout = std::io::stdout();
+    if !stdout.is_terminal() {
+        return None;
+    }
+    rustix::termios::tcgetwinsize(&stdout).ok().map(|w| format!("{}x{}", w.ws_row, w.ws_col))
+}
+
+/// Counts `^]` presses; three within a second mean "leave".
+#[derive(Debug, Default)]
+struct EscapeCounter {
+    presses: Vec<Instant>,
+}
+
+impl EscapeCounter {
+    fn feed(&mut self, bytes: &[u8], now: Instant) -> bool {
+        for byte in bytes {
+            if *byte == ESCAPE {
+                self.presses.push(now);
+                self.presses.retain(|t| now.duration_since(*t) <= Duration::from_secs(1));
+                if self.presses.len() >= 3 {
+                    return true;
+                }
+            } else {
+                self.presses.clear();
+            }
+        }
+        false
+    }
+}
+
+/// Copies between this terminal and `master` until the other side hangs up
+/// or `^]` is pressed three times within a second.
+pub fn relay(master: OwnedFd) -> std::io::Result<()> {
+    let _raw = RawMode::enter();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let mut buffer = [0u8; 8192];
+    let mut escape = EscapeCounter::default();
+    eprint!("Connected. Press ^] three times within 1s to leave.\r\n");
+    loop {
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN), PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let from_machine = fds[0].revents().unwrap_or(PollFlags::empty());
+        let from_user = fds[1].revents().unwrap_or(PollFlags::empty());
+        if from_machine.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            match nix::unistd::read(&master, &mut buffer) {
+                // EIO: the session's last process closed the terminal.
+                Ok(0) | Err(nix::errno::Errno::EIO) => break,
+                Ok(n) => {
+                    stdout.write_all(&buffer[..n])?;
+                    stdout.flush()?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if from_user.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            let n = stdin.lock().read(&mut buffer)?;
+            if n == 0 || escape.feed(&buffer[..n], Instant::now()) {
+                break;
+            }
+            nix::unistd::write(&master, &buffer[..n])?;
+        }
+    }
+    eprint!("\r\nConnection closed.\r\n");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_escapes_within_a_second_leave() {
+        let start = Instant::now();
+        let mut counter = EscapeCounter::default();
+        assert!(!counter.feed(&[ESCAPE, ESCAPE], start));
+        assert!(counter.feed(&[ESCAPE], start + Duration::from_millis(500)));
+
+        let mut slow = EscapeCounter::default();
+        assert!(!slow.feed(&[ESCAPE], start));
+        assert!(!slow.feed(&[ESCAPE], start + Duration::from_millis(800)));
+        assert!(!slow.feed(&[ESCAPE], start + Duration::from_millis(1900)));
+
+        let mut typed = EscapeCounter::default();
+        assert!(!typed.feed(&[ESCAPE, b'a', ESCAPE, ESCAPE], start));
+    }
+}

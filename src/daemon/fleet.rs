@@ -1,0 +1,78 @@
+//! `org.wharf1.Fleet`: declarative apply of a fleet file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use zbus::Connection;
+use zbus::message::Header;
+
+use super::auth::require_root;
+use super::manager::progress_reporter;
+use super::{Daemon, failed};
+use crate::api::{BusError, fleet_flags};
+use crate::fleet::FleetFile;
+use crate::fleet::apply::{self, Error, Options};
+use crate::portable::ops::Host;
+use crate::systemd::Systemd;
+
+#[derive(Debug)]
+pub(crate) struct FleetInterface {
+    daemon: Arc<Daemon>,
+    host: Host,
+}
+
+impl FleetInterface {
+    pub(crate) fn new(daemon: Arc<Daemon>) -> Self {
+        FleetInterface { daemon, host: Host::system() }
+    }
+}
+
+#[zbus::interface(name = "org.wharf1.Fleet")]
+impl FleetInterface {
+    /// Plans and (unless CHECK) applies a fleet file, all or nothing, with
+    /// one systemd reload. Root only, also for CHECK: the plan reveals the
+    /// host's state and reads the images.
+    async fn apply(
+        &self,
+        text: String,
+        file: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(bool, String), BusError> {
+        require_root(connection, &header, "applying a fleet file").await?;
+        if flags & !fleet_flags::ALL != 0 {
+            return Err(BusError::InvalidArgument(format!("unknown flags {:#x}", flags & !fleet_flags::ALL)));
+        }
+        let options = Options { check: flags & fleet_flags::CHECK != 0, prune: flags & fleet_flags::PRUNE != 0 };
+        let fleet = FleetFile::parse(&text, &file).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        let base = Path::new(&file).parent().unwrap_or(Path::new("/")).to_path_buf();
+        let _busy = self.daemon.busy();
+        let _exclusive = self.daemon.portable_lock.lock().await;
+        let systemd = Systemd::new(connection).await.map_err(failed)?;
+        let progress = Box::new(progress_reporter(connection, &header, "decompress"));
+        let outcome = apply::apply(&self.host, &systemd, fleet, base, options, progress).await?;
+        let plan = serde_json::to_string(&outcome.plan).map_err(failed)?;
+        Ok((outcome.applied, plan))
+    }
+}
+
+impl From<Error> for BusError {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        fleet_bus_error(&error, message)
+    }
+}
+
+fn fleet_bus_error(error: &Error, message: String) -> BusError {
+    match error {
+        Error::RolledBack(inner) => fleet_bus_error(inner, message),
+        Error::Portable(portable) => super::portable::portable_bus_error(portable, message),
+        Error::Image(image) => super::image_bus_error(image, message),
+        Error::File(_) | Error::MachinesUnsupported => BusError::InvalidArgument(message),
+        Error::WrongVersion { .. } | Error::WrongHash { .. } | Error::HashOfDirectory(_) => BusError::BadImage(message),
+        Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } | Error::NotActive(..) => {
+            BusError::Failed(message)
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Carrying out an apply: resolve what the file wants, take a snapshot of
+//! the host, plan, and then either stop there (check mode) or make every
+//! file change in one transaction with one systemd reload, start what must
+//! run, and put everything back as it was if any step fails.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::file::{FleetFile, PortableWant};
+use super::plan::{AttachedImage, Plan, Record, RecordedPortable, ResolvedPortable, Snapshot, Step, plan_portables};
+use crate::image::ImageName;
+use crate::portable::Attachments;
+use crate::portable::dropin::{SETTINGS_DROPIN, settings_dropin};
+use crate::portable::ops::{Host, ImageRequest, ProgressFn, read_source};
+use crate::portable::plan::{
+    AttachOptions, CopyMode, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
+};
+use crate::portable::profile::Profile;
+use crate::systemd::Systemd;
+use crate::transaction::Transaction;
+
+/// Where apply records what it attached.
+pub const RECORD_FILE: &str = "var/lib/wharf/fleet.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    File(#[from] super::file::FileError),
+    #[error(transparent)]
+    Portable(#[from] crate::portable::Error),
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::Error),
+    #[error(transparent)]
+    Transaction(#[from] crate::transaction::Error),
+    #[error("image '{image}' is version {found}, the fleet file wants {wanted}")]
+    WrongVersion { image: String, found: String, wanted: String },
+    #[error("image '{image}' has sha256 {found}, the fleet file wants {wanted}")]
+    WrongHash { image: String, found: String, wanted: String },
+    #[error("image '{0}': sha256 can only be checked for image files, not directories")]
+    HashOfDirectory(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} did not become active within {1:?}")]
+    NotActive(String, Duration),
+    #[error("the fleet file lists machines; machines are applied by a later version of wharf")]
+    MachinesUnsupported,
+    #[error("{0}; everything this apply changed was put back")]
+    RolledBack(Box<Error>),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How to apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Plan only; change nothing.
+    pub check: bool,
+    /// Also detach images attached by hand that the file does not list.
+    pub prune: bool,
+}
+
+/// What an apply found to do, and whether it did it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// False in check mode (and when there was nothing to do).
+    pub applied: bool,
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    zruntime::unblock(work).await
+}
+
+/// Applies a fleet file. `base` is the directory relative image paths in
+/// the file are taken from (the file's own directory).
+pub async fn apply(
+    host: &Host,
+    systemd: &Systemd,
+    fleet: FleetFile,
+    base: PathBuf,
+    options: Options,
+    progress: ProgressFn,
+) -> Result<Outcome> {
+    if !fleet.machines.is_empty() {
+        return Err(Error::MachinesUnsupported);
+    }
+    let resolve_host = host.clone();
+    let wants = fleet.portables.clone();
+    let (resolved, sources) = blocking(move || resolve(&resolve_host, &wants, &base, progress)).await?;
+    let snapshot = snapshot(host, systemd).await?;
+    let plan = plan_portables(&resolved, &snapshot, options.prune);
+    tracing::info!(steps = plan.steps.len(), check = options.check, "fleet plan");
+    if options.check || plan.is_empty() {
+        return Ok(Outcome { plan, applied: false });
+    }
+    execute(host, systemd, &plan, &resolved, sources, &snapshot).await?;
+    Ok(Outcome { plan, applied: true })
+}
+
+/// Reads every wanted image (checking version and hash) before anything is
+/// changed, so that a bad image stops the apply at once.
+fn resolve(
+    host: &Host,
+    wants: &[PortableWant],
+    base: &Path,
+    mut progress: ProgressFn,
+) -> Result<(Vec<ResolvedPortable>, Vec<Source>)> {
+    let mut resolved = Vec::new();
+    let mut sources = Vec::new();
+    for want in wants {
+        // A name is looked for in the search path, then beside the fleet file.
+        let image = host.pool.locate(&want.image, Some(base))?.display().to_string();
+        let request = ImageRequest { image, prefixes: want.prefixes.clone() };
+        let source = read_source(host, &request, &mut progress)?;
+        let path = source.image_str();
+        let name =
+            ImageName::new(&source.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+                .map_err(crate::image::Error::from)?;
+        if let Some(wanted) = &want.version {
+            let found = name.version().map(str::to_string).unwrap_or_else(|| "unversioned".into());
+            if &found != wanted {
+                return Err(Error::WrongVersion { image: path, found, wanted: wanted.clone() });
+            }
+        }
+        if let Some(wanted) = &want.sha256 {
+            if !source.kind.is_file() {
+                return Err(Error::HashOfDirectory(path));
+            }
+            let found = sha256_of(&source.image)?;
+            if &found != wanted {
+                return Err(Error::WrongHash { image: path, found, wanted: wanted.clone() });
+            }
+        }
+        let units: Vec<String> = source.units.iter().map(|u| u.name.clone()).collect();
+        if let Some((other, unit)) =
+            resolved.iter().find_map(|r: &ResolvedPortable| r.units.iter().find(|u| units.contains(u)).map(|u| (r, u)))
+        {
+            return Err(crate::portable::Error::DuplicateUnit {
+                unit: unit.clone(),
+                first: other.image.clone(),
+                second: path,
+            }
+            .into());
+        }
+        resolved.push(ResolvedPortable {
+            want: want.clone(),
+            image: path,
+            prefix: name.prefix().to_string(),
+            installable: source
+                .units
+                .iter()
+                .filter(|u| !u.name.contains("@.") && u.contents.contains("[Install]"))
+                .map(|u| u.name.clone())
+                .collect(),
+            services: source
+                .units
+                .iter()
+                .filter(|u| u.is_service() && !u.name.contains("@.") && stays_up(&u.contents))
+                .map(|u| u.name.clone())
+                .collect(),
+            units,
+        });
+        sources.push(source);
+    }
+    Ok((resolved, sources))
+}
+
+/// Whether a service keeps running once started: not a oneshot that
+/// finishes (those are tasks, started by timers or other units, and would
+/// be "not running" after every apply).
+fn stays_up(unit: &str) -> bool {
+    let setting = |key: &str| {
+        unit.lines().rev().find_map(|line| line.trim().strip_prefix(key).map(|v| v.trim().to_ascii_lowercase()))
+    };
+    let oneshot = setting("Type=").is_some_and(|t| t == "oneshot");
+    let remains = setting("RemainAfterExit=").is_some_and(|v| matches!(v.as_str(), "yes" | "true" | "1" | "on"));
+    !oneshot || remains
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The host as apply needs it: attachments with their units' states, and
+/// what earlier applies recorded.
+async fn snapshot(host: &Host, systemd: &Systemd) -> Result<Snapshot> {
+    let scan_host = host.clone();
+    let (attachments, record) = blocking(move || -> Result<(Attachments, Record)> {
+        let attachments =
+            Attachments::scan(&scan_host.root).map_err(|source| Error::Io { path: scan_host.root.clone(), source })?;
+        Ok((attachments, read_record(&scan_host.root)?))
+    })
+    .await?;
+    let units: Vec<String> = attachments.0.iter().map(|a| a.unit.clone()).collect();
+    let active: Vec<String> =
+        systemd.unit_states(&units).await?.into_iter().filter(|s| s.is_active()).map(|s| s.name).collect();
+    let file_states = systemd.unit_file_states(&units).await?;
+    let mut attached: Vec<AttachedImage> = Vec::new();
+    for attachment in &attachments.0 {
+        let index = match attached.iter().position(|a| a.image == attachment.image) {
+            Some(index) => index,
+            None => {
+                let prefix = Path::new(&attachment.image)
+                    .file_name()
+                    .and_then(|n| ImageName::new(&n.to_string_lossy()).ok())
+                    .map(|n| n.prefix().to_string())
+                    .unwrap_or_default();
+                attached.push(AttachedImage {
+                    image: attachment.image.clone(),
+                    prefix,
+                    units: Vec::new(),
+                    runtime: attachment.runtime,
+                    enabled: Vec::new(),
+                    active: Vec::new(),
+                });
+                attached.len() - 1
+            }
+        };
+        let entry = &mut attached[index];
+        entry.units.push(attachment.unit.clone());
+        if active.contains(&attachment.unit) {
+            entry.active.push(attachment.unit.clone());
+        }
+        if file_states.get(&attachment.unit).is_some_and(|s| s.starts_with("enabled")) {
+            entry.enabled.push(attachment.unit.clone());
+        }
+    }
+    Ok(Snapshot { attached, record })
+}
+
+fn read_record(root: &Path) -> Result<Record> {
+    let path = root.join(RECORD_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Io { path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, e) }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+        Err(source) => Err(Error::Io { path, source }),
+    }
+}
+
+/// Unit names of the steps of one kind.
+fn units_of(plan: &Plan, pick: fn(&Step) -> Option<&Vec<String>>) -> Vec<String> {
+    plan.steps.iter().filter_map(pick).flatten().cloned().collect()
+}
+
+async fn execute(
+    host: &Host,
+    systemd: &Systemd,
+    plan: &Plan,
+    resolved: &[ResolvedPortable],
+    sources: Vec<Source>,
+    snapshot: &Snapshot,
+) -> Result<()> {
+    let stop = units_of(plan, |s| if let Step::Stop { units } = s { Some(units) } else { None });
+    let disable = units_of(plan, |s| if let Step::Disable { units } = s { Some(units) } else { None });
+    let enable = units_of(plan, |s| if let Step::Enable { units } = s { Some(units) } else { None });
+    let start = units_of(plan, |s| if let Step::Start { units } = s { Some(units) } else { None });
+    let restart = units_of(plan, |s| if let Step::Restart { units } = s { Some(units) } else { None });
+    let was_running: Vec<String> = snapshot.attached.iter().flat_map(|a| a.active.iter().cloned()).collect();
+    let runtime_of = |unit: &str| snapshot.attached.iter().any(|a| a.runtime && a.units.iter().any(|u| u == unit));
+
+    let file_host = host.clone();
+    let file_plan = plan.clone();
+    let file_resolved = resolved.to_vec();
+    let file_snapshot = snapshot.clone();
+    let prepare = move || build_transaction(&file_host, &file_plan, &file_resolved, sources, &file_snapshot);
+
+    // From here on, every change is undone if a later one fails.
+    systemd.stop(&stop, true).await?;
+    let result = async {
+        disable_units(systemd, &disable, runtime_of).await?;
+        let mut tx = blocking(prepare).await?;
+        let applied = blocking(move || tx.apply().map(|_| tx)).await;
+        let tx = applied?;
+        let started = async {
+            enable_units(systemd, resolved, &enable).await?;
+            systemd.reload().await?;
+            systemd.restart(&restart, true).await?;
+            systemd.start(&start, true).await?;
+            wait_active(systemd, resolved, &[restart.clone(), start.clone()].concat()).await
+        }
+        .await;
+        match started {
+            Ok(()) => blocking(move || tx.commit()).await.map_err(Error::from),
+            Err(error) => {
+                let _ = systemd.stop(&[restart.clone(), start.clone()].concat(), true).await;
+                let _ = systemd.disable(&enable, false).await;
+                if let Err(e) = blocking(move || tx.rollback()).await {
+                    tracing::error!("rolling back the apply: {e}");
+                }
+                Err(error)
+            }
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        // Back to the host as it was: enablement, files (done above), units running.
+        for unit in &disable {
+            let _ = systemd.enable(std::slice::from_ref(unit), runtime_of(unit)).await;
+        }
+        let _ = systemd.reload().await;
+        let _ = systemd.start(&was_running, true).await;
+        return Err(Error::RolledBack(Box::new(error)));
+    }
+    Ok(())
+}
+
+async fn disable_units(systemd: &Systemd, units: &[String], runtime_of: impl Fn(&str) -> bool) -> Result<()> {
+    for unit in units {
+        systemd.disable(std::slice::from_ref(unit), runtime_of(unit)).await?;
+    }
+    Ok(())
+}
+
+async fn enable_units(systemd: &Systemd, resolved: &[ResolvedPortable], units: &[String]) -> Result<()> {
+    for want in resolved {
+        let mine: Vec<String> = units.iter().filter(|u| want.units.contains(u)).cloned().collect();
+        systemd.enable(&mine, want.want.runtime).await?;
+    }
+    Ok(())
+}
+
+/// Waits until every started unit is active (a oneshot that finished
+/// counts), each within its image's start timeout.
+async fn wait_active(systemd: &Systemd, resolved: &[ResolvedPortable], units: &[String]) -> Result<()> {
+    let runtime =
+        zruntime::SharedRuntime::current().map_err(|source| Error::Io { path: PathBuf::from("timer"), source })?;
+    for unit in units {
+        let timeout = resolved
+            .iter()
+            .find(|w| w.units.contains(unit))
+            .map_or(super::file::DEFAULT_START_TIMEOUT, |w| w.want.start_timeout);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let state = systemd.unit_states(std::slice::from_ref(unit)).await?.pop();
+            match state.as_ref().map(|s| s.active_state.as_str()) {
+                Some("active") | Some("inactive") => break,
+                Some("failed") => return Err(Error::NotActive(unit.clone(), timeout)),
+                _ if std::time::Instant::now() >= deadline => return Err(Error::NotActive(unit.clone(), timeout)),
+                _ => runtime.sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every file change of the plan, in one transaction: detaches, attaches
+/// (with their settings drop-ins) and the record of what apply attached.
+fn build_transaction(
+    host: &Host,
+    plan: &Plan,
+    resolved: &[ResolvedPortable],
+    sources: Vec<Source>,
+    snapshot: &Snapshot,
+) -> Result<Transaction> {
+    let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    let mut tx = Transaction::new(&host.journal_dir);
+    let by_image: HashMap<&str, (&ResolvedPortable, &Source)> =
+        resolved.iter().zip(&sources).map(|(r, s)| (r.image.as_str(), (r, s))).collect();
+
+    for step in &plan.steps {
+        match step {
+            Step::Detach { image } => {
+                let units = existing
+                    .of(image)
+                    .map(|a| plan_detach_unit(&host.root, a))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                add_detach_steps(&units, &mut tx);
+            }
+            Step::Attach { image, .. } | Step::Reattach { image, .. } | Step::Refresh { image, .. } => {
+                let (want, source) = by_image[image.as_str()];
+                let replacing: Vec<String> = match step {
+                    Step::Reattach { from, .. } => vec![from.clone(), image.clone()],
+                    _ => vec![image.clone()],
+                };
+                // Old files the new attachment does not rewrite at the same path go.
+                let dest = unit_dir(&host.root, want.want.runtime);
+                let dropped = existing
+                    .0
+                    .iter()
+                    .filter(|a| replacing.contains(&a.image))
+                    .filter(|a| unit_dir(&host.root, a.runtime) != dest || !want.units.contains(&a.unit))
+                    .map(|a| plan_detach_unit(&host.root, a))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                add_detach_steps(&dropped, &mut tx);
+                let options = AttachOptions {
+                    profile: Profile::find(&host.root, &want.want.profile).map_err(crate::portable::Error::from)?,
+                    copy: CopyMode::Auto,
+                    runtime: want.want.runtime,
+                    force: false,
+                };
+                plan_attach(&host.root, std::slice::from_ref(source), &options, &existing, &replacing, &mut tx)?;
+                for service in &want.services {
+                    let path = dest.join(format!("{service}.d")).join(SETTINGS_DROPIN);
+                    if want.want.properties.is_empty() {
+                        tx.remove(path);
+                    } else {
+                        tx.write(path, settings_dropin(image, &want.want.properties), 0o644);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // The record: every wanted image, and what apply attached before that it keeps.
+    let detached: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| if let Step::Detach { image } = s { Some(image.as_str()) } else { None })
+        .collect();
+    let mut record = Record {
+        portables: resolved
+            .iter()
+            .map(|r| RecordedPortable {
+                image: r.image.clone(),
+                profile: r.want.profile.clone(),
+                runtime: r.want.runtime,
+                properties: r.want.properties.clone(),
+            })
+            .collect(),
+    };
+    for old in &snapshot.record.portables {
+        let replaced = plan.steps.iter().any(|s| matches!(s, Step::Reattach { from, .. } if from == &old.image));
+        if !detached.contains(&old.image.as_str())
+            && !replaced
+            && !record.portables.iter().any(|r| r.image == old.image)
+        {
+            record.portables.push(old.clone());
+        }
+    }
+    let text = serde_json::to_vec_pretty(&record)
+        .map_err(|e| Error::Io { path: host.root.join(RECORD_FILE), source: std::io::Error::other(e) })?;
+    let record_path = host.root.join(RECORD_FILE);
+    if let Some(parent) = record_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
+    }
+    tx.write(record_path, text, 0o644);
+    Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oneshots_are_tasks_unless_they_remain() {
+        assert!(stays_up("[Service]\nExecStart=/x\n"));
+        assert!(!stays_up("[Service]\nType=oneshot\nExecStart=/x\n"));
+        assert!(stays_up("[Service]\nType=oneshot\nRemainAfterExit=yes\n"));
+        assert!(stays_up("[Service]\nType=notify\n"));
+    }
+}

@@ -1,0 +1,395 @@
+//! The plan of an apply: from what the fleet file wants and what the host
+//! has (a [`Snapshot`] taken before), the steps that bring the host there.
+//! Pure: no I/O, so every case is a unit test.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::file::PortableWant;
+
+/// What is attached on the host now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedImage {
+    /// Absolute path.
+    pub image: String,
+    /// The prefix of its name (`foobar` for `foobar_1.raw`).
+    pub prefix: String,
+    pub units: Vec<String>,
+    pub runtime: bool,
+    pub enabled: Vec<String>,
+    pub active: Vec<String>,
+}
+
+/// What an earlier apply attached, and how: kept by wharfd so that apply
+/// only ever detaches what apply put there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub portables: Vec<RecordedPortable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedPortable {
+    pub image: String,
+    pub profile: String,
+    pub runtime: bool,
+    pub properties: Vec<(String, String)>,
+}
+
+/// A wanted image once read: where it is and what it brings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPortable {
+    pub want: PortableWant,
+    /// Absolute path of the image attach will use (an xz image decompressed).
+    pub image: String,
+    pub prefix: String,
+    pub units: Vec<String>,
+    /// Units with an [Install] section (what `enabled` enables).
+    pub installable: Vec<String>,
+    /// Service units that are not templates (what `running` starts).
+    pub services: Vec<String>,
+}
+
+/// The host as apply found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub attached: Vec<AttachedImage>,
+    pub record: Record,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Step {
+    Stop {
+        units: Vec<String>,
+    },
+    Disable {
+        units: Vec<String>,
+    },
+    Detach {
+        image: String,
+    },
+    Attach {
+        image: String,
+        profile: String,
+        runtime: bool,
+    },
+    /// A newer (or other) version replaces the attached one.
+    Reattach {
+        from: String,
+        image: String,
+        profile: String,
+        runtime: bool,
+    },
+    /// The same image again, with other settings (profile, runtime, properties).
+    Refresh {
+        image: String,
+        profile: String,
+        runtime: bool,
+    },
+    Enable {
+        units: Vec<String>,
+    },
+    Start {
+        units: Vec<String>,
+    },
+    Restart {
+        units: Vec<String>,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how =
+            |profile: &str, runtime: &bool| format!("(profile {profile}{})", if *runtime { ", runtime" } else { "" });
+        match self {
+            Step::Stop { units } => write!(f, "stop {}", units.join(" ")),
+            Step::Disable { units } => write!(f, "disable {}", units.join(" ")),
+            Step::Detach { image } => write!(f, "detach {image}"),
+            Step::Attach { image, profile, runtime } => write!(f, "attach {image} {}", how(profile, runtime)),
+            Step::Reattach { from, image, profile, runtime } => {
+                write!(f, "reattach {from} -> {image} {}", how(profile, runtime))
+            }
+            Step::Refresh { image, profile, runtime } => {
+                write!(f, "refresh {image} {} (settings changed)", how(profile, runtime))
+            }
+            Step::Enable { units } => write!(f, "enable {}", units.join(" ")),
+            Step::Start { units } => write!(f, "start {}", units.join(" ")),
+            Step::Restart { units } => write!(f, "restart {}", units.join(" ")),
+        }
+    }
+}
+
+/// The steps of an apply, in the order they are carried out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.steps.is_empty() {
+            return f.write_str("No changes: the host is as the fleet file says.");
+        }
+        for (index, step) in self.steps.iter().enumerate() {
+            writeln!(f, "{:>3}. {step}", index + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// Plans the portable part of an apply. `prune` also detaches images
+/// attached by hand that the file does not list.
+pub fn plan_portables(wants: &[ResolvedPortable], host: &Snapshot, prune: bool) -> Plan {
+    let mut stop = Vec::new();
+    let mut disable = Vec::new();
+    let mut detach = Vec::new();
+    let mut attach = Vec::new();
+    let mut enable = Vec::new();
+    let mut start = Vec::new();
+    let mut restart = Vec::new();
+
+    // Images the file no longer wants: apply's own, or any with --prune.
+    for current in &host.attached {
+        let wanted = wants.iter().any(|w| w.image == current.image || replaces(w, current));
+        let applied = host.record.portables.iter().any(|r| r.image == current.image);
+        if !wanted && (applied || prune) {
+            stop.extend(current.active.iter().cloned());
+            disable.extend(current.enabled.iter().cloned());
+            detach.push(Step::Detach { image: current.image.clone() });
+        }
+    }
+
+    for want in wants {
+        let same = host.attached.iter().find(|a| a.image == want.image);
+        let previous = host.attached.iter().find(|a| a.image != want.image && replaces(want, a));
+        let recorded = host.record.portables.iter().find(|r| r.image == want.image);
+        let settings_match = recorded.is_some_and(|r| {
+            r.profile == want.want.profile && r.runtime == want.want.runtime && r.properties == want.want.properties
+        });
+        let (files_change, was) = match (same, previous) {
+            (Some(current), _) if settings_match && current.runtime == want.want.runtime => (false, Some(current)),
+            (Some(current), _) => {
+                attach.push(Step::Refresh {
+                    image: want.image.clone(),
+                    profile: want.want.profile.clone(),
+                    runtime: want.want.runtime,
+                });
+                (true, Some(current))
+            }
+            (None, Some(old)) => {
+                attach.push(Step::Reattach {
+                    from: old.image.clone(),
+                    image: want.image.clone(),
+                    profile: want.want.profile.clone(),
+                    runtime: want.want.runtime,
+                });
+                // Units the new version no longer has go with the old one.
+                stop.extend(old.active.iter().filter(|u| !want.units.contains(u)).cloned());
+                disable.extend(old.enabled.iter().filter(|u| !want.units.contains(u)).cloned());
+                (true, Some(old))
+            }
+            (None, None) => {
+                attach.push(Step::Attach {
+                    image: want.image.clone(),
+                    profile: want.want.profile.clone(),
+                    runtime: want.want.runtime,
+                });
+                (true, None)
+            }
+        };
+        let enabled_now: &[String] = was.map_or(&[], |a| &a.enabled);
+        let active_now: &[String] = was.map_or(&[], |a| &a.active);
+        if want.want.enabled {
+            enable.extend(want.installable.iter().filter(|u| !enabled_now.contains(u)).cloned());
+        } else {
+            disable.extend(enabled_now.iter().filter(|u| want.units.contains(u)).cloned());
+        }
+        for service in &want.services {
+            let active = active_now.contains(service);
+            match (want.want.running, active, files_change) {
+                (true, true, true) => restart.push(service.clone()),
+                (true, false, _) => start.push(service.clone()),
+                (false, true, _) => stop.push(service.clone()),
+                _ => {}
+            }
+        }
+    }
+
+    let mut steps = Vec::new();
+    steps.extend(unit_step(stop, |units| Step::Stop { units }));
+    steps.extend(unit_step(disable, |units| Step::Disable { units }));
+    steps.extend(detach);
+    steps.extend(attach);
+    steps.extend(unit_step(enable, |units| Step::Enable { units }));
+    steps.extend(unit_step(start, |units| Step::Start { units }));
+    steps.extend(unit_step(restart, |units| Step::Restart { units }));
+    Plan { steps }
+}
+
+/// A step over units, sorted and without repeats; none for no units.
+fn unit_step(mut units: Vec<String>, make: fn(Vec<String>) -> Step) -> Option<Step> {
+    units.sort();
+    units.dedup();
+    (!units.is_empty()).then(|| make(units))
+}
+
+/// Whether attaching `want` replaces `current`: another version of the
+/// same image (same name prefix), or one holding the same units.
+fn replaces(want: &ResolvedPortable, current: &AttachedImage) -> bool {
+    current.prefix == want.prefix || current.units.iter().any(|u| want.units.contains(u))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn want(image: &str, running: bool, enabled: bool) -> ResolvedPortable {
+        ResolvedPortable {
+            want: PortableWant {
+                image: image.into(),
+                version: None,
+                sha256: None,
+                prefixes: vec![],
+                profile: "default".into(),
+                runtime: false,
+                enabled,
+                running,
+                start_timeout: Duration::from_secs(30),
+                properties: vec![],
+            },
+            image: image.into(),
+            prefix: "foobar".into(),
+            units: vec!["foobar-hello.service".into(), "foobar.service".into()],
+            installable: vec!["foobar.service".into()],
+            services: vec!["foobar-hello.service".into(), "foobar.service".into()],
+        }
+    }
+
+    fn attached(image: &str, active: &[&str], enabled: &[&str]) -> AttachedImage {
+        AttachedImage {
+            image: image.into(),
+            prefix: "foobar".into(),
+            units: vec!["foobar-hello.service".into(), "foobar.service".into()],
+            runtime: false,
+            enabled: enabled.iter().map(|s| s.to_string()).collect(),
+            active: active.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn recorded(image: &str) -> RecordedPortable {
+        RecordedPortable { image: image.into(), profile: "default".into(), runtime: false, properties: vec![] }
+    }
+
+    fn lines(plan: &Plan) -> Vec<String> {
+        plan.steps.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_new_image_is_attached_enabled_and_started() {
+        let mut w = want("/p/foobar_1.raw", true, true);
+        w.services = vec!["foobar.service".into()];
+        let plan = plan_portables(&[w], &Snapshot::default(), false);
+        assert_eq!(
+            lines(&plan),
+            ["attach /p/foobar_1.raw (profile default)", "enable foobar.service", "start foobar.service"]
+        );
+    }
+
+    #[test]
+    fn applying_again_changes_nothing() {
+        let mut w = want("/p/foobar_1.raw", true, true);
+        w.services = vec!["foobar.service".into()];
+        let host = Snapshot {
+            attached: vec![attached("/p/foobar_1.raw", &["foobar.service"], &["foobar.service"])],
+            record: Record { portables: vec![recorded("/p/foobar_1.raw")] },
+        };
+        let plan = plan_portables(&[w], &host, false);
+        assert!(plan.is_empty(), "{plan}");
+        assert_eq!(plan.to_string(), "No changes: the host is as the fleet file says.");
+    }
+
+    #[test]
+    fn a_new_version_is_reattached_and_running_services_restarted() {
+        let mut w = want("/p/foobar_2.raw", true, false);
+        w.services = vec!["foobar.service".into()];
+        let host = Snapshot {
+            attached: vec![attached("/p/foobar_1.raw", &["foobar.service"], &[])],
+            record: Record { portables: vec![recorded("/p/foobar_1.raw")] },
+        };
+        let plan = plan_portables(&[w], &host, false);
+        assert_eq!(
+            lines(&plan),
+            ["reattach /p/foobar_1.raw -> /p/foobar_2.raw (profile default)", "restart foobar.service"]
+        );
+    }
+
+    #[test]
+    fn changed_settings_refresh_the_same_image() {
+        let mut w = want("/p/foobar_1.raw", false, false);
+        w.want.profile = "strict".into();
+        let host = Snapshot {
+            attached: vec![attached("/p/foobar_1.raw", &[], &[])],
+            record: Record { portables: vec![recorded("/p/foobar_1.raw")] },
+        };
+        assert_eq!(
+            lines(&plan_portables(&[w], &host, false)),
+            ["refresh /p/foobar_1.raw (profile strict) (settings changed)"]
+        );
+    }
+
+    #[test]
+    fn only_what_apply_attached_is_detached_unless_pruning() {
+        let host = Snapshot {
+            attached: vec![
+                attached("/p/foobar_1.raw", &["foobar.service"], &["foobar.service"]),
+                AttachedImage {
+                    image: "/p/byhand.raw".into(),
+                    prefix: "byhand".into(),
+                    units: vec!["byhand.service".into()],
+                    runtime: false,
+                    enabled: vec![],
+                    active: vec![],
+                },
+            ],
+            record: Record { portables: vec![recorded("/p/foobar_1.raw")] },
+        };
+        assert_eq!(
+            lines(&plan_portables(&[], &host, false)),
+            ["stop foobar.service", "disable foobar.service", "detach /p/foobar_1.raw"]
+        );
+        assert_eq!(
+            lines(&plan_portables(&[], &host, true)),
+            ["stop foobar.service", "disable foobar.service", "detach /p/foobar_1.raw", "detach /p/byhand.raw"]
+        );
+    }
+
+    #[test]
+    fn stopping_and_disabling_follow_the_file() {
+        let w = want("/p/foobar_1.raw", false, false);
+        let host = Snapshot {
+            attached: vec![attached("/p/foobar_1.raw", &["foobar.service"], &["foobar.service"])],
+            record: Record { portables: vec![recorded("/p/foobar_1.raw")] },
+        };
+        assert_eq!(lines(&plan_portables(&[w], &host, false)), ["stop foobar.service", "disable foobar.service"]);
+    }
+
+    #[test]
+    fn a_hand_attached_image_listed_in_the_file_is_adopted() {
+        let w = want("/p/foobar_1.raw", false, false);
+        let host = Snapshot { attached: vec![attached("/p/foobar_1.raw", &[], &[])], record: Record::default() };
+        assert_eq!(
+            lines(&plan_portables(&[w], &host, false)),
+            ["refresh /p/foobar_1.raw (profile default) (settings changed)"]
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! `wharfd enter`: runs a command inside a running container and exits with
+//! the command's own exit status — what `machine shell` needs and
+//! `machinectl shell` cannot give.
+//!
+//! wharfd starts it with the caller's descriptors as its standard input,
+//! output and error. It joins every namespace of the container's init (user
+//! first: host root holds all capabilities over the namespaces that user
+//! namespace owns, so the others can then be joined), looks the user up in
+//! the container's own /etc/passwd, and forks (a process only enters a PID
+//! namespace with its children). The child becomes the user and executes
+//! the command; the parent waits and exits as the child did. With `--pty`,
+//! the child gets a new terminal of the container's devpts as its
+//! controlling terminal, and the parent copies between that terminal and its
+//! own standard input and output, for interactive shells.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitCode;
+
+use nix::sched::{CloneFlags, setns};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Gid, Pid, Uid};
+
+use super::sys::{Forked, fork};
+
+/// Options of `wharfd enter`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnterArgs {
+    /// PID (on the host) of the container's init.
+    #[arg(long, value_name = "PID")]
+    pub leader: u32,
+    /// The user to run as, looked up in the container.
+    #[arg(long, default_value = "root")]
+    pub user: String,
+    /// Give the command a terminal of its own (an interactive shell).
+    #[arg(long)]
+    pub pty: bool,
+    /// Terminal size as ROWSxCOLUMNS, with --pty.
+    #[arg(long, value_name = "ROWSxCOLUMNS")]
+    pub size: Option<String>,
+    /// The command; the user's login shell when empty.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Exit status when entering failed before the command ran (as env(1) and
+/// nspawn use: 125 for the tool's own failure, 127 command not found).
+const EXIT_ENTER_FAILED: u8 = 125;
+const EXIT_NOT_FOUND: u8 = 127;
+
+#[derive(Debug, thiserror::Error)]
+enum EnterError {
+    #[error("the container's init (PID {0}) is gone or not a container: {1}")]
+    Namespaces(u32, String),
+    #[error("user '{0}' does not exist in the container")]
+    NoUser(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A user as the container's /etc/passwd and /etc/group know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Account {
+    uid: u32,
+    gid: u32,
+    home: String,
+    shell: String,
+    groups: Vec<u32>,
+}
+
+pub fn main(args: EnterArgs) -> ExitCode {
+    match enter(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wharfd enter: {e}");
+            ExitCode::from(EXIT_ENTER_FAILED)
+        }
+    }
+}
+
+fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
+    // Open every namespace before joining any: after joining the mount
+    // namespace, /proc/PID is no longer the host's.
+    let kinds: [(&str, CloneFlags); 7] = [
+        ("user", CloneFlags::CLONE_NEWUSER),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    let mut namespaces = Vec::new();
+    for (name, flag) in kinds {
+        let path = format!("/proc/{}/ns/{name}", args.leader);
+        let ours = std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        let theirs = std::fs::read_link(&path).map_err(|e| EnterError::Namespaces(args.leader, e.to_string()))?;
+        // Joining one's own user namespace is refused (EINVAL); the others
+        // are shared with the host when the container shares them.
+        if Some(&theirs) == ours.as_ref() {
+            continue;
+        }
+        let file = File::open(&path).map_err(|e| EnterError::Namespaces(args.leader, e.to_string()))?;
+        namespaces.push((name, flag, OwnedFd::from(file)));
+    }
+    for (name, flag, fd) in &namespaces {
+        setns(fd.as_fd(), *flag)
+            .map_err(|e| EnterError::Namespaces(args.leader, format!("joining its {name} namespace: {e}")))?;
+    }
+    std::env::set_current_dir("/").map_err(|e| EnterError::Setup(format!("cannot enter /: {e}")))?;
+    let account = lookup(&args.user)?;
+    let command = if args.command.is_empty() { vec![account.shell.clone(), "-l".into()] } else { args.command.clone() };
+    let terminal = if args.pty { Some(open_pty(args.size.as_deref())?) } else { None };
+
+    match fork().map_err(|e| EnterError::Setup(format!("fork: {e}")))? {
+        Forked::Child => {
+            let code = run_child(&account, &args.user, &command, terminal.as_ref().map(|(_, slave)| slave));
+            std::process::exit(code);
+        }
+        Forked::Parent(child) => {
+            if let Some((master, slave)) = terminal {
+                drop(slave);
+                relay(&master, child);
+            }
+            Ok(wait_exit_code(child))
+        }
+    }
+}
+
+/// In the child: become the user and run the command. Returns only on failure.
+fn run_child(account: &Account, user: &str, command: &[String], terminal: Option<&OwnedFd>) -> i32 {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("wharfd enter: {what}: {e}");
+        i32::from(EXIT_ENTER_FAILED)
+    };
+    if let Some(slave) = terminal {
+        if let Err(e) = nix::unistd::setsid() {
+            return fail("setsid", &e);
+        }
+        if let Err(e) = rustix::process::ioctl_tiocsctty(slave) {
+            return fail("taking the terminal", &e);
+        }
+        let standard =
+            [rustix::stdio::dup2_stdin(slave), rustix::stdio::dup2_stdout(slave), rustix::stdio::dup2_stderr(slave)];
+        if let Some(Err(e)) = standard.into_iter().find(|r| r.is_err()) {
+            return fail("terminal", &e);
+        }
+    }
+    let groups: Vec<Gid> = account.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    if let Err(e) = nix::unistd::setgroups(&groups) {
+        return fail("setgroups", &e);
+    }
+    if let Err(e) = nix::unistd::setgid(Gid::from_raw(account.gid)) {
+        return fail("setgid", &e);
+    }
+    if let Err(e) = nix::unistd::setuid(Uid::from_raw(account.uid)) {
+        return fail("setuid", &e);
+    }
+    let _ = std::env::set_current_dir(&account.home);
+    let term = std::env::var("TERM").unwrap_or_else(|_| "vt220".into());
+    let env = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("HOME={}", account.home),
+        format!("USER={user}"),
+        format!("LOGNAME={user}"),
+        format!("SHELL={}", account.shell),
+        format!("TERM={term}"),
+        "container=wharf".to_string(),
+    ];
+    let to_c = |s: &String| CString::new(s.as_bytes()).unwrap_or_default();
+    let argv: Vec<CString> = command.iter().map(to_c).collect();
+    let envp: Vec<CString> = env.iter().map(to_c).collect();
+    let error = nix::unistd::execvpe(&argv[0], &argv, &envp).unwrap_err();
+    eprintln!("wharfd enter: {}: {error}", command[0]);
+    i32::from(if error == nix::errno::Errno::ENOENT { EXIT_NOT_FOUND } else { EXIT_ENTER_FAILED })
+}
+
+fn wait_exit_code(child: Pid) -> ExitCode {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return ExitCode::from(code as u8),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return ExitCode::from(128 + signal as u8),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => continue,
+            Err(_) => return ExitCode::from(EXIT_ENTER_FAILED),
+        }
+    }
+}
+
+/// Looks a user up in the container's /etc/passwd and /etc/group (numeric
+/// IDs are taken as they are).
+fn lookup(user: &str) -> Result<Account, EnterError> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    parse_account(user, &passwd, &group).ok_or_else(|| EnterError::NoUser(user.to_string()))
+}
+
+fn parse_account(user: &str, passwd: &str, group: &str) -> Option<Account> {
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && (f[0] == user || f[2] == user));
+    let (uid, gid, home, shell) = match &entry {
+        Some(f) => (f[2].parse().ok()?, f[3].parse().ok()?, f[5].to_string(), f[6].to_string()),
+        None => {
+            let uid: u32 = user.parse().ok()?;
+            (uid, uid, "/".to_string(), "/bin/sh".to_string())
+        }
+    };
+    let name = entry.as_ref().map_or(user, |f| f[0]);
+    let mut groups = vec![gid];
+    for line in group.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4
+            && f[3].split(',').any(|member| member == name)
+            && let Ok(id) = f[2].parse()
+        {
+            groups.push(id);
+        }
+    }
+    let shell = if shell.is_empty() { "/bin/sh".to_string() } else { shell };
+    Some(Account { uid, gid, home: if home.is_empty() { "/".into() } else { home }, shell, groups })
+}
+
+/// A new terminal of the container's devpts: (master, slave).
+fn open_pty(size: Option<&str>) -> Result<(OwnedFd, OwnedFd), EnterError> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let setup = |what: &str, e: rustix::io::Errno| EnterError::Setup(format!("{what}: {e}"));
+    let master =
+        openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).map_err(|e| setup("openpt", e))?;
+    grantpt(&master).map_err(|e| setup("grantpt", e))?;
+    unlockpt(&master).map_err(|e| setup("unlockpt", e))?;
+    let name = ptsname(&master, Vec::new()).map_err(|e| setup("ptsname", e))?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_string_lossy().as_ref())
+        .map_err(|e| EnterError::Setup(format!("opening the terminal: {e}")))?;
+    if let Some((rows, columns)) = size.and_then(|s| s.split_once('x'))
+        && let (Ok(rows), Ok(columns)) = (rows.parse(), columns.parse())
+    {
+        let winsize = rustix::termios::Winsize { ws_row: rows, ws_col: columns, ws_xpixel: 0, ws_ypixel: 0 };
+        let _ = rustix::termios::tcsetwinsize(&slave, winsize);
+    }
+    Ok((master, slave.into()))
+}
+
+/// Copies standard input to the terminal and the terminal to standard
+/// output until the command is done with it.
+fn relay(master: &OwnedFd, child: Pid) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let mut buffer = [0u8; 8192];
+    let mut input_open = true;
+    loop {
+        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if input_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::from(500u16)).is_err() {
+            continue;
+        }
+        let master_ready = fds[0].revents().unwrap_or(PollFlags::empty());
+        let input_ready = fds.get(1).and_then(|f| f.revents()).unwrap_or(PollFlags::empty());
+        if master_ready.intersects(PollFlags::POLLIN) {
+            match nix::unistd::read(master, &mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let _ = stdout.write_all(&buffer[..n]);
+                    let _ = stdout.flush();
+                }
+            }
+        } else if master_ready.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            break;
+        }
+        if input_ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            match stdin.lock().read(&mut buffer) {
+                Ok(0) | Err(_) => input_open = false,
+                Ok(n) => {
+                    let _ = nix::unistd::write(master, &buffer[..n]);
+                }
+            }
+        }
+        if matches!(
+            waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::WNOWAIT)),
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..))
+        ) {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/zsh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
+    const GROUP: &str = "root:x:0:\nwheel:x:10:alice,bob\nalice:x:1000:\n";
+
+    #[test]
+    fn accounts_come_from_the_container() {
+        let alice = parse_account("alice", PASSWD, GROUP).unwrap();
+        assert_eq!(
+            alice,
+            Account {
+                uid: 1000,
+                gid: 1000,
+                home: "/home/alice".into(),
+                shell: "/bin/zsh".into(),
+                groups: vec![1000, 10]
+            }
+        );
+        assert_eq!(parse_account("0", PASSWD, GROUP).unwrap().home, "/root");
+        assert_eq!(parse_account("4242", PASSWD, GROUP).unwrap().uid, 4242);
+        assert_eq!(parse_account("mallory", PASSWD, GROUP), None);
+    }
+}

@@ -1,0 +1,433 @@
+//! Machine lifecycle as wharfd runs it: a machine is a transient service in
+//! machine.slice (`wharf-NAME.service`, `Delegate=yes`, `Type=notify`)
+//! whose main process is wharf's launcher; its limits are the unit's
+//! cgroup properties, set at start and changed live through systemd.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use zbus::OwnedVariant;
+use zbus_systemd::machine1::ManagerProxy as Machined;
+
+use super::config::{CONFIG_DIR, MachineConfig};
+use super::name::validate;
+use super::property::{LIMITS, Limit, Property, Value, format_value};
+use super::store::Store;
+use crate::image::ImageKind;
+use crate::image::inspect::open;
+use crate::image::tree::resolve;
+use crate::systemd::{JobOutcome, Systemd};
+
+/// The launcher, as installed.
+pub const LAUNCHER: &str = "/usr/lib/wharf/wharfd";
+/// The unit that starts a machine at boot when enabled (wanted by machines.target).
+pub const BOOT_UNIT_TEMPLATE: &str = "wharf-machine@.service";
+/// The exit status with which the launcher says the container rebooted.
+pub const REBOOT_STATUS: i32 = 133;
+/// Where an image's init may be, in the order the launcher tries them.
+const INITS: [&str; 3] = ["/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Name(#[from] super::name::NameError),
+    #[error(transparent)]
+    Store(#[from] super::store::Error),
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
+    #[error(transparent)]
+    Property(#[from] super::property::PropertyError),
+    #[error("machine '{machine}': {source}")]
+    Systemd {
+        machine: String,
+        #[source]
+        source: crate::systemd::Error,
+    },
+    #[error("machine '{machine}': machined: {source}")]
+    Machined {
+        machine: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("machine '{0}' is running already")]
+    Running(String),
+    #[error("machine '{0}' is not running")]
+    NotRunning(String),
+    #[error("machine '{machine}': the image has no init ({})", INITS.join(", "))]
+    NoInit { machine: String },
+    #[error(
+        "machine '{machine}': {kind} images cannot be booted (only directories and raw squashfs, ext4 or erofs images)"
+    )]
+    CannotBoot { machine: String, kind: ImageKind },
+    #[error("machine '{machine}' failed to start: {reason} (see journalctl -u {unit})")]
+    StartFailed { machine: String, unit: String, reason: String },
+    #[error("machine '{0}' did not stop within {1:?}")]
+    StopTimeout(String, Duration),
+    #[error("machine '{machine}': '{value}' is not a valid {what}")]
+    Invalid { machine: String, what: &'static str, value: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The unit a machine runs in.
+pub fn unit_name(machine: &str) -> String {
+    format!("wharf-{machine}.service")
+}
+
+/// The boot unit of a machine (enabled by `machine enable`).
+pub fn boot_unit(machine: &str) -> String {
+    format!("wharf-machine@{machine}.service")
+}
+
+/// What `machine start` asks for beyond the name.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub machine: String,
+    /// Limits given on the command line, over those of the machine's settings file.
+    pub properties: Vec<Property>,
+    pub private_users: Option<String>,
+    pub network: Option<String>,
+    /// How long to wait for the container's init to report ready.
+    pub ready_timeout: Duration,
+}
+
+/// How a start went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub unit: String,
+    /// The container's init said it was ready (else the wait timed out and
+    /// the machine goes on booting).
+    pub ready: bool,
+}
+
+/// The machines context: the image store and where settings live.
+#[derive(Debug, Clone)]
+pub struct Machines {
+    pub store: Store,
+    pub config_dir: PathBuf,
+}
+
+impl Machines {
+    pub fn system() -> Machines {
+        Machines { store: Store::machines(), config_dir: PathBuf::from(CONFIG_DIR) }
+    }
+
+    /// Boots a machine: checks what can be checked first (name, image, init,
+    /// settings, not running), then starts its unit and waits for readiness.
+    pub async fn start(&self, systemd: &Systemd, machined: &Machined<'_>, request: StartRequest) -> Result<Started> {
+        let machine = validate(&request.machine)?.to_string();
+        if is_running(machined, &machine).await? {
+            return Err(Error::Running(machine));
+        }
+        let (store, config_dir, name) = (self.store.clone(), self.config_dir.clone(), machine.clone());
+        let (image, kind, config) = zruntime::unblock(move || -> Result<_> {
+            let image = store.locate(&name)?;
+            let kind = ImageKind::detect(&image)?;
+            if !matches!(kind, ImageKind::Directory | ImageKind::Squashfs | ImageKind::Ext4 | ImageKind::Erofs) {
+                return Err(Error::CannotBoot { machine: name, kind });
+            }
+            check_init(&name, &image, kind)?;
+            Ok((image, kind, MachineConfig::load(&config_dir, &name)?))
+        })
+        .await?;
+        let private_users = request.private_users.or(config.private_users.clone()).unwrap_or_else(|| "pick".into());
+        let network = request.network.or(config.network.clone()).unwrap_or_else(|| "host".into());
+        check_choice(&machine, "--private-users value", &private_users, |v| {
+            v == "pick" || v == "no" || v.parse::<u32>().is_ok()
+        })?;
+        check_choice(&machine, "--network value", &network, |v| v == "host" || v == "private")?;
+        let limits = config.merged_limits(&request.properties);
+
+        let image_flag = if kind == ImageKind::Directory { "--directory" } else { "--image" };
+        let argv: Vec<String> = [
+            LAUNCHER,
+            "launch",
+            "--machine",
+            &machine,
+            image_flag,
+            &image.display().to_string(),
+            "--private-users",
+            &private_users,
+            "--network",
+            &network,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let unit = unit_name(&machine);
+        let mut properties: Vec<(String, OwnedVariant)> = vec![
+            (
+                "Description".into(),
+                OwnedVariant::try_from(zbus::Variant::from(format!("wharf machine {machine}"))).expect("a string"),
+            ),
+            ("Slice".into(), variant("machine.slice")),
+            ("Delegate".into(), OwnedVariant::from(true)),
+            ("Type".into(), variant("notify")),
+            // SIGTERM to the launcher only, which halts the container cleanly.
+            ("KillMode".into(), variant("mixed")),
+            ("CollectMode".into(), variant("inactive-or-failed")),
+            // Readiness is waited for here, with our timeout; the unit itself waits as long as it takes.
+            ("TimeoutStartUSec".into(), OwnedVariant::from(u64::MAX)),
+            ("RestartForceExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
+            ("SuccessExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
+            ("ExecStart".into(), exec_start(&argv)),
+        ];
+        properties.extend(limits.iter().map(Property::to_bus));
+        tracing::info!(machine, image = %image.display(), limits = limits.len(), "starting");
+        match systemd.start_transient(&unit, properties, request.ready_timeout).await {
+            Ok(outcome) => Ok(Started { unit, ready: outcome == JobOutcome::Done }),
+            Err(crate::systemd::Error::JobFailed { result, .. }) => {
+                Err(Error::StartFailed { machine, unit, reason: format!("its start job {result}") })
+            }
+            Err(source) => Err(Error::Systemd { machine, source }),
+        }
+    }
+
+    /// `poweroff` (SIGRTMIN+4), `reboot` (SIGINT) or `halt` (SIGRTMIN+3) to
+    /// the container's init; with `wait`, until its unit is gone.
+    pub async fn signal_init(
+        &self,
+        systemd: &Systemd,
+        machined: &Machined<'_>,
+        machine: &str,
+        signal: i32,
+        wait: Option<Duration>,
+    ) -> Result<()> {
+        validate(machine)?;
+        if !is_running(machined, machine).await? {
+            return Err(Error::NotRunning(machine.to_string()));
+        }
+        machined
+            .kill_machine(machine.to_string(), "leader".into(), signal)
+            .await
+            .map_err(|source| Error::Machined { machine: machine.to_string(), source })?;
+        if let Some(timeout) = wait {
+            wait_gone(systemd, machine, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the machine's unit: the launcher halts the container, then
+    /// systemd removes whatever is left.
+    pub async fn terminate(&self, systemd: &Systemd, machined: &Machined<'_>, machine: &str) -> Result<()> {
+        validate(machine)?;
+        if !is_running(machined, machine).await? {
+            return Err(Error::NotRunning(machine.to_string()));
+        }
+        systemd
+            .stop(&[unit_name(machine)], true)
+            .await
+            .map_err(|source| Error::Systemd { machine: machine.to_string(), source })
+    }
+
+    /// Sends a signal to the container's init (`leader`) or all its processes (`all`).
+    pub async fn kill(&self, machined: &Machined<'_>, machine: &str, whom: &str, signal: i32) -> Result<()> {
+        validate(machine)?;
+        if whom != "leader" && whom != "all" {
+            return Err(Error::Invalid {
+                machine: machine.into(),
+                what: "--kill-whom (leader or all)",
+                value: whom.into(),
+            });
+        }
+        machined
+            .kill_machine(machine.to_string(), whom.to_string(), signal)
+            .await
+            .map_err(|source| Error::Machined { machine: machine.to_string(), source })
+    }
+
+    /// Changes limits of a running machine live; with `save`, also in its
+    /// settings file, so that they apply at every start.
+    pub async fn set_properties(
+        &self,
+        systemd: &Systemd,
+        machined: &Machined<'_>,
+        machine: &str,
+        properties: &[Property],
+        save: bool,
+    ) -> Result<()> {
+        validate(machine)?;
+        let running = is_running(machined, machine).await?;
+        if running {
+            let bus: Vec<(String, OwnedVariant)> = properties.iter().map(Property::to_bus).collect();
+            systemd
+                .set_properties(&unit_name(machine), true, bus)
+                .await
+                .map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
+        } else if !save {
+            return Err(Error::NotRunning(machine.to_string()));
+        }
+        if save {
+            let (dir, name, properties) = (self.config_dir.clone(), machine.to_string(), properties.to_vec());
+            zruntime::unblock(move || save_limits(&dir, &name, &properties)).await?;
+        }
+        Ok(())
+    }
+
+    /// The limits of a running machine, as its unit has them.
+    pub async fn limits(
+        &self,
+        systemd: &Systemd,
+        machined: &Machined<'_>,
+        machine: &str,
+    ) -> Result<Vec<(String, String)>> {
+        validate(machine)?;
+        if !is_running(machined, machine).await? {
+            return Err(Error::NotRunning(machine.to_string()));
+        }
+        let unit = unit_name(machine);
+        let mut limits = Vec::new();
+        for limit in LIMITS {
+            let value = systemd
+                .unit_property(&unit, "org.freedesktop.systemd1.Service", limit.bus_property())
+                .await
+                .map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
+            limits.push((limit.name().to_string(), show_value(*limit, &value)));
+        }
+        Ok(limits)
+    }
+
+    /// Starts the machine at boot (through its unit wanted by machines.target), or not.
+    pub async fn set_enabled(&self, systemd: &Systemd, machine: &str, enabled: bool) -> Result<()> {
+        validate(machine)?;
+        let units = [boot_unit(machine)];
+        let result = if enabled { systemd.enable(&units, false).await } else { systemd.disable(&units, false).await };
+        result.map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
+        systemd.reload().await.map_err(|source| Error::Systemd { machine: machine.to_string(), source })
+    }
+}
+
+fn variant(text: &str) -> OwnedVariant {
+    OwnedVariant::try_from(zbus::Variant::from(text)).expect("a string holds no descriptor")
+}
+
+/// `ExecStart` as systemd's manager takes it: a(sasb).
+fn exec_start(argv: &[String]) -> OwnedVariant {
+    let entry = (argv[0].clone(), argv.to_vec(), false);
+    OwnedVariant::try_from(zbus::Variant::from(vec![entry])).expect("strings hold no descriptor")
+}
+
+/// `RestartForceExitStatus`/`SuccessExitStatus`: (exit codes, signals).
+fn exit_statuses(codes: &[i32]) -> OwnedVariant {
+    OwnedVariant::try_from(zbus::Variant::from((codes.to_vec(), Vec::<i32>::new())))
+        .expect("numbers hold no descriptor")
+}
+
+fn check_choice(machine: &str, what: &'static str, value: &str, valid: impl Fn(&str) -> bool) -> Result<()> {
+    if valid(value) { Ok(()) } else { Err(Error::Invalid { machine: machine.into(), what, value: value.into() }) }
+}
+
+/// Refuses an image with nothing to run as PID 1, before any unit exists.
+fn check_init(machine: &str, image: &Path, kind: ImageKind) -> Result<()> {
+    let file = std::fs::File::open(image).map_err(|source| Error::Io { path: image.to_path_buf(), source })?;
+    let mut opened = open(image, file, kind)?;
+    for init in INITS {
+        if let Ok(Some((_, crate::image::tree::EntryType::File))) = resolve(opened.tree.as_mut(), init) {
+            return Ok(());
+        }
+    }
+    Err(Error::NoInit { machine: machine.to_string() })
+}
+
+/// Whether machined knows a machine of this name.
+pub async fn is_running(machined: &Machined<'_>, machine: &str) -> Result<bool> {
+    let machines =
+        machined.list_machines().await.map_err(|source| Error::Machined { machine: machine.to_string(), source })?;
+    Ok(machines.iter().any(|(name, ..)| name == machine))
+}
+
+/// Waits until the machine's unit is gone (stopped and collected, or inactive).
+async fn wait_gone(systemd: &Systemd, machine: &str, timeout: Duration) -> Result<()> {
+    let runtime =
+        zruntime::SharedRuntime::current().map_err(|source| Error::Io { path: PathBuf::from("timer"), source })?;
+    let deadline = std::time::Instant::now() + timeout;
+    let unit = unit_name(machine);
+    loop {
+        let states = systemd
+            .unit_states(std::slice::from_ref(&unit))
+            .await
+            .map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
+        if states.iter().all(|s| !s.is_active()) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::StopTimeout(machine.to_string(), timeout));
+        }
+        runtime.sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A limit's value read from the unit, as `systemctl show` writes it.
+fn show_value(limit: Limit, value: &OwnedVariant) -> String {
+    if let Ok(number) = u64::try_from(value.clone()) {
+        return format_value(limit, &Value::Number(number));
+    }
+    if let Ok(mask) = Vec::<u8>::try_from(value.clone()) {
+        return if mask.is_empty() { String::new() } else { format_value(limit, &Value::CpuMask(mask)) };
+    }
+    String::new()
+}
+
+/// Writes limits into the machine's settings file, keeping what else it says.
+fn save_limits(dir: &Path, machine: &str, properties: &[Property]) -> Result<()> {
+    let path = dir.join(format!("{machine}.toml"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    // Parse first, so a broken file is reported rather than overwritten.
+    MachineConfig::parse(&text, &path)?;
+    let mut document: toml::Table = toml::from_str(&text).map_err(|e| Error::Io {
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })?;
+    let limits = document.entry("limits").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(limits) = limits {
+        for property in properties {
+            limits.insert(
+                property.limit.name().to_string(),
+                toml::Value::String(format_value(property.limit, &property.value)),
+            );
+        }
+    }
+    let rendered =
+        toml::to_string(&document).map_err(|e| Error::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    crate::fs::write_atomic(&path, rendered.as_bytes(), 0o644).map_err(|source| Error::Io { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_limits_merge_into_the_settings_file() {
+        let dir = std::env::temp_dir().join(format!("wharf-machine-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f28.toml"), "[container]\nnetwork = \"private\"\n\n[limits]\nTasksMax = 100\n")
+            .unwrap();
+        let properties = [Property::parse("MemoryMax=512M").unwrap(), Property::parse("CPUQuota=50%").unwrap()];
+        save_limits(&dir, "f28", &properties).unwrap();
+        let config = MachineConfig::load(&dir, "f28").unwrap();
+        assert_eq!(config.network.as_deref(), Some("private"));
+        let words: Vec<String> = config.limits.iter().map(|p| p.to_string()).collect();
+        assert_eq!(words, ["CPUQuota=50%", "MemoryMax=536870912", "TasksMax=100"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn units_are_named_after_the_machine() {
+        assert_eq!(unit_name("f28"), "wharf-f28.service");
+        assert_eq!(boot_unit("f28"), "wharf-machine@f28.service");
+    }
+}

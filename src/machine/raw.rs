@@ -1,0 +1,147 @@
+//! Raw file system images for the launcher (`--image`): recognised by their
+//! magic, attached to a loop device and mounted as a detached mount (the
+//! new mount API), which the container side then moves onto its root.
+//!
+//! squashfs and erofs are read-only by nature; ext4 is mounted writable
+//! unless the image file is marked read-only (no write permission bits, as
+//! `machine read-only` marks it). GPT disk images need partition discovery,
+//! which belongs to the image readers; they are refused here.
+//!
+//! The loop device is attached with autoclear, so the kernel detaches it
+//! when the last mount of it is gone; dropping a [`RawImage`] waits for
+//! that (and detaches it itself if it has to), so the launcher never leaves
+//! a loop device behind.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::image::ImageKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
+    #[error("{} is a {kind} image; --image takes squashfs, erofs or ext4 file systems", .path.display())]
+    Unsupported { path: PathBuf, kind: ImageKind },
+    #[error("{what} for {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A raw image attached and mounted (detached from any mount namespace).
+#[derive(Debug)]
+pub struct RawImage {
+    pub path: PathBuf,
+    pub kind: ImageKind,
+    pub read_only: bool,
+    mount: Option<OwnedFd>,
+    loop_device: PathBuf,
+}
+
+/// The file system type the kernel mounts a kind of raw image as.
+pub fn fs_type(kind: ImageKind) -> Option<&'static str> {
+    match kind {
+        ImageKind::Squashfs => Some("squashfs"),
+        ImageKind::Erofs => Some("erofs"),
+        ImageKind::Ext4 => Some("ext4"),
+        ImageKind::Directory | ImageKind::Gpt | ImageKind::Xz => None,
+    }
+}
+
+/// Whether a kind of image can only be mounted read-only.
+pub fn always_read_only(kind: ImageKind) -> bool {
+    matches!(kind, ImageKind::Squashfs | ImageKind::Erofs)
+}
+
+impl RawImage {
+    /// Attaches `path` to a free loop device and mounts it, detached.
+    pub fn open(path: &Path) -> Result<RawImage, RawError> {
+        let fail = |what: &'static str| {
+            let path = path.to_path_buf();
+            move |source: std::io::Error| RawError::Io { path, what, source }
+        };
+        let kind = ImageKind::detect(path)?;
+        let fstype = fs_type(kind).ok_or_else(|| RawError::Unsupported { path: path.to_path_buf(), kind })?;
+        let meta = std::fs::metadata(path).map_err(fail("reading the image"))?;
+        let read_only = always_read_only(kind) || crate::image::readonly::is_read_only(path, &meta);
+
+        let control = loopdev::LoopControl::open().map_err(fail("opening /dev/loop-control"))?;
+        let device = control.next_free().map_err(fail("finding a free loop device"))?;
+        device.with().read_only(read_only).autoclear(true).attach(path).map_err(fail("attaching a loop device"))?;
+        let loop_device =
+            device.path().ok_or_else(|| fail("naming the loop device")(std::io::ErrorKind::NotFound.into()))?;
+        let mut image = RawImage { path: path.to_path_buf(), kind, read_only, mount: None, loop_device };
+        // From here on, dropping `image` waits for the loop device to go.
+        image.mount = Some(mount_detached(fstype, &image.loop_device, read_only).map_err(fail("mounting"))?);
+        drop(device);
+        Ok(image)
+    }
+
+    /// The detached mount of the image's file system.
+    pub fn mount(&self) -> &OwnedFd {
+        self.mount.as_ref().expect("mounted until dropped")
+    }
+
+    /// A path through which the mounted tree can be read now.
+    pub fn view(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(self.mount())))
+    }
+}
+
+fn mount_detached(fstype: &str, device: &Path, read_only: bool) -> std::io::Result<OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_flag};
+    use rustix::mount::{fsconfig_set_string, fsmount, fsopen};
+    let context = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(&context, "source", device)?;
+    if read_only {
+        fsconfig_set_flag(&context, "ro")?;
+    }
+    fsconfig_create(&context)?;
+    let attributes = if read_only { MountAttrFlags::MOUNT_ATTR_RDONLY } else { MountAttrFlags::empty() };
+    Ok(fsmount(&context, FsMountFlags::FSMOUNT_CLOEXEC, attributes)?)
+}
+
+/// How long the kernel gets to detach an autoclear loop device once its
+/// last user is gone (it does so asynchronously).
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+impl Drop for RawImage {
+    fn drop(&mut self) {
+        drop(self.mount.take());
+        let name = self.loop_device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let backing = Path::new("/sys/block").join(&name).join("loop/backing_file");
+        let deadline = Instant::now() + DETACH_WAIT;
+        while backing.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if backing.exists() {
+            let detached = loopdev::LoopDevice::open(&self.loop_device).and_then(|device| device.detach());
+            if let Err(e) = detached {
+                tracing::warn!(
+                    "loop device {} of {} is still attached: {e}",
+                    self.loop_device.display(),
+                    self.path.display()
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_file_systems_and_refuses_disks() {
+        assert_eq!(fs_type(ImageKind::Squashfs), Some("squashfs"));
+        assert_eq!(fs_type(ImageKind::Ext4), Some("ext4"));
+        assert_eq!(fs_type(ImageKind::Gpt), None);
+        assert_eq!(fs_type(ImageKind::Xz), None);
+        assert!(always_read_only(ImageKind::Squashfs) && !always_read_only(ImageKind::Ext4));
+    }
+}

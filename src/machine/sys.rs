@@ -1,0 +1,115 @@
+//! The two kernel calls the launcher needs that no safe wrapper offers:
+//! `fork` (nix marks it unsafe because the child of a multi-threaded
+//! process may only do async-signal-safe work) and `mount_setattr` (no
+//! crate wraps it: rustix lists it as not implemented).
+//!
+//! Everything else the launcher does goes through nix and rustix.
+
+// The crate denies unsafe code; this module is the launcher's only
+// exception, and each block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::errno::Errno;
+use nix::unistd::{ForkResult, Pid};
+
+/// Which side of a fork this is.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// Forks. Sound only while the process is single-threaded: the launcher
+/// forks its helpers and the container before it opens the D-Bus
+/// connection (zbus's executor is its first thread), which
+/// [`assert_single_threaded`] checks.
+pub(crate) fn fork() -> nix::Result<Forked> {
+    assert_single_threaded();
+    // SAFETY: the process has exactly one thread (checked above), so the
+    // child inherits no lock held by another thread and may allocate and
+    // run ordinary Rust code until it execs or exits.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Panics if another thread exists: forking then would be unsound.
+fn assert_single_threaded() {
+    let threads = std::fs::read_dir("/proc/self/task").map(|dir| dir.count()).unwrap_or(1);
+    assert_eq!(threads, 1, "the launcher must fork while it has a single thread");
+}
+
+/// `MOUNT_ATTR_IDMAP` from linux/mount.h.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// `AT_RECURSIVE` from linux/fcntl.h.
+const AT_RECURSIVE: u32 = 0x8000;
+
+/// `struct mount_attr` from linux/mount.h (MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MS_PRIVATE` from linux/mount.h.
+const MS_PRIVATE: u64 = 1 << 18;
+
+/// Makes the detached mount tree `tree` (from `open_tree(OPEN_TREE_CLONE)`)
+/// idmapped with the UID/GID mapping of the user namespace `userns`, and
+/// private, recursively. Private because a clone of a shared mount joins its
+/// peer group: whatever is later mounted on the tree would propagate back to
+/// the host.
+pub(crate) fn idmap_tree(tree: impl AsFd, userns: impl AsFd) -> nix::Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: MS_PRIVATE,
+        userns_fd: userns.as_fd().as_raw_fd() as u64,
+    };
+    let flags = nix::libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE;
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live,
+    // properly laid out struct and an empty NUL-terminated path; both fds are
+    // borrowed for the duration of the call.
+    let result = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            tree.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+/// Sends signal number `signal` to `pid`. nix's `kill` only takes the
+/// named signals; systemd's halt, poweroff and reboot requests are
+/// realtime signals (SIGRTMIN+3, +4, ...).
+pub(crate) fn send_signal(pid: Pid, signal: i32) -> nix::Result<()> {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    Errno::result(unsafe { nix::libc::kill(pid.as_raw(), signal) }).map(drop)
+}
+
+/// SIGRTMIN+`n` as the kernel numbers it (glibc reserves the first few
+/// realtime signals, so its SIGRTMIN() is not the kernel's 32; systemd
+/// counts from the libc value, and so must we).
+pub(crate) fn sigrtmin_plus(n: i32) -> i32 {
+    nix::libc::SIGRTMIN() + n
+}
+
+/// Puts SIGPIPE back to its default action. Rust's runtime ignores it, and
+/// an ignored signal stays ignored across exec: the container's init must
+/// start with the dispositions a kernel-started init has.
+pub(crate) fn default_sigpipe() -> nix::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_DFL runs no handler code, so there is no
+    // async-signal-safety requirement to meet.
+    unsafe { sigaction(Signal::SIGPIPE, &default) }.map(drop)
+}

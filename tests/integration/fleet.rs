@@ -1,0 +1,166 @@
+//! Fleet apply in the testbed: plan and check mode, idempotence, upgrades,
+//! all-or-nothing rollback, and what apply may detach.
+
+use std::sync::Arc;
+
+use libtest_mimic::Trial;
+
+use crate::testbed::{Testbed, images};
+use crate::{Shared, exclusive_trial};
+
+pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
+    vec![
+        exclusive_trial(shared, "fleet::apply_plans_checks_and_is_idempotent", apply_and_reapply),
+        exclusive_trial(shared, "fleet::an_upgrade_that_fails_is_rolled_back", failed_upgrade),
+        exclusive_trial(shared, "fleet::apply_detaches_only_its_own_images_unless_pruning", removal),
+        exclusive_trial(shared, "fleet::bad_fleet_files_change_nothing", bad_files),
+    ]
+}
+
+fn reset(tb: &Testbed) {
+    tb.ok("systemctl stop 'foobar*' 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
+         rm -rf /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
+         /var/lib/portables/* /var/lib/wharf/fleet.json /srv/fleet; mkdir -p /srv/fleet; systemctl daemon-reload; \
+         systemctl reset-failed; true");
+}
+
+fn image(tb: &Testbed, name: &str, version: &str) {
+    images::foobar(&tb.host_path(&format!("/srv/fleet/{name}")), "squashfs", version).unwrap();
+}
+
+fn fleet_file(tb: &Testbed, body: &str) {
+    std::fs::write(tb.host_path("/srv/fleet/host.toml"), body).unwrap();
+}
+
+fn foobar(image: &str) -> String {
+    format!(
+        "[[portable]]\nimage = \"{image}\"\nenabled = true\nrunning = true\n[portable.properties]\nMemoryMax = \"256M\"\n"
+    )
+}
+
+fn show(tb: &Testbed, property: &str) -> String {
+    tb.ok(&format!("systemctl show -p {property} --value foobar.service")).trim().to_string()
+}
+
+fn apply_and_reapply(tb: &Testbed) {
+    reset(tb);
+    image(tb, "foobar_1.raw", "1");
+    fleet_file(tb, &foobar("foobar_1.raw"));
+
+    let check = tb.sh("portable apply --check /srv/fleet/host.toml");
+    assert_eq!(check.code, Some(2), "{check}");
+    assert_eq!(
+        check.stdout,
+        "  1. attach /srv/fleet/foobar_1.raw (profile default)\n  2. enable foobar.service\n  3. start foobar.service\n(check: nothing was changed)\n"
+    );
+    assert_eq!(tb.sh("systemctl is-active foobar.service").stdout.trim(), "inactive");
+
+    let json = tb.ok("portable apply --json /srv/fleet/host.toml");
+    let result: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((result["changed"].as_bool(), result["applied"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(result["plan"]["steps"][0]["action"], "attach");
+    assert_eq!(show(tb, "ActiveState"), "active");
+    assert_eq!(show(tb, "MemoryMax"), "268435456");
+    assert_eq!(tb.ok("systemctl is-enabled foobar.service").trim(), "enabled");
+
+    // Again: nothing to do, and check mode says so with exit status 0.
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml").trim(), "No changes: the host is as the fleet file says.");
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0));
+
+    // A new version: reattached, restarted on it.
+    image(tb, "foobar_2.raw", "2");
+    fleet_file(tb, &foobar("foobar_2.raw"));
+    let out = tb.ok("portable apply /srv/fleet/host.toml");
+    assert!(out.contains("reattach /srv/fleet/foobar_1.raw -> /srv/fleet/foobar_2.raw"), "{out}");
+    assert!(out.contains("restart foobar.service"), "{out}");
+    assert_eq!(show(tb, "RootImage"), "/srv/fleet/foobar_2.raw");
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0));
+    reset(tb);
+}
+
+fn failed_upgrade(tb: &Testbed) {
+    reset(tb);
+    image(tb, "foobar_1.raw", "1");
+    fleet_file(tb, &foobar("foobar_1.raw"));
+    tb.ok("portable apply /srv/fleet/host.toml");
+    let before =
+        tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort; cat /var/lib/wharf/fleet.json");
+    let pid = show(tb, "MainPID");
+
+    // Version 3's service cannot start.
+    let broken = tb.host_path("/srv/fleet/foobar_3");
+    images::foobar(&broken, "dir", "3").unwrap();
+    let unit = broken.join("usr/lib/systemd/system/foobar.service");
+    let text = std::fs::read_to_string(&unit).unwrap().replace("/usr/bin/busybox httpd", "/usr/bin/missing httpd");
+    std::fs::write(&unit, text).unwrap();
+    fleet_file(tb, &foobar("foobar_3"));
+    let out = tb.fails("portable apply /srv/fleet/host.toml");
+    assert!(out.stderr.contains("foobar.service"), "{out}");
+    assert!(out.stderr.ends_with("everything this apply changed was put back\n"), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    let after = tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort; cat /var/lib/wharf/fleet.json");
+    assert_eq!(after, before);
+    assert_eq!(show(tb, "ActiveState"), "active");
+    assert_eq!(show(tb, "RootImage"), "/srv/fleet/foobar_1.raw");
+    assert_ne!(show(tb, "MainPID"), "0");
+    let _ = pid;
+    reset(tb);
+}
+
+fn removal(tb: &Testbed) {
+    reset(tb);
+    image(tb, "foobar_1.raw", "1");
+    fleet_file(tb, &foobar("foobar_1.raw"));
+    tb.ok("portable apply /srv/fleet/host.toml");
+    // An image attached by hand, with other units.
+    let hand = tb.host_path("/srv/fleet/byhand");
+    images::foobar(&hand, "dir", "1").unwrap();
+    let units = hand.join("usr/lib/systemd/system");
+    std::fs::rename(units.join("foobar-hello.service"), units.join("byhand.service")).unwrap();
+    std::fs::remove_file(units.join("foobar.service")).unwrap();
+    let os = hand.join("usr/lib/os-release");
+    std::fs::write(
+        &os,
+        std::fs::read_to_string(&os).unwrap().replace("PORTABLE_PREFIXES=foobar", "PORTABLE_PREFIXES=byhand"),
+    )
+    .unwrap();
+    tb.ok("portable attach /srv/fleet/byhand");
+
+    fleet_file(tb, "# nothing\n");
+    let out = tb.ok("portable apply /srv/fleet/host.toml");
+    assert_eq!(
+        out,
+        "  1. stop foobar.service\n  2. disable foobar.service\n  3. detach /srv/fleet/foobar_1.raw\nApplied.\n"
+    );
+    assert_eq!(tb.ok("portable is-attached /srv/fleet/byhand").trim(), "attached");
+    let out = tb.ok("portable apply --prune /srv/fleet/host.toml");
+    assert!(out.contains("detach /srv/fleet/byhand"), "{out}");
+    assert_eq!(tb.sh("portable is-attached /srv/fleet/byhand").stdout.trim(), "detached");
+    reset(tb);
+}
+
+fn bad_files(tb: &Testbed) {
+    reset(tb);
+    image(tb, "foobar_1.raw", "1");
+    for (body, expected) in [
+        (
+            "[[portable]]\nimage = \"foobar_1.raw\"\nversion = \"9\"\n",
+            "portable: image '/srv/fleet/foobar_1.raw' is version 1, the fleet file wants 9",
+        ),
+        ("[[portable]]\nimage = \"missing.raw\"\n", "portable: image 'missing.raw' not found in the search path"),
+        ("[[portable]]\nimage = \"foobar_1.raw\"\nrunning = perhaps\n", "portable: /srv/fleet/host.toml: line 3:"),
+        (
+            "[[portable]]\nimage = \"foobar_1.raw\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+            "portable: image '/srv/fleet/foobar_1.raw' has sha256 ",
+        ),
+    ] {
+        fleet_file(tb, body);
+        let out = tb.fails("portable apply /srv/fleet/host.toml");
+        assert!(out.stderr.starts_with(expected), "{body}: {out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert_eq!(tb.ok("ls /etc/systemd/system | grep -c foobar || true").trim(), "0");
+        tb.fails("test -e /var/lib/wharf/fleet.json");
+    }
+    let out = tb.sh_nobody("portable apply --check /srv/fleet/host.toml");
+    assert!(out.stderr.contains("access denied: applying a fleet file needs root"), "{out}");
+}

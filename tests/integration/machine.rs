@@ -1,0 +1,449 @@
+//! wharf's container launcher (`wharfd launch`) in the testbed, started the
+//! way `machine start` will start it: as the main process of a transient
+//! unit in machine.slice with Delegate=yes, Type=notify, KillMode=mixed.
+//!
+//! The tests all boot the f28 image as machine f28, so they run one at a time.
+
+use std::sync::Arc;
+
+use libtest_mimic::Trial;
+
+use crate::testbed::{Testbed, images};
+use crate::{Shared, exclusive_trial};
+
+pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
+    vec![
+        exclusive_trial(shared, "machine::boots_registers_runs_commands_and_stops_cleanly", boot_and_stop),
+        exclusive_trial(shared, "machine::poweroff_inside_ends_the_unit_and_reboot_restarts_it", poweroff_and_reboot),
+        exclusive_trial(shared, "machine::stop_during_boot_halts_the_container", stop_during_boot),
+        exclusive_trial(shared, "machine::private_network_has_only_loopback", private_network),
+        exclusive_trial(shared, "machine::chown_fallback_shifts_the_image_once", chown_fallback),
+        exclusive_trial(shared, "machine::raw_squashfs_and_ext4_images_boot_and_detach", raw_images),
+        exclusive_trial(shared, "machine::bad_input_fails_in_one_line_and_leaves_nothing", bad_input),
+        exclusive_trial(shared, "machine::start_shell_limits_and_poweroff_through_wharfd", machine_cli),
+        exclusive_trial(shared, "machine::imported_tar_xz_and_raw_xz_images_start", imported_images_start),
+        exclusive_trial(shared, "machine::bad_starts_fail_in_one_line_and_leave_nothing", bad_starts),
+        exclusive_trial(shared, "machine::enable_starts_the_machine_with_machines_target", enable_at_boot),
+    ]
+}
+
+const IMAGE: &str = "/var/lib/machines/f28";
+const UNIT: &str = "wharf-f28";
+
+/// The unit properties the launcher relies on (what `machine start` sets).
+const UNIT_PROPERTIES: &str = "--slice=machine.slice -p Delegate=yes -p Type=notify -p KillMode=mixed";
+
+/// Starts the launcher as a unit; returns when the container reported ready.
+fn start(tb: &Testbed, unit: &str, launch_options: &str) {
+    tb.ok(&format!(
+        "systemd-run --quiet --unit={unit} {UNIT_PROPERTIES} -p RestartForceExitStatus=133 -p SuccessExitStatus=133 \
+         /usr/lib/wharf/wharfd launch {launch_options}"
+    ));
+}
+
+/// Puts the f28 image at /var/lib/machines/f28 (once) and makes sure no
+/// earlier test left its unit behind.
+fn prepare(tb: &Testbed) {
+    if !tb.host_path(&format!("{IMAGE}/etc/os-release")).exists() {
+        let tarball = images::f28_tarball().expect("the f28 image");
+        let dir = tb.host_path(IMAGE);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(&tarball).status().unwrap();
+        assert!(status.success(), "unpacking {}", tarball.display());
+    }
+    tb.ok(
+        "for u in wharf-f28 wharf-f28c wharf-f28s wharf-f28e; do systemctl stop $u; systemctl reset-failed $u; done \
+           2>/dev/null; true",
+    );
+}
+
+fn leader(tb: &Testbed, machine: &str) -> String {
+    let pid = tb.ok(&format!("machinectl show {machine} -p Leader --value")).trim().to_string();
+    assert!(pid.parse::<u32>().is_ok_and(|p| p > 1), "leader of {machine}: {pid:?}");
+    pid
+}
+
+/// `systemctl is-system-running` inside; on anything but `running`, the
+/// failed units and the container's console are in the panic message.
+#[track_caller]
+fn assert_running_inside(tb: &Testbed, leader: &str, unit: &str) {
+    let state = tb.sh(&format!("nsenter -t {leader} -a systemctl is-system-running")).stdout.trim().to_string();
+    if state != "running" {
+        let failed = tb.sh(&format!("nsenter -t {leader} -a systemctl --failed --no-legend --plain")).stdout;
+        let console = tb.sh(&format!("journalctl -u {unit} --no-pager | tail -40")).stdout;
+        panic!("the container is '{state}', not running; failed units:\n{failed}\nconsole:\n{console}");
+    }
+}
+
+fn show(tb: &Testbed, unit: &str, property: &str) -> String {
+    tb.ok(&format!("systemctl show -p {property} --value {unit}")).trim().to_string()
+}
+
+/// The testbed's mounts, one per line, without the mount IDs (which change).
+fn mounts(tb: &Testbed) -> Vec<String> {
+    let mut lines: Vec<String> = tb
+        .ok("cat /proc/self/mountinfo")
+        .lines()
+        .map(|line| line.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Nothing of a machine is left in the testbed: no mount of or in the
+/// image, no loop device, no machine, no process in the user namespace, no
+/// range lock.
+#[track_caller]
+fn assert_nothing_left(tb: &Testbed, image: &str, machine: &str, user_namespace: Option<&str>) {
+    let left: Vec<String> = mounts(tb).into_iter().filter(|m| m.contains(image)).collect();
+    assert!(left.is_empty(), "mounts left: {left:#?}");
+    let loops = tb.ok("losetup -a -n -O NAME,BACK-FILE");
+    assert!(!loops.contains(image), "loop devices left: {loops}");
+    let machines = tb.ok("machinectl list --no-legend");
+    assert!(!machines.contains(machine), "machine left: {machines}");
+    if let Some(ns) = user_namespace {
+        let holders =
+            tb.ok(&format!("for p in /proc/[0-9]*; do [ \"$(readlink $p/ns/user)\" = '{ns}' ] && echo $p; done; true"));
+        assert_eq!(holders.trim(), "", "processes still in {ns}");
+    }
+    assert_eq!(tb.ok("ls /run/wharf/uid-ranges 2>/dev/null; true").trim(), "", "range locks left");
+}
+
+fn boot_and_stop(tb: &Testbed) {
+    prepare(tb);
+    let before = mounts(tb);
+    start(tb, UNIT, &format!("--machine f28 --directory {IMAGE}"));
+    // systemd-run returned: the start job is done, so readiness came.
+    assert_eq!(show(tb, UNIT, "ActiveState"), "active");
+    assert!(show(tb, UNIT, "StatusText").starts_with("Container running"), "{}", show(tb, UNIT, "StatusText"));
+
+    let list = tb.ok("machinectl list --no-legend");
+    let row: Vec<&str> = list.lines().find(|l| l.starts_with("f28 ")).expect("f28 listed").split_whitespace().collect();
+    assert_eq!(&row[..3], ["f28", "container", "wharf"], "{list}");
+    let status = tb.ok("machinectl status f28 --no-pager");
+    assert!(
+        status.contains("Service: wharf; class container") && status.contains("Unit: wharf-f28.service"),
+        "{status}"
+    );
+    assert!(status.contains(&format!("Root: {IMAGE}")), "{status}");
+
+    let leader = leader(tb, "f28");
+    assert_running_inside(tb, &leader, UNIT);
+    // A command's exit status comes back through nsenter.
+    let out = tb.sh(&format!("nsenter -t {leader} -a sh -c 'exit 7'"));
+    assert_eq!(out.code, Some(7), "{out}");
+    tb.ok(&format!("nsenter -t {leader} -a grep -qzx container=wharf /proc/1/environ"));
+    // The init runs as PID 1 of its own PID namespace, named after the machine.
+    assert_eq!(
+        tb.ok(&format!("nsenter -t {leader} -a sh -c 'readlink /proc/1/exe; hostname'")),
+        "/usr/lib/systemd/systemd\nf28\n"
+    );
+
+    // Its own user namespace, mapping container root to a private range.
+    let uid_map = tb.ok(&format!("cat /proc/{leader}/uid_map"));
+    let fields: Vec<u64> = uid_map.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields.len(), 3, "{uid_map}");
+    assert_eq!(fields[0], 0, "{uid_map}");
+    assert!(fields[1] >= 0x80000 && fields[1].is_multiple_of(65536), "{uid_map}");
+    assert_eq!(fields[2], 65536, "{uid_map}");
+    let ns = tb.ok(&format!("readlink /proc/{leader}/ns/user")).trim().to_string();
+    assert_ne!(ns, tb.ok("readlink /proc/self/ns/user").trim());
+    // The image's files are root's inside, and untouched on disk (idmapped).
+    assert_eq!(tb.ok(&format!("nsenter -t {leader} -a stat -c %u:%g /etc/os-release")).trim(), "0:0");
+    assert_eq!(tb.ok(&format!("stat -c %u {IMAGE}")).trim(), "0");
+    // The container's cgroup root is the payload cgroup of the unit.
+    let cgroup = tb.ok(&format!("cat /proc/{leader}/cgroup"));
+    assert!(cgroup.contains("0::/machine.slice/wharf-f28.service/payload/init.scope"), "{cgroup}");
+
+    tb.ok(&format!("systemctl stop {UNIT}"));
+    assert_eq!(show(tb, UNIT, "ActiveState"), "inactive");
+    assert_nothing_left(tb, IMAGE, "f28", Some(&ns));
+    assert_eq!(mounts(tb), before, "the testbed's mounts changed");
+    let journal = tb.ok(&format!("journalctl -u {UNIT} --no-pager"));
+    assert!(journal.contains("Reached target") && journal.contains("Halting system"), "console not in the journal");
+}
+
+fn poweroff_and_reboot(tb: &Testbed) {
+    prepare(tb);
+    start(tb, UNIT, &format!("--machine f28 --directory {IMAGE}"));
+    let first = leader(tb, "f28");
+    // Reboot from inside: the launcher exits 133 and the unit is restarted.
+    tb.sh(&format!("nsenter -t {first} -a systemctl reboot"));
+    tb.ok(&format!(
+        "for i in $(seq 100); do [ \"$(systemctl show -p NRestarts --value {UNIT})\" = 1 ] && \
+         [ \"$(systemctl show -p ActiveState --value {UNIT})\" = active ] && exit 0; sleep 0.1; done; exit 1"
+    ));
+    let second = leader(tb, "f28");
+    assert_ne!(first, second, "a new container after the reboot");
+    assert_running_inside(tb, &second, UNIT);
+    // Power off from inside: the unit ends successfully, with nothing left.
+    tb.sh(&format!("nsenter -t {second} -a systemctl poweroff"));
+    tb.ok(&format!(
+        "for i in $(seq 100); do [ \"$(systemctl show -p ActiveState --value {UNIT})\" = inactive ] && exit 0; \
+         sleep 0.1; done; exit 1"
+    ));
+    assert_eq!(show(tb, UNIT, "Result"), "success");
+    assert_eq!(show(tb, UNIT, "ExecMainStatus"), "0");
+    assert_nothing_left(tb, IMAGE, "f28", None);
+}
+
+/// A stop that comes while the container is still booting (its systemd may
+/// not handle signals yet) still halts it, quickly and cleanly.
+fn stop_during_boot(tb: &Testbed) {
+    prepare(tb);
+    for delay in ["0.01", "0.03", "0.1"] {
+        tb.ok(&format!(
+            "systemd-run --quiet --no-block --unit={UNIT} {UNIT_PROPERTIES} /usr/lib/wharf/wharfd launch --machine f28 \
+             --directory {IMAGE}; sleep {delay}; timeout 20 systemctl stop {UNIT}"
+        ));
+        assert_eq!(show(tb, UNIT, "Result"), "success", "stopped {delay} s after the start");
+        assert_nothing_left(tb, IMAGE, "f28", None);
+    }
+}
+
+fn private_network(tb: &Testbed) {
+    prepare(tb);
+    start(tb, UNIT, &format!("--machine f28 --directory {IMAGE} --network=private"));
+    let leader = leader(tb, "f28");
+    assert_running_inside(tb, &leader, UNIT);
+    let links = tb.ok(&format!("nsenter -t {leader} -a ip -br link"));
+    let names: Vec<&str> = links.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["lo"], "{links}");
+    assert!(links.contains("UP"), "the container's systemd brings lo up: {links}");
+    tb.ok(&format!("systemctl stop {UNIT}"));
+    assert_nothing_left(tb, IMAGE, "f28", None);
+}
+
+/// The fallback for file systems without idmapped mounts: the image is
+/// shifted with chown once, recorded in its root's owner, and started again
+/// without a second walk.
+fn chown_fallback(tb: &Testbed) {
+    prepare(tb);
+    let copy = "/var/lib/machines/f28c";
+    tb.ok(&format!("rm -rf {copy}; cp -a {IMAGE} {copy}"));
+    let options = format!("--machine f28c --directory {copy} --private-users-ownership=chown");
+    start(tb, "wharf-f28c", &options);
+    let leader = leader(tb, "f28c");
+    assert_running_inside(tb, &leader, "wharf-f28c");
+    let base = tb.ok(&format!("awk '{{print $2}}' /proc/{leader}/uid_map")).trim().to_string();
+    assert_eq!(tb.ok(&format!("stat -c %u {copy}")).trim(), base, "the root records the range");
+    assert_eq!(tb.ok(&format!("nsenter -t {leader} -a stat -c %u:%g /etc/shadow")).trim(), "0:42");
+    tb.ok("systemctl stop wharf-f28c");
+    assert_nothing_left(tb, copy, "f28c", None);
+
+    start(tb, "wharf-f28c", &options);
+    let journal = tb.ok("journalctl -u wharf-f28c --no-pager -o cat");
+    assert_eq!(journal.matches(" files of ").count(), 1, "walked once:\n{journal}");
+    assert!(journal.contains("is shifted to UID range"), "{journal}");
+    assert_eq!(tb.ok("machinectl show f28c -p Leader --value >/dev/null; awk '{print $2}' /proc/$(machinectl show f28c -p Leader --value)/uid_map").trim(), base);
+    tb.ok("systemctl stop wharf-f28c");
+    assert_nothing_left(tb, copy, "f28c", None);
+    tb.ok(&format!("rm -rf {copy}"));
+}
+
+/// squashfs (read-only) and ext4 (writable) file system images of f28,
+/// through a loop device that is gone when the unit has stopped.
+fn raw_images(tb: &Testbed) {
+    prepare(tb);
+    let tree = tb.host_path(IMAGE);
+    let squashfs = tb.host_path("/var/lib/machines/f28s.raw");
+    let ext4 = tb.host_path("/var/lib/machines/f28e.raw");
+    let built = std::process::Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&squashfs)
+        .args(["-noappend", "-quiet", "-no-progress", "-noI", "-noId", "-noD", "-noF", "-noX", "-no-xattrs"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "mksquashfs");
+    let file = std::fs::File::create(&ext4).unwrap();
+    file.set_len(1 << 30).unwrap();
+    let built =
+        std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&tree).arg(&ext4).status().unwrap();
+    assert!(built.success(), "mkfs.ext4");
+
+    for (machine, fstype, mode) in [("f28s", "squashfs", "ro"), ("f28e", "ext4", "rw")] {
+        let unit = format!("wharf-{machine}");
+        let image = format!("/var/lib/machines/{machine}.raw");
+        start(tb, &unit, &format!("--machine {machine} --image {image}"));
+        let leader = leader(tb, machine);
+        assert_running_inside(tb, &leader, &unit);
+        let root = tb.ok(&format!("nsenter -t {leader} -a findmnt -n -o FSTYPE,OPTIONS /"));
+        assert!(root.starts_with(fstype) && root.contains(&format!(" {mode},")), "{root}");
+        assert!(tb.ok("losetup -a -n -O BACK-FILE").contains(&image));
+        assert!(tb.ok(&format!("machinectl status {machine} --no-pager")).contains(&format!("Root: {image}")));
+        tb.ok(&format!("systemctl stop {unit}"));
+        assert_nothing_left(tb, &image, machine, None);
+        assert_eq!(tb.ok("ls /run/wharf/machines 2>/dev/null; true").trim(), "", "mount points left");
+    }
+    std::fs::remove_file(&squashfs).unwrap();
+    std::fs::remove_file(&ext4).unwrap();
+}
+
+fn bad_input(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("rm -rf /srv/noinit && mkdir -p /srv/noinit/etc /srv/noinit/usr/lib/systemd && chmod 755 /srv/noinit && \
+           printf '#!/bin/sh\\n' > /srv/noinit/usr/lib/systemd/systemd");
+    let before = mounts(tb);
+    for (options, machine, reason) in [
+        (
+            "--machine f29 --directory /var/lib/machines/missing",
+            "f29",
+            "image directory /var/lib/machines/missing does not exist",
+        ),
+        ("--machine f29 --directory /srv/noinit", "f29", "no init in /srv/noinit"),
+        ("--machine 'no/slash' --directory /var/lib/machines/f28", "no/slash", "contains '/'"),
+        (&format!("--machine {} --directory {IMAGE}", "x".repeat(65)), &"x".repeat(65), "longer than 64"),
+        ("--machine f29 --directory /etc/hostname", "f29", "/etc/hostname is not a directory"),
+        ("--machine f29 --image /etc/hostname", "f29", "not an image"),
+        ("--machine f29 --image /var/lib/machines/missing.raw", "f29", "No such file or directory"),
+    ] {
+        let out = tb.sh(&format!("/usr/lib/wharf/wharfd launch {options}"));
+        assert_eq!(out.code, Some(1), "{out}");
+        let stderr = out.stderr.trim_end();
+        assert_eq!(stderr.lines().count(), 1, "one line: {out}");
+        assert!(stderr.starts_with(&format!("wharfd launch: machine '{machine}': ")), "{out}");
+        assert!(stderr.contains(reason), "{out}");
+        assert_eq!(out.stdout, "", "{out}");
+    }
+    // The same through a unit: it fails, with the reason as its status.
+    let out = tb.sh(&format!(
+        "systemd-run --quiet --unit=wharf-f29 {UNIT_PROPERTIES} /usr/lib/wharf/wharfd launch --machine f29 --directory /srv/noinit"
+    ));
+    assert!(!out.success(), "{out}");
+    assert!(show(tb, "wharf-f29", "StatusText").contains("no init in /srv/noinit"));
+    tb.ok("systemctl reset-failed wharf-f29");
+    assert_eq!(mounts(tb), before, "the testbed's mounts changed");
+    assert_nothing_left(tb, "/srv/noinit", "f29", None);
+    tb.ok("rm -rf /srv/noinit");
+}
+
+/// No unit, scope or machine of `machine` is left.
+#[track_caller]
+fn assert_gone(tb: &Testbed, machine: &str) {
+    let units = tb.ok(&format!("systemctl list-units --all --no-legend --plain 'wharf-{machine}*' | wc -l"));
+    assert_eq!(units.trim(), "0", "units of {machine} left");
+    let machines = tb.ok("machinectl list --no-legend");
+    assert!(!machines.contains(machine), "machined still has {machine}: {machines}");
+}
+
+fn machine_cli(tb: &Testbed) {
+    prepare(tb);
+    let before = mounts(tb);
+    let out = tb.ok("machine start f28 --property=MemoryMax=512M --property=TasksMax=200 --property=CPUQuota=50%");
+    assert_eq!(out.trim(), "Machine f28 is running (wharf-f28.service); its init reported ready.");
+    let listed = tb.ok("machinectl list --no-legend");
+    assert!(
+        listed.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..3] == ["f28", "container", "wharf"]),
+        "{listed}"
+    );
+    assert!(tb.ok("machinectl status f28").contains("wharf-f28.service"));
+    assert!(tb.ok("machine list --json").contains(r#""name":"f28","class":"container","service":"wharf""#));
+
+    // Commands run inside, with their exit status and their output.
+    assert_eq!(tb.ok("machine shell f28 systemctl is-system-running").trim(), "running");
+    assert_eq!(tb.sh("machine shell f28 sh -c 'exit 7'").code, Some(7));
+    assert_eq!(tb.sh("machine shell f28 /no/such/command").code, Some(127));
+    assert_eq!(tb.ok("machine shell f28 nobody@ id -u").trim(), "65534");
+    assert_eq!(tb.ok("machine shell root@f28 -- cat /etc/hostname").trim(), "f28");
+    assert_eq!(tb.ok("echo piped | machine shell f28 cat").trim(), "piped");
+
+    // Limits set at start: on the unit, and in the container's cgroups.
+    assert_eq!(show(tb, "wharf-f28.service", "MemoryMax"), "536870912");
+    assert_eq!(show(tb, "wharf-f28.service", "TasksMax"), "200");
+    assert_eq!(show(tb, "wharf-f28.service", "CPUQuotaPerSecUSec"), "500ms");
+    let cgroup = "/sys/fs/cgroup/memory/machine.slice/wharf-f28.service";
+    assert_eq!(tb.ok(&format!("cat {cgroup}/memory.limit_in_bytes")).trim(), "536870912");
+    assert_eq!(tb.ok("cat /sys/fs/cgroup/pids/machine.slice/wharf-f28.service/pids.max").trim(), "200");
+    assert_eq!(tb.ok("machine shell f28 cat /sys/fs/cgroup/memory/memory.limit_in_bytes").trim(), "536870912");
+    let shown = tb.ok("machine show f28");
+    assert!(shown.contains("MemoryMax=536870912\n") && shown.contains("CPUQuota=50%\n"), "{shown}");
+
+    // Changed live.
+    tb.ok("machine set-property f28 MemoryMax=256M TasksMax=100");
+    assert_eq!(show(tb, "wharf-f28.service", "MemoryMax"), "268435456");
+    assert_eq!(tb.ok(&format!("cat {cgroup}/memory.limit_in_bytes")).trim(), "268435456");
+    assert_eq!(tb.ok("cat /sys/fs/cgroup/pids/machine.slice/wharf-f28.service/pids.max").trim(), "100");
+    assert_eq!(tb.ok("machine shell f28 cat /sys/fs/cgroup/memory/memory.limit_in_bytes").trim(), "268435456");
+
+    let status = tb.ok("machine status f28");
+    assert!(status.contains("Unit: wharf-f28.service") && status.contains("MemoryMax=268435456"), "{status}");
+    let refused = tb.fails("machine start f28");
+    assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running already");
+    let refused = tb.fails("machine remove f28");
+    assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running; stop it before removing its image");
+
+    // Poweroff: SIGRTMIN+4 to its init, and waits until nothing is left.
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+    assert_eq!(mounts(tb), before, "mounts left behind");
+    assert_eq!(tb.ok("losetup -a | wc -l").trim(), "0");
+    let refused = tb.fails("machine poweroff f28");
+    assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is not running");
+}
+
+fn imported_images_start(tb: &Testbed) {
+    prepare(tb);
+    // The f28 tree as .tar.xz, and a raw squashfs of it as .raw.xz, made on the host.
+    let work = tb.host_path("/srv/import");
+    std::fs::create_dir_all(&work).unwrap();
+    let tree = tb.host_path(IMAGE);
+    let script = format!(
+        "set -e; tar --numeric-owner -C {tree} -cf - . | xz -T0 -1 > {work}/f28x.tar.xz; \
+         mksquashfs {tree} {work}/f28q.raw -noappend -quiet -no-progress >/dev/null; xz -T0 -1 {work}/f28q.raw",
+        tree = tree.display(),
+        work = work.display()
+    );
+    crate::testbed::run_host(std::process::Command::new("sh").args(["-c", &script]), "making import files").unwrap();
+    assert_eq!(tb.ok("machine import-tar /srv/import/f28x.tar.xz").trim(), "Imported /var/lib/machines/f28x.");
+    assert_eq!(tb.ok("machine import-raw /srv/import/f28q.raw.xz").trim(), "Imported /var/lib/machines/f28q.raw.");
+    for name in ["f28x", "f28q"] {
+        tb.ok(&format!("machine start {name}"));
+        assert_eq!(tb.ok(&format!("machine shell {name} systemctl is-system-running")).trim(), "running", "{name}");
+        tb.ok(&format!("machine poweroff {name}"));
+        assert_gone(tb, name);
+    }
+    tb.ok("machine remove f28x f28q; rm -rf /srv/import");
+}
+
+fn bad_starts(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("mkdir -p /var/lib/machines/noinit/etc && echo ID=x > /var/lib/machines/noinit/etc/os-release");
+    let cases = [
+        ("machine start nosuch", "machine: image 'nosuch' not found in the search path"),
+        (
+            "machine start noinit",
+            "machine: machine 'noinit': the image has no init (/usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init)",
+        ),
+        ("machine start 'bad name'", "machine: machine name 'bad name' contains ' '"),
+        ("machine start f28 --property=Nice=5", "machine: unknown property 'Nice' (supported: MemoryMax"),
+        ("machine start f28 --property=MemoryMax=lots", "machine: MemoryMax: 'lots' is not a size"),
+        ("machine start f28 --network=bridge", "machine: machine 'f28': 'bridge' is not a valid --network value"),
+        ("machine shell nosuch true", "machine: machine 'nosuch' is not running"),
+    ];
+    for (command, expected) in cases {
+        let out = tb.fails(command);
+        assert!(out.stderr.starts_with(expected), "{command}: {out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{command}: {out}");
+        for machine in ["nosuch", "noinit", "f28"] {
+            assert_gone(tb, machine);
+        }
+    }
+    tb.ok("rm -rf /var/lib/machines/noinit");
+    let out = tb.sh_nobody("machine start f28");
+    assert_eq!(out.stderr.trim(), "machine: access denied: starting a machine needs root (caller is uid 65534)");
+}
+
+fn enable_at_boot(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("machine enable f28");
+    assert_eq!(tb.ok("systemctl is-enabled wharf-machine@f28.service").trim(), "enabled");
+    assert!(tb.ok("ls /etc/systemd/system/machines.target.wants/").contains("wharf-machine@f28.service"));
+    // What boot does: machines.target pulls the machine in.
+    tb.ok("systemctl start machines.target");
+    assert_eq!(tb.ok("machine shell f28 systemctl is-system-running").trim(), "running");
+    tb.ok("systemctl stop wharf-machine@f28.service");
+    assert_gone(tb, "f28");
+    tb.ok("machine disable f28");
+    assert_eq!(tb.sh("systemctl is-enabled wharf-machine@f28.service").stdout.trim(), "disabled");
+}
