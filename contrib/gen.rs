@@ -54,6 +54,12 @@ const PAGES: &[Page] = &[
         command: Some(wharf::cli::wharfd::Args::command),
     },
     Page { name: "wharf-profiles", section: "7", template: include_str!("../man/wharf-profiles.7.in"), command: None },
+    Page {
+        name: "wharf-machine.toml",
+        section: "5",
+        template: include_str!("../man/wharf-machine.toml.5.in"),
+        command: None,
+    },
 ];
 
 /// The shipped sandbox profiles, quoted in wharf-profiles(7) as installed.
@@ -278,7 +284,8 @@ fn commands_section(command: &Command) -> Result<String, String> {
             let value = value_name(arg);
             let repeated = arg.get_num_args().is_some_and(|n| n.max_values() > 1) && !value.ends_with("...");
             let dots = if repeated { "..." } else { "" };
-            if arg.is_required_set() {
+            // A value name in brackets already says that it is optional.
+            if arg.is_required_set() || value.starts_with('[') {
                 heading.extend([roman(" "), italic(value), roman(dots)]);
             } else {
                 heading.extend([roman(" ["), italic(value), roman(format!("]{dots}"))]);

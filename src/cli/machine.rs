@@ -105,7 +105,8 @@ pub enum Command {
     },
     /// Boot a machine from its image, in a transient unit with its limits.
     Start {
-        #[arg(required = true)]
+        /// Machines (images in the search path) to boot.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// A resource limit, as systemctl set-property takes it (MemoryMax=512M,
         /// CPUQuota=50%, TasksMax=200, ...); repeatable.
@@ -123,7 +124,8 @@ pub enum Command {
     },
     /// Power a machine off (SIGRTMIN+4 to its init) and wait until it is gone.
     Poweroff {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// Do not wait.
         #[arg(long)]
@@ -131,17 +133,20 @@ pub enum Command {
     },
     /// Reboot a machine (SIGINT to its init).
     Reboot {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Stop a machine's unit at once.
     Terminate {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Send a signal to a machine's processes.
     Kill {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// The signal (name or number); SIGTERM by default.
         #[arg(short, long, default_value = "SIGTERM")]
@@ -153,12 +158,20 @@ pub enum Command {
     /// List running machines.
     List,
     /// Show a running machine: its unit, init, root and limits.
-    Status { name: String },
+    Status {
+        /// A running machine.
+        name: String,
+    },
     /// Show a running machine's resource limits.
-    Show { name: String },
+    Show {
+        /// A running machine.
+        name: String,
+    },
     /// Change resource limits of a running machine, live.
     SetProperty {
+        /// A running machine.
         name: String,
+        /// Resource limits, as systemctl set-property takes them (MemoryMax=512M, CPUQuota=50%, ...).
         #[arg(required = true, value_name = "KEY=VALUE")]
         properties: Vec<String>,
         /// Also keep them in /etc/wharf/machines/NAME.toml, for every start.
@@ -167,20 +180,28 @@ pub enum Command {
     },
     /// Start machines at boot (through machines.target).
     Enable {
-        #[arg(required = true)]
+        /// Machines (images in the search path).
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Do not start machines at boot.
     Disable {
-        #[arg(required = true)]
+        /// Machines (images in the search path).
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Open a login prompt in a machine (^] three times within 1s leaves).
-    Login { name: String },
+    Login {
+        /// A running machine.
+        name: String,
+    },
     /// Run a command (or a shell) in a machine; exits with its exit status.
     /// NAME may be USER@NAME, or USER@ may follow NAME.
     Shell {
+        /// A running machine, or USER@NAME.
         name: String,
+        /// The user to run as (USER@; root by default), then the command and its
+        /// arguments (the user's shell by default).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "[USER@] [COMMAND]")]
         command: Vec<String>,
     },
