@@ -1,38 +1,35 @@
-//! Machine benchmark, in the testbed: booting the f28 image with wharf's
-//! launcher against `machinectl start f28` (systemd-nspawn@f28.service) on
-//! the same directory, as a ratio of medians of alternating runs.
+//! Machine benchmarks, in the testbed, as ratios to the reference tools in
+//! the same run (medians of alternating runs):
 //!
-//! Both are measured the same way: from the start command until machined
-//! reports the machine `running` *and* the container's systemd says
-//! `running` (`systemctl -M f28 is-system-running`), polled every 20 ms.
-//! The start commands differ in when they return: `systemd-run` of the
-//! launcher's Type=notify unit returns when the container's systemd has sent
-//! READY=1 (boot finished), `machinectl start` as soon as nspawn has started
-//! the init (nspawn's default `--notify-ready=no`); polling for the booted
-//! state after both makes the two comparable.
+//! - `machine start f28` until the container's systemd reports running,
+//!   against `machinectl start f28` (systemd-nspawn) of the same directory:
+//!   target ≤ 1.0x. Both are measured from the start command until machined
+//!   says `running` and `systemctl -M f28 is-system-running` says `running`,
+//!   polled every 20 ms: `machine start` returns when the container's
+//!   systemd has sent READY=1, `machinectl start` as soon as nspawn has
+//!   started the init, so polling for the booted state makes them
+//!   comparable. (nspawn's unit also sets up a veth pair; wharf's default is
+//!   the host's network.)
+//! - `machine import-raw` of a 1 GiB `.raw.xz` (written by `xz -T0`, so its
+//!   blocks can be decoded in parallel) against `machinectl import-raw` of
+//!   the same file (target: at least 2x faster, ratio ≤ 0.5) and against
+//!   `xz -dc -T0 > file`, the practical limit (target ≤ 1.2x).
 //!
-//! nspawn's unit also sets up a veth pair (`--network-veth`); the launcher
-//! is measured with the host's network (its default) and with
-//! `--network=private` (a new network namespace with only loopback).
-//!
-//! Target: ≤ 1.0x. Run: `cargo bench --bench machine` (as root).
+//! Run: `cargo bench --bench machine` (as root).
 
 #[path = "../tests/testbed/mod.rs"]
 mod testbed;
 
-use std::path::Path;
-use std::process::ExitCode;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
-use testbed::{BootOptions, Release, Testbed, images};
-
-const RUNS: usize = 7;
+use testbed::bench::{Timed, alternate, report, runs};
+use testbed::{BootOptions, Release, Testbed, images, run_host};
 
 /// Waits (up to 30 s) until the machine is running and booted; fails otherwise.
 const WAIT_BOOTED: &str = "for i in $(seq 1500); do \
     [ \"$(machinectl show f28 -p State --value 2>/dev/null)\" = running ] && \
     [ \"$(systemctl -M f28 is-system-running 2>/dev/null)\" = running ] && exit 0; sleep 0.02; done; exit 1";
-
 /// Waits until machined has forgotten f28.
 const WAIT_GONE: &str =
     "for i in $(seq 1500); do machinectl show f28 >/dev/null 2>&1 || exit 0; sleep 0.02; done; exit 1";
@@ -51,98 +48,71 @@ fn main() -> ExitCode {
     }
 }
 
-fn launch(options: &str) -> String {
-    format!(
-        "systemd-run --quiet --unit=wharf-f28 --slice=machine.slice -p Delegate=yes -p Type=notify -p KillMode=mixed \
-         /usr/lib/wharf/wharfd launch --machine f28 --directory /var/lib/machines/f28 {options} && ( {WAIT_BOOTED} )"
-    )
-}
-
 fn run() -> Result<bool, String> {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_wharfd")).parent().ok_or("no binary directory")?.to_path_buf();
     let release = Release::from_env().map_err(|e| e.to_string())?;
+    let big = big_raw_xz()?;
     let tb = Testbed::boot(&BootOptions { release, bin_dir, label: "bench".into() }).map_err(|e| e.to_string())?;
     let tarball = images::f28_tarball().map_err(|e| e.to_string())?;
     let image = tb.host_path("/var/lib/machines/f28");
     std::fs::create_dir_all(&image).map_err(|e| e.to_string())?;
-    let status = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&image)
-        .arg("-xf")
-        .arg(&tarball)
-        .status()
+    run_host(Command::new("tar").arg("-C").arg(&image).arg("-xf").arg(&tarball), "unpacking f28")
         .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err(format!("unpacking {}", tarball.display()));
-    }
-
-    let wharf_host = (launch(""), "systemctl stop wharf-f28".to_string());
-    let wharf_private = (launch("--network=private"), "systemctl stop wharf-f28".to_string());
-    let nspawn =
-        (format!("machinectl start f28 && ( {WAIT_BOOTED} )"), format!("machinectl poweroff f28; ( {WAIT_GONE} )"));
-    let readiness = (
-        "systemd-run --quiet --unit=wharf-f28 --slice=machine.slice -p Delegate=yes -p Type=notify \
-                      -p KillMode=mixed /usr/lib/wharf/wharfd launch --machine f28 --directory /var/lib/machines/f28",
-        "systemctl stop wharf-f28",
-    );
-
-    // Warm the page cache, machined and both start paths.
-    for (start, stop) in [&wharf_host, &nspawn] {
-        time(&tb, start, stop)?;
-    }
-
-    let mut ours = Vec::new();
-    let mut ours_private = Vec::new();
-    let mut theirs = Vec::new();
-    let mut ready = Vec::new();
-    for _ in 0..RUNS {
-        ours.push(time(&tb, &wharf_host.0, &wharf_host.1)?);
-        theirs.push(time(&tb, &nspawn.0, &nspawn.1)?);
-        ours_private.push(time(&tb, &wharf_private.0, &wharf_private.1)?);
-        ready.push(time(&tb, readiness.0, readiness.1)?);
-    }
-    let (ours, ours_private, theirs, ready) = (median(ours), median(ours_private), median(theirs), median(ready));
     let mut met = true;
-    met &= report("boot of f28 to running (launcher, host network)", ours, theirs, 1.0);
-    met &= report("boot of f28 to running (launcher, private network)", ours_private, theirs, 1.0);
-    println!(
-        "launcher unit start job (systemd-run returns on the container's READY=1): {:.1} ms",
-        ready.as_secs_f64() * 1e3
-    );
+
+    let ours_start = format!("machine start f28 >/dev/null && ( {WAIT_BOOTED} )");
+    let theirs_start = format!("machinectl start f28 && ( {WAIT_BOOTED} )");
+    let ours = Timed::new(&ours_start, "machine poweroff f28");
+    let theirs_stop = format!("machinectl poweroff f28; ( {WAIT_GONE} )");
+    let theirs = Timed::new(&theirs_start, &theirs_stop);
+    // Warm the page cache, machined and both start paths.
+    tb.time(ours.command, ours.reset);
+    tb.time(theirs.command, theirs.reset);
+    let (wharf, reference) = alternate(&tb, runs(7), ours, theirs);
+    met &= report("boot of f28 until its systemd runs", "machinectl start", wharf, reference, 1.0);
+
+    // The 1 GiB image, and xz in the testbed for the practical limit.
+    std::fs::copy(&big, tb.host_path("/srv/big.raw.xz")).map_err(|e| e.to_string())?;
+    std::fs::copy("/usr/bin/xz", tb.host_path("/usr/local/bin/xz")).map_err(|e| format!("copying xz: {e}"))?;
+    let ours = Timed::new("machine import-raw /srv/big.raw.xz big >/dev/null", "machine remove big >/dev/null");
+    let theirs = Timed::new("machinectl import-raw /srv/big.raw.xz big2 >/dev/null 2>&1", "machinectl remove big2");
+    let limit =
+        Timed::new("xz -dc -T0 /srv/big.raw.xz > /var/lib/machines/plain.raw", "rm /var/lib/machines/plain.raw");
+    tb.time("cat /srv/big.raw.xz >/dev/null", ":");
+    let import_runs = runs(3);
+    let (wharf, reference) = alternate(&tb, import_runs, ours, theirs);
+    met &= report("import-raw of a 1 GiB .raw.xz", "machinectl import-raw", wharf, reference, 0.5);
+    let (wharf, plain) = alternate(&tb, import_runs, ours, limit);
+    met &= report("import-raw of a 1 GiB .raw.xz", "xz -dc -T0", wharf, plain, 1.2);
+
     tb.poweroff().map_err(|e| e.to_string())?;
     Ok(met)
 }
 
-/// Times `command` with the testbed shell's clock, then runs `reset`
-/// untimed; a failure says what the commands printed.
-fn time(tb: &Testbed, command: &str, reset: &str) -> Result<Duration, String> {
+/// A 1 GiB ext4 image of the f28 tree, compressed with `xz -T0`, made once
+/// and kept in the testbed cache (it takes a while on two cores).
+fn big_raw_xz() -> Result<PathBuf, String> {
+    let tarball = images::f28_tarball().map_err(|e| e.to_string())?;
+    let cache = testbed::cache::cache_dir();
+    let key = testbed::cache::key(&["bench-1g-raw-xz", &tarball.display().to_string()]);
+    let target = cache.join(format!("bench-1g-{key}.raw.xz"));
+    if target.is_file() {
+        return Ok(target);
+    }
+    testbed::note("making the 1 GiB .raw.xz for the import benchmark (first run only)");
+    let stage = cache.join(format!(".bench-stage-{}", std::process::id()));
+    let raw = cache.join(format!(".bench-{}.raw", std::process::id()));
     let script = format!(
-        "s=$(date +%s%N); {{ {command} ; }} || exit 97; e=$(date +%s%N); {{ {reset} ; }} || exit 98; echo $((e - s))"
+        "set -e; mkdir -p {stage}; tar -C {stage} -xf {tarball}; truncate -s 1G {raw}; \
+         mkfs.ext4 -q -F -d {stage} {raw} >/dev/null; xz -T0 -3 {raw}; mv {raw}.xz {target}",
+        stage = stage.display(),
+        tarball = tarball.display(),
+        raw = raw.display(),
+        target = target.display()
     );
-    let out = tb.sh(&script);
-    out.stdout
-        .trim()
-        .lines()
-        .last()
-        .and_then(|line| line.parse().ok())
-        .filter(|_| out.success())
-        .map(Duration::from_nanos)
-        .ok_or_else(|| format!("timing failed: {out}"))
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn report(what: &str, wharf: Duration, reference: Duration, target: f64) -> bool {
-    let ratio = wharf.as_secs_f64() / reference.as_secs_f64();
-    let ok = ratio <= target;
-    println!(
-        "{what}: wharf {:.1} ms, machinectl start (nspawn) {:.1} ms, ratio {ratio:.2} (target <= {target}) {}",
-        wharf.as_secs_f64() * 1e3,
-        reference.as_secs_f64() * 1e3,
-        if ok { "ok" } else { "MISSED" }
-    );
-    ok
+    let made = run_host(Command::new("sh").args(["-c", &script]), "making the benchmark image");
+    let _ = std::fs::remove_dir_all(&stage);
+    let _ = std::fs::remove_file(&raw);
+    let _ = std::fs::remove_file(raw.with_extension("raw.xz"));
+    made.map(|_| target).map_err(|e| e.to_string())
 }

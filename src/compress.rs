@@ -63,11 +63,30 @@ pub fn decoder<'a, R: Read + Send + 'a>(input: R) -> io::Result<(Compression, Bo
     let kind = Compression::from_magic(buffered.fill_buf()?);
     let reader: Box<dyn Read + Send + 'a> = match kind {
         Compression::None => Box::new(buffered),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_parallel(buffered)),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_stream(buffered, xz_stream_decoder()?)),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
     };
     Ok((kind, reader))
+}
+
+/// Memory the xz decoder may use before it runs on fewer threads (liblzma's
+/// default of 0 would mean one thread).
+const XZ_MEMLIMIT_THREADING: u64 = 256 << 20;
+/// Memory no xz stream may make the decoder use (`xz -9` needs 65 MiB).
+const XZ_MEMLIMIT_STOP: u64 = 1 << 30;
+
+/// liblzma's multithreaded xz decoder, one thread per core: it decodes the
+/// blocks of a stream in parallel where their headers give their sizes
+/// (what `xz -T` writes), and falls back to one thread on its own otherwise.
+pub fn xz_stream_decoder() -> io::Result<liblzma::stream::Stream> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) as u32;
+    liblzma::stream::MtStreamBuilder::new()
+        .threads(threads)
+        .memlimit_threading(XZ_MEMLIMIT_THREADING)
+        .memlimit_stop(XZ_MEMLIMIT_STOP)
+        .decoder()
+        .map_err(io::Error::other)
 }
 
 /// A compressing writer that must be finished to write its trailer.

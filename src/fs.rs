@@ -42,6 +42,57 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Size of the runs of zeros [`copy_sparse`] leaves as holes.
+const HOLE_BLOCK: usize = 64 * 1024;
+
+/// Copies `reader` into `file` from its current position, leaving runs of
+/// zero bytes as holes (disk images are mostly empty space), and returns the
+/// number of bytes copied. The file is extended to its full length even when
+/// it ends in a hole.
+pub fn copy_sparse(reader: &mut dyn std::io::Read, file: &mut File) -> Result<u64, CopyError> {
+    use std::io::{Seek, SeekFrom};
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut copied: u64 = 0;
+    loop {
+        let mut filled = 0;
+        // Fill whole buffers, so that holes line up with whole blocks.
+        while filled < buffer.len() {
+            match reader.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        for block in buffer[..filled].chunks(HOLE_BLOCK) {
+            if block.iter().all(|b| *b == 0) {
+                file.seek(SeekFrom::Current(block.len() as i64)).map_err(CopyError::Write)?;
+            } else {
+                file.write_all(block).map_err(CopyError::Write)?;
+            }
+        }
+        copied += filled as u64;
+        if filled < buffer.len() {
+            break;
+        }
+    }
+    let end = file.stream_position().map_err(CopyError::Write)?;
+    file.set_len(end).map_err(CopyError::Write)?;
+    Ok(copied)
+}
+
+/// Which side of a copy failed: reading (a corrupt stream) or writing (a full disk).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Write(#[source] std::io::Error),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +110,26 @@ mod tests {
         assert_eq!(names, ["unit.service"]);
         assert!(write_atomic(&dir.join("missing/x"), b"", 0o644).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod sparse_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn zeros_become_holes_and_the_length_is_kept() {
+        let path = std::env::temp_dir().join(format!("wharf-sparse-{}", std::process::id()));
+        let mut data = vec![0u8; 8 << 20];
+        data[100] = 1;
+        data[5 << 20] = 2;
+        let mut file = File::create(&path).unwrap();
+        let copied = copy_sparse(&mut &data[..], &mut file).unwrap();
+        assert_eq!(copied, data.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Two 64 KiB blocks of data; the rest is holes.
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 <= 4 * HOLE_BLOCK as u64);
+        std::fs::remove_file(&path).unwrap();
     }
 }

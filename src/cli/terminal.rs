@@ -82,6 +82,10 @@ pub fn relay(master: OwnedFd) -> std::io::Result<()> {
     let mut stdout = std::io::stdout();
     let mut buffer = [0u8; 8192];
     let mut escape = EscapeCounter::default();
+    // The far side opens the terminal a moment after it is handed over (a
+    // getty being started): until it has, reading gives EIO, which is not
+    // the end of the session.
+    let mut opened = false;
     eprint!("Connected. Press ^] three times within 1s to leave.\r\n");
     loop {
         let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN), PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
@@ -94,9 +98,11 @@ pub fn relay(master: OwnedFd) -> std::io::Result<()> {
         let from_user = fds[1].revents().unwrap_or(PollFlags::empty());
         if from_machine.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             match nix::unistd::read(&master, &mut buffer) {
-                // EIO: the session's last process closed the terminal.
-                Ok(0) | Err(nix::errno::Errno::EIO) => break,
+                // EIO once it was open: the session's last process closed the terminal.
+                Ok(0) | Err(nix::errno::Errno::EIO) if opened => break,
+                Ok(0) | Err(nix::errno::Errno::EIO) => std::thread::sleep(Duration::from_millis(50)),
                 Ok(n) => {
+                    opened = true;
                     stdout.write_all(&buffer[..n])?;
                     stdout.flush()?;
                 }

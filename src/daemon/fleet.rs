@@ -11,7 +11,8 @@ use super::manager::progress_reporter;
 use super::{Daemon, failed};
 use crate::api::{BusError, fleet_flags};
 use crate::fleet::FleetFile;
-use crate::fleet::apply::{self, Error, Options};
+use crate::fleet::apply::{self, Error, MachineContext, Options};
+use crate::machine::ops::Machines;
 use crate::portable::ops::Host;
 use crate::systemd::Systemd;
 
@@ -19,11 +20,12 @@ use crate::systemd::Systemd;
 pub(crate) struct FleetInterface {
     daemon: Arc<Daemon>,
     host: Host,
+    machines: Machines,
 }
 
 impl FleetInterface {
     pub(crate) fn new(daemon: Arc<Daemon>) -> Self {
-        FleetInterface { daemon, host: Host::system() }
+        FleetInterface { daemon, host: Host::system(), machines: Machines::system() }
     }
 }
 
@@ -51,7 +53,9 @@ impl FleetInterface {
         let _exclusive = self.daemon.portable_lock.lock().await;
         let systemd = Systemd::new(connection).await.map_err(failed)?;
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
-        let outcome = apply::apply(&self.host, &systemd, fleet, base, options, progress).await?;
+        let machined = zbus_systemd::machine1::ManagerProxy::new(connection).await?;
+        let machines = MachineContext { machines: &self.machines, machined: &machined };
+        let outcome = apply::apply(&self.host, machines, &systemd, fleet, base, options, progress).await?;
         let plan = serde_json::to_string(&outcome.plan).map_err(failed)?;
         Ok((outcome.applied, plan))
     }
@@ -69,7 +73,9 @@ fn fleet_bus_error(error: &Error, message: String) -> BusError {
         Error::RolledBack(inner) => fleet_bus_error(inner, message),
         Error::Portable(portable) => super::portable::portable_bus_error(portable, message),
         Error::Image(image) => super::image_bus_error(image, message),
-        Error::File(_) | Error::MachinesUnsupported => BusError::InvalidArgument(message),
+        Error::File(_) | Error::Machine(_) => BusError::InvalidArgument(message),
+        Error::Machines(machines) => super::machine::machine_bus_error(machines, message),
+        Error::MachineNotReady(..) => BusError::Failed(message),
         Error::WrongVersion { .. } | Error::WrongHash { .. } | Error::HashOfDirectory(_) => BusError::BadImage(message),
         Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } | Error::NotActive(..) => {
             BusError::Failed(message)

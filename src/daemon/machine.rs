@@ -456,8 +456,15 @@ async fn machine_info(connection: &Connection, machined: &Machined<'_>, name: &s
 impl From<ops::Error> for BusError {
     fn from(error: ops::Error) -> Self {
         let message = error.to_string();
+        machine_bus_error(&error, message)
+    }
+}
+
+/// The D-Bus error for a machine error, carrying `message`.
+pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError {
+    {
         use ops::Error as E;
-        match &error {
+        match error {
             E::Name(_) | E::Property(_) | E::Invalid { .. } => BusError::InvalidArgument(message),
             E::Store(store) => store_bus_error(store, message),
             E::Image(image) => super::image_bus_error(image, message),

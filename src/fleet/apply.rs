@@ -10,9 +10,15 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::file::MachineWant;
 use super::file::{FleetFile, PortableWant};
-use super::plan::{AttachedImage, Plan, Record, RecordedPortable, ResolvedPortable, Snapshot, Step, plan_portables};
+use super::plan::{
+    AttachedImage, MachineState, Plan, Record, RecordedPortable, ResolvedPortable, Snapshot, Step, plan_machines,
+    plan_portables,
+};
 use crate::image::ImageName;
+use crate::machine::config::MachineConfig;
+use crate::machine::ops::{Machines, StartRequest, boot_unit, is_running, settings_with_limits};
 use crate::portable::Attachments;
 use crate::portable::dropin::{SETTINGS_DROPIN, settings_dropin};
 use crate::portable::ops::{Host, ImageRequest, ProgressFn, read_source};
@@ -22,6 +28,7 @@ use crate::portable::plan::{
 use crate::portable::profile::Profile;
 use crate::systemd::Systemd;
 use crate::transaction::Transaction;
+use zbus_systemd::machine1::ManagerProxy as Machined;
 
 /// Where apply records what it attached.
 pub const RECORD_FILE: &str = "var/lib/wharf/fleet.json";
@@ -52,8 +59,12 @@ pub enum Error {
     },
     #[error("{0} did not become active within {1:?}")]
     NotActive(String, Duration),
-    #[error("the fleet file lists machines; machines are applied by a later version of wharf")]
-    MachinesUnsupported,
+    #[error(transparent)]
+    Machines(#[from] crate::machine::ops::Error),
+    #[error("{0}")]
+    Machine(String),
+    #[error("machine '{0}' did not report ready within {1:?}")]
+    MachineNotReady(String, Duration),
     #[error("{0}; everything this apply changed was put back")]
     RolledBack(Box<Error>),
 }
@@ -81,30 +92,80 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     zruntime::unblock(work).await
 }
 
+/// What apply works on beyond the portable host: machines, through machined.
+#[derive(Debug)]
+pub struct MachineContext<'a> {
+    pub machines: &'a Machines,
+    pub machined: &'a Machined<'a>,
+}
+
 /// Applies a fleet file. `base` is the directory relative image paths in
 /// the file are taken from (the file's own directory).
 pub async fn apply(
     host: &Host,
+    machines: MachineContext<'_>,
     systemd: &Systemd,
     fleet: FleetFile,
     base: PathBuf,
     options: Options,
     progress: ProgressFn,
 ) -> Result<Outcome> {
-    if !fleet.machines.is_empty() {
-        return Err(Error::MachinesUnsupported);
-    }
     let resolve_host = host.clone();
     let wants = fleet.portables.clone();
-    let (resolved, sources) = blocking(move || resolve(&resolve_host, &wants, &base, progress)).await?;
+    let resolve_base = base.clone();
+    let (resolved, sources) = blocking(move || resolve(&resolve_host, &wants, &resolve_base, progress)).await?;
     let snapshot = snapshot(host, systemd).await?;
-    let plan = plan_portables(&resolved, &snapshot, options.prune);
+    let machine_states = machine_states(&machines, systemd, &fleet.machines).await?;
+    let mut plan = plan_portables(&resolved, &snapshot, options.prune);
+    let machine_steps = plan_machines(&fleet.machines, &machine_states).map_err(Error::Machine)?;
+    plan.steps.extend(machine_steps);
     tracing::info!(steps = plan.steps.len(), check = options.check, "fleet plan");
     if options.check || plan.is_empty() {
         return Ok(Outcome { plan, applied: false });
     }
-    execute(host, systemd, &plan, &resolved, sources, &snapshot).await?;
+    let wanted_machines = MachineWants { wants: fleet.machines, base };
+    execute(host, &machines, systemd, &plan, &resolved, sources, &snapshot, &wanted_machines).await?;
     Ok(Outcome { plan, applied: true })
+}
+
+/// The machines of the file, and where their sources are.
+struct MachineWants {
+    wants: Vec<MachineWant>,
+    base: PathBuf,
+}
+
+/// How each machine the file lists is now.
+async fn machine_states(
+    machines: &MachineContext<'_>,
+    systemd: &Systemd,
+    wants: &[MachineWant],
+) -> Result<Vec<MachineState>> {
+    let mut states = Vec::new();
+    for want in wants {
+        let (store, config_dir, image, name) = (
+            machines.machines.store.clone(),
+            machines.machines.config_dir.clone(),
+            want.image.clone(),
+            want.name.clone(),
+        );
+        let (image_present, saved_limits) = blocking(move || -> Result<_> {
+            let present = store.locate(&image).is_ok();
+            let config = MachineConfig::load(&config_dir, &name).map_err(crate::machine::ops::Error::from)?;
+            let mut limits: Vec<String> = config.limits.iter().map(|p| p.to_string()).collect();
+            limits.sort();
+            Ok((present, limits))
+        })
+        .await?;
+        let running = is_running(machines.machined, &want.name).await?;
+        let boot = boot_unit(&want.name);
+        let enabled = systemd
+            .unit_file_states(std::slice::from_ref(&boot))
+            .await?
+            .get(&boot)
+            .is_some_and(|s| s.starts_with("enabled"));
+        states.push(MachineState { name: want.name.clone(), image_present, running, enabled, saved_limits });
+    }
+    Ok(states)
 }
 
 /// Reads every wanted image (checking version and hash) before anything is
@@ -264,13 +325,16 @@ fn units_of(plan: &Plan, pick: fn(&Step) -> Option<&Vec<String>>) -> Vec<String>
     plan.steps.iter().filter_map(pick).flatten().cloned().collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     host: &Host,
+    machines: &MachineContext<'_>,
     systemd: &Systemd,
     plan: &Plan,
     resolved: &[ResolvedPortable],
     sources: Vec<Source>,
     snapshot: &Snapshot,
+    wanted_machines: &MachineWants,
 ) -> Result<()> {
     let stop = units_of(plan, |s| if let Step::Stop { units } = s { Some(units) } else { None });
     let disable = units_of(plan, |s| if let Step::Disable { units } = s { Some(units) } else { None });
@@ -279,49 +343,181 @@ async fn execute(
     let restart = units_of(plan, |s| if let Step::Restart { units } = s { Some(units) } else { None });
     let was_running: Vec<String> = snapshot.attached.iter().flat_map(|a| a.active.iter().cloned()).collect();
     let runtime_of = |unit: &str| snapshot.attached.iter().any(|a| a.runtime && a.units.iter().any(|u| u == unit));
+    let machines_to =
+        |pick: fn(&Step) -> Option<&String>| plan.steps.iter().filter_map(pick).cloned().collect::<Vec<_>>();
+    let import = plan
+        .steps
+        .iter()
+        .filter_map(|s| {
+            if let Step::ImportMachine { machine, source } = s { Some((machine.clone(), source.clone())) } else { None }
+        })
+        .collect::<Vec<_>>();
+    let stop_machines = machines_to(|s| if let Step::StopMachine { machine } = s { Some(machine) } else { None });
+    let start_machines = machines_to(|s| if let Step::StartMachine { machine } = s { Some(machine) } else { None });
+    let enable_machines: Vec<String> =
+        machines_to(|s| if let Step::EnableMachine { machine } = s { Some(machine) } else { None })
+            .iter()
+            .map(|m| boot_unit(m))
+            .collect();
+    let disable_machines: Vec<String> =
+        machines_to(|s| if let Step::DisableMachine { machine } = s { Some(machine) } else { None })
+            .iter()
+            .map(|m| boot_unit(m))
+            .collect();
+    let limited = machines_to(|s| if let Step::SetLimits { machine, .. } = s { Some(machine) } else { None });
 
     let file_host = host.clone();
     let file_plan = plan.clone();
     let file_resolved = resolved.to_vec();
     let file_snapshot = snapshot.clone();
-    let prepare = move || build_transaction(&file_host, &file_plan, &file_resolved, sources, &file_snapshot);
-
-    // From here on, every change is undone if a later one fails.
-    systemd.stop(&stop, true).await?;
-    let result = async {
-        disable_units(systemd, &disable, runtime_of).await?;
-        let mut tx = blocking(prepare).await?;
-        let applied = blocking(move || tx.apply().map(|_| tx)).await;
-        let tx = applied?;
-        let started = async {
-            enable_units(systemd, resolved, &enable).await?;
-            systemd.reload().await?;
-            systemd.restart(&restart, true).await?;
-            systemd.start(&start, true).await?;
-            wait_active(systemd, resolved, &[restart.clone(), start.clone()].concat()).await
-        }
-        .await;
-        match started {
-            Ok(()) => blocking(move || tx.commit()).await.map_err(Error::from),
-            Err(error) => {
-                let _ = systemd.stop(&[restart.clone(), start.clone()].concat(), true).await;
-                let _ = systemd.disable(&enable, false).await;
-                if let Err(e) = blocking(move || tx.rollback()).await {
-                    tracing::error!("rolling back the apply: {e}");
-                }
-                Err(error)
+    let config_dir = machines.machines.config_dir.clone();
+    let machine_wants = wanted_machines.wants.clone();
+    let prepare = move || -> Result<Transaction> {
+        let mut tx = build_transaction(&file_host, &file_plan, &file_resolved, sources, &file_snapshot)?;
+        // The settings files of machines whose limits change, in the same transaction.
+        for step in &file_plan.steps {
+            if let Step::SetLimits { machine, .. } = step
+                && let Some(want) = machine_wants.iter().find(|w| &w.name == machine)
+            {
+                let (path, text) = settings_with_limits(&config_dir, machine, &want.limits, true)?;
+                std::fs::create_dir_all(&config_dir)
+                    .map_err(|source| Error::Io { path: config_dir.clone(), source })?;
+                tx.write(path, text, 0o644);
             }
         }
+        Ok(tx)
+    };
+
+    // Images first: the longest step, and one that changes nothing that runs.
+    let mut imported = Vec::new();
+    let mut result = import_machines(machines, &import, &wanted_machines.base, &mut imported).await;
+    let mut stopped_machines = Vec::new();
+    if result.is_ok() {
+        result = async {
+            for machine in &stop_machines {
+                machines
+                    .machines
+                    .signal_init(
+                        systemd,
+                        machines.machined,
+                        machine,
+                        crate::machine::ops::poweroff_signal(),
+                        Some(MACHINE_STOP_TIMEOUT),
+                    )
+                    .await?;
+                stopped_machines.push(machine.clone());
+            }
+            systemd.stop(&stop, true).await?;
+            Ok(())
+        }
+        .await;
     }
-    .await;
+    let mut started_machines = Vec::new();
+    if result.is_ok() {
+        result = async {
+            disable_units(systemd, &disable, runtime_of).await?;
+            systemd.disable(&disable_machines, false).await?;
+            let mut tx = blocking(prepare).await?;
+            let applied = blocking(move || tx.apply().map(|_| tx)).await;
+            let tx = applied?;
+            let started = async {
+                enable_units(systemd, resolved, &enable).await?;
+                systemd.enable(&enable_machines, false).await?;
+                systemd.reload().await?;
+                for machine in &limited {
+                    let want =
+                        wanted_machines.wants.iter().find(|w| &w.name == machine).expect("planned from the file");
+                    if is_running(machines.machined, machine).await? {
+                        let bus = want.limits.iter().map(crate::machine::property::Property::to_bus).collect();
+                        systemd.set_properties(&crate::machine::ops::unit_name(machine), true, bus).await?;
+                    }
+                }
+                systemd.restart(&restart, true).await?;
+                systemd.start(&start, true).await?;
+                wait_active(systemd, resolved, &[restart.clone(), start.clone()].concat()).await?;
+                for machine in &start_machines {
+                    let request = StartRequest {
+                        machine: machine.clone(),
+                        properties: Vec::new(),
+                        private_users: None,
+                        network: None,
+                        ready_timeout: MACHINE_READY_TIMEOUT,
+                    };
+                    let outcome = machines.machines.start(systemd, machines.machined, request).await?;
+                    started_machines.push(machine.clone());
+                    if !outcome.ready {
+                        return Err(Error::MachineNotReady(machine.clone(), MACHINE_READY_TIMEOUT));
+                    }
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            match started {
+                Ok(()) => blocking(move || tx.commit()).await.map_err(Error::from),
+                Err(error) => {
+                    for machine in &started_machines {
+                        let _ = machines.machines.terminate(systemd, machines.machined, machine).await;
+                    }
+                    let _ = systemd.stop(&[restart.clone(), start.clone()].concat(), true).await;
+                    let _ = systemd.disable(&enable, false).await;
+                    let _ = systemd.disable(&enable_machines, false).await;
+                    if let Err(e) = blocking(move || tx.rollback()).await {
+                        tracing::error!("rolling back the apply: {e}");
+                    }
+                    Err(error)
+                }
+            }
+        }
+        .await;
+    }
     if let Err(error) = result {
-        // Back to the host as it was: enablement, files (done above), units running.
+        // Back to the host as it was: enablement, files (done above), what ran, what was imported.
         for unit in &disable {
             let _ = systemd.enable(std::slice::from_ref(unit), runtime_of(unit)).await;
         }
+        let _ = systemd.enable(&disable_machines, false).await;
         let _ = systemd.reload().await;
         let _ = systemd.start(&was_running, true).await;
+        for machine in &stopped_machines {
+            let request = StartRequest {
+                machine: machine.clone(),
+                properties: Vec::new(),
+                private_users: None,
+                network: None,
+                ready_timeout: MACHINE_READY_TIMEOUT,
+            };
+            let _ = machines.machines.start(systemd, machines.machined, request).await;
+        }
+        for machine in &imported {
+            let store = machines.machines.store.clone();
+            let name = machine.clone();
+            let _ = blocking(move || store.remove(&name)).await;
+        }
         return Err(Error::RolledBack(Box::new(error)));
+    }
+    Ok(())
+}
+
+/// How long a machine may take to stop, and to report ready, within an apply.
+const MACHINE_STOP_TIMEOUT: Duration = Duration::from_secs(90);
+const MACHINE_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Imports the missing machine images; `done` collects what was imported,
+/// so that a failed apply can take it back.
+async fn import_machines(
+    machines: &MachineContext<'_>,
+    imports: &[(String, String)],
+    base: &Path,
+    done: &mut Vec<String>,
+) -> Result<()> {
+    for (machine, source) in imports {
+        let path = base.join(source);
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let (store, name) = (machines.machines.store.clone(), machine.clone());
+        blocking(move || store.import_any(file, &name, &mut |_, _| {}))
+            .await
+            .map_err(crate::machine::ops::Error::from)?;
+        done.push(machine.clone());
     }
     Ok(())
 }

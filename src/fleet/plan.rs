@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::file::PortableWant;
+use super::file::{MachineWant, PortableWant};
 
 /// What is attached on the host now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,28 @@ pub enum Step {
     Restart {
         units: Vec<String>,
     },
+    /// A machine image that is missing, imported from its source.
+    ImportMachine {
+        machine: String,
+        source: String,
+    },
+    /// A machine's limits, kept in its settings file (and set live if it runs).
+    SetLimits {
+        machine: String,
+        limits: Vec<String>,
+    },
+    EnableMachine {
+        machine: String,
+    },
+    DisableMachine {
+        machine: String,
+    },
+    StopMachine {
+        machine: String,
+    },
+    StartMachine {
+        machine: String,
+    },
 }
 
 impl fmt::Display for Step {
@@ -117,6 +139,12 @@ impl fmt::Display for Step {
             Step::Enable { units } => write!(f, "enable {}", units.join(" ")),
             Step::Start { units } => write!(f, "start {}", units.join(" ")),
             Step::Restart { units } => write!(f, "restart {}", units.join(" ")),
+            Step::ImportMachine { machine, source } => write!(f, "import machine {machine} from {source}"),
+            Step::SetLimits { machine, limits } => write!(f, "set limits of machine {machine}: {}", limits.join(" ")),
+            Step::EnableMachine { machine } => write!(f, "enable machine {machine}"),
+            Step::DisableMachine { machine } => write!(f, "disable machine {machine}"),
+            Step::StopMachine { machine } => write!(f, "stop machine {machine}"),
+            Step::StartMachine { machine } => write!(f, "start machine {machine}"),
         }
     }
 }
@@ -239,6 +267,58 @@ fn unit_step(mut units: Vec<String>, make: fn(Vec<String>) -> Step) -> Option<St
     units.sort();
     units.dedup();
     (!units.is_empty()).then(|| make(units))
+}
+
+/// A machine as the host has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineState {
+    pub name: String,
+    pub image_present: bool,
+    pub running: bool,
+    pub enabled: bool,
+    /// The limits of its settings file, as `Key=Value` words, sorted.
+    pub saved_limits: Vec<String>,
+}
+
+/// Plans the machine part of an apply: machines the file does not list are
+/// left alone. Fails (before anything is done) for a machine whose image is
+/// missing and that has no source to import it from.
+pub fn plan_machines(wants: &[MachineWant], host: &[MachineState]) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::new();
+    let mut later = Vec::new();
+    for want in wants {
+        let name = want.name.clone();
+        let default = MachineState { name: name.clone(), ..MachineState::default() };
+        let now = host.iter().find(|m| m.name == want.name).unwrap_or(&default);
+        if !now.image_present {
+            match &want.source {
+                Some(source) => steps.push(Step::ImportMachine { machine: name.clone(), source: source.clone() }),
+                None => {
+                    return Err(format!(
+                        "machine '{name}': its image '{}' is missing and no source is given",
+                        want.image
+                    ));
+                }
+            }
+        }
+        let mut limits: Vec<String> = want.limits.iter().map(|p| p.to_string()).collect();
+        limits.sort();
+        if limits != now.saved_limits {
+            steps.push(Step::SetLimits { machine: name.clone(), limits });
+        }
+        match (want.enabled, now.enabled) {
+            (true, false) => steps.push(Step::EnableMachine { machine: name.clone() }),
+            (false, true) => steps.push(Step::DisableMachine { machine: name.clone() }),
+            _ => {}
+        }
+        match (want.started, now.running) {
+            (true, false) => later.push(Step::StartMachine { machine: name }),
+            (false, true) => steps.insert(0, Step::StopMachine { machine: name }),
+            _ => {}
+        }
+    }
+    steps.extend(later);
+    Ok(steps)
 }
 
 /// Whether attaching `want` replaces `current`: another version of the
@@ -381,6 +461,51 @@ mod tests {
             record: Record { portables: vec![recorded("/p/foobar_1.raw")] },
         };
         assert_eq!(lines(&plan_portables(&[w], &host, false)), ["stop foobar.service", "disable foobar.service"]);
+    }
+
+    fn machine(name: &str, started: bool, limits: &[&str]) -> MachineWant {
+        MachineWant {
+            name: name.into(),
+            image: name.into(),
+            source: Some(format!("/srv/{name}.tar.xz")),
+            started,
+            enabled: false,
+            limits: limits.iter().map(|l| crate::machine::property::Property::parse(l).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn machines_are_imported_limited_and_started() {
+        let steps = plan_machines(&[machine("f28", true, &["MemoryMax=512M"])], &[]).unwrap();
+        let lines: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "import machine f28 from /srv/f28.tar.xz",
+                "set limits of machine f28: MemoryMax=536870912",
+                "start machine f28"
+            ]
+        );
+        let running = MachineState {
+            name: "f28".into(),
+            image_present: true,
+            running: true,
+            enabled: false,
+            saved_limits: vec!["MemoryMax=536870912".into()],
+        };
+        assert!(
+            plan_machines(&[machine("f28", true, &["MemoryMax=512M"])], std::slice::from_ref(&running))
+                .unwrap()
+                .is_empty()
+        );
+        let stop = plan_machines(&[machine("f28", false, &["MemoryMax=512M"])], &[running]).unwrap();
+        assert_eq!(stop, [Step::StopMachine { machine: "f28".into() }]);
+        let mut sourceless = machine("f29", true, &[]);
+        sourceless.source = None;
+        assert_eq!(
+            plan_machines(&[sourceless], &[]).unwrap_err(),
+            "machine 'f29': its image 'f29' is missing and no source is given"
+        );
     }
 
     #[test]

@@ -21,7 +21,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use liblzma::stream::MtStreamBuilder;
 use rustix::fs::{MemfdFlags, Mode, OFlags, RenameFlags, XattrFlags};
 
 use super::squashfs::{SUPERBLOCK_SIZE, check_superblock};
@@ -29,11 +28,6 @@ use super::{Error, ImageKind, Result};
 
 /// The extended attribute that says which xz file a raw image was made from.
 pub const SOURCE_XATTR: &str = "user.wharf.xz-source";
-/// Memory the decoder may use before it runs on fewer threads.
-const MEMLIMIT_THREADING: u64 = 256 << 20;
-/// Memory no xz image may make the decoder use (`xz -9` needs 65 MiB).
-const MEMLIMIT_STOP: u64 = 1 << 30;
-const CHUNK: usize = 1 << 20;
 
 /// Which xz file a decompressed image was made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,31 +156,14 @@ fn corrupt(image: &Path, reason: impl Into<String>) -> Error {
 /// reporting progress as (compressed bytes read, compressed size).
 fn decompress(image: &Path, source: &File, out: &mut File, progress: impl FnMut(u64, u64)) -> Result<u64> {
     let total = source.metadata().map_err(Error::io(image))?.len();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) as u32;
-    // Multithreaded where the stream has several blocks with their sizes in
-    // their headers (what `xz -T` writes); liblzma falls back to one thread
-    // for other streams on its own.
-    let stream = MtStreamBuilder::new()
-        .threads(threads)
-        .memlimit_threading(MEMLIMIT_THREADING)
-        .memlimit_stop(MEMLIMIT_STOP)
-        .decoder()
+    let stream = crate::compress::xz_stream_decoder()
         .map_err(|e| corrupt(image, format!("cannot start the xz decoder: {e}")))?;
     let counting = Progress { inner: source, done: 0, total, report: progress };
     let mut decoder = liblzma::read::XzDecoder::new_stream(counting, stream);
-    let mut buf = vec![0u8; CHUNK];
-    let mut written = 0u64;
-    loop {
-        let n = match decoder.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(corrupt(image, e.to_string())),
-        };
-        out.write_all(&buf[..n]).map_err(|e| Error::Io { path: image.to_path_buf(), source: e })?;
-        written += n as u64;
-    }
-    Ok(written)
+    crate::fs::copy_sparse(&mut decoder, out).map_err(|e| match e {
+        crate::fs::CopyError::Read(e) => corrupt(image, e.to_string()),
+        crate::fs::CopyError::Write(e) => Error::Io { path: image.to_path_buf(), source: e },
+    })
 }
 
 /// Checks that a decompressed image is a raw image wharf can use, and for

@@ -22,6 +22,10 @@ use crate::systemd::{JobOutcome, Systemd};
 pub const LAUNCHER: &str = "/usr/lib/wharf/wharfd";
 /// The unit that starts a machine at boot when enabled (wanted by machines.target).
 pub const BOOT_UNIT_TEMPLATE: &str = "wharf-machine@.service";
+/// What `poweroff` sends a machine's init: SIGRTMIN+4, systemd's request.
+pub fn poweroff_signal() -> i32 {
+    nix::libc::SIGRTMIN() + 4
+}
 /// The exit status with which the launcher says the container rebooted.
 pub const REBOOT_STATUS: i32 = 133;
 /// Where an image's init may be, in the order the launcher tries them.
@@ -378,6 +382,20 @@ fn show_value(limit: Limit, value: &OwnedVariant) -> String {
 
 /// Writes limits into the machine's settings file, keeping what else it says.
 fn save_limits(dir: &Path, machine: &str, properties: &[Property]) -> Result<()> {
+    let (path, text) = settings_with_limits(dir, machine, properties, false)?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    crate::fs::write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| Error::Io { path, source })
+}
+
+/// The machine's settings file with these limits (added to the ones it has,
+/// or, with `replace`, instead of them), keeping what else it says: its
+/// path and new text.
+pub fn settings_with_limits(
+    dir: &Path,
+    machine: &str,
+    properties: &[Property],
+    replace: bool,
+) -> Result<(PathBuf, String)> {
     let path = dir.join(format!("{machine}.toml"));
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -390,6 +408,9 @@ fn save_limits(dir: &Path, machine: &str, properties: &[Property]) -> Result<()>
         path: path.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
     })?;
+    if replace {
+        document.remove("limits");
+    }
     let limits = document.entry("limits").or_insert_with(|| toml::Value::Table(toml::Table::new()));
     if let toml::Value::Table(limits) = limits {
         for property in properties {
@@ -401,8 +422,7 @@ fn save_limits(dir: &Path, machine: &str, properties: &[Property]) -> Result<()>
     }
     let rendered =
         toml::to_string(&document).map_err(|e| Error::Io { path: path.clone(), source: std::io::Error::other(e) })?;
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-    crate::fs::write_atomic(&path, rendered.as_bytes(), 0o644).map_err(|source| Error::Io { path, source })
+    Ok((path, rendered))
 }
 
 #[cfg(test)]

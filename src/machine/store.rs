@@ -5,7 +5,7 @@
 //! the final name.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -210,13 +210,13 @@ impl Store {
         let (compression, mut reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
         tracing::debug!(compression = compression.as_str(), "importing a raw image");
         let temp = Temp::new(self.home(machine)?, machine);
-        let file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
-        let mut writer = BufWriter::with_capacity(4 << 20, file);
-        io::copy(&mut reader, &mut writer).map_err(|e| Error::Invalid {
-            name: machine.to_string(),
-            reason: format!("cannot decompress the image: {e}"),
+        let mut file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
+        crate::fs::copy_sparse(&mut reader, &mut file).map_err(|e| match e {
+            crate::fs::CopyError::Read(e) => {
+                Error::Invalid { name: machine.to_string(), reason: format!("cannot decompress the image: {e}") }
+            }
+            crate::fs::CopyError::Write(e) => io_error(machine, &temp.path)(e),
         })?;
-        let file = writer.into_inner().map_err(|e| io_error(machine, &temp.path)(e.into_error()))?;
         file.sync_all().map_err(io_error(machine, &temp.path))?;
         drop(file);
         let kind = ImageKind::detect(&temp.path).map_err(|_| Error::Invalid {
@@ -233,6 +233,29 @@ impl Store {
         temp.commit(&target, machine)?;
         tracing::info!(image = %target.display(), %kind, "imported a raw image");
         Ok(target)
+    }
+
+    /// Imports a tar archive or a raw image (plain or compressed), whichever
+    /// the data is: a tar archive has `ustar` at byte 257.
+    pub fn import_any(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        use std::io::Seek;
+        let mut head = [0u8; 512];
+        let mut filled = 0;
+        {
+            let (_, mut reader) = compress::decoder(&input).map_err(io_error(machine, Path::new("input")))?;
+            while filled < head.len() {
+                match reader.read(&mut head[filled..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => filled += n,
+                }
+            }
+        }
+        (&input).seek(std::io::SeekFrom::Start(0)).map_err(io_error(machine, Path::new("input")))?;
+        if filled >= 262 && &head[257..262] == b"ustar" {
+            self.import_tar(input, machine, progress)
+        } else {
+            self.import_raw(input, machine, progress)
+        }
     }
 
     /// Imports a directory tree as it is.

@@ -14,6 +14,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "fleet::an_upgrade_that_fails_is_rolled_back", failed_upgrade),
         exclusive_trial(shared, "fleet::apply_detaches_only_its_own_images_unless_pruning", removal),
         exclusive_trial(shared, "fleet::bad_fleet_files_change_nothing", bad_files),
+        exclusive_trial(shared, "fleet::machines_are_imported_started_and_limited", machines),
     ]
 }
 
@@ -163,4 +164,56 @@ fn bad_files(tb: &Testbed) {
     }
     let out = tb.sh_nobody("portable apply --check /srv/fleet/host.toml");
     assert!(out.stderr.contains("access denied: applying a fleet file needs root"), "{out}");
+}
+
+fn machine_entry(limit: &str, started: bool) -> String {
+    format!(
+        "[[machine]]\nname = \"fleetm\"\nsource = \"fleetm.tar\"\nstarted = {started}\n[machine.limits]\nMemoryMax = \"{limit}\"\n"
+    )
+}
+
+fn machines(tb: &Testbed) {
+    reset(tb);
+    tb.ok("machine poweroff fleetm 2>/dev/null; machine remove fleetm 2>/dev/null; rm -f /etc/wharf/machines/fleetm.toml; true");
+    let tarball = images::f28_tarball().unwrap();
+    std::fs::copy(&tarball, tb.host_path("/srv/fleet/fleetm.tar")).unwrap();
+    fleet_file(tb, &machine_entry("512M", true));
+
+    let out = tb.ok("portable apply /srv/fleet/host.toml");
+    assert_eq!(
+        out,
+        "  1. import machine fleetm from fleetm.tar\n  2. set limits of machine fleetm: MemoryMax=536870912\n  3. start machine fleetm\nApplied.\n"
+    );
+    assert_eq!(tb.ok("machine shell fleetm systemctl is-system-running").trim(), "running");
+    assert_eq!(
+        tb.ok("systemctl show -p MemoryMax --value wharf-fleetm.service").trim(),
+        "536870912",
+        "the settings file's limits apply at start"
+    );
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0), "idempotent");
+
+    // A new limit: kept in the settings file and set live, without a restart.
+    let leader = tb.ok("machinectl show fleetm -p Leader --value");
+    fleet_file(tb, &machine_entry("256M", true));
+    let out = tb.ok("machine apply /srv/fleet/host.toml");
+    assert_eq!(out, "  1. set limits of machine fleetm: MemoryMax=268435456\nApplied.\n");
+    assert_eq!(tb.ok("systemctl show -p MemoryMax --value wharf-fleetm.service").trim(), "268435456");
+    assert_eq!(tb.ok("machinectl show fleetm -p Leader --value"), leader, "restarted");
+    assert!(tb.ok("cat /etc/wharf/machines/fleetm.toml").contains("MemoryMax = \"268435456\""));
+
+    fleet_file(tb, &machine_entry("256M", false));
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. stop machine fleetm\nApplied.\n");
+
+    // A machine that cannot boot: the apply fails, and what it imported is gone again.
+    tb.ok("mkdir -p /srv/fleet/noinit/etc && echo ID=x > /srv/fleet/noinit/etc/os-release && tar -C /srv/fleet/noinit -cf /srv/fleet/noinit.tar .");
+    fleet_file(tb, "[[machine]]\nname = \"noinit\"\nsource = \"noinit.tar\"\nstarted = true\n");
+    let out = tb.fails("portable apply /srv/fleet/host.toml");
+    assert_eq!(
+        out.stderr.trim(),
+        "portable: machine 'noinit': the image has no init (/usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init); everything this apply changed was put back"
+    );
+    tb.fails("test -e /var/lib/machines/noinit");
+    assert!(!tb.ok("machinectl list --no-legend").contains("fleetm"));
+    tb.ok("machine remove fleetm; rm -f /etc/wharf/machines/fleetm.toml");
+    reset(tb);
 }

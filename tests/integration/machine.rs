@@ -24,6 +24,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::imported_tar_xz_and_raw_xz_images_start", imported_images_start),
         exclusive_trial(shared, "machine::bad_starts_fail_in_one_line_and_leave_nothing", bad_starts),
         exclusive_trial(shared, "machine::enable_starts_the_machine_with_machines_target", enable_at_boot),
+        exclusive_trial(shared, "machine::login_and_an_interactive_shell_on_a_terminal", login_and_terminal_shell),
     ]
 }
 
@@ -446,4 +447,29 @@ fn enable_at_boot(tb: &Testbed) {
     assert_gone(tb, "f28");
     tb.ok("machine disable f28");
     assert_eq!(tb.sh("systemctl is-enabled wharf-machine@f28.service").stdout.trim(), "disabled");
+}
+
+/// Runs `command` on a terminal (script(1) gives it one), typing `keys`
+/// (each after a pause), and returns what the terminal showed.
+fn on_a_terminal(tb: &Testbed, command: &str, keys: &[&str]) -> crate::testbed::Out {
+    let typing: String = keys.iter().map(|k| format!("sleep 1.5; printf '{k}'; ")).collect();
+    tb.sh(&format!("({typing} sleep 1) | script -qec '{command}' /dev/null | tr -d '\\r'"))
+}
+
+fn login_and_terminal_shell(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("machine start f28");
+    // A getty on a new terminal; root has no password in f28. ^] three times leaves.
+    let login = on_a_terminal(tb, "machine login f28", &["root\\r", "echo LOGIN$((40+2))\\r", "\\035\\035\\035"]);
+    assert!(login.stdout.contains("f28 login:"), "{login}");
+    assert!(login.stdout.contains("LOGIN42"), "{login}");
+    assert!(login.stdout.contains("Connection closed."), "{login}");
+    // An interactive shell gets a terminal in the machine, and its exit status comes back.
+    let shell =
+        on_a_terminal(tb, "machine shell f28; echo status=$?", &["tty; test -t 0 && echo TERMINAL\\r", "exit 5\\r"]);
+    assert!(shell.stdout.contains("/dev/pts/"), "{shell}");
+    assert!(shell.stdout.contains("TERMINAL"), "{shell}");
+    assert!(shell.stdout.contains("status=5"), "{shell}");
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
 }

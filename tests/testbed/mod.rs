@@ -64,12 +64,13 @@ impl Release {
         }
     }
 
-    /// Packages of the testbed root: systemd as PID 1 with dbus, and
-    /// systemd-container for machined and the reference portablectl/machinectl.
+    /// Packages of the testbed root: systemd as PID 1 with dbus,
+    /// systemd-container for machined and the reference portablectl/machinectl,
+    /// and python3 so that Ansible can manage testbeds as hosts.
     pub fn packages(self) -> &'static [&'static str] {
         match self {
             Release::Bookworm => {
-                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod"]
+                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod", "python3"]
             }
             Release::Trixie => &[
                 "systemd",
@@ -80,6 +81,7 @@ impl Release {
                 "iproute2",
                 "util-linux",
                 "kmod",
+                "python3",
             ],
         }
     }
@@ -441,8 +443,10 @@ fn start_nspawn(name: &str, work: &Path, root: &Path) -> Result<(Child, u32)> {
         fs::File::create(work.join("console.log")).map_err(|e| Error(format!("cannot create the console log: {e}")))?;
     let mut command = Command::new("systemd-nspawn");
     // --register=no --keep-unit: there is no system bus on the host to register with.
+    // --private-network: testbeds booted at the same time (several test runs,
+    // or the hosts of the Ansible test) must not share ports like 8080.
     command
-        .args(["--register=no", "--keep-unit", "-q", "-b", "--capability=all"])
+        .args(["--register=no", "--keep-unit", "-q", "-b", "--capability=all", "--private-network"])
         .arg(format!("--machine={name}"))
         .arg("--bind=/dev/loop-control");
     for n in 0..LOOP_DEVICES {
