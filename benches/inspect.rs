@@ -23,18 +23,7 @@ const WARMUP_RUNS: usize = 3;
 const TARGET_RATIO: f64 = 0.3;
 
 fn main() -> ExitCode {
-    // libtest-style flags (`--bench`) that cargo passes are not ours.
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("bench: a ratio is above the target of {TARGET_RATIO}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    testbed::bench::exit_status(run())
 }
 
 fn run() -> Result<bool, String> {

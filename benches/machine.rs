@@ -35,17 +35,7 @@ const WAIT_GONE: &str =
     "for i in $(seq 1500); do machinectl show f28 >/dev/null 2>&1 || exit 0; sleep 0.02; done; exit 1";
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("some targets were missed");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("benchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    testbed::bench::exit_status(run())
 }
 
 fn run() -> Result<bool, String> {

@@ -20,17 +20,7 @@ use testbed::bench::{Timed, alternate, report, runs, verdict};
 use testbed::{BootOptions, Release, Testbed, images};
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("some targets were missed");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("benchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    testbed::bench::exit_status(run())
 }
 
 fn run() -> Result<bool, String> {

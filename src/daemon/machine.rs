@@ -19,7 +19,7 @@ use crate::image::Pool;
 use crate::machine::name::from_image_name;
 use crate::machine::ops::{self, Machines, StartRequest};
 use crate::machine::property::Property;
-use crate::machine::store::{Error, Store};
+use crate::machine::store::{Error, Progress, Store};
 use crate::systemd::Systemd;
 
 #[derive(Debug)]
@@ -32,6 +32,25 @@ pub(crate) struct MachineInterface {
 impl MachineInterface {
     pub(crate) fn new(daemon: Arc<Daemon>) -> Self {
         MachineInterface { daemon, store: Store::machines(), machines: Machines::system() }
+    }
+
+    /// Runs image store work for a root caller on the blocking pool,
+    /// reporting its progress to the caller. `what` names it for a refusal.
+    async fn store_work<T, W>(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        what: &str,
+        work: W,
+    ) -> Result<T, BusError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
+    {
+        require_root(connection, header, what).await?;
+        let mut progress = progress_reporter(connection, header, what);
+        let store = self.store.clone();
+        Ok(self.daemon.blocking(move || work(&store, &mut progress)).await?)
     }
 
     async fn clients<'a>(connection: &'a Connection) -> Result<(Systemd, Machined<'a>), BusError> {
@@ -107,11 +126,9 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "cloning an image").await?;
-        let mut progress = progress_reporter(connection, &header, &format!("clone {name}"));
-        let store = self.store.clone();
-        let path = self.daemon.blocking(move || store.clone_image(&name, &new_name, read_only, &mut progress)).await?;
-        Ok(path.display().to_string())
+        let work =
+            move |store: &Store, progress: Progress<'_>| store.clone_image(&name, &new_name, read_only, progress);
+        self.store_work(connection, &header, "cloning an image", work).await.map(|p| p.display().to_string())
     }
 
     /// Renames an image; refused while its machine runs. Root only.
@@ -152,11 +169,9 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "importing an image").await?;
-        let mut progress = progress_reporter(connection, &header, &format!("import {name}"));
-        let (store, input) = (self.store.clone(), file_from(fd));
-        let path = self.daemon.blocking(move || store.import_tar(input, &name, &mut progress)).await?;
-        Ok(path.display().to_string())
+        let input = file_from(fd);
+        let work = move |store: &Store, progress: Progress<'_>| store.import_tar(input, &name, progress);
+        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
     }
 
     /// Imports a raw image (plain, xz, gzip or zstd) passed as `fd`. Root only.
@@ -167,11 +182,9 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "importing an image").await?;
-        let mut progress = progress_reporter(connection, &header, &format!("import {name}"));
-        let (store, input) = (self.store.clone(), file_from(fd));
-        let path = self.daemon.blocking(move || store.import_raw(input, &name, &mut progress)).await?;
-        Ok(path.display().to_string())
+        let input = file_from(fd);
+        let work = move |store: &Store, progress: Progress<'_>| store.import_raw(input, &name, progress);
+        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
     }
 
     /// Imports the directory tree the caller opened and passes as `fd`. Root only.
@@ -182,21 +195,14 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "importing an image").await?;
-        let mut progress = progress_reporter(connection, &header, &format!("import {name}"));
-        let (store, dir) = (self.store.clone(), file_from(fd));
-        let path = self
-            .daemon
-            .blocking(move || {
-                // The tree behind the descriptor, reached through /proc so that
-                // the caller's path is not looked up again.
-                let source = PathBuf::from(format!("/proc/self/fd/{}/.", std::os::fd::AsRawFd::as_raw_fd(&dir)));
-                let imported = store.import_fs(&source, &name, &mut progress);
-                drop(dir);
-                imported
-            })
-            .await?;
-        Ok(path.display().to_string())
+        let dir = file_from(fd);
+        let work = move |store: &Store, progress: Progress<'_>| {
+            // The tree behind the descriptor, reached through /proc so that
+            // the caller's path is not looked up again.
+            let source = PathBuf::from(format!("/proc/self/fd/{}/.", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+            store.import_fs(&source, &name, progress)
+        };
+        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
     }
 
     /// Writes a directory image as a tar archive to the caller's `fd`.
@@ -208,11 +214,9 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "exporting an image").await?;
-        let compression = self::compression(&compression)?;
-        let mut progress = progress_reporter(connection, &header, &format!("export {name}"));
-        let (store, output) = (self.store.clone(), file_from(fd));
-        Ok(self.daemon.blocking(move || store.export_tar(&name, output, compression, &mut progress)).await?)
+        let (compression, output) = (self::compression(&compression)?, file_from(fd));
+        let work = move |store: &Store, progress: Progress<'_>| store.export_tar(&name, output, compression, progress);
+        self.store_work(connection, &header, "exporting an image", work).await
     }
 
     /// Writes a raw image to the caller's `fd`.
@@ -224,11 +228,9 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "exporting an image").await?;
-        let compression = self::compression(&compression)?;
-        let mut progress = progress_reporter(connection, &header, &format!("export {name}"));
-        let (store, output) = (self.store.clone(), file_from(fd));
-        Ok(self.daemon.blocking(move || store.export_raw(&name, output, compression, &mut progress)).await?)
+        let (compression, output) = (self::compression(&compression)?, file_from(fd));
+        let work = move |store: &Store, progress: Progress<'_>| store.export_raw(&name, output, compression, progress);
+        self.store_work(connection, &header, "exporting an image", work).await
     }
 
     /// Boots a machine with wharf's launcher in a transient unit. Root only.

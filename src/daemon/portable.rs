@@ -30,6 +30,29 @@ impl PortableInterface {
     async fn systemd(&self, connection: &Connection) -> Result<Systemd, BusError> {
         Systemd::new(connection).await.map_err(failed)
     }
+
+    /// What every call that changes attachments starts with: the caller is
+    /// root (`what` names the call in a refusal), and no other such call
+    /// runs until the returned guard is dropped.
+    async fn begin_change(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        what: &str,
+    ) -> Result<Change<'_>, BusError> {
+        require_root(connection, header, what).await?;
+        let busy = self.daemon.busy();
+        let exclusive = self.daemon.portable_lock.lock().await;
+        let systemd = self.systemd(connection).await?;
+        Ok(Change { _busy: busy, _exclusive: exclusive, systemd })
+    }
+}
+
+/// A state-changing call in progress; see [`PortableInterface::begin_change`].
+struct Change<'a> {
+    _busy: super::BusyGuard,
+    _exclusive: zruntime::lock::MutexGuard<'a, ()>,
+    systemd: Systemd,
 }
 
 fn check_flags(flags: u64) -> Result<Actions, BusError> {
@@ -104,16 +127,12 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        require_root(connection, &header, "attaching an image").await?;
+        let change = self.begin_change(connection, &header, "attaching an image").await?;
         let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
-        let _busy = self.daemon.busy();
-        let _exclusive = self.daemon.portable_lock.lock().await;
-        let systemd = self.systemd(connection).await?;
         let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
         let requests = vec![ImageRequest { image, prefixes }];
         let profile = profile_or_default(&profile);
-        let outcome = ops::attach(&self.host, &systemd, requests, profile, copy, actions, progress).await?;
-        Ok(outcome.into())
+        Ok(ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await?.into())
     }
 
     /// Attaches several images (each with its own prefixes) in one
@@ -127,16 +146,12 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        require_root(connection, &header, "attaching images").await?;
+        let change = self.begin_change(connection, &header, "attaching images").await?;
         let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
-        let _busy = self.daemon.busy();
-        let _exclusive = self.daemon.portable_lock.lock().await;
-        let systemd = self.systemd(connection).await?;
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
         let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
         let profile = profile_or_default(&profile);
-        let outcome = ops::attach(&self.host, &systemd, requests, profile, copy, actions, progress).await?;
-        Ok(outcome.into())
+        Ok(ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await?.into())
     }
 
     /// Detaches an image, removing exactly the files wharf wrote for it. Root only.
@@ -147,12 +162,9 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        require_root(connection, &header, "detaching an image").await?;
+        let change = self.begin_change(connection, &header, "detaching an image").await?;
         let actions = check_flags(flags)?;
-        let _busy = self.daemon.busy();
-        let _exclusive = self.daemon.portable_lock.lock().await;
-        let systemd = self.systemd(connection).await?;
-        Ok(ops::detach(&self.host, &systemd, &image, actions).await?.into())
+        Ok(ops::detach(&self.host, &change.systemd, &image, actions).await?.into())
     }
 
     /// Replaces the attached version of an image by this one, restarting
@@ -168,15 +180,12 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        require_root(connection, &header, "reattaching an image").await?;
+        let change = self.begin_change(connection, &header, "reattaching an image").await?;
         let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
-        let _busy = self.daemon.busy();
-        let _exclusive = self.daemon.portable_lock.lock().await;
-        let systemd = self.systemd(connection).await?;
         let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
         let request = ImageRequest { image, prefixes };
         let profile = profile_or_default(&profile);
-        Ok(ops::reattach(&self.host, &systemd, request, profile, copy, actions, progress).await?.into())
+        Ok(ops::reattach(&self.host, &change.systemd, request, profile, copy, actions, progress).await?.into())
     }
 
     /// The image's path and state.

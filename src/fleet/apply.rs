@@ -366,6 +366,7 @@ async fn execute(
             .collect();
     let limited = machines_to(|s| if let Step::SetLimits { machine, .. } = s { Some(machine) } else { None });
 
+    let bind_os_release = crate::portable::ops::binds_os_release(systemd).await?;
     let file_host = host.clone();
     let file_plan = plan.clone();
     let file_resolved = resolved.to_vec();
@@ -373,7 +374,8 @@ async fn execute(
     let config_dir = machines.machines.config_dir.clone();
     let machine_wants = wanted_machines.wants.clone();
     let prepare = move || -> Result<Transaction> {
-        let mut tx = build_transaction(&file_host, &file_plan, &file_resolved, sources, &file_snapshot)?;
+        let mut tx =
+            build_transaction(&file_host, bind_os_release, &file_plan, &file_resolved, sources, &file_snapshot)?;
         // The settings files of machines whose limits change, in the same transaction.
         for step in &file_plan.steps {
             if let Step::SetLimits { machine, .. } = step
@@ -565,6 +567,7 @@ async fn wait_active(systemd: &Systemd, resolved: &[ResolvedPortable], units: &[
 /// (with their settings drop-ins) and the record of what apply attached.
 fn build_transaction(
     host: &Host,
+    bind_os_release: bool,
     plan: &Plan,
     resolved: &[ResolvedPortable],
     sources: Vec<Source>,
@@ -605,6 +608,7 @@ fn build_transaction(
                     copy: CopyMode::Auto,
                     runtime: want.want.runtime,
                     force: false,
+                    bind_os_release,
                 };
                 plan_attach(&host.root, std::slice::from_ref(source), &options, &existing, &replacing, &mut tx)?;
                 for service in &want.services {

@@ -107,6 +107,12 @@ pub fn read_source(host: &Host, request: &ImageRequest, progress: &mut ProgressF
     Ok(Source { image: path, kind, units })
 }
 
+/// Whether attach drop-ins bind the host's os-release themselves: only for
+/// a systemd that does not provide it.
+pub async fn binds_os_release(systemd: &Systemd) -> Result<bool> {
+    Ok(systemd.version().await? < crate::portable::plan::SYSTEMD_PROVIDES_HOST_OS_RELEASE)
+}
+
 /// Units that can be started or enabled on their own (not templates).
 fn startable(units: &[String]) -> Vec<String> {
     units.iter().filter(|u| !u.contains("@.")).cloned().collect()
@@ -124,6 +130,7 @@ pub async fn attach(
 ) -> Result<Outcome> {
     let planning_host = host.clone();
     let profile = profile.to_string();
+    let bind_os_release = binds_os_release(systemd).await?;
     let (tx, units, changes, enable) = blocking(move || -> Result<_> {
         let host = planning_host;
         let sources = requests.iter().map(|r| read_source(&host, r, &mut progress)).collect::<Result<Vec<_>>>()?;
@@ -132,6 +139,7 @@ pub async fn attach(
             copy,
             runtime: actions.runtime,
             force: actions.force,
+            bind_os_release,
         };
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let mut tx = Transaction::new(&host.journal_dir);
@@ -311,6 +319,7 @@ pub async fn reattach(
 ) -> Result<Outcome> {
     let planning_host = host.clone();
     let profile = profile.to_string();
+    let bind_os_release = binds_os_release(systemd).await?;
     let planned = blocking(move || -> Result<_> {
         let host = planning_host;
         let source = read_source(&host, &request, &mut progress)?;
@@ -335,8 +344,13 @@ pub async fn reattach(
         };
         let old: Vec<Attachment> = existing.0.iter().filter(|a| old_images.contains(&a.image)).cloned().collect();
         let runtime = old.first().map_or(actions.runtime, |a| a.runtime);
-        let options =
-            AttachOptions { profile: Profile::find(&host.root, &profile)?, copy, runtime, force: actions.force };
+        let options = AttachOptions {
+            profile: Profile::find(&host.root, &profile)?,
+            copy,
+            runtime,
+            force: actions.force,
+            bind_os_release,
+        };
         let mut tx = Transaction::new(&host.journal_dir);
         // Old units the new image does not bring go; the others are rewritten by the attach steps.
         let dropped: Vec<DetachUnit> = old

@@ -73,7 +73,15 @@ pub struct AttachOptions {
     pub copy: CopyMode,
     pub runtime: bool,
     pub force: bool,
+    /// Bind the host's os-release to /run/host/os-release in the drop-in:
+    /// systemd before 254 needs it; later ones mount it for every
+    /// RootImage=/RootDirectory= service themselves, and refuse a second
+    /// mount there (EEXIST).
+    pub bind_os_release: bool,
 }
+
+/// The first systemd version that provides /run/host/os-release itself.
+pub const SYSTEMD_PROVIDES_HOST_OS_RELEASE: u32 = 254;
 
 /// The unit directory an attachment goes to.
 pub fn unit_dir(root: &Path, runtime: bool) -> PathBuf {
@@ -81,15 +89,21 @@ pub fn unit_dir(root: &Path, runtime: bool) -> PathBuf {
 }
 
 /// The `20-portable.conf` drop-in tying `unit` to its image.
-pub fn portable_dropin(source: &Source, unit: &UnitFile) -> String {
+pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool) -> String {
     let image = source.image_str();
     let mut text = format!("{}\n", marker(&image));
     if unit.is_service() {
         let root = if source.kind.is_file() { "RootImage" } else { "RootDirectory" };
         let name = source.portable_name();
+        text.push_str(&format!("[Service]\n{root}={image}\nEnvironment=PORTABLE={name}\n"));
+        if bind_os_release {
+            text.push_str("BindReadOnlyPaths=/etc/os-release:/run/host/os-release\n");
+        }
+        // Journal fields to find the service's messages by image, and by image version.
+        let versioned =
+            crate::image::ImageName::new(&name).map(|n| n.stem().to_string()).unwrap_or_else(|_| name.clone());
         text.push_str(&format!(
-            "[Service]\n{root}={image}\nEnvironment=PORTABLE={name}\n\
-             BindReadOnlyPaths=/etc/os-release:/run/host/os-release\nLogExtraFields=PORTABLE={name}\n"
+            "LogExtraFields=PORTABLE={name}\nLogExtraFields=PORTABLE_NAME_AND_VERSION={versioned}\n"
         ));
     }
     text
@@ -136,7 +150,7 @@ pub fn plan_attach(
         for unit in &source.units {
             let dropins = dest.join(format!("{}.d", unit.name));
             tx.make_dir(&dropins);
-            tx.write(dropins.join(PORTABLE_DROPIN), portable_dropin(source, unit), 0o644);
+            tx.write(dropins.join(PORTABLE_DROPIN), portable_dropin(source, unit, options.bind_os_release), 0o644);
             if let Some((profile_file, contents)) = options.profile.contents_for(&unit.name)? {
                 match options.copy {
                     CopyMode::Copy => tx.write(
@@ -324,7 +338,13 @@ mod tests {
         }
 
         fn options(&self, copy: CopyMode, runtime: bool, force: bool) -> AttachOptions {
-            AttachOptions { profile: Profile::find(&self.root, "default").unwrap(), copy, runtime, force }
+            AttachOptions {
+                profile: Profile::find(&self.root, "default").unwrap(),
+                copy,
+                runtime,
+                force,
+                bind_os_release: true,
+            }
         }
 
         fn attach(&self, sources: &[Source], options: &AttachOptions) -> Result<Vec<String>, Error> {
@@ -371,7 +391,8 @@ mod tests {
             dropin,
             "# Drop-in created by wharf for image '/var/lib/portables/foobar.raw', do not edit.\n[Service]\n\
              RootImage=/var/lib/portables/foobar.raw\nEnvironment=PORTABLE=foobar.raw\n\
-             BindReadOnlyPaths=/etc/os-release:/run/host/os-release\nLogExtraFields=PORTABLE=foobar.raw\n"
+             BindReadOnlyPaths=/etc/os-release:/run/host/os-release\nLogExtraFields=PORTABLE=foobar.raw\n\
+             LogExtraFields=PORTABLE_NAME_AND_VERSION=foobar\n"
         );
         let socket_dropin = host.read("etc/systemd/system/foobar.socket.d/20-portable.conf");
         assert_eq!(socket_dropin.lines().count(), 1, "non-service units only get the marker");

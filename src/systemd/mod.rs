@@ -55,6 +55,12 @@ impl UnitState {
     }
 }
 
+/// The leading number of a systemd version string; 0 if there is none.
+pub fn parse_version(version: &str) -> u32 {
+    let digits: String = version.trim().chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().unwrap_or(0)
+}
+
 /// How a start job ended within the time it was waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -92,6 +98,12 @@ impl Systemd {
     pub async fn new(connection: &Connection) -> Result<Systemd> {
         let manager = ManagerProxy::new(connection).await.map_err(call("connecting to the manager"))?;
         Ok(Systemd { manager })
+    }
+
+    /// The manager's version number (252 for "252.39-1~deb12u2").
+    pub async fn version(&self) -> Result<u32> {
+        let version = self.manager.version().await.map_err(call("reading its version"))?;
+        Ok(parse_version(&version))
     }
 
     /// `daemon-reload`; returns once systemd has reloaded.
@@ -320,5 +332,18 @@ impl Systemd {
             return Err(Error::JobTimeout { unit, verb: verb.as_str(), seconds: JOB_TIMEOUT.as_secs() });
         }
         failure.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_their_leading_number() {
+        assert_eq!(parse_version("252.39-1~deb12u2"), 252);
+        assert_eq!(parse_version("257.13-1~deb13u1"), 257);
+        assert_eq!(parse_version("259"), 259);
+        assert_eq!(parse_version("unknown"), 0);
     }
 }

@@ -486,9 +486,19 @@ fn side_by_side(tb: &Testbed) {
     assert_no_foobar_units(tb);
 
     // The same image, the same way, running in it.
-    for same in [root_property, "ActiveState", "Environment", "LogExtraFields"] {
+    for same in [root_property, "ActiveState", "Environment"] {
         assert_eq!(ours[same], reference[same], "{same}");
     }
+    // Journal fields: PORTABLE= as portablectl; wharf also sets
+    // PORTABLE_NAME_AND_VERSION= as portablectl does since systemd 254.
+    for fields in [&ours["LogExtraFields"], &reference["LogExtraFields"]] {
+        assert!(fields.split(' ').any(|f| f == "PORTABLE=foobar.raw"), "{fields}");
+    }
+    assert!(
+        ours["LogExtraFields"].split(' ').any(|f| f == "PORTABLE_NAME_AND_VERSION=foobar"),
+        "{}",
+        ours["LogExtraFields"]
+    );
     assert_eq!(ours["ActiveState"], "active");
     // The sandbox of the default profile: the same switches...
     for same in [

@@ -7,6 +7,22 @@ use std::time::Duration;
 
 use super::Testbed;
 
+/// A benchmark's exit status: 0 when every target was met, 1 when one was
+/// missed or the benchmark could not run (which it says).
+pub fn exit_status(outcome: Result<bool, String>) -> std::process::ExitCode {
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("some targets were missed");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// How many alternating runs each comparison makes, unless `WHARF_BENCH_RUNS` says.
 pub fn runs(default: usize) -> usize {
     std::env::var("WHARF_BENCH_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(default)

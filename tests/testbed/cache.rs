@@ -90,13 +90,15 @@ pub fn debootstrap(release: &str, packages: &[&str], dir: &Path) -> Result<()> {
     if !output.status.success() {
         let _ = fs::write(&log, &output.stdout);
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let tail: Vec<&str> = stdout.lines().rev().take(8).collect();
-        return Err(Error(format!(
-            "debootstrap {release} from {mirror} failed ({}); is the mirror reachable? Last lines:\n{}\n{}",
-            output.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // debootstrap says why on an "E:" line; without one, it could not download.
+        let reason = stdout
+            .lines()
+            .chain(stderr.lines())
+            .find_map(|line| line.strip_prefix("E: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("is the mirror reachable? {}", stderr.trim()));
+        return Err(Error(format!("debootstrap {release} from {mirror} failed ({}): {reason}", output.status)));
     }
     Ok(())
 }

@@ -72,17 +72,9 @@ impl Release {
             Release::Bookworm => {
                 &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod", "python3"]
             }
-            Release::Trixie => &[
-                "systemd",
-                "systemd-sysv",
-                "dbus",
-                "systemd-container",
-                "systemd-portabled",
-                "iproute2",
-                "util-linux",
-                "kmod",
-                "python3",
-            ],
+            Release::Trixie => {
+                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod", "python3"]
+            }
         }
     }
 }
