@@ -6,28 +6,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-
-/// The wharf daemon: serves org.wharf1 on the system bus.
-#[derive(Debug, Parser)]
-#[command(name = "wharfd", version, about)]
-struct Args {
-    /// Exit after this many seconds without a call (0: never).
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    idle_timeout: u64,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Boot an OS image as a container (the main process of a machine's unit).
-    #[command(hide = true)]
-    Launch(wharf::machine::launcher::LaunchArgs),
-    /// Run a command inside a running container (for `machine shell`).
-    #[command(hide = true)]
-    Enter(wharf::machine::enter::EnterArgs),
-}
+use clap::Parser;
+use wharf::cli::wharfd::{Args, Command};
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -16,7 +16,7 @@ use crate::image::Pool;
 
 /// Manage machine images and the containers booted from them.
 #[derive(Debug, Parser)]
-#[command(name = "machine", version, about, long_about = None)]
+#[command(name = "machine", version)]
 pub struct Cli {
     /// Print results as one JSON document.
     #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
@@ -39,42 +39,74 @@ pub enum Command {
     Apply(super::fleet::ApplyArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
+        /// The image: a machine name in the search path, or a path.
         image: String,
+        /// yes (or true, on, 1) to make it read-only; no (or false, off, 0) to make it writable.
         #[arg(value_parser = parse_bool, default_value = "yes", action = clap::ArgAction::Set)]
         read_only: bool,
     },
     /// Copy an image under a new name.
     Clone {
+        /// The image to copy.
         name: String,
+        /// The copy's name; it goes to /var/lib/machines.
         new_name: String,
         /// Make the copy read-only.
         #[arg(long)]
         read_only: bool,
     },
     /// Rename an image (refused while its machine runs).
-    Rename { name: String, new_name: String },
+    Rename {
+        /// The image to rename.
+        name: String,
+        /// The new name; the image stays in the directory it is in.
+        new_name: String,
+    },
     /// Delete images (refused while their machine runs or when read-only).
     Remove {
-        #[arg(required = true)]
+        /// Machine names in the search path.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Import a tar archive (plain, xz, gzip or zstd) as a directory image.
     ImportTar {
+        /// The archive.
         file: PathBuf,
         /// Image name; by default the file name without its suffixes.
         name: Option<String>,
     },
     /// Import a raw disk or file system image (plain, xz, gzip or zstd).
-    ImportRaw { file: PathBuf, name: Option<String> },
+    ImportRaw {
+        /// The image: squashfs, ext4, erofs or GPT.
+        file: PathBuf,
+        /// Image name; by default the file name without its suffixes.
+        name: Option<String>,
+    },
     /// Import a directory tree as a directory image.
-    ImportFs { directory: PathBuf, name: Option<String> },
+    ImportFs {
+        /// The tree, copied with its owners, modes, times and extended attributes.
+        directory: PathBuf,
+        /// Image name; by default the directory's name.
+        name: Option<String>,
+    },
     /// Export a directory image as a tar archive (.xz, .gz, .zst compress it).
-    ExportTar { name: String, file: PathBuf },
+    ExportTar {
+        /// The directory image to export.
+        name: String,
+        /// The archive to write; a file of that name is replaced once the export is complete.
+        file: PathBuf,
+    },
     /// Export a raw image (.xz, .gz, .zst compress it).
-    ExportRaw { name: String, file: PathBuf },
+    ExportRaw {
+        /// The raw image to export.
+        name: String,
+        /// The file to write; a file of that name is replaced once the export is complete.
+        file: PathBuf,
+    },
     /// Boot a machine from its image, in a transient unit with its limits.
     Start {
-        #[arg(required = true)]
+        /// Machines (images in the search path) to boot.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// A resource limit, as systemctl set-property takes it (MemoryMax=512M,
         /// CPUQuota=50%, TasksMax=200, ...); repeatable.
@@ -92,7 +124,8 @@ pub enum Command {
     },
     /// Power a machine off (SIGRTMIN+4 to its init) and wait until it is gone.
     Poweroff {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// Do not wait.
         #[arg(long)]
@@ -100,17 +133,20 @@ pub enum Command {
     },
     /// Reboot a machine (SIGINT to its init).
     Reboot {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Stop a machine's unit at once.
     Terminate {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Send a signal to a machine's processes.
     Kill {
-        #[arg(required = true)]
+        /// Running machines.
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
         /// The signal (name or number); SIGTERM by default.
         #[arg(short, long, default_value = "SIGTERM")]
@@ -122,12 +158,20 @@ pub enum Command {
     /// List running machines.
     List,
     /// Show a running machine: its unit, init, root and limits.
-    Status { name: String },
+    Status {
+        /// A running machine.
+        name: String,
+    },
     /// Show a running machine's resource limits.
-    Show { name: String },
+    Show {
+        /// A running machine.
+        name: String,
+    },
     /// Change resource limits of a running machine, live.
     SetProperty {
+        /// A running machine.
         name: String,
+        /// Resource limits, as systemctl set-property takes them (MemoryMax=512M, CPUQuota=50%, ...).
         #[arg(required = true, value_name = "KEY=VALUE")]
         properties: Vec<String>,
         /// Also keep them in /etc/wharf/machines/NAME.toml, for every start.
@@ -136,20 +180,28 @@ pub enum Command {
     },
     /// Start machines at boot (through machines.target).
     Enable {
-        #[arg(required = true)]
+        /// Machines (images in the search path).
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Do not start machines at boot.
     Disable {
-        #[arg(required = true)]
+        /// Machines (images in the search path).
+        #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
     /// Open a login prompt in a machine (^] three times within 1s leaves).
-    Login { name: String },
+    Login {
+        /// A running machine.
+        name: String,
+    },
     /// Run a command (or a shell) in a machine; exits with its exit status.
     /// NAME may be USER@NAME, or USER@ may follow NAME.
     Shell {
+        /// A running machine, or USER@NAME.
         name: String,
+        /// The user to run as (USER@; root by default), then the command and its
+        /// arguments (the user's shell by default).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "[USER@] [COMMAND]")]
         command: Vec<String>,
     },

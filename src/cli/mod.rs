@@ -1,4 +1,4 @@
-//! The command lines of `portable` and `machine`: argument parsing, calls to
+//! The command lines of `portable`, `machine` and `wharfd`: argument parsing, calls to
 //! wharfd over D-Bus, and output for people (tables) or scripts (`--json`).
 
 pub mod fleet;
@@ -7,6 +7,7 @@ pub mod output;
 pub mod portable;
 pub mod progress;
 pub mod terminal;
+pub mod wharfd;
 
 use std::process::ExitCode;
 

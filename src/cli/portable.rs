@@ -14,7 +14,7 @@ use crate::image::Pool;
 
 /// Attach, detach and inspect portable service images.
 #[derive(Debug, Parser)]
-#[command(name = "portable", version, about, long_about = None)]
+#[command(name = "portable", version)]
 pub struct Cli {
     /// Print results as one JSON document.
     #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
@@ -100,8 +100,10 @@ pub enum Command {
     List,
     /// Show an image's kind, os-release and the unit files matching its prefixes.
     Inspect {
+        /// The image: a name in the search path, or a path.
         image: String,
         /// Match unit files against these prefixes instead of the image's own.
+        #[arg(value_name = "PREFIX")]
         prefixes: Vec<String>,
         /// Print the unit files' contents too.
         #[arg(long)]
@@ -117,6 +119,7 @@ pub enum Command {
     },
     /// Detach an image: remove exactly the files wharf wrote for it.
     Detach {
+        /// The image, as it was attached (a name in the search path, or a path).
         image: String,
         /// Stop (and disable) its units first.
         #[arg(long)]
@@ -134,17 +137,23 @@ pub enum Command {
         attach: AttachArgs,
     },
     /// Tell whether an image is attached: exit status 0 if it is, 1 if not.
-    IsAttached { image: String },
+    IsAttached {
+        /// The image: a name in the search path, or a path.
+        image: String,
+    },
     /// Delete images from the pool (refused while attached or read-only).
     Remove {
-        #[arg(required = true)]
+        /// Images in the search path, or paths.
+        #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
     /// Bring the host to what a fleet file says, all or nothing (see wharf-fleet(5)).
     Apply(super::fleet::ApplyArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
+        /// The image: a name in the search path, or a path.
         image: String,
+        /// yes (or true, on, 1) to make it read-only; no (or false, off, 0) to make it writable.
         #[arg(value_parser = parse_bool, default_value = "yes", action = clap::ArgAction::Set)]
         read_only: bool,
     },

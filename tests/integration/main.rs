@@ -13,6 +13,7 @@ mod fleet;
 mod foundation;
 mod images;
 mod machine;
+mod packaging;
 mod portable;
 mod store;
 
@@ -88,6 +89,7 @@ fn main() -> ExitCode {
     let mut trials = Vec::new();
     trials.extend(foundation::trials(&shared));
     trials.extend(images::trials(&shared));
+    trials.extend(packaging::trials(&shared));
     trials.extend(portable::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(machine::trials(&shared));

@@ -1,0 +1,368 @@
+//! Man pages and shell completions for wharf:
+//!
+//!     cargo run --example gen -- man OUTDIR
+//!     cargo run --example gen -- completions OUTDIR
+//!
+//! A page's synopsis, commands and options come from the clap definitions,
+//! so they cannot drift from what the tools parse; everything else (the
+//! description, files, examples, exit status...) is prose written by hand in
+//! `man/NAME.SECTION.in`. A template is plain roff with directive comments
+//! (`.\" @synopsis`) where the generated parts go; see `man/README`.
+//!
+//! This is an example, not a binary or a build script: it is built only by
+//! whoever packages wharf (meson-compat runs it), the installed binaries do
+//! not carry clap_mangen or clap_complete, and a normal build does not pay
+//! for it.
+
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Arg, Command, CommandFactory};
+use clap_complete::Shell;
+use clap_mangen::Man;
+use clap_mangen::roff::{Roff, bold, italic, roman};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One man page: `NAME.SECTION`, made from its template and, for a
+/// command's page, the command's clap definition.
+struct Page {
+    name: &'static str,
+    section: &'static str,
+    template: &'static str,
+    command: Option<fn() -> Command>,
+}
+
+const PAGES: &[Page] = &[
+    Page {
+        name: "portable",
+        section: "1",
+        template: include_str!("../man/portable.1.in"),
+        command: Some(wharf::cli::portable::Cli::command),
+    },
+    Page {
+        name: "machine",
+        section: "1",
+        template: include_str!("../man/machine.1.in"),
+        command: Some(wharf::cli::machine::Cli::command),
+    },
+    Page {
+        name: "wharfd",
+        section: "8",
+        template: include_str!("../man/wharfd.8.in"),
+        command: Some(wharf::cli::wharfd::Args::command),
+    },
+    Page { name: "wharf-profiles", section: "7", template: include_str!("../man/wharf-profiles.7.in"), command: None },
+    Page {
+        name: "wharf-machine.toml",
+        section: "5",
+        template: include_str!("../man/wharf-machine.toml.5.in"),
+        command: None,
+    },
+];
+
+/// The shipped sandbox profiles, quoted in wharf-profiles(7) as installed.
+const PROFILES: &[(&str, &str)] = &[
+    ("default", include_str!("../units/profiles/default/service.conf")),
+    ("nonetwork", include_str!("../units/profiles/nonetwork/service.conf")),
+    ("strict", include_str!("../units/profiles/strict/service.conf")),
+    ("trusted", include_str!("../units/profiles/trusted/service.conf")),
+];
+
+/// The commands people type, which get shell completions (wharfd is started
+/// by D-Bus, not typed).
+fn completed_commands() -> [Command; 2] {
+    [wharf::cli::portable::Cli::command(), wharf::cli::machine::Cli::command()]
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["man", out] => write_man_pages(Path::new(out)),
+        ["completions", out] => write_completions(Path::new(out)),
+        _ => Err("usage: gen man OUTDIR | gen completions OUTDIR".to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_man_pages(out: &Path) -> Result<(), String> {
+    fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for page in PAGES {
+        let file = format!("{}.{}", page.name, page.section);
+        let text = render_page(page).map_err(|e| format!("man/{file}.in: {e}"))?;
+        let path = out.join(&file);
+        fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Completions named as each shell looks them up: bash by the command's
+/// name, zsh as `_NAME`, fish as `NAME.fish`.
+fn write_completions(out: &Path) -> Result<(), String> {
+    fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for mut command in completed_commands() {
+        let name = command.get_name().to_string();
+        for (shell, file) in
+            [(Shell::Bash, name.clone()), (Shell::Zsh, format!("_{name}")), (Shell::Fish, format!("{name}.fish"))]
+        {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut command, &name, &mut text);
+            let path = out.join(file);
+            fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills a template's directives:
+/// - `@title`: the `.TH` line;
+/// - `@name`, `@synopsis`, `@options`, `@commands`: from the page's command;
+/// - `@profile NAME`: the settings of a shipped profile, as an example block.
+///
+/// Comment lines before `@title` are notes for the template's editors and
+/// are left out.
+fn render_page(page: &Page) -> Result<String, String> {
+    let command = page.command.map(|make| {
+        let mut command = make().subcommand_value_name("COMMAND");
+        command.build();
+        with_full_stops(command)
+    });
+    let mut out = format!(
+        ".\\\" Generated by contrib/gen.rs from man/{}.{}.in{}; edit those.\n",
+        page.name,
+        page.section,
+        if command.is_some() { " and the command's clap definition" } else { "" }
+    );
+    // roff's definition of the apostrophe string that escaped text uses.
+    out.push_str(&Roff::new().render());
+    let mut seen = Vec::new();
+    for line in page.template.lines() {
+        let Some(directive) = line.strip_prefix(".\\\" @") else {
+            if !seen.is_empty() || !line.starts_with(".\\\"") {
+                out.push_str(line);
+                out.push('\n');
+            }
+            continue;
+        };
+        let (word, argument) = directive.split_once(' ').unwrap_or((directive, ""));
+        if seen.contains(&directive) {
+            return Err(format!("@{directive} appears twice"));
+        }
+        seen.push(directive);
+        let needs_command = || command.as_ref().ok_or(format!("@{word} on a page without a command"));
+        let fragment = match word {
+            "title" => title(page),
+            "name" => name_section(needs_command()?)?,
+            "synopsis" => render(|w| man(needs_command()?, page).render_synopsis_section(w).map_err(io))?,
+            "options" => render(|w| man(needs_command()?, page).render_options_section(w).map_err(io))?,
+            "commands" => commands_section(needs_command()?)?,
+            "profile" => profile_block(argument)?,
+            _ => return Err(format!("unknown directive @{word}")),
+        };
+        out.push_str(&fragment);
+    }
+    let mut required = vec!["title"];
+    if let Some(command) = &command {
+        required.extend(["name", "synopsis", "options"]);
+        if visible_subcommands(command).next().is_some() {
+            required.push("commands");
+        }
+    }
+    if let Some(missing) = required.iter().find(|word| !seen.contains(word)) {
+        return Err(format!("@{missing} is missing"));
+    }
+    if page.name == "wharf-profiles"
+        && let Some((name, _)) = PROFILES.iter().find(|(name, _)| !seen.contains(&format!("profile {name}").as_str()))
+    {
+        return Err(format!("the shipped profile '{name}' is not described (@profile {name})"));
+    }
+    Ok(out)
+}
+
+fn man(command: &Command, page: &Page) -> Man {
+    Man::new(command.clone()).section(page.section)
+}
+
+/// A roff fragment without the apostrophe preamble roff puts before each
+/// one (the page has it once, at the top).
+fn render(write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<String, String> {
+    let preamble = Roff::new().render();
+    let mut bytes = Vec::new();
+    write(&mut bytes)?;
+    let text = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+    Ok(text.strip_prefix(&preamble).unwrap_or(&text).to_string())
+}
+
+fn io(error: std::io::Error) -> String {
+    error.to_string()
+}
+
+fn roff_fragment(roff: &Roff) -> String {
+    let preamble = Roff::new().render();
+    let text = roff.render();
+    text.strip_prefix(&preamble).unwrap_or(&text).to_string()
+}
+
+/// `.TH NAME SECTION DATE SOURCE MANUAL`. The date is that of
+/// `SOURCE_DATE_EPOCH` when set (reproducible builds), else left out.
+fn title(page: &Page) -> String {
+    let date = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse::<i64>().ok()).map(iso_date);
+    // Written by hand: roff drops an empty argument, which would shift the
+    // others. Then, as systemd's pages do, no hyphenation and a ragged right
+    // margin: the pages are full of paths and option names, which neither
+    // hyphens nor stretched spaces should break up. (HY too: the man
+    // macros turn hyphenation back on to its value after each example.)
+    format!(
+        ".TH {} {} \"{}\" \"wharf {VERSION}\" \"wharf\"\n.ad l\n.nr HY 0\n.nh\n",
+        page.name.to_uppercase(),
+        page.section,
+        date.unwrap_or_default()
+    )
+}
+
+/// `YYYY-MM-DD` of a Unix time (days to civil date, proleptic Gregorian).
+fn iso_date(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// `NAME`: the command and its one-line summary.
+fn name_section(command: &Command) -> Result<String, String> {
+    let about = command.get_about().ok_or("the command has no about text")?.to_string();
+    let mut roff = Roff::new();
+    roff.control("SH", ["NAME"]);
+    roff.text([roman(format!("{} - {}", command.get_name(), lowercase_first(&about)))]);
+    Ok(roff_fragment(&roff))
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// `COMMANDS`: each visible subcommand with its arguments, what it does, and
+/// its own options (the global ones are under OPTIONS).
+fn commands_section(command: &Command) -> Result<String, String> {
+    let mut out = String::new();
+    let mut roff = Roff::new();
+    roff.control("SH", ["COMMANDS"]);
+    out.push_str(&roff_fragment(&roff));
+    for sub in visible_subcommands(command) {
+        let own: Vec<&Arg> = sub
+            .get_arguments()
+            .filter(|arg| {
+                !arg.is_hide_set() && !arg.is_global_set() && !["help", "version"].contains(&arg.get_id().as_str())
+            })
+            .collect();
+        let positionals: Vec<&Arg> = own.iter().copied().filter(|arg| arg.is_positional()).collect();
+        let options: Vec<&Arg> = own.iter().copied().filter(|arg| !arg.is_positional()).collect();
+
+        let mut heading = vec![bold(sub.get_name())];
+        if !options.is_empty() {
+            heading.extend([roman(" ["), italic("OPTIONS"), roman("]")]);
+        }
+        for arg in &positionals {
+            let value = value_name(arg);
+            let repeated = arg.get_num_args().is_some_and(|n| n.max_values() > 1) && !value.ends_with("...");
+            let dots = if repeated { "..." } else { "" };
+            // A value name in brackets already says that it is optional.
+            if arg.is_required_set() || value.starts_with('[') {
+                heading.extend([roman(" "), italic(value), roman(dots)]);
+            } else {
+                heading.extend([roman(" ["), italic(value), roman(format!("]{dots}"))]);
+            }
+        }
+        let mut roff = Roff::new();
+        roff.control("TP", []);
+        roff.text(heading);
+        let about = sub.get_long_about().or_else(|| sub.get_about()).map(|s| s.to_string()).unwrap_or_default();
+        for (i, paragraph) in about.split("\n\n").enumerate() {
+            if i > 0 {
+                roff.control("IP", []);
+            }
+            roff.text([roman(sentence(&paragraph.split_whitespace().collect::<Vec<_>>().join(" ")))]);
+        }
+        out.push_str(&roff_fragment(&roff));
+        // Arguments, then options, each rendered by clap_mangen as a list
+        // indented under the command.
+        for args in [positionals, options] {
+            if args.is_empty() {
+                continue;
+            }
+            // Only the arguments are rendered, so the command's name is not shown.
+            let listed = args.iter().fold(Command::new("args").disable_help_flag(true), |c, arg| c.arg((*arg).clone()));
+            let list = render(|w| Man::new(listed).render_options_section(w).map_err(io))?;
+            let list = list.strip_prefix(".SH OPTIONS\n").ok_or("unexpected clap_mangen output")?;
+            out.push_str(".RS\n");
+            out.push_str(list);
+            out.push_str(".RE\n");
+        }
+    }
+    Ok(out)
+}
+
+/// The subcommands a page documents: not the hidden ones (wharfd's
+/// internal `launch`), nor clap's own `help`.
+fn visible_subcommands(command: &Command) -> impl Iterator<Item = &Command> {
+    command.get_subcommands().filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
+}
+
+fn value_name(arg: &Arg) -> String {
+    arg.get_value_names()
+        .map(|names| names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| arg.get_id().as_str().to_uppercase())
+}
+
+/// Help texts as sentences, in the command and all its subcommands (after
+/// clap has added its own `--help` and `--version`).
+fn with_full_stops(command: Command) -> Command {
+    command
+        .mut_args(|arg| {
+            let help = arg.get_help().map(|help| sentence(&help.to_string()));
+            let long_help = arg.get_long_help().map(|help| sentence(&help.to_string()));
+            let arg = if let Some(help) = help { arg.help(help) } else { arg };
+            if let Some(help) = long_help { arg.long_help(help) } else { arg }
+        })
+        .mut_subcommands(with_full_stops)
+}
+
+/// clap drops the full stop of a one-sentence doc comment; prose has it.
+fn sentence(text: &str) -> String {
+    if text.is_empty() || text.ends_with(['.', '!', '?', ':']) { text.to_string() } else { format!("{text}.") }
+}
+
+/// A shipped profile's settings (its leading comment is what the page says
+/// in prose), as an example block.
+fn profile_block(name: &str) -> Result<String, String> {
+    let (_, text) = PROFILES.iter().find(|(known, _)| *known == name).ok_or(format!("no shipped profile '{name}'"))?;
+    let mut roff = Roff::new();
+    roff.control("PP", []);
+    roff.text([roman("As shipped, in "), italic(format!("/usr/lib/wharf/profiles/{name}/service.conf")), roman(":")]);
+    roff.control("RS", ["4"]);
+    roff.control("EX", []);
+    for line in text.lines().skip_while(|line| line.starts_with('#')) {
+        roff.text([roman(line)]);
+    }
+    roff.control("EE", []);
+    roff.control("RE", []);
+    Ok(roff_fragment(&roff))
+}
