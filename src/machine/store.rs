@@ -185,13 +185,7 @@ impl Store {
         tracing::debug!(compression = compression.as_str(), "importing a tar archive");
         let temp = Temp::new(self.home(machine)?, machine);
         fs::create_dir(&temp.path).map_err(io_error(machine, &temp.path))?;
-        let mut archive = tar::Archive::new(reader);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_ownerships(true);
-        archive.set_preserve_mtime(true);
-        archive.set_unpack_xattrs(true);
-        archive.set_overwrite(false);
-        archive.unpack(&temp.path).map_err(|e| Error::Invalid {
+        unpack_tar(reader, &temp.path).map_err(|e| Error::Invalid {
             name: machine.to_string(),
             reason: format!("cannot unpack the archive: {e}"),
         })?;
@@ -397,6 +391,118 @@ fn copy_file(from: &Path, to: &Path, progress: &mut dyn FnMut(u64)) -> io::Resul
 }
 
 use std::os::unix::fs::FileTypeExt;
+
+/// Unpacks an OS tree. The tar crate writes device nodes and FIFOs as empty
+/// regular files, which would leave a booted container without its
+/// /dev/console or /dev/null placeholders, so those are made with mknod
+/// here; everything else is the crate's, which keeps entries inside `root`.
+/// Directories come last, as in `Archive::unpack`, so that a read-only
+/// directory does not stop its own contents from being written.
+fn unpack_tar(reader: impl Read, root: &Path) -> io::Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(false);
+    let root_fd =
+        rustix::fs::open(root, rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+    let mut directories = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            directories.push(entry);
+        } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            make_node(&root_fd, &entry)?;
+        } else {
+            entry.unpack_in(root)?;
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut directory in directories {
+        directory.unpack_in(root)?;
+    }
+    Ok(())
+}
+
+/// Creates a device node or FIFO entry below `root`; its parent directory is
+/// resolved by the kernel inside `root` (RESOLVE_IN_ROOT), so a symlink
+/// unpacked earlier cannot send the node onto the host.
+fn make_node<R: Read>(root: &rustix::fd::OwnedFd, entry: &tar::Entry<'_, R>) -> io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps};
+    let path = entry.path()?.into_owned();
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(part) => parts.push(part.to_owned()),
+            std::path::Component::ParentDir => {
+                return Err(io::Error::other(format!("{}: a path leaving the tree", path.display())));
+            }
+            _ => {}
+        }
+    }
+    let Some(name) = parts.pop() else { return Ok(()) };
+    let dir = open_in_root_creating(root, &parts)?;
+    let header = entry.header();
+    // A FIFO's device fields may be blank (Python's tarfile leaves them so).
+    let device = |header: &tar::Header| -> io::Result<u64> {
+        Ok(rustix::fs::makedev(header.device_major()?.unwrap_or(0), header.device_minor()?.unwrap_or(0)))
+    };
+    let (file_type, device) = match header.entry_type() {
+        tar::EntryType::Char => (FileType::CharacterDevice, device(header)?),
+        tar::EntryType::Block => (FileType::BlockDevice, device(header)?),
+        _ => (FileType::Fifo, 0),
+    };
+    let mode = Mode::from_raw_mode(header.mode()? & 0o7777);
+    rustix::fs::mknodat(&dir, &name, file_type, mode, device)
+        .map_err(|e| io::Error::other(format!("{}: mknod: {e}", path.display())))?;
+    rustix::fs::chownat(
+        &dir,
+        &name,
+        Some(rustix::fs::Uid::from_raw(header.uid()? as u32)),
+        Some(rustix::fs::Gid::from_raw(header.gid()? as u32)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    // mknod's mode is cut by the umask; set it exactly, as for files.
+    rustix::fs::chmodat(&dir, &name, mode, AtFlags::empty())?;
+    let mtime = Timespec { tv_sec: header.mtime()? as i64, tv_nsec: 0 };
+    rustix::fs::utimensat(
+        &dir,
+        &name,
+        &Timestamps { last_access: mtime, last_modification: mtime },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Opens the directory `parts` below `root`, creating missing levels (a tar
+/// need not list a node's parent before the node), each step resolved by
+/// the kernel inside `root`.
+fn open_in_root_creating(root: &rustix::fd::OwnedFd, parts: &[std::ffi::OsString]) -> io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let open = |path: &Path| {
+        let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+        rustix::fs::openat2(
+            root,
+            path,
+            OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    let mut path = PathBuf::new();
+    let mut dir = open(&path)?;
+    for part in parts {
+        match rustix::fs::mkdirat(&dir, part.as_os_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        path.push(part);
+        dir = open(&path)?;
+    }
+    Ok(dir)
+}
 
 #[cfg(test)]
 mod tests {
