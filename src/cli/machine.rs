@@ -196,7 +196,9 @@ pub enum Command {
         name: String,
     },
     /// Run a command (or a shell) in a machine; exits with its exit status.
-    /// NAME may be USER@NAME, or USER@ may follow NAME.
+    /// NAME may be USER@NAME, or USER@ may follow NAME. The command runs in
+    /// a transient unit of its own (wharf-shell-NAME-*.service in
+    /// machine.slice) with the capabilities of the machine's init.
     Shell {
         /// A running machine, or USER@NAME.
         name: String,

@@ -402,30 +402,47 @@ impl MachineInterface {
         let _busy = self.daemon.busy();
         let (_, machined) = Self::clients(connection).await?;
         let info = machine_info(connection, &machined, &name).await?;
-        let mut enter = std::process::Command::new(std::env::current_exe().map_err(failed)?);
-        enter.args([
-            "enter",
-            "--leader",
-            &info.leader.to_string(),
-            "--user",
-            if user.is_empty() { "root" } else { &user },
-        ]);
+        let exe = std::env::current_exe().map_err(failed)?;
+        let mut argv: Vec<String> = vec![exe.to_string_lossy().into_owned(), "enter".into()];
+        argv.extend(["--leader".into(), info.leader.to_string()]);
+        argv.extend(["--user".into(), if user.is_empty() { "root".into() } else { user }]);
         if pty {
-            enter.arg("--pty");
+            argv.push("--pty".into());
             if !size.is_empty() {
-                enter.args(["--size", &size]);
+                argv.extend(["--size".into(), size]);
             }
         }
-        enter.arg("--").args(&command);
-        enter
-            .stdin(std::os::fd::OwnedFd::from(stdin))
-            .stdout(std::os::fd::OwnedFd::from(stdout))
-            .stderr(std::os::fd::OwnedFd::from(stderr));
-        let mut child = enter.spawn().map_err(|e| failed(format!("machine '{name}': cannot run wharfd enter: {e}")))?;
-        let status = self.daemon.blocking(move || child.wait()).await.map_err(failed)?;
-        use std::os::unix::process::ExitStatusExt;
-        Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        argv.push("--".into());
+        argv.extend(command);
+        // A unit of its own rather than a child of wharfd: the command must
+        // not inherit wharfd's sandbox (its capability bounding set, system
+        // call filter, no-new-privileges...), and shows up in systemctl.
+        let descriptor = |fd: zbus::OwnedFd| crate::systemd::descriptor(fd).map_err(failed);
+        let properties = vec![
+            ("Description".into(), crate::systemd::text(&format!("wharf shell in machine {name}"))),
+            ("Slice".into(), crate::systemd::text("machine.slice")),
+            ("Type".into(), crate::systemd::text("exec")),
+            ("CollectMode".into(), crate::systemd::text("inactive-or-failed")),
+            ("ExecStart".into(), crate::systemd::exec_start(&argv)),
+            ("StandardInputFileDescriptor".into(), descriptor(stdin)?),
+            ("StandardOutputFileDescriptor".into(), descriptor(stdout)?),
+            ("StandardErrorFileDescriptor".into(), descriptor(stderr)?),
+        ];
+        let unit = shell_unit(&name);
+        let (systemd, _) = Self::clients(connection).await?;
+        systemd
+            .run_transient(&unit, properties)
+            .await
+            .map_err(|e| failed(format!("machine '{name}': cannot run the command: {e}")))
     }
+}
+
+/// A fresh unit name for a shell in `machine`: shells of one machine may
+/// run side by side.
+fn shell_unit(machine: &str) -> String {
+    static SHELLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = SHELLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("wharf-shell-{machine}-{}-{serial}.service", std::process::id())
 }
 
 /// How long a poweroff is waited for.

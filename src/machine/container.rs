@@ -401,20 +401,9 @@ fn cgroup_mount(m: &CgroupMount) -> Step {
 /// Reduces the bounding set to [`RETAINED_CAPABILITIES`] (plus
 /// CAP_NET_ADMIN over a private network, which is the container's own).
 fn drop_capabilities(private_network: bool) -> Step {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(40);
     let mut keep = RETAINED_CAPABILITIES;
     if private_network {
         keep |= CapabilitySet::NET_ADMIN;
     }
-    for n in 0..=last.min(63) {
-        let capability = CapabilitySet::from_bits_retain(1 << n);
-        if !keep.contains(capability) {
-            rustix::thread::remove_capability_from_bounding_set(capability)
-                .map_err(step(format!("dropping capability {n}")))?;
-        }
-    }
-    Ok(())
+    super::sys::bound_capabilities(keep).map_err(|(n, e)| step(format!("dropping capability {n}"))(e))
 }

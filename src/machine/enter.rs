@@ -17,6 +17,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use nix::sched::{CloneFlags, setns};
@@ -92,6 +93,12 @@ fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
     ];
+    // The command gets no capability the container's init lacks (as under
+    // machinectl shell, whose command the container's own manager starts).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", args.leader))
+        .map_err(|e| EnterError::Namespaces(args.leader, e.to_string()))?;
+    let bounding = capability_bounding_set(&status)
+        .ok_or_else(|| EnterError::Namespaces(args.leader, "no CapBnd in its status".into()))?;
     let mut namespaces = Vec::new();
     for (name, flag) in kinds {
         let path = format!("/proc/{}/ns/{name}", args.leader);
@@ -109,6 +116,8 @@ fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
         setns(fd.as_fd(), *flag)
             .map_err(|e| EnterError::Namespaces(args.leader, format!("joining its {name} namespace: {e}")))?;
     }
+    super::sys::bound_capabilities(rustix::thread::CapabilitySet::from_bits_retain(bounding))
+        .map_err(|(n, e)| EnterError::Setup(format!("dropping capability {n}: {e}")))?;
     std::env::set_current_dir("/").map_err(|e| EnterError::Setup(format!("cannot enter /: {e}")))?;
     let account = lookup(&args.user)?;
     let command = if args.command.is_empty() { vec![account.shell.clone(), "-l".into()] } else { args.command.clone() };
@@ -127,6 +136,12 @@ fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
             Ok(wait_exit_code(child))
         }
     }
+}
+
+/// The `CapBnd:` mask of a /proc/PID/status text.
+fn capability_bounding_set(status: &str) -> Option<u64> {
+    let value = status.lines().find_map(|line| line.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(value.trim(), 16).ok()
 }
 
 /// In the child: become the user and run the command. Returns only on failure.
@@ -233,9 +248,13 @@ fn open_pty(size: Option<&str>) -> Result<(OwnedFd, OwnedFd), EnterError> {
     grantpt(&master).map_err(|e| setup("grantpt", e))?;
     unlockpt(&master).map_err(|e| setup("unlockpt", e))?;
     let name = ptsname(&master, Vec::new()).map_err(|e| setup("ptsname", e))?;
+    // NOCTTY: run as a service, this process leads a session of its own,
+    // and opening a terminal would make it the session's controlling
+    // terminal, which the command's new session could then not take.
     let slave = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
         .open(name.to_string_lossy().as_ref())
         .map_err(|e| EnterError::Setup(format!("opening the terminal: {e}")))?;
     if let Some((rows, columns)) = size.and_then(|s| s.split_once('x'))
@@ -299,6 +318,15 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/zsh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
     const GROUP: &str = "root:x:0:\nwheel:x:10:alice,bob\nalice:x:1000:\n";
+
+    #[test]
+    fn bounding_set_from_status() {
+        let status =
+            "Name:\tsystemd\nCapPrm:\t000001ffffffffff\nCapBnd:\t00000000fdecafff\nCapAmb:\t0000000000000000\n";
+        assert_eq!(capability_bounding_set(status), Some(0xfdec_afff));
+        assert_eq!(capability_bounding_set("Name:\tx\n"), None);
+        assert_eq!(capability_bounding_set("CapBnd:\tzz\n"), None);
+    }
 
     #[test]
     fn accounts_come_from_the_container() {

@@ -172,17 +172,17 @@ impl Machines {
                 "Description".into(),
                 OwnedVariant::try_from(zbus::Variant::from(format!("wharf machine {machine}"))).expect("a string"),
             ),
-            ("Slice".into(), variant("machine.slice")),
+            ("Slice".into(), crate::systemd::text("machine.slice")),
             ("Delegate".into(), OwnedVariant::from(true)),
-            ("Type".into(), variant("notify")),
+            ("Type".into(), crate::systemd::text("notify")),
             // SIGTERM to the launcher only, which halts the container cleanly.
-            ("KillMode".into(), variant("mixed")),
-            ("CollectMode".into(), variant("inactive-or-failed")),
+            ("KillMode".into(), crate::systemd::text("mixed")),
+            ("CollectMode".into(), crate::systemd::text("inactive-or-failed")),
             // Readiness is waited for here, with our timeout; the unit itself waits as long as it takes.
             ("TimeoutStartUSec".into(), OwnedVariant::from(u64::MAX)),
             ("RestartForceExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
             ("SuccessExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
-            ("ExecStart".into(), exec_start(&argv)),
+            ("ExecStart".into(), crate::systemd::exec_start(&argv)),
         ];
         properties.extend(limits.iter().map(Property::to_bus));
         tracing::info!(machine, image = %image.display(), limits = limits.len(), "starting");
@@ -307,16 +307,6 @@ impl Machines {
         result.map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
         systemd.reload().await.map_err(|source| Error::Systemd { machine: machine.to_string(), source })
     }
-}
-
-fn variant(text: &str) -> OwnedVariant {
-    OwnedVariant::try_from(zbus::Variant::from(text)).expect("a string holds no descriptor")
-}
-
-/// `ExecStart` as systemd's manager takes it: a(sasb).
-fn exec_start(argv: &[String]) -> OwnedVariant {
-    let entry = (argv[0].clone(), argv.to_vec(), false);
-    OwnedVariant::try_from(zbus::Variant::from(vec![entry])).expect("strings hold no descriptor")
 }
 
 /// `RestartForceExitStatus`/`SuccessExitStatus`: (exit codes, signals).

@@ -113,3 +113,19 @@ pub(crate) fn default_sigpipe() -> nix::Result<()> {
     // async-signal-safety requirement to meet.
     unsafe { sigaction(Signal::SIGPIPE, &default) }.map(drop)
 }
+
+/// Drops from this thread's capability bounding set every capability not in
+/// `keep`. On failure: the capability's number and the error.
+pub(crate) fn bound_capabilities(keep: rustix::thread::CapabilitySet) -> Result<(), (u32, rustix::io::Errno)> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(40);
+    for n in 0..=last.min(63) {
+        let capability = rustix::thread::CapabilitySet::from_bits_retain(1 << n);
+        if !keep.contains(capability) {
+            rustix::thread::remove_capability_from_bounding_set(capability).map_err(|e| (n, e))?;
+        }
+    }
+    Ok(())
+}

@@ -61,6 +61,24 @@ pub fn parse_version(version: &str) -> u32 {
     digits.parse().unwrap_or(0)
 }
 
+/// A string property of a transient unit.
+pub fn text(text: &str) -> zbus::OwnedVariant {
+    zbus::OwnedVariant::try_from(zbus::Variant::from(text)).expect("a string holds no descriptor")
+}
+
+/// `ExecStart` as systemd's manager takes it: a(sasb), one command.
+pub fn exec_start(argv: &[String]) -> zbus::OwnedVariant {
+    let entry = (argv[0].clone(), argv.to_vec(), false);
+    zbus::OwnedVariant::try_from(zbus::Variant::from(vec![entry])).expect("strings hold no descriptor")
+}
+
+/// A file descriptor property (`StandardInputFileDescriptor`...), passed
+/// to systemd with the call.
+pub fn descriptor(fd: zbus::OwnedFd) -> std::io::Result<zbus::OwnedVariant> {
+    zbus::OwnedVariant::try_from(zbus::Variant::from(zbus::Fd::from(fd)))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// How a start job ended within the time it was waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -224,6 +242,54 @@ impl Systemd {
             Ok(None) => Err(Error::JobFailed { unit: unit.to_string(), verb: "start", result: "lost".into() }),
             Err(_) => Ok(JobOutcome::Pending),
         }
+    }
+
+    /// Runs a transient service to its end and says how its main process
+    /// ended, as a shell would: its exit status, or 128 + the signal that
+    /// killed it. The unit is referenced (AddRef) so that it stays loaded,
+    /// with its result, until it has been read here.
+    pub async fn run_transient(&self, unit: &str, mut properties: Vec<(String, zbus::OwnedVariant)>) -> Result<i32> {
+        properties.push(("AddRef".into(), zbus::OwnedVariant::from(true)));
+        self.start_transient(unit, properties, JOB_TIMEOUT).await?;
+        let ended = self.wait_until_ended(unit).await;
+        let released = self.manager.unref_unit(unit.to_string()).await.map_err(call(format!("releasing {unit}")));
+        let (code, status) = ended?;
+        released?;
+        // ExecMainCode is a CLD_* code: CLD_EXITED is 1, then KILLED, DUMPED.
+        Ok(if code == 1 { status } else { 128 + status })
+    }
+
+    /// Waits until a unit is inactive or failed; its main process's
+    /// (ExecMainCode, ExecMainStatus) then.
+    async fn wait_until_ended(&self, unit: &str) -> Result<(i32, i32)> {
+        let connection = self.manager.inner().connection();
+        let path = self.manager.get_unit(unit.to_string()).await.map_err(call(format!("finding {unit}")))?;
+        let watched =
+            zbus::Proxy::new(connection, "org.freedesktop.systemd1", path.clone(), "org.freedesktop.systemd1.Unit")
+                .await
+                .map_err(call(format!("watching {unit}")))?;
+        // The stream gives the state at once, then each change.
+        let mut states = watched.receive_property_changed::<String>("ActiveState").await;
+        loop {
+            let Some(change) = states.next().await else {
+                return Err(Error::JobFailed { unit: unit.to_string(), verb: "watch", result: "lost".into() });
+            };
+            let state = change.get().await.map_err(call(format!("reading the state of {unit}")))?;
+            if state == "inactive" || state == "failed" {
+                break;
+            }
+        }
+        let service = zbus::proxy::Builder::<zbus::Proxy<'_>>::new(connection)
+            .destination("org.freedesktop.systemd1")
+            .path(path)
+            .interface("org.freedesktop.systemd1.Service")
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(call(format!("reading {unit}")))?;
+        let code = service.get_property::<i32>("ExecMainCode").await.map_err(call(format!("reading {unit}")))?;
+        let status = service.get_property::<i32>("ExecMainStatus").await.map_err(call(format!("reading {unit}")))?;
+        Ok((code, status))
     }
 
     /// Changes properties of a loaded unit, live (`runtime`: not persisted).

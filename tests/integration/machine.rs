@@ -348,6 +348,16 @@ fn machine_cli(tb: &Testbed) {
     assert_eq!(tb.ok("machine shell f28 nobody@ id -u").trim(), "65534");
     assert_eq!(tb.ok("machine shell root@f28 -- cat /etc/hostname").trim(), "f28");
     assert_eq!(tb.ok("echo piped | machine shell f28 cat").trim(), "piped");
+    // The command runs in a unit of its own, free of wharfd's sandbox
+    // (wharfd.service sets NoNewPrivileges= and bounds its capabilities),
+    // and the unit is gone once the command is.
+    let status = tb.ok("machine shell f28 grep -E '^(NoNewPrivs|CapBnd)' /proc/self/status");
+    assert!(status.contains("NoNewPrivs:\t0"), "{status}");
+    let init = tb.ok("machine shell f28 grep -E '^CapBnd' /proc/1/status");
+    assert!(status.contains(init.trim()), "the shell's capabilities are not the machine's: {status} vs {init}");
+    let unit = tb.ok("machine shell f28 cat /proc/self/cgroup");
+    assert!(unit.contains("/wharf-shell-f28-"), "{unit}");
+    assert_eq!(tb.ok("systemctl list-units --all --no-legend 'wharf-shell-*' | wc -l").trim(), "0");
 
     // Limits set at start: on the unit, and in the container's cgroups.
     assert_eq!(show(tb, "wharf-f28.service", "MemoryMax"), "536870912");

@@ -388,7 +388,8 @@ fn batch_attach(tb: &Testbed) {
     let since = tb.ok("date +%s.%N").trim().to_string();
     let out = tb.ok("portable attach --batch alpha beta gamma");
     assert_eq!(out.matches("Written /etc/systemd/system/").count(), 3, "{out}");
-    let reloads = tb.ok(&format!("journalctl -q --since @{since} -o cat _PID=1 | grep -c '^Reloading' || true"));
+    let reloads =
+        tb.ok(&format!("journalctl -q --since @{since} -o cat _PID=1 | grep -c -E '^Reloading\\.+$' || true"));
     assert_eq!(reloads.trim(), "1", "one reload for the whole batch");
     for name in ["alpha", "beta", "gamma"] {
         tb.ok(&format!("systemctl start {name}.service"));
