@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use super::output::{Format, JsonStyle, images_table, table};
+use super::output::{Format, OutputArgs, images_table, table};
 use super::progress::with_progress;
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::MachineProxy;
@@ -18,15 +18,8 @@ use crate::image::Pool;
 #[derive(Debug, Parser)]
 #[command(name = "machine", version)]
 pub struct Cli {
-    /// Print results as one JSON document.
-    #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
-    pub json: Option<JsonStyle>,
-    /// Log what is done, to stderr.
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
-    /// Print nothing but errors (and no progress bars).
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -254,21 +247,21 @@ impl ExportTarget {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init_cli(cli.verbose);
+    crate::logging::init_cli(cli.output.verbose);
     super::run_tool("machine", run(cli))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let format = Format::new(cli.json);
+    let format = Format::new(cli.output.json);
     let bus = system_bus().await?;
     let machine = MachineProxy::new(&bus).await?;
-    let show = !cli.quiet && !format.is_json();
+    let show = !cli.output.quiet && !format.is_json();
     match cli.command {
         Command::ListImages => {
             let images = machine.list_images().await?;
             format.emit(&images, |images| images_table(images, false))?;
         }
-        Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.quiet).await,
+        Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::machines().argument_for_daemon(&image, &current_dir()?);
             machine.mark_read_only(&image, read_only).await?;
@@ -276,18 +269,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Clone { name, new_name, read_only } => {
             let path = with_progress(&bus, show, machine.clone_image(&name, &new_name, read_only)).await?;
-            emit_path(format, cli.quiet, "Cloned", &path)?;
+            emit_path(format, cli.output.quiet, "Cloned", &path)?;
         }
         Command::Rename { name, new_name } => {
             let path = machine.rename_image(&name, &new_name).await?;
-            emit_path(format, cli.quiet, "Renamed to", &path)?;
+            emit_path(format, cli.output.quiet, "Renamed to", &path)?;
         }
         Command::Remove { names } => {
             let mut removed = Vec::new();
             for name in names {
                 removed.push(machine.remove_image(&name).await?);
             }
-            if !cli.quiet {
+            if !cli.output.quiet {
                 format.emit(&removed, |removed| {
                     removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n")
                 })?;
@@ -297,19 +290,19 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let name = name.unwrap_or_else(|| default_name(&file));
             let input = open_input(&file)?;
             let path = with_progress(&bus, show, machine.import_tar(input.as_fd().into(), &name)).await?;
-            emit_path(format, cli.quiet, "Imported", &path)?;
+            emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::ImportRaw { file, name } => {
             let name = name.unwrap_or_else(|| default_name(&file));
             let input = open_input(&file)?;
             let path = with_progress(&bus, show, machine.import_raw(input.as_fd().into(), &name)).await?;
-            emit_path(format, cli.quiet, "Imported", &path)?;
+            emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::ImportFs { directory, name } => {
             let name = name.unwrap_or_else(|| default_name(&directory));
             let input = open_input(&directory)?;
             let path = with_progress(&bus, show, machine.import_fs(input.as_fd().into(), &name)).await?;
-            emit_path(format, cli.quiet, "Imported", &path)?;
+            emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::Start { names, properties, private_users, network, timeout } => {
             for name in names {
@@ -317,7 +310,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let net = network.clone().unwrap_or_default();
                 let (unit, ready) = machine.start_machine(&name, &properties, &pu, &net, timeout).await?;
                 let record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
-                if !cli.quiet || format.is_json() {
+                if !cli.output.quiet || format.is_json() {
                     format.emit(&record, |_| {
                         if ready {
                             format!("Machine {name} is running ({unit}); its init reported ready.")
@@ -411,11 +404,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::ExportTar { name, file } => {
             export(&bus, &machine, show, &name, &file, false).await?;
-            emit_path(format, cli.quiet, "Exported to", &file.display().to_string())?;
+            emit_path(format, cli.output.quiet, "Exported to", &file.display().to_string())?;
         }
         Command::ExportRaw { name, file } => {
             export(&bus, &machine, show, &name, &file, true).await?;
-            emit_path(format, cli.quiet, "Exported to", &file.display().to_string())?;
+            emit_path(format, cli.output.quiet, "Exported to", &file.display().to_string())?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,20 @@ use serde::Serialize;
 use super::CliError;
 use crate::api::ImageEntry;
 
+/// The options every command of `portable` and `machine` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Print results as one JSON document.
+    #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
+    pub json: Option<JsonStyle>,
+    /// Log what is done, to stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Print nothing but errors (and no progress bars).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum JsonStyle {
     /// One line.

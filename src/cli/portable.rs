@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::output::{Format, JsonStyle, images_table};
+use super::output::{Format, OutputArgs, images_table};
 use super::progress::with_progress;
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::{ImageInfo, OperationResult, PartitionInfo, PortableProxy, UnitInfo, flags};
@@ -16,15 +16,8 @@ use crate::image::Pool;
 #[derive(Debug, Parser)]
 #[command(name = "portable", version)]
 pub struct Cli {
-    /// Print results as one JSON document.
-    #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
-    pub json: Option<JsonStyle>,
-    /// Log what is done, to stderr.
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
-    /// Print nothing but errors.
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -161,12 +154,12 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init_cli(cli.verbose);
+    crate::logging::init_cli(cli.output.verbose);
     super::run_tool("portable", run(cli))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let format = Format::new(cli.json);
+    let format = Format::new(cli.output.json);
     let bus = system_bus().await?;
     let portable = PortableProxy::new(&bus).await?;
     match cli.command.unwrap_or(Command::List) {
@@ -183,7 +176,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let pool = Pool::portables();
             let cwd = current_dir()?;
             let copy = attach.copy.as_str();
-            let show = !cli.quiet && !format.is_json();
+            let show = !cli.output.quiet && !format.is_json();
             let result = if batch {
                 let images: Vec<String> = attach.args.iter().map(|a| pool.argument_for_daemon(a, &cwd)).collect();
                 with_progress(&bus, show, portable.attach_images(&images, &attach.profile, copy, attach.flags()))
@@ -194,12 +187,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let call = portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags());
                 with_progress(&bus, show, call).await?
             };
-            emit_operation(format, cli.quiet, &result, "Started")?;
+            emit_operation(format, cli.output.quiet, &result, "Started")?;
         }
         Command::Detach { image, now, .. } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             let result = portable.detach_image(&image, if now { flags::NOW } else { 0 }).await?;
-            emit_operation(format, cli.quiet, &result, "Stopped")?;
+            emit_operation(format, cli.output.quiet, &result, "Stopped")?;
         }
         Command::Reattach { attach } => {
             let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
@@ -207,13 +200,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let result = portable
                 .reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags())
                 .await?;
-            emit_operation(format, cli.quiet, &result, "Restarted")?;
+            emit_operation(format, cli.output.quiet, &result, "Restarted")?;
         }
         Command::IsAttached { image } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             let (path, state) = portable.get_image_state(&image).await?;
             let attached = state != "detached";
-            if !cli.quiet {
+            if !cli.output.quiet {
                 let record = serde_json::json!({ "image": path, "state": state, "attached": attached });
                 format.emit(&record, |_| state.clone())?;
             }
@@ -226,13 +219,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let image = Pool::portables().argument_for_daemon(&image, &cwd);
                 removed.push(portable.remove_image(&image).await?);
             }
-            if !cli.quiet {
+            if !cli.output.quiet {
                 format.emit(&removed, |removed| {
                     removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n")
                 })?;
             }
         }
-        Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.quiet).await,
+        Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             portable.mark_read_only(&image, read_only).await?;
