@@ -490,7 +490,7 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
             E::Config(_) => BusError::InvalidArgument(message),
             E::Running(_) => BusError::Busy(message),
             E::NotRunning(_) => BusError::NoSuchImage(message),
-            E::NoInit { .. } | E::CannotBoot { .. } => BusError::BadImage(message),
+            E::NoInit { .. } | E::CannotBoot { .. } | E::NoRootPartition { .. } => BusError::BadImage(message),
             E::Systemd { .. } | E::Machined { .. } | E::StartFailed { .. } | E::StopTimeout(..) | E::Io { .. } => {
                 BusError::Failed(message)
             }

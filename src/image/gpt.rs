@@ -31,6 +31,8 @@ const MIN_ENTRY_SIZE: u32 = 128;
 const MAX_TABLE_BYTES: u64 = 1 << 20;
 /// DPS: a partition with this attribute is not used automatically.
 const FLAG_NO_AUTO: u64 = 1 << 63;
+/// Partition attribute bit 60: mount read-only.
+const FLAG_READ_ONLY: u64 = 1 << 60;
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 /// A GUID as stored on disk: the first three fields little-endian.
@@ -283,11 +285,28 @@ pub fn read_table(image: &Path, disk: &FileSlice) -> Result<(u64, Vec<Entry>)> {
     Err(corrupt(image, if problems.is_empty() { "no GPT header found".into() } else { problems.join("; ") }))
 }
 
-/// Opens a GPT disk image: its partitions, and the tree of the root (or
+/// The partitions of a GPT disk image and the one to use.
+#[derive(Debug)]
+pub struct Layout {
+    pub partitions: Vec<Partition>,
+    /// Index of the root (or /usr) partition for this machine's architecture.
+    pub chosen: usize,
+    /// The file system in it.
+    pub fs: ImageKind,
+    /// Whether its GPT flags mark it read-only.
+    pub read_only: bool,
+}
+
+impl Layout {
+    pub fn chosen(&self) -> &Partition {
+        &self.partitions[self.chosen]
+    }
+}
+
+/// Reads the partition table of a GPT disk image and chooses the root (or
 /// /usr) partition for this machine's architecture.
-pub fn open(image: &Path, file: File) -> Result<(Box<dyn Tree>, Vec<Partition>)> {
-    let file = Arc::new(file);
-    let disk_len = file_len(&file).map_err(Error::io(image))?;
+pub fn layout(image: &Path, file: &Arc<File>) -> Result<Layout> {
+    let disk_len = file_len(file).map_err(Error::io(image))?;
     let disk = FileSlice::new(file.clone(), 0, disk_len);
     let (lba_size, entries) = read_table(image, &disk)?;
     let mut partitions = Vec::with_capacity(entries.len());
@@ -335,13 +354,11 @@ pub fn open(image: &Path, file: File) -> Result<(Box<dyn Tree>, Vec<Partition>)>
     partitions[chosen].used = true;
     let part = &partitions[chosen];
     tracing::debug!(image = %image.display(), role = part.role, offset = part.offset, size = part.size, "GPT partition chosen");
-    let slice = FileSlice::new(file, part.offset, part.size);
+    let slice = FileSlice::new(file.clone(), part.offset, part.size);
     let mut head = vec![0u8; MAGIC_PROBE_LEN.min(part.size as usize)];
     slice.read_exact_at(&mut head, 0).map_err(Error::io(image))?;
-    let tree: Box<dyn Tree> = match ImageKind::from_magic(&head) {
-        Some(ImageKind::Squashfs) => Box::new(SquashfsTree::open(image, slice)?),
-        Some(ImageKind::Ext4) => super::ext4::open(image, slice)?,
-        Some(ImageKind::Erofs) => super::mount::open(image, ImageKind::Erofs, slice)?,
+    let fs = match ImageKind::from_magic(&head) {
+        Some(kind @ (ImageKind::Squashfs | ImageKind::Ext4 | ImageKind::Erofs)) => kind,
         _ => {
             return Err(corrupt(
                 image,
@@ -349,8 +366,24 @@ pub fn open(image: &Path, file: File) -> Result<(Box<dyn Tree>, Vec<Partition>)>
             ));
         }
     };
+    let read_only = flags[chosen] & FLAG_READ_ONLY != 0;
+    Ok(Layout { partitions, chosen, fs, read_only })
+}
+
+/// Opens a GPT disk image: its partitions, and the tree of the root (or
+/// /usr) partition for this machine's architecture.
+pub fn open(image: &Path, file: File) -> Result<(Box<dyn Tree>, Vec<Partition>)> {
+    let file = Arc::new(file);
+    let layout = layout(image, &file)?;
+    let part = layout.chosen();
+    let slice = FileSlice::new(file, part.offset, part.size);
+    let tree: Box<dyn Tree> = match layout.fs {
+        ImageKind::Squashfs => Box::new(SquashfsTree::open(image, slice)?),
+        ImageKind::Ext4 => super::ext4::open(image, slice)?,
+        _ => super::mount::open(image, ImageKind::Erofs, slice)?,
+    };
     let tree = if part.role == "usr" { Box::new(UsrTree { usr: tree }) } else { tree };
-    Ok((tree, partitions))
+    Ok((tree, layout.partitions))
 }
 
 /// An image of which only a /usr partition is used: its file system appears

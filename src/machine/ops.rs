@@ -62,9 +62,13 @@ pub enum Error {
     #[error("machine '{machine}': the image has no init ({})", INITS.join(", "))]
     NoInit { machine: String },
     #[error(
-        "machine '{machine}': {kind} images cannot be booted (only directories and raw squashfs, ext4 or erofs images)"
+        "machine '{machine}': {kind} images cannot be booted (only directories, raw squashfs, ext4 or erofs images and GPT disks)"
     )]
     CannotBoot { machine: String, kind: ImageKind },
+    #[error(
+        "machine '{machine}': the GPT disk has no root partition for {architecture} (a /usr partition alone does not boot)"
+    )]
+    NoRootPartition { machine: String, architecture: &'static str },
     #[error("machine '{machine}' failed to start: {reason} (see journalctl -u {unit})")]
     StartFailed { machine: String, unit: String, reason: String },
     #[error("machine '{0}' did not stop within {1:?}")]
@@ -135,8 +139,14 @@ impl Machines {
         let (image, kind, config) = zruntime::unblock(move || -> Result<_> {
             let image = store.locate(&name)?;
             let kind = ImageKind::detect(&image)?;
-            if !matches!(kind, ImageKind::Directory | ImageKind::Squashfs | ImageKind::Ext4 | ImageKind::Erofs) {
+            if !matches!(
+                kind,
+                ImageKind::Directory | ImageKind::Squashfs | ImageKind::Ext4 | ImageKind::Erofs | ImageKind::Gpt
+            ) {
                 return Err(Error::CannotBoot { machine: name, kind });
+            }
+            if kind == ImageKind::Gpt {
+                check_root_partition(&name, &image)?;
             }
             check_init(&name, &image, kind)?;
             Ok((image, kind, MachineConfig::load(&config_dir, &name)?))
@@ -317,6 +327,21 @@ fn exit_statuses(codes: &[i32]) -> OwnedVariant {
 
 fn check_choice(machine: &str, what: &'static str, value: &str, valid: impl Fn(&str) -> bool) -> Result<()> {
     if valid(value) { Ok(()) } else { Err(Error::Invalid { machine: machine.into(), what, value: value.into() }) }
+}
+
+/// Refuses a GPT disk whose partition for this architecture is a /usr one:
+/// there is no root file system to boot.
+fn check_root_partition(machine: &str, image: &Path) -> Result<()> {
+    let file = std::fs::File::open(image).map_err(|source| Error::Io { path: image.to_path_buf(), source })?;
+    let layout = crate::image::gpt::layout(image, &std::sync::Arc::new(file))?;
+    if layout.chosen().role == "root" {
+        Ok(())
+    } else {
+        Err(Error::NoRootPartition {
+            machine: machine.to_string(),
+            architecture: crate::image::gpt::host_architecture(),
+        })
+    }
 }
 
 /// Refuses an image with nothing to run as PID 1, before any unit exists.

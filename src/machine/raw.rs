@@ -4,8 +4,10 @@
 //!
 //! squashfs and erofs are read-only by nature; ext4 is mounted writable
 //! unless the image file is marked read-only (no write permission bits, as
-//! `machine read-only` marks it). GPT disk images need partition discovery,
-//! which belongs to the image readers; they are refused here.
+//! `machine read-only` marks it). Of a GPT disk image, the root partition
+//! for this architecture (Discoverable Partitions Specification) is
+//! attached alone, through a loop device limited to its extent; its GPT
+//! read-only flag is honoured as well.
 //!
 //! The loop device is attached with autoclear, so the kernel detaches it
 //! when the last mount of it is gone; dropping a [`RawImage`] waits for
@@ -22,8 +24,10 @@ use crate::image::ImageKind;
 pub enum RawError {
     #[error(transparent)]
     Image(#[from] crate::image::Error),
-    #[error("{} is a {kind} image; --image takes squashfs, erofs or ext4 file systems", .path.display())]
+    #[error("{} is a {kind} image; --image takes squashfs, erofs or ext4 file systems, or GPT disks", .path.display())]
     Unsupported { path: PathBuf, kind: ImageKind },
+    #[error("{}: the GPT disk has no root partition for {architecture} (a /usr partition alone does not boot)", .path.display())]
+    NoRootPartition { path: PathBuf, architecture: &'static str },
     #[error("{what} for {}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -66,13 +70,30 @@ impl RawImage {
             move |source: std::io::Error| RawError::Io { path, what, source }
         };
         let kind = ImageKind::detect(path)?;
-        let fstype = fs_type(kind).ok_or_else(|| RawError::Unsupported { path: path.to_path_buf(), kind })?;
+        let (fs_kind, extent, marked_read_only) = if kind == ImageKind::Gpt {
+            let file = std::sync::Arc::new(std::fs::File::open(path).map_err(fail("opening the image"))?);
+            let layout = crate::image::gpt::layout(path, &file)?;
+            let root = layout.chosen();
+            if root.role != "root" {
+                let architecture = crate::image::gpt::host_architecture();
+                return Err(RawError::NoRootPartition { path: path.to_path_buf(), architecture });
+            }
+            (layout.fs, Some((root.offset, root.size)), layout.read_only)
+        } else {
+            (kind, None, false)
+        };
+        let fstype = fs_type(fs_kind).ok_or_else(|| RawError::Unsupported { path: path.to_path_buf(), kind })?;
         let meta = std::fs::metadata(path).map_err(fail("reading the image"))?;
-        let read_only = always_read_only(kind) || crate::image::readonly::is_read_only(path, &meta);
+        let read_only =
+            always_read_only(fs_kind) || marked_read_only || crate::image::readonly::is_read_only(path, &meta);
 
         let control = loopdev::LoopControl::open().map_err(fail("opening /dev/loop-control"))?;
         let device = control.next_free().map_err(fail("finding a free loop device"))?;
-        device.with().read_only(read_only).autoclear(true).attach(path).map_err(fail("attaching a loop device"))?;
+        let mut options = device.with().read_only(read_only).autoclear(true);
+        if let Some((offset, size)) = extent {
+            options = options.offset(offset).size_limit(size);
+        }
+        options.attach(path).map_err(fail("attaching a loop device"))?;
         let loop_device =
             device.path().ok_or_else(|| fail("naming the loop device")(std::io::ErrorKind::NotFound.into()))?;
         let mut image = RawImage { path: path.to_path_buf(), kind, read_only, mount: None, loop_device };
@@ -137,7 +158,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mounts_file_systems_and_refuses_disks() {
+    fn file_system_types() {
         assert_eq!(fs_type(ImageKind::Squashfs), Some("squashfs"));
         assert_eq!(fs_type(ImageKind::Ext4), Some("ext4"));
         assert_eq!(fs_type(ImageKind::Gpt), None);

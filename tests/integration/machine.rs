@@ -262,8 +262,10 @@ fn raw_images(tb: &Testbed) {
     let built =
         std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&tree).arg(&ext4).status().unwrap();
     assert!(built.success(), "mkfs.ext4");
+    let gpt = tb.host_path("/var/lib/machines/f28g.raw");
+    gpt_disk(&squashfs, &gpt, "root");
 
-    for (machine, fstype, mode) in [("f28s", "squashfs", "ro"), ("f28e", "ext4", "rw")] {
+    for (machine, fstype, mode) in [("f28s", "squashfs", "ro"), ("f28e", "ext4", "rw"), ("f28g", "squashfs", "ro")] {
         let unit = format!("wharf-{machine}");
         let image = format!("/var/lib/machines/{machine}.raw");
         start(tb, &unit, &format!("--machine {machine} --image {image}"));
@@ -279,6 +281,29 @@ fn raw_images(tb: &Testbed) {
     }
     std::fs::remove_file(&squashfs).unwrap();
     std::fs::remove_file(&ext4).unwrap();
+    std::fs::remove_file(&gpt).unwrap();
+}
+
+/// Writes a GPT disk image `disk` holding the file system image `part` as
+/// its one partition, typed as this architecture's `role` ("root" or "usr")
+/// partition of the Discoverable Partitions Specification.
+fn gpt_disk(part: &std::path::Path, disk: &std::path::Path, role: &str) {
+    let type_guid = match (std::env::consts::ARCH, role) {
+        ("x86_64", "root") => "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+        ("x86_64", "usr") => "8484680c-9521-48c6-9c11-b0720656f69e",
+        ("aarch64", "root") => "b921b045-1df0-41c3-af44-4c6f280d3fae",
+        ("aarch64", "usr") => "b0e01050-ee5f-4390-949a-9101b17104e9",
+        other => panic!("no partition type known for {other:?}"),
+    };
+    let script = format!(
+        "sectors=$(( ($(stat -c %s {part}) + 511) / 512 )) && rm -f {disk} && \
+         truncate -s $(( (2048 + sectors + 2048) * 512 )) {disk} && \
+         printf 'label: gpt\\nstart=2048, size=%s, type={type_guid}\\n' $sectors | sfdisk -q {disk} >/dev/null && \
+         dd if={part} of={disk} bs=512 seek=2048 conv=notrunc status=none",
+        part = part.display(),
+        disk = disk.display(),
+    );
+    crate::testbed::run_host(std::process::Command::new("sh").arg("-c").arg(script), "making a GPT disk").unwrap();
 }
 
 fn bad_input(tb: &Testbed) {
@@ -421,6 +446,25 @@ fn imported_images_start(tb: &Testbed) {
 fn bad_starts(tb: &Testbed) {
     prepare(tb);
     tb.ok("mkdir -p /var/lib/machines/noinit/etc && echo ID=x > /var/lib/machines/noinit/etc/os-release");
+    // A GPT disk with only a /usr partition (holding an init): nothing to boot.
+    let usr_tree = tb.host_path("/srv/f28u-usr");
+    std::fs::create_dir_all(usr_tree.join("lib/systemd")).unwrap();
+    std::fs::copy(tb.host_path(&format!("{IMAGE}/usr/lib/systemd/systemd")), usr_tree.join("lib/systemd/systemd"))
+        .unwrap();
+    let usr_part = tb.host_path("/srv/f28u.squashfs");
+    let built = std::process::Command::new("mksquashfs")
+        .arg(&usr_tree)
+        .arg(&usr_part)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "mksquashfs");
+    gpt_disk(&usr_part, &tb.host_path("/var/lib/machines/f28u.raw"), "usr");
+    let architecture = if std::env::consts::ARCH == "aarch64" { "arm64" } else { "x86-64" };
+    let usr_only = format!(
+        "machine: machine 'f28u': the GPT disk has no root partition for {architecture} (a /usr partition alone does not boot)"
+    );
     let cases = [
         ("machine start nosuch", "machine: image 'nosuch' not found in the search path"),
         (
@@ -432,16 +476,17 @@ fn bad_starts(tb: &Testbed) {
         ("machine start f28 --property=MemoryMax=lots", "machine: MemoryMax: 'lots' is not a size"),
         ("machine start f28 --network=bridge", "machine: machine 'f28': 'bridge' is not a valid --network value"),
         ("machine shell nosuch true", "machine: machine 'nosuch' is not running"),
+        ("machine start f28u", &usr_only),
     ];
     for (command, expected) in cases {
         let out = tb.fails(command);
         assert!(out.stderr.starts_with(expected), "{command}: {out}");
         assert_eq!(out.stderr.lines().count(), 1, "{command}: {out}");
-        for machine in ["nosuch", "noinit", "f28"] {
+        for machine in ["nosuch", "noinit", "f28", "f28u"] {
             assert_gone(tb, machine);
         }
     }
-    tb.ok("rm -rf /var/lib/machines/noinit");
+    tb.ok("rm -rf /var/lib/machines/noinit /var/lib/machines/f28u.raw /srv/f28u-usr /srv/f28u.squashfs");
     let out = tb.sh_nobody("machine start f28");
     assert_eq!(out.stderr.trim(), "machine: access denied: starting a machine needs root (caller is uid 65534)");
 }
