@@ -60,6 +60,7 @@ const PAGES: &[Page] = &[
         template: include_str!("../man/wharf-machine.toml.5.in"),
         command: None,
     },
+    Page { name: "wharf-fleet", section: "5", template: include_str!("../man/wharf-fleet.5.in"), command: None },
 ];
 
 /// The shipped sandbox profiles, quoted in wharf-profiles(7) as installed.

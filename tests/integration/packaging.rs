@@ -105,7 +105,7 @@ fn man_pages() -> Result<(), Failed> {
     let stage = stage()?;
     let pages: Vec<&str> =
         EXPECTED.iter().map(|(path, _)| *path).filter(|path| path.starts_with("usr/share/man/")).collect();
-    assert_eq!(pages.len(), 5);
+    assert_eq!(pages.len(), 6);
     for page in &pages {
         let path = stage.join(page);
         let man = host_tool(

@@ -37,6 +37,7 @@ pub const EXPECTED: &[(&str, u32)] = &[
     ("usr/share/man/man8/wharfd.8", 0o644),
     ("usr/share/man/man7/wharf-profiles.7", 0o644),
     ("usr/share/man/man5/wharf-machine.toml.5", 0o644),
+    ("usr/share/man/man5/wharf-fleet.5", 0o644),
     ("usr/share/bash-completion/completions/portable", 0o644),
     ("usr/share/bash-completion/completions/machine", 0o644),
     ("usr/share/zsh/site-functions/_portable", 0o644),
