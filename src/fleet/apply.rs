@@ -142,14 +142,10 @@ async fn machine_states(
 ) -> Result<Vec<MachineState>> {
     let mut states = Vec::new();
     for want in wants {
-        let (store, config_dir, image, name) = (
-            machines.machines.store.clone(),
-            machines.machines.config_dir.clone(),
-            want.image.clone(),
-            want.name.clone(),
-        );
+        let (store, config_dir, name) =
+            (machines.machines.store.clone(), machines.machines.config_dir.clone(), want.name.clone());
         let (image_present, saved_limits) = blocking(move || -> Result<_> {
-            let present = store.locate(&image).is_ok();
+            let present = store.locate(&name).is_ok();
             let config = MachineConfig::load(&config_dir, &name).map_err(crate::machine::ops::Error::from)?;
             let mut limits: Vec<String> = config.limits.iter().map(|p| p.to_string()).collect();
             limits.sort();

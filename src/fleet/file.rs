@@ -76,8 +76,9 @@ struct PortableEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct MachineEntry {
+    /// Also the image's name: a machine boots the image of its own name,
+    /// as under machinectl.
     name: String,
-    image: Option<String>,
     source: Option<String>,
     #[serde(default)]
     started: bool,
@@ -116,9 +117,8 @@ pub struct PortableWant {
 /// A machine the host should have (and maybe run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineWant {
+    /// The machine's name, and its image's in the machine search path.
     pub name: String,
-    /// The image's name in the machine pool (default: the machine's name).
-    pub image: String,
     pub source: Option<String>,
     pub started: bool,
     pub enabled: bool,
@@ -232,7 +232,6 @@ impl FleetFile {
                 return Err(context("the machine is listed twice".into()));
             }
             machines.push(MachineWant {
-                image: entry.image.unwrap_or_else(|| entry.name.clone()),
                 name: entry.name,
                 source: entry.source,
                 started: entry.started,
@@ -316,7 +315,6 @@ MemoryMax = "512M"
             (other.profile.as_str(), other.running, other.start_timeout),
             ("default", false, DEFAULT_START_TIMEOUT)
         );
-        assert_eq!(fleet.machines[0].image, "f28");
         assert_eq!(fleet.machines[0].limits.len(), 1);
     }
 

@@ -202,8 +202,12 @@ pub fn plan_portables(wants: &[ResolvedPortable], host: &Snapshot, prune: bool) 
         let settings_match = recorded.is_some_and(|r| {
             r.profile == want.want.profile && r.runtime == want.want.runtime && r.properties == want.want.properties
         });
+        // Other prefixes bring other units: the attachment must change too.
+        let units_match = same.is_some_and(|current| same_set(&current.units, &want.units));
         let (files_change, was) = match (same, previous) {
-            (Some(current), _) if settings_match && current.runtime == want.want.runtime => (false, Some(current)),
+            (Some(current), _) if settings_match && units_match && current.runtime == want.want.runtime => {
+                (false, Some(current))
+            }
             (Some(current), _) => {
                 attach.push(Step::Refresh {
                     image: want.image.clone(),
@@ -219,9 +223,6 @@ pub fn plan_portables(wants: &[ResolvedPortable], host: &Snapshot, prune: bool) 
                     profile: want.want.profile.clone(),
                     runtime: want.want.runtime,
                 });
-                // Units the new version no longer has go with the old one.
-                stop.extend(old.active.iter().filter(|u| !want.units.contains(u)).cloned());
-                disable.extend(old.enabled.iter().filter(|u| !want.units.contains(u)).cloned());
                 (true, Some(old))
             }
             (None, None) => {
@@ -233,6 +234,11 @@ pub fn plan_portables(wants: &[ResolvedPortable], host: &Snapshot, prune: bool) 
                 (true, None)
             }
         };
+        if let Some(old) = was.filter(|_| files_change) {
+            // Units the new attachment no longer has go with the old one.
+            stop.extend(old.active.iter().filter(|u| !want.units.contains(u)).cloned());
+            disable.extend(old.enabled.iter().filter(|u| !want.units.contains(u)).cloned());
+        }
         let enabled_now: &[String] = was.map_or(&[], |a| &a.enabled);
         let active_now: &[String] = was.map_or(&[], |a| &a.active);
         if want.want.enabled {
@@ -260,6 +266,14 @@ pub fn plan_portables(wants: &[ResolvedPortable], host: &Snapshot, prune: bool) 
     steps.extend(unit_step(start, |units| Step::Start { units }));
     steps.extend(unit_step(restart, |units| Step::Restart { units }));
     Plan { steps }
+}
+
+/// Whether two lists hold the same names, in any order.
+fn same_set(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
 }
 
 /// A step over units, sorted and without repeats; none for no units.
@@ -294,10 +308,7 @@ pub fn plan_machines(wants: &[MachineWant], host: &[MachineState]) -> Result<Vec
             match &want.source {
                 Some(source) => steps.push(Step::ImportMachine { machine: name.clone(), source: source.clone() }),
                 None => {
-                    return Err(format!(
-                        "machine '{name}': its image '{}' is missing and no source is given",
-                        want.image
-                    ));
+                    return Err(format!("machine '{name}': its image is missing and no source is given"));
                 }
             }
         }
@@ -428,6 +439,31 @@ mod tests {
     }
 
     #[test]
+    fn other_prefixes_refresh_the_image_and_drop_the_units_they_leave_out() {
+        let mut w = want("/p/foobar_1.raw", true, false);
+        w.want.prefixes = vec!["foobar-hello".into()];
+        w.units = vec!["foobar-hello.service".into()];
+        w.services = vec!["foobar-hello.service".into()];
+        let host = Snapshot {
+            attached: vec![attached(
+                "/p/foobar_1.raw",
+                &["foobar.service", "foobar-hello.service"],
+                &["foobar.service"],
+            )],
+            record: Record { portables: vec![recorded("/p/foobar_1.raw")] },
+        };
+        assert_eq!(
+            lines(&plan_portables(&[w], &host, false)),
+            [
+                "stop foobar.service",
+                "disable foobar.service",
+                "refresh /p/foobar_1.raw (profile default) (settings changed)",
+                "restart foobar-hello.service"
+            ]
+        );
+    }
+
+    #[test]
     fn only_what_apply_attached_is_detached_unless_pruning() {
         let host = Snapshot {
             attached: vec![
@@ -466,7 +502,6 @@ mod tests {
     fn machine(name: &str, started: bool, limits: &[&str]) -> MachineWant {
         MachineWant {
             name: name.into(),
-            image: name.into(),
             source: Some(format!("/srv/{name}.tar.xz")),
             started,
             enabled: false,
@@ -504,7 +539,7 @@ mod tests {
         sourceless.source = None;
         assert_eq!(
             plan_machines(&[sourceless], &[]).unwrap_err(),
-            "machine 'f29': its image 'f29' is missing and no source is given"
+            "machine 'f29': its image is missing and no source is given"
         );
     }
 

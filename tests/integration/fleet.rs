@@ -76,6 +76,28 @@ fn apply_and_reapply(tb: &Testbed) {
     assert!(out.contains("restart foobar.service"), "{out}");
     assert_eq!(show(tb, "RootImage"), "/srv/fleet/foobar_2.raw");
     assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0));
+
+    // Other prefixes: the units they leave out are stopped, disabled and
+    // detached; the image stays attached with the units they select.
+    let tree = tb.host_path("/srv/fleet/foobar_5");
+    images::foobar(&tree, "dir", "5").unwrap();
+    let os = tree.join("usr/lib/os-release");
+    let text = std::fs::read_to_string(&os)
+        .unwrap()
+        .replace("PORTABLE_PREFIXES=foobar", "PORTABLE_PREFIXES=\"foobar foobar-hello\"");
+    std::fs::write(&os, text).unwrap();
+    fleet_file(tb, &foobar("foobar_5"));
+    tb.ok("portable apply /srv/fleet/host.toml");
+    fleet_file(tb, "[[portable]]\nimage = \"foobar_5\"\nprefixes = [\"foobar-hello\"]\n");
+    let out = tb.ok("portable apply /srv/fleet/host.toml");
+    assert_eq!(
+        out,
+        "  1. stop foobar.service\n  2. disable foobar.service\n  3. refresh /srv/fleet/foobar_5 (profile default) (settings changed)\nApplied.\n"
+    );
+    tb.fails("test -e /etc/systemd/system/foobar.service");
+    tb.ok("test -e /etc/systemd/system/foobar-hello.service");
+    assert_eq!(tb.sh("systemctl is-active foobar.service").stdout.trim(), "inactive");
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0));
     reset(tb);
 }
 
