@@ -21,7 +21,7 @@ use crate::machine::config::MachineConfig;
 use crate::machine::ops::{Machines, StartRequest, boot_unit, is_running, settings_with_limits};
 use crate::portable::Attachments;
 use crate::portable::dropin::{SETTINGS_DROPIN, settings_dropin};
-use crate::portable::ops::{Host, ImageRequest, ProgressFn, read_source};
+use crate::portable::ops::{Host, ImageRequest, ProgressFn, preview_source, read_source};
 use crate::portable::plan::{
     AttachOptions, CopyMode, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
 };
@@ -113,7 +113,8 @@ pub async fn apply(
     let resolve_host = host.clone();
     let wants = fleet.portables.clone();
     let resolve_base = base.clone();
-    let (resolved, sources) = blocking(move || resolve(&resolve_host, &wants, &resolve_base, progress)).await?;
+    let check = options.check;
+    let (resolved, sources) = blocking(move || resolve(&resolve_host, &wants, &resolve_base, check, progress)).await?;
     let snapshot = snapshot(host, systemd).await?;
     let machine_states = machine_states(&machines, systemd, &fleet.machines).await?;
     let mut plan = plan_portables(&resolved, &snapshot, options.prune);
@@ -170,15 +171,33 @@ fn resolve(
     host: &Host,
     wants: &[PortableWant],
     base: &Path,
+    check: bool,
     mut progress: ProgressFn,
 ) -> Result<(Vec<ResolvedPortable>, Vec<Source>)> {
     let mut resolved = Vec::new();
     let mut sources = Vec::new();
     for want in wants {
         // A name is looked for in the search path, then beside the fleet file.
-        let image = host.pool.locate(&want.image, Some(base))?.display().to_string();
-        let request = ImageRequest { image, prefixes: want.prefixes.clone() };
-        let source = read_source(host, &request, &mut progress)?;
+        let located = host.pool.locate(&want.image, Some(base))?;
+        // The file as shipped (an xz image compressed), as sha256sum sees it.
+        if let Some(wanted) = &want.sha256 {
+            if located.is_dir() {
+                return Err(Error::HashOfDirectory(located.display().to_string()));
+            }
+            let found = sha256_of(&located)?;
+            if &found != wanted {
+                return Err(Error::WrongHash { image: located.display().to_string(), found, wanted: wanted.clone() });
+            }
+        }
+        // A misspelt profile fails here, before anything is stopped.
+        Profile::find(&host.root, &want.profile).map_err(crate::portable::Error::from)?;
+        let request = ImageRequest { image: located.display().to_string(), prefixes: want.prefixes.clone() };
+        // Check mode writes nothing, not even a decompressed xz image.
+        let source = if check {
+            preview_source(host, &request, &mut progress)?
+        } else {
+            read_source(host, &request, &mut progress)?
+        };
         let path = source.image_str();
         let name =
             ImageName::new(&source.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
@@ -187,15 +206,6 @@ fn resolve(
             let found = name.version().map(str::to_string).unwrap_or_else(|| "unversioned".into());
             if &found != wanted {
                 return Err(Error::WrongVersion { image: path, found, wanted: wanted.clone() });
-            }
-        }
-        if let Some(wanted) = &want.sha256 {
-            if !source.kind.is_file() {
-                return Err(Error::HashOfDirectory(path));
-            }
-            let found = sha256_of(&source.image)?;
-            if &found != wanted {
-                return Err(Error::WrongHash { image: path, found, wanted: wanted.clone() });
             }
         }
         let units: Vec<String> = source.units.iter().map(|u| u.name.clone()).collect();

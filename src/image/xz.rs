@@ -188,21 +188,31 @@ pub fn verify(image: &Path, out: &File) -> Result<ImageKind> {
     Ok(kind)
 }
 
+/// The raw image in `dir` that an earlier [`decompress_to_pool`] made from
+/// `image` as it is now; `None` when there is none yet (it would have to be
+/// made). Another file under its name is an error, as for
+/// [`decompress_to_pool`].
+pub fn pooled(image: &Path, source: &File, dir: &Path) -> Result<Option<PathBuf>> {
+    let target = dir.join(target_name(image)?);
+    let record = SourceRecord::of(image, &source.metadata().map_err(Error::io(image))?);
+    match read_record(&target).map_err(Error::io(&target))? {
+        None => Ok(None),
+        Some(Some(existing)) if existing == record => Ok(Some(target)),
+        Some(_) => Err(Error::XzTargetExists { image: image.to_path_buf(), target }),
+    }
+}
+
 /// Decompresses the xz image `image` (open as `source`) into `dir` under
 /// [`target_name`], or reuses what an earlier call made from the same
 /// source; see the module documentation. Returns the raw image's path.
 pub fn decompress_to_pool(image: &Path, source: &File, dir: &Path, progress: impl FnMut(u64, u64)) -> Result<PathBuf> {
+    if let Some(target) = pooled(image, source, dir)? {
+        tracing::debug!(image = %image.display(), target = %target.display(), "reusing the decompressed image");
+        return Ok(target);
+    }
     let target = dir.join(target_name(image)?);
     let record = SourceRecord::of(image, &source.metadata().map_err(Error::io(image))?);
     let exists = || Error::XzTargetExists { image: image.to_path_buf(), target: target.clone() };
-    match read_record(&target).map_err(Error::io(&target))? {
-        None => {}
-        Some(Some(existing)) if existing == record => {
-            tracing::debug!(image = %image.display(), target = %target.display(), "reusing the decompressed image");
-            return Ok(target);
-        }
-        Some(_) => return Err(exists()),
-    }
 
     static SERIAL: AtomicU64 = AtomicU64::new(0);
     let temp_path = dir.join(format!(

@@ -89,16 +89,53 @@ pub type ProgressFn = Box<dyn FnMut(u64, u64) + Send>;
 /// image is decompressed into the pool first, once), read its os-release
 /// and the units matching its prefixes.
 pub fn read_source(host: &Host, request: &ImageRequest, progress: &mut ProgressFn) -> Result<Source> {
-    let path = host.pool.locate(&request.image, None)?;
-    let mut path = std::path::absolute(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+    read_source_as(host, request, progress, XzHandling::IntoPool)
+}
+
+/// What [`read_source`] would give, without writing anything: an xz image
+/// not decompressed into the pool yet is read from an anonymous file, and
+/// named by the path it will have in the pool.
+pub fn preview_source(host: &Host, request: &ImageRequest, progress: &mut ProgressFn) -> Result<Source> {
+    read_source_as(host, request, progress, XzHandling::Anonymous)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum XzHandling {
+    IntoPool,
+    Anonymous,
+}
+
+fn read_source_as(host: &Host, request: &ImageRequest, progress: &mut ProgressFn, xz: XzHandling) -> Result<Source> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let located = host.pool.locate(&request.image, None)?;
+    let mut path = std::path::absolute(&located).map_err(io(&located))?;
     let mut kind = ImageKind::detect(&path)?;
+    let mut file = std::fs::File::open(&path).map_err(io(&path))?;
     if kind == ImageKind::Xz {
-        let compressed = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        path = crate::image::xz::decompress_to_pool(&path, &compressed, host.pool.home(), &mut *progress)?;
-        kind = ImageKind::detect(&path)?;
+        let compressed = file;
+        let pooled = match xz {
+            XzHandling::IntoPool => {
+                Some(crate::image::xz::decompress_to_pool(&path, &compressed, host.pool.home(), &mut *progress)?)
+            }
+            XzHandling::Anonymous => crate::image::xz::pooled(&path, &compressed, host.pool.home())?,
+        };
+        match pooled {
+            Some(target) => {
+                kind = ImageKind::detect(&target)?;
+                file = std::fs::File::open(&target).map_err(io(&target))?;
+                path = target;
+            }
+            None => {
+                let dirs = crate::image::xz::anonymous_dirs();
+                (file, kind) = crate::image::xz::decompress_anonymous(&path, &compressed, &dirs, &mut *progress)?;
+                path = host.pool.home().join(crate::image::xz::target_name(&path)?);
+            }
+        }
     }
     let name = image_name(&path)?;
-    let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
     let mut opened = open(&path, file, kind)?;
     let os_release = read_os_release(&path, opened.tree.as_mut())?;
     let prefixes = choose_prefixes(&path, &name, &request.prefixes, &os_release)?;

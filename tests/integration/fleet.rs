@@ -14,6 +14,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "fleet::an_upgrade_that_fails_is_rolled_back", failed_upgrade),
         exclusive_trial(shared, "fleet::apply_detaches_only_its_own_images_unless_pruning", removal),
         exclusive_trial(shared, "fleet::bad_fleet_files_change_nothing", bad_files),
+        exclusive_trial(shared, "fleet::check_mode_writes_no_decompressed_image", xz_check),
         exclusive_trial(shared, "fleet::machines_are_imported_started_and_limited", machines),
     ]
 }
@@ -176,6 +177,10 @@ fn bad_files(tb: &Testbed) {
             "[[portable]]\nimage = \"foobar_1.raw\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
             "portable: image '/srv/fleet/foobar_1.raw' has sha256 ",
         ),
+        (
+            "[[portable]]\nimage = \"foobar_1.raw\"\nprofile = \"strcit\"\n",
+            "portable: unknown profile 'strcit' (known: default, nonetwork, strict, trusted)",
+        ),
     ] {
         fleet_file(tb, body);
         let out = tb.fails("portable apply /srv/fleet/host.toml");
@@ -186,6 +191,28 @@ fn bad_files(tb: &Testbed) {
     }
     let out = tb.sh_nobody("portable apply --check /srv/fleet/host.toml");
     assert!(out.stderr.contains("access denied: applying a fleet file needs root"), "{out}");
+}
+
+/// Check mode writes nothing, not even the decompressed copy of an xz
+/// image; the apply then makes it, and plans with the same path.
+/// A sha256 is that of the file as shipped.
+fn xz_check(tb: &Testbed) {
+    reset(tb);
+    images::foobar(&tb.host_path("/srv/fleet/foobar_7.raw.xz"), "xz", "7").unwrap();
+    let sum = tb.ok("sha256sum /srv/fleet/foobar_7.raw.xz | cut -d' ' -f1");
+    fleet_file(
+        tb,
+        &format!("[[portable]]\nimage = \"foobar_7.raw.xz\"\nsha256 = \"{}\"\nrunning = true\n", sum.trim()),
+    );
+    let check = tb.sh("portable apply --check /srv/fleet/host.toml");
+    assert_eq!(check.code, Some(2), "{check}");
+    assert!(check.stdout.starts_with("  1. attach /var/lib/portables/foobar_7.raw (profile default)\n"), "{check}");
+    assert_eq!(tb.ok("ls -A /var/lib/portables").trim(), "", "check mode wrote into the pool");
+    let out = tb.ok("portable apply /srv/fleet/host.toml");
+    assert!(out.starts_with("  1. attach /var/lib/portables/foobar_7.raw (profile default)\n"), "{out}");
+    assert_eq!(show(tb, "RootImage"), "/var/lib/portables/foobar_7.raw");
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0));
+    reset(tb);
 }
 
 fn machine_entry(limit: &str, started: bool) -> String {
