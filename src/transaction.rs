@@ -402,6 +402,15 @@ pub fn recover(journal_dir: &Path) -> Result<usize> {
     Ok(found)
 }
 
+/// A step of putting the host back after a failed operation (`during`):
+/// its failure is logged and the rest of the undoing goes on, since the
+/// operation's own error is what the caller reports.
+pub fn undo_step<T, E: std::fmt::Display>(during: &str, what: &str, result: std::result::Result<T, E>) {
+    if let Err(e) = result {
+        tracing::error!("undoing {during}: {what}: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

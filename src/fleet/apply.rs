@@ -28,6 +28,7 @@ use crate::portable::plan::{
 use crate::portable::profile::Profile;
 use crate::systemd::Systemd;
 use crate::transaction::Transaction;
+use crate::transaction::undo_step;
 use zbus_systemd::machine1::ManagerProxy as Machined;
 
 /// Where apply records what it attached.
@@ -444,13 +445,7 @@ async fn execute(
                 systemd.start(&start, true).await?;
                 wait_active(systemd, resolved, &[restart.clone(), start.clone()].concat()).await?;
                 for machine in &start_machines {
-                    let request = StartRequest {
-                        machine: machine.clone(),
-                        properties: Vec::new(),
-                        private_users: None,
-                        network: None,
-                        ready_timeout: MACHINE_READY_TIMEOUT,
-                    };
+                    let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
                     let outcome = machines.machines.start(systemd, machines.machined, request).await?;
                     started_machines.push(machine.clone());
                     if !outcome.ready {
@@ -464,14 +459,24 @@ async fn execute(
                 Ok(()) => blocking(move || tx.commit()).await.map_err(Error::from),
                 Err(error) => {
                     for machine in &started_machines {
-                        let _ = machines.machines.terminate(systemd, machines.machined, machine).await;
+                        undo_step(
+                            "fleet apply",
+                            "terminating a machine it started",
+                            machines.machines.terminate(systemd, machines.machined, machine).await,
+                        );
                     }
-                    let _ = systemd.stop(&[restart.clone(), start.clone()].concat(), true).await;
-                    let _ = systemd.disable(&enable, false).await;
-                    let _ = systemd.disable(&enable_machines, false).await;
-                    if let Err(e) = blocking(move || tx.rollback()).await {
-                        tracing::error!("rolling back the apply: {e}");
-                    }
+                    undo_step(
+                        "fleet apply",
+                        "stopping the units it started",
+                        systemd.stop(&[restart.clone(), start.clone()].concat(), true).await,
+                    );
+                    undo_step("fleet apply", "disabling the units it enabled", systemd.disable(&enable, false).await);
+                    undo_step(
+                        "fleet apply",
+                        "disabling the machines it enabled",
+                        systemd.disable(&enable_machines, false).await,
+                    );
+                    undo_step("fleet apply", "restoring its files", blocking(move || tx.rollback()).await);
                     Err(error)
                 }
             }
@@ -481,25 +486,27 @@ async fn execute(
     if let Err(error) = result {
         // Back to the host as it was: enablement, files (done above), what ran, what was imported.
         for unit in &disable {
-            let _ = systemd.enable(std::slice::from_ref(unit), runtime_of(unit)).await;
+            undo_step(
+                "fleet apply",
+                "enabling a unit it disabled",
+                systemd.enable(std::slice::from_ref(unit), runtime_of(unit)).await,
+            );
         }
-        let _ = systemd.enable(&disable_machines, false).await;
-        let _ = systemd.reload().await;
-        let _ = systemd.start(&was_running, true).await;
+        undo_step("fleet apply", "enabling the machines it disabled", systemd.enable(&disable_machines, false).await);
+        undo_step("fleet apply", "reloading systemd", systemd.reload().await);
+        undo_step("fleet apply", "starting the units that ran before", systemd.start(&was_running, true).await);
         for machine in &stopped_machines {
-            let request = StartRequest {
-                machine: machine.clone(),
-                properties: Vec::new(),
-                private_users: None,
-                network: None,
-                ready_timeout: MACHINE_READY_TIMEOUT,
-            };
-            let _ = machines.machines.start(systemd, machines.machined, request).await;
+            let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
+            undo_step(
+                "fleet apply",
+                "starting a machine it stopped",
+                machines.machines.start(systemd, machines.machined, request).await,
+            );
         }
         for machine in &imported {
             let store = machines.machines.store.clone();
             let name = machine.clone();
-            let _ = blocking(move || store.remove(&name)).await;
+            undo_step("fleet apply", "removing an image it imported", blocking(move || store.remove(&name)).await);
         }
         return Err(Error::RolledBack(Box::new(error)));
     }

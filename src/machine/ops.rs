@@ -107,6 +107,19 @@ pub struct StartRequest {
     pub ready_timeout: Duration,
 }
 
+impl StartRequest {
+    /// A start with the machine's own settings only.
+    pub fn with_settings(machine: &str, ready_timeout: Duration) -> StartRequest {
+        StartRequest {
+            machine: machine.to_string(),
+            properties: Vec::new(),
+            private_users: None,
+            network: None,
+            ready_timeout,
+        }
+    }
+}
+
 /// How a start went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Started {

@@ -13,7 +13,7 @@ use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
 use crate::image::units::find_units;
 use crate::image::{ImageKind, Pool, readonly};
 use crate::systemd::Systemd;
-use crate::transaction::{Change, Transaction};
+use crate::transaction::{Change, Transaction, undo_step};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -305,7 +305,7 @@ pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Action
             Err(e) => return Err(Error::from(e)),
         };
         if let Err(e) = systemd.reload().await {
-            let _ = blocking(move || tx.rollback()).await;
+            undo_step("detach", "restoring its files", blocking(move || tx.rollback()).await);
             return Err(e.into());
         }
         blocking(move || tx.commit()).await?;
@@ -419,8 +419,8 @@ pub async fn reattach(
     let (tx, changes) = match applied {
         Ok(done) => done,
         Err(error) => {
-            let _ = systemd.enable(&enabled_dropped, runtime).await;
-            let _ = systemd.start(&running_dropped, true).await;
+            undo_step("reattach", "enabling the old units", systemd.enable(&enabled_dropped, runtime).await);
+            undo_step("reattach", "starting the old units", systemd.start(&running_dropped, true).await);
             return Err(Error::RolledBack(Box::new(error)));
         }
     };
@@ -439,12 +439,10 @@ pub async fn reattach(
     .await;
     if let Err(error) = result {
         // Back to the old version: its files, its enablement, its running units.
-        if let Err(e) = blocking(move || tx.rollback()).await {
-            tracing::error!("undoing reattach: {e}");
-        }
-        let _ = systemd.enable(&enabled_dropped, runtime).await;
-        let _ = systemd.reload().await;
-        let _ = systemd.restart(&running, true).await;
+        undo_step("reattach", "restoring the old files", blocking(move || tx.rollback()).await);
+        undo_step("reattach", "enabling the old units", systemd.enable(&enabled_dropped, runtime).await);
+        undo_step("reattach", "reloading systemd", systemd.reload().await);
+        undo_step("reattach", "restarting the old units", systemd.restart(&running, true).await);
         return Err(Error::RolledBack(Box::new(error)));
     }
     blocking(move || tx.commit()).await?;
