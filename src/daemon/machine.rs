@@ -400,7 +400,7 @@ impl MachineInterface {
     ) -> Result<i32, BusError> {
         require_root(connection, &header, "running a command in a machine").await?;
         let _busy = self.daemon.busy();
-        let (_, machined) = Self::clients(connection).await?;
+        let (systemd, machined) = Self::clients(connection).await?;
         let info = machine_info(connection, &machined, &name).await?;
         let exe = std::env::current_exe().map_err(failed)?;
         let mut argv: Vec<String> = vec![exe.to_string_lossy().into_owned(), "enter".into()];
@@ -429,7 +429,6 @@ impl MachineInterface {
             ("StandardErrorFileDescriptor".into(), descriptor(stderr)?),
         ];
         let unit = shell_unit(&name);
-        let (systemd, _) = Self::clients(connection).await?;
         systemd
             .run_transient(&unit, properties)
             .await
@@ -500,9 +499,8 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
 
 /// Names of the machines systemd-machined knows, whoever started them.
 async fn running_machines(connection: &Connection) -> Result<HashSet<String>, BusError> {
-    let machined = zbus_systemd::machine1::ManagerProxy::new(connection).await?;
-    let machines = machined.list_machines().await.map_err(|e| failed(format!("cannot list machines: {e}")))?;
-    Ok(machines.into_iter().map(|(name, ..)| name).collect())
+    let machined = Machined::new(connection).await?;
+    ops::running_machines(&machined).await.map_err(|e| failed(format!("cannot list machines: {e}")))
 }
 
 impl From<Error> for BusError {

@@ -18,7 +18,7 @@ use super::plan::{
 };
 use crate::image::ImageName;
 use crate::machine::config::MachineConfig;
-use crate::machine::ops::{Machines, StartRequest, boot_unit, is_running, settings_with_limits};
+use crate::machine::ops::{Machines, StartRequest, boot_unit, is_running, running_machines, settings_with_limits};
 use crate::portable::Attachments;
 use crate::portable::dropin::{SETTINGS_DROPIN, settings_dropin};
 use crate::portable::ops::{Host, ImageRequest, ProgressFn, preview_source, read_source};
@@ -136,14 +136,24 @@ struct MachineWants {
     base: PathBuf,
 }
 
-/// How each machine the file lists is now.
+/// How each machine the file lists is now: machined and the manager are
+/// asked once for all of them.
 async fn machine_states(
     machines: &MachineContext<'_>,
     systemd: &Systemd,
     wants: &[MachineWant],
 ) -> Result<Vec<MachineState>> {
+    if wants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let running = running_machines(machines.machined).await.map_err(|source| {
+        let names: Vec<&str> = wants.iter().map(|want| want.name.as_str()).collect();
+        crate::machine::ops::Error::Machined { machine: names.join(", "), source }
+    })?;
+    let boot_units: Vec<String> = wants.iter().map(|want| boot_unit(&want.name)).collect();
+    let unit_files = systemd.unit_file_states(&boot_units).await?;
     let mut states = Vec::new();
-    for want in wants {
+    for (want, boot) in wants.iter().zip(&boot_units) {
         let (store, config_dir, name) =
             (machines.machines.store.clone(), machines.machines.config_dir.clone(), want.name.clone());
         let (image_present, saved_limits) = blocking(move || -> Result<_> {
@@ -154,14 +164,13 @@ async fn machine_states(
             Ok((present, limits))
         })
         .await?;
-        let running = is_running(machines.machined, &want.name).await?;
-        let boot = boot_unit(&want.name);
-        let enabled = systemd
-            .unit_file_states(std::slice::from_ref(&boot))
-            .await?
-            .get(&boot)
-            .is_some_and(|s| s.starts_with("enabled"));
-        states.push(MachineState { name: want.name.clone(), image_present, running, enabled, saved_limits });
+        states.push(MachineState {
+            name: want.name.clone(),
+            image_present,
+            running: running.contains(&want.name),
+            enabled: unit_files.get(boot).is_some_and(|s| s.starts_with("enabled")),
+            saved_limits,
+        });
     }
     Ok(states)
 }

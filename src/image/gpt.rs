@@ -301,6 +301,12 @@ impl Layout {
     pub fn chosen(&self) -> &Partition {
         &self.partitions[self.chosen]
     }
+
+    /// Whether the chosen partition is a whole root file system (what a
+    /// machine boots), not a /usr partition alone.
+    pub fn has_root(&self) -> bool {
+        self.chosen().role == "root"
+    }
 }
 
 /// Reads the partition table of a GPT disk image and chooses the root (or

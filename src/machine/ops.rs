@@ -347,7 +347,7 @@ fn check_choice(machine: &str, what: &'static str, value: &str, valid: impl Fn(&
 fn check_root_partition(machine: &str, image: &Path) -> Result<()> {
     let file = std::fs::File::open(image).map_err(|source| Error::Io { path: image.to_path_buf(), source })?;
     let layout = crate::image::gpt::layout(image, &std::sync::Arc::new(file))?;
-    if layout.chosen().role == "root" {
+    if layout.has_root() {
         Ok(())
     } else {
         Err(Error::NoRootPartition {
@@ -371,9 +371,14 @@ fn check_init(machine: &str, image: &Path, kind: ImageKind) -> Result<()> {
 
 /// Whether machined knows a machine of this name.
 pub async fn is_running(machined: &Machined<'_>, machine: &str) -> Result<bool> {
-    let machines =
-        machined.list_machines().await.map_err(|source| Error::Machined { machine: machine.to_string(), source })?;
-    Ok(machines.iter().any(|(name, ..)| name == machine))
+    let running =
+        running_machines(machined).await.map_err(|source| Error::Machined { machine: machine.to_string(), source })?;
+    Ok(running.contains(machine))
+}
+
+/// The names of the machines machined knows, in one call.
+pub async fn running_machines(machined: &Machined<'_>) -> zbus::Result<std::collections::HashSet<String>> {
+    Ok(machined.list_machines().await?.into_iter().map(|(name, ..)| name).collect())
 }
 
 /// Waits until the machine's unit is gone (stopped and collected, or inactive).

@@ -73,11 +73,11 @@ impl RawImage {
         let (fs_kind, extent, marked_read_only) = if kind == ImageKind::Gpt {
             let file = std::sync::Arc::new(std::fs::File::open(path).map_err(fail("opening the image"))?);
             let layout = crate::image::gpt::layout(path, &file)?;
-            let root = layout.chosen();
-            if root.role != "root" {
+            if !layout.has_root() {
                 let architecture = crate::image::gpt::host_architecture();
                 return Err(RawError::NoRootPartition { path: path.to_path_buf(), architecture });
             }
+            let root = layout.chosen();
             (layout.fs, Some((root.offset, root.size)), layout.read_only)
         } else {
             (kind, None, false)

@@ -175,15 +175,28 @@ impl Store {
         Ok(path)
     }
 
+    /// What every import starts with: the name must be free, the input is
+    /// decompressed as its magic says while its progress is counted, and
+    /// the result is built under a temporary name in the pool.
+    fn begin_import<'a>(
+        &self,
+        input: File,
+        machine: &str,
+        progress: Progress<'a>,
+        what: &str,
+    ) -> Result<(Box<dyn Read + Send + 'a>, Temp)> {
+        self.check_free(machine)?;
+        let total = input.metadata().map(|m| m.len()).unwrap_or(0);
+        let counted = Counting::new(input, move |done| progress(done, total));
+        let (compression, reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
+        tracing::debug!(compression = compression.as_str(), "importing {what}");
+        Ok((reader, Temp::new(self.home(machine)?, machine)))
+    }
+
     /// Imports a (possibly compressed) tar archive of an OS tree as a
     /// directory image.
     pub fn import_tar(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
-        self.check_free(machine)?;
-        let total = input.metadata().map(|m| m.len()).unwrap_or(0);
-        let counted = Counting::new(input, |done| progress(done, total));
-        let (compression, reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
-        tracing::debug!(compression = compression.as_str(), "importing a tar archive");
-        let temp = Temp::new(self.home(machine)?, machine);
+        let (reader, temp) = self.begin_import(input, machine, progress, "a tar archive")?;
         fs::create_dir(&temp.path).map_err(io_error(machine, &temp.path))?;
         unpack_tar(reader, &temp.path).map_err(|e| Error::Invalid {
             name: machine.to_string(),
@@ -198,12 +211,7 @@ impl Store {
 
     /// Imports a (possibly compressed) raw disk or file system image.
     pub fn import_raw(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
-        self.check_free(machine)?;
-        let total = input.metadata().map(|m| m.len()).unwrap_or(0);
-        let counted = Counting::new(input, |done| progress(done, total));
-        let (compression, mut reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
-        tracing::debug!(compression = compression.as_str(), "importing a raw image");
-        let temp = Temp::new(self.home(machine)?, machine);
+        let (mut reader, temp) = self.begin_import(input, machine, progress, "a raw image")?;
         let mut file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
         crate::fs::copy_sparse(&mut reader, &mut file).map_err(|e| match e {
             crate::fs::CopyError::Read(e) => {

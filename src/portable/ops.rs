@@ -216,22 +216,14 @@ pub async fn attach(
 /// Puts the host back after a failed attach: the units stopped and
 /// disabled, the files removed, systemd reloaded.
 async fn undo_attach(systemd: &Systemd, tx: Transaction, units: &[String], enabled: &[String], actions: Actions) {
-    if actions.now
-        && let Err(e) = systemd.stop(&startable(units), true).await
-    {
-        tracing::error!("undoing attach: {e}");
+    if actions.now {
+        undo_step("attach", "stopping its units", systemd.stop(&startable(units), true).await);
     }
-    if actions.enable
-        && let Err(e) = systemd.disable(enabled, actions.runtime).await
-    {
-        tracing::error!("undoing attach: {e}");
+    if actions.enable {
+        undo_step("attach", "disabling its units", systemd.disable(enabled, actions.runtime).await);
     }
-    if let Err(e) = blocking(move || tx.rollback()).await {
-        tracing::error!("undoing attach: {e}");
-    }
-    if let Err(e) = systemd.reload().await {
-        tracing::error!("undoing attach: {e}");
-    }
+    undo_step("attach", "removing its files", blocking(move || tx.rollback()).await);
+    undo_step("attach", "reloading systemd", systemd.reload().await);
 }
 
 /// The attachments of an image given by name or path. A detached image's
@@ -319,15 +311,9 @@ pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Action
         }
         Err(error) => {
             // Leave the host as it was: enabled and running again.
-            if let Err(e) = systemd.enable(&enabled, runtime).await {
-                tracing::error!("undoing detach: {e}");
-            }
-            if let Err(e) = systemd.reload().await {
-                tracing::error!("undoing detach: {e}");
-            }
-            if let Err(e) = systemd.start(&stopped, true).await {
-                tracing::error!("undoing detach: {e}");
-            }
+            undo_step("detach", "enabling its units", systemd.enable(&enabled, runtime).await);
+            undo_step("detach", "reloading systemd", systemd.reload().await);
+            undo_step("detach", "starting its units", systemd.start(&stopped, true).await);
             Err(Error::RolledBack(Box::new(error)))
         }
     }

@@ -151,11 +151,6 @@ impl Systemd {
             .map_err(call(format!("disabling {}", units.join(" "))))
     }
 
-    /// `enabled`, `disabled`, `static`, `enabled-runtime`, ... of a unit file.
-    pub async fn unit_file_state(&self, unit: &str) -> Result<String> {
-        self.manager.get_unit_file_state(unit.to_string()).await.map_err(call(format!("state of {unit}")))
-    }
-
     /// Unit file states (`enabled`, `static`, ...) of several units in one
     /// call, by unit name; units without a file are left out.
     pub async fn unit_file_states(&self, units: &[String]) -> Result<HashMap<String, String>> {
