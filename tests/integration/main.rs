@@ -9,6 +9,7 @@
 mod testbed;
 
 mod ansible;
+mod crash;
 mod fleet;
 mod foundation;
 mod images;
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
     trials.extend(images::trials(&shared));
     trials.extend(packaging::trials(&shared));
     trials.extend(portable::trials(&shared));
+    trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(machine::trials(&shared));
     trials.extend(fleet::trials(&shared));

@@ -30,7 +30,6 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::bad_requests_fail_in_one_line_and_leave_nothing", bad_requests),
         exclusive_trial(shared, "portable::profiles_sandbox_the_service", profiles),
         exclusive_trial(shared, "portable::only_root_may_attach_detach_and_remove", unprivileged),
-        exclusive_trial(shared, "portable::an_interrupted_attach_is_rolled_back_at_start", crash_recovery),
         exclusive_trial(shared, "portable::batch_attach_reloads_once", batch_attach),
         exclusive_trial(shared, "portable::runtime_attach_and_remove", runtime_and_remove),
         exclusive_trial(shared, "portable::same_image_side_by_side_with_portablectl", side_by_side),
@@ -344,30 +343,6 @@ fn unprivileged(tb: &Testbed) {
     let out = tb.sh_nobody("portable is-attached foobar.raw");
     assert_eq!((out.code, out.stdout.trim()), (Some(1), "detached"), "{out}");
     assert_no_foobar_units(tb);
-}
-
-fn crash_recovery(tb: &Testbed) {
-    clean_slate(tb);
-    // What a wharfd killed in the middle of an attach leaves: a journal
-    // that says it was about to create these files, and some of them.
-    tb.ok("systemctl stop wharfd.service");
-    tb.ok("mkdir -p /etc/systemd/system/foobar.service.d /var/lib/wharf/transactions");
-    tb.ok("echo '# Drop-in created by wharf' > /etc/systemd/system/foobar.service.d/20-portable.conf");
-    let journal = serde_json::json!({
-        "state": "Prepared",
-        "actions": [
-            {"CreateDir": {"path": "/etc/systemd/system/foobar.service.d"}},
-            {"Create": {"path": "/etc/systemd/system/foobar.service.d/20-portable.conf", "temp": "/etc/systemd/system/foobar.service.d/.#wharf-new-x"}},
-            {"Create": {"path": "/etc/systemd/system/foobar.service", "temp": "/etc/systemd/system/.#wharf-new-y"}},
-        ]
-    });
-    std::fs::write(tb.host_path("/var/lib/wharf/transactions/crashed.json"), journal.to_string()).unwrap();
-    // The next call starts wharfd, which rolls it back before answering.
-    tb.ok("portable list >/dev/null");
-    assert_no_foobar_units(tb);
-    assert_eq!(tb.ok("ls -A /var/lib/wharf/transactions").trim(), "");
-    let journal = tb.ok("journalctl -q -u wharfd.service -o cat | grep -c 'rolling back an interrupted change'");
-    assert!(journal.trim().parse::<u32>().unwrap() >= 1);
 }
 
 fn batch_attach(tb: &Testbed) {
