@@ -296,12 +296,19 @@ fn build_images(tb: &Testbed) {
         let text = std::fs::read_to_string(&os).unwrap().replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
         std::fs::write(os, text).unwrap();
     }
-    tb.ok(
-        "cd /srv/crash && mv alpha /var/lib/portables/alpha && \
-         mksquashfs beta /var/lib/portables/beta.raw -noappend -quiet -all-root -no-progress >/dev/null && \
-         mksquashfs gamma gamma.raw -noappend -quiet -all-root -no-progress >/dev/null && \
-         xz -T0 gamma.raw && rm -rf beta gamma",
-    );
+    // Built on the host: the testbed has no mksquashfs.
+    let crash = tb.host_path("/srv/crash");
+    let host = |args: &[&str]| {
+        let status = std::process::Command::new(args[0]).args(&args[1..]).current_dir(&crash).status().unwrap();
+        assert!(status.success(), "{args:?}: {status}");
+    };
+    let pool = tb.host_path(POOL);
+    host(&["mv", "alpha", &pool.join("alpha").display().to_string()]);
+    let squashfs = ["-noappend", "-quiet", "-all-root", "-no-progress"];
+    host(&[&["mksquashfs", "beta", &pool.join("beta.raw").display().to_string()][..], &squashfs].concat());
+    host(&[&["mksquashfs", "gamma", "gamma.raw"][..], &squashfs].concat());
+    host(&["xz", "-T0", "gamma.raw"]);
+    host(&["rm", "-rf", "beta", "gamma"]);
 }
 
 /// What the host looks like: the image each attached unit comes from, and
