@@ -15,7 +15,7 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".#wharf-{}-{n}-{name}", std::process::id()))
+    path.with_file_name(format!("{TEMP_PREFIX}{}-{n}-{name}", std::process::id()))
 }
 
 /// Writes `contents` to `path` atomically with the given mode.
@@ -33,6 +33,28 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     }
     result
 }
+
+/// Writes `contents` to `path`, a name that must not exist yet (a stale
+/// file of that name is replaced), and syncs it; the caller renames it into
+/// place. For writes whose temporary is already recorded in a journal, so
+/// that a crash leaves only names the journal knows.
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Whether a file name is one of wharf's hidden temporaries or backups.
+pub fn is_temporary_name(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes())
+}
+
+/// How every hidden temporary and backup wharf makes beside a file begins.
+pub const TEMP_PREFIX: &str = ".#wharf-";
 
 /// Syncs the directory holding `path`, making a rename or unlink in it durable.
 pub fn sync_parent(path: &Path) -> std::io::Result<()> {

@@ -4,23 +4,35 @@
 //! A [`Transaction`] collects steps (make a directory, write a file, make a
 //! symlink, remove a file). [`Transaction::apply`] first writes a journal
 //! saying exactly what it is about to do — which paths it creates, which it
-//! replaces or removes and under which hidden backup name the old content is
-//! kept — and only then does it. Replaced and removed files are renamed to
-//! their backup name, never deleted, until [`Transaction::commit`]. Any error
-//! rolls back; a crash leaves the journal behind, and [`recover`] (run by
-//! wharfd at start) rolls back every transaction that was not committed and
-//! finishes every one that was.
+//! replaces or removes, and the hidden names (`.#wharf-…`) of the
+//! temporaries and backups it uses — and only then does it. A new file is
+//! written under its journaled temporary and renamed into place; a replaced
+//! file is first hard-linked to its backup name, so the unit never goes
+//! missing; a removed file is renamed to its backup. Backups stay until
+//! [`Transaction::commit`]. Any error rolls back; a crash leaves the journal
+//! behind, and [`recover`] (run by wharfd at start) rolls back every
+//! transaction that was not committed, finishes every one that was, and
+//! removes the temporaries left beside the units.
+//!
+//! A journal whose undo cannot finish is kept and remembered: every later
+//! [`Transaction::apply`] retries it first and refuses to change anything
+//! while it still fails, so a stale journal can never roll back work done
+//! after it.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fs::{sync_parent, write_atomic};
+use crate::fs::{TEMP_PREFIX, is_temporary_name, sync_parent, write_atomic, write_new};
 
 /// Where wharfd keeps its journals.
 pub const JOURNAL_DIR: &str = "/var/lib/wharf/transactions";
+
+/// Where journals that cannot be read are moved, kept for a person to look at.
+const QUARANTINE: &str = "quarantine";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,6 +44,11 @@ pub enum Error {
     },
     #[error("transaction journal {}: {reason}", path.display())]
     Journal { path: PathBuf, reason: String },
+    #[error(
+        "an interrupted change could not be put back ({}: {reason}); nothing is changed until it is",
+        journal.display()
+    )]
+    Unrecovered { journal: PathBuf, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -63,9 +80,10 @@ enum Step {
 enum Action {
     /// A directory that did not exist.
     CreateDir { path: PathBuf },
-    /// A file or symlink that did not exist, written through `temp`.
+    /// A file or symlink that did not exist, written as `temp` and renamed.
     Create { path: PathBuf, temp: PathBuf },
-    /// An existing file moved to `backup`, then a new one written through `temp`.
+    /// An existing file, hard-linked to `backup`, then replaced by `temp`
+    /// renamed over it.
     Replace { path: PathBuf, backup: PathBuf, temp: PathBuf },
     /// An existing file moved to `backup`.
     Remove { path: PathBuf, backup: PathBuf },
@@ -84,6 +102,39 @@ enum State {
 struct Journal {
     state: State,
     actions: Vec<Action>,
+}
+
+/// Journals whose recovery failed, retried before any new change.
+static UNRESOLVED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn unresolved() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    UNRESOLVED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn remember_unresolved(journal: &Path) {
+    let mut list = unresolved();
+    if !list.iter().any(|p| p == journal) {
+        list.push(journal.to_path_buf());
+    }
+}
+
+/// Retries the journals an earlier recovery or rollback could not finish.
+/// Fails, naming the first one, while any of them still cannot be finished:
+/// the host must not change on top of a change that is half put back.
+pub fn retry_unresolved(journal_dir: &Path) -> Result<()> {
+    let pending: Vec<PathBuf> = unresolved().iter().filter(|p| p.parent() == Some(journal_dir)).cloned().collect();
+    for journal in pending {
+        match recover_one(&journal) {
+            Ok(()) => {
+                tracing::info!(journal = %journal.display(), "an interrupted change is put back at last");
+                unresolved().retain(|p| *p != journal);
+            }
+            Err(e) => {
+                return Err(Error::Unrecovered { journal, reason: e.to_string() });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A set of file changes applied all-or-nothing.
@@ -132,12 +183,13 @@ impl Transaction {
     /// A hidden name beside `path`, unique to this transaction and step.
     fn aside(&self, path: &Path, role: &str, index: usize) -> PathBuf {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        path.with_file_name(format!(".#wharf-{role}-{}-{index}-{name}", self.id))
+        path.with_file_name(format!("{TEMP_PREFIX}{role}-{}-{index}-{name}", self.id))
     }
 
     /// Journals and performs every step. On error, everything done so far is
     /// undone and the journal removed before the error is returned.
     pub fn apply(&mut self) -> Result<Vec<Change>> {
+        retry_unresolved(&self.journal_dir)?;
         let mut actions = Vec::new();
         for (index, step) in self.steps.iter().enumerate() {
             let exists = |path: &Path| path.symlink_metadata().is_ok();
@@ -186,11 +238,17 @@ impl Transaction {
         self.steps = steps;
         match result {
             Ok(()) => Ok(changes),
+            Err(e) if is_simulated_crash(&e) => Err(e),
             Err(e) => {
-                if let Err(undo) = undo_all(&self.actions) {
-                    tracing::error!("rolling back after '{e}' failed too: {undo}");
+                match undo_all(&self.actions) {
+                    Ok(()) => remove_journal(&self.journal_path())?,
+                    Err(undo) => {
+                        // The journal stays, so that the next start (or the
+                        // next change) tries again.
+                        tracing::error!("rolling back after '{e}' failed too: {undo}");
+                        remember_unresolved(&self.journal_path());
+                    }
                 }
-                let _ = fs::remove_file(self.journal_path());
                 Err(e)
             }
         }
@@ -201,8 +259,15 @@ impl Transaction {
         if self.actions.is_empty() {
             return Ok(());
         }
+        crash_point()?;
         self.write_journal(State::Committed)?;
-        finish(&self.actions)?;
+        if let Err(e) = finish(&self.actions) {
+            if is_simulated_crash(&e) {
+                return Err(e);
+            }
+            remember_unresolved(&self.journal_path());
+            return Err(e);
+        }
         remove_journal(&self.journal_path())
     }
 
@@ -211,7 +276,10 @@ impl Transaction {
         if self.actions.is_empty() {
             return Ok(());
         }
-        undo_all(&self.actions)?;
+        if let Err(e) = undo_all(&self.actions) {
+            remember_unresolved(&self.journal_path());
+            return Err(e);
+        }
         remove_journal(&self.journal_path())
     }
 
@@ -219,6 +287,7 @@ impl Transaction {
         let journal = Journal { state, actions: self.actions.clone() };
         let text = serde_json::to_vec_pretty(&journal)
             .map_err(|e| Error::Journal { path: self.journal_path(), reason: e.to_string() })?;
+        crash_point()?;
         write_atomic(&self.journal_path(), &text, 0o600).map_err(io(&self.journal_path()))
     }
 }
@@ -230,50 +299,44 @@ fn step_matches(step: &Step, action: &Action) -> bool {
         Step::MakeDir(path) | Step::Remove(path) => path,
         Step::Write { path, .. } | Step::Symlink { path, .. } => path,
     };
-    let action_path = match action {
+    action_path(action) == step_path
+}
+
+fn action_path(action: &Action) -> &Path {
+    match action {
         Action::CreateDir { path } | Action::Create { path, .. } => path,
         Action::Replace { path, .. } | Action::Remove { path, .. } | Action::RemoveDir { path, .. } => path,
-    };
-    step_path == action_path
+    }
 }
 
 fn perform(step: &Step, action: &Action, changes: &mut Vec<Change>) -> Result<()> {
     let record = |changes: &mut Vec<Change>, kind: &str, path: &Path, source: &str| {
         changes.push(Change { kind: kind.into(), path: path.display().to_string(), source: source.into() })
     };
+    // Errors name the file being changed: the temporaries are wharf's business.
     match (step, action) {
         (Step::MakeDir(path), Action::CreateDir { .. }) => {
+            crash_point()?;
             fs::create_dir(path).map_err(io(path))?;
             fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io(path))?;
             sync_parent(path).map_err(io(path))?;
             record(changes, "mkdir", path, "");
         }
         (Step::Write { path, contents, mode }, Action::Create { temp, .. } | Action::Replace { temp, .. }) => {
-            if let Action::Replace { backup, .. } = action {
-                fs::rename(path, backup).map_err(io(path))?;
-            }
-            let _ = fs::remove_file(temp);
-            write_atomic(temp, contents, *mode).map_err(io(temp))?;
-            fs::rename(temp, path).map_err(io(path))?;
-            sync_parent(path).map_err(io(path))?;
+            crash_point()?;
+            write_new(temp, contents, *mode).map_err(io(path))?;
+            put_in_place(action, path, temp)?;
             record(changes, "write", path, "");
         }
         (Step::Symlink { path, target }, Action::Create { temp, .. } | Action::Replace { temp, .. }) => {
-            if let Action::Replace { backup, .. } = action {
-                fs::rename(path, backup).map_err(io(path))?;
-            }
-            let _ = fs::remove_file(temp);
-            symlink(target, temp).map_err(io(temp))?;
-            fs::rename(temp, path).map_err(io(path))?;
-            sync_parent(path).map_err(io(path))?;
+            crash_point()?;
+            remove_if_there(temp)?;
+            symlink(target, temp).map_err(io(path))?;
+            put_in_place(action, path, temp)?;
             record(changes, "symlink", path, &target.display().to_string());
         }
-        (Step::Remove(path), Action::Remove { backup, .. }) => {
-            fs::rename(path, backup).map_err(io(path))?;
-            sync_parent(path).map_err(io(path))?;
-            record(changes, "unlink", path, "");
-        }
-        (Step::Remove(path), Action::RemoveDir { backup, .. }) => {
+        (Step::Remove(path), Action::Remove { backup, .. } | Action::RemoveDir { backup, .. }) => {
+            crash_point()?;
             fs::rename(path, backup).map_err(io(path))?;
             sync_parent(path).map_err(io(path))?;
             record(changes, "unlink", path, "");
@@ -283,8 +346,29 @@ fn perform(step: &Step, action: &Action, changes: &mut Vec<Change>) -> Result<()
     Ok(())
 }
 
+/// Renames the written temporary over `path`; a file it replaces is first
+/// hard-linked to its backup name, so `path` exists at every moment.
+fn put_in_place(action: &Action, path: &Path, temp: &Path) -> Result<()> {
+    if let Action::Replace { backup, .. } = action {
+        crash_point()?;
+        remove_if_there(backup)?;
+        fs::hard_link(path, backup).map_err(io(path))?;
+    }
+    crash_point()?;
+    fs::rename(temp, path).map_err(io(path))?;
+    sync_parent(path).map_err(io(path))
+}
+
+fn remove_if_there(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Undoes actions in reverse order; each undo is safe whether or not its
-/// action had happened (or half happened) before a crash.
+/// action had happened (or half happened) before a crash, and whether or
+/// not it was undone before. Every undo is tried; the first error is returned.
 fn undo_all(actions: &[Action]) -> Result<()> {
     let mut first_error = None;
     for action in actions.iter().rev() {
@@ -297,109 +381,233 @@ fn undo_all(actions: &[Action]) -> Result<()> {
 }
 
 fn undo(action: &Action) -> Result<()> {
-    let remove_if_there = |path: &Path| match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
-        _ => Ok(()),
-    };
     match action {
-        Action::CreateDir { path } => match fs::remove_dir(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
-            _ => Ok(()),
-        },
+        Action::CreateDir { path } => remove_created_dir(path),
         Action::Create { path, temp } => {
             remove_if_there(temp)?;
-            remove_if_there(path)
+            remove_if_there(path)?;
+            sync_parent(path).or_else(not_found_ok).map_err(io(path))
         }
         Action::Replace { path, backup, temp } => {
             remove_if_there(temp)?;
-            // No backup means the old file was never moved: it is still in place.
+            // No backup means the old file was never linked away: it is still in place.
             if backup.symlink_metadata().is_ok() {
                 fs::rename(backup, path).map_err(io(path))?;
+                // A rename between two links of one file does nothing.
+                remove_if_there(backup)?;
             }
-            Ok(())
+            sync_parent(path).or_else(not_found_ok).map_err(io(path))
         }
-        Action::Remove { path, backup } => {
+        Action::Remove { path, backup } | Action::RemoveDir { path, backup } => {
             if backup.symlink_metadata().is_ok() {
                 fs::rename(backup, path).map_err(io(path))?;
-            }
-            Ok(())
-        }
-        Action::RemoveDir { path, backup } => {
-            if backup.symlink_metadata().is_ok() {
-                fs::rename(backup, path).map_err(io(path))?;
+                sync_parent(path).map_err(io(path))?;
             }
             Ok(())
         }
     }
 }
 
+fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+}
+
+/// Removes a directory the transaction made. wharf's own temporaries in it
+/// go first; a file someone else put there since is kept, and so is the
+/// directory holding it (removing it would lose their file, and a drop-in
+/// directory without the unit is harmless).
+fn remove_created_dir(path: &Path) -> Result<()> {
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if is_temporary_name(&entry.file_name()) {
+                remove_any(&entry.path())?;
+            }
+        }
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => sync_parent(path).map_err(io(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+            tracing::warn!(path = %path.display(), "kept: it holds files wharf did not write");
+            Ok(())
+        }
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+    let removed = if is_dir { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    removed.or_else(not_found_ok).map_err(io(path))
+}
+
 /// Drops the backups of committed actions (and any leftover temporary).
 fn finish(actions: &[Action]) -> Result<()> {
     for action in actions {
-        let leftovers: Vec<&PathBuf> = match action {
-            Action::Replace { backup, temp, .. } => vec![backup, temp],
-            Action::Remove { backup, .. } => vec![backup],
-            Action::Create { temp, .. } => vec![temp],
-            Action::CreateDir { .. } => vec![],
-            Action::RemoveDir { backup, .. } => {
-                match fs::remove_dir_all(backup) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(backup)(e)),
-                    _ => {}
-                }
-                vec![]
+        crash_point()?;
+        match action {
+            Action::Replace { backup, temp, .. } => {
+                remove_if_there(backup)?;
+                remove_if_there(temp)?;
             }
-        };
-        for path in leftovers {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(path)(e)),
-                _ => {}
-            }
+            Action::Remove { backup, .. } => remove_if_there(backup)?,
+            Action::Create { temp, .. } => remove_if_there(temp)?,
+            Action::CreateDir { .. } => {}
+            Action::RemoveDir { backup, .. } => remove_any(backup)?,
         }
     }
     Ok(())
 }
 
 fn remove_journal(path: &Path) -> Result<()> {
+    crash_point()?;
     fs::remove_file(path).map_err(io(path))?;
     sync_parent(path).map_err(io(path))
 }
 
+/// Rolls back (prepared) or completes (committed) one journal, then removes it.
+fn recover_one(path: &Path) -> Result<()> {
+    let text = match fs::read(path) {
+        Ok(text) => text,
+        // Resolved meanwhile (by another retry).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let journal: Journal = serde_json::from_slice(&text)
+        .map_err(|e| Error::Journal { path: path.to_path_buf(), reason: e.to_string() })?;
+    match journal.state {
+        State::Prepared => {
+            tracing::warn!(journal = %path.display(), "rolling back an interrupted change");
+            undo_all(&journal.actions)?;
+        }
+        State::Committed => {
+            tracing::info!(journal = %path.display(), "finishing an interrupted commit");
+            finish(&journal.actions)?;
+        }
+    }
+    remove_journal(path)
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Journals rolled back or finished: systemd must reload if any.
+    pub recovered: usize,
+    /// Journals that could not be read, moved aside.
+    pub quarantined: Vec<PathBuf>,
+    /// Journals whose undo failed: kept, and retried before any new change.
+    pub unresolved: Vec<(PathBuf, String)>,
+    /// Temporaries left by a crash beside the units, removed.
+    pub temporaries: usize,
+}
+
 /// Finishes what a crash interrupted: every journal in `journal_dir` is
-/// rolled back (prepared) or completed (committed). Returns how many
-/// transactions it found, so the caller knows whether systemd must reload.
-pub fn recover(journal_dir: &Path) -> Result<usize> {
+/// rolled back (prepared) or completed (committed); one that cannot be read
+/// is quarantined and the others are still recovered; then every wharf
+/// temporary left in `unit_dirs` (and the directories in them) is removed.
+/// Runs before wharfd takes any call, so no change is in progress.
+pub fn recover(journal_dir: &Path, unit_dirs: &[PathBuf]) -> Result<Recovery> {
+    let mut report = Recovery::default();
     let entries = match fs::read_dir(journal_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Ok(entries) => entries.collect::<std::io::Result<Vec<_>>>().map_err(io(journal_dir))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io(journal_dir)(e)),
     };
-    let mut found = 0;
+    let mut journals: Vec<PathBuf> = Vec::new();
     for entry in entries {
-        let path = entry.map_err(io(journal_dir))?.path();
-        if path.extension().is_none_or(|ext| ext != "json") {
-            // An interrupted journal write leaves a hidden temporary.
-            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".#wharf-")) {
-                let _ = fs::remove_file(&path);
-            }
-            continue;
+        let path = entry.path();
+        if is_temporary_name(&entry.file_name()) {
+            // A journal write that was interrupted: the change it was about
+            // to describe had not begun.
+            remove_any(&path)?;
+        } else if path.extension().is_some_and(|ext| ext == "json") && !path.is_dir() {
+            journals.push(path);
         }
-        let text = fs::read(&path).map_err(io(&path))?;
-        let journal: Journal =
-            serde_json::from_slice(&text).map_err(|e| Error::Journal { path: path.clone(), reason: e.to_string() })?;
-        match journal.state {
-            State::Prepared => {
-                tracing::warn!(journal = %path.display(), "rolling back an interrupted change");
-                undo_all(&journal.actions)?;
-            }
-            State::Committed => {
-                tracing::info!(journal = %path.display(), "finishing an interrupted commit");
-                finish(&journal.actions)?;
-            }
-        }
-        remove_journal(&path)?;
-        found += 1;
     }
-    Ok(found)
+    // Oldest first: a later change may build on an earlier one.
+    journals.sort();
+    for path in journals {
+        match recover_one(&path) {
+            Ok(()) => report.recovered += 1,
+            Err(Error::Journal { reason, .. }) => {
+                let quarantine = journal_dir.join(QUARANTINE);
+                let moved = fs::create_dir_all(&quarantine)
+                    .and_then(|()| fs::rename(&path, quarantine.join(path.file_name().unwrap_or_default())));
+                tracing::error!(journal = %path.display(), "unreadable journal quarantined in {}: {reason}", quarantine.display());
+                moved.map_err(io(&path))?;
+                report.quarantined.push(path);
+            }
+            Err(e) => {
+                tracing::error!(journal = %path.display(), "an interrupted change could not be put back: {e}");
+                remember_unresolved(&path);
+                report.unresolved.push((path, e.to_string()));
+            }
+        }
+    }
+    if report.unresolved.is_empty() {
+        report.temporaries = remove_temporaries(unit_dirs)?;
+    }
+    Ok(report)
+}
+
+/// Removes wharf's temporaries and backups from `dirs` and the directories
+/// directly in them (drop-in and enablement directories): once every
+/// journal is resolved, none of them is part of any change.
+fn remove_temporaries(dirs: &[PathBuf]) -> Result<usize> {
+    let mut removed = 0;
+    let mut sweep = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut subdirs = Vec::new();
+        let Ok(entries) = fs::read_dir(dir) else { return Ok(subdirs) };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if is_temporary_name(&entry.file_name()) {
+                tracing::warn!(path = %path.display(), "removing a temporary left by a crash");
+                remove_any(&path)?;
+                removed += 1;
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                subdirs.push(path);
+            }
+        }
+        Ok(subdirs)
+    };
+    for dir in dirs {
+        for subdir in sweep(dir)? {
+            sweep(&subdir)?;
+        }
+    }
+    Ok(removed)
+}
+
+// Where tests stop the work as a crash would: the Nth call fails, and the
+// failure is not undone (the process is dead).
+#[cfg(test)]
+thread_local! {
+    static CRASH_AT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+const SIMULATED_CRASH: &str = "simulated crash";
+
+fn crash_point() -> Result<()> {
+    #[cfg(test)]
+    {
+        let left = CRASH_AT.get();
+        if let Some(left) = left {
+            if left == 0 {
+                return Err(Error::Journal { path: PathBuf::new(), reason: SIMULATED_CRASH.into() });
+            }
+            CRASH_AT.set(Some(left - 1));
+        }
+    }
+    Ok(())
+}
+
+fn is_simulated_crash(_error: &Error) -> bool {
+    #[cfg(test)]
+    if let Error::Journal { reason, .. } = _error {
+        return reason == SIMULATED_CRASH;
+    }
+    false
 }
 
 /// A step of putting the host back after a failed operation (`during`):
@@ -532,7 +740,7 @@ mod tests {
         tx.write(units.join("old.service"), "replaced", 0o644);
         tx.apply().unwrap();
         std::mem::forget(tx);
-        assert_eq!(recover(&journal).unwrap(), 1);
+        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 1);
         assert!(!units.join("new.service").exists());
         assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "old");
         assert_eq!(listing(&units), ["old.service"]);
@@ -543,10 +751,246 @@ mod tests {
         tx.apply().unwrap();
         tx.write_journal(State::Committed).unwrap();
         std::mem::forget(tx);
-        assert_eq!(recover(&journal).unwrap(), 1);
+        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 1);
         assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "replaced");
         assert_eq!(listing(&units), ["old.service"]);
-        assert_eq!(recover(&journal).unwrap(), 0);
+        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The host as a sorted list of (path, what it holds).
+    fn snapshot(dir: &Path) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = walk(dir)
+            .into_iter()
+            .map(|p| {
+                let name = p.strip_prefix(dir).unwrap().display().to_string();
+                let meta = p.symlink_metadata().unwrap();
+                let what = if meta.is_symlink() {
+                    format!("-> {}", fs::read_link(&p).unwrap().display())
+                } else if meta.is_dir() {
+                    "dir".to_string()
+                } else {
+                    fs::read_to_string(&p).unwrap()
+                };
+                (name, what)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A host with a unit to replace, one to remove, and a transaction
+    /// that adds, replaces, links and removes.
+    fn crash_fixture(root: &Path) -> Transaction {
+        let units = root.join("units");
+        let _ = fs::remove_dir_all(&units);
+        let _ = fs::remove_dir_all(root.join("journal"));
+        fs::create_dir_all(units.join("gone.service.d")).unwrap();
+        fs::write(units.join("old.service"), "old").unwrap();
+        fs::write(units.join("gone.service"), "gone").unwrap();
+        fs::write(units.join("gone.service.d/20-portable.conf"), "x").unwrap();
+        std::os::unix::fs::symlink("/old/target", units.join("link.service")).unwrap();
+        let mut tx = Transaction::new(&root.join("journal"));
+        tx.make_dir(units.join("a.service.d"));
+        tx.write(units.join("a.service.d/20-portable.conf"), "x", 0o644);
+        tx.write(units.join("a.service"), "a", 0o644);
+        tx.write(units.join("old.service"), "new", 0o644);
+        tx.symlink(units.join("link.service"), "/new/target");
+        tx.make_dir(units.join("multi-user.target.wants"));
+        tx.symlink(units.join("multi-user.target.wants/a.service"), units.join("a.service"));
+        tx.remove(units.join("gone.service"));
+        tx.remove(units.join("gone.service.d/20-portable.conf"));
+        tx.remove(units.join("gone.service.d"));
+        tx
+    }
+
+    /// A crash at every point of apply: recovery puts the host back exactly
+    /// as it was, with no temporary and no journal left.
+    #[test]
+    fn a_crash_anywhere_in_apply_is_rolled_back_completely() {
+        let root = scratch("crash-apply");
+        let units = root.join("units");
+        crash_fixture(&root);
+        let before = snapshot(&units);
+        let mut points = 0;
+        loop {
+            let mut tx = crash_fixture(&root);
+            CRASH_AT.set(Some(points));
+            let result = tx.apply();
+            CRASH_AT.set(None);
+            std::mem::forget(tx);
+            let report = recover(&root.join("journal"), &[units.clone()]).unwrap();
+            assert!(report.unresolved.is_empty() && report.quarantined.is_empty(), "{report:?}");
+            assert_eq!(snapshot(&units), before, "crash at point {points}");
+            assert_eq!(listing(&root.join("journal")), Vec::<String>::new(), "crash at point {points}");
+            if result.is_ok() {
+                break;
+            }
+            points += 1;
+        }
+        assert!(points > 10, "only {points} crash points");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A crash at every point of a commit: recovery completes it.
+    #[test]
+    fn a_crash_anywhere_in_commit_is_completed() {
+        let root = scratch("crash-commit");
+        let units = root.join("units");
+        crash_fixture(&root);
+        let before = snapshot(&units);
+        let mut tx = crash_fixture(&root);
+        tx.apply().unwrap();
+        tx.commit().unwrap();
+        let after = snapshot(&units);
+        let mut points = 0;
+        loop {
+            let mut tx = crash_fixture(&root);
+            tx.apply().unwrap();
+            CRASH_AT.set(Some(points));
+            let result = tx.commit();
+            CRASH_AT.set(None);
+            let report = recover(&root.join("journal"), &[units.clone()]).unwrap();
+            assert!(report.unresolved.is_empty(), "{report:?}");
+            // Before the commit is journaled, the change is rolled back;
+            // after, it is completed.
+            let now = snapshot(&units);
+            // Points 0 and 1 are before the journal says committed.
+            if points <= 1 {
+                assert_eq!(now, before, "crash before the commit was journaled");
+            } else {
+                assert_eq!(now, after, "crash at commit point {points}");
+            }
+            assert_eq!(listing(&root.join("journal")), Vec::<String>::new(), "crash at point {points}");
+            if result.is_ok() {
+                break;
+            }
+            points += 1;
+        }
+        assert!(points > 5, "only {points} crash points");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Between the backup link and the rename, and after, the unit exists.
+    #[test]
+    fn a_replaced_unit_never_goes_missing() {
+        let root = scratch("replace");
+        let units = root.join("units");
+        fs::write(units.join("old.service"), "old").unwrap();
+        let mut points = 0;
+        loop {
+            fs::write(units.join("old.service"), "old").unwrap();
+            let mut tx = Transaction::new(&root.join("journal"));
+            tx.write(units.join("old.service"), "new", 0o644);
+            CRASH_AT.set(Some(points));
+            let result = tx.apply();
+            CRASH_AT.set(None);
+            let text = fs::read_to_string(units.join("old.service")).unwrap();
+            assert!(text == "old" || text == "new", "crash at point {points}: {text:?}");
+            std::mem::forget(tx);
+            recover(&root.join("journal"), &[units.clone()]).unwrap();
+            assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "old");
+            if result.is_ok() {
+                break;
+            }
+            points += 1;
+        }
+        assert_eq!(listing(&units), ["old.service"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// An empty journal temporary (a kill while the journal was written) and
+    /// a journal that does not parse do not stop the others' recovery.
+    #[test]
+    fn unreadable_journals_are_quarantined_and_the_rest_recovered() {
+        let root = scratch("quarantine");
+        let units = root.join("units");
+        let journal = root.join("journal");
+        let mut tx = Transaction::new(&journal);
+        tx.write(units.join("new.service"), "new", 0o644);
+        tx.apply().unwrap();
+        std::mem::forget(tx);
+        fs::write(journal.join(".#wharf-77-0-0000-77-0.json"), "").unwrap();
+        fs::write(journal.join("0000-bad.json"), "{\"state\": \"Prep").unwrap();
+        // A temporary whose journal is gone, beside the units and in a drop-in directory.
+        fs::create_dir(units.join("x.service.d")).unwrap();
+        fs::write(units.join("x.service.d/.#wharf-new-1-0-20-portable.conf"), "").unwrap();
+        fs::write(units.join(".#wharf-77-0-.#wharf-new-1-0-x.service"), "").unwrap();
+        fs::write(units.join("x.service.d/20-portable.conf"), "kept").unwrap();
+        let report = recover(&journal, &[units.clone()]).unwrap();
+        assert_eq!(report.recovered, 1);
+        assert_eq!(report.quarantined, [journal.join("0000-bad.json")]);
+        assert_eq!(report.temporaries, 2);
+        assert_eq!(listing(&units), ["x.service.d", "x.service.d/20-portable.conf"]);
+        assert_eq!(listing(&journal), ["quarantine", "quarantine/0000-bad.json"]);
+        // Quarantined journals are not read again.
+        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A directory the transaction made holds a leftover temporary and a
+    /// file someone else wrote: the undo removes the first, keeps the second.
+    #[test]
+    fn undoing_a_made_directory_survives_leftovers() {
+        let root = scratch("leftover");
+        let units = root.join("units");
+        let journal = root.join("journal");
+        let mut tx = Transaction::new(&journal);
+        tx.make_dir(units.join("a.service.d"));
+        tx.write(units.join("a.service.d/20-portable.conf"), "x", 0o644);
+        tx.make_dir(units.join("b.service.d"));
+        tx.write(units.join("b.service.d/20-portable.conf"), "x", 0o644);
+        tx.apply().unwrap();
+        fs::write(units.join("a.service.d/.#wharf-9-9-stray"), "").unwrap();
+        fs::write(units.join("b.service.d/50-admin.conf"), "mine").unwrap();
+        std::mem::forget(tx);
+        let report = recover(&journal, &[units.clone()]).unwrap();
+        assert!(report.unresolved.is_empty(), "{report:?}");
+        assert_eq!(listing(&units), ["b.service.d", "b.service.d/50-admin.conf"]);
+        assert_eq!(listing(&journal), Vec::<String>::new());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// An undo that cannot finish keeps its journal, refuses every new
+    /// change until it can, and never undoes what came after it.
+    #[test]
+    fn an_unfinished_recovery_blocks_changes_until_resolved() {
+        let root = scratch("unresolved");
+        let units = root.join("units");
+        let journal = root.join("journal");
+        fs::write(units.join("old.service"), "old").unwrap();
+        let mut tx = Transaction::new(&journal);
+        tx.write(units.join("old.service"), "new", 0o644);
+        tx.apply().unwrap();
+        std::mem::forget(tx);
+        // Something in the way of putting the old file back: a directory
+        // where the file was.
+        fs::remove_file(units.join("old.service")).unwrap();
+        fs::create_dir_all(units.join("old.service/in-the-way")).unwrap();
+        let report = recover(&journal, &[units.clone()]).unwrap();
+        assert_eq!(report.unresolved.len(), 1, "{report:?}");
+        // Its backup is not swept away while the journal needs it.
+        assert_eq!(listing(&journal).len(), 1);
+
+        let mut later = Transaction::new(&journal);
+        later.write(units.join("later.service"), "later", 0o644);
+        let refused = later.apply().unwrap_err();
+        assert!(matches!(refused, Error::Unrecovered { .. }), "{refused}");
+        assert!(refused.to_string().contains("in-the-way") || refused.to_string().contains("old.service"), "{refused}");
+        assert!(!units.join("later.service").exists());
+
+        // Once the obstacle is gone, the next change first finishes the undo.
+        fs::remove_dir_all(units.join("old.service")).unwrap();
+        let mut later = Transaction::new(&journal);
+        later.write(units.join("later.service"), "later", 0o644);
+        later.apply().unwrap();
+        later.commit().unwrap();
+        assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "old");
+        assert_eq!(listing(&units), ["later.service", "old.service"]);
+        assert_eq!(listing(&journal), Vec::<String>::new());
+        // A restart has nothing to roll back: the later change stays.
+        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 0);
+        assert!(units.join("later.service").exists());
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -81,20 +81,31 @@ async fn serve(options: Options) -> Result<(), Error> {
     // Finish what a crash interrupted before taking any call: a half-done
     // attach or detach is rolled back (or a half-done commit completed).
     let journal = Path::new(crate::transaction::JOURNAL_DIR);
-    let recovered = zruntime::unblock(move || crate::transaction::recover(journal)).await;
+    let unit_dirs = [std::path::PathBuf::from("/etc/systemd/system"), std::path::PathBuf::from("/run/systemd/system")];
+    let recovered = zruntime::unblock(move || crate::transaction::recover(journal, &unit_dirs)).await;
     let connection = zbus::Connection::system().await?;
     match recovered {
-        Ok(0) => {}
-        Ok(count) => {
-            tracing::warn!("recovered {count} interrupted operation(s)");
-            let reloaded = async { Systemd::new(&connection).await?.reload().await }.await;
-            if let Err(e) = reloaded {
-                tracing::error!("reloading systemd after recovery: {e}");
+        Ok(report) => {
+            if report.recovered > 0 {
+                tracing::warn!("recovered {} interrupted operation(s)", report.recovered);
+                let reloaded = async { Systemd::new(&connection).await?.reload().await }.await;
+                if let Err(e) = reloaded {
+                    tracing::error!("reloading systemd after recovery: {e}");
+                }
+            }
+            // Each is logged where it failed; every change is refused
+            // (and retries it) until it can be finished.
+            if !report.unresolved.is_empty() {
+                tracing::error!("{} interrupted operation(s) could not be put back", report.unresolved.len());
             }
         }
         Err(e) => tracing::error!("recovering interrupted operations: {e}"),
     }
     crate::machine::store::Store::machines().remove_leftovers();
+    let partial = crate::image::xz::remove_partial(crate::image::Pool::portables().home());
+    if partial > 0 {
+        tracing::warn!("removed {partial} partial decompression(s) left by a crash");
+    }
     let server = connection.object_server();
     server.at(OBJECT_PATH, manager::ManagerInterface).await?;
     server.at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone())).await?;

@@ -271,6 +271,24 @@ pub fn decompress_to_pool(image: &Path, source: &File, dir: &Path, progress: imp
     Ok(target)
 }
 
+/// Removes the partial decompressions (`.NAME.PID-N.part`) a killed wharfd
+/// left in the pool `dir`; returns how many. Only for wharfd's start, when
+/// no decompression of its own is under way.
+pub fn remove_partial(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".part") && entry.file_type().is_ok_and(|t| t.is_file()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(path = %entry.path().display(), "cannot remove a partial decompression: {e}"),
+            }
+        }
+    }
+    removed
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(path)?;
     file.write_all(bytes)?;
