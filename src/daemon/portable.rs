@@ -251,7 +251,7 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         | Error::InvalidCopyMode(_)
         | Error::InvalidImagePath(_)
         | Error::SymlinkNeedsDirectory(_) => BusError::InvalidArgument(message),
-        Error::NoUnits(_) => BusError::BadImage(message),
+        Error::NoUnits(_) | Error::Install(_) => BusError::BadImage(message),
         Error::UnitExists { .. }
         | Error::Shadowed { .. }
         | Error::AttachedFrom { .. }

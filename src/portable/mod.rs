@@ -3,6 +3,7 @@
 
 pub mod attachments;
 pub mod dropin;
+pub mod install;
 pub mod ops;
 pub mod plan;
 pub mod profile;
@@ -59,6 +60,8 @@ pub enum Error {
     Systemd(#[from] crate::systemd::Error),
     #[error(transparent)]
     Transaction(#[from] crate::transaction::Error),
+    #[error(transparent)]
+    Install(#[from] install::Error),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

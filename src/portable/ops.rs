@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::attachments::{Attachment, Attachments};
-use super::plan::{AttachOptions, CopyMode, DetachUnit, Source, add_detach_steps, plan_attach, plan_detach_unit};
+use super::install;
+use super::plan::{
+    AttachOptions, CopyMode, DetachUnit, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
+};
 use super::profile::Profile;
 use super::{Error, State};
 use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
@@ -168,7 +171,7 @@ pub async fn attach(
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
-    let (tx, units, changes, enable) = blocking(move || -> Result<_> {
+    let (tx, units, changes) = blocking(move || -> Result<_> {
         let host = planning_host;
         let sources = requests.iter().map(|r| read_source(&host, r, &mut progress)).collect::<Result<Vec<_>>>()?;
         let options = AttachOptions {
@@ -181,21 +184,15 @@ pub async fn attach(
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let mut tx = Transaction::new(&host.journal_dir);
         let units = plan_attach(&host.root, &sources, &options, &existing, &[], &mut tx)?;
-        let enable: Vec<String> = sources
-            .iter()
-            .flat_map(|s| &s.units)
-            .filter(|u| !u.name.contains("@.") && u.contents.contains("[Install]"))
-            .map(|u| u.name.clone())
-            .collect();
+        if actions.enable {
+            add_enable_steps(&unit_dir(&host.root, actions.runtime), &sources, &mut tx)?;
+        }
         let changes = tx.apply()?;
-        Ok((tx, units, changes, enable))
+        Ok((tx, units, changes))
     })
     .await?;
 
     let result = async {
-        if actions.enable {
-            systemd.enable(&enable, actions.runtime).await?;
-        }
         systemd.reload().await?;
         if actions.now {
             systemd.start(&startable(&units), !actions.no_block).await?;
@@ -204,7 +201,7 @@ pub async fn attach(
     }
     .await;
     if let Err(error) = result {
-        undo_attach(systemd, tx, &units, &enable, actions).await;
+        undo_attach(systemd, tx, &units, actions).await;
         return Err(Error::RolledBack(Box::new(error)));
     }
     blocking(move || tx.commit()).await?;
@@ -213,17 +210,35 @@ pub async fn attach(
     Ok(Outcome { changes, units, restarted })
 }
 
-/// Puts the host back after a failed attach: the units stopped and
-/// disabled, the files removed, systemd reloaded.
-async fn undo_attach(systemd: &Systemd, tx: Transaction, units: &[String], enabled: &[String], actions: Actions) {
+/// Puts the host back after a failed attach: the units stopped, the files
+/// and enablement links removed, systemd reloaded.
+async fn undo_attach(systemd: &Systemd, tx: Transaction, units: &[String], actions: Actions) {
     if actions.now {
         undo_step("attach", "stopping its units", systemd.stop(&startable(units), true).await);
     }
-    if actions.enable {
-        undo_step("attach", "disabling its units", systemd.disable(enabled, actions.runtime).await);
-    }
     undo_step("attach", "removing its files", blocking(move || tx.rollback()).await);
     undo_step("attach", "reloading systemd", systemd.reload().await);
+}
+
+/// Adds the links that enable the units of `sources` (templates are never
+/// enabled) in `dest` to `tx`, after the unit files: a link never points to
+/// a unit that is not there yet.
+fn add_enable_steps(dest: &Path, sources: &[Source], tx: &mut Transaction) -> Result<()> {
+    for unit in sources.iter().flat_map(|s| &s.units).filter(|u| !u.name.contains("@.")) {
+        install::add_enable_steps(dest, &unit.name, &unit.contents, tx)?;
+    }
+    Ok(())
+}
+
+/// Adds the removal of every enablement link of `units` (in /etc or /run,
+/// whoever made it) to `tx`: detaching disables, in the same transaction.
+fn add_unlink_steps(root: &Path, units: &[String], tx: &mut Transaction) {
+    let dirs = [unit_dir(root, false), unit_dir(root, true)];
+    for unit in units {
+        for link in install::links_of(&dirs, unit) {
+            tx.remove(link);
+        }
+    }
 }
 
 /// The attachments of an image given by name or path. A detached image's
@@ -261,13 +276,24 @@ async fn active_units(systemd: &Systemd, units: &[String]) -> Result<Vec<(String
 }
 
 /// Detaches an image: its running units are refused unless `now`, which
-/// stops them first; enabled units are disabled.
+/// stops them first; enablement links are removed with the files, in one
+/// transaction. Everything is planned before anything is stopped, so a
+/// planning failure leaves the units running.
 pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Actions) -> Result<Outcome> {
-    let lookup_host = host.clone();
+    let plan_host = host.clone();
     let image = image.to_string();
-    let (image, attachments) = blocking(move || attachments_of(&lookup_host, &image)).await?;
-    let units: Vec<String> = attachments.iter().map(|a| a.unit.clone()).collect();
-    let runtime = attachments.iter().any(|a| a.runtime);
+    let (image, units, tx) = blocking(move || -> Result<_> {
+        let (image, attachments) = attachments_of(&plan_host, &image)?;
+        let units: Vec<String> = attachments.iter().map(|a| a.unit.clone()).collect();
+        let plans = attachments.iter().map(|a| plan_detach_unit(&plan_host.root, a)).collect::<Result<Vec<_>>>()?;
+        report_kept(&plans);
+        let mut tx = Transaction::new(&plan_host.journal_dir);
+        // Links first: none ever points to a unit already removed.
+        add_unlink_steps(&plan_host.root, &units, &mut tx);
+        add_detach_steps(&plans, &mut tx);
+        Ok((image, units, tx))
+    })
+    .await?;
 
     let active = active_units(systemd, &units).await?;
     if let Some((unit, state)) = active.first()
@@ -276,32 +302,16 @@ pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Action
         return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
     }
     let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
-    systemd.stop(&stopped, true).await?;
-    let enabled = enabled_units(systemd, &units).await?;
-
-    let plan_host = host.clone();
-    let prepared = blocking(move || -> Result<_> {
-        let plans = attachments.iter().map(|a| plan_detach_unit(&plan_host.root, a)).collect::<Result<Vec<_>>>()?;
-        report_kept(&plans);
-        let mut tx = Transaction::new(&plan_host.journal_dir);
-        add_detach_steps(&plans, &mut tx);
-        Ok(tx)
-    })
-    .await;
     let result = async {
-        let mut tx = prepared?;
-        systemd.disable(&enabled, runtime).await?;
-        let applied = blocking(move || tx.apply().map(|changes| (tx, changes))).await;
-        let (tx, changes) = match applied {
-            Ok(done) => done,
-            Err(e) => return Err(Error::from(e)),
-        };
+        systemd.stop(&stopped, true).await?;
+        let mut tx = tx;
+        let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
         if let Err(e) = systemd.reload().await {
             undo_step("detach", "restoring its files", blocking(move || tx.rollback()).await);
             return Err(e.into());
         }
         blocking(move || tx.commit()).await?;
-        Ok(changes)
+        Ok::<_, Error>(changes)
     }
     .await;
     match result {
@@ -310,8 +320,7 @@ pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Action
             Ok(Outcome { changes, units, restarted: stopped })
         }
         Err(error) => {
-            // Leave the host as it was: enabled and running again.
-            undo_step("detach", "enabling its units", systemd.enable(&enabled, runtime).await);
+            // Leave the host as it was: running again.
             undo_step("detach", "reloading systemd", systemd.reload().await);
             undo_step("detach", "starting its units", systemd.start(&stopped, true).await);
             Err(Error::RolledBack(Box::new(error)))
@@ -375,45 +384,44 @@ pub async fn reattach(
             bind_os_release,
         };
         let mut tx = Transaction::new(&host.journal_dir);
-        // Old units the new image does not bring go; the others are rewritten by the attach steps.
+        // Old units the new image does not bring go, disabled first; the
+        // others are rewritten by the attach steps.
         let dropped: Vec<DetachUnit> = old
             .iter()
             .filter(|a| !source.units.iter().any(|u| u.name == a.unit))
             .map(|a| plan_detach_unit(&host.root, a))
             .collect::<Result<_>>()?;
         report_kept(&dropped);
+        add_unlink_steps(&host.root, &dropped.iter().map(|d| d.unit.clone()).collect::<Vec<_>>(), &mut tx);
         add_detach_steps(&dropped, &mut tx);
         let units = plan_attach(&host.root, std::slice::from_ref(&source), &options, &existing, &old_images, &mut tx)?;
-        Ok((tx, units, old, dropped, runtime))
+        if actions.enable {
+            add_enable_steps(&unit_dir(&host.root, runtime), std::slice::from_ref(&source), &mut tx)?;
+        }
+        Ok((tx, units, old, dropped))
     })
     .await?;
-    let (mut tx, units, old, dropped, runtime) = planned;
+    let (mut tx, units, old, dropped) = planned;
     let old_units: Vec<String> = old.iter().map(|a| a.unit.clone()).collect();
     let dropped_units: Vec<String> = dropped.iter().map(|d| d.unit.clone()).collect();
 
     let running: Vec<String> = active_units(systemd, &old_units).await?.into_iter().map(|(u, _)| u).collect();
     let running_dropped: Vec<String> = running.iter().filter(|u| dropped_units.contains(u)).cloned().collect();
     let restart: Vec<String> = running.iter().filter(|u| units.contains(u)).cloned().collect();
-    let enabled_dropped = enabled_units(systemd, &dropped_units).await?;
 
-    systemd.stop(&running_dropped, true).await?;
     let applied = async {
-        systemd.disable(&enabled_dropped, runtime).await?;
+        systemd.stop(&running_dropped, true).await?;
         blocking(move || tx.apply().map(|changes| (tx, changes))).await.map_err(Error::from)
     }
     .await;
     let (tx, changes) = match applied {
         Ok(done) => done,
         Err(error) => {
-            undo_step("reattach", "enabling the old units", systemd.enable(&enabled_dropped, runtime).await);
             undo_step("reattach", "starting the old units", systemd.start(&running_dropped, true).await);
             return Err(Error::RolledBack(Box::new(error)));
         }
     };
     let result = async {
-        if actions.enable {
-            systemd.enable(&startable(&units), runtime).await?;
-        }
         systemd.reload().await?;
         systemd.restart(&restart, !actions.no_block).await?;
         if actions.now {
@@ -424,9 +432,8 @@ pub async fn reattach(
     }
     .await;
     if let Err(error) = result {
-        // Back to the old version: its files, its enablement, its running units.
+        // Back to the old version: its files and links, its running units.
         undo_step("reattach", "restoring the old files", blocking(move || tx.rollback()).await);
-        undo_step("reattach", "enabling the old units", systemd.enable(&enabled_dropped, runtime).await);
         undo_step("reattach", "reloading systemd", systemd.reload().await);
         undo_step("reattach", "restarting the old units", systemd.restart(&running, true).await);
         return Err(Error::RolledBack(Box::new(error)));
