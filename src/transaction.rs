@@ -359,9 +359,13 @@ fn put_in_place(action: &Action, path: &Path, temp: &Path) -> Result<()> {
     sync_parent(path).map_err(io(path))
 }
 
+/// Removes a file if it is there; a parent that is not a directory means
+/// it is not there either.
 fn remove_if_there(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        Err(e) if !matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            Err(io(path)(e))
+        }
         _ => Ok(()),
     }
 }
@@ -417,6 +421,10 @@ fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
 /// directory holding it (removing it would lose their file, and a drop-in
 /// directory without the unit is harmless).
 fn remove_created_dir(path: &Path) -> Result<()> {
+    // Not a directory: the step failed before making it (something else has the name).
+    if !path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
     if let Ok(entries) = fs::read_dir(path) {
         for entry in entries.flatten() {
             if is_temporary_name(&entry.file_name()) {

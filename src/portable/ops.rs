@@ -15,7 +15,7 @@ use super::{Error, State};
 use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
 use crate::image::units::find_units;
 use crate::image::{ImageKind, Pool, readonly};
-use crate::systemd::Systemd;
+use crate::systemd::manager::UnitManager;
 use crate::transaction::{Change, Transaction, undo_step};
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -149,7 +149,7 @@ fn read_source_as(host: &Host, request: &ImageRequest, progress: &mut ProgressFn
 
 /// Whether attach drop-ins bind the host's os-release themselves: only for
 /// a systemd that does not provide it.
-pub async fn binds_os_release(systemd: &Systemd) -> Result<bool> {
+pub async fn binds_os_release(systemd: &impl UnitManager) -> Result<bool> {
     Ok(systemd.version().await? < crate::portable::plan::SYSTEMD_PROVIDES_HOST_OS_RELEASE)
 }
 
@@ -161,7 +161,7 @@ fn startable(units: &[String]) -> Vec<String> {
 /// Attaches images (one or a batch) with one transaction and one reload.
 pub async fn attach(
     host: &Host,
-    systemd: &Systemd,
+    systemd: &impl UnitManager,
     requests: Vec<ImageRequest>,
     profile: &str,
     copy: CopyMode,
@@ -212,7 +212,7 @@ pub async fn attach(
 
 /// Puts the host back after a failed attach: the units stopped, the files
 /// and enablement links removed, systemd reloaded.
-async fn undo_attach(systemd: &Systemd, tx: Transaction, units: &[String], actions: Actions) {
+async fn undo_attach(systemd: &impl UnitManager, tx: Transaction, units: &[String], actions: Actions) {
     if actions.now {
         undo_step("attach", "stopping its units", systemd.stop(&startable(units), true).await);
     }
@@ -260,12 +260,12 @@ fn attachments_of(host: &Host, image: &str) -> Result<(String, Vec<Attachment>)>
 }
 
 /// Units among `units` that are enabled, by whether they are runtime.
-async fn enabled_units(systemd: &Systemd, units: &[String]) -> Result<Vec<String>> {
+async fn enabled_units(systemd: &impl UnitManager, units: &[String]) -> Result<Vec<String>> {
     let states = systemd.unit_file_states(units).await?;
     Ok(units.iter().filter(|u| states.get(*u).is_some_and(|s| s.starts_with("enabled"))).cloned().collect())
 }
 
-async fn active_units(systemd: &Systemd, units: &[String]) -> Result<Vec<(String, String)>> {
+async fn active_units(systemd: &impl UnitManager, units: &[String]) -> Result<Vec<(String, String)>> {
     Ok(systemd
         .unit_states(units)
         .await?
@@ -279,7 +279,7 @@ async fn active_units(systemd: &Systemd, units: &[String]) -> Result<Vec<(String
 /// stops them first; enablement links are removed with the files, in one
 /// transaction. Everything is planned before anything is stopped, so a
 /// planning failure leaves the units running.
-pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Actions) -> Result<Outcome> {
+pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, actions: Actions) -> Result<Outcome> {
     let plan_host = host.clone();
     let image = image.to_string();
     let (image, units, tx) = blocking(move || -> Result<_> {
@@ -342,7 +342,7 @@ fn report_kept(plans: &[DetachUnit]) {
 /// fails, the old attachment is put back as it was, running again.
 pub async fn reattach(
     host: &Host,
-    systemd: &Systemd,
+    systemd: &impl UnitManager,
     request: ImageRequest,
     profile: &str,
     copy: CopyMode,
@@ -444,7 +444,7 @@ pub async fn reattach(
 }
 
 /// The state of every image attached on the host, keyed by image path.
-pub async fn states(host: &Host, systemd: &Systemd) -> Result<HashMap<String, State>> {
+pub async fn states(host: &Host, systemd: &impl UnitManager) -> Result<HashMap<String, State>> {
     let scan_root = host.root.clone();
     let attachments = blocking(move || Attachments::scan(&scan_root))
         .await
@@ -469,7 +469,7 @@ pub async fn states(host: &Host, systemd: &Systemd) -> Result<HashMap<String, St
 }
 
 /// The state of one image (detached when nothing of it is attached).
-pub async fn state(host: &Host, systemd: &Systemd, image: &str) -> Result<(String, State)> {
+pub async fn state(host: &Host, systemd: &impl UnitManager, image: &str) -> Result<(String, State)> {
     let lookup_host = host.clone();
     let name = image.to_string();
     match blocking(move || attachments_of(&lookup_host, &name)).await {
@@ -499,4 +499,153 @@ pub fn remove(host: &Host, image: &str) -> Result<PathBuf> {
     removed.map_err(|source| Error::Io { path: path.clone(), source })?;
     tracing::info!(image = image_str, "removed");
     Ok(path)
+}
+
+/// The rollback paths of attach and detach, against the in-memory manager.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::systemd::manager::fake::FakeManager;
+
+    const UNIT: &str =
+        "[Unit]\nDescription=foobar\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
+
+    fn host(tag: &str, unit: &str) -> Host {
+        let root = std::env::temp_dir().join(format!("wharf-ops-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["etc/systemd/system", "run/systemd/system", "usr/lib/wharf/profiles/default"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::write(root.join("usr/lib/wharf/profiles/default/service.conf"), "[Service]\nDynamicUser=yes\n")
+            .unwrap();
+        let image = root.join("var/lib/portables/foobar");
+        std::fs::create_dir_all(image.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(image.join("usr/lib/os-release"), "ID=foobar\nPORTABLE_PREFIXES=foobar\n").unwrap();
+        std::fs::write(image.join("usr/lib/systemd/system/foobar.service"), unit).unwrap();
+        Host { pool: Pool::under(&root, "portables"), journal_dir: root.join("var/lib/wharf/transactions"), root }
+    }
+
+    /// Everything under the host's unit directories and journal.
+    fn files(host: &Host) -> Vec<String> {
+        let mut out = Vec::new();
+        for dir in ["etc/systemd/system", "run/systemd/system", "var/lib/wharf/transactions"] {
+            let mut stack = vec![host.root.join(dir)];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    out.push(path.strip_prefix(&host.root).unwrap().display().to_string());
+                    if entry.file_type().unwrap().is_dir() {
+                        stack.push(path);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn attach_foobar(host: &Host, systemd: &FakeManager, actions: Actions) -> Result<Outcome> {
+        let request = ImageRequest { image: "foobar".into(), prefixes: Vec::new() };
+        zbus::block_on(attach(host, systemd, vec![request], "default", CopyMode::Copy, actions, Box::new(|_, _| {})))
+    }
+
+    const ENABLE_NOW: Actions = Actions { runtime: false, force: false, enable: true, now: true, no_block: false };
+
+    #[test]
+    fn an_attach_whose_reload_fails_leaves_nothing() {
+        let host = host("reload", UNIT);
+        let systemd = FakeManager::default();
+        systemd.fail("reload", 1);
+        let error = attach_foobar(&host, &systemd, Actions { enable: true, ..Actions::default() }).unwrap_err();
+        assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        assert_eq!(files(&host), Vec::<String>::new());
+        assert_eq!(systemd.calls(), ["reload", "reload"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    #[test]
+    fn an_attach_whose_unit_fails_after_start_is_stopped_and_removed() {
+        let host = host("start", UNIT);
+        let systemd = FakeManager::default();
+        systemd.fail("start", 1);
+        let error = attach_foobar(&host, &systemd, ENABLE_NOW).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "foobar.service failed right after it was started (see journalctl -u foobar.service); the host was left as it was"
+        );
+        assert_eq!(files(&host), Vec::<String>::new());
+        assert_eq!(systemd.calls(), ["reload", "start foobar.service", "stop foobar.service", "reload"]);
+        assert!(systemd.running().is_empty());
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// Enabling fails (its link directory cannot be made): the unit files
+    /// written before it are taken back, and systemd is never asked anything.
+    #[test]
+    fn an_attach_whose_enable_fails_leaves_nothing() {
+        let host = host("enable", UNIT);
+        let wants = host.root.join("etc/systemd/system/multi-user.target.wants");
+        std::fs::write(&wants, "in the way").unwrap();
+        let systemd = FakeManager::default();
+        let error = attach_foobar(&host, &systemd, ENABLE_NOW).unwrap_err();
+        assert!(error.to_string().contains("multi-user.target.wants"), "{error}");
+        assert_eq!(files(&host), ["etc/systemd/system/multi-user.target.wants"]);
+        assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A hostile [Install] section is refused before anything changes.
+    #[test]
+    fn an_attach_with_a_bad_install_section_changes_nothing() {
+        let host = host("install", &UNIT.replace("multi-user.target", "../../../etc/evil.target"));
+        let systemd = FakeManager::default();
+        let error = attach_foobar(&host, &systemd, ENABLE_NOW).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unit foobar.service: WantedBy=../../../etc/evil.target is not a unit name wharf can enable it for"
+        );
+        assert_eq!(files(&host), Vec::<String>::new());
+        assert!(systemd.calls().is_empty());
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    #[test]
+    fn a_detach_whose_reload_fails_puts_back_files_links_and_running_units() {
+        let host = host("detach", UNIT);
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
+        let attached = files(&host);
+        assert!(attached.contains(&"etc/systemd/system/multi-user.target.wants/foobar.service".to_string()));
+        systemd.calls.lock().unwrap().clear();
+        systemd.fail("reload", 1);
+        let now = Actions { now: true, ..Actions::default() };
+        let error = zbus::block_on(detach(&host, &systemd, "foobar", now)).unwrap_err();
+        assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        assert_eq!(files(&host), attached);
+        assert_eq!(systemd.running(), ["foobar.service"]);
+        assert_eq!(systemd.calls(), ["stop foobar.service", "reload", "reload", "start foobar.service"]);
+
+        // And when it works, the link goes with the unit.
+        zbus::block_on(detach(&host, &systemd, "foobar", now)).unwrap();
+        assert_eq!(files(&host), ["etc/systemd/system/multi-user.target.wants"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A detach that cannot be planned stops nothing.
+    #[test]
+    fn a_detach_that_cannot_be_planned_leaves_its_units_running() {
+        let host = host("plan", UNIT);
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
+        systemd.calls.lock().unwrap().clear();
+        // Its drop-in directory can no longer be read.
+        let dropins = host.root.join("etc/systemd/system/foobar.service.d");
+        std::fs::rename(&dropins, host.root.join("aside")).unwrap();
+        std::fs::write(&dropins, "not a directory").unwrap();
+        let now = Actions { now: true, ..Actions::default() };
+        assert!(zbus::block_on(detach(&host, &systemd, "foobar", now)).is_err());
+        assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
+        assert_eq!(systemd.running(), ["foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
 }

@@ -2,6 +2,8 @@
 //! over D-Bus: reload, enable/disable, start/stop/restart with waiting for
 //! the job, unit states, and transient units.
 
+pub mod manager;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -180,7 +180,8 @@ fn kill_at_random(tb: &Testbed) {
         let scenario = &SCENARIOS[index];
         // A little past the measured end, so that kills just after a commit count too.
         let delay_us = rng.below(durations[index] * 11 / 10 + 1);
-        let label = format!("kill {run} ({}, after {:.1} ms, WHARF_KILL_SEED={seed})", scenario.name, delay_us as f64 / 1000.0);
+        let label =
+            format!("kill {run} ({}, after {:.1} ms, WHARF_KILL_SEED={seed})", scenario.name, delay_us as f64 / 1000.0);
 
         prepare(tb, scenario);
         let killed = tb.sh(&format!(
@@ -257,7 +258,12 @@ fn kill_at_random(tb: &Testbed) {
     ));
     force_clean(tb);
     tb.ok("rm -rf /srv/crash /var/lib/portables/*");
-    assert!(failures.is_empty(), "{} of {runs} kills left the host inconsistent:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} kills left the host inconsistent:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn sorted(images: &[&str]) -> Vec<String> {
@@ -293,7 +299,9 @@ fn build_images(tb: &Testbed) {
         std::fs::rename(units.join("foobar.service"), units.join(format!("{name}.service"))).unwrap();
         std::fs::remove_file(units.join("foobar-hello.service")).unwrap();
         let os = dir.join("usr/lib/os-release");
-        let text = std::fs::read_to_string(&os).unwrap().replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
+        let text = std::fs::read_to_string(&os)
+            .unwrap()
+            .replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
         std::fs::write(os, text).unwrap();
     }
     // Built on the host: the testbed has no mksquashfs.
