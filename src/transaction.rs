@@ -748,7 +748,7 @@ mod tests {
         tx.write(units.join("old.service"), "replaced", 0o644);
         tx.apply().unwrap();
         std::mem::forget(tx);
-        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 1);
+        assert_eq!(recover(&journal, std::slice::from_ref(&units)).unwrap().recovered, 1);
         assert!(!units.join("new.service").exists());
         assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "old");
         assert_eq!(listing(&units), ["old.service"]);
@@ -759,10 +759,10 @@ mod tests {
         tx.apply().unwrap();
         tx.write_journal(State::Committed).unwrap();
         std::mem::forget(tx);
-        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 1);
+        assert_eq!(recover(&journal, std::slice::from_ref(&units)).unwrap().recovered, 1);
         assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "replaced");
         assert_eq!(listing(&units), ["old.service"]);
-        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 0);
+        assert_eq!(recover(&journal, std::slice::from_ref(&units)).unwrap().recovered, 0);
         fs::remove_dir_all(&root).unwrap();
     }
 
@@ -827,7 +827,7 @@ mod tests {
             let result = tx.apply();
             CRASH_AT.set(None);
             std::mem::forget(tx);
-            let report = recover(&root.join("journal"), &[units.clone()]).unwrap();
+            let report = recover(&root.join("journal"), std::slice::from_ref(&units)).unwrap();
             assert!(report.unresolved.is_empty() && report.quarantined.is_empty(), "{report:?}");
             assert_eq!(snapshot(&units), before, "crash at point {points}");
             assert_eq!(listing(&root.join("journal")), Vec::<String>::new(), "crash at point {points}");
@@ -858,7 +858,7 @@ mod tests {
             CRASH_AT.set(Some(points));
             let result = tx.commit();
             CRASH_AT.set(None);
-            let report = recover(&root.join("journal"), &[units.clone()]).unwrap();
+            let report = recover(&root.join("journal"), std::slice::from_ref(&units)).unwrap();
             assert!(report.unresolved.is_empty(), "{report:?}");
             // Before the commit is journaled, the change is rolled back;
             // after, it is completed.
@@ -896,7 +896,7 @@ mod tests {
             let text = fs::read_to_string(units.join("old.service")).unwrap();
             assert!(text == "old" || text == "new", "crash at point {points}: {text:?}");
             std::mem::forget(tx);
-            recover(&root.join("journal"), &[units.clone()]).unwrap();
+            recover(&root.join("journal"), std::slice::from_ref(&units)).unwrap();
             assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "old");
             if result.is_ok() {
                 break;
@@ -925,14 +925,14 @@ mod tests {
         fs::write(units.join("x.service.d/.#wharf-new-1-0-20-portable.conf"), "").unwrap();
         fs::write(units.join(".#wharf-77-0-.#wharf-new-1-0-x.service"), "").unwrap();
         fs::write(units.join("x.service.d/20-portable.conf"), "kept").unwrap();
-        let report = recover(&journal, &[units.clone()]).unwrap();
+        let report = recover(&journal, std::slice::from_ref(&units)).unwrap();
         assert_eq!(report.recovered, 1);
         assert_eq!(report.quarantined, [journal.join("0000-bad.json")]);
         assert_eq!(report.temporaries, 2);
         assert_eq!(listing(&units), ["x.service.d", "x.service.d/20-portable.conf"]);
         assert_eq!(listing(&journal), ["quarantine", "quarantine/0000-bad.json"]);
         // Quarantined journals are not read again.
-        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 0);
+        assert_eq!(recover(&journal, std::slice::from_ref(&units)).unwrap().recovered, 0);
         fs::remove_dir_all(&root).unwrap();
     }
 
@@ -952,7 +952,7 @@ mod tests {
         fs::write(units.join("a.service.d/.#wharf-9-9-stray"), "").unwrap();
         fs::write(units.join("b.service.d/50-admin.conf"), "mine").unwrap();
         std::mem::forget(tx);
-        let report = recover(&journal, &[units.clone()]).unwrap();
+        let report = recover(&journal, std::slice::from_ref(&units)).unwrap();
         assert!(report.unresolved.is_empty(), "{report:?}");
         assert_eq!(listing(&units), ["b.service.d", "b.service.d/50-admin.conf"]);
         assert_eq!(listing(&journal), Vec::<String>::new());
@@ -975,7 +975,7 @@ mod tests {
         // where the file was.
         fs::remove_file(units.join("old.service")).unwrap();
         fs::create_dir_all(units.join("old.service/in-the-way")).unwrap();
-        let report = recover(&journal, &[units.clone()]).unwrap();
+        let report = recover(&journal, std::slice::from_ref(&units)).unwrap();
         assert_eq!(report.unresolved.len(), 1, "{report:?}");
         // Its backup is not swept away while the journal needs it.
         assert_eq!(listing(&journal).len(), 1);
@@ -997,7 +997,7 @@ mod tests {
         assert_eq!(listing(&units), ["later.service", "old.service"]);
         assert_eq!(listing(&journal), Vec::<String>::new());
         // A restart has nothing to roll back: the later change stays.
-        assert_eq!(recover(&journal, &[units.clone()]).unwrap().recovered, 0);
+        assert_eq!(recover(&journal, std::slice::from_ref(&units)).unwrap().recovered, 0);
         assert!(units.join("later.service").exists());
         fs::remove_dir_all(&root).unwrap();
     }

@@ -220,12 +220,12 @@ mod tests {
             [units.join("multi-user.target.wants/a.service"), units.join("b.service.requires/a.service")]
         );
         assert_eq!(std::fs::read_link(&links[0]).unwrap(), units.join("a.service"));
-        let mut found = links_of(&[units.clone()], "a.service");
+        let mut found = links_of(std::slice::from_ref(&units), "a.service");
         found.sort();
         let mut expected = links.clone();
         expected.sort();
         assert_eq!(found, expected);
-        assert!(links_of(&[units.clone()], "other.service").is_empty());
+        assert!(links_of(std::slice::from_ref(&units), "other.service").is_empty());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
