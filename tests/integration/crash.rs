@@ -19,7 +19,10 @@ use crate::testbed::Testbed;
 use crate::{Shared, exclusive_trial, testbed};
 
 pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
-    vec![exclusive_trial(shared, "crash::sigkill_at_random_moments_leaves_the_host_consistent", kill_at_random)]
+    vec![
+        exclusive_trial(shared, "crash::sigkill_at_random_moments_leaves_the_host_consistent", kill_at_random),
+        exclusive_trial(shared, "crash::a_fresh_install_works_before_tmpfiles_ran", fresh_install),
+    ]
 }
 
 const UNIT_DIRS: [&str; 2] = ["/etc/systemd/system", "/run/systemd/system"];
@@ -264,6 +267,23 @@ fn kill_at_random(tb: &Testbed) {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Right after `meson install` on a running host, tmpfiles has not made
+/// wharf's directories yet: wharfd's unit makes them, so the first attach
+/// works (under ProtectSystem=strict, wharfd could not make them itself).
+fn fresh_install(tb: &Testbed) {
+    force_clean(tb);
+    testbed::images::foobar(&tb.host_path("/srv/fresh/foobar_1"), "dir", "1").unwrap();
+    tb.ok("systemctl stop wharfd.service && rm -rf /var/lib/wharf /var/lib/portables /run/wharf");
+    let out = tb.ok("portable attach /srv/fresh/foobar_1");
+    assert!(out.contains("/etc/systemd/system/foobar.service"), "{out}");
+    assert_eq!(
+        tb.ok("stat -c '%a %U' /var/lib/wharf/transactions /var/lib/portables /run/wharf"),
+        "755 root\n755 root\n755 root\n"
+    );
+    tb.ok("portable detach /srv/fresh/foobar_1 && rm -rf /srv/fresh");
+    assert!(check(tb).problems.is_empty());
 }
 
 fn sorted(images: &[&str]) -> Vec<String> {
