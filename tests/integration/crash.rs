@@ -22,6 +22,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         exclusive_trial(shared, "crash::sigkill_at_random_moments_leaves_the_host_consistent", kill_at_random),
         exclusive_trial(shared, "crash::a_fresh_install_works_before_tmpfiles_ran", fresh_install),
+        exclusive_trial(shared, "crash::enablement_links_are_what_systemd_would_make", enablement),
     ]
 }
 
@@ -284,6 +285,33 @@ fn fresh_install(tb: &Testbed) {
     );
     tb.ok("portable detach /srv/fresh/foobar_1 && rm -rf /srv/fresh");
     assert!(check(tb).problems.is_empty());
+}
+
+/// wharf writes the enablement links itself (in its transaction): systemd
+/// must see them as its own, in /etc and, for a runtime attach, in /run.
+fn enablement(tb: &Testbed) {
+    force_clean(tb);
+    testbed::images::foobar(&tb.host_path("/var/lib/portables/foobar_1.raw"), "squashfs", "1").unwrap();
+    for (flags, dir, state) in [("", "/etc", "enabled"), ("--runtime", "/run", "enabled-runtime")] {
+        tb.ok(&format!("portable attach --enable {flags} foobar_1.raw"));
+        let link = format!("{dir}/systemd/system/multi-user.target.wants/foobar.service");
+        assert_eq!(tb.ok(&format!("readlink {link}")).trim(), format!("{dir}/systemd/system/foobar.service"));
+        assert_eq!(tb.ok("systemctl is-enabled foobar.service").trim(), state);
+        assert_eq!(tb.ok("systemctl show -p WantedBy --value foobar.service").trim(), "multi-user.target");
+        assert!(tb.ok("systemctl show -p Wants --value multi-user.target").contains("foobar.service"));
+        let json: serde_json::Value = serde_json::from_str(&tb.ok("portable is-attached --json foobar_1.raw")).unwrap();
+        assert_eq!(json["state"], state, "{json}");
+        // foobar-hello.service has no [Install]: nothing links it.
+        assert_eq!(
+            tb.ok("find /etc/systemd/system /run/systemd/system -name foobar-hello.service -path '*.wants/*'"),
+            ""
+        );
+        tb.ok("portable detach foobar_1.raw");
+        assert!(!tb.sh(&format!("test -L {link}")).success(), "{link} left behind");
+        assert_ne!(tb.sh("systemctl is-enabled foobar.service").stdout.trim(), state);
+    }
+    assert!(check(tb).problems.is_empty());
+    tb.ok("rm -f /var/lib/portables/foobar_1.raw");
 }
 
 fn sorted(images: &[&str]) -> Vec<String> {
