@@ -648,4 +648,44 @@ mod tests {
         assert_eq!(systemd.running(), ["foobar.service"]);
         std::fs::remove_dir_all(&host.root).unwrap();
     }
+
+    /// A reattach whose reload fails puts the old version back, enabled and
+    /// running again.
+    #[test]
+    fn a_reattach_whose_reload_fails_puts_the_old_version_back() {
+        let host = host("reattach", UNIT);
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
+        let new = host.root.join("var/lib/portables/foobar_2");
+        std::fs::create_dir_all(new.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(new.join("usr/lib/os-release"), "ID=foobar\nPORTABLE_PREFIXES=foobar\n").unwrap();
+        std::fs::write(new.join("usr/lib/systemd/system/foobar.service"), UNIT.replace("/bin/true", "/bin/false"))
+            .unwrap();
+        let before: Vec<(String, String)> = files(&host)
+            .into_iter()
+            .map(|f| (f.clone(), std::fs::read_to_string(host.root.join(&f)).unwrap_or_default()))
+            .collect();
+        systemd.calls.lock().unwrap().clear();
+        systemd.fail("reload", 1);
+        let request = ImageRequest { image: "foobar_2".into(), prefixes: Vec::new() };
+        let error = zbus::block_on(reattach(
+            &host,
+            &systemd,
+            request,
+            "default",
+            CopyMode::Copy,
+            Actions { enable: true, ..Actions::default() },
+            Box::new(|_, _| {}),
+        ))
+        .unwrap_err();
+        assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        let after: Vec<(String, String)> = files(&host)
+            .into_iter()
+            .map(|f| (f.clone(), std::fs::read_to_string(host.root.join(&f)).unwrap_or_default()))
+            .collect();
+        assert_eq!(after, before);
+        assert_eq!(systemd.calls(), ["reload", "reload", "restart foobar.service"]);
+        assert_eq!(systemd.running(), ["foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
 }
