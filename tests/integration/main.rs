@@ -9,6 +9,7 @@
 mod testbed;
 
 mod ansible;
+mod deadline;
 mod fleet;
 mod foundation;
 mod images;
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
     trials.extend(machine::trials(&shared));
     trials.extend(fleet::trials(&shared));
     trials.extend(ansible::trials(&shared));
+    trials.extend(deadline::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");
