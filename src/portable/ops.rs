@@ -191,6 +191,7 @@ pub async fn attach(
         Ok((tx, units, changes, enable))
     })
     .await?;
+    crate::daemon::watchdog::test_wedge("after-files");
 
     let result = async {
         if actions.enable {
@@ -204,7 +205,7 @@ pub async fn attach(
     }
     .await;
     if let Err(error) = result {
-        undo_attach(systemd, tx, &units, &enable, actions).await;
+        undo_attach(&systemd.undoing(), tx, &units, &enable, actions).await;
         return Err(Error::RolledBack(Box::new(error)));
     }
     blocking(move || tx.commit()).await?;
@@ -311,9 +312,9 @@ pub async fn detach(host: &Host, systemd: &Systemd, image: &str, actions: Action
         }
         Err(error) => {
             // Leave the host as it was: enabled and running again.
-            undo_step("detach", "enabling its units", systemd.enable(&enabled, runtime).await);
-            undo_step("detach", "reloading systemd", systemd.reload().await);
-            undo_step("detach", "starting its units", systemd.start(&stopped, true).await);
+            undo_step("detach", "enabling its units", systemd.undoing().enable(&enabled, runtime).await);
+            undo_step("detach", "reloading systemd", systemd.undoing().reload().await);
+            undo_step("detach", "starting its units", systemd.undoing().start(&stopped, true).await);
             Err(Error::RolledBack(Box::new(error)))
         }
     }
@@ -405,8 +406,8 @@ pub async fn reattach(
     let (tx, changes) = match applied {
         Ok(done) => done,
         Err(error) => {
-            undo_step("reattach", "enabling the old units", systemd.enable(&enabled_dropped, runtime).await);
-            undo_step("reattach", "starting the old units", systemd.start(&running_dropped, true).await);
+            undo_step("reattach", "enabling the old units", systemd.undoing().enable(&enabled_dropped, runtime).await);
+            undo_step("reattach", "starting the old units", systemd.undoing().start(&running_dropped, true).await);
             return Err(Error::RolledBack(Box::new(error)));
         }
     };
@@ -426,9 +427,9 @@ pub async fn reattach(
     if let Err(error) = result {
         // Back to the old version: its files, its enablement, its running units.
         undo_step("reattach", "restoring the old files", blocking(move || tx.rollback()).await);
-        undo_step("reattach", "enabling the old units", systemd.enable(&enabled_dropped, runtime).await);
-        undo_step("reattach", "reloading systemd", systemd.reload().await);
-        undo_step("reattach", "restarting the old units", systemd.restart(&running, true).await);
+        undo_step("reattach", "enabling the old units", systemd.undoing().enable(&enabled_dropped, runtime).await);
+        undo_step("reattach", "reloading systemd", systemd.undoing().reload().await);
+        undo_step("reattach", "restarting the old units", systemd.undoing().restart(&running, true).await);
         return Err(Error::RolledBack(Box::new(error)));
     }
     blocking(move || tx.commit()).await?;
