@@ -308,7 +308,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             for name in names {
                 let pu = private_users.clone().unwrap_or_default();
                 let net = network.clone().unwrap_or_default();
-                let (unit, ready) = bounded(&bus, machine.start_machine(&name, &properties, &pu, &net, timeout)).await?;
+                let (unit, ready) =
+                    bounded(&bus, machine.start_machine(&name, &properties, &pu, &net, timeout)).await?;
                 let record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
                 if !cli.output.quiet || format.is_json() {
                     format.emit(&record, |_| {

@@ -64,9 +64,7 @@ pub async fn with_progress<T>(
     let mut call = pin!(call);
     let mut signals_open = true;
     let result = loop {
-        let next = pin!(async {
-            if signals_open { signals.next().await } else { std::future::pending().await }
-        });
+        let next = pin!(async { if signals_open { signals.next().await } else { std::future::pending().await } });
         match runtime.timeout(timeout, select(call.as_mut(), next)).await {
             Err(_) => break Err(CliError::Timeout(timeout.as_secs())),
             Ok(Either::Left((result, _))) => break result.map_err(CliError::from),

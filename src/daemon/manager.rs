@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 use zbus::Connection;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;

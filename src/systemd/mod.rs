@@ -274,7 +274,10 @@ impl Systemd {
             return Ok(Vec::new());
         }
         let (_, changes) = self
-            .bounded(format!("enabling {}", units.join(" ")), self.manager.enable_unit_files(units.to_vec(), runtime, false))
+            .bounded(
+                format!("enabling {}", units.join(" ")),
+                self.manager.enable_unit_files(units.to_vec(), runtime, false),
+            )
             .await?;
         Ok(changes)
     }
@@ -389,10 +392,7 @@ impl Systemd {
             .build()
             .map_err(call("watching units"))?;
         let mut changes = self
-            .bounded(
-                "watching units",
-                zbus::MessageStream::for_match_rule(rule, self.connection(), Some(STATE_QUEUE)),
-            )
+            .bounded("watching units", zbus::MessageStream::for_match_rule(rule, self.connection(), Some(STATE_QUEUE)))
             .await?;
         let by_path: HashMap<String, &String> = units.iter().map(|u| (unit_path(u), u)).collect();
         let mut states: HashMap<&String, String> = HashMap::new();
@@ -532,12 +532,7 @@ impl Systemd {
         let watched = self
             .bounded(
                 format!("watching {unit}"),
-                zbus::Proxy::new(
-                    connection,
-                    "org.freedesktop.systemd1",
-                    path.clone(),
-                    "org.freedesktop.systemd1.Unit",
-                ),
+                zbus::Proxy::new(connection, "org.freedesktop.systemd1", path.clone(), "org.freedesktop.systemd1.Unit"),
             )
             .await?;
         // The stream gives the state at once, then each change.
@@ -737,7 +732,11 @@ async fn bounded_raw<T>(timeout: Duration, call: impl Future<Output = T>) -> Opt
 
 /// A call to systemd under a deadline; its passing (or the connection's
 /// method timeout) is [`Error::NoAnswer`].
-async fn bounded<T>(timeout: Duration, what: impl Into<String>, call: impl Future<Output = zbus::Result<T>>) -> Result<T> {
+async fn bounded<T>(
+    timeout: Duration,
+    what: impl Into<String>,
+    call: impl Future<Output = zbus::Result<T>>,
+) -> Result<T> {
     let what = what.into();
     match bounded_raw(timeout, call).await {
         Some(Ok(value)) => Ok(value),
