@@ -381,6 +381,7 @@ impl Systemd {
             return Ok(Watched::Done);
         }
         let deadline = Instant::now() + timeout;
+        self.subscribe().await?;
         // Subscribed first, then the states read: a change between the two is not missed.
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
@@ -416,14 +417,18 @@ impl Systemd {
             (asked, early)
         };
         let (asked, early) = initial;
+        // systemd sends in order: changes that came before the answer are
+        // older than it. They still count as a failure.
+        for (path, state) in early {
+            if let Some(unit) = by_path.get(&path)
+                && condition(&state) == Verdict::Fail
+            {
+                return Ok(Watched::Failed((*unit).clone(), state));
+            }
+        }
         for state in asked {
             if let Some(unit) = units.iter().find(|u| **u == state.name) {
                 states.insert(unit, state.active_state);
-            }
-        }
-        for (path, state) in early {
-            if let Some(unit) = by_path.get(&path) {
-                states.insert(unit, state);
             }
         }
         loop {
@@ -594,21 +599,28 @@ impl Systemd {
         self.bounded(format!("reading {property} of {unit}"), proxy.get_property::<zbus::OwnedVariant>(property)).await
     }
 
-    /// Subscribes to job signals (once per connection: systemd says
-    /// AlreadySubscribed after that) and returns the stream of JobRemoved.
+    /// The stream of JobRemoved signals.
     async fn watch_jobs(&self) -> Result<zbus_systemd::systemd1::JobRemovedStream> {
+        self.subscribe().await?;
+        self.bounded("watching jobs", self.manager.receive_job_removed()).await
+    }
+
+    /// Asks systemd for its signals (it sends JobRemoved and units'
+    /// PropertiesChanged only once some client has), once per connection:
+    /// it says AlreadySubscribed after that.
+    async fn subscribe(&self) -> Result<()> {
         match bounded_raw(self.call_timeout, self.manager.subscribe()).await {
             Some(Err(zbus::Error::MethodError(name, ..)))
                 if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
-            Some(other) => other.map_err(call("subscribing to jobs"))?,
+            Some(other) => other.map_err(call("subscribing to its signals"))?,
             None => {
                 return Err(Error::NoAnswer {
-                    what: "subscribing to jobs".into(),
+                    what: "subscribing to its signals".into(),
                     seconds: self.call_timeout.as_secs(),
                 });
             }
         }
-        self.bounded("watching jobs", self.manager.receive_job_removed()).await
+        Ok(())
     }
 
     /// Queues one job per unit and, when `wait`, waits for all of them and
