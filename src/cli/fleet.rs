@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::Format;
-use super::progress::with_progress;
+use super::progress::{with_progress, within};
 use super::{CliError, current_dir};
 use crate::api::{FleetProxy, fleet_flags};
 use crate::fleet::Plan;
@@ -43,7 +43,7 @@ pub async fn apply(bus: &zbus::Connection, args: ApplyArgs, format: Format, quie
     let file = current_dir()?.join(&args.file);
     let text = std::fs::read_to_string(&file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
     let flags = if args.check { fleet_flags::CHECK } else { 0 } | if args.prune { fleet_flags::PRUNE } else { 0 };
-    let fleet = FleetProxy::new(bus).await?;
+    let fleet = within(FleetProxy::new(bus)).await?;
     let show = !quiet && !format.is_json();
     let (applied, plan) = with_progress(bus, show, fleet.apply(&text, &file.display().to_string(), flags)).await?;
     let plan: Plan = serde_json::from_str(&plan).map_err(|e| CliError::Output(std::io::Error::other(e)))?;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use super::output::{Format, OutputArgs, images_table, table};
-use super::progress::with_progress;
+use super::progress::{bounded, with_progress, within};
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::MachineProxy;
 use crate::compress::Compression;
@@ -254,17 +254,17 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let format = Format::new(cli.output.json);
     let bus = system_bus().await?;
-    let machine = MachineProxy::new(&bus).await?;
+    let machine = within(MachineProxy::new(&bus)).await?;
     let show = !cli.output.quiet && !format.is_json();
     match cli.command {
         Command::ListImages => {
-            let images = machine.list_images().await?;
+            let images = bounded(&bus, machine.list_images()).await?;
             format.emit(&images, |images| images_table(images, false))?;
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::machines().argument_for_daemon(&image, &current_dir()?);
-            machine.mark_read_only(&image, read_only).await?;
+            bounded(&bus, machine.mark_read_only(&image, read_only)).await?;
             format.emit(&ReadOnlyResult { image, read_only }, |_| String::new())?;
         }
         Command::Clone { name, new_name, read_only } => {
@@ -272,13 +272,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             emit_path(format, cli.output.quiet, "Cloned", &path)?;
         }
         Command::Rename { name, new_name } => {
-            let path = machine.rename_image(&name, &new_name).await?;
+            let path = bounded(&bus, machine.rename_image(&name, &new_name)).await?;
             emit_path(format, cli.output.quiet, "Renamed to", &path)?;
         }
         Command::Remove { names } => {
             let mut removed = Vec::new();
             for name in names {
-                removed.push(machine.remove_image(&name).await?);
+                removed.push(bounded(&bus, machine.remove_image(&name)).await?);
             }
             if !cli.output.quiet {
                 format.emit(&removed, |removed| {
@@ -308,7 +308,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             for name in names {
                 let pu = private_users.clone().unwrap_or_default();
                 let net = network.clone().unwrap_or_default();
-                let (unit, ready) = machine.start_machine(&name, &properties, &pu, &net, timeout).await?;
+                let (unit, ready) =
+                    bounded(&bus, machine.start_machine(&name, &properties, &pu, &net, timeout)).await?;
                 let record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
                 if !cli.output.quiet || format.is_json() {
                     format.emit(&record, |_| {
@@ -325,27 +326,27 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Poweroff { names, no_block } => {
             for name in names {
-                machine.signal_machine(&name, signal_number("SIGRTMIN+4")?, !no_block).await?;
+                bounded(&bus, machine.signal_machine(&name, signal_number("SIGRTMIN+4")?, !no_block)).await?;
             }
         }
         Command::Reboot { names } => {
             for name in names {
-                machine.signal_machine(&name, signal_number("SIGINT")?, false).await?;
+                bounded(&bus, machine.signal_machine(&name, signal_number("SIGINT")?, false)).await?;
             }
         }
         Command::Terminate { names } => {
             for name in names {
-                machine.terminate_machine(&name).await?;
+                bounded(&bus, machine.terminate_machine(&name)).await?;
             }
         }
         Command::Kill { names, signal, kill_whom } => {
             let signal = signal_number(&signal)?;
             for name in names {
-                machine.kill_machine(&name, &kill_whom, signal).await?;
+                bounded(&bus, machine.kill_machine(&name, &kill_whom, signal)).await?;
             }
         }
         Command::List => {
-            let machines = machine.list_machines().await?;
+            let machines = bounded(&bus, machine.list_machines()).await?;
             format.emit(&machines, |machines| {
                 if machines.is_empty() {
                     return "No machines.".to_string();
@@ -358,7 +359,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })?;
         }
         Command::Status { name } => {
-            let info = machine.get_machine(&name).await?;
+            let info = bounded(&bus, machine.get_machine(&name)).await?;
             format.emit(&info, |m| {
                 let mut text = format!(
                     "{}\n  Service: {} ({})\n     Unit: {}\n   Leader: {}\n     Root: {}\n    State: {}\n",
@@ -374,7 +375,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })?;
         }
         Command::Show { name } => {
-            let info = machine.get_machine(&name).await?;
+            let info = bounded(&bus, machine.get_machine(&name)).await?;
             let limits: serde_json::Map<String, serde_json::Value> =
                 info.limits.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
             format.emit(&limits, |limits| {
@@ -382,20 +383,20 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })?;
         }
         Command::SetProperty { name, properties, save } => {
-            machine.set_machine_properties(&name, &properties, save).await?;
+            bounded(&bus, machine.set_machine_properties(&name, &properties, save)).await?;
         }
         Command::Enable { names } => {
             for name in names {
-                machine.enable_machine(&name, true).await?;
+                bounded(&bus, machine.enable_machine(&name, true)).await?;
             }
         }
         Command::Disable { names } => {
             for name in names {
-                machine.enable_machine(&name, false).await?;
+                bounded(&bus, machine.enable_machine(&name, false)).await?;
             }
         }
         Command::Login { name } => {
-            let (master, path) = machine.open_login(&name).await?;
+            let (master, path) = bounded(&bus, machine.open_login(&name)).await?;
             tracing::debug!(path, "login terminal");
             super::terminal::relay(std::os::fd::OwnedFd::from(master)).map_err(CliError::Output)?;
         }
@@ -440,7 +441,7 @@ async fn export(
             machine.export_tar(name, fd.into(), compression).await
         }
     };
-    let result = with_progress(bus, show, call).await.map_err(CliError::from);
+    let result = with_progress(bus, show, call).await;
     target.finish(result)
 }
 
@@ -486,6 +487,7 @@ async fn shell(machine: &MachineProxy<'_>, name: &str, mut command: Vec<String>)
     let size = super::terminal::size().unwrap_or_default();
     let _raw = interactive.then(super::terminal::RawMode::enter);
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    // No deadline: the command runs as long as its user wants it to.
     let status = machine
         .shell(
             &name,

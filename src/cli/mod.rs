@@ -25,6 +25,9 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Output(#[source] std::io::Error),
+    /// No answer and no sign of life from wharfd within the client's deadline.
+    #[error("wharfd did not answer within {0} s; see what it is doing with: journalctl -u wharfd")]
+    Timeout(u64),
 }
 
 impl From<zbus::Error> for CliError {
@@ -64,7 +67,10 @@ fn one_line(message: &str) -> String {
 }
 
 pub(crate) async fn system_bus() -> Result<zbus::Connection, CliError> {
-    zbus::Connection::system().await.map_err(CliError::Connect)
+    match progress::within(zbus::Connection::system()).await {
+        Err(CliError::Daemon(BusError::ZBus(error))) => Err(CliError::Connect(error)),
+        other => other,
+    }
 }
 
 /// The working directory, against which relative image paths are resolved.

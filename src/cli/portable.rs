@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::output::{Format, OutputArgs, images_table};
-use super::progress::with_progress;
+use super::progress::{bounded, with_progress, within};
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::{ImageInfo, OperationResult, PartitionInfo, PortableProxy, UnitInfo, flags};
 use crate::image::Pool;
@@ -161,15 +161,15 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let format = Format::new(cli.output.json);
     let bus = system_bus().await?;
-    let portable = PortableProxy::new(&bus).await?;
+    let portable = within(PortableProxy::new(&bus)).await?;
     match cli.command.unwrap_or(Command::List) {
         Command::List => {
-            let images = portable.list_images().await?;
+            let images = bounded(&bus, portable.list_images()).await?;
             format.emit(&images, |images| images_table(images, true))?;
         }
         Command::Inspect { image, prefixes, cat } => {
             let (path, file) = open_image(&Pool::portables(), &image)?;
-            let info = portable.inspect_image(&path, file.as_fd().into(), &prefixes, cat).await?;
+            let info = bounded(&bus, portable.inspect_image(&path, file.as_fd().into(), &prefixes, cat)).await?;
             format.emit(&InspectView::from(&info), |_| inspect_text(&info, cat))?;
         }
         Command::Attach { attach, batch } => {
@@ -191,20 +191,20 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Detach { image, now, .. } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
-            let result = portable.detach_image(&image, if now { flags::NOW } else { 0 }).await?;
+            let result = bounded(&bus, portable.detach_image(&image, if now { flags::NOW } else { 0 })).await?;
             emit_operation(format, cli.output.quiet, &result, "Stopped")?;
         }
         Command::Reattach { attach } => {
             let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
             let image = Pool::portables().argument_for_daemon(image, &current_dir()?);
-            let result = portable
-                .reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags())
-                .await?;
+            let show = !cli.output.quiet && !format.is_json();
+            let call = portable.reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags());
+            let result = with_progress(&bus, show, call).await?;
             emit_operation(format, cli.output.quiet, &result, "Restarted")?;
         }
         Command::IsAttached { image } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
-            let (path, state) = portable.get_image_state(&image).await?;
+            let (path, state) = bounded(&bus, portable.get_image_state(&image)).await?;
             let attached = state != "detached";
             if !cli.output.quiet {
                 let record = serde_json::json!({ "image": path, "state": state, "attached": attached });
@@ -217,7 +217,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let mut removed = Vec::new();
             for image in images {
                 let image = Pool::portables().argument_for_daemon(&image, &cwd);
-                removed.push(portable.remove_image(&image).await?);
+                removed.push(bounded(&bus, portable.remove_image(&image)).await?);
             }
             if !cli.output.quiet {
                 format.emit(&removed, |removed| {
@@ -228,7 +228,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
-            portable.mark_read_only(&image, read_only).await?;
+            bounded(&bus, portable.mark_read_only(&image, read_only)).await?;
             format.emit(&ReadOnlyResult { image, read_only }, |_| String::new())?;
         }
     }

@@ -7,7 +7,7 @@ use zbus::Connection;
 use zbus::message::Header;
 
 use super::auth::require_root;
-use super::manager::progress_reporter;
+use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
 use crate::api::{BusError, fleet_flags};
 use crate::fleet::FleetFile;
@@ -50,7 +50,8 @@ impl FleetInterface {
         let fleet = FleetFile::parse(&text, &file).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
         let base = Path::new(&file).parent().unwrap_or(Path::new("/")).to_path_buf();
         let _busy = self.daemon.busy();
-        let _exclusive = self.daemon.portable_lock.lock().await;
+        let _heartbeat = heartbeat(connection, &header);
+        let _exclusive = self.daemon.change_lock("applying a fleet file").await?;
         let systemd = Systemd::new(connection).await.map_err(failed)?;
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
         let machined = zbus_systemd::machine1::ManagerProxy::new(connection).await?;

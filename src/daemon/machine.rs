@@ -10,7 +10,7 @@ use zbus::message::Header;
 use zbus_systemd::machine1::ManagerProxy as Machined;
 
 use super::auth::require_root;
-use super::manager::progress_reporter;
+use super::manager::{heartbeat, progress_reporter};
 use super::portable::mark_read_only;
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, MachineInfo};
@@ -48,6 +48,7 @@ impl MachineInterface {
         W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
     {
         require_root(connection, header, what).await?;
+        let _heartbeat = heartbeat(connection, header);
         let mut progress = progress_reporter(connection, header, what);
         let store = self.store.clone();
         Ok(self.daemon.blocking(move || work(&store, &mut progress)).await?)
@@ -247,6 +248,7 @@ impl MachineInterface {
     ) -> Result<(String, bool), BusError> {
         require_root(connection, &header, "starting a machine").await?;
         let _busy = self.daemon.busy();
+        let _heartbeat = heartbeat(connection, &header);
         let properties = parse_properties(&properties)?;
         let (systemd, machined) = Self::clients(connection).await?;
         let request = StartRequest {
@@ -272,6 +274,7 @@ impl MachineInterface {
     ) -> Result<(), BusError> {
         require_root(connection, &header, "signalling a machine").await?;
         let _busy = self.daemon.busy();
+        let _heartbeat = heartbeat(connection, &header);
         let (systemd, machined) = Self::clients(connection).await?;
         let wait = wait.then_some(STOP_TIMEOUT);
         Ok(self.machines.signal_init(&systemd, &machined, &name, signal, wait).await?)
@@ -286,6 +289,7 @@ impl MachineInterface {
     ) -> Result<(), BusError> {
         require_root(connection, &header, "terminating a machine").await?;
         let _busy = self.daemon.busy();
+        let _heartbeat = heartbeat(connection, &header);
         let (systemd, machined) = Self::clients(connection).await?;
         Ok(self.machines.terminate(&systemd, &machined, &name).await?)
     }

@@ -7,6 +7,7 @@ mod fleet;
 mod machine;
 mod manager;
 mod portable;
+pub(crate) mod watchdog;
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use futures_util::future::{Either, select};
 use std::path::Path;
 
 use crate::api::{BUS_NAME, BusError, OBJECT_PATH};
-use crate::systemd::Systemd;
+use crate::systemd::{Deadlines, Systemd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,6 +70,21 @@ impl Daemon {
         let _busy = self.busy();
         zruntime::unblock(work).await
     }
+
+    /// Takes the lock every change of portable attachments holds, waiting
+    /// behind another change at most `WHARF_LOCK_TIMEOUT` seconds (default
+    /// 600); reads never take it.
+    pub(crate) async fn change_lock(&self, what: &str) -> Result<zruntime::lock::MutexGuard<'_, ()>, BusError> {
+        let seconds = std::env::var("WHARF_LOCK_TIMEOUT").ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let timeout = Duration::from_secs(seconds.filter(|&s| s > 0).unwrap_or(600));
+        let runtime = zruntime::SharedRuntime::current().map_err(failed)?;
+        runtime.timeout(timeout, self.portable_lock.lock()).await.map_err(|_| {
+            BusError::Busy(format!(
+                "{what}: another change of portable services has been running for over {} s (see journalctl -u wharfd)",
+                timeout.as_secs()
+            ))
+        })
+    }
 }
 
 /// Serves the bus until idle (or forever without an idle timeout).
@@ -82,8 +98,19 @@ async fn serve(options: Options) -> Result<(), Error> {
     // attach or detach is rolled back (or a half-done commit completed).
     let journal = Path::new(crate::transaction::JOURNAL_DIR);
     let unit_dirs = [std::path::PathBuf::from("/etc/systemd/system"), std::path::PathBuf::from("/run/systemd/system")];
-    let recovered = zruntime::unblock(move || crate::transaction::recover(journal, &unit_dirs)).await;
-    let connection = zbus::Connection::system().await?;
+    let recovered = zruntime::unblock(move || {
+        let recovered = crate::transaction::recover(journal, &unit_dirs);
+        crate::machine::store::Store::machines().remove_leftovers();
+        let partial = crate::image::xz::remove_partial(crate::image::Pool::portables().home());
+        if partial > 0 {
+            tracing::warn!("removed {partial} partial decompression(s) left by a crash");
+        }
+        recovered
+    })
+    .await;
+    // Every call wharfd makes has a deadline; this one, the longest any
+    // call may take, also bounds the calls made without one of their own.
+    let connection = zbus::connection::Builder::system().method_timeout(Deadlines::get().undo).build().await?;
     match recovered {
         Ok(report) => {
             if report.recovered > 0 {
@@ -101,11 +128,6 @@ async fn serve(options: Options) -> Result<(), Error> {
         }
         Err(e) => tracing::error!("recovering interrupted operations: {e}"),
     }
-    crate::machine::store::Store::machines().remove_leftovers();
-    let partial = crate::image::xz::remove_partial(crate::image::Pool::portables().home());
-    if partial > 0 {
-        tracing::warn!("removed {partial} partial decompression(s) left by a crash");
-    }
     let server = connection.object_server();
     server.at(OBJECT_PATH, manager::ManagerInterface).await?;
     server.at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone())).await?;
@@ -113,6 +135,7 @@ async fn serve(options: Options) -> Result<(), Error> {
     server.at(OBJECT_PATH, fleet::FleetInterface::new(daemon.clone())).await?;
     connection.request_name(BUS_NAME).await?;
     tracing::info!("serving {BUS_NAME}");
+    let _watchdog = watchdog::start(&connection);
 
     let Some(idle_timeout) = options.idle_timeout else {
         std::future::pending::<()>().await;

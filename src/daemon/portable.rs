@@ -7,7 +7,7 @@ use zbus::Connection;
 use zbus::message::Header;
 
 use super::auth::require_root;
-use super::manager::progress_reporter;
+use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, ImageInfo, OperationResult, flags};
 use crate::image::{Pool, readonly};
@@ -42,15 +42,17 @@ impl PortableInterface {
     ) -> Result<Change<'_>, BusError> {
         require_root(connection, header, what).await?;
         let busy = self.daemon.busy();
-        let exclusive = self.daemon.portable_lock.lock().await;
+        let heartbeat = heartbeat(connection, header);
+        let exclusive = self.daemon.change_lock(what).await?;
         let systemd = self.systemd(connection).await?;
-        Ok(Change { _busy: busy, _exclusive: exclusive, systemd })
+        Ok(Change { _busy: busy, _heartbeat: heartbeat, _exclusive: exclusive, systemd })
     }
 }
 
 /// A state-changing call in progress; see [`PortableInterface::begin_change`].
 struct Change<'a> {
     _busy: super::BusyGuard,
+    _heartbeat: Option<zruntime::Task<(), zruntime::Shared>>,
     _exclusive: zruntime::lock::MutexGuard<'a, ()>,
     systemd: Systemd,
 }
@@ -208,7 +210,7 @@ impl PortableInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
         require_root(connection, &header, "removing an image").await?;
-        let _exclusive = self.daemon.portable_lock.lock().await;
+        let _exclusive = self.daemon.change_lock("removing an image").await?;
         let host = self.host.clone();
         let path = self.daemon.blocking(move || ops::remove(&host, &image)).await?;
         Ok(path.display().to_string())

@@ -26,7 +26,7 @@ use crate::portable::plan::{
     AttachOptions, CopyMode, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
 };
 use crate::portable::profile::Profile;
-use crate::systemd::Systemd;
+use crate::systemd::{Systemd, condition};
 use crate::transaction::Transaction;
 use crate::transaction::undo_step;
 use zbus_systemd::machine1::ManagerProxy as Machined;
@@ -382,6 +382,9 @@ async fn execute(
             .collect();
     let limited = machines_to(|s| if let Step::SetLimits { machine, .. } = s { Some(machine) } else { None });
 
+    // Undoing waits longer for systemd, so that an apply that failed because
+    // the bus stopped answering is still put back once it answers again.
+    let undo = systemd.undoing();
     let bind_os_release = crate::portable::ops::binds_os_release(systemd).await?;
     let file_host = host.clone();
     let file_plan = plan.clone();
@@ -471,19 +474,19 @@ async fn execute(
                         undo_step(
                             "fleet apply",
                             "terminating a machine it started",
-                            machines.machines.terminate(systemd, machines.machined, machine).await,
+                            machines.machines.terminate(&undo, machines.machined, machine).await,
                         );
                     }
                     undo_step(
                         "fleet apply",
                         "stopping the units it started",
-                        systemd.stop(&[restart.clone(), start.clone()].concat(), true).await,
+                        undo.stop(&[restart.clone(), start.clone()].concat(), true).await,
                     );
-                    undo_step("fleet apply", "disabling the units it enabled", systemd.disable(&enable, false).await);
+                    undo_step("fleet apply", "disabling the units it enabled", undo.disable(&enable, false).await);
                     undo_step(
                         "fleet apply",
                         "disabling the machines it enabled",
-                        systemd.disable(&enable_machines, false).await,
+                        undo.disable(&enable_machines, false).await,
                     );
                     undo_step("fleet apply", "restoring its files", blocking(move || tx.rollback()).await);
                     Err(error)
@@ -498,18 +501,18 @@ async fn execute(
             undo_step(
                 "fleet apply",
                 "enabling a unit it disabled",
-                systemd.enable(std::slice::from_ref(unit), runtime_of(unit)).await,
+                undo.enable(std::slice::from_ref(unit), runtime_of(unit)).await,
             );
         }
-        undo_step("fleet apply", "enabling the machines it disabled", systemd.enable(&disable_machines, false).await);
-        undo_step("fleet apply", "reloading systemd", systemd.reload().await);
-        undo_step("fleet apply", "starting the units that ran before", systemd.start(&was_running, true).await);
+        undo_step("fleet apply", "enabling the machines it disabled", undo.enable(&disable_machines, false).await);
+        undo_step("fleet apply", "reloading systemd", undo.reload().await);
+        undo_step("fleet apply", "starting the units that ran before", undo.start(&was_running, true).await);
         for machine in &stopped_machines {
             let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
             undo_step(
                 "fleet apply",
                 "starting a machine it stopped",
-                machines.machines.start(systemd, machines.machined, request).await,
+                machines.machines.start(&undo, machines.machined, request).await,
             );
         }
         for machine in &imported {
@@ -536,11 +539,13 @@ async fn import_machines(
 ) -> Result<()> {
     for (machine, source) in imports {
         let path = base.join(source);
-        let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let (store, name) = (machines.machines.store.clone(), machine.clone());
-        blocking(move || store.import_any(file, &name, &mut |_, _| {}))
-            .await
-            .map_err(crate::machine::ops::Error::from)?;
+        blocking(move || -> Result<()> {
+            let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            store.import_any(file, &name, &mut |_, _| {}).map_err(crate::machine::ops::Error::from)?;
+            Ok(())
+        })
+        .await?;
         done.push(machine.clone());
     }
     Ok(())
@@ -562,24 +567,24 @@ async fn enable_units(systemd: &Systemd, resolved: &[ResolvedPortable], units: &
 }
 
 /// Waits until every started unit is active (a oneshot that finished
-/// counts), each within its image's start timeout.
+/// counts), each within its image's start timeout; units with the same
+/// timeout are waited for together.
 async fn wait_active(systemd: &Systemd, resolved: &[ResolvedPortable], units: &[String]) -> Result<()> {
-    let runtime =
-        zruntime::SharedRuntime::current().map_err(|source| Error::Io { path: PathBuf::from("timer"), source })?;
+    let mut by_timeout: std::collections::BTreeMap<Duration, Vec<String>> = std::collections::BTreeMap::new();
     for unit in units {
         let timeout = resolved
             .iter()
             .find(|w| w.units.contains(unit))
             .map_or(super::file::DEFAULT_START_TIMEOUT, |w| w.want.start_timeout);
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let state = systemd.unit_states(std::slice::from_ref(unit)).await?.pop();
-            match state.as_ref().map(|s| s.active_state.as_str()) {
-                Some("active") | Some("inactive") => break,
-                Some("failed") => return Err(Error::NotActive(unit.clone(), timeout)),
-                _ if std::time::Instant::now() >= deadline => return Err(Error::NotActive(unit.clone(), timeout)),
-                _ => runtime.sleep(Duration::from_millis(100)).await,
+        by_timeout.entry(timeout).or_default().push(unit.clone());
+    }
+    for (timeout, units) in by_timeout {
+        match systemd.wait_for(&units, condition::started, "active", timeout).await {
+            Ok(()) => {}
+            Err(crate::systemd::Error::WaitTimeout { unit, .. } | crate::systemd::Error::WrongState { unit, .. }) => {
+                return Err(Error::NotActive(unit, timeout));
             }
+            Err(other) => return Err(other.into()),
         }
     }
     Ok(())

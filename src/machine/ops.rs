@@ -383,22 +383,11 @@ pub async fn running_machines(machined: &Machined<'_>) -> zbus::Result<std::coll
 
 /// Waits until the machine's unit is gone (stopped and collected, or inactive).
 async fn wait_gone(systemd: &Systemd, machine: &str, timeout: Duration) -> Result<()> {
-    let runtime =
-        zruntime::SharedRuntime::current().map_err(|source| Error::Io { path: PathBuf::from("timer"), source })?;
-    let deadline = std::time::Instant::now() + timeout;
     let unit = unit_name(machine);
-    loop {
-        let states = systemd
-            .unit_states(std::slice::from_ref(&unit))
-            .await
-            .map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
-        if states.iter().all(|s| !s.is_active()) {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(Error::StopTimeout(machine.to_string(), timeout));
-        }
-        runtime.sleep(Duration::from_millis(100)).await;
+    match systemd.wait_for(std::slice::from_ref(&unit), crate::systemd::condition::stopped, "stopped", timeout).await {
+        Ok(()) => Ok(()),
+        Err(crate::systemd::Error::WaitTimeout { .. }) => Err(Error::StopTimeout(machine.to_string(), timeout)),
+        Err(source) => Err(Error::Systemd { machine: machine.to_string(), source }),
     }
 }
 

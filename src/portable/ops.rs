@@ -191,6 +191,7 @@ pub async fn attach(
         Ok((tx, units, changes))
     })
     .await?;
+    crate::daemon::watchdog::test_wedge("after-files");
 
     let result = async {
         systemd.reload().await?;
@@ -201,7 +202,7 @@ pub async fn attach(
     }
     .await;
     if let Err(error) = result {
-        undo_attach(systemd, tx, &units, actions).await;
+        undo_attach(&systemd.undoing(), tx, &units, actions).await;
         return Err(Error::RolledBack(Box::new(error)));
     }
     blocking(move || tx.commit()).await?;
@@ -321,6 +322,7 @@ pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, action
         }
         Err(error) => {
             // Leave the host as it was: running again.
+            let systemd = systemd.undoing();
             undo_step("detach", "reloading systemd", systemd.reload().await);
             undo_step("detach", "starting its units", systemd.start(&stopped, true).await);
             Err(Error::RolledBack(Box::new(error)))
@@ -417,7 +419,7 @@ pub async fn reattach(
     let (tx, changes) = match applied {
         Ok(done) => done,
         Err(error) => {
-            undo_step("reattach", "starting the old units", systemd.start(&running_dropped, true).await);
+            undo_step("reattach", "starting the old units", systemd.undoing().start(&running_dropped, true).await);
             return Err(Error::RolledBack(Box::new(error)));
         }
     };
@@ -434,6 +436,7 @@ pub async fn reattach(
     if let Err(error) = result {
         // Back to the old version: its files and links, its running units.
         undo_step("reattach", "restoring the old files", blocking(move || tx.rollback()).await);
+        let systemd = systemd.undoing();
         undo_step("reattach", "reloading systemd", systemd.reload().await);
         undo_step("reattach", "restarting the old units", systemd.restart(&running, true).await);
         return Err(Error::RolledBack(Box::new(error)));

@@ -11,6 +11,12 @@ use super::{Result, Systemd, UnitState};
 // daemon passes `Systemd`, tests the fake), so no `Send` bound is needed.
 #[allow(async_fn_in_trait)]
 pub trait UnitManager {
+    /// The manager as an undo step uses it: with the longer deadlines that
+    /// let a rollback wait out a bus that has stopped answering for a while.
+    type Undoing<'a>: UnitManager
+    where
+        Self: 'a;
+    fn undoing(&self) -> Self::Undoing<'_>;
     async fn version(&self) -> Result<u32>;
     async fn reload(&self) -> Result<()>;
     async fn unit_file_states(&self, units: &[String]) -> Result<HashMap<String, String>>;
@@ -21,6 +27,10 @@ pub trait UnitManager {
 }
 
 impl UnitManager for Systemd {
+    type Undoing<'a> = Systemd;
+    fn undoing(&self) -> Systemd {
+        Systemd::undoing(self)
+    }
     async fn version(&self) -> Result<u32> {
         Systemd::version(self).await
     }
@@ -41,6 +51,38 @@ impl UnitManager for Systemd {
     }
     async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
         Systemd::restart(self, units, wait).await
+    }
+}
+
+/// A borrowed manager is one too (an undo step borrows the fake).
+impl<T: UnitManager> UnitManager for &T {
+    type Undoing<'a>
+        = T::Undoing<'a>
+    where
+        Self: 'a;
+    fn undoing(&self) -> Self::Undoing<'_> {
+        (**self).undoing()
+    }
+    async fn version(&self) -> Result<u32> {
+        (**self).version().await
+    }
+    async fn reload(&self) -> Result<()> {
+        (**self).reload().await
+    }
+    async fn unit_file_states(&self, units: &[String]) -> Result<HashMap<String, String>> {
+        (**self).unit_file_states(units).await
+    }
+    async fn unit_states(&self, units: &[String]) -> Result<Vec<UnitState>> {
+        (**self).unit_states(units).await
+    }
+    async fn start(&self, units: &[String], wait: bool) -> Result<()> {
+        (**self).start(units, wait).await
+    }
+    async fn stop(&self, units: &[String], wait: bool) -> Result<()> {
+        (**self).stop(units, wait).await
+    }
+    async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
+        (**self).restart(units, wait).await
     }
 }
 
@@ -97,6 +139,11 @@ pub mod fake {
     }
 
     impl super::UnitManager for FakeManager {
+        // The fake has no deadlines to lengthen.
+        type Undoing<'a> = &'a FakeManager;
+        fn undoing(&self) -> &FakeManager {
+            self
+        }
         async fn version(&self) -> Result<u32> {
             Ok(257)
         }

@@ -10,6 +10,7 @@ mod testbed;
 
 mod ansible;
 mod crash;
+mod deadline;
 mod fleet;
 mod foundation;
 mod images;
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
     trials.extend(machine::trials(&shared));
     trials.extend(fleet::trials(&shared));
     trials.extend(ansible::trials(&shared));
+    trials.extend(deadline::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");

@@ -1,0 +1,260 @@
+//! Deadlines (issue 21): wharfd never waits forever. A 100-portable fleet
+//! applied and detached again and again never hangs; a bus that stops
+//! answering turns into a deadline error and a rolled-back host; a wedged
+//! wharfd is restarted by the watchdog and recovers its journal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Trial;
+
+use crate::testbed::{Testbed, images};
+use crate::{Shared, exclusive_trial};
+
+pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
+    vec![
+        exclusive_trial(shared, "deadline::a_100_portable_fleet_applies_and_detaches_without_hanging", stress),
+        exclusive_trial(shared, "deadline::a_frozen_bus_fails_the_call_and_the_host_is_rolled_back", frozen_bus),
+        exclusive_trial(shared, "deadline::a_wedged_wharfd_is_restarted_by_the_watchdog_and_recovers", watchdog),
+    ]
+}
+
+/// How many portables the stress fleet has.
+const FLEET_SIZE: usize = 100;
+
+/// What the client may take for one apply of the whole fleet before the
+/// test calls it a hang (a healthy run takes a few seconds).
+const APPLY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs of the stress test: WHARF_STRESS_RUNS (20 is worth doing locally).
+fn stress_runs() -> usize {
+    std::env::var("WHARF_STRESS_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
+}
+
+fn stress_name(i: usize) -> String {
+    format!("st{i:03}")
+}
+
+fn stress_reset(tb: &Testbed) {
+    tb.ok("systemctl stop 'st[0-9]*' 2>/dev/null; rm -rf /etc/systemd/system/st[0-9]* /srv/stress \
+         /var/lib/wharf/fleet.json; systemctl daemon-reload; systemctl reset-failed; mkdir -p /srv/stress; true");
+}
+
+/// 100 squashfs images, each with one long-running service of its own
+/// prefix (stNNN.service), made from the foobar tree.
+fn stress_images(tb: &Testbed) {
+    let template = tb.host_path("/srv/stress/template");
+    images::foobar(&template, "dir", "1").unwrap();
+    let units = template.join("usr/lib/systemd/system");
+    for entry in std::fs::read_dir(&units).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let os_release = std::fs::read_to_string(template.join("usr/lib/os-release")).unwrap();
+    for i in 0..FLEET_SIZE {
+        let name = stress_name(i);
+        std::fs::write(
+            units.join(format!("{name}.service")),
+            format!("[Unit]\nDescription=stress {name}\n\n[Service]\nExecStart=/usr/bin/busybox sleep 3600\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            template.join("usr/lib/os-release"),
+            os_release.replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}")),
+        )
+        .unwrap();
+        let image = tb.host_path(&format!("/srv/stress/{name}.raw"));
+        let made = std::process::Command::new("mksquashfs")
+            .arg(&template)
+            .arg(&image)
+            .args(["-noappend", "-quiet", "-all-root", "-no-progress"])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "mksquashfs: {}", String::from_utf8_lossy(&made.stderr));
+        std::fs::remove_file(units.join(format!("{name}.service"))).unwrap();
+    }
+    std::fs::remove_dir_all(&template).unwrap();
+}
+
+/// Runs `portable apply FILE` with the client under a deadline; a hang
+/// fails the test with what wharfd was doing.
+fn timed_apply(tb: &Testbed, file: &str, what: &str) -> Duration {
+    let started = Instant::now();
+    let out = tb.sh(&format!("timeout {} portable apply --quiet {file}", APPLY_DEADLINE.as_secs()));
+    let took = started.elapsed();
+    if out.code == Some(124) {
+        let journal = tb.sh("journalctl -q -u wharfd.service -o cat | tail -20").stdout;
+        let jobs = tb.sh("systemctl list-jobs --no-legend | head").stdout;
+        let active = tb.sh("systemctl list-units --no-legend --state=active 'st[0-9]*.service' | wc -l").stdout;
+        panic!(
+            "{what}: portable apply hung for {APPLY_DEADLINE:?}\n{} services active; jobs: {jobs}\nwharfd said:\n{journal}",
+            active.trim()
+        );
+    }
+    assert!(out.success(), "{what}: {out}");
+    took
+}
+
+fn stress(tb: &Testbed) {
+    stress_reset(tb);
+    stress_images(tb);
+    let mut fleet = String::new();
+    for i in 0..FLEET_SIZE {
+        fleet.push_str(&format!("[[portable]]\nimage = \"{}.raw\"\nrunning = true\n", stress_name(i)));
+    }
+    std::fs::write(tb.host_path("/srv/stress/fleet.toml"), fleet).unwrap();
+    std::fs::write(tb.host_path("/srv/stress/empty.toml"), "# nothing\n").unwrap();
+    let runs = stress_runs();
+    let mut times = Vec::new();
+    // Reads answer while a change runs: the first apply goes on in the
+    // background while `list`, `is-attached` and `inspect` are asked.
+    tb.ok(&format!(
+        "rm -f /tmp/apply.status; (timeout {} portable apply --quiet /srv/stress/fleet.toml; \
+         echo $? >/tmp/apply.status) </dev/null >/dev/null 2>&1 &",
+        APPLY_DEADLINE.as_secs()
+    ));
+    let started = Instant::now();
+    tb.ok("timeout 10 portable list >/dev/null && timeout 10 portable inspect /srv/stress/st042.raw >/dev/null \
+         && { timeout 10 portable is-attached /srv/stress/st042.raw; [ $? -le 1 ]; }");
+    let reads = started.elapsed();
+    tb.ok(&format!(
+        "for i in $(seq {}); do [ -s /tmp/apply.status ] && break; sleep 0.1; done",
+        APPLY_DEADLINE.as_secs() * 10 + 50
+    ));
+    assert_eq!(tb.ok("cat /tmp/apply.status").trim(), "0", "the apply in the background");
+    timed_apply(tb, "/srv/stress/empty.toml", "the first detach");
+    for run in 1..=runs {
+        let applied = timed_apply(tb, "/srv/stress/fleet.toml", &format!("run {run}/{runs}, apply"));
+        let active = tb.ok("systemctl list-units --no-legend --state=active 'st[0-9]*.service' | wc -l");
+        assert_eq!(active.trim(), FLEET_SIZE.to_string(), "run {run}: services running after the apply");
+        // While the fleet runs, a read answers at once.
+        tb.ok("timeout 10 portable list >/dev/null");
+        let detached = timed_apply(tb, "/srv/stress/empty.toml", &format!("run {run}/{runs}, detach"));
+        let left = tb.ok("ls /etc/systemd/system | grep -c '^st[0-9]' || true");
+        assert_eq!(left.trim(), "0", "run {run}: units left after the detach");
+        times.push((applied, detached));
+    }
+    crate::testbed::note(&format!(
+        "stress: {runs} runs of {FLEET_SIZE} portables, (apply, detach) took {times:?}; reads during an apply {reads:?}"
+    ));
+    stress_reset(tb);
+}
+
+/// A drop-in for wharfd.service, in place for the next start of wharfd.
+fn configure_wharfd(tb: &Testbed, dropin: &str) {
+    // /run is the container's own tmpfs, out of the host's sight: written from inside.
+    tb.ok(&format!(
+        "mkdir -p /run/systemd/system/wharfd.service.d && cat >/run/systemd/system/wharfd.service.d/50-test.conf <<'EOF'\n{dropin}EOF"
+    ));
+    tb.ok("systemctl daemon-reload && systemctl stop wharfd.service && systemctl reset-failed wharfd.service; true");
+}
+
+fn unconfigure_wharfd(tb: &Testbed) {
+    tb.ok("rm -rf /run/systemd/system/wharfd.service.d; systemctl daemon-reload; systemctl stop wharfd.service; \
+         systemctl reset-failed wharfd.service; true");
+}
+
+fn foobar_reset(tb: &Testbed) {
+    tb.ok("systemctl stop 'foobar*' 2>/dev/null; rm -rf /etc/systemd/system/foobar* /var/lib/portables/* \
+         /var/lib/wharf/transactions/*; systemctl daemon-reload; systemctl reset-failed; true");
+}
+
+/// foobar whose service takes `seconds` to come up (an ExecStartPre sleep),
+/// as /var/lib/portables/foobar.raw.
+fn slow_foobar(tb: &Testbed, seconds: u32) {
+    let tree = tb.host_path("/var/lib/portables/foobar-tree");
+    images::foobar(&tree, "dir", "1").unwrap();
+    let unit = tree.join("usr/lib/systemd/system/foobar.service");
+    let text = std::fs::read_to_string(&unit)
+        .unwrap()
+        .replace("[Service]\n", &format!("[Service]\nExecStartPre=/usr/bin/busybox sleep {seconds}\n"));
+    std::fs::write(&unit, text).unwrap();
+    let image = tb.host_path("/var/lib/portables/foobar.raw");
+    let made = std::process::Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-noappend", "-quiet", "-all-root", "-no-progress"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "mksquashfs: {}", String::from_utf8_lossy(&made.stderr));
+    std::fs::remove_dir_all(&tree).unwrap();
+}
+
+#[track_caller]
+fn assert_no_foobar(tb: &Testbed) {
+    let left = tb.ok("ls -d /etc/systemd/system/foobar* 2>/dev/null || true");
+    assert_eq!(left.trim(), "", "files left behind");
+    assert_eq!(tb.ok("ls -A /var/lib/wharf/transactions").trim(), "", "journal left behind");
+    let state = tb.sh("systemctl show -p LoadState,ActiveState --value foobar.service").stdout;
+    assert_eq!(state.split_whitespace().collect::<Vec<_>>(), ["not-found", "inactive"], "{state}");
+}
+
+/// The bus stops answering in the middle of an attach: wharfd's wait ends
+/// at its deadline with an error that names what it waited for, and once
+/// the bus is back the host is as it was before.
+fn frozen_bus(tb: &Testbed) {
+    foobar_reset(tb);
+    // Short deadlines, so the test need not wait the default ones.
+    configure_wharfd(tb, "[Service]\nEnvironment=WHARF_JOB_TIMEOUT=3 WHARF_CALL_TIMEOUT=3\n");
+    slow_foobar(tb, 4);
+    let bus = tb.ok("systemctl show -p MainPID --value dbus.service").trim().to_string();
+    assert_ne!(bus, "0");
+    // Started in the background; the test freezes the bus once the start job runs.
+    tb.ok("rm -f /tmp/attach.out; (timeout 120 portable attach --now foobar.raw >/tmp/attach.out 2>&1; \
+         echo $? >>/tmp/attach.out) </dev/null >/dev/null 2>&1 & \
+         for i in $(seq 200); do [ \"$(systemctl is-active foobar.service)\" = activating ] && exit 0; sleep 0.05; done; \
+         exit 1");
+    tb.ok(&format!("kill -STOP {bus}"));
+    // Longer than wharfd's deadline, shorter than its patience for undoing.
+    std::thread::sleep(Duration::from_secs(6));
+    tb.ok(&format!("kill -CONT {bus}"));
+    tb.ok("for i in $(seq 600); do [ $(wc -l </tmp/attach.out) -ge 2 ] && exit 0; sleep 0.1; done; exit 1");
+    let out = tb.ok("cat /tmp/attach.out");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "one line of error, then the exit status: {out}");
+    assert_eq!(lines[1], "1", "{out}");
+    // foobar.service or foobar-hello.service: both start jobs were waited for.
+    assert!(lines[0].starts_with("portable: foobar"), "{out}");
+    assert!(lines[0].contains(".service: start job did not finish within 3 s"), "{out}");
+    assert!(lines[0].ends_with("the host was left as it was"), "{out}");
+    // The start queued before the freeze went through when the bus came
+    // back; the rollback stopped it again and removed the files.
+    tb.ok("for i in $(seq 100); do [ \"$(systemctl is-active foobar.service)\" != activating ] && exit 0; \
+         sleep 0.1; done; exit 1");
+    assert_no_foobar(tb);
+    unconfigure_wharfd(tb);
+    foobar_reset(tb);
+}
+
+/// wharfd blocks its executor (a hidden test hook) in the middle of an
+/// attach, after the files are in place: the watchdog kills it, systemd
+/// starts it again, and the new wharfd rolls the interrupted attach back.
+fn watchdog(tb: &Testbed) {
+    foobar_reset(tb);
+    configure_wharfd(tb, "[Service]\nWatchdogSec=3s\nEnvironment=WHARF_TEST_WEDGE=after-files\n");
+    images::foobar(&tb.host_path("/var/lib/portables/foobar.raw"), "squashfs", "1").unwrap();
+    tb.ok("portable list >/dev/null");
+    let first = tb.ok("systemctl show -p MainPID --value wharfd.service").trim().to_string();
+    let restarts = |tb: &Testbed| tb.ok("systemctl show -p NRestarts --value wharfd.service").trim().to_string();
+    assert_eq!(restarts(tb), "0");
+    let out = tb.sh("timeout 60 portable attach foobar.raw");
+    assert_ne!(out.code, Some(124), "the client hung: {out}");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    tb.ok(
+        "for i in $(seq 100); do [ \"$(systemctl is-active wharfd.service)\" = active ] && exit 0; sleep 0.1; done; \
+         exit 1",
+    );
+    assert_eq!(restarts(tb), "1");
+    let second = tb.ok("systemctl show -p MainPID --value wharfd.service").trim().to_string();
+    assert_ne!(first, second, "wharfd runs in a new process");
+    let journal = tb.ok("journalctl -q -u wharfd.service -o cat");
+    assert!(journal.contains("test hook: blocking the executor"), "{journal}");
+    assert!(journal.contains("recovered 1 interrupted operation(s)"), "{journal}");
+    let watchdog = tb.ok("journalctl -q -u wharfd.service -o cat _PID=1");
+    assert!(watchdog.contains("Watchdog timeout"), "{watchdog}");
+    assert_no_foobar(tb);
+    unconfigure_wharfd(tb);
+    // And it works again.
+    tb.ok("portable attach foobar.raw && portable detach foobar.raw");
+    foobar_reset(tb);
+}
