@@ -243,11 +243,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 /// and xz decompressed into memory up to a cap. Only an image that must be
 /// mounted (erofs) goes to wharfd, and only for root; anyone else is told
 /// in one line why not.
-async fn inspect(
-    image: &str,
-    prefixes: &[String],
-    cat: bool,
-) -> Result<ImageInfo, CliError> {
+async fn inspect(image: &str, prefixes: &[String], cat: bool) -> Result<ImageInfo, CliError> {
     use crate::image::inspect::{Reading, inspect_with};
     let (path, file) = open_image(&Pool::portables(), image)?;
     let for_daemon = file.try_clone().map_err(|e| CliError::Usage(format!("image '{path}': {e}")))?;

@@ -101,7 +101,6 @@ impl PortableInterface {
     /// names it in the result. Root only: wharfd reads below the descriptor
     /// with its own rights, so for anyone else it would read what they may
     /// not (other users inspect in their own process, as `portable` does).
-    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn inspect_image(
         &self,
         image: String,

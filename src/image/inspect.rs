@@ -276,6 +276,34 @@ mod tests {
         assert_eq!(names.len(), 4, "{names:?}");
     }
 
+    #[test]
+    fn unprivileged_reading_never_mounts_and_caps_xz() {
+        let dir = std::env::temp_dir().join(format!("wharf-unpriv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Anything with erofs's magic is refused before any mount is tried.
+        let mut erofs = vec![0u8; 8192];
+        erofs[1024..1028].copy_from_slice(&[0xe2, 0xe1, 0xf5, 0xe0]);
+        let path = dir.join("e.raw");
+        std::fs::write(&path, &erofs).unwrap();
+        let error = inspect_with(&path, File::open(&path).unwrap(), &[], &Reading::unprivileged()).unwrap_err();
+        assert!(matches!(error, Error::NeedsPrivilege { kind: ImageKind::Erofs, .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .ends_with("erofs file systems are read through a loop device and a mount, which needs root")
+        );
+        // An xz image is read from memory, and only up to the cap.
+        let xz = samples().join("foobar-xz_2.raw.xz");
+        let reading = Reading::unprivileged();
+        assert!(reading.xz_dirs.is_empty() && !reading.mount);
+        let inspection = inspect_with(&xz, File::open(&xz).unwrap(), &[], &reading).unwrap();
+        assert_eq!(inspection.os_release.get("VERSION_ID"), Some("2"));
+        let tight = Reading { xz_limit: Some(4096), ..Reading::unprivileged() };
+        let error = inspect_with(&xz, File::open(&xz).unwrap(), &[], &tight).unwrap_err();
+        assert!(matches!(error, Error::TooLarge { limit: 4096, .. }), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A deterministic stream of pseudo-random bytes (xorshift64).
     fn noise(seed: u64, len: usize) -> Vec<u8> {
         let mut state = seed | 1;

@@ -636,8 +636,9 @@ mod tests {
         // Decompresses fine, but to something that is not an image.
         let not_image = dir.join("text.raw.xz");
         xz_of(b"just some text\n", &not_image);
-        let error =
-            decompress_to_pool(&not_image, &File::open(&not_image).unwrap(), &dir, None, |_, _| {}).unwrap_err().to_string();
+        let error = decompress_to_pool(&not_image, &File::open(&not_image).unwrap(), &dir, None, |_, _| {})
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("does not decompress to a squashfs, ext4, erofs or GPT image"), "{error}");
         // A truncated stream.
         let whole = dir.join("whole.xz");
@@ -646,20 +647,23 @@ mod tests {
         std::fs::remove_file(&whole).unwrap();
         let cut = dir.join("cut.raw.xz");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-        let error = decompress_to_pool(&cut, &File::open(&cut).unwrap(), &dir, None, |_, _| {}).unwrap_err().to_string();
+        let error =
+            decompress_to_pool(&cut, &File::open(&cut).unwrap(), &dir, None, |_, _| {}).unwrap_err().to_string();
         assert!(error.starts_with(&format!("image '{}': corrupt xz image:", cut.display())), "{error}");
         // A squashfs whose superblock claims more than the file holds.
         let mut squash = vec![0u8; 8192];
         squash[..4].copy_from_slice(b"hsqs");
         let short = dir.join("short.raw.xz");
         xz_of(&squash, &short);
-        let error = decompress_to_pool(&short, &File::open(&short).unwrap(), &dir, None, |_, _| {}).unwrap_err().to_string();
+        let error =
+            decompress_to_pool(&short, &File::open(&short).unwrap(), &dir, None, |_, _| {}).unwrap_err().to_string();
         assert!(error.contains("decompressed squashfs"), "{error}");
         // A panic in the progress callback.
         let fine = dir.join("fine.raw.xz");
         xz_of(&ext4_like(1 << 20), &fine);
         let source = File::open(&fine).unwrap();
-        let panicked = std::panic::catch_unwind(|| decompress_to_pool(&fine, &source, &dir, None, |_, _| panic!("progress")));
+        let panicked =
+            std::panic::catch_unwind(|| decompress_to_pool(&fine, &source, &dir, None, |_, _| panic!("progress")));
         assert!(panicked.is_err());
         assert_eq!(names(&dir), ["cut.raw.xz", "fine.raw.xz", "short.raw.xz", "text.raw.xz"]);
         std::fs::remove_dir_all(&dir).unwrap();

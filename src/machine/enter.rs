@@ -178,9 +178,8 @@ struct Pipes {
 
 impl Pipes {
     fn new() -> Result<Pipes, EnterError> {
-        let pipe = || {
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EnterError::Setup(format!("pipe: {e}")))
-        };
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EnterError::Setup(format!("pipe: {e}")));
         let ((stdin, to_stdin), (from_stdout, stdout), (from_stderr, stderr)) = (pipe()?, pipe()?, pipe()?);
         for ours in [&to_stdin, &from_stdout, &from_stderr] {
             let flags = rustix::fs::fcntl_getfl(ours).map_err(|e| EnterError::Setup(format!("pipe: {e}")))?;

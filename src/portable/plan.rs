@@ -409,7 +409,8 @@ mod tests {
     }
 
     fn unit(name: &str) -> UnitFile {
-        let contents = if name.ends_with(".service") { "[Service]\nExecStart=/x\n" } else { "[Socket]\nListenStream=80\n" };
+        let contents =
+            if name.ends_with(".service") { "[Service]\nExecStart=/x\n" } else { "[Socket]\nListenStream=80\n" };
         UnitFile { name: name.into(), path: format!("/usr/lib/systemd/system/{name}"), contents: contents.into() }
     }
 
