@@ -684,7 +684,8 @@ mod tests {
             assert_eq!(names(&dir), ["a.raw.xz"]);
         }
         // Past the limit: refused, naming the image and the limit.
-        let error = decompress_anonymous(&source_path, &source, &[dir.clone()], Some(1 << 19), |_, _| {}).unwrap_err();
+        let error = decompress_anonymous(&source_path, &source, std::slice::from_ref(&dir), Some(1 << 19), |_, _| {})
+            .unwrap_err();
         let text = error.to_string();
         assert!(matches!(error, Error::TooLarge { .. }), "{text}");
         assert!(text.starts_with(&format!("image '{}': decompresses to more than 512 KiB", source_path.display())));

@@ -91,8 +91,8 @@ fn inspect_reads_as_the_caller(tb: &Testbed) {
          unshare -Urm sh -c 'mount --bind /etc/shadow {unit} && exec 3<{image} && touch /tmp/sec-ns-ready && exec sleep 120' & \
          holder=$!; \
          for i in $(seq 200); do [ -e /tmp/sec-ns-ready ] && break; sleep 0.05; done; \
-         {busctl}; status=$?; kill $holder; exit $status",
-        busctl = format!("{} 3</proc/$holder/fd/3", inspect_call("foobar", "3", "foobar"))
+         {call} 3</proc/$holder/fd/3; status=$?; kill $holder; exit $status",
+        call = inspect_call("foobar", "3", "foobar")
     );
     let out = tb.sh_nobody(&script);
     assert_denied_without_leak(&out, shadow_line);
