@@ -191,7 +191,9 @@ pub enum Command {
     /// Run a command (or a shell) in a machine; exits with its exit status.
     /// NAME may be USER@NAME, or USER@ may follow NAME. The command runs in
     /// a transient unit of its own (wharf-shell-NAME-*.service in
-    /// machine.slice) with the capabilities of the machine's init.
+    /// machine.slice) with the capabilities of the machine's init. On a
+    /// terminal it gets a terminal of the machine's own; otherwise pipes,
+    /// which wharf relays: never this command's own descriptors.
     Shell {
         /// A running machine, or USER@NAME.
         name: String,

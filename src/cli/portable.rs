@@ -160,18 +160,21 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let format = Format::new(cli.output.json);
+    let command = cli.command.unwrap_or(Command::List);
+    // Inspect reads in this process and needs the bus only for erofs.
+    if let Command::Inspect { image, prefixes, cat } = &command {
+        let info = inspect(image, prefixes, *cat).await?;
+        format.emit(&InspectView::from(&info), |_| inspect_text(&info, *cat))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let bus = system_bus().await?;
     let portable = within(PortableProxy::new(&bus)).await?;
-    match cli.command.unwrap_or(Command::List) {
+    match command {
         Command::List => {
             let images = bounded(&bus, portable.list_images()).await?;
             format.emit(&images, |images| images_table(images, true))?;
         }
-        Command::Inspect { image, prefixes, cat } => {
-            let (path, file) = open_image(&Pool::portables(), &image)?;
-            let info = bounded(&bus, portable.inspect_image(&path, file.as_fd().into(), &prefixes, cat)).await?;
-            format.emit(&InspectView::from(&info), |_| inspect_text(&info, cat))?;
-        }
+        Command::Inspect { .. } => {} // done above
         Command::Attach { attach, batch } => {
             let pool = Pool::portables();
             let cwd = current_dir()?;
@@ -235,8 +238,27 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Finds an image as the user named it and opens it with the user's rights,
-/// so that wharfd only reads images the caller may read.
+/// `portable inspect`: read in this process, with the user's own rights
+/// (so that nobody reads through wharf what they may not read themselves),
+/// and xz decompressed into memory up to a cap. Only an image that must be
+/// mounted (erofs) goes to wharfd, and only for root; anyone else is told
+/// in one line why not.
+async fn inspect(image: &str, prefixes: &[String], cat: bool) -> Result<ImageInfo, CliError> {
+    use crate::image::inspect::{Reading, inspect_with};
+    let (path, file) = open_image(&Pool::portables(), image)?;
+    let for_daemon = file.try_clone().map_err(|e| CliError::Usage(format!("image '{path}': {e}")))?;
+    match inspect_with(std::path::Path::new(&path), file, prefixes, &Reading::unprivileged()) {
+        Ok(inspection) => Ok(ImageInfo::from_inspection(inspection, cat)),
+        Err(crate::image::Error::NeedsPrivilege { .. }) if rustix::process::geteuid().is_root() => {
+            let bus = system_bus().await?;
+            let portable = within(PortableProxy::new(&bus)).await?;
+            bounded(&bus, portable.inspect_image(&path, for_daemon.as_fd().into(), prefixes, cat)).await
+        }
+        Err(e) => Err(CliError::Usage(e.to_string())),
+    }
+}
+
+/// Finds an image as the user named it and opens it with the user's rights.
 fn open_image(pool: &Pool, arg: &str) -> Result<(String, std::fs::File), CliError> {
     let path = pool.locate(arg, Some(&current_dir()?)).map_err(|e| CliError::Usage(e.to_string()))?;
     let file = std::fs::File::open(&path).map_err(|e| CliError::Usage(format!("image '{}': {e}", path.display())))?;

@@ -192,7 +192,10 @@ pub(crate) fn image_bus_error(error: &crate::image::Error, message: String) -> B
         | E::Corrupt { .. }
         | E::NoOsRelease(_)
         | E::NoRootPartition { .. }
-        | E::Unit { .. } => BusError::BadImage(message),
+        | E::Unit { .. }
+        | E::TooLarge { .. }
+        | E::WrongDigest { .. } => BusError::BadImage(message),
+        E::DigestOfDirectory(_) => BusError::InvalidArgument(message),
         E::NeedsPrivilege { .. } => BusError::AccessDenied(message),
         E::XzTargetExists { .. } => BusError::Conflict(message),
         E::Io { .. } | E::Mount { .. } => BusError::Failed(message),

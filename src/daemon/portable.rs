@@ -99,15 +99,20 @@ impl PortableInterface {
             .collect())
     }
 
-    /// Inspects an image the caller opened (so wharfd reads only what the
-    /// caller may read) and passes as `fd`; `image` names it in the result.
+    /// Inspects an image the caller opened and passes as `fd`; `image`
+    /// names it in the result. Root only: wharfd reads below the descriptor
+    /// with its own rights, so for anyone else it would read what they may
+    /// not (other users inspect in their own process, as `portable` does).
     async fn inspect_image(
         &self,
         image: String,
         fd: zbus::OwnedFd,
         prefixes: Vec<String>,
         cat: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
     ) -> Result<ImageInfo, BusError> {
+        require_root(connection, &header, "inspecting an image through wharfd").await?;
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
         self.daemon
             .blocking(move || {
@@ -253,7 +258,7 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         | Error::InvalidCopyMode(_)
         | Error::InvalidImagePath(_)
         | Error::SymlinkNeedsDirectory(_) => BusError::InvalidArgument(message),
-        Error::NoUnits(_) | Error::Install(_) => BusError::BadImage(message),
+        Error::NoUnits(_) | Error::Install(_) | Error::HostExec { .. } => BusError::BadImage(message),
         Error::UnitExists { .. }
         | Error::Shadowed { .. }
         | Error::AttachedFrom { .. }

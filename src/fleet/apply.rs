@@ -4,11 +4,8 @@
 //! run, and put everything back as it was if any step fails.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use sha2::{Digest, Sha256};
 
 use super::file::MachineWant;
 use super::file::{FleetFile, PortableWant};
@@ -21,7 +18,7 @@ use crate::machine::config::MachineConfig;
 use crate::machine::ops::{Machines, StartRequest, boot_unit, is_running, running_machines, settings_with_limits};
 use crate::portable::Attachments;
 use crate::portable::dropin::{SETTINGS_DROPIN, settings_dropin};
-use crate::portable::ops::{Host, ImageRequest, ProgressFn, preview_source, read_source};
+use crate::portable::ops::{Host, ImageRequest, ProgressFn, preview_source, read_pinned_source, read_source};
 use crate::portable::plan::{
     AttachOptions, CopyMode, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
 };
@@ -189,24 +186,16 @@ fn resolve(
     for want in wants {
         // A name is looked for in the search path, then beside the fleet file.
         let located = host.pool.locate(&want.image, Some(base))?;
-        // The file as shipped (an xz image compressed), as sha256sum sees it.
-        if let Some(wanted) = &want.sha256 {
-            if located.is_dir() {
-                return Err(Error::HashOfDirectory(located.display().to_string()));
-            }
-            let found = sha256_of(&located)?;
-            if &found != wanted {
-                return Err(Error::WrongHash { image: located.display().to_string(), found, wanted: wanted.clone() });
-            }
-        }
         // A misspelt profile fails here, before anything is stopped.
         Profile::find(&host.root, &want.profile).map_err(crate::portable::Error::from)?;
         let request = ImageRequest { image: located.display().to_string(), prefixes: want.prefixes.clone() };
         // Check mode writes nothing, not even a decompressed xz image.
-        let source = if check {
-            preview_source(host, &request, &mut progress)?
-        } else {
-            read_source(host, &request, &mut progress)?
+        let source = match &want.sha256 {
+            // The file as shipped (an xz image compressed), as sha256sum
+            // sees it, hashed as it is read for use.
+            Some(pin) => read_pinned_source(host, &request, pin, check, &mut progress).map_err(pin_error)?,
+            None if check => preview_source(host, &request, &mut progress)?,
+            None => read_source(host, &request, &mut progress)?,
         };
         let path = source.image_str();
         let name =
@@ -264,19 +253,18 @@ fn stays_up(unit: &str) -> bool {
     !oneshot || remains
 }
 
-fn sha256_of(path: &Path) -> Result<String> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).map_err(io)?;
-        if n == 0 {
-            break;
+/// A pin's refusal in the fleet's words.
+fn pin_error(error: crate::portable::Error) -> Error {
+    use crate::image::Error as ImageError;
+    match error {
+        crate::portable::Error::Image(ImageError::WrongDigest { image, found, wanted }) => {
+            Error::WrongHash { image: image.display().to_string(), found, wanted }
         }
-        hasher.update(&buffer[..n]);
+        crate::portable::Error::Image(ImageError::DigestOfDirectory(image)) => {
+            Error::HashOfDirectory(image.display().to_string())
+        }
+        other => other.into(),
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The host as apply needs it: attachments with their units' states, and

@@ -379,6 +379,12 @@ pub fn layout(image: &Path, file: &Arc<File>) -> Result<Layout> {
 /// Opens a GPT disk image: its partitions, and the tree of the root (or
 /// /usr) partition for this machine's architecture.
 pub fn open(image: &Path, file: File) -> Result<(Box<dyn Tree>, Vec<Partition>)> {
+    open_with(image, file, true)
+}
+
+/// [`open`]; a partition only the kernel reads (erofs) is refused unless
+/// `mount` allows mounting it.
+pub fn open_with(image: &Path, file: File, mount: bool) -> Result<(Box<dyn Tree>, Vec<Partition>)> {
     let file = Arc::new(file);
     let layout = layout(image, &file)?;
     let part = layout.chosen();
@@ -386,6 +392,7 @@ pub fn open(image: &Path, file: File) -> Result<(Box<dyn Tree>, Vec<Partition>)>
     let tree: Box<dyn Tree> = match layout.fs {
         ImageKind::Squashfs => Box::new(SquashfsTree::open(image, slice)?),
         ImageKind::Ext4 => super::ext4::open(image, slice)?,
+        _ if !mount => return Err(Error::NeedsPrivilege { image: image.to_path_buf(), kind: ImageKind::Erofs }),
         _ => super::mount::open(image, ImageKind::Erofs, slice)?,
     };
     let tree = if part.role == "usr" { Box::new(UsrTree { usr: tree }) } else { tree };

@@ -68,6 +68,39 @@ pub struct Inspection {
     pub partitions: Vec<Partition>,
 }
 
+/// How an image may be read: what the reader may do, and at what cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// Whether what wharf cannot read in user space (erofs) may be mounted:
+    /// only wharfd does, for root.
+    pub mount: bool,
+    /// Where an xz image is decompressed: the first of these directories
+    /// that takes an `O_TMPFILE`, else memory.
+    pub xz_dirs: Vec<PathBuf>,
+    /// The most an xz image may decompress to.
+    pub xz_limit: Option<u64>,
+}
+
+impl Reading {
+    /// wharfd reading for root (attaching, previews, machines): mounts
+    /// allowed, xz decompressed to its state directory.
+    pub fn privileged() -> Reading {
+        Reading { mount: true, xz_dirs: xz::anonymous_dirs(), xz_limit: None }
+    }
+
+    /// wharfd inspecting for root: as [`Reading::privileged`], with the
+    /// decompressed size capped.
+    pub fn inspect_privileged() -> Reading {
+        Reading { xz_limit: Some(xz::MAX_INSPECT_SIZE), ..Reading::privileged() }
+    }
+
+    /// A user's own process: no mounts, xz decompressed into memory (never
+    /// onto a disk) up to the cap.
+    pub fn unprivileged() -> Reading {
+        Reading { mount: false, xz_dirs: Vec::new(), xz_limit: Some(xz::MAX_INSPECT_SIZE) }
+    }
+}
+
 /// Opens an image's file tree for reading, the way its kind allows. `file`
 /// is the image opened read-only (a directory or a file); `path` names it in
 /// errors and logs.
@@ -77,16 +110,24 @@ pub struct Inspection {
 /// An xz image is decompressed into an anonymous file, never into the pool:
 /// attaching, which needs the raw file, uses [`super::xz::decompress_to_pool`].
 pub fn open(path: &Path, file: File, kind: ImageKind) -> Result<Opened> {
+    open_with(path, file, kind, &Reading::privileged())
+}
+
+/// [`open`], reading as `reading` allows.
+pub fn open_with(path: &Path, file: File, kind: ImageKind, reading: &Reading) -> Result<Opened> {
     let whole = |file: File| FileSlice::whole(file).map_err(Error::io(path));
+    let needs_mount = || Error::NeedsPrivilege { image: path.to_path_buf(), kind: ImageKind::Erofs };
     let (tree, partitions): (Box<dyn Tree>, Vec<Partition>) = match kind {
         ImageKind::Directory => (Box::new(DirTree::from_fd(file.into())), Vec::new()),
         ImageKind::Squashfs => (Box::new(SquashfsTree::open(path, whole(file)?)?), Vec::new()),
         ImageKind::Ext4 => (super::ext4::open(path, whole(file)?)?, Vec::new()),
+        ImageKind::Erofs if !reading.mount => return Err(needs_mount()),
         ImageKind::Erofs => (super::mount::open(path, ImageKind::Erofs, whole(file)?)?, Vec::new()),
-        ImageKind::Gpt => super::gpt::open(path, file)?,
+        ImageKind::Gpt => super::gpt::open_with(path, file, reading.mount)?,
         ImageKind::Xz => {
-            let (raw, inner) = xz::decompress_anonymous(path, &file, &xz::anonymous_dirs(), |_, _| {})?;
-            let opened = open(path, raw, inner)?;
+            let raw = xz::decompress_anonymous(path, &file, &reading.xz_dirs, reading.xz_limit, |_, _| {})?;
+            let inner = raw.kind;
+            let opened = open_with(path, raw.file, inner, reading)?;
             let access = format!("xz, decompressed to an anonymous file: {inner}: {}", opened.access);
             tracing::debug!(image = %path.display(), %access, "opened image");
             return Ok(Opened { access, ..opened });
@@ -139,9 +180,14 @@ pub fn inspect(path: &Path, requested: &[String]) -> Result<Inspection> {
 /// [`inspect`] for an image already open (e.g. passed by a client that may
 /// read it); `path` is what the image is called in the result and errors.
 pub fn inspect_open(path: &Path, file: File, requested: &[String]) -> Result<Inspection> {
+    inspect_with(path, file, requested, &Reading::inspect_privileged())
+}
+
+/// [`inspect_open`], reading as `reading` allows.
+pub fn inspect_with(path: &Path, file: File, requested: &[String], reading: &Reading) -> Result<Inspection> {
     let name = image_name(path)?;
     let kind = ImageKind::detect_open(&file, path)?;
-    let mut opened = open(path, file, kind)?;
+    let mut opened = open_with(path, file, kind, reading)?;
     let os_release = read_os_release(path, opened.tree.as_mut())?;
     let prefixes = choose_prefixes(path, &name, requested, &os_release)?;
     let units = find_units(opened.tree.as_mut(), &prefixes)
@@ -228,6 +274,34 @@ mod tests {
         // Nothing of the anonymous decompression is left in the directory.
         let names: Vec<_> = std::fs::read_dir(samples()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 4, "{names:?}");
+    }
+
+    #[test]
+    fn unprivileged_reading_never_mounts_and_caps_xz() {
+        let dir = std::env::temp_dir().join(format!("wharf-unpriv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Anything with erofs's magic is refused before any mount is tried.
+        let mut erofs = vec![0u8; 8192];
+        erofs[1024..1028].copy_from_slice(&[0xe2, 0xe1, 0xf5, 0xe0]);
+        let path = dir.join("e.raw");
+        std::fs::write(&path, &erofs).unwrap();
+        let error = inspect_with(&path, File::open(&path).unwrap(), &[], &Reading::unprivileged()).unwrap_err();
+        assert!(matches!(error, Error::NeedsPrivilege { kind: ImageKind::Erofs, .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .ends_with("erofs file systems are read through a loop device and a mount, which needs root")
+        );
+        // An xz image is read from memory, and only up to the cap.
+        let xz = samples().join("foobar-xz_2.raw.xz");
+        let reading = Reading::unprivileged();
+        assert!(reading.xz_dirs.is_empty() && !reading.mount);
+        let inspection = inspect_with(&xz, File::open(&xz).unwrap(), &[], &reading).unwrap();
+        assert_eq!(inspection.os_release.get("VERSION_ID"), Some("2"));
+        let tight = Reading { xz_limit: Some(4096), ..Reading::unprivileged() };
+        let error = inspect_with(&xz, File::open(&xz).unwrap(), &[], &tight).unwrap_err();
+        assert!(matches!(error, Error::TooLarge { limit: 4096, .. }), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A deterministic stream of pseudo-random bytes (xorshift64).

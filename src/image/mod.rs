@@ -73,6 +73,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("image '{}': decompresses to more than {}, the most wharf decompresses to inspect an image; decompress it (xz -dk) and inspect the raw file", image.display(), human_size(*limit))]
+    TooLarge { image: PathBuf, limit: u64 },
+    #[error("image '{}' has sha256 {found}, not the pinned {wanted}", image.display())]
+    WrongDigest { image: PathBuf, found: String, wanted: String },
+    #[error("image '{}': a sha256 can only be checked for image files, not directories", .0.display())]
+    DigestOfDirectory(PathBuf),
     #[error("image '{}': '{}' already exists and was not decompressed from this image; remove or rename one of them", image.display(), target.display())]
     XzTargetExists { image: PathBuf, target: PathBuf },
 }
@@ -87,6 +93,16 @@ impl Error {
         let image = image.into();
         move |source| Error::Read { image, source }
     }
+}
+
+/// A size for people: whole GiB, MiB or KiB where it is one, else bytes.
+fn human_size(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{} {unit}", bytes / size);
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

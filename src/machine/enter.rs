@@ -11,7 +11,13 @@
 //! the command; the parent waits and exits as the child did. With `--pty`,
 //! the child gets a new terminal of the container's devpts as its
 //! controlling terminal, and the parent copies between that terminal and its
-//! own standard input and output, for interactive shells.
+//! own standard input and output, for interactive shells. Without `--pty`,
+//! the child gets pipes of this process instead, which the parent relays
+//! to and from its own standard descriptors: the command never holds the
+//! caller's descriptors (a terminal of the host, a socket), which it could
+//! keep and use after it ends. This process is made non-dumpable before it
+//! joins anything, so that root in the container can neither ptrace it nor
+//! open its descriptors through /proc while it holds the caller's.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -82,6 +88,13 @@ pub fn main(args: EnterArgs) -> ExitCode {
 }
 
 fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
+    // Before joining the container's user namespace: a dumpable process
+    // whose credentials are in it can be ptraced by the container's root,
+    // and its descriptors (the caller's) opened through /proc/PID/fd. The
+    // child inherits this until it executes the command, by which time it
+    // holds only its pipes or terminal.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| EnterError::Setup(format!("making this process non-dumpable: {e}")))?;
     // Open every namespace before joining any: after joining the mount
     // namespace, /proc/PID is no longer the host's.
     let kinds: [(&str, CloneFlags); 7] = [
@@ -121,19 +134,191 @@ fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
     std::env::set_current_dir("/").map_err(|e| EnterError::Setup(format!("cannot enter /: {e}")))?;
     let account = lookup(&args.user)?;
     let command = if args.command.is_empty() { vec![account.shell.clone(), "-l".into()] } else { args.command.clone() };
-    let terminal = if args.pty { Some(open_pty(args.size.as_deref())?) } else { None };
+    let io = if args.pty { Io::Terminal(open_pty(args.size.as_deref())?) } else { Io::Pipes(Pipes::new()?) };
 
     match fork().map_err(|e| EnterError::Setup(format!("fork: {e}")))? {
         Forked::Child => {
-            let code = run_child(&account, &args.user, &command, terminal.as_ref().map(|(_, slave)| slave));
+            let code = run_child(&account, &args.user, &command, &io);
             std::process::exit(code);
         }
         Forked::Parent(child) => {
-            if let Some((master, slave)) = terminal {
-                drop(slave);
-                relay(&master, child);
+            match io {
+                Io::Terminal((master, slave)) => {
+                    drop(slave);
+                    relay(&master, child);
+                }
+                Io::Pipes(mut pipes) => pipes.relay(child),
             }
             Ok(wait_exit_code(child))
+        }
+    }
+}
+
+/// Reads of the command's output after it exited, at most (of 64 KiB each,
+/// the size of a pipe's default buffer).
+const DRAIN_READS: usize = 64;
+
+/// The command's standard descriptors.
+enum Io {
+    /// A terminal of the container's devpts: (master, slave).
+    Terminal((OwnedFd, OwnedFd)),
+    /// Pipes of this process.
+    Pipes(Pipes),
+}
+
+/// Pipes between the command and this process: the command's ends (its
+/// stdin, stdout and stderr), and this process's ends of each, all
+/// close-on-exec (the command gets its own ends as 0, 1 and 2 only).
+struct Pipes {
+    child: Option<[OwnedFd; 3]>,
+    to_stdin: Option<OwnedFd>,
+    from_stdout: Option<OwnedFd>,
+    from_stderr: Option<OwnedFd>,
+}
+
+impl Pipes {
+    fn new() -> Result<Pipes, EnterError> {
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EnterError::Setup(format!("pipe: {e}")));
+        let ((stdin, to_stdin), (from_stdout, stdout), (from_stderr, stderr)) = (pipe()?, pipe()?, pipe()?);
+        for ours in [&to_stdin, &from_stdout, &from_stderr] {
+            let flags = rustix::fs::fcntl_getfl(ours).map_err(|e| EnterError::Setup(format!("pipe: {e}")))?;
+            rustix::fs::fcntl_setfl(ours, flags | rustix::fs::OFlags::NONBLOCK)
+                .map_err(|e| EnterError::Setup(format!("pipe: {e}")))?;
+        }
+        Ok(Pipes {
+            child: Some([stdin, stdout, stderr]),
+            to_stdin: Some(to_stdin),
+            from_stdout: Some(from_stdout),
+            from_stderr: Some(from_stderr),
+        })
+    }
+
+    /// Copies this process's stdin to the command and the command's stdout
+    /// and stderr to this process's, until the command has exited (then
+    /// what it left in the pipes is copied too; what processes it left
+    /// behind write later is not waited for).
+    fn relay(&mut self, child: Pid) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        drop(self.child.take());
+        let exited = rustix::process::Pid::from_raw(child.as_raw())
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
+        let stdin = std::io::stdin();
+        let mut input_open = true;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buffer = vec![0u8; 1 << 16];
+        loop {
+            #[derive(Clone, Copy, PartialEq)]
+            enum Slot {
+                Exited,
+                Input,
+                ToStdin,
+                Stdout,
+                Stderr,
+            }
+            let mut slots = Vec::new();
+            let mut fds = Vec::new();
+            if let Some(pidfd) = &exited {
+                slots.push(Slot::Exited);
+                fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(to_stdin) = &self.to_stdin {
+                if !pending.is_empty() {
+                    slots.push(Slot::ToStdin);
+                    fds.push(PollFd::new(to_stdin.as_fd(), PollFlags::POLLOUT));
+                } else if input_open {
+                    slots.push(Slot::Input);
+                    fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            for (slot, fd) in [(Slot::Stdout, &self.from_stdout), (Slot::Stderr, &self.from_stderr)] {
+                if let Some(fd) = fd {
+                    slots.push(slot);
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            // Without a pidfd (a kernel before 5.3), look for the exit twice a second.
+            let timeout = if exited.is_some() { PollTimeout::NONE } else { PollTimeout::from(500u16) };
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+            let ready: Vec<(Slot, PollFlags)> =
+                slots.iter().zip(&fds).map(|(slot, fd)| (*slot, fd.revents().unwrap_or(PollFlags::empty()))).collect();
+            drop(fds);
+            let mut done = exited.is_none()
+                && matches!(
+                    waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::WNOWAIT)),
+                    Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..))
+                );
+            let any = PollFlags::POLLIN | PollFlags::POLLOUT | PollFlags::POLLHUP | PollFlags::POLLERR;
+            for (slot, _) in ready.into_iter().filter(|(_, flags)| flags.intersects(any)) {
+                match slot {
+                    Slot::Exited => done = true,
+                    Slot::Input => match stdin.lock().read(&mut buffer) {
+                        Ok(0) | Err(_) => input_open = false,
+                        Ok(n) => pending.extend_from_slice(&buffer[..n]),
+                    },
+                    Slot::ToStdin => self.feed(&mut pending),
+                    Slot::Stdout | Slot::Stderr => self.copy_out(slot == Slot::Stdout, &mut buffer, false),
+                }
+            }
+            if !pending.is_empty() {
+                self.feed(&mut pending);
+            }
+            if !input_open && pending.is_empty() {
+                // The command sees the end of its input.
+                self.to_stdin = None;
+            }
+            if done {
+                // What is in the pipes, bounded: a process the command left
+                // behind could keep writing forever.
+                for _ in 0..DRAIN_READS {
+                    self.copy_out(true, &mut buffer, true);
+                    self.copy_out(false, &mut buffer, true);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Writes what it can of `pending` to the command's stdin.
+    fn feed(&mut self, pending: &mut Vec<u8>) {
+        let Some(to_stdin) = &self.to_stdin else {
+            pending.clear();
+            return;
+        };
+        match nix::unistd::write(to_stdin, pending) {
+            Ok(n) => drop(pending.drain(..n)),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            // The command closed its stdin: nothing more goes to it.
+            Err(_) => {
+                pending.clear();
+                self.to_stdin = None;
+            }
+        }
+    }
+
+    /// Copies one read from the command's stdout (or stderr) to this
+    /// process's; at the end of that pipe, or if this side cannot take
+    /// more (a closed pipe), the pipe is closed. When `draining` (the
+    /// command has exited), nothing left to read closes it too.
+    fn copy_out(&mut self, stdout: bool, buffer: &mut [u8], draining: bool) {
+        let pipe = if stdout { &mut self.from_stdout } else { &mut self.from_stderr };
+        let Some(fd) = pipe.as_ref() else { return };
+        let written = match nix::unistd::read(fd, buffer) {
+            Ok(0) => false,
+            Ok(n) if stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&buffer[..n]).and_then(|()| out.flush()).is_ok()
+            }
+            Ok(n) => std::io::stderr().write_all(&buffer[..n]).is_ok(),
+            Err(nix::errno::Errno::EINTR) => true,
+            Err(nix::errno::Errno::EAGAIN) => !draining,
+            Err(_) => false,
+        };
+        if !written {
+            *pipe = None;
         }
     }
 }
@@ -145,12 +330,20 @@ fn capability_bounding_set(status: &str) -> Option<u64> {
 }
 
 /// In the child: become the user and run the command. Returns only on failure.
-fn run_child(account: &Account, user: &str, command: &[String], terminal: Option<&OwnedFd>) -> i32 {
+fn run_child(account: &Account, user: &str, command: &[String], io: &Io) -> i32 {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("wharfd enter: {what}: {e}");
         i32::from(EXIT_ENTER_FAILED)
     };
-    if let Some(slave) = terminal {
+    // First of all: the caller's descriptors are replaced by the command's own.
+    if let Io::Pipes(Pipes { child: Some([stdin, stdout, stderr]), .. }) = io {
+        let standard =
+            [rustix::stdio::dup2_stdin(stdin), rustix::stdio::dup2_stdout(stdout), rustix::stdio::dup2_stderr(stderr)];
+        if let Some(Err(e)) = standard.into_iter().find(|r| r.is_err()) {
+            return fail("pipes", &e);
+        }
+    }
+    if let Io::Terminal((_, slave)) = io {
         if let Err(e) = nix::unistd::setsid() {
             return fail("setsid", &e);
         }

@@ -94,6 +94,10 @@ pub enum Error {
     Running { unit: String, image: String, state: String },
     #[error("image '{0}' is read-only")]
     ReadOnly(String),
+    #[error(
+        "unit '{unit}' of image '{image}' runs '{line}' on the host, outside the image; only the trusted profile attaches such units"
+    )]
+    HostExec { unit: String, image: String, line: String },
     #[error("{0}; the host was left as it was")]
     RolledBack(Box<Error>),
 }

@@ -92,14 +92,29 @@ pub type ProgressFn = Box<dyn FnMut(u64, u64) + Send>;
 /// image is decompressed into the pool first, once), read its os-release
 /// and the units matching its prefixes.
 pub fn read_source(host: &Host, request: &ImageRequest, progress: &mut ProgressFn) -> Result<Source> {
-    read_source_as(host, request, progress, XzHandling::IntoPool)
+    read_source_as(host, request, progress, XzHandling::IntoPool, None)
 }
 
 /// What [`read_source`] would give, without writing anything: an xz image
 /// not decompressed into the pool yet is read from an anonymous file, and
 /// named by the path it will have in the pool.
 pub fn preview_source(host: &Host, request: &ImageRequest, progress: &mut ProgressFn) -> Result<Source> {
-    read_source_as(host, request, progress, XzHandling::Anonymous)
+    read_source_as(host, request, progress, XzHandling::Anonymous, None)
+}
+
+/// [`read_source`] (or with `preview`, [`preview_source`]) of an image
+/// whose file must have the sha256 `pin`: the digest is that of the bytes
+/// read through the one descriptor the image is opened with (for an xz
+/// image, those decompressed, or those matching the pool copy used).
+pub fn read_pinned_source(
+    host: &Host,
+    request: &ImageRequest,
+    pin: &str,
+    preview: bool,
+    progress: &mut ProgressFn,
+) -> Result<Source> {
+    let xz = if preview { XzHandling::Anonymous } else { XzHandling::IntoPool };
+    read_source_as(host, request, progress, xz, Some(pin))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,33 +123,55 @@ enum XzHandling {
     Anonymous,
 }
 
-fn read_source_as(host: &Host, request: &ImageRequest, progress: &mut ProgressFn, xz: XzHandling) -> Result<Source> {
+fn read_source_as(
+    host: &Host,
+    request: &ImageRequest,
+    progress: &mut ProgressFn,
+    xz: XzHandling,
+    pin: Option<&str>,
+) -> Result<Source> {
+    use crate::image::xz;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
     let located = host.pool.locate(&request.image, None)?;
     let mut path = std::path::absolute(&located).map_err(io(&located))?;
-    let mut kind = ImageKind::detect(&path)?;
+    // Opened once: what is recognised, hashed and read is this one file,
+    // whatever happens to the path meanwhile.
     let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-    if kind == ImageKind::Xz {
-        let compressed = file;
-        let pooled = match xz {
-            XzHandling::IntoPool => {
-                Some(crate::image::xz::decompress_to_pool(&path, &compressed, host.pool.home(), &mut *progress)?)
+    let mut kind = ImageKind::detect_open(&file, &path)?;
+    match kind {
+        ImageKind::Xz => {
+            let compressed = file;
+            let pooled = match xz {
+                XzHandling::IntoPool => {
+                    Some(xz::decompress_to_pool(&path, &compressed, host.pool.home(), pin, &mut *progress)?)
+                }
+                XzHandling::Anonymous => xz::pooled(&path, &compressed, host.pool.home(), pin)?,
+            };
+            match pooled {
+                Some(pooled) => {
+                    // wharf's own file in the pool, made from the bytes hashed.
+                    file = std::fs::File::open(&pooled.path).map_err(io(&pooled.path))?;
+                    kind = ImageKind::detect_open(&file, &pooled.path)?;
+                    path = pooled.path;
+                }
+                None => {
+                    let dirs = xz::anonymous_dirs();
+                    let raw = xz::decompress_anonymous(&path, &compressed, &dirs, None, &mut *progress)?;
+                    xz::check_pin(&path, &raw.sha256, pin)?;
+                    (file, kind) = (raw.file, raw.kind);
+                    path = host.pool.home().join(xz::target_name(&path)?);
+                }
             }
-            XzHandling::Anonymous => crate::image::xz::pooled(&path, &compressed, host.pool.home())?,
-        };
-        match pooled {
-            Some(target) => {
-                kind = ImageKind::detect(&target)?;
-                file = std::fs::File::open(&target).map_err(io(&target))?;
-                path = target;
-            }
-            None => {
-                let dirs = crate::image::xz::anonymous_dirs();
-                (file, kind) = crate::image::xz::decompress_anonymous(&path, &compressed, &dirs, &mut *progress)?;
-                path = host.pool.home().join(crate::image::xz::target_name(&path)?);
+        }
+        ImageKind::Directory if pin.is_some() => {
+            return Err(crate::image::Error::DigestOfDirectory(path).into());
+        }
+        _ => {
+            if pin.is_some() {
+                xz::check_pin(&path, &xz::sha256_of(&path, &file)?, pin)?;
             }
         }
     }

@@ -134,6 +134,13 @@ pub fn plan_attach(
         if options.copy == CopyMode::Symlink && source.kind.is_file() {
             return Err(Error::SymlinkNeedsDirectory(image));
         }
+        if options.profile.name != TRUSTED_PROFILE {
+            for unit in &source.units {
+                if let Some(line) = host_exec_line(&unit.name, &unit.contents) {
+                    return Err(Error::HostExec { unit: unit.name.clone(), image, line });
+                }
+            }
+        }
         for unit in &source.units {
             if let Some(other) =
                 sources.iter().find(|s| s.image != source.image && s.units.iter().any(|u| u.name == unit.name))
@@ -182,6 +189,40 @@ pub fn plan_attach(
         }
     }
     Ok(names)
+}
+
+/// The profile whose units may run commands on the host.
+pub const TRUSTED_PROFILE: &str = "trusted";
+
+/// The longest part of a unit file line an error quotes.
+const QUOTED_LINE_MAX: usize = 120;
+
+/// The first line of a unit file that would make systemd run a command on
+/// the host rather than in the image, if any: an `Exec…=` setting of a unit
+/// that is not a service (a service's commands run in the image, through
+/// `RootImage=`/`RootDirectory=`; a socket's `ExecStartPre=`, for one, runs
+/// in the host's root with no sandbox). Every section counts, and keys are
+/// compared without regard to case: a refusal too many, never one too few.
+pub fn host_exec_line(unit: &str, contents: &str) -> Option<String> {
+    if unit.ends_with(".service") {
+        return None;
+    }
+    contents.lines().map(str::trim).find_map(|line| {
+        if line.starts_with(['#', ';']) {
+            return None;
+        }
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim();
+        key.get(..4).is_some_and(|head| head.eq_ignore_ascii_case("exec")).then(|| quote_line(line))
+    })
+}
+
+fn quote_line(line: &str) -> String {
+    let printable: String = line.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    match printable.char_indices().nth(QUOTED_LINE_MAX) {
+        Some((cut, _)) => format!("{}...", &printable[..cut]),
+        None => printable,
+    }
 }
 
 /// The host path of a file inside a directory image.
@@ -368,11 +409,59 @@ mod tests {
     }
 
     fn unit(name: &str) -> UnitFile {
-        UnitFile {
-            name: name.into(),
-            path: format!("/usr/lib/systemd/system/{name}"),
-            contents: "[Service]\nExecStart=/x\n".into(),
+        let contents =
+            if name.ends_with(".service") { "[Service]\nExecStart=/x\n" } else { "[Socket]\nListenStream=80\n" };
+        UnitFile { name: name.into(), path: format!("/usr/lib/systemd/system/{name}"), contents: contents.into() }
+    }
+
+    #[test]
+    fn commands_that_run_on_the_host_are_found() {
+        let socket = "[Unit]\nDescription=x\n# ExecStartPre=/commented\n; ExecStopPost=/also\n[Socket]\nListenStream=80\n  ExecStartPre = /bin/sh -c 'id'\n";
+        assert_eq!(host_exec_line("a.socket", socket).as_deref(), Some("ExecStartPre = /bin/sh -c 'id'"));
+        for (unit, text) in [
+            ("a.socket", "[Socket]\nExecStopPost=/x\n"),
+            ("a.path", "[Path]\nPathExists=/x\nExecStart=/x\n"),
+            ("a.timer", "[Timer]\nexecstartpre=/x\n"),
+            ("a.socket", "[Service]\nExecStart=/x\n"),
+        ] {
+            assert!(host_exec_line(unit, text).is_some(), "{unit}: {text}");
         }
+        for (unit, text) in [
+            ("a.service", "[Service]\nExecStartPre=/x\nExecStart=/y\n"),
+            ("a.socket", "[Socket]\nListenStream=80\nAccept=yes\n"),
+            ("a.timer", "[Timer]\nOnCalendar=daily\nUnit=a.service\n"),
+            ("a.path", "[Path]\nPathChanged=/etc/executable\n"),
+            ("a.socket", "# Exec=/x\n"),
+        ] {
+            assert_eq!(host_exec_line(unit, text), None, "{unit}: {text}");
+        }
+        let long = format!("[Socket]\nExecStartPre=/bin/{}\x1b\n", "x".repeat(300));
+        let quoted = host_exec_line("a.socket", &long).unwrap();
+        assert!(quoted.ends_with("...") && quoted.chars().count() == QUOTED_LINE_MAX + 3, "{quoted}");
+        let control = host_exec_line("a.socket", "ExecStartPre=/x\x1b[2J\n").unwrap();
+        assert_eq!(control, "ExecStartPre=/x?[2J");
+    }
+
+    #[test]
+    fn host_commands_are_refused_unless_trusted() {
+        let host = Host::new("hostexec");
+        std::fs::create_dir_all(host.root.join("usr/lib/wharf/profiles/trusted")).unwrap();
+        let mut source = raw("/var/lib/portables/foobar.raw", &["foobar.service", "foobar.socket"]);
+        source.units[1].contents = "[Socket]\nListenStream=80\nExecStartPre=/usr/bin/touch /etc/owned\n".into();
+        let error = host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Copy, false, false));
+        let error = error.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "unit 'foobar.socket' of image '/var/lib/portables/foobar.raw' runs 'ExecStartPre=/usr/bin/touch \
+             /etc/owned' on the host, outside the image; only the trusted profile attaches such units"
+        );
+        let written: Vec<_> = std::fs::read_dir(host.root.join("etc/systemd/system")).unwrap().collect();
+        assert!(written.is_empty(), "a refused attach wrote {written:?}");
+        let trusted = AttachOptions {
+            profile: Profile::find(&host.root, TRUSTED_PROFILE).unwrap(),
+            ..host.options(CopyMode::Copy, false, false)
+        };
+        assert_eq!(host.attach(&[source], &trusted).unwrap(), ["foobar.service", "foobar.socket"]);
     }
 
     fn raw(image: &str, units: &[&str]) -> Source {

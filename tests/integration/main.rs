@@ -17,6 +17,7 @@ mod images;
 mod machine;
 mod packaging;
 mod portable;
+mod security;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
     trials.extend(fleet::trials(&shared));
     trials.extend(ansible::trials(&shared));
     trials.extend(deadline::trials(&shared));
+    trials.extend(security::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");
