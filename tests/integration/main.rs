@@ -9,6 +9,7 @@
 mod testbed;
 
 mod ansible;
+mod confinement;
 mod fleet;
 mod foundation;
 mod images;
@@ -93,6 +94,7 @@ fn main() -> ExitCode {
     trials.extend(portable::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(machine::trials(&shared));
+    trials.extend(confinement::trials(&shared));
     trials.extend(fleet::trials(&shared));
     trials.extend(ansible::trials(&shared));
 
