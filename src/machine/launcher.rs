@@ -103,7 +103,7 @@ pub struct LaunchArgs {
     #[arg(long, default_value = "", value_name = "CAP[,CAP...]", value_parser = parse_capabilities)]
     pub drop_capability: CapabilitySet,
     /// Run the init with no_new_privs set.
-    #[arg(long, default_value = "no", value_name = "yes|no", value_parser = parse_yes_no)]
+    #[arg(long, default_value = "no", value_name = "yes|no", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
     pub no_new_privileges: bool,
 }
 

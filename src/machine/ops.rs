@@ -576,6 +576,21 @@ mod tests {
         assert!(argv.contains(&"--no-new-privileges=yes".to_string()));
         let raw = Launch { kind: ImageKind::Squashfs, image: Path::new("/x/-y.raw"), ..launch };
         assert!(raw.argv().contains(&"--image=/x/-y.raw".to_string()));
+
+        // And the launcher reads it back as meant.
+        #[derive(Debug, clap::Parser)]
+        struct Launcher {
+            #[command(flatten)]
+            args: crate::machine::launcher::LaunchArgs,
+        }
+        let parsed = <Launcher as clap::Parser>::try_parse_from(&argv[1..]).unwrap().args;
+        assert_eq!(parsed.machine, "f28");
+        assert_eq!(parsed.directory.as_deref(), Some(Path::new("/var/lib/machines/f28")));
+        assert!(parsed.no_new_privileges);
+        assert_eq!(parsed.drop_capability, rustix::thread::CapabilitySet::SYS_ADMIN);
+        assert!(parsed.capability.is_empty());
+        let parsed = <Launcher as clap::Parser>::try_parse_from(&raw.argv()[1..]).unwrap().args;
+        assert_eq!(parsed.image.as_deref(), Some(Path::new("/x/-y.raw")));
     }
 
     #[test]

@@ -89,9 +89,12 @@ fn import(tb: &Testbed, cleanup: &mut Cleanup<'_>, name: &str, minor_of: &str) {
 }
 
 fn start(tb: &Testbed, cleanup: &mut Cleanup<'_>, name: &str, options: &str) {
-    let out = tb.ok(&format!("machine start {name} {options}"));
-    assert!(out.contains("its init reported ready"), "{out}");
     cleanup.then(format!("machine terminate {name}"));
+    let out = tb.sh(&format!("machine start {name} {options}"));
+    if !out.success() || !out.stdout.contains("its init reported ready") {
+        let journal = tb.sh(&format!("journalctl -u wharf-{name}.service --no-pager | tail -40")).stdout;
+        panic!("{out}\njournal of wharf-{name}.service:\n{journal}");
+    }
 }
 
 fn leader(tb: &Testbed, machine: &str) -> String {
