@@ -440,6 +440,9 @@ impl MachineInterface {
             ("StandardOutputFileDescriptor".into(), descriptor(stdout)?),
             ("StandardErrorFileDescriptor".into(), descriptor(stderr)?),
         ];
+        // The machine's device policy holds for its shells too.
+        let mut properties = properties;
+        properties.extend(ops::device_properties(false));
         let unit = shell_unit(&name);
         systemd
             .run_transient(&unit, properties)

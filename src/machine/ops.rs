@@ -216,9 +216,8 @@ impl Machines {
             ("RestartForceExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
             ("SuccessExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
             ("ExecStart".into(), crate::systemd::exec_start(&argv)),
-            ("DevicePolicy".into(), crate::systemd::text("closed")),
-            ("DeviceAllow".into(), device_allow(&device_allow_list(kind))),
         ];
+        properties.extend(device_properties(kind != ImageKind::Directory));
         properties.extend(limits.iter().map(Property::to_bus));
         tracing::info!(machine, image = %image.display(), limits = limits.len(), "starting");
         match systemd.start_transient(&unit, properties, request.ready_timeout).await {
@@ -385,7 +384,7 @@ impl Launch<'_> {
 /// in a machine creates device nodes. nspawn's unit also allows
 /// /dev/net/tun, /dev/fuse and device-mapper; the launcher gives the
 /// container none of those nodes (see machine(1)).
-fn device_allow_list(kind: ImageKind) -> Vec<(&'static str, &'static str)> {
+fn device_allow_list(image_file: bool) -> Vec<(&'static str, &'static str)> {
     let mut list = vec![
         ("/dev/null", "rw"),
         ("/dev/zero", "rw"),
@@ -396,16 +395,24 @@ fn device_allow_list(kind: ImageKind) -> Vec<(&'static str, &'static str)> {
         ("/dev/ptmx", "rw"),
         ("char-pts", "rw"),
     ];
-    if kind != ImageKind::Directory {
+    if image_file {
         list.extend([("/dev/loop-control", "rw"), ("block-loop", "rw")]);
     }
     list
 }
 
-/// `DeviceAllow` as the manager takes it: a(ss).
-fn device_allow(list: &[(&str, &str)]) -> OwnedVariant {
-    let entries: Vec<(String, String)> = list.iter().map(|(d, a)| (d.to_string(), a.to_string())).collect();
-    OwnedVariant::try_from(zbus::Variant::from(entries)).expect("strings hold no descriptor")
+/// `DevicePolicy=closed` and the `DeviceAllow` list (a(ss)) of a unit
+/// whose processes are in a machine: the machine's own, and the units of
+/// `machine shell`, which are not below it in the cgroup tree and would
+/// otherwise open any device the container's /dev or a mount of its root
+/// holds. `image_file`: the launcher attaches a loop device.
+pub fn device_properties(image_file: bool) -> Vec<(String, OwnedVariant)> {
+    let entries: Vec<(String, String)> =
+        device_allow_list(image_file).iter().map(|(d, a)| (d.to_string(), a.to_string())).collect();
+    vec![
+        ("DevicePolicy".into(), crate::systemd::text("closed")),
+        ("DeviceAllow".into(), OwnedVariant::try_from(zbus::Variant::from(entries)).expect("strings hold no descriptor")),
+    ]
 }
 
 fn exit_statuses(codes: &[i32]) -> OwnedVariant {
@@ -595,11 +602,11 @@ mod tests {
 
     #[test]
     fn the_device_allow_list_is_closed() {
-        let directory = device_allow_list(ImageKind::Directory);
+        let directory = device_allow_list(false);
         assert!(directory.contains(&("char-pts", "rw")) && directory.contains(&("/dev/ptmx", "rw")));
         assert!(directory.iter().all(|(_, access)| !access.contains('m')));
         assert!(!directory.iter().any(|(device, _)| device.contains("loop")));
-        let raw = device_allow_list(ImageKind::Ext4);
+        let raw = device_allow_list(true);
         assert!(raw.contains(&("block-loop", "rw")) && raw.contains(&("/dev/loop-control", "rw")));
     }
 
