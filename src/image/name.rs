@@ -139,7 +139,10 @@ mod tests {
     fn a_leading_dash_is_refused_in_one_line() {
         for bad in ["-", "-foo.raw", "--help", "--profile=trusted"] {
             let error = ImageName::new(bad).unwrap_err().to_string();
-            assert_eq!(error, format!("'{bad}' is not a valid image name: it starts with '-' (it would read as an option)"));
+            assert_eq!(
+                error,
+                format!("'{bad}' is not a valid image name: it starts with '-' (it would read as an option)")
+            );
         }
         assert!(ImageName::new("foo-.raw").is_ok());
     }

@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(parse("").unwrap(), CapabilitySet::empty());
         assert_eq!(parse("all").unwrap(), all());
         assert!(all().contains(CapabilitySet::CHECKPOINT_RESTORE));
-        assert_eq!(parse("CAP_NOPE").unwrap_err().to_string(), "'CAP_NOPE' is not a capability (CAP_SYS_ADMIN, ... or all)");
+        assert_eq!(
+            parse("CAP_NOPE").unwrap_err().to_string(),
+            "'CAP_NOPE' is not a capability (CAP_SYS_ADMIN, ... or all)"
+        );
     }
 
     #[test]
@@ -158,6 +161,8 @@ mod tests {
         assert!(bounding_set(true, CapabilitySet::empty(), CapabilitySet::empty()).contains(CapabilitySet::NET_ADMIN));
         let set = bounding_set(false, CapabilitySet::SYS_TIME, CapabilitySet::SYS_ADMIN);
         assert!(set.contains(CapabilitySet::SYS_TIME) && !set.contains(CapabilitySet::SYS_ADMIN));
-        assert!(!bounding_set(false, CapabilitySet::SYS_TIME, CapabilitySet::SYS_TIME).contains(CapabilitySet::SYS_TIME));
+        assert!(
+            !bounding_set(false, CapabilitySet::SYS_TIME, CapabilitySet::SYS_TIME).contains(CapabilitySet::SYS_TIME)
+        );
     }
 }

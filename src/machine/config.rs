@@ -178,10 +178,14 @@ mod tests {
         assert_eq!(config.capability.as_deref(), Some("CAP_SYS_TIME,CAP_NET_ADMIN"));
         assert_eq!(config.drop_capability.as_deref(), Some("CAP_SYS_ADMIN"));
         assert_eq!(config.no_new_privileges, Some(true));
-        let error = MachineConfig::parse("[container]\ncapability = \"CAP_NOPE\"\n", Path::new("/etc/wharf/machines/f28.toml"))
-            .unwrap_err()
-            .to_string();
-        assert_eq!(error, "/etc/wharf/machines/f28.toml: capability: 'CAP_NOPE' is not a capability (CAP_SYS_ADMIN, ... or all)");
+        let error =
+            MachineConfig::parse("[container]\ncapability = \"CAP_NOPE\"\n", Path::new("/etc/wharf/machines/f28.toml"))
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            error,
+            "/etc/wharf/machines/f28.toml: capability: 'CAP_NOPE' is not a capability (CAP_SYS_ADMIN, ... or all)"
+        );
     }
 
     #[test]

@@ -347,8 +347,7 @@ fn init(plan: &Plan) -> Result<Infallible, StepError> {
     nix::unistd::dup2_stdout(&console).map_err(step("console as stdout"))?;
     nix::unistd::dup2_stderr(&console).map_err(step("console as stderr"))?;
     drop(console);
-    super::sys::bound_capabilities(plan.capabilities)
-        .map_err(|(n, e)| step(format!("dropping capability {n}"))(e))?;
+    super::sys::bound_capabilities(plan.capabilities).map_err(|(n, e)| step(format!("dropping capability {n}"))(e))?;
     nix::sys::signal::SigSet::empty().thread_set_mask().map_err(step("unblocking signals"))?;
     sys::default_sigpipe().map_err(step("resetting SIGPIPE"))?;
     chdir("/").map_err(step("entering /"))?;

@@ -550,11 +550,7 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
         root_tree,
         base,
         private_network: args.network == Network::Private,
-        capabilities: capability::bounding_set(
-            args.network == Network::Private,
-            args.capability,
-            args.drop_capability,
-        ),
+        capabilities: capability::bounding_set(args.network == Network::Private, args.capability, args.drop_capability),
         no_new_privileges: args.no_new_privileges,
         payload_cgroups,
         cgroup_mounts: host_cgroups.container_mounts(),

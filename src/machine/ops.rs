@@ -411,7 +411,10 @@ pub fn device_properties(image_file: bool) -> Vec<(String, OwnedVariant)> {
         device_allow_list(image_file).iter().map(|(d, a)| (d.to_string(), a.to_string())).collect();
     vec![
         ("DevicePolicy".into(), crate::systemd::text("closed")),
-        ("DeviceAllow".into(), OwnedVariant::try_from(zbus::Variant::from(entries)).expect("strings hold no descriptor")),
+        (
+            "DeviceAllow".into(),
+            OwnedVariant::try_from(zbus::Variant::from(entries)).expect("strings hold no descriptor"),
+        ),
     ]
 }
 

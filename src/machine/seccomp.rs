@@ -42,6 +42,7 @@ fn failed(step: impl Into<String>) -> impl FnOnce(libseccomp::error::SeccompErro
 }
 
 /// The calls of the groups nspawn allows (systemd 252's lists, merged).
+#[rustfmt::skip]
 const GROUPS: &[&str] = &[
     "_llseek", "_newselect", "accept", "accept4", "access", "add_key", "alarm", "arch_prctl", "bind", "brk",
     "cacheflush", "capget", "chdir", "chmod", "chown", "chown32", "chroot", "clock_getres",
@@ -93,6 +94,7 @@ const GROUPS: &[&str] = &[
 /// Calls nspawn allows by name, outside those groups: terminal and file
 /// controls, scheduling queries, the UTS and mount namespace calls a
 /// container's systemd makes, and the splice family.
+#[rustfmt::skip]
 const NAMED: &[&str] = &[
     "capget", "capset", "copy_file_range", "fadvise64", "fadvise64_64", "flock", "get_mempolicy", "getcpu",
     "getpriority", "ioctl", "ioprio_get", "kcmp", "landlock_add_rule", "landlock_create_ruleset",
@@ -108,7 +110,10 @@ const NAMED: &[&str] = &[
 /// (without it the kernel would refuse them anyway; the filter keeps the
 /// refusal even if a capability check has a hole).
 const BY_CAPABILITY: &[(CapabilitySet, &[&str])] = &[
-    (CapabilitySet::SYS_TIME, &["adjtimex", "clock_adjtime", "clock_adjtime64", "clock_settime", "clock_settime64", "settimeofday"]),
+    (
+        CapabilitySet::SYS_TIME,
+        &["adjtimex", "clock_adjtime", "clock_adjtime64", "clock_settime", "clock_settime64", "settimeofday"],
+    ),
     (CapabilitySet::SYS_MODULE, &["delete_module", "finit_module", "init_module"]),
     (CapabilitySet::SYS_RAWIO, &["ioperm", "iopl", "pciconfig_iobase", "pciconfig_read", "pciconfig_write"]),
     (CapabilitySet::IPC_LOCK, &["mlock", "mlock2", "mlockall", "munlock", "munlockall"]),
@@ -224,9 +229,21 @@ mod tests {
         for call in ["execve", "openat", "mount", "ioctl", "reboot", "ptrace", "sethostname", "keyctl"] {
             assert!(default.contains(call), "{call} should be allowed");
         }
-        for call in ["kexec_load", "open_by_handle_at", "perf_event_open", "quotactl", "fanotify_init", "swapon",
-            "clock_settime", "init_module", "syslog", "bpf", "iopl", "mlock", "acct"]
-        {
+        for call in [
+            "kexec_load",
+            "open_by_handle_at",
+            "perf_event_open",
+            "quotactl",
+            "fanotify_init",
+            "swapon",
+            "clock_settime",
+            "init_module",
+            "syslog",
+            "bpf",
+            "iopl",
+            "mlock",
+            "acct",
+        ] {
             assert!(!default.contains(call), "{call} should not be allowed");
         }
         let with_time = allowed(crate::machine::capability::DEFAULT | CapabilitySet::SYS_TIME);
@@ -289,12 +306,29 @@ mod tests {
         // A number no kernel has given out yet: ENOSYS.
         assert_eq!(syscall(1000, 0, 0, 0), Err(Errno::ENOSYS));
         // Audit netlink sockets: EAFNOSUPPORT; other netlink sockets work.
-        let audit = syscall(nix::libc::SYS_socket, nix::libc::AF_NETLINK.into(), nix::libc::SOCK_RAW.into(), nix::libc::NETLINK_AUDIT.into());
+        let audit = syscall(
+            nix::libc::SYS_socket,
+            nix::libc::AF_NETLINK.into(),
+            nix::libc::SOCK_RAW.into(),
+            nix::libc::NETLINK_AUDIT.into(),
+        );
         assert_eq!(audit, Err(Errno::EAFNOSUPPORT));
-        let route = syscall(nix::libc::SYS_socket, nix::libc::AF_NETLINK.into(), nix::libc::SOCK_RAW.into(), nix::libc::NETLINK_ROUTE.into());
+        let route = syscall(
+            nix::libc::SYS_socket,
+            nix::libc::AF_NETLINK.into(),
+            nix::libc::SOCK_RAW.into(),
+            nix::libc::NETLINK_ROUTE.into(),
+        );
         assert!(route.is_ok(), "{route:?}");
         // The filter left no_new_privs alone.
-        assert_eq!(std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("NoNewPrivs:")).map(|l| l.split_whitespace().nth(1) == Some("0")), Some(true));
+        assert_eq!(
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("NoNewPrivs:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0")),
+            Some(true)
+        );
         println!("filter checks passed");
     }
 }

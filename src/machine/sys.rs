@@ -97,8 +97,8 @@ const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 /// mount(2) cannot do for a whole tree at once.
 pub(crate) fn forbid_devices(path: &std::path::Path) -> nix::Result<()> {
     let attr = MountAttr { attr_set: MOUNT_ATTR_NODEV, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
-        .map_err(|_| Errno::EINVAL)?;
+    let path =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).map_err(|_| Errno::EINVAL)?;
     // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live,
     // properly laid out struct and a NUL-terminated path that outlives the
     // call; AT_FDCWD is not a descriptor of ours.
