@@ -225,7 +225,7 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
     chown_to(&host, plan.base)?;
     let inaccessible = host.join("inaccessible");
     File::create(&inaccessible).map_err(step("creating /run/host/inaccessible"))?;
-    std::fs::set_permissions(&inaccessible, std::fs::Permissions::from_mode(0))
+    std::fs::set_permissions(&inaccessible, std::fs::Permissions::from_mode(0o000))
         .map_err(step("chmod /run/host/inaccessible"))?;
     let manager = host.join("container-manager");
     std::fs::write(&manager, "wharf\n").map_err(step("writing /run/host/container-manager"))?;
