@@ -91,9 +91,10 @@ const GROUPS: &[&str] = &[
     "utimensat_time64", "utimes", "vfork", "wait4", "waitid", "waitpid", "write", "writev",
 ];
 
-/// Calls nspawn allows by name, outside those groups: terminal and file
-/// controls, scheduling queries, the UTS and mount namespace calls a
-/// container's systemd makes, and the splice family.
+/// Calls nspawn allows by name, outside those groups: sessions and process
+/// groups, umask, terminal and file controls, scheduling queries, the UTS
+/// and mount namespace calls a container's systemd makes, and the splice
+/// family. With the groups they cover all of systemd's @system-service.
 #[rustfmt::skip]
 const NAMED: &[&str] = &[
     "capget", "capset", "copy_file_range", "fadvise64", "fadvise64_64", "flock", "get_mempolicy", "getcpu",
@@ -102,8 +103,8 @@ const NAMED: &[&str] = &[
     "personality", "readahead", "readdir", "remap_file_pages", "sched_get_priority_max", "sched_get_priority_min",
     "sched_getattr", "sched_getparam", "sched_getscheduler", "sched_rr_get_interval",
     "sched_rr_get_interval_time64", "seccomp", "sendfile", "sendfile64", "setdomainname", "setfsgid",
-    "setfsgid32", "setfsuid", "setfsuid32", "sethostname", "splice", "sysinfo", "tee", "uname", "userfaultfd",
-    "vmsplice",
+    "setfsgid32", "setfsuid", "setfsuid32", "sethostname", "setpgid", "setsid", "splice", "sysinfo", "tee", "umask",
+    "uname", "userfaultfd", "vmsplice", "arm_fadvise64_64",
 ];
 
 /// Calls allowed only while the container keeps the capability they need
@@ -226,7 +227,9 @@ mod tests {
     #[test]
     fn the_list_follows_the_capabilities() {
         let default = allowed(crate::machine::capability::DEFAULT);
-        for call in ["execve", "openat", "mount", "ioctl", "reboot", "ptrace", "sethostname", "keyctl"] {
+        for call in
+            ["execve", "openat", "mount", "ioctl", "reboot", "ptrace", "sethostname", "keyctl", "setsid", "umask"]
+        {
             assert!(default.contains(call), "{call} should be allowed");
         }
         for call in [
