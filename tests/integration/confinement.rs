@@ -128,9 +128,12 @@ fn assert_victim_untouched(tb: &Testbed) {
 }
 
 /// Root inside writes through the image's nodes: refused (nodev), and the
-/// host's loop device is untouched. Before the fix both writes succeeded:
-/// `machine shell` exited 0 and victim.img began with PWNED, which the
-/// first two assertions below would have caught.
+/// host's loop device is untouched. Checked without the fix (nodev on the
+/// image, the device policy of the machine's and the shell's units taken
+/// out): `machine shell` exited 0 and PWNED reached the loop device, so the
+/// first assertion below failed. With only nodev taken out, the shell
+/// unit's device policy still refuses the write, but with EPERM, and the
+/// "Permission denied" assertion fails.
 fn device_nodes(tb: &Testbed) {
     let mut cleanup = Cleanup::new(tb);
     let device = attack_image(tb, &mut cleanup);
