@@ -291,13 +291,15 @@ pub trait Machine {
     /// Writes a raw image to `fd`.
     fn export_raw(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
     /// Boots a machine; returns its unit and whether its init reported ready
-    /// within `ready_timeout` seconds.
+    /// within `ready_timeout` seconds. `confinement`: `capability`,
+    /// `drop-capability` (CAP_A,CAP_B or all), `no-new-privileges` (yes|no).
     fn start_machine(
         &self,
         name: &str,
         properties: &[String],
         private_users: &str,
         network: &str,
+        confinement: &std::collections::HashMap<String, String>,
         ready_timeout: u32,
     ) -> zbus::Result<(String, bool)>;
     /// Sends `signal` to the machine's init (poweroff, reboot, halt) and,

@@ -111,6 +111,15 @@ pub enum Command {
         /// Network: host (the default) or private (only loopback).
         #[arg(long, value_name = "host|private")]
         network: Option<String>,
+        /// Capabilities kept beyond nspawn's default set (CAP_A,CAP_B or all).
+        #[arg(long, value_name = "CAP[,CAP...]")]
+        capability: Option<String>,
+        /// Capabilities dropped from the bounding set (CAP_A,CAP_B or all).
+        #[arg(long, value_name = "CAP[,CAP...]")]
+        drop_capability: Option<String>,
+        /// Run the machine's init with no_new_privs set (no setuid gains).
+        #[arg(long, value_name = "yes|no")]
+        no_new_privileges: Option<String>,
         /// Seconds to wait for the machine's init to report ready.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         timeout: u32,
@@ -306,12 +315,29 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let path = with_progress(&bus, show, machine.import_fs(input.as_fd().into(), &name)).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
-        Command::Start { names, properties, private_users, network, timeout } => {
+        Command::Start {
+            names,
+            properties,
+            private_users,
+            network,
+            capability,
+            drop_capability,
+            no_new_privileges,
+            timeout,
+        } => {
+            let confinement: std::collections::HashMap<String, String> = [
+                ("capability", capability),
+                ("drop-capability", drop_capability),
+                ("no-new-privileges", no_new_privileges),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))
+            .collect();
             for name in names {
                 let pu = private_users.clone().unwrap_or_default();
                 let net = network.clone().unwrap_or_default();
                 let (unit, ready) =
-                    bounded(&bus, machine.start_machine(&name, &properties, &pu, &net, timeout)).await?;
+                    bounded(&bus, machine.start_machine(&name, &properties, &pu, &net, &confinement, timeout)).await?;
                 let record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
                 if !cli.output.quiet || format.is_json() {
                     format.emit(&record, |_| {

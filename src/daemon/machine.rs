@@ -242,6 +242,7 @@ impl MachineInterface {
         properties: Vec<String>,
         private_users: String,
         network: String,
+        confinement: std::collections::HashMap<String, String>,
         ready_timeout: u32,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
@@ -251,13 +252,24 @@ impl MachineInterface {
         let _heartbeat = heartbeat(connection, &header);
         let properties = parse_properties(&properties)?;
         let (systemd, machined) = Self::clients(connection).await?;
+        let mut confinement = confinement;
+        let no_new_privileges = match confinement.remove("no-new-privileges") {
+            None => None,
+            Some(value) => Some(crate::machine::launcher::parse_yes_no(&value).map_err(BusError::InvalidArgument)?),
+        };
         let request = StartRequest {
             machine: name,
             properties,
             private_users: Some(private_users).filter(|s| !s.is_empty()),
             network: Some(network).filter(|s| !s.is_empty()),
+            capability: confinement.remove("capability"),
+            drop_capability: confinement.remove("drop-capability"),
+            no_new_privileges,
             ready_timeout: std::time::Duration::from_secs(u64::from(ready_timeout.max(1))),
         };
+        if let Some(key) = confinement.keys().next() {
+            return Err(BusError::InvalidArgument(format!("unknown confinement option '{key}'")));
+        }
         let started = self.machines.start(&systemd, &machined, request).await?;
         Ok((started.unit, started.ready))
     }
@@ -432,6 +444,9 @@ impl MachineInterface {
             ("StandardOutputFileDescriptor".into(), descriptor(stdout)?),
             ("StandardErrorFileDescriptor".into(), descriptor(stderr)?),
         ];
+        // The machine's device policy holds for its shells too.
+        let mut properties = properties;
+        properties.extend(ops::device_properties(false));
         let unit = shell_unit(&name);
         systemd
             .run_transient(&unit, properties)

@@ -34,6 +34,9 @@ impl ImageName {
         if name.starts_with('.') {
             return invalid("it starts with a dot (hidden and temporary files are not images)");
         }
+        if name.starts_with('-') {
+            return invalid("it starts with '-' (it would read as an option)");
+        }
         if name.contains('/') {
             return invalid("it contains '/'");
         }
@@ -130,6 +133,18 @@ mod tests {
         }
         assert!(ImageName::new(&"x".repeat(256)).is_err());
         assert!(ImageName::new("foobar_1.2.raw").is_ok());
+    }
+
+    #[test]
+    fn a_leading_dash_is_refused_in_one_line() {
+        for bad in ["-", "-foo.raw", "--help", "--profile=trusted"] {
+            let error = ImageName::new(bad).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!("'{bad}' is not a valid image name: it starts with '-' (it would read as an option)")
+            );
+        }
+        assert!(ImageName::new("foo-.raw").is_ok());
     }
 
     #[test]

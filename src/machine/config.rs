@@ -10,6 +10,9 @@
 //! [container]
 //! private-users = "pick"   # pick, no, or a UID
 //! network = "private"      # host or private
+//! capability = ["CAP_SYS_TIME"]         # or "CAP_A,CAP_B", or "all"
+//! drop-capability = ["CAP_SYS_ADMIN"]
+//! no-new-privileges = true
 //! ```
 
 use std::collections::BTreeMap;
@@ -53,6 +56,30 @@ enum LimitValue {
 struct ContainerSection {
     private_users: Option<String>,
     network: Option<String>,
+    capability: Option<CapabilityList>,
+    drop_capability: Option<CapabilityList>,
+    no_new_privileges: Option<bool>,
+}
+
+/// Capabilities in TOML: `"CAP_A,CAP_B"` or `["CAP_A", "CAP_B"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum CapabilityList {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl CapabilityList {
+    /// The list as the launcher takes it, checked.
+    fn checked(self, key: &str, path: &Path) -> Result<String, ConfigError> {
+        let text = match self {
+            CapabilityList::Text(text) => text,
+            CapabilityList::List(names) => names.join(","),
+        };
+        super::capability::parse(&text)
+            .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), reason: format!("{key}: {e}") })?;
+        Ok(text)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +97,10 @@ pub struct MachineConfig {
     pub limits: Vec<Property>,
     pub private_users: Option<String>,
     pub network: Option<String>,
+    /// `capability` of `[container]`, as a comma-separated list.
+    pub capability: Option<String>,
+    pub drop_capability: Option<String>,
+    pub no_new_privileges: Option<bool>,
 }
 
 impl MachineConfig {
@@ -91,7 +122,16 @@ impl MachineConfig {
                 .map_err(|source| ConfigError::Limit { path: path.to_path_buf(), source })?;
             limits.push(property);
         }
-        Ok(MachineConfig { limits, private_users: layout.container.private_users, network: layout.container.network })
+        let container = layout.container;
+        let list = |value: Option<CapabilityList>, key| value.map(|v| v.checked(key, path)).transpose();
+        Ok(MachineConfig {
+            limits,
+            private_users: container.private_users,
+            network: container.network,
+            capability: list(container.capability, "capability")?,
+            drop_capability: list(container.drop_capability, "drop-capability")?,
+            no_new_privileges: container.no_new_privileges,
+        })
     }
 
     /// The settings of `machine` below `dir`; none when there is no file.
@@ -129,6 +169,23 @@ mod tests {
         let tasks: Vec<&Property> = merged.iter().filter(|p| p.limit == Limit::TasksMax).collect();
         assert_eq!(tasks.len(), 1);
         assert_eq!(tasks[0].value, Value::Number(50));
+    }
+
+    #[test]
+    fn container_confinement_keys_parse() {
+        let text = "[container]\ncapability = [\"CAP_SYS_TIME\", \"CAP_NET_ADMIN\"]\ndrop-capability = \"CAP_SYS_ADMIN\"\nno-new-privileges = true\n";
+        let config = MachineConfig::parse(text, Path::new("f28.toml")).unwrap();
+        assert_eq!(config.capability.as_deref(), Some("CAP_SYS_TIME,CAP_NET_ADMIN"));
+        assert_eq!(config.drop_capability.as_deref(), Some("CAP_SYS_ADMIN"));
+        assert_eq!(config.no_new_privileges, Some(true));
+        let error =
+            MachineConfig::parse("[container]\ncapability = \"CAP_NOPE\"\n", Path::new("/etc/wharf/machines/f28.toml"))
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            error,
+            "/etc/wharf/machines/f28.toml: capability: 'CAP_NOPE' is not a capability (CAP_SYS_ADMIN, ... or all)"
+        );
     }
 
     #[test]

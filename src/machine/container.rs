@@ -49,39 +49,17 @@ pub const NOTIFY_SOCKET: &str = "/run/host/notify";
 /// user namespace may not create with mknod, and all a booting systemd needs.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
-/// Parts of /proc that stay read-only inside, as nspawn keeps them.
-const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "acpi", "bus", "fs", "irq"];
+/// Parts of /proc that stay read-only inside, as nspawn keeps them: the
+/// kernel's settings and its hardware views belong to the host.
+const PROC_READ_ONLY: &[&str] = &["sys", "acpi", "apm", "asound", "bus", "fs", "irq", "scsi"];
 
-/// The capabilities the container's root keeps in its bounding set: those
-/// systemd-nspawn keeps by default. Its systemd skips the units whose
-/// `ConditionCapability=` then fails (debugfs, tracefs: a user namespace
-/// may not mount them) instead of failing them.
-const RETAINED_CAPABILITIES: CapabilitySet = CapabilitySet::AUDIT_CONTROL
-    .union(CapabilitySet::AUDIT_WRITE)
-    .union(CapabilitySet::CHOWN)
-    .union(CapabilitySet::DAC_OVERRIDE)
-    .union(CapabilitySet::DAC_READ_SEARCH)
-    .union(CapabilitySet::FOWNER)
-    .union(CapabilitySet::FSETID)
-    .union(CapabilitySet::IPC_OWNER)
-    .union(CapabilitySet::KILL)
-    .union(CapabilitySet::LEASE)
-    .union(CapabilitySet::LINUX_IMMUTABLE)
-    .union(CapabilitySet::MKNOD)
-    .union(CapabilitySet::NET_BIND_SERVICE)
-    .union(CapabilitySet::NET_BROADCAST)
-    .union(CapabilitySet::NET_RAW)
-    .union(CapabilitySet::SETFCAP)
-    .union(CapabilitySet::SETGID)
-    .union(CapabilitySet::SETPCAP)
-    .union(CapabilitySet::SETUID)
-    .union(CapabilitySet::SYS_ADMIN)
-    .union(CapabilitySet::SYS_BOOT)
-    .union(CapabilitySet::SYS_CHROOT)
-    .union(CapabilitySet::SYS_NICE)
-    .union(CapabilitySet::SYS_PTRACE)
-    .union(CapabilitySet::SYS_RESOURCE)
-    .union(CapabilitySet::SYS_TTY_CONFIG);
+/// Files of /proc that are made inaccessible inside, as nspawn makes them:
+/// the kernel's memory and symbols, the keys of every user, the magic
+/// SysRq key and the kernel's timers.
+const PROC_INACCESSIBLE: &[&str] = &["kallsyms", "kcore", "keys", "sysrq-trigger", "timer_list"];
+
+/// An empty file without permissions, bound over [`PROC_INACCESSIBLE`].
+const INACCESSIBLE: &str = "/run/host/inaccessible";
 
 /// Everything the two container-side processes need, decided by the launcher.
 #[derive(Debug)]
@@ -95,6 +73,10 @@ pub(crate) struct Plan {
     /// Host UID (and GID) of the container's root; `None`: no user namespace.
     pub base: Option<u32>,
     pub private_network: bool,
+    /// The init's capability bounding set (see `capability::bounding_set`).
+    pub capabilities: CapabilitySet,
+    /// Whether the init runs with no_new_privs set.
+    pub no_new_privileges: bool,
     pub payload_cgroups: Vec<PathBuf>,
     pub cgroup_mounts: Vec<CgroupMount>,
     /// The host path of the console pty's slave.
@@ -192,6 +174,10 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
         .map_err(step(format!("mounting the image on {}", root.display())))?,
         None => bind(root, root, MsFlags::MS_REC)?,
     }
+    // The image's device nodes are the image's author's: a `b 8 0` in a
+    // downloaded tree must not open the host's disk. The launcher's own
+    // /dev below holds the nodes a container needs.
+    sys::forbid_devices(root).map_err(step(format!("mounting {} nodev", root.display())))?;
     // A clone of a shared mount joins its peer group, and pivot_root
     // refuses shared mounts: this tree must not propagate anywhere anyway.
     mount(None::<&str>, root, None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
@@ -205,7 +191,9 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
     mount_fs("sysfs", &root.join("sys"), "sysfs", api | MsFlags::MS_RDONLY, None)?;
 
     let dev = root.join("dev");
-    mount_fs("tmpfs", &dev, "tmpfs", MsFlags::MS_NOSUID, Some(&owner_options(plan.base, "755")))?;
+    // nodev: the nodes bound below are mounts of their own and keep working;
+    // a node made here (by a root without a user namespace) would not.
+    mount_fs("tmpfs", &dev, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&owner_options(plan.base, "755")))?;
     for node in DEVICES {
         let target = dev.join(node);
         File::create(&target).map_err(step(format!("creating {}", target.display())))?;
@@ -235,6 +223,10 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
     let host = run.join("host");
     std::fs::create_dir(&host).map_err(step("creating /run/host"))?;
     chown_to(&host, plan.base)?;
+    let inaccessible = host.join("inaccessible");
+    File::create(&inaccessible).map_err(step("creating /run/host/inaccessible"))?;
+    std::fs::set_permissions(&inaccessible, std::fs::Permissions::from_mode(0o000))
+        .map_err(step("chmod /run/host/inaccessible"))?;
     let manager = host.join("container-manager");
     std::fs::write(&manager, "wharf\n").map_err(step("writing /run/host/container-manager"))?;
     chown_to(&manager, plan.base)?;
@@ -308,6 +300,20 @@ fn init(plan: &Plan) -> Result<Infallible, StepError> {
             read_only_bind(&path, api)?;
         }
     }
+    for file in PROC_INACCESSIBLE {
+        let path = Path::new("/proc").join(file);
+        if path.exists() {
+            bind(Path::new(INACCESSIBLE), &path, MsFlags::empty())?;
+            mount(
+                None::<&str>,
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | api,
+                None::<&str>,
+            )
+            .map_err(step(format!("making {} inaccessible", path.display())))?;
+        }
+    }
     if plan.private_network {
         // The network's own sysctls are the container's to change.
         let net = Path::new("/proc/sys/net");
@@ -341,10 +347,13 @@ fn init(plan: &Plan) -> Result<Infallible, StepError> {
     nix::unistd::dup2_stdout(&console).map_err(step("console as stdout"))?;
     nix::unistd::dup2_stderr(&console).map_err(step("console as stderr"))?;
     drop(console);
-    drop_capabilities(plan.private_network)?;
+    super::sys::bound_capabilities(plan.capabilities).map_err(|(n, e)| step(format!("dropping capability {n}"))(e))?;
     nix::sys::signal::SigSet::empty().thread_set_mask().map_err(step("unblocking signals"))?;
     sys::default_sigpipe().map_err(step("resetting SIGPIPE"))?;
     chdir("/").map_err(step("entering /"))?;
+    if plan.no_new_privileges {
+        rustix::thread::set_no_new_privs(true).map_err(step("setting no_new_privs"))?;
+    }
 
     let cstring = |s: String| CString::new(s).map_err(step("building the init's arguments"));
     let path = cstring(plan.init.clone())?;
@@ -358,6 +367,8 @@ fn init(plan: &Plan) -> Result<Infallible, StepError> {
     .into_iter()
     .map(cstring)
     .collect::<Result<Vec<_>, _>>()?;
+    // Last: from here on only execve runs, and the filter allows it.
+    super::seccomp::install(plan.capabilities).map_err(step("installing the init's system call filter"))?;
     nix::unistd::execve(&path, std::slice::from_ref(&path), &env).map_err(step(format!("executing {}", plan.init)))
 }
 
@@ -396,14 +407,4 @@ fn cgroup_mount(m: &CgroupMount) -> Step {
         )
         .map_err(step(format!("making {target} read-only"))),
     }
-}
-
-/// Reduces the bounding set to [`RETAINED_CAPABILITIES`] (plus
-/// CAP_NET_ADMIN over a private network, which is the container's own).
-fn drop_capabilities(private_network: bool) -> Step {
-    let mut keep = RETAINED_CAPABILITIES;
-    if private_network {
-        keep |= CapabilitySet::NET_ADMIN;
-    }
-    super::sys::bound_capabilities(keep).map_err(|(n, e)| step(format!("dropping capability {n}"))(e))
 }

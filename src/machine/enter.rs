@@ -131,6 +131,15 @@ fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
     }
     super::sys::bound_capabilities(rustix::thread::CapabilitySet::from_bits_retain(bounding))
         .map_err(|(n, e)| EnterError::Setup(format!("dropping capability {n}: {e}")))?;
+    // Nor fewer restrictions: the init's no_new_privs and system call filter.
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    if field("NoNewPrivs:") == Some("1") {
+        rustix::thread::set_no_new_privs(true).map_err(|e| EnterError::Setup(format!("setting no_new_privs: {e}")))?;
+    }
+    if field("Seccomp:") == Some("2") {
+        super::seccomp::install(rustix::thread::CapabilitySet::from_bits_retain(bounding))
+            .map_err(|e| EnterError::Setup(e.to_string()))?;
+    }
     std::env::set_current_dir("/").map_err(|e| EnterError::Setup(format!("cannot enter /: {e}")))?;
     let account = lookup(&args.user)?;
     let command = if args.command.is_empty() { vec![account.shell.clone(), "-l".into()] } else { args.command.clone() };

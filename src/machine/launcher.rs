@@ -44,7 +44,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, socket};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use rustix::thread::CapabilitySet;
 
+use super::capability;
 use super::cgroup::{self, HostCgroups};
 use super::container::{self, Channels, Plan};
 use super::name::{MachineName, NameError};
@@ -94,6 +96,28 @@ pub struct LaunchArgs {
     /// The container's network.
     #[arg(long, value_enum, default_value = "host")]
     pub network: Network,
+    /// Capabilities kept beyond nspawn's default set (CAP_A,CAP_B or all).
+    #[arg(long, default_value = "", value_name = "CAP[,CAP...]", value_parser = parse_capabilities)]
+    pub capability: CapabilitySet,
+    /// Capabilities dropped from the bounding set (CAP_A,CAP_B or all).
+    #[arg(long, default_value = "", value_name = "CAP[,CAP...]", value_parser = parse_capabilities)]
+    pub drop_capability: CapabilitySet,
+    /// Run the init with no_new_privs set.
+    #[arg(long, default_value = "no", value_name = "yes|no", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
+    pub no_new_privileges: bool,
+}
+
+fn parse_capabilities(list: &str) -> Result<CapabilitySet, String> {
+    capability::parse(list).map_err(|e| e.to_string())
+}
+
+/// `yes`/`no` (and the other spellings systemd takes for a boolean).
+pub fn parse_yes_no(value: &str) -> Result<bool, String> {
+    match value {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        other => Err(format!("'{other}' is not yes or no")),
+    }
 }
 
 /// A launch that failed: which machine, and why (one line).
@@ -526,6 +550,8 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
         root_tree,
         base,
         private_network: args.network == Network::Private,
+        capabilities: capability::bounding_set(args.network == Network::Private, args.capability, args.drop_capability),
+        no_new_privileges: args.no_new_privileges,
         payload_cgroups,
         cgroup_mounts: host_cgroups.container_mounts(),
         console: console.path.clone(),

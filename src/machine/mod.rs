@@ -9,10 +9,13 @@
 //! - [`store`]: the image store (clone, rename, remove, import, export),
 //!   with [`copy`] for trees,
 //! - [`property`], [`config`]: resource limits and per-machine settings,
-//! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`]: the
-//!   parts that decide things (and are tested without root), and
+//! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`],
+//!   [`capability`]: the parts that decide things (and are tested without
+//!   root),
+//! - [`seccomp`]: the system call filter of a machine's init, and
 //! - `sys`: the few kernel calls that need `unsafe`.
 
+pub mod capability;
 pub mod cgroup;
 pub mod config;
 mod container;
@@ -25,6 +28,7 @@ pub mod ops;
 pub mod ownership;
 pub mod property;
 pub mod raw;
+pub mod seccomp;
 pub mod store;
 mod sys;
 pub mod uid_range;

@@ -17,6 +17,8 @@ pub enum NameError {
     BadCharacter { name: String, bad: char },
     #[error("machine name '{0}' must not start or end with '.' or contain '..'")]
     BadDots(String),
+    #[error("machine name '{0}' must not start with '-' (it would read as an option)")]
+    LeadingDash(String),
 }
 
 /// A valid machine name.
@@ -29,6 +31,12 @@ impl MachineName {
     pub fn new(name: &str) -> Result<MachineName, NameError> {
         if name.is_empty() {
             return Err(NameError::Empty);
+        }
+        // Host name rules forbid it too; wharf refuses it because a name is
+        // handed to other programs (the launcher, systemctl, machinectl)
+        // where it would be taken for an option.
+        if name.starts_with('-') {
+            return Err(NameError::LeadingDash(name.to_string()));
         }
         if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
             return Err(NameError::BadCharacter { name: name.to_string(), bad });
@@ -92,6 +100,17 @@ mod tests {
         for name in [".", "..", ".hidden", "trailing.", "a..b"] {
             assert!(matches!(MachineName::new(name), Err(NameError::BadDots(_))), "{name}");
         }
+    }
+
+    #[test]
+    fn refuses_a_leading_dash_in_one_line() {
+        for name in ["-", "-x", "--help", "--directory=/"] {
+            let error = MachineName::new(name).unwrap_err();
+            assert_eq!(error, NameError::LeadingDash(name.into()));
+            assert!(!error.to_string().contains('\n'));
+        }
+        // A dash elsewhere is fine.
+        assert!(MachineName::new("a-").is_ok() && MachineName::new("a--b").is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use zbus::OwnedVariant;
 use zbus_systemd::machine1::ManagerProxy as Machined;
 
+use super::capability;
 use super::config::{CONFIG_DIR, MachineConfig};
 use super::name::validate;
 use super::property::{LIMITS, Limit, Property, Value, format_value};
@@ -103,6 +104,11 @@ pub struct StartRequest {
     pub properties: Vec<Property>,
     pub private_users: Option<String>,
     pub network: Option<String>,
+    /// Capabilities kept beyond nspawn's default (`CAP_A,CAP_B` or `all`).
+    pub capability: Option<String>,
+    /// Capabilities dropped from the bounding set.
+    pub drop_capability: Option<String>,
+    pub no_new_privileges: Option<bool>,
     /// How long to wait for the container's init to report ready.
     pub ready_timeout: Duration,
 }
@@ -115,6 +121,9 @@ impl StartRequest {
             properties: Vec::new(),
             private_users: None,
             network: None,
+            capability: None,
+            drop_capability: None,
+            no_new_privileges: None,
             ready_timeout,
         }
     }
@@ -172,23 +181,24 @@ impl Machines {
         })?;
         check_choice(&machine, "--network value", &network, |v| v == "host" || v == "private")?;
         let limits = config.merged_limits(&request.properties);
+        let capability = request.capability.or(config.capability.clone()).unwrap_or_default();
+        let drop_capability = request.drop_capability.or(config.drop_capability.clone()).unwrap_or_default();
+        let no_new_privileges = request.no_new_privileges.or(config.no_new_privileges).unwrap_or(false);
+        for (what, list) in [("--capability value", &capability), ("--drop-capability value", &drop_capability)] {
+            check_choice(&machine, what, list, |v| capability::parse(v).is_ok())?;
+        }
 
-        let image_flag = if kind == ImageKind::Directory { "--directory" } else { "--image" };
-        let argv: Vec<String> = [
-            LAUNCHER,
-            "launch",
-            "--machine",
-            &machine,
-            image_flag,
-            &image.display().to_string(),
-            "--private-users",
-            &private_users,
-            "--network",
-            &network,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let launch = Launch {
+            machine: &machine,
+            image: &image,
+            kind,
+            private_users: &private_users,
+            network: &network,
+            capability: &capability,
+            drop_capability: &drop_capability,
+            no_new_privileges,
+        };
+        let argv = launch.argv();
         let unit = unit_name(&machine);
         let mut properties: Vec<(String, OwnedVariant)> = vec![
             (
@@ -207,6 +217,7 @@ impl Machines {
             ("SuccessExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
             ("ExecStart".into(), crate::systemd::exec_start(&argv)),
         ];
+        properties.extend(device_properties(kind != ImageKind::Directory));
         properties.extend(limits.iter().map(Property::to_bus));
         tracing::info!(machine, image = %image.display(), limits = limits.len(), "starting");
         match systemd.start_transient(&unit, properties, request.ready_timeout).await {
@@ -333,6 +344,80 @@ impl Machines {
 }
 
 /// `RestartForceExitStatus`/`SuccessExitStatus`: (exit codes, signals).
+/// The launcher's command line for one start. Every value is given as
+/// `--option=value`, so that no value (a name, a path) can be read as an
+/// option of its own.
+#[derive(Debug)]
+struct Launch<'a> {
+    machine: &'a str,
+    image: &'a Path,
+    kind: ImageKind,
+    private_users: &'a str,
+    network: &'a str,
+    capability: &'a str,
+    drop_capability: &'a str,
+    no_new_privileges: bool,
+}
+
+impl Launch<'_> {
+    fn argv(&self) -> Vec<String> {
+        let image_flag = if self.kind == ImageKind::Directory { "--directory" } else { "--image" };
+        vec![
+            LAUNCHER.to_string(),
+            "launch".to_string(),
+            format!("--machine={}", self.machine),
+            format!("{image_flag}={}", self.image.display()),
+            format!("--private-users={}", self.private_users),
+            format!("--network={}", self.network),
+            format!("--capability={}", self.capability),
+            format!("--drop-capability={}", self.drop_capability),
+            format!("--no-new-privileges={}", if self.no_new_privileges { "yes" } else { "no" }),
+        ]
+    }
+}
+
+/// The devices a machine's unit may open (`DevicePolicy=closed` adds
+/// nothing else): the nodes of the launcher's /dev (null, zero, full,
+/// random, urandom, tty), ptys (the console is a host pty; the container's
+/// devpts instance has its own ptmx, 5:2 like the host's), and for an image
+/// file the loop devices the launcher attaches it with. Never `m`: nothing
+/// in a machine creates device nodes. nspawn's unit also allows
+/// /dev/net/tun, /dev/fuse and device-mapper; the launcher gives the
+/// container none of those nodes (see machine(1)).
+fn device_allow_list(image_file: bool) -> Vec<(&'static str, &'static str)> {
+    let mut list = vec![
+        ("/dev/null", "rw"),
+        ("/dev/zero", "rw"),
+        ("/dev/full", "rw"),
+        ("/dev/random", "rw"),
+        ("/dev/urandom", "rw"),
+        ("/dev/tty", "rw"),
+        ("/dev/ptmx", "rw"),
+        ("char-pts", "rw"),
+    ];
+    if image_file {
+        list.extend([("/dev/loop-control", "rw"), ("block-loop", "rw")]);
+    }
+    list
+}
+
+/// `DevicePolicy=closed` and the `DeviceAllow` list (a(ss)) of a unit
+/// whose processes are in a machine: the machine's own, and the units of
+/// `machine shell`, which are not below it in the cgroup tree and would
+/// otherwise open any device the container's /dev or a mount of its root
+/// holds. `image_file`: the launcher attaches a loop device.
+pub fn device_properties(image_file: bool) -> Vec<(String, OwnedVariant)> {
+    let entries: Vec<(String, String)> =
+        device_allow_list(image_file).iter().map(|(d, a)| (d.to_string(), a.to_string())).collect();
+    vec![
+        ("DevicePolicy".into(), crate::systemd::text("closed")),
+        (
+            "DeviceAllow".into(),
+            OwnedVariant::try_from(zbus::Variant::from(entries)).expect("strings hold no descriptor"),
+        ),
+    ]
+}
+
 fn exit_statuses(codes: &[i32]) -> OwnedVariant {
     OwnedVariant::try_from(zbus::Variant::from((codes.to_vec(), Vec::<i32>::new())))
         .expect("numbers hold no descriptor")
@@ -465,6 +550,56 @@ mod tests {
         let words: Vec<String> = config.limits.iter().map(|p| p.to_string()).collect();
         assert_eq!(words, ["CPUQuota=50%", "MemoryMax=536870912", "TasksMax=100"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_launcher_gets_every_value_as_option_equals_value() {
+        let launch = Launch {
+            machine: "f28",
+            image: Path::new("/var/lib/machines/f28"),
+            kind: ImageKind::Directory,
+            private_users: "pick",
+            network: "host",
+            capability: "",
+            drop_capability: "CAP_SYS_ADMIN",
+            no_new_privileges: true,
+        };
+        let argv = launch.argv();
+        assert_eq!(&argv[..2], [LAUNCHER, "launch"]);
+        for word in &argv[2..] {
+            assert!(word.starts_with("--") && word.contains('='), "{word} is not --option=value");
+        }
+        assert!(argv.contains(&"--machine=f28".to_string()));
+        assert!(argv.contains(&"--directory=/var/lib/machines/f28".to_string()));
+        assert!(argv.contains(&"--drop-capability=CAP_SYS_ADMIN".to_string()));
+        assert!(argv.contains(&"--no-new-privileges=yes".to_string()));
+        let raw = Launch { kind: ImageKind::Squashfs, image: Path::new("/x/-y.raw"), ..launch };
+        assert!(raw.argv().contains(&"--image=/x/-y.raw".to_string()));
+
+        // And the launcher reads it back as meant.
+        #[derive(Debug, clap::Parser)]
+        struct Launcher {
+            #[command(flatten)]
+            args: crate::machine::launcher::LaunchArgs,
+        }
+        let parsed = <Launcher as clap::Parser>::try_parse_from(&argv[1..]).unwrap().args;
+        assert_eq!(parsed.machine, "f28");
+        assert_eq!(parsed.directory.as_deref(), Some(Path::new("/var/lib/machines/f28")));
+        assert!(parsed.no_new_privileges);
+        assert_eq!(parsed.drop_capability, rustix::thread::CapabilitySet::SYS_ADMIN);
+        assert!(parsed.capability.is_empty());
+        let parsed = <Launcher as clap::Parser>::try_parse_from(&raw.argv()[1..]).unwrap().args;
+        assert_eq!(parsed.image.as_deref(), Some(Path::new("/x/-y.raw")));
+    }
+
+    #[test]
+    fn the_device_allow_list_is_closed() {
+        let directory = device_allow_list(false);
+        assert!(directory.contains(&("char-pts", "rw")) && directory.contains(&("/dev/ptmx", "rw")));
+        assert!(directory.iter().all(|(_, access)| !access.contains('m')));
+        assert!(!directory.iter().any(|(device, _)| device.contains("loop")));
+        let raw = device_allow_list(true);
+        assert!(raw.contains(&("block-loop", "rw")) && raw.contains(&("/dev/loop-control", "rw")));
     }
 
     #[test]

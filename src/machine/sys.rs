@@ -1,7 +1,8 @@
-//! The two kernel calls the launcher needs that no safe wrapper offers:
+//! The kernel calls the launcher needs that no safe wrapper offers:
 //! `fork` (nix marks it unsafe because the child of a multi-threaded
 //! process may only do async-signal-safe work) and `mount_setattr` (no
-//! crate wraps it: rustix lists it as not implemented).
+//! crate wraps it: rustix lists it as not implemented), used to idmap the
+//! image and to make it nodev.
 //!
 //! Everything else the launcher does goes through nix and rustix.
 
@@ -81,6 +82,32 @@ pub(crate) fn idmap_tree(tree: impl AsFd, userns: impl AsFd) -> nix::Result<()> 
             tree.as_fd().as_raw_fd(),
             c"".as_ptr(),
             flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+/// `MOUNT_ATTR_NODEV` from linux/mount.h.
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+
+/// Sets nodev on the mount at `path` and every mount below it, keeping
+/// their other flags (read-only stays read-only), which a remount with
+/// mount(2) cannot do for a whole tree at once.
+pub(crate) fn forbid_devices(path: &std::path::Path) -> nix::Result<()> {
+    let attr = MountAttr { attr_set: MOUNT_ATTR_NODEV, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let path =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live,
+    // properly laid out struct and a NUL-terminated path that outlives the
+    // call; AT_FDCWD is not a descriptor of ours.
+    let result = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            nix::libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )

@@ -9,6 +9,7 @@
 mod testbed;
 
 mod ansible;
+mod confinement;
 mod crash;
 mod deadline;
 mod fleet;
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
     trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(machine::trials(&shared));
+    trials.extend(confinement::trials(&shared));
     trials.extend(fleet::trials(&shared));
     trials.extend(ansible::trials(&shared));
     trials.extend(deadline::trials(&shared));

@@ -24,6 +24,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         Trial::test("packaging::meson_defaults_follow_systemd_pc", meson_defaults),
         trial(shared, "packaging::systemd_analyze_verifies_the_installed_unit", unit_verifies),
         trial(shared, "packaging::wharfd_runs_sandboxed", wharfd_sandboxed),
+        trial(shared, "packaging::systemd_analyze_security_of_wharfd_is_at_most_3_5", wharfd_exposure),
         trial(shared, "packaging::the_sandbox_lets_wharfd_import_devices_owners_and_capabilities", sandboxed_imports),
         exclusive_trial(shared, "packaging::the_sandbox_lets_wharfd_change_images_in_etc_and_run", sandboxed_pools),
     ]
@@ -220,6 +221,21 @@ fn unit_verifies(tb: &Testbed) {
     let complaints: Vec<&str> =
         out.stderr.lines().chain(out.stdout.lines()).filter(|line| line.contains("wharfd")).collect();
     assert!(out.success() && complaints.is_empty(), "{out}");
+}
+
+/// `systemd-analyze security` rates wharfd.service's sandbox at 3.5 or
+/// better (lower is better): wharfd can start root units, so this is not
+/// its boundary (see machine(1)), but what it reads of hostile input it
+/// reads with as little as it needs.
+fn wharfd_exposure(tb: &Testbed) {
+    let out = tb.ok("systemd-analyze security --no-pager wharfd.service");
+    let level = out
+        .lines()
+        .find_map(|line| line.split_once("Overall exposure level for wharfd.service:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|number| number.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no overall exposure level in {out}"));
+    assert!(level <= 3.5, "wharfd.service's exposure is {level}, above 3.5:\n{out}");
 }
 
 /// The sandbox of wharfd.service is in force on the running wharfd.
