@@ -207,6 +207,7 @@ fn machine_fleet(started: bool) -> String {
 /// every call under a deadline.
 fn machine_stress(tb: &Testbed) {
     machine_stress_reset(tb);
+    let setup = Instant::now();
     let tarball = images::f28_tarball().unwrap();
     std::fs::create_dir_all(tb.host_path("/srv/stress-machines")).unwrap();
     std::fs::copy(&tarball, tb.host_path("/srv/stress-machines/stm0.tar")).unwrap();
@@ -216,6 +217,7 @@ fn machine_stress(tb: &Testbed) {
     }
     std::fs::write(tb.host_path("/srv/stress-machines/up.toml"), machine_fleet(true)).unwrap();
     std::fs::write(tb.host_path("/srv/stress-machines/down.toml"), machine_fleet(false)).unwrap();
+    let setup = setup.elapsed();
     let all: Vec<String> = (0..MACHINES).map(machine_stress_name).collect();
     let state = "machinectl list --no-legend | grep -c '^stm' | sed 's/$/ machines running/'";
     let runs = stress_runs();
@@ -252,15 +254,17 @@ fn machine_stress(tb: &Testbed) {
         assert_eq!(units.trim(), "0", "{what}: units left");
     }
     crate::testbed::note(&format!(
-        "machine stress: {runs} runs of {MACHINES} machines; start took {ups:?} (median {:?}), \
-         poweroff took {downs:?} (median {:?})",
+        "machine stress: {runs} runs of {MACHINES} machines (import and clones took {setup:?}); start took {ups:?} \
+         (median {:?}), poweroff took {downs:?} (median {:?})",
         crate::testbed::bench::median(ups.clone()),
         crate::testbed::bench::median(downs.clone())
     ));
+    let cleanup = Instant::now();
     machine_stress_reset(tb);
     let left = tb.ok("ls -A /var/lib/machines /etc/wharf/machines 2>/dev/null | grep '^stm' || true");
     assert_eq!(left.trim(), "", "machine images or settings left");
     assert_eq!(running_stress_machines(tb), Vec::<String>::new(), "machines left");
+    crate::testbed::note(&format!("machine stress: removing the 8 images took {:?}", cleanup.elapsed()));
 }
 
 /// A drop-in for wharfd.service, in place for the next start of wharfd.
