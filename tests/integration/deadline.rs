@@ -14,6 +14,7 @@ use crate::{Shared, exclusive_trial};
 pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         exclusive_trial(shared, "deadline::a_100_portable_fleet_applies_and_detaches_without_hanging", stress),
+        exclusive_trial(shared, "deadline::a_fleet_of_8_machines_starts_and_stops_without_hanging", machine_stress),
         exclusive_trial(shared, "deadline::a_frozen_bus_fails_the_call_and_the_host_is_rolled_back", frozen_bus),
         exclusive_trial(shared, "deadline::a_wedged_wharfd_is_restarted_by_the_watchdog_and_recovers", watchdog),
     ]
@@ -78,17 +79,27 @@ fn stress_images(tb: &Testbed) {
 /// Runs `portable apply FILE` with the client under a deadline; a hang
 /// fails the test with what wharfd was doing.
 fn timed_apply(tb: &Testbed, file: &str, what: &str) -> Duration {
+    timed_call(
+        tb,
+        &format!("portable apply --quiet {file}"),
+        APPLY_DEADLINE,
+        what,
+        "echo $(systemctl list-units --no-legend --state=active 'st[0-9]*.service' | wc -l) services active",
+    )
+}
+
+/// Runs a client `command` under `deadline`; a hang fails the test with
+/// what wharfd and systemd were doing, and `state` (a shell snippet that
+/// tells how far the host got).
+fn timed_call(tb: &Testbed, command: &str, deadline: Duration, what: &str, state: &str) -> Duration {
     let started = Instant::now();
-    let out = tb.sh(&format!("timeout {} portable apply --quiet {file}", APPLY_DEADLINE.as_secs()));
+    let out = tb.sh(&format!("timeout {} {command}", deadline.as_secs()));
     let took = started.elapsed();
     if out.code == Some(124) {
         let journal = tb.sh("journalctl -q -u wharfd.service -o cat | tail -20").stdout;
         let jobs = tb.sh("systemctl list-jobs --no-legend | head").stdout;
-        let active = tb.sh("systemctl list-units --no-legend --state=active 'st[0-9]*.service' | wc -l").stdout;
-        panic!(
-            "{what}: portable apply hung for {APPLY_DEADLINE:?}\n{} services active; jobs: {jobs}\nwharfd said:\n{journal}",
-            active.trim()
-        );
+        let state = tb.sh(state).stdout;
+        panic!("{what}: `{command}` hung for {deadline:?}\n{}; jobs: {jobs}\nwharfd said:\n{journal}", state.trim());
     }
     assert!(out.success(), "{what}: {out}");
     took
@@ -137,6 +148,123 @@ fn stress(tb: &Testbed) {
         "stress: {runs} runs of {FLEET_SIZE} portables, (apply, detach) took {times:?}; reads during an apply {reads:?}"
     ));
     stress_reset(tb);
+}
+
+/// How many machines the machine stress fleet has.
+const MACHINES: usize = 8;
+
+/// What the client may take for one apply that boots or powers off the
+/// 8 machines (wharfd itself gives each machine 90 s to be ready or gone;
+/// a healthy run takes seconds).
+const MACHINE_APPLY_DEADLINE: Duration = Duration::from_secs(150);
+
+fn machine_stress_name(i: usize) -> String {
+    format!("stm{i}")
+}
+
+/// No machine, image or settings file of the machine stress test is left.
+fn machine_stress_reset(tb: &Testbed) {
+    let names: Vec<String> = (0..MACHINES).map(machine_stress_name).collect();
+    let names = names.join(" ");
+    tb.ok(&format!(
+        "for m in {names}; do timeout 120 machine poweroff $m 2>/dev/null; systemctl stop wharf-$m.service \
+           2>/dev/null; systemctl reset-failed wharf-$m.service 2>/dev/null; timeout 120 machine remove $m \
+           2>/dev/null; rm -rf /var/lib/machines/$m /etc/wharf/machines/$m.toml; done; \
+         rm -rf /srv/stress-machines /var/lib/wharf/fleet.json; true"
+    ));
+}
+
+/// The stress machines that run, as `machine list --json` tells.
+fn running_stress_machines(tb: &Testbed) -> Vec<String> {
+    let json = tb.ok("timeout 10 machine list --json");
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let mut names: Vec<String> = listed
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {json}"))
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .filter(|name| name.starts_with("stm"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+fn machine_fleet(started: bool) -> String {
+    (0..MACHINES)
+        .map(|i| {
+            format!(
+                "[[machine]]\nname = \"{}\"\nstarted = {started}\n[machine.limits]\nMemoryMax = \"256M\"\nTasksMax = 300\n",
+                machine_stress_name(i)
+            )
+        })
+        .collect()
+}
+
+/// A fleet of 8 machines (clones of the f28 image, with limits) booted by
+/// one apply and powered off by the next (the same entries with
+/// `started = false`: an unlisted machine is left alone), again and again,
+/// every call under a deadline.
+fn machine_stress(tb: &Testbed) {
+    machine_stress_reset(tb);
+    let setup = Instant::now();
+    let tarball = images::f28_tarball().unwrap();
+    std::fs::create_dir_all(tb.host_path("/srv/stress-machines")).unwrap();
+    std::fs::copy(&tarball, tb.host_path("/srv/stress-machines/stm0.tar")).unwrap();
+    tb.ok("timeout 300 machine import-tar /srv/stress-machines/stm0.tar stm0 >/dev/null");
+    for i in 1..MACHINES {
+        tb.ok(&format!("timeout 300 machine clone stm0 {} >/dev/null", machine_stress_name(i)));
+    }
+    std::fs::write(tb.host_path("/srv/stress-machines/up.toml"), machine_fleet(true)).unwrap();
+    std::fs::write(tb.host_path("/srv/stress-machines/down.toml"), machine_fleet(false)).unwrap();
+    let setup = setup.elapsed();
+    let all: Vec<String> = (0..MACHINES).map(machine_stress_name).collect();
+    let state = "machinectl list --no-legend | grep -c '^stm' | sed 's/$/ machines running/'";
+    let runs = stress_runs();
+    let (mut ups, mut downs) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let what = format!("run {run}/{runs}, start");
+        ups.push(timed_call(
+            tb,
+            "machine apply --quiet /srv/stress-machines/up.toml",
+            MACHINE_APPLY_DEADLINE,
+            &what,
+            state,
+        ));
+        assert_eq!(running_stress_machines(tb), all, "{what}: machines running after the apply");
+        // The limits are those of the file, on every machine's unit.
+        for name in &all {
+            let limits = tb.ok(&format!("systemctl show -p MemoryMax -p TasksMax wharf-{name}.service"));
+            let mut limits: Vec<&str> = limits.lines().collect();
+            limits.sort_unstable();
+            assert_eq!(limits, ["MemoryMax=268435456", "TasksMax=300"], "{what}: {name}");
+        }
+        let again = tb.sh("timeout 60 machine apply --check /srv/stress-machines/up.toml");
+        assert_eq!(again.code, Some(0), "{what}: the host is not as the file says: {again}");
+        let what = format!("run {run}/{runs}, poweroff");
+        downs.push(timed_call(
+            tb,
+            "machine apply --quiet /srv/stress-machines/down.toml",
+            MACHINE_APPLY_DEADLINE,
+            &what,
+            state,
+        ));
+        assert_eq!(running_stress_machines(tb), Vec::<String>::new(), "{what}: machines running after the apply");
+        let units = tb.ok("systemctl list-units --all --no-legend --plain 'wharf-stm*' | wc -l");
+        assert_eq!(units.trim(), "0", "{what}: units left");
+    }
+    crate::testbed::note(&format!(
+        "machine stress: {runs} runs of {MACHINES} machines (import and clones took {setup:?}); start took {ups:?} \
+         (median {:?}), poweroff took {downs:?} (median {:?})",
+        crate::testbed::bench::median(ups.clone()),
+        crate::testbed::bench::median(downs.clone())
+    ));
+    let cleanup = Instant::now();
+    machine_stress_reset(tb);
+    let left = tb.ok("ls -A /var/lib/machines /etc/wharf/machines 2>/dev/null | grep '^stm' || true");
+    assert_eq!(left.trim(), "", "machine images or settings left");
+    assert_eq!(running_stress_machines(tb), Vec::<String>::new(), "machines left");
+    crate::testbed::note(&format!("machine stress: removing the 8 images took {:?}", cleanup.elapsed()));
 }
 
 /// A drop-in for wharfd.service, in place for the next start of wharfd.
