@@ -618,13 +618,53 @@ fn is_simulated_crash(_error: &Error) -> bool {
     false
 }
 
-/// A step of putting the host back after a failed operation (`during`):
-/// its failure is logged and the rest of the undoing goes on, since the
-/// operation's own error is what the caller reports.
-pub fn undo_step<T, E: std::fmt::Display>(during: &str, what: &str, result: std::result::Result<T, E>) {
-    if let Err(e) = result {
-        tracing::error!("undoing {during}: {what}: {e}");
+/// An undo step that did not work: what it was to put back, and why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedUndo {
+    /// What the step was doing, e.g. "reloading systemd".
+    pub step: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for FailedUndo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.step, self.reason)
     }
+}
+
+/// The undoing of a failed operation (`during`): every step is tried
+/// whatever became of the ones before, and each failure is logged and kept,
+/// so that the error reported can say exactly what was not put back
+/// instead of claiming the host is as it was.
+#[derive(Debug)]
+pub struct Undo {
+    during: &'static str,
+    failed: Vec<FailedUndo>,
+}
+
+impl Undo {
+    pub fn new(during: &'static str) -> Undo {
+        Undo { during, failed: Vec::new() }
+    }
+
+    /// Records the outcome of one undo step.
+    pub fn step<T, E: std::fmt::Display>(&mut self, what: &str, result: std::result::Result<T, E>) {
+        if let Err(e) = result {
+            tracing::error!("undoing {}: {what}: {e}", self.during);
+            self.failed.push(FailedUndo { step: what.to_string(), reason: e.to_string() });
+        }
+    }
+
+    /// The steps that failed, in the order they were tried; empty when the
+    /// host was put back completely.
+    pub fn finish(self) -> Vec<FailedUndo> {
+        self.failed
+    }
+}
+
+/// The failed undo steps as one clause of a one-line error.
+pub fn describe_failed(failed: &[FailedUndo]) -> String {
+    failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]

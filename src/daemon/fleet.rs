@@ -72,6 +72,8 @@ impl From<Error> for BusError {
 fn fleet_bus_error(error: &Error, message: String) -> BusError {
     match error {
         Error::RolledBack(inner) => fleet_bus_error(inner, message),
+        // The host is not as it was: see portable_bus_error.
+        Error::PartiallyRolledBack { .. } => BusError::Failed(message),
         Error::Portable(portable) => super::portable::portable_bus_error(portable, message),
         Error::Image(image) => super::image_bus_error(image, message),
         Error::File(_) | Error::Machine(_) => BusError::InvalidArgument(message),

@@ -253,6 +253,9 @@ impl From<Error> for BusError {
 pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
     match error {
         Error::RolledBack(inner) => portable_bus_error(inner, message),
+        // The host is not as it was, whatever the first error was: not a
+        // conflict or a bad image for the caller to fix and retry.
+        Error::PartiallyRolledBack { .. } => BusError::Failed(message),
         Error::Image(image) => super::image_bus_error(image, message),
         Error::Profile(_)
         | Error::InvalidCopyMode(_)

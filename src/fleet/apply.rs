@@ -24,8 +24,7 @@ use crate::portable::plan::{
 };
 use crate::portable::profile::Profile;
 use crate::systemd::{Systemd, condition};
-use crate::transaction::Transaction;
-use crate::transaction::undo_step;
+use crate::transaction::{Transaction, Undo};
 use zbus_systemd::machine1::ManagerProxy as Machined;
 
 /// Where apply records what it attached.
@@ -63,8 +62,28 @@ pub enum Error {
     Machine(String),
     #[error("machine '{0}' did not report ready within {1:?}")]
     MachineNotReady(String, Duration),
+    /// Failed, and every undo step worked.
     #[error("{0}; everything this apply changed was put back")]
     RolledBack(Box<Error>),
+    /// Failed, and some undo steps failed too: the host is not as it was.
+    #[error(
+        "{error}; this apply's changes were put back only in part, these undo steps failed: {}",
+        crate::transaction::describe_failed(failed_steps)
+    )]
+    PartiallyRolledBack { error: Box<Error>, failed_steps: Vec<crate::transaction::FailedUndo> },
+}
+
+impl Error {
+    /// The error of an apply that failed with `error` and was undone by
+    /// `undo`: rolled back only if every undo step worked.
+    fn rolled_back(error: Error, undo: Undo) -> Error {
+        let failed_steps = undo.finish();
+        if failed_steps.is_empty() {
+            Error::RolledBack(Box::new(error))
+        } else {
+            Error::PartiallyRolledBack { error: Box::new(error), failed_steps }
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -398,6 +417,7 @@ async fn execute(
     };
 
     // Images first: the longest step, and one that changes nothing that runs.
+    let mut rollback = Undo::new("fleet apply");
     let mut imported = Vec::new();
     let mut result = import_machines(machines, &import, &wanted_machines.base, &mut imported).await;
     let mut stopped_machines = Vec::new();
@@ -459,24 +479,18 @@ async fn execute(
                 Ok(()) => blocking(move || tx.commit()).await.map_err(Error::from),
                 Err(error) => {
                     for machine in &started_machines {
-                        undo_step(
-                            "fleet apply",
+                        rollback.step(
                             "terminating a machine it started",
                             machines.machines.terminate(&undo, machines.machined, machine).await,
                         );
                     }
-                    undo_step(
-                        "fleet apply",
+                    rollback.step(
                         "stopping the units it started",
                         undo.stop(&[restart.clone(), start.clone()].concat(), true).await,
                     );
-                    undo_step("fleet apply", "disabling the units it enabled", undo.disable(&enable, false).await);
-                    undo_step(
-                        "fleet apply",
-                        "disabling the machines it enabled",
-                        undo.disable(&enable_machines, false).await,
-                    );
-                    undo_step("fleet apply", "restoring its files", blocking(move || tx.rollback()).await);
+                    rollback.step("disabling the units it enabled", undo.disable(&enable, false).await);
+                    rollback.step("disabling the machines it enabled", undo.disable(&enable_machines, false).await);
+                    rollback.step("restoring its files", blocking(move || tx.rollback()).await);
                     Err(error)
                 }
             }
@@ -486,19 +500,15 @@ async fn execute(
     if let Err(error) = result {
         // Back to the host as it was: enablement, files (done above), what ran, what was imported.
         for unit in &disable {
-            undo_step(
-                "fleet apply",
-                "enabling a unit it disabled",
-                undo.enable(std::slice::from_ref(unit), runtime_of(unit)).await,
-            );
+            rollback
+                .step("enabling a unit it disabled", undo.enable(std::slice::from_ref(unit), runtime_of(unit)).await);
         }
-        undo_step("fleet apply", "enabling the machines it disabled", undo.enable(&disable_machines, false).await);
-        undo_step("fleet apply", "reloading systemd", undo.reload().await);
-        undo_step("fleet apply", "starting the units that ran before", undo.start(&was_running, true).await);
+        rollback.step("enabling the machines it disabled", undo.enable(&disable_machines, false).await);
+        rollback.step("reloading systemd", undo.reload().await);
+        rollback.step("starting the units that ran before", undo.start(&was_running, true).await);
         for machine in &stopped_machines {
             let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
-            undo_step(
-                "fleet apply",
+            rollback.step(
                 "starting a machine it stopped",
                 machines.machines.start(&undo, machines.machined, request).await,
             );
@@ -506,9 +516,9 @@ async fn execute(
         for machine in &imported {
             let store = machines.machines.store.clone();
             let name = machine.clone();
-            undo_step("fleet apply", "removing an image it imported", blocking(move || store.remove(&name)).await);
+            rollback.step("removing an image it imported", blocking(move || store.remove(&name)).await);
         }
-        return Err(Error::RolledBack(Box::new(error)));
+        return Err(Error::rolled_back(error, rollback));
     }
     Ok(())
 }
@@ -678,6 +688,29 @@ fn build_transaction(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An apply's error claims everything was put back only when it was.
+    #[test]
+    fn rolled_back_only_when_every_undo_step_worked() {
+        let failure = || Error::Machine("machine 'm': no init".into());
+        let mut undo = Undo::new("fleet apply");
+        undo.step("reloading systemd", Ok::<(), String>(()));
+        let error = Error::rolled_back(failure(), undo);
+        assert_eq!(error.to_string(), "machine 'm': no init; everything this apply changed was put back");
+
+        let mut undo = Undo::new("fleet apply");
+        undo.step("disabling the units it enabled", Err::<(), _>("a.service: disable failed"));
+        undo.step("reloading systemd", Ok::<(), String>(()));
+        undo.step("starting the units that ran before", Err::<(), _>("b.service: start job failed"));
+        let error = Error::rolled_back(failure(), undo);
+        assert!(matches!(error, Error::PartiallyRolledBack { ref failed_steps, .. } if failed_steps.len() == 2));
+        assert_eq!(
+            error.to_string(),
+            "machine 'm': no init; this apply's changes were put back only in part, these undo steps failed: \
+             disabling the units it enabled (a.service: disable failed); \
+             starting the units that ran before (b.service: start job failed)"
+        );
+    }
 
     #[test]
     fn oneshots_are_tasks_unless_they_remain() {

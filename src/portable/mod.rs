@@ -98,6 +98,26 @@ pub enum Error {
         "unit '{unit}' of image '{image}' runs '{line}' on the host, outside the image; only the trusted profile attaches such units"
     )]
     HostExec { unit: String, image: String, line: String },
+    /// Failed, and every undo step worked.
     #[error("{0}; the host was left as it was")]
     RolledBack(Box<Error>),
+    /// Failed, and some undo steps failed too: the host is not as it was.
+    #[error(
+        "{error}; the host was put back only in part, these undo steps failed: {}",
+        crate::transaction::describe_failed(failed_steps)
+    )]
+    PartiallyRolledBack { error: Box<Error>, failed_steps: Vec<crate::transaction::FailedUndo> },
+}
+
+impl Error {
+    /// The error of an operation that failed with `error` and was undone by
+    /// `undo`: rolled back only if every undo step worked.
+    pub fn rolled_back(error: Error, undo: crate::transaction::Undo) -> Error {
+        let failed_steps = undo.finish();
+        if failed_steps.is_empty() {
+            Error::RolledBack(Box::new(error))
+        } else {
+            Error::PartiallyRolledBack { error: Box::new(error), failed_steps }
+        }
+    }
 }

@@ -16,7 +16,7 @@ use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
 use crate::image::units::find_units;
 use crate::image::{ImageKind, Pool, readonly};
 use crate::systemd::manager::UnitManager;
-use crate::transaction::{Change, Transaction, undo_step};
+use crate::transaction::{Change, Transaction, Undo};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -239,8 +239,8 @@ pub async fn attach(
     }
     .await;
     if let Err(error) = result {
-        undo_attach(&systemd.undoing(), tx, &units, actions).await;
-        return Err(Error::RolledBack(Box::new(error)));
+        let undo = undo_attach(&systemd.undoing(), tx, &units, actions).await;
+        return Err(Error::rolled_back(error, undo));
     }
     blocking(move || tx.commit()).await?;
     tracing::info!(units = ?units, "attached");
@@ -250,12 +250,14 @@ pub async fn attach(
 
 /// Puts the host back after a failed attach: the units stopped, the files
 /// and enablement links removed, systemd reloaded.
-async fn undo_attach(systemd: &impl UnitManager, tx: Transaction, units: &[String], actions: Actions) {
+async fn undo_attach(systemd: &impl UnitManager, tx: Transaction, units: &[String], actions: Actions) -> Undo {
+    let mut undo = Undo::new("attach");
     if actions.now {
-        undo_step("attach", "stopping its units", systemd.stop(&startable(units), true).await);
+        undo.step("stopping its units", systemd.stop(&startable(units), true).await);
     }
-    undo_step("attach", "removing its files", blocking(move || tx.rollback()).await);
-    undo_step("attach", "reloading systemd", systemd.reload().await);
+    undo.step("removing its files", blocking(move || tx.rollback()).await);
+    undo.step("reloading systemd", systemd.reload().await);
+    undo
 }
 
 /// Adds the links that enable the units of `sources` (templates are never
@@ -340,12 +342,13 @@ pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, action
         return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
     }
     let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
+    let mut undo = Undo::new("detach");
     let result = async {
         systemd.stop(&stopped, true).await?;
         let mut tx = tx;
         let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
         if let Err(e) = systemd.reload().await {
-            undo_step("detach", "restoring its files", blocking(move || tx.rollback()).await);
+            undo.step("restoring its files", blocking(move || tx.rollback()).await);
             return Err(e.into());
         }
         blocking(move || tx.commit()).await?;
@@ -360,9 +363,9 @@ pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, action
         Err(error) => {
             // Leave the host as it was: running again.
             let systemd = systemd.undoing();
-            undo_step("detach", "reloading systemd", systemd.reload().await);
-            undo_step("detach", "starting its units", systemd.start(&stopped, true).await);
-            Err(Error::RolledBack(Box::new(error)))
+            undo.step("reloading systemd", systemd.reload().await);
+            undo.step("starting its units", systemd.start(&stopped, true).await);
+            Err(Error::rolled_back(error, undo))
         }
     }
 }
@@ -456,8 +459,9 @@ pub async fn reattach(
     let (tx, changes) = match applied {
         Ok(done) => done,
         Err(error) => {
-            undo_step("reattach", "starting the old units", systemd.undoing().start(&running_dropped, true).await);
-            return Err(Error::RolledBack(Box::new(error)));
+            let mut undo = Undo::new("reattach");
+            undo.step("starting the old units", systemd.undoing().start(&running_dropped, true).await);
+            return Err(Error::rolled_back(error, undo));
         }
     };
     let result = async {
@@ -472,11 +476,12 @@ pub async fn reattach(
     .await;
     if let Err(error) = result {
         // Back to the old version: its files and links, its running units.
-        undo_step("reattach", "restoring the old files", blocking(move || tx.rollback()).await);
+        let mut undo = Undo::new("reattach");
+        undo.step("restoring the old files", blocking(move || tx.rollback()).await);
         let systemd = systemd.undoing();
-        undo_step("reattach", "reloading systemd", systemd.reload().await);
-        undo_step("reattach", "restarting the old units", systemd.restart(&running, true).await);
-        return Err(Error::RolledBack(Box::new(error)));
+        undo.step("reloading systemd", systemd.reload().await);
+        undo.step("restarting the old units", systemd.restart(&running, true).await);
+        return Err(Error::rolled_back(error, undo));
     }
     blocking(move || tx.commit()).await?;
     tracing::info!(units = ?units, restarted = ?restart, "reattached");
@@ -598,8 +603,56 @@ mod tests {
         systemd.fail("reload", 1);
         let error = attach_foobar(&host, &systemd, Actions { enable: true, ..Actions::default() }).unwrap_err();
         assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        assert_eq!(error.to_string(), "systemd: reload job failed; the host was left as it was");
         assert_eq!(files(&host), Vec::<String>::new());
         assert_eq!(systemd.calls(), ["reload", "reload"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// The reload that undoes a failed attach fails too: the files are
+    /// gone, but systemd may still know the units, and the error says so
+    /// instead of claiming the host is as it was.
+    #[test]
+    fn an_attach_whose_undo_reload_fails_says_it_was_rolled_back_only_in_part() {
+        let host = host("undo-reload", UNIT);
+        let systemd = FakeManager::default();
+        systemd.fail("reload", 2);
+        let error = attach_foobar(&host, &systemd, Actions { enable: true, ..Actions::default() }).unwrap_err();
+        let Error::PartiallyRolledBack { error: first, failed_steps } = &error else {
+            panic!("not partly rolled back: {error}");
+        };
+        assert_eq!(first.to_string(), "systemd: reload job failed");
+        let steps: Vec<&str> = failed_steps.iter().map(|f| f.step.as_str()).collect();
+        assert_eq!(steps, ["reloading systemd"]);
+        assert_eq!(
+            error.to_string(),
+            "systemd: reload job failed; the host was put back only in part, these undo steps failed: \
+             reloading systemd (systemd: reload job failed)"
+        );
+        assert_eq!(files(&host), Vec::<String>::new());
+        assert_eq!(systemd.calls(), ["reload", "reload"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A started unit that cannot be stopped again, after its start failed:
+    /// both it and the reload are named, in the order they were tried; the
+    /// files, whose undo worked, are not.
+    #[test]
+    fn an_attach_names_every_undo_step_that_failed() {
+        let host = host("undo-many", UNIT);
+        let systemd = FakeManager::default();
+        systemd.fail("start", 1);
+        systemd.fail("stop", 1);
+        let error = attach_foobar(&host, &systemd, ENABLE_NOW).unwrap_err();
+        let Error::PartiallyRolledBack { failed_steps, .. } = &error else {
+            panic!("not partly rolled back: {error}");
+        };
+        assert_eq!(
+            failed_steps.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            ["stopping its units (foobar.service: stop job failed)"]
+        );
+        assert_eq!(files(&host), Vec::<String>::new());
+        assert_eq!(systemd.running(), ["foobar.service"]);
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 
@@ -671,6 +724,27 @@ mod tests {
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 
+    /// A detach whose reload fails twice: the files and the running unit
+    /// are back, and the error names the reload that could not be redone.
+    #[test]
+    fn a_detach_whose_undo_reload_fails_names_it() {
+        let host = host("detach-undo", UNIT);
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
+        let attached = files(&host);
+        systemd.fail("reload", 2);
+        let now = Actions { now: true, ..Actions::default() };
+        let error = zbus::block_on(detach(&host, &systemd, "foobar", now)).unwrap_err();
+        let Error::PartiallyRolledBack { failed_steps, .. } = &error else {
+            panic!("not partly rolled back: {error}");
+        };
+        let steps: Vec<&str> = failed_steps.iter().map(|f| f.step.as_str()).collect();
+        assert_eq!(steps, ["reloading systemd"]);
+        assert_eq!(files(&host), attached);
+        assert_eq!(systemd.running(), ["foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
     /// A detach that cannot be planned stops nothing.
     #[test]
     fn a_detach_that_cannot_be_planned_leaves_its_units_running() {
@@ -690,42 +764,51 @@ mod tests {
     }
 
     /// A reattach whose reload fails puts the old version back, enabled and
-    /// running again.
+    /// running again; when the undo's reload fails too, the error names it.
     #[test]
     fn a_reattach_whose_reload_fails_puts_the_old_version_back() {
-        let host = host("reattach", UNIT);
-        let systemd = FakeManager::default();
-        attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
-        let new = host.root.join("var/lib/portables/foobar_2");
-        std::fs::create_dir_all(new.join("usr/lib/systemd/system")).unwrap();
-        std::fs::write(new.join("usr/lib/os-release"), "ID=foobar\nPORTABLE_PREFIXES=foobar\n").unwrap();
-        std::fs::write(new.join("usr/lib/systemd/system/foobar.service"), UNIT.replace("/bin/true", "/bin/false"))
-            .unwrap();
-        let before: Vec<(String, String)> = files(&host)
-            .into_iter()
-            .map(|f| (f.clone(), std::fs::read_to_string(host.root.join(&f)).unwrap_or_default()))
-            .collect();
-        systemd.calls.lock().unwrap().clear();
-        systemd.fail("reload", 1);
-        let request = ImageRequest { image: "foobar_2".into(), prefixes: Vec::new() };
-        let error = zbus::block_on(reattach(
-            &host,
-            &systemd,
-            request,
-            "default",
-            CopyMode::Copy,
-            Actions { enable: true, ..Actions::default() },
-            Box::new(|_, _| {}),
-        ))
-        .unwrap_err();
-        assert!(matches!(error, Error::RolledBack(_)), "{error}");
-        let after: Vec<(String, String)> = files(&host)
-            .into_iter()
-            .map(|f| (f.clone(), std::fs::read_to_string(host.root.join(&f)).unwrap_or_default()))
-            .collect();
-        assert_eq!(after, before);
-        assert_eq!(systemd.calls(), ["reload", "reload", "restart foobar.service"]);
-        assert_eq!(systemd.running(), ["foobar.service"]);
-        std::fs::remove_dir_all(&host.root).unwrap();
+        for reload_failures in [1, 2] {
+            let host = host(&format!("reattach-{reload_failures}"), UNIT);
+            let systemd = FakeManager::default();
+            attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
+            let new = host.root.join("var/lib/portables/foobar_2");
+            std::fs::create_dir_all(new.join("usr/lib/systemd/system")).unwrap();
+            std::fs::write(new.join("usr/lib/os-release"), "ID=foobar\nPORTABLE_PREFIXES=foobar\n").unwrap();
+            std::fs::write(new.join("usr/lib/systemd/system/foobar.service"), UNIT.replace("/bin/true", "/bin/false"))
+                .unwrap();
+            let before: Vec<(String, String)> = files(&host)
+                .into_iter()
+                .map(|f| (f.clone(), std::fs::read_to_string(host.root.join(&f)).unwrap_or_default()))
+                .collect();
+            systemd.calls.lock().unwrap().clear();
+            systemd.fail("reload", reload_failures);
+            let request = ImageRequest { image: "foobar_2".into(), prefixes: Vec::new() };
+            let error = zbus::block_on(reattach(
+                &host,
+                &systemd,
+                request,
+                "default",
+                CopyMode::Copy,
+                Actions { enable: true, ..Actions::default() },
+                Box::new(|_, _| {}),
+            ))
+            .unwrap_err();
+            match &error {
+                Error::RolledBack(_) if reload_failures == 1 => {}
+                Error::PartiallyRolledBack { failed_steps, .. } if reload_failures == 2 => {
+                    let steps: Vec<&str> = failed_steps.iter().map(|f| f.step.as_str()).collect();
+                    assert_eq!(steps, ["reloading systemd"]);
+                }
+                _ => panic!("{reload_failures} failed reloads: {error}"),
+            }
+            let after: Vec<(String, String)> = files(&host)
+                .into_iter()
+                .map(|f| (f.clone(), std::fs::read_to_string(host.root.join(&f)).unwrap_or_default()))
+                .collect();
+            assert_eq!(after, before);
+            assert_eq!(systemd.calls(), ["reload", "reload", "restart foobar.service"]);
+            assert_eq!(systemd.running(), ["foobar.service"]);
+            std::fs::remove_dir_all(&host.root).unwrap();
+        }
     }
 }

@@ -127,7 +127,8 @@ pub mod fake {
             match failing.get_mut(verb) {
                 Some(left) if *left > 0 => {
                     *left -= 1;
-                    let unit = units.first().cloned().unwrap_or_default();
+                    // A call on no unit (reload) fails as the manager's.
+                    let unit = units.first().cloned().unwrap_or_else(|| "systemd".into());
                     Err(match verb {
                         "start" => Error::FailedAfterStart { unit },
                         _ => Error::JobFailed { unit, verb, result: "failed".into() },
