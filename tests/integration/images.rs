@@ -11,13 +11,13 @@ use std::sync::Arc;
 use libtest_mimic::Trial;
 
 use crate::testbed::{Testbed, images, run_host};
-use crate::{Shared, trial};
+use crate::{Shared, exclusive_trial, trial};
 
 pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         trial(shared, "images::inspect_a_directory_image", inspect_directory),
         trial(shared, "images::inspect_raw_kinds_as_portablectl_does", inspect_like_portablectl),
-        trial(shared, "images::inspect_xz_without_writing_anything", inspect_xz),
+        exclusive_trial(shared, "images::inspect_xz_without_writing_anything", inspect_xz),
         trial(shared, "images::gpt_partitions_are_reported", gpt_partitions),
         trial(shared, "images::nobody_inspects_squashfs_without_a_loop_device", nobody_inspects_squashfs),
         trial(shared, "images::erofs_mounts_leave_nothing_behind", erofs_leaves_nothing_behind),
@@ -138,10 +138,10 @@ fn inspect_like_portablectl(tb: &Testbed) {
     }
 }
 
-/// The entries of `dir` this test could have made: other tests run at the
-/// same time and write the pool (listings) and /run/wharf (erofs mounts).
+/// Everything below `dir` (not into other mounts), sorted: the test runs
+/// alone, so any entry that differs afterwards is one it made.
 fn files_in(tb: &Testbed, dir: &str) -> String {
-    tb.ok(&format!("mkdir -p {dir} && ls -A {dir} | grep -E 'foobar_4|xzpool' | sort || true"))
+    tb.ok(&format!("mkdir -p {dir} && find {dir} -xdev | sort"))
 }
 
 fn inspect_xz(tb: &Testbed) {
@@ -157,10 +157,13 @@ fn inspect_xz(tb: &Testbed) {
     assert_eq!(unit_names(&info), ["foobar-hello.service", "foobar.service"]);
     // Also by name, from the pool, and by an unprivileged user.
     tb.ok(&format!("cp {image} /var/lib/portables/xzpool_4.raw.xz"));
+    let pool_with_copy = files_in(tb, "/var/lib/portables");
     let pooled = json(&tb.ok("portable inspect --json xzpool_4"));
     assert_eq!(pooled["path"], "/var/lib/portables/xzpool_4.raw.xz");
     let out = tb.sh_nobody(&format!("portable inspect {image}"));
     assert!(out.success() && out.stdout.contains("foobar.service"), "{out}");
+    // Inspecting from the pool decompressed nothing into it: no xzpool_4.raw.
+    assert_eq!(files_in(tb, "/var/lib/portables"), pool_with_copy, "inspecting from the pool wrote into it");
     tb.ok("rm /var/lib/portables/xzpool_4.raw.xz");
 
     let after: Vec<String> = watched.iter().map(|dir| files_in(tb, dir)).collect();

@@ -169,15 +169,37 @@ with tarfile.open(\"/srv/store/escape.tar\", \"w\") as t:
 
 fn interrupted_import(tb: &Testbed) {
     // A fifo fed slowly keeps the import in the middle; wharfd is killed there.
-    tb.ok("mkfifo /srv/slow.raw");
-    // Background processes must not hold the harness's output pipes open.
-    let feeder = "((head -c 1048576 /dev/zero; sleep 30) > /srv/slow.raw 2>/dev/null &)";
-    tb.ok(&format!("{feeder}; (machine import-raw /srv/slow.raw slow >/dev/null 2>&1 &)"));
+    tb.ok("rm -f /srv/slow.raw /srv/slow.pids && mkfifo /srv/slow.raw");
+    // Background processes must not hold the harness's output pipes open;
+    // their PIDs are kept so that only they are ended afterwards (the
+    // feeder's subshell execs its sleep, so one PID covers it).
+    tb.ok(
+        "(head -c 1048576 /dev/zero; exec sleep 30) >/srv/slow.raw 2>/dev/null </dev/null & echo $! >/srv/slow.pids; \
+           machine import-raw /srv/slow.raw slow >/dev/null 2>&1 </dev/null & echo $! >>/srv/slow.pids",
+    );
     tb.ok("for i in $(seq 100); do ls -A /var/lib/machines | grep -q '^\\.#wharf-import-slow-' && exit 0; sleep 0.1; done; exit 1");
-    tb.ok("systemctl kill -s KILL wharfd.service; sleep 0.5");
+    let wharfd = tb.ok("systemctl show -P MainPID wharfd.service").trim().to_string();
+    assert!(wharfd.parse::<u32>().is_ok_and(|pid| pid > 0), "wharfd is not running: {wharfd:?}");
+    tb.ok("systemctl kill -s KILL wharfd.service");
+    // Killed means gone and reaped: its PID no longer in /proc and no longer
+    // the unit's main process.
+    tb.ok(&format!(
+        "for i in $(seq 100); do [ ! -e /proc/{wharfd} ] && [ \"$(systemctl show -P MainPID wharfd.service)\" != {wharfd} ] \
+         && exit 0; sleep 0.1; done; echo 'wharfd {wharfd} still there after SIGKILL' >&2; exit 1"
+    ));
     tb.fails("test -e /var/lib/machines/slow.raw");
+    // The client's call ended with wharfd: it exits on its own.
+    let client = tb.ok("sed -n 2p /srv/slow.pids").trim().to_string();
+    tb.ok(&format!(
+        "for i in $(seq 100); do [ ! -e /proc/{client} ] && exit 0; sleep 0.1; done; \
+         echo 'machine import-raw {client} still running after wharfd died' >&2; kill {client}; exit 1"
+    ));
     // The next start of wharfd removes what the killed import left.
     tb.ok("machine list-images >/dev/null");
     no_leftovers(tb, &["slow"]);
-    tb.ok("pkill -f 'sleep 30' || true; rm -f /srv/slow.raw");
+    let feeder = tb.ok("sed -n 1p /srv/slow.pids").trim().to_string();
+    tb.ok(&format!(
+        "kill {feeder} 2>/dev/null; for i in $(seq 100); do [ ! -e /proc/{feeder} ] && break; sleep 0.1; done; \
+         [ ! -e /proc/{feeder} ] && rm -f /srv/slow.raw /srv/slow.pids"
+    ));
 }
