@@ -364,17 +364,21 @@ fn side_by_side(tb: &Testbed) {
     //   --image= files itself, inside its unit) and binds the image without
     //   nodev, so a loop node of the image opens there; wharf mounts the
     //   image nodev and allows loop devices only for image files.
-    // - /proc/keys, /proc/kallsyms: the testbed's nspawn (systemd 252)
+    // - /proc/keys, /proc/kallsyms: the testbed's nspawn (252 and 257)
     //   leaves them readable; wharf makes them inaccessible, as nspawn does
     //   since (the keys of every user, the kernel's symbols).
+    // - /proc/timer_list: nspawn 257 (trixie) leaves it readable, 252 does
+    //   not; wharf keeps it inaccessible (it shows every task's timers and
+    //   kernel addresses).
     // - /sys/power: nspawn hides it; wharf shows it read-only (nothing there
     //   is written by a container, and the read-only /sys refuses writes).
-    let expected_differences: &[(&str, &str)] = &[
-        ("/proc/keys --", "/proc/keys r-"),
-        ("/proc/kallsyms --", "/proc/kallsyms r-"),
-        ("/sys/power/state r-", "/sys/power/state absent"),
-        ("/attack/loop refused", "/attack/loop opens"),
-    ];
+    let mut expected_differences: Vec<(&str, &str)> =
+        vec![("/proc/keys --", "/proc/keys r-"), ("/proc/kallsyms --", "/proc/kallsyms r-")];
+    if tb.release == crate::testbed::Release::Trixie {
+        expected_differences.push(("/proc/timer_list --", "/proc/timer_list r-"));
+    }
+    expected_differences
+        .extend([("/sys/power/state r-", "/sys/power/state absent"), ("/attack/loop refused", "/attack/loop opens")]);
     let mut differences = Vec::new();
     for (wl, nl) in w.iter().zip(&n) {
         if wl != nl {
