@@ -365,8 +365,9 @@ fn side_by_side(tb: &Testbed) {
     //   nodev, so a loop node of the image opens there; wharf mounts the
     //   image nodev and allows loop devices only for image files.
     // - /proc/keys, /proc/kallsyms: the testbed's nspawn (252 and 257)
-    //   leaves them readable; wharf makes them inaccessible, as nspawn does
-    //   since (the keys of every user, the kernel's symbols).
+    //   leaves them readable; wharf makes them inaccessible, as
+    //   reference-behaviour's nspawn list says (the keys of every user, the
+    //   kernel's symbols).
     // - /proc/timer_list: nspawn 257 (trixie) leaves it readable, 252 does
     //   not; wharf keeps it inaccessible (it shows every task's timers and
     //   kernel addresses).
