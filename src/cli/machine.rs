@@ -269,7 +269,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let show = !cli.output.quiet && !format.is_json();
     match cli.command {
         Command::ListImages => {
-            let images = bounded(&bus, machine.list_images()).await?;
+            let images = within(machine.list_images()).await?;
             format.emit(&images, |images| images_table(images, false))?;
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
@@ -374,7 +374,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::List => {
-            let machines = bounded(&bus, machine.list_machines()).await?;
+            let machines = within(machine.list_machines()).await?;
             format.emit(&machines, |machines| {
                 if machines.is_empty() {
                     return "No machines.".to_string();
@@ -387,7 +387,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })?;
         }
         Command::Status { name } => {
-            let info = bounded(&bus, machine.get_machine(&name)).await?;
+            let info = within(machine.get_machine(&name)).await?;
             format.emit(&info, |m| {
                 let mut text = format!(
                     "{}\n  Service: {} ({})\n     Unit: {}\n   Leader: {}\n     Root: {}\n    State: {}\n",
@@ -403,7 +403,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             })?;
         }
         Command::Show { name } => {
-            let info = bounded(&bus, machine.get_machine(&name)).await?;
+            let info = within(machine.get_machine(&name)).await?;
             let limits: serde_json::Map<String, serde_json::Value> =
                 info.limits.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
             format.emit(&limits, |limits| {

@@ -171,7 +171,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let portable = within(PortableProxy::new(&bus)).await?;
     match command {
         Command::List => {
-            let images = bounded(&bus, portable.list_images()).await?;
+            let images = within(portable.list_images()).await?;
             format.emit(&images, |images| images_table(images, true))?;
         }
         Command::Inspect { .. } => {} // done above
@@ -207,7 +207,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::IsAttached { image } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
-            let (path, state) = bounded(&bus, portable.get_image_state(&image)).await?;
+            let (path, state) = within(portable.get_image_state(&image)).await?;
             let attached = state != "detached";
             if !cli.output.quiet {
                 let record = serde_json::json!({ "image": path, "state": state, "attached": attached });

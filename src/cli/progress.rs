@@ -23,7 +23,9 @@ pub fn client_timeout() -> Duration {
     Duration::from_secs(seconds.filter(|&s| s > 0).unwrap_or(90))
 }
 
-/// `future` under the client's deadline (for what is not a call: connecting).
+/// `future` under the client's deadline: connecting, and the reads, which
+/// wharfd answers at once and so need no `Progress` subscription (two more
+/// round trips per call, which `portable list` would feel).
 pub async fn within<T>(future: impl Future<Output = zbus::Result<T>>) -> Result<T, CliError> {
     let timeout = client_timeout();
     let runtime = zruntime::SharedRuntime::current().map_err(CliError::Output)?;
@@ -47,7 +49,8 @@ pub async fn with_progress<T>(
     call: impl Future<Output = zbus::Result<T>>,
 ) -> Result<T, CliError> {
     let timeout = client_timeout();
-    let manager = within(ManagerProxy::new(bus)).await?;
+    // Only its signal is used: no property cache to fill with a round trip.
+    let manager = within(ManagerProxy::builder(bus).cache_properties(zbus::proxy::CacheProperties::No).build()).await?;
     // Subscribed before the call, so that no signal is missed.
     let mut signals = within(manager.receive_progress()).await?;
     let bar = (show && std::io::stderr().is_terminal()).then(|| {
