@@ -341,16 +341,7 @@ fn build_images(tb: &Testbed) {
     }
     testbed::images::foobar(&tb.host_path("/srv/crash/foobar_3.raw.xz"), "xz", "3").unwrap();
     for name in ["alpha", "beta", "gamma"] {
-        let dir = tb.host_path(&format!("/srv/crash/{name}"));
-        testbed::images::foobar(&dir, "dir", "1").unwrap();
-        let units = dir.join("usr/lib/systemd/system");
-        std::fs::rename(units.join("foobar.service"), units.join(format!("{name}.service"))).unwrap();
-        std::fs::remove_file(units.join("foobar-hello.service")).unwrap();
-        let os = dir.join("usr/lib/os-release");
-        let text = std::fs::read_to_string(&os)
-            .unwrap()
-            .replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
-        std::fs::write(os, text).unwrap();
+        testbed::images::foobar_as(&tb.host_path(&format!("/srv/crash/{name}")), name, "foobar.service").unwrap();
     }
     // Built on the host: the testbed has no mksquashfs.
     let crash = tb.host_path("/srv/crash");
@@ -360,9 +351,8 @@ fn build_images(tb: &Testbed) {
     };
     let pool = tb.host_path(POOL);
     host(&["mv", "alpha", &pool.join("alpha").display().to_string()]);
-    let squashfs = ["-noappend", "-quiet", "-all-root", "-no-progress"];
-    host(&[&["mksquashfs", "beta", &pool.join("beta.raw").display().to_string()][..], &squashfs].concat());
-    host(&[&["mksquashfs", "gamma", "gamma.raw"][..], &squashfs].concat());
+    testbed::images::squashfs(&crash.join("beta"), &pool.join("beta.raw")).unwrap();
+    testbed::images::squashfs(&crash.join("gamma"), &crash.join("gamma.raw")).unwrap();
     host(&["xz", "-T0", "gamma.raw"]);
     host(&["rm", "-rf", "beta", "gamma"]);
 }

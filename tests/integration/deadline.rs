@@ -64,13 +64,7 @@ fn stress_images(tb: &Testbed) {
         )
         .unwrap();
         let image = tb.host_path(&format!("/srv/stress/{name}.raw"));
-        let made = std::process::Command::new("mksquashfs")
-            .arg(&template)
-            .arg(&image)
-            .args(["-noappend", "-quiet", "-all-root", "-no-progress"])
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "mksquashfs: {}", String::from_utf8_lossy(&made.stderr));
+        images::squashfs(&template, &image).unwrap();
         std::fs::remove_file(units.join(format!("{name}.service"))).unwrap();
     }
     std::fs::remove_dir_all(&template).unwrap();
@@ -297,13 +291,7 @@ fn slow_foobar(tb: &Testbed, seconds: u32) {
         .replace("[Service]\n", &format!("[Service]\nExecStartPre=/usr/bin/busybox sleep {seconds}\n"));
     std::fs::write(&unit, text).unwrap();
     let image = tb.host_path("/var/lib/portables/foobar.raw");
-    let made = std::process::Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(&image)
-        .args(["-noappend", "-quiet", "-all-root", "-no-progress"])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "mksquashfs: {}", String::from_utf8_lossy(&made.stderr));
+    images::squashfs(&tree, &image).unwrap();
     std::fs::remove_dir_all(&tree).unwrap();
 }
 

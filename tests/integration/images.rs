@@ -396,11 +396,7 @@ fn squashfs_of(tb: &Testbed, inner: &str, entries: &[(&str, &str)]) {
     }
     let out = tb.host_path(inner);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    run_host(
-        Command::new("mksquashfs").arg(&stage).arg(&out).args(["-noappend", "-quiet", "-all-root", "-no-progress"]),
-        "making a test squashfs image",
-    )
-    .unwrap();
+    crate::testbed::images::squashfs(&stage, &out).unwrap();
     std::fs::remove_dir_all(&stage).unwrap();
 }
 

@@ -354,16 +354,7 @@ fn batch_attach(tb: &Testbed) {
     clean_slate(tb);
     // Three images with distinct units: build foobar and rename its units.
     for name in ["alpha", "beta", "gamma"] {
-        let dir = tb.host_path(&format!("/var/lib/portables/{name}"));
-        images::foobar(&dir, "dir", "1").unwrap();
-        let units = dir.join("usr/lib/systemd/system");
-        std::fs::rename(units.join("foobar-hello.service"), units.join(format!("{name}.service"))).unwrap();
-        std::fs::remove_file(units.join("foobar.service")).unwrap();
-        let os = dir.join("usr/lib/os-release");
-        let text = std::fs::read_to_string(&os)
-            .unwrap()
-            .replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"));
-        std::fs::write(os, text).unwrap();
+        images::foobar_as(&tb.host_path(&format!("/var/lib/portables/{name}")), name, "foobar-hello.service").unwrap();
     }
     let since = tb.ok("date +%s.%N").trim().to_string();
     let out = tb.ok("portable attach --batch alpha beta gamma");

@@ -23,6 +23,38 @@ pub fn foobar(out: &Path, format: &str, version: &str) -> Result<()> {
     .map(drop)
 }
 
+/// Packs the tree at `tree` into a squashfs image at `out`, files owned
+/// by root, as the test images are shipped.
+pub fn squashfs(tree: &Path, out: &Path) -> Result<()> {
+    run_host(
+        Command::new("mksquashfs").arg(tree).arg(out).args(["-noappend", "-quiet", "-all-root", "-no-progress"]),
+        &format!("packing {} as squashfs", tree.display()),
+    )
+    .map(drop)
+}
+
+/// The foobar tree as a directory image of another service, `name`: the
+/// unit `keep` of foobar becomes `name.service`, its other units are
+/// dropped, and os-release allows the prefix `name`.
+pub fn foobar_as(out: &Path, name: &str, keep: &str) -> Result<()> {
+    foobar(out, "dir", "1")?;
+    fn io(what: &Path) -> impl FnOnce(std::io::Error) -> super::Error + '_ {
+        move |e| super::Error(format!("{}: {e}", what.display()))
+    }
+    let units = out.join("usr/lib/systemd/system");
+    for entry in std::fs::read_dir(&units).map_err(io(&units))? {
+        let path = entry.map_err(io(&units))?.path();
+        if path.file_name().is_some_and(|n| n == keep) {
+            std::fs::rename(&path, units.join(format!("{name}.service"))).map_err(io(&path))?;
+        } else {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+    }
+    let os = out.join("usr/lib/os-release");
+    let text = std::fs::read_to_string(&os).map_err(io(&os))?;
+    std::fs::write(&os, text.replace("PORTABLE_PREFIXES=foobar", &format!("PORTABLE_PREFIXES={name}"))).map_err(io(&os))
+}
+
 /// The f28 machine image (a minimal Debian with systemd) as a tarball of its
 /// tree, built once and cached by the recipe's content.
 pub fn f28_tarball() -> Result<PathBuf> {
