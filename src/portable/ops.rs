@@ -16,7 +16,7 @@ use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
 use crate::image::units::find_units;
 use crate::image::{ImageKind, Pool, readonly};
 use crate::systemd::manager::UnitManager;
-use crate::transaction::{Change, Transaction, Undo};
+use crate::transaction::{Change, FailedUndo, Transaction, Undo, UnitsOnRollback};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -224,6 +224,9 @@ pub async fn attach(
         if actions.enable {
             add_enable_steps(&unit_dir(&host.root, actions.runtime), &sources, &mut tx)?;
         }
+        if actions.now {
+            tx.on_rollback(UnitsOnRollback { stop: startable(&units), restart: Vec::new() });
+        }
         let changes = tx.apply()?;
         Ok((tx, units, changes))
     })
@@ -258,6 +261,27 @@ async fn undo_attach(systemd: &impl UnitManager, tx: Transaction, units: &[Strin
     undo.step("removing its files", blocking(move || tx.rollback()).await);
     undo.step("reloading systemd", systemd.reload().await);
     undo
+}
+
+/// Finishes, with systemd, a crash recovery that rolled files back: the
+/// units the interrupted changes started are stopped, systemd reloads, and
+/// the units they had stopped or restarted run again. Returns what failed.
+pub async fn settle_recovery(systemd: &impl UnitManager, units: &UnitsOnRollback) -> Vec<FailedUndo> {
+    let mut undo = Undo::new("an interrupted change");
+    // Only what still runs: a unit whose files are gone and that is not
+    // running is not loaded any more, and stopping it would fail.
+    match active_units(systemd, &units.stop).await {
+        Ok(active) => {
+            let running: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
+            undo.step("stopping the units it started", systemd.stop(&running, true).await);
+        }
+        Err(e) => undo.step("stopping the units it started", Err::<(), _>(e)),
+    }
+    undo.step("reloading systemd", systemd.reload().await);
+    // Queued, not waited for: wharfd answers no call until recovery is
+    // done, and how the units fare afterwards is theirs to report.
+    undo.step("restarting the units it had stopped", systemd.restart(&units.restart, false).await);
+    undo.finish()
 }
 
 /// Adds the links that enable the units of `sources` (templates are never
@@ -344,10 +368,17 @@ pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, action
     let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
     let mut undo = Undo::new("detach");
     let result = async {
-        systemd.stop(&stopped, true).await?;
         let mut tx = tx;
+        // Journaled before the units stop, so that a crash at any point
+        // after it is recovered with them running again. systemd sees the
+        // removed files only at the reload, after the stop.
+        tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
         let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
-        if let Err(e) = systemd.reload().await {
+        let stopped_and_reloaded = async {
+            systemd.stop(&stopped, true).await?;
+            systemd.reload().await
+        };
+        if let Err(e) = stopped_and_reloaded.await {
             undo.step("restoring its files", blocking(move || tx.rollback()).await);
             return Err(e.into());
         }
@@ -450,35 +481,29 @@ pub async fn reattach(
     let running: Vec<String> = active_units(systemd, &old_units).await?.into_iter().map(|(u, _)| u).collect();
     let running_dropped: Vec<String> = running.iter().filter(|u| dropped_units.contains(u)).cloned().collect();
     let restart: Vec<String> = running.iter().filter(|u| units.contains(u)).cloned().collect();
+    let newly_started: Vec<String> =
+        if actions.now { startable(&units).into_iter().filter(|u| !restart.contains(u)).collect() } else { Vec::new() };
 
-    let applied = async {
-        systemd.stop(&running_dropped, true).await?;
-        blocking(move || tx.apply().map(|changes| (tx, changes))).await.map_err(Error::from)
-    }
-    .await;
-    let (tx, changes) = match applied {
-        Ok(done) => done,
-        Err(error) => {
-            let mut undo = Undo::new("reattach");
-            undo.step("starting the old units", systemd.undoing().start(&running_dropped, true).await);
-            return Err(Error::rolled_back(error, undo));
-        }
-    };
+    // Journaled before any unit is touched: a recovery after a crash stops
+    // what the new version started and restarts the old version's units.
+    tx.on_rollback(UnitsOnRollback { stop: newly_started.clone(), restart: running.clone() });
+    let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
     let result = async {
+        // The files of the dropped units are gone only for systemd's next
+        // reload: they stop as they were.
+        systemd.stop(&running_dropped, true).await?;
         systemd.reload().await?;
         systemd.restart(&restart, !actions.no_block).await?;
-        if actions.now {
-            let not_running: Vec<String> = startable(&units).into_iter().filter(|u| !restart.contains(u)).collect();
-            systemd.start(&not_running, !actions.no_block).await?;
-        }
+        systemd.start(&newly_started, !actions.no_block).await?;
         Ok::<_, Error>(())
     }
     .await;
     if let Err(error) = result {
         // Back to the old version: its files and links, its running units.
         let mut undo = Undo::new("reattach");
-        undo.step("restoring the old files", blocking(move || tx.rollback()).await);
         let systemd = systemd.undoing();
+        undo.step("stopping the new units", systemd.stop(&newly_started, true).await);
+        undo.step("restoring the old files", blocking(move || tx.rollback()).await);
         undo.step("reloading systemd", systemd.reload().await);
         undo.step("restarting the old units", systemd.restart(&running, true).await);
         return Err(Error::rolled_back(error, undo));
@@ -761,6 +786,27 @@ mod tests {
         assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
         assert_eq!(systemd.running(), ["foobar.service"]);
         std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// After a crash: what still runs of the units an interrupted change
+    /// started is stopped (a unit that is not running is not asked, its
+    /// files may be gone), then systemd reloads and the units it had
+    /// stopped run again.
+    #[test]
+    fn a_recovery_stops_what_was_started_and_restarts_what_was_stopped() {
+        let systemd = FakeManager::default();
+        systemd.running.lock().unwrap().insert("started.service".into());
+        let units = UnitsOnRollback {
+            stop: vec!["started.service".into(), "never-ran.service".into()],
+            restart: vec!["stopped.service".into()],
+        };
+        assert_eq!(zbus::block_on(settle_recovery(&systemd, &units)), Vec::<FailedUndo>::new());
+        assert_eq!(systemd.calls(), ["stop started.service", "reload", "restart stopped.service"]);
+        assert_eq!(systemd.running(), ["stopped.service"]);
+
+        systemd.fail("reload", 1);
+        let failed = zbus::block_on(settle_recovery(&systemd, &UnitsOnRollback::default()));
+        assert_eq!(failed.iter().map(|f| f.step.as_str()).collect::<Vec<_>>(), ["reloading systemd"]);
     }
 
     /// A reattach whose reload fails puts the old version back, enabled and
