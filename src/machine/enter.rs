@@ -23,7 +23,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use nix::sched::{CloneFlags, setns};
@@ -443,29 +442,11 @@ fn parse_account(user: &str, passwd: &str, group: &str) -> Option<Account> {
 
 /// A new terminal of the container's devpts: (master, slave).
 fn open_pty(size: Option<&str>) -> Result<(OwnedFd, OwnedFd), EnterError> {
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-    let setup = |what: &str, e: rustix::io::Errno| EnterError::Setup(format!("{what}: {e}"));
-    let master =
-        openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).map_err(|e| setup("openpt", e))?;
-    grantpt(&master).map_err(|e| setup("grantpt", e))?;
-    unlockpt(&master).map_err(|e| setup("unlockpt", e))?;
-    let name = ptsname(&master, Vec::new()).map_err(|e| setup("ptsname", e))?;
-    // NOCTTY: run as a service, this process leads a session of its own,
-    // and opening a terminal would make it the session's controlling
-    // terminal, which the command's new session could then not take.
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
-        .open(name.to_string_lossy().as_ref())
-        .map_err(|e| EnterError::Setup(format!("opening the terminal: {e}")))?;
-    if let Some((rows, columns)) = size.and_then(|s| s.split_once('x'))
-        && let (Ok(rows), Ok(columns)) = (rows.parse(), columns.parse())
-    {
-        let winsize = rustix::termios::Winsize { ws_row: rows, ws_col: columns, ws_xpixel: 0, ws_ypixel: 0 };
-        let _ = rustix::termios::tcsetwinsize(&slave, winsize);
+    let pty = super::pty::open(false).map_err(|e| EnterError::Setup(format!("opening a terminal: {e}")))?;
+    if let Some(size) = size {
+        super::pty::set_size(&pty.slave, size);
     }
-    Ok((master, slave.into()))
+    Ok((pty.master, pty.slave))
 }
 
 /// Copies standard input to the terminal and the terminal to standard
