@@ -9,10 +9,10 @@
 //! attached alone, through a loop device limited to its extent; its GPT
 //! read-only flag is honoured as well.
 //!
-//! The loop device is attached with autoclear, so the kernel detaches it
-//! when the last mount of it is gone; dropping a [`RawImage`] waits for
-//! that (and detaches it itself if it has to), so the launcher never leaves
-//! a loop device behind.
+//! The loop device ([`crate::image::loop_device`]) is attached with
+//! autoclear, so the kernel detaches it when the last mount of it is gone;
+//! dropping a [`RawImage`] waits for that (the container's mount namespace
+//! goes asynchronously), so the launcher never leaves a loop device behind.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
