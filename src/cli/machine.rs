@@ -354,12 +354,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Poweroff { names, no_block } => {
             for name in names {
-                bounded(&bus, machine.signal_machine(&name, signal_number("SIGRTMIN+4")?, !no_block)).await?;
+                bounded(&bus, machine.signal_machine(&name, crate::machine::init::poweroff_signal(), !no_block))
+                    .await?;
             }
         }
         Command::Reboot { names } => {
             for name in names {
-                bounded(&bus, machine.signal_machine(&name, signal_number("SIGINT")?, false)).await?;
+                bounded(&bus, machine.signal_machine(&name, crate::machine::init::REBOOT_SIGNAL, false)).await?;
             }
         }
         Command::Terminate { names } => {

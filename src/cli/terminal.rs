@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+use rustix::termios::{OptionalActions, Termios, tcgetattr, tcsetattr};
 
 /// ^] (GS), as in machinectl and nspawn.
 const ESCAPE: u8 = 0x1d;
@@ -26,10 +26,10 @@ impl RawMode {
         if !stdin.is_terminal() {
             return RawMode { saved: None };
         }
-        let Ok(saved) = tcgetattr(stdin.as_fd()) else { return RawMode { saved: None } };
+        let Ok(saved) = tcgetattr(&stdin) else { return RawMode { saved: None } };
         let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw);
+        raw.make_raw();
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &raw);
         RawMode { saved: Some(saved) }
     }
 }
@@ -37,7 +37,7 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(saved) = &self.saved {
-            let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, saved);
+            let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, saved);
         }
     }
 }

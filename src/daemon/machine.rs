@@ -419,17 +419,14 @@ impl MachineInterface {
         let (systemd, machined) = Self::clients(connection).await?;
         let info = machine_info(connection, &machined, &name).await?;
         let exe = std::env::current_exe().map_err(failed)?;
-        let mut argv: Vec<String> = vec![exe.to_string_lossy().into_owned(), "enter".into()];
-        argv.extend(["--leader".into(), info.leader.to_string()]);
-        argv.extend(["--user".into(), if user.is_empty() { "root".into() } else { user }]);
-        if pty {
-            argv.push("--pty".into());
-            if !size.is_empty() {
-                argv.extend(["--size".into(), size]);
-            }
-        }
-        argv.push("--".into());
-        argv.extend(command);
+        let enter = crate::machine::enter::EnterArgs {
+            leader: info.leader,
+            user: if user.is_empty() { "root".into() } else { user },
+            pty,
+            size: Some(size).filter(|size| pty && !size.is_empty()),
+            command,
+        };
+        let argv = enter.command_line(&exe.to_string_lossy());
         // A unit of its own rather than a child of wharfd: the command must
         // not inherit wharfd's sandbox (its capability bounding set, system
         // call filter, no-new-privileges...), and shows up in systemctl.

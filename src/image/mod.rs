@@ -6,6 +6,7 @@ pub mod ext4;
 pub mod gpt;
 pub mod inspect;
 pub mod kind;
+pub mod loop_device;
 pub mod mount;
 pub mod name;
 pub mod os_release;

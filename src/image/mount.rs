@@ -16,15 +16,14 @@
 //! This needs root (CAP_SYS_ADMIN); without it the error says so.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use loopdev::{LoopControl, LoopDevice};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
 use super::dir::DirTree;
+use super::loop_device::{LoopDevice, LoopOptions};
 use super::served::{LocalTree, ServedTree};
 use super::slice::FileSlice;
 use super::tree::{EntryType, Tree, TreeError};
@@ -60,7 +59,7 @@ pub fn open(image: &Path, kind: ImageKind, slice: FileSlice) -> Result<Box<dyn T
 struct Mounted {
     tree: DirTree,
     _mount: Mount,
-    _loop: Loop,
+    _loop: LoopDevice,
     _dir: MountDir,
 }
 
@@ -77,8 +76,9 @@ impl Mounted {
         nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
             .map_err(|e| fail("making the private mount namespace a slave")(e.into()))?;
         let dir = MountDir::create(base).map_err(fail("creating the mount point"))?;
-        let device = Loop::attach(slice).map_err(fail("attaching a loop device"))?;
-        let mount = Mount::new(&device.path, &dir.path, fstype).map_err(|source| match source.raw_os_error() {
+        let options = LoopOptions { read_only: true, extent: Some((slice.offset(), slice.len())) };
+        let device = LoopDevice::attach(slice.file(), options).map_err(fail("attaching a loop device"))?;
+        let mount = Mount::new(device.path(), &dir.path, fstype).map_err(|source| match source.raw_os_error() {
             // What the kernel says when the file system does not check out.
             Some(nix::libc::EBADMSG | nix::libc::EUCLEAN | nix::libc::EINVAL) => Error::Corrupt {
                 image: image.to_path_buf(),
@@ -88,7 +88,7 @@ impl Mounted {
             _ => fail("mounting the loop device")(source),
         })?;
         let tree = DirTree::open(&dir.path).map_err(fail("opening the mount"))?;
-        tracing::debug!(image = %image.display(), device = %device.path.display(), at = %dir.path.display(), "mounted");
+        tracing::debug!(image = %image.display(), device = %device.path().display(), at = %dir.path.display(), "mounted");
         Ok(Mounted { tree, _mount: mount, _loop: device, _dir: dir })
     }
 }
@@ -138,57 +138,6 @@ impl Drop for MountDir {
     }
 }
 
-/// A read-only, autoclear loop device over a slice of the image, detached
-/// when dropped.
-struct Loop {
-    device: LoopDevice,
-    path: PathBuf,
-}
-
-/// Another process may take the device LOOP_CTL_GET_FREE offered before we
-/// attach it; then we ask again.
-const LOOP_ATTEMPTS: usize = 16;
-
-impl Loop {
-    fn attach(slice: &FileSlice) -> io::Result<Loop> {
-        let control = LoopControl::open()?;
-        let mut last = None;
-        for _ in 0..LOOP_ATTEMPTS {
-            let device = control.next_free()?;
-            let attached = device
-                .with()
-                .read_only(true)
-                .autoclear(true)
-                .offset(slice.offset())
-                .size_limit(slice.len())
-                .attach_fd(slice.file().as_raw_fd());
-            match attached {
-                Ok(()) => {
-                    let path = device
-                        .path()
-                        .ok_or_else(|| io::Error::other("the attached loop device has no path in /proc/self/fd"))?;
-                    return Ok(Loop { device, path });
-                }
-                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("no free loop device")))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        // With autoclear, the kernel detaches once the last user closes the
-        // device; detaching explicitly covers a mount that never happened.
-        if let Err(e) = self.device.detach()
-            && e.raw_os_error() != Some(nix::libc::ENXIO)
-        {
-            tracing::warn!(device = %self.path.display(), "cannot detach the loop device: {e}");
-        }
-    }
-}
-
 /// A read-only mount, unmounted when dropped.
 #[derive(Debug)]
 struct Mount {
@@ -209,12 +158,6 @@ impl Drop for Mount {
             tracing::warn!(target = %self.target.display(), "cannot unmount ({e}), detaching lazily");
             let _ = nix::mount::umount2(&self.target, MntFlags::MNT_DETACH);
         }
-    }
-}
-
-impl std::fmt::Debug for Loop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loop").field("path", &self.path).finish()
     }
 }
 

@@ -23,7 +23,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use nix::sched::{CloneFlags, setns};
@@ -32,8 +31,9 @@ use nix::unistd::{Gid, Pid, Uid};
 
 use super::sys::{Forked, fork};
 
-/// Options of `wharfd enter`.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of `wharfd enter`, carried from wharfd to it in the shell
+/// unit's `ExecStart=` ([`EnterArgs::command_line`]).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct EnterArgs {
     /// PID (on the host) of the container's init.
     #[arg(long, value_name = "PID")]
@@ -50,6 +50,30 @@ pub struct EnterArgs {
     /// The command; the user's login shell when empty.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+impl EnterArgs {
+    /// `PROGRAM enter --option=value... -- COMMAND...`, which wharfd parses
+    /// back into these arguments: every value is joined to its option with
+    /// `=`, and the command follows `--`, so that no user name, size or
+    /// word of the command is read as an option.
+    pub fn command_line(&self, program: &str) -> Vec<String> {
+        let mut argv = vec![
+            program.to_string(),
+            "enter".to_string(),
+            format!("--leader={}", self.leader),
+            format!("--user={}", self.user),
+        ];
+        if self.pty {
+            argv.push("--pty".to_string());
+        }
+        if let Some(size) = &self.size {
+            argv.push(format!("--size={size}"));
+        }
+        argv.push("--".to_string());
+        argv.extend(self.command.iter().cloned());
+        argv
+    }
 }
 
 /// Exit status when entering failed before the command ran (as env(1) and
@@ -443,29 +467,11 @@ fn parse_account(user: &str, passwd: &str, group: &str) -> Option<Account> {
 
 /// A new terminal of the container's devpts: (master, slave).
 fn open_pty(size: Option<&str>) -> Result<(OwnedFd, OwnedFd), EnterError> {
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-    let setup = |what: &str, e: rustix::io::Errno| EnterError::Setup(format!("{what}: {e}"));
-    let master =
-        openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).map_err(|e| setup("openpt", e))?;
-    grantpt(&master).map_err(|e| setup("grantpt", e))?;
-    unlockpt(&master).map_err(|e| setup("unlockpt", e))?;
-    let name = ptsname(&master, Vec::new()).map_err(|e| setup("ptsname", e))?;
-    // NOCTTY: run as a service, this process leads a session of its own,
-    // and opening a terminal would make it the session's controlling
-    // terminal, which the command's new session could then not take.
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
-        .open(name.to_string_lossy().as_ref())
-        .map_err(|e| EnterError::Setup(format!("opening the terminal: {e}")))?;
-    if let Some((rows, columns)) = size.and_then(|s| s.split_once('x'))
-        && let (Ok(rows), Ok(columns)) = (rows.parse(), columns.parse())
-    {
-        let winsize = rustix::termios::Winsize { ws_row: rows, ws_col: columns, ws_xpixel: 0, ws_ypixel: 0 };
-        let _ = rustix::termios::tcsetwinsize(&slave, winsize);
+    let pty = super::pty::open(false).map_err(|e| EnterError::Setup(format!("opening a terminal: {e}")))?;
+    if let Some(size) = size {
+        super::pty::set_size(&pty.slave, size);
     }
-    Ok((master, slave.into()))
+    Ok((pty.master, pty.slave))
 }
 
 /// Copies standard input to the terminal and the terminal to standard
@@ -517,6 +523,39 @@ fn relay(master: &OwnedFd, child: Pid) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What wharfd's own command line makes of `argv`.
+    fn parse(argv: &[String]) -> EnterArgs {
+        use clap::Parser;
+        match crate::cli::wharfd::Args::try_parse_from(argv).unwrap().command {
+            Some(crate::cli::wharfd::Command::Enter(args)) => args,
+            other => panic!("{argv:?} is not an enter: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn enter_arguments_survive_the_command_line() {
+        let plain = EnterArgs { leader: 42, user: "root".into(), pty: false, size: None, command: Vec::new() };
+        assert_eq!(parse(&plain.command_line("wharfd")), plain);
+        let shell = EnterArgs {
+            leader: 7,
+            user: "alice".into(),
+            pty: true,
+            size: Some("40x120".into()),
+            command: vec!["systemctl".into(), "is-system-running".into()],
+        };
+        assert_eq!(parse(&shell.command_line("wharfd")), shell);
+        // Values that look like options stay values.
+        for hostile in ["-rf", "--pty", "--leader=1", "--", "a b", "x\n--user=root", ""] {
+            let args = EnterArgs {
+                user: hostile.into(),
+                size: Some(hostile.into()),
+                command: vec![hostile.into(), "--user=evil".into(), "-c".into()],
+                ..plain.clone()
+            };
+            assert_eq!(parse(&args.command_line("wharfd")), args, "{hostile:?}");
+        }
+    }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/zsh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
     const GROUP: &str = "root:x:0:\nwheel:x:10:alice,bob\nalice:x:1000:\n";

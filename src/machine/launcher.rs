@@ -34,7 +34,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -49,18 +49,13 @@ use rustix::thread::CapabilitySet;
 use super::capability;
 use super::cgroup::{self, HostCgroups};
 use super::container::{self, Channels, Plan};
+use super::init::{self, EXIT_REBOOT, INITS};
 use super::name::{MachineName, NameError};
 use super::notify;
 use super::ownership::{self, Ownership};
 use super::raw::{RawError, RawImage};
 use super::sys::{self, Forked};
 use super::uid_range::{self, HeldRange, PrivateUsers, RangeError};
-
-/// The exit status that says the container rebooted (nspawn's value).
-pub const EXIT_REBOOT: u8 = 133;
-
-/// Inits tried in the image, in order, as nspawn tries them.
-pub const INITS: &[&str] = &["/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init"];
 
 /// The container's network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,8 +67,10 @@ pub enum Network {
     Private,
 }
 
-/// Options of `wharfd launch`.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of `wharfd launch`: what wharfd decides for a start, carried to
+/// the launcher in its unit's `ExecStart=` ([`LaunchArgs::command_line`])
+/// and parsed back by wharfd's command line.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct LaunchArgs {
     /// The machine's name (host name rules: up to 64 of a-z A-Z 0-9 - _ .).
     #[arg(long, short = 'M', value_name = "NAME")]
@@ -105,6 +102,39 @@ pub struct LaunchArgs {
     /// Run the init with no_new_privs set.
     #[arg(long, default_value = "no", value_name = "yes|no", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
     pub no_new_privileges: bool,
+}
+
+/// A path the launcher's command line cannot carry: `ExecStart=` goes to
+/// systemd as D-Bus strings, which are UTF-8.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is not a UTF-8 path", .0.display())]
+pub struct NotUtf8(pub PathBuf);
+
+impl LaunchArgs {
+    /// `PROGRAM launch --option=value...`, which wharfd parses back into
+    /// these arguments. Every value is joined to its option with `=`, so no
+    /// value (a name or path that begins with `-`, holds spaces or
+    /// newlines) can be read as an option of its own.
+    pub fn command_line(&self, program: &str) -> Result<Vec<String>, NotUtf8> {
+        let path = |path: &Path| path.to_str().map(str::to_string).ok_or_else(|| NotUtf8(path.to_path_buf()));
+        let mut argv = vec![program.to_string(), "launch".to_string(), format!("--machine={}", self.machine)];
+        if let Some(directory) = &self.directory {
+            argv.push(format!("--directory={}", path(directory)?));
+        }
+        if let Some(image) = &self.image {
+            argv.push(format!("--image={}", path(image)?));
+        }
+        let network = clap::ValueEnum::to_possible_value(&self.network).expect("no network value is skipped");
+        argv.extend([
+            format!("--private-users={}", self.private_users),
+            format!("--private-users-ownership={}", self.private_users_ownership),
+            format!("--network={}", network.get_name()),
+            format!("--capability={}", capability::format(self.capability)),
+            format!("--drop-capability={}", capability::format(self.drop_capability)),
+            format!("--no-new-privileges={}", if self.no_new_privileges { "yes" } else { "no" }),
+        ]);
+        Ok(argv)
+    }
 }
 
 fn parse_capabilities(list: &str) -> Result<CapabilitySet, String> {
@@ -314,23 +344,15 @@ fn image_directory(directory: &Path) -> Result<PathBuf, Reason> {
     }
 }
 
-/// The first of [`INITS`] that is an executable file in the image, with
-/// symlinks resolved inside the image (Debian's /sbin/init is an absolute
-/// link that must not be followed on the host).
+/// The image's init (see [`init::find`]), which must be executable.
 fn find_init(root: &Path) -> Result<String, Reason> {
     let mut tree = crate::image::dir::DirTree::open(root).map_err(io(format!("opening {}", root.display())))?;
-    for candidate in INITS {
-        let resolved = crate::image::tree::resolve(&mut tree, candidate)
-            .map_err(|e| Reason::Setup(format!("resolving {candidate} in the image: {e}")))?;
-        if let Some((path, crate::image::tree::EntryType::File)) = resolved {
-            let meta = std::fs::metadata(root.join(path.trim_start_matches('/')))
-                .map_err(io(format!("reading {candidate} in the image")))?;
-            if meta.mode() & 0o111 != 0 {
-                return Ok(candidate.to_string());
-            }
-        }
+    let executable = |path: &str| Ok(std::fs::metadata(root.join(path.trim_start_matches('/')))?.mode() & 0o111 != 0);
+    match init::find(&mut tree, executable) {
+        Ok(Some(init)) => Ok(init.to_string()),
+        Ok(None) => Err(Reason::NoInit(root.to_path_buf())),
+        Err(e) => Err(Reason::Setup(e.to_string())),
     }
-    Err(Reason::NoInit(root.to_path_buf()))
 }
 
 /// The user namespace's range and how the image is mounted for it.
@@ -444,24 +466,14 @@ fn write_id_maps(pid: Pid, base: u32) -> std::io::Result<()> {
 /// not report hang-ups while no one in the container has it open.
 #[derive(Debug)]
 struct Console {
-    master: nix::pty::PtyMaster,
+    master: File,
     _slave: File,
     path: PathBuf,
 }
 
 fn open_console(base: Option<u32>) -> Result<Console, Reason> {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-        .map_err(sys_err("opening a pty for the console"))?;
-    grantpt(&master).map_err(sys_err("grantpt"))?;
-    unlockpt(&master).map_err(sys_err("unlockpt"))?;
-    let path = PathBuf::from(ptsname_r(&master).map_err(sys_err("ptsname"))?);
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_NOCTTY)
-        .open(&path)
-        .map_err(io(format!("opening {}", path.display())))?;
+    let pty = super::pty::open(true).map_err(|e| io(format!("opening the console: {}", e.step))(e.source))?;
+    let (master, slave, path) = (File::from(pty.master), File::from(pty.slave), pty.path);
     // Container root (and its tty group, GID 5) must be able to open it.
     if let Some(base) = base {
         std::os::unix::fs::fchown(&slave, Some(base), Some(base + 5))
@@ -695,7 +707,7 @@ fn serve(running: &Running, signals: &SignalFd, notify: &OwnedFd, console: &Cons
             // namespace's init while that init has no handler for it: a
             // halt request that came before the container's systemd set up
             // its signal handling was lost. Asking again is harmless.
-            let _ = sys::send_signal(running.init, sys::sigrtmin_plus(3));
+            let _ = sys::send_signal(running.init, init::halt_signal());
             continue;
         }
         let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
@@ -713,8 +725,7 @@ fn serve(running: &Running, signals: &SignalFd, notify: &OwnedFd, console: &Cons
                     tracing::info!("stop requested: asking the container to halt");
                     stop_requested = true;
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-                    // SIGRTMIN+3 is systemd's halt request.
-                    let _ = sys::send_signal(running.init, sys::sigrtmin_plus(3));
+                    let _ = sys::send_signal(running.init, init::halt_signal());
                 }
             }
             if let Some(outcome) = reap(running)? {
@@ -819,6 +830,101 @@ mod tests {
         assert_eq!(Outcome::Rebooted.exit_code(), ExitCode::from(133));
         assert_eq!(Outcome::Exited(3).exit_code(), ExitCode::from(3));
         assert_eq!(Outcome::Killed(9).exit_code(), ExitCode::FAILURE);
+    }
+
+    /// What wharfd's own command line makes of `argv`.
+    fn parse(argv: &[String]) -> Result<LaunchArgs, clap::Error> {
+        use clap::Parser;
+        match crate::cli::wharfd::Args::try_parse_from(argv)?.command {
+            Some(crate::cli::wharfd::Command::Launch(args)) => Ok(args),
+            other => panic!("{argv:?} is not a launch: {other:?}"),
+        }
+    }
+
+    fn directory_launch(machine: &str, directory: &str) -> LaunchArgs {
+        LaunchArgs {
+            machine: machine.into(),
+            directory: Some(PathBuf::from(directory)),
+            image: None,
+            private_users: PrivateUsers::Pick,
+            private_users_ownership: Ownership::Auto,
+            network: Network::Host,
+            capability: CapabilitySet::empty(),
+            drop_capability: CapabilitySet::SYS_ADMIN,
+            no_new_privileges: true,
+        }
+    }
+
+    #[test]
+    fn launch_arguments_survive_the_command_line() {
+        let args = directory_launch("f28", "/var/lib/machines/f28");
+        let argv = args.command_line("/usr/lib/wharf/wharfd").unwrap();
+        assert_eq!(&argv[..3], ["/usr/lib/wharf/wharfd", "launch", "--machine=f28"]);
+        for word in &argv[2..] {
+            assert!(word.starts_with("--") && word.contains('='), "{word} is not --option=value");
+        }
+        assert_eq!(parse(&argv).unwrap(), args);
+
+        let every = LaunchArgs {
+            directory: None,
+            image: Some(PathBuf::from("/var/lib/machines/f29.raw")),
+            private_users: PrivateUsers::Base(1_835_008),
+            private_users_ownership: Ownership::Chown,
+            network: Network::Private,
+            capability: capability::all(),
+            drop_capability: CapabilitySet::empty(),
+            no_new_privileges: false,
+            ..directory_launch("f29", "/")
+        };
+        assert_eq!(parse(&every.command_line("wharfd").unwrap()).unwrap(), every);
+        for (private_users, ownership) in [(PrivateUsers::No, Ownership::Idmap), (PrivateUsers::Pick, Ownership::Auto)]
+        {
+            let args = LaunchArgs { private_users, private_users_ownership: ownership, ..every.clone() };
+            assert_eq!(parse(&args.command_line("wharfd").unwrap()).unwrap(), args);
+        }
+    }
+
+    /// Names and paths that look like options, or hold spaces and newlines,
+    /// come back as the values they were.
+    #[test]
+    fn hostile_values_stay_values() {
+        let hostile = [
+            "-rf",
+            "--directory=/etc",
+            "--image=/etc/shadow",
+            "-D/etc",
+            "--",
+            "a b",
+            "f28\n--network=private",
+            "f28\n",
+            " ",
+            "",
+            "=",
+        ];
+        for value in hostile {
+            let named = directory_launch(value, "/var/lib/machines/x");
+            assert_eq!(parse(&named.command_line("wharfd").unwrap()).unwrap(), named, "machine {value:?}");
+            let placed = directory_launch("x", &format!("/srv/{value}"));
+            assert_eq!(parse(&placed.command_line("wharfd").unwrap()).unwrap(), placed, "directory {value:?}");
+            let relative =
+                LaunchArgs { directory: None, image: Some(PathBuf::from(value)), ..directory_launch("x", "/") };
+            if !value.is_empty() {
+                assert_eq!(parse(&relative.command_line("wharfd").unwrap()).unwrap(), relative, "image {value:?}");
+            }
+        }
+        // The launcher then refuses what is not a machine name, in one line.
+        let error = launch(&directory_launch("-rf", "/nonexistent")).unwrap_err().to_string();
+        assert!(error.starts_with("machine '-rf': ") && !error.contains('\n'), "{error}");
+        let error = launch(&directory_launch("f28\n--network=private", "/nonexistent")).unwrap_err();
+        assert!(matches!(error.reason, Reason::Name(_)), "{error}");
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/\xff"));
+        let args = LaunchArgs { directory: Some(path.clone()), ..directory_launch("x", "/") };
+        assert_eq!(args.command_line("wharfd").unwrap_err().0, path);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //!   process of a machine's unit), built from
 //! - `container`: what happens inside the new namespaces before the
 //!   image's init runs,
+//! - [`init`]: finding the image's init, and the signals and exit status
+//!   it is spoken to with,
+//! - [`pty`]: the console's and `machine shell --pty`'s terminals,
 //! - [`raw`]: raw file system images on a loop device,
 //! - [`store`]: the image store (clone, rename, remove, import, export),
 //!   with [`copy`] for trees,
@@ -21,12 +24,14 @@ pub mod config;
 mod container;
 pub mod copy;
 pub mod enter;
+pub mod init;
 pub mod launcher;
 pub mod name;
 pub mod notify;
 pub mod ops;
 pub mod ownership;
 pub mod property;
+pub mod pty;
 pub mod raw;
 pub mod seccomp;
 pub mod store;

@@ -11,26 +11,23 @@ use zbus_systemd::machine1::ManagerProxy as Machined;
 
 use super::capability;
 use super::config::{CONFIG_DIR, MachineConfig};
+use super::init::{EXIT_REBOOT, INITS};
+use super::launcher::{LaunchArgs, Network};
 use super::name::validate;
+use super::ownership::Ownership;
 use super::property::{LIMITS, Limit, Property, Value, format_value};
 use super::store::Store;
+use super::uid_range::PrivateUsers;
 use crate::image::ImageKind;
 use crate::image::inspect::open;
-use crate::image::tree::resolve;
 use crate::systemd::{JobOutcome, Systemd};
 
 /// The launcher, as installed.
 pub const LAUNCHER: &str = "/usr/lib/wharf/wharfd";
 /// The unit that starts a machine at boot when enabled (wanted by machines.target).
 pub const BOOT_UNIT_TEMPLATE: &str = "wharf-machine@.service";
-/// What `poweroff` sends a machine's init: SIGRTMIN+4, systemd's request.
-pub fn poweroff_signal() -> i32 {
-    nix::libc::SIGRTMIN() + 4
-}
-/// The exit status with which the launcher says the container rebooted.
-pub const REBOOT_STATUS: i32 = 133;
-/// Where an image's init may be, in the order the launcher tries them.
-const INITS: [&str; 3] = ["/usr/lib/systemd/systemd", "/lib/systemd/systemd", "/sbin/init"];
+/// What `poweroff` sends a machine's init (fleet apply stops machines so).
+pub use super::init::poweroff_signal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -174,31 +171,42 @@ impl Machines {
             Ok((image, kind, MachineConfig::load(&config_dir, &name)?))
         })
         .await?;
-        let private_users = request.private_users.or(config.private_users.clone()).unwrap_or_else(|| "pick".into());
-        let network = request.network.or(config.network.clone()).unwrap_or_else(|| "host".into());
-        check_choice(&machine, "--private-users value", &private_users, |v| {
-            v == "pick" || v == "no" || v.parse::<u32>().is_ok()
-        })?;
-        check_choice(&machine, "--network value", &network, |v| v == "host" || v == "private")?;
+        // The strings of the request and the settings file, read once into
+        // what the launcher is given.
+        let invalid =
+            |what: &'static str, value: &str| Error::Invalid { machine: machine.clone(), what, value: value.into() };
+        let private_users = match request.private_users.or(config.private_users.clone()) {
+            None => PrivateUsers::Pick,
+            Some(value) => value.parse().map_err(|_| invalid("--private-users value", &value))?,
+        };
+        let network = match request.network.or(config.network.clone()) {
+            None => Network::Host,
+            Some(value) => clap::ValueEnum::from_str(&value, false).map_err(|_| invalid("--network value", &value))?,
+        };
         let limits = config.merged_limits(&request.properties);
-        let capability = request.capability.or(config.capability.clone()).unwrap_or_default();
-        let drop_capability = request.drop_capability.or(config.drop_capability.clone()).unwrap_or_default();
+        let capabilities = |what, list: Option<String>| match list {
+            None => Ok(rustix::thread::CapabilitySet::empty()),
+            Some(list) => capability::parse(&list).map_err(|_| invalid(what, &list)),
+        };
+        let capability = capabilities("--capability value", request.capability.or(config.capability.clone()))?;
+        let drop_capability =
+            capabilities("--drop-capability value", request.drop_capability.or(config.drop_capability.clone()))?;
         let no_new_privileges = request.no_new_privileges.or(config.no_new_privileges).unwrap_or(false);
-        for (what, list) in [("--capability value", &capability), ("--drop-capability value", &drop_capability)] {
-            check_choice(&machine, what, list, |v| capability::parse(v).is_ok())?;
-        }
 
-        let launch = Launch {
-            machine: &machine,
-            image: &image,
-            kind,
-            private_users: &private_users,
-            network: &network,
-            capability: &capability,
-            drop_capability: &drop_capability,
+        let (directory, image_file) =
+            if kind == ImageKind::Directory { (Some(image.clone()), None) } else { (None, Some(image.clone())) };
+        let launch = LaunchArgs {
+            machine: machine.clone(),
+            directory,
+            image: image_file,
+            private_users,
+            private_users_ownership: Ownership::Auto,
+            network,
+            capability,
+            drop_capability,
             no_new_privileges,
         };
-        let argv = launch.argv();
+        let argv = launch.command_line(LAUNCHER).map_err(|e| invalid("image path", &e.0.display().to_string()))?;
         let unit = unit_name(&machine);
         let mut properties: Vec<(String, OwnedVariant)> = vec![
             (
@@ -213,8 +221,8 @@ impl Machines {
             ("CollectMode".into(), crate::systemd::text("inactive-or-failed")),
             // Readiness is waited for here, with our timeout; the unit itself waits as long as it takes.
             ("TimeoutStartUSec".into(), OwnedVariant::from(u64::MAX)),
-            ("RestartForceExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
-            ("SuccessExitStatus".into(), exit_statuses(&[REBOOT_STATUS])),
+            ("RestartForceExitStatus".into(), exit_statuses(&[EXIT_REBOOT.into()])),
+            ("SuccessExitStatus".into(), exit_statuses(&[EXIT_REBOOT.into()])),
             ("ExecStart".into(), crate::systemd::exec_start(&argv)),
         ];
         properties.extend(device_properties(kind != ImageKind::Directory));
@@ -343,39 +351,6 @@ impl Machines {
     }
 }
 
-/// `RestartForceExitStatus`/`SuccessExitStatus`: (exit codes, signals).
-/// The launcher's command line for one start. Every value is given as
-/// `--option=value`, so that no value (a name, a path) can be read as an
-/// option of its own.
-#[derive(Debug)]
-struct Launch<'a> {
-    machine: &'a str,
-    image: &'a Path,
-    kind: ImageKind,
-    private_users: &'a str,
-    network: &'a str,
-    capability: &'a str,
-    drop_capability: &'a str,
-    no_new_privileges: bool,
-}
-
-impl Launch<'_> {
-    fn argv(&self) -> Vec<String> {
-        let image_flag = if self.kind == ImageKind::Directory { "--directory" } else { "--image" };
-        vec![
-            LAUNCHER.to_string(),
-            "launch".to_string(),
-            format!("--machine={}", self.machine),
-            format!("{image_flag}={}", self.image.display()),
-            format!("--private-users={}", self.private_users),
-            format!("--network={}", self.network),
-            format!("--capability={}", self.capability),
-            format!("--drop-capability={}", self.drop_capability),
-            format!("--no-new-privileges={}", if self.no_new_privileges { "yes" } else { "no" }),
-        ]
-    }
-}
-
 /// The devices a machine's unit may open (`DevicePolicy=closed` adds
 /// nothing else): the nodes of the launcher's /dev (null, zero, full,
 /// random, urandom, tty), ptys (the console is a host pty; the container's
@@ -418,13 +393,10 @@ pub fn device_properties(image_file: bool) -> Vec<(String, OwnedVariant)> {
     ]
 }
 
+/// `RestartForceExitStatus`/`SuccessExitStatus`: (exit codes, signals).
 fn exit_statuses(codes: &[i32]) -> OwnedVariant {
     OwnedVariant::try_from(zbus::Variant::from((codes.to_vec(), Vec::<i32>::new())))
         .expect("numbers hold no descriptor")
-}
-
-fn check_choice(machine: &str, what: &'static str, value: &str, valid: impl Fn(&str) -> bool) -> Result<()> {
-    if valid(value) { Ok(()) } else { Err(Error::Invalid { machine: machine.into(), what, value: value.into() }) }
 }
 
 /// Refuses a GPT disk whose partition for this architecture is a /usr one:
@@ -446,12 +418,11 @@ fn check_root_partition(machine: &str, image: &Path) -> Result<()> {
 fn check_init(machine: &str, image: &Path, kind: ImageKind) -> Result<()> {
     let file = std::fs::File::open(image).map_err(|source| Error::Io { path: image.to_path_buf(), source })?;
     let mut opened = open(image, file, kind)?;
-    for init in INITS {
-        if let Ok(Some((_, crate::image::tree::EntryType::File))) = resolve(opened.tree.as_mut(), init) {
-            return Ok(());
-        }
+    // The image readers do not show modes: the launcher checks that it is executable.
+    match super::init::find(opened.tree.as_mut(), |_| Ok(true)) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) | Err(_) => Err(Error::NoInit { machine: machine.to_string() }),
     }
-    Err(Error::NoInit { machine: machine.to_string() })
 }
 
 /// Whether machined knows a machine of this name.
@@ -550,46 +521,6 @@ mod tests {
         let words: Vec<String> = config.limits.iter().map(|p| p.to_string()).collect();
         assert_eq!(words, ["CPUQuota=50%", "MemoryMax=536870912", "TasksMax=100"]);
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn the_launcher_gets_every_value_as_option_equals_value() {
-        let launch = Launch {
-            machine: "f28",
-            image: Path::new("/var/lib/machines/f28"),
-            kind: ImageKind::Directory,
-            private_users: "pick",
-            network: "host",
-            capability: "",
-            drop_capability: "CAP_SYS_ADMIN",
-            no_new_privileges: true,
-        };
-        let argv = launch.argv();
-        assert_eq!(&argv[..2], [LAUNCHER, "launch"]);
-        for word in &argv[2..] {
-            assert!(word.starts_with("--") && word.contains('='), "{word} is not --option=value");
-        }
-        assert!(argv.contains(&"--machine=f28".to_string()));
-        assert!(argv.contains(&"--directory=/var/lib/machines/f28".to_string()));
-        assert!(argv.contains(&"--drop-capability=CAP_SYS_ADMIN".to_string()));
-        assert!(argv.contains(&"--no-new-privileges=yes".to_string()));
-        let raw = Launch { kind: ImageKind::Squashfs, image: Path::new("/x/-y.raw"), ..launch };
-        assert!(raw.argv().contains(&"--image=/x/-y.raw".to_string()));
-
-        // And the launcher reads it back as meant.
-        #[derive(Debug, clap::Parser)]
-        struct Launcher {
-            #[command(flatten)]
-            args: crate::machine::launcher::LaunchArgs,
-        }
-        let parsed = <Launcher as clap::Parser>::try_parse_from(&argv[1..]).unwrap().args;
-        assert_eq!(parsed.machine, "f28");
-        assert_eq!(parsed.directory.as_deref(), Some(Path::new("/var/lib/machines/f28")));
-        assert!(parsed.no_new_privileges);
-        assert_eq!(parsed.drop_capability, rustix::thread::CapabilitySet::SYS_ADMIN);
-        assert!(parsed.capability.is_empty());
-        let parsed = <Launcher as clap::Parser>::try_parse_from(&raw.argv()[1..]).unwrap().args;
-        assert_eq!(parsed.image.as_deref(), Some(Path::new("/x/-y.raw")));
     }
 
     #[test]

@@ -44,6 +44,17 @@ impl std::str::FromStr for Ownership {
     }
 }
 
+/// As [`FromStr`](std::str::FromStr) reads it back.
+impl std::fmt::Display for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ownership::Auto => "auto",
+            Ownership::Idmap => "idmap",
+            Ownership::Chown => "chown",
+        })
+    }
+}
+
 /// The owner an ID of an unshifted image gets in the range at `base`.
 pub fn shifted(id: u32, base: u32) -> u32 {
     if id >= base && u64::from(id) < u64::from(base) + u64::from(RANGE_SIZE) {

@@ -9,16 +9,17 @@
 //! attached alone, through a loop device limited to its extent; its GPT
 //! read-only flag is honoured as well.
 //!
-//! The loop device is attached with autoclear, so the kernel detaches it
-//! when the last mount of it is gone; dropping a [`RawImage`] waits for
-//! that (and detaches it itself if it has to), so the launcher never leaves
-//! a loop device behind.
+//! The loop device ([`crate::image::loop_device`]) is attached with
+//! autoclear, so the kernel detaches it when the last mount of it is gone;
+//! dropping a [`RawImage`] waits for that (the container's mount namespace
+//! goes asynchronously), so the launcher never leaves a loop device behind.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::image::ImageKind;
+use crate::image::loop_device::{LoopDevice, LoopOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RawError {
@@ -44,7 +45,7 @@ pub struct RawImage {
     pub kind: ImageKind,
     pub read_only: bool,
     mount: Option<OwnedFd>,
-    loop_device: PathBuf,
+    loop_device: Option<LoopDevice>,
 }
 
 /// The file system type the kernel mounts a kind of raw image as.
@@ -87,20 +88,12 @@ impl RawImage {
         let read_only =
             always_read_only(fs_kind) || marked_read_only || crate::image::readonly::is_read_only(path, &meta);
 
-        let control = loopdev::LoopControl::open().map_err(fail("opening /dev/loop-control"))?;
-        let device = control.next_free().map_err(fail("finding a free loop device"))?;
-        let mut options = device.with().read_only(read_only).autoclear(true);
-        if let Some((offset, size)) = extent {
-            options = options.offset(offset).size_limit(size);
-        }
-        options.attach(path).map_err(fail("attaching a loop device"))?;
-        let loop_device =
-            device.path().ok_or_else(|| fail("naming the loop device")(std::io::ErrorKind::NotFound.into()))?;
-        let mut image = RawImage { path: path.to_path_buf(), kind, read_only, mount: None, loop_device };
-        // From here on, dropping `image` waits for the loop device to go.
-        image.mount = Some(mount_detached(fstype, &image.loop_device, read_only).map_err(fail("mounting"))?);
-        drop(device);
-        Ok(image)
+        let backing =
+            std::fs::OpenOptions::new().read(true).write(!read_only).open(path).map_err(fail("opening the image"))?;
+        let options = LoopOptions { read_only, extent };
+        let loop_device = LoopDevice::attach(&backing, options).map_err(fail("attaching a loop device"))?;
+        let mount = mount_detached(fstype, loop_device.path(), read_only).map_err(fail("mounting"))?;
+        Ok(RawImage { path: path.to_path_buf(), kind, read_only, mount: Some(mount), loop_device: Some(loop_device) })
     }
 
     /// The detached mount of the image's file system.
@@ -133,21 +126,12 @@ const DETACH_WAIT: Duration = Duration::from_secs(5);
 
 impl Drop for RawImage {
     fn drop(&mut self) {
+        // Our mount first, so that the loop device has no user of ours left.
         drop(self.mount.take());
-        let name = self.loop_device.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let backing = Path::new("/sys/block").join(&name).join("loop/backing_file");
-        let deadline = Instant::now() + DETACH_WAIT;
-        while backing.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if backing.exists() {
-            let detached = loopdev::LoopDevice::open(&self.loop_device).and_then(|device| device.detach());
-            if let Err(e) = detached {
-                tracing::warn!(
-                    "loop device {} of {} is still attached: {e}",
-                    self.loop_device.display(),
-                    self.path.display()
-                );
+        if let Some(device) = self.loop_device.take() {
+            let name = device.path().to_path_buf();
+            if !device.release_and_wait(DETACH_WAIT) {
+                tracing::warn!("loop device {} of {} is still attached", name.display(), self.path.display());
             }
         }
     }

@@ -70,6 +70,17 @@ impl std::str::FromStr for PrivateUsers {
     }
 }
 
+/// As [`FromStr`](std::str::FromStr) reads it back.
+impl std::fmt::Display for PrivateUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrivateUsers::Pick => f.write_str("pick"),
+            PrivateUsers::No => f.write_str("no"),
+            PrivateUsers::Base(base) => write!(f, "{base}"),
+        }
+    }
+}
+
 /// One line of `/proc/PID/uid_map` or `gid_map`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMapping {
