@@ -159,24 +159,26 @@ pub enum Command {
     },
     /// List running machines.
     List,
-    /// Show a running machine: its unit, init, root and limits.
+    /// Show a running machine as machinectl status does (since, leader,
+    /// service, root, addresses, OS, its unit's processes), with its limits.
     Status {
         /// A running machine.
         name: String,
     },
-    /// Show a running machine's resource limits.
+    /// Show a running machine's resource limits (of its unit, whoever started it).
     Show {
         /// A running machine.
         name: String,
     },
-    /// Change resource limits of a running machine, live.
+    /// Change resource limits of a running machine, live (also of one nspawn runs).
     SetProperty {
         /// A running machine.
         name: String,
         /// Resource limits, as systemctl set-property takes them (MemoryMax=512M, CPUQuota=50%, ...).
         #[arg(required = true, value_name = "KEY=VALUE")]
         properties: Vec<String>,
-        /// Also keep them in /etc/wharf/machines/NAME.toml, for every start.
+        /// Also keep them in /etc/wharf/machines/NAME.toml, for every start
+        /// (only for machines wharf starts).
         #[arg(long)]
         save: bool,
     },

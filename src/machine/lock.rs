@@ -131,7 +131,7 @@ fn ofd_lock(fd: impl AsFd, kind: nix::libc::c_int) -> nix::Result<()> {
 enum Tried {
     Held(LockFile),
     Busy,
-    /// The directory is on a read-only file system (only asked for shared locks).
+    /// The lock file cannot be made: its directory is read-only to us.
     ReadOnly,
 }
 
@@ -152,7 +152,7 @@ fn try_lock(path: &Path, mode: LockMode) -> Result<Tried, LockError> {
             Err(rustix::io::Errno::LOOP) => {
                 return Err(LockError::Untrusted { lock: path.to_path_buf(), reason: "is a symbolic link".into() });
             }
-            Err(rustix::io::Errno::ROFS) if mode == LockMode::Shared => return Ok(Tried::ReadOnly),
+            Err(rustix::io::Errno::ROFS) => return Ok(Tried::ReadOnly),
             Err(e) => return Err(io_err(e.into())),
         };
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_err(e.into()))?;
@@ -228,7 +228,13 @@ pub fn lock_image(image: &Path, mode: LockMode) -> Result<ImageLock, LockError> 
         Some(path) if !image.starts_with("/dev/") => match try_lock(&path, mode)? {
             Tried::Held(lock) => Some(lock),
             Tried::Busy => return Err(busy(&path)),
-            Tried::ReadOnly => None,
+            // As systemd: a shared lock beside an image on a read-only file
+            // system is not needed (nothing there can change it).
+            Tried::ReadOnly if mode == LockMode::Shared => None,
+            Tried::ReadOnly => {
+                let source = io::Error::from_raw_os_error(nix::libc::EROFS);
+                return Err(LockError::Io { lock: path, source });
+            }
         },
         _ => None,
     };
@@ -236,7 +242,10 @@ pub fn lock_image(image: &Path, mode: LockMode) -> Result<ImageLock, LockError> 
         Some(path) if global_dir()? => match try_lock(&path, mode)? {
             Tried::Held(lock) => Some(lock),
             Tried::Busy => return Err(busy(&path)),
-            Tried::ReadOnly => None,
+            Tried::ReadOnly => {
+                tracing::warn!("{GLOBAL_DIR} is read-only here; taking only the image's own lock");
+                None
+            }
         },
         _ => None,
     };
@@ -254,16 +263,6 @@ pub fn lock_name(name: &str) -> Result<Option<LockFile>, LockError> {
         Tried::Held(lock) => Ok(Some(lock)),
         Tried::Busy => Err(LockError::NameBusy { name: name.to_string(), lock: path }),
         Tried::ReadOnly => Ok(None),
-    }
-}
-
-/// Whether `image` is locked by someone now (nspawn, machined or a wharf
-/// machine), without keeping any lock: an exclusive lock is tried and let go.
-pub fn is_locked(image: &Path) -> Result<bool, LockError> {
-    match lock_image(image, LockMode::Exclusive) {
-        Ok(_) => Ok(false),
-        Err(LockError::Busy { .. }) => Ok(true),
-        Err(e) => Err(e),
     }
 }
 
