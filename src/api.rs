@@ -265,6 +265,14 @@ pub struct MachineInfo {
     pub status: String,
     /// Resource limits of its unit, as `Key`/value pairs.
     pub limits: Vec<(String, String)>,
+    /// When machined registered it (µs since the epoch; 0 unknown).
+    pub since_usec: u64,
+    /// The OS inside (`PRETTY_NAME` of its os-release), for `status`.
+    pub os: String,
+    /// Its IP addresses, for `status`.
+    pub addresses: Vec<String>,
+    /// The processes of its unit's cgroup, drawn as a tree, for `status`.
+    pub cgroup: Vec<String>,
 }
 
 /// Client side of `org.wharf1.Machine`.

@@ -159,24 +159,26 @@ pub enum Command {
     },
     /// List running machines.
     List,
-    /// Show a running machine: its unit, init, root and limits.
+    /// Show a running machine as machinectl status does (since, leader,
+    /// service, root, addresses, OS, its unit's processes), with its limits.
     Status {
         /// A running machine.
         name: String,
     },
-    /// Show a running machine's resource limits.
+    /// Show a running machine's resource limits (of its unit, whoever started it).
     Show {
         /// A running machine.
         name: String,
     },
-    /// Change resource limits of a running machine, live.
+    /// Change resource limits of a running machine, live (also of one nspawn runs).
     SetProperty {
         /// A running machine.
         name: String,
         /// Resource limits, as systemctl set-property takes them (MemoryMax=512M, CPUQuota=50%, ...).
         #[arg(required = true, value_name = "KEY=VALUE")]
         properties: Vec<String>,
-        /// Also keep them in /etc/wharf/machines/NAME.toml, for every start.
+        /// Also keep them in /etc/wharf/machines/NAME.toml, for every start
+        /// (only for machines wharf starts).
         #[arg(long)]
         save: bool,
     },
@@ -334,6 +336,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))
             .collect();
             for name in names {
+                // As systemctl start of an active unit: nothing to do, and a success.
+                if let Ok(info) = within(machine.get_machine(&name)).await {
+                    let record = serde_json::json!({ "machine": name, "unit": info.unit, "ready": true, "already_running": true });
+                    if !cli.output.quiet || format.is_json() {
+                        format.emit(&record, |_| format!("Machine {name} is running already ({}).", info.unit))?;
+                    }
+                    continue;
+                }
                 let pu = private_users.clone().unwrap_or_default();
                 let net = network.clone().unwrap_or_default();
                 let (unit, ready) =
@@ -389,19 +399,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Status { name } => {
             let info = within(machine.get_machine(&name)).await?;
-            format.emit(&info, |m| {
-                let mut text = format!(
-                    "{}\n  Service: {} ({})\n     Unit: {}\n   Leader: {}\n     Root: {}\n    State: {}\n",
-                    m.name, m.service, m.class, m.unit, m.leader, m.root_directory, m.state
-                );
-                if !m.status.is_empty() {
-                    text.push_str(&format!("   Status: {}\n", m.status));
-                }
-                for (key, value) in &m.limits {
-                    text.push_str(&format!("  {key}={value}\n"));
-                }
-                text
-            })?;
+            format.emit(&info, status_text)?;
         }
         Command::Show { name } => {
             let info = within(machine.get_machine(&name)).await?;
@@ -442,6 +440,46 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `machine status` as text: what `machinectl status` shows, then the
+/// unit's status and limits.
+fn status_text(m: &crate::api::MachineInfo) -> String {
+    let mut text = format!("{}\n", m.name);
+    let mut field = |key: &str, values: &[String]| {
+        for (i, value) in values.iter().enumerate() {
+            let key = if i == 0 && !key.is_empty() { format!("{key}:") } else { String::new() };
+            text.push_str(&format!("{key:>9} {value}\n"));
+        }
+    };
+    if m.since_usec > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(m.since_usec);
+        field("Since", &[crate::machine::status::format_since(m.since_usec, now)]);
+    }
+    let command = std::fs::read_to_string(format!("/proc/{}/comm", m.leader)).unwrap_or_default();
+    let leader =
+        if command.trim().is_empty() { m.leader.to_string() } else { format!("{} ({})", m.leader, command.trim()) };
+    field("Leader", &[leader]);
+    field("Service", &[format!("{} ({})", m.service, m.class)]);
+    field("Root", std::slice::from_ref(&m.root_directory));
+    field("Address", &m.addresses);
+    if !m.os.is_empty() {
+        field("OS", std::slice::from_ref(&m.os));
+    }
+    field("State", std::slice::from_ref(&m.state));
+    if !m.status.is_empty() {
+        field("Status", std::slice::from_ref(&m.status));
+    }
+    let limits: Vec<String> = m.limits.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    field("Limits", &limits);
+    field("Unit", std::slice::from_ref(&m.unit));
+    // The tree's first line is the cgroup's path, which the unit names already.
+    let tree: Vec<String> = m.cgroup.iter().skip(1).cloned().collect();
+    field("", &tree);
+    text
 }
 
 fn emit_path(format: Format, quiet: bool, verb: &str, path: &str) -> Result<(), CliError> {

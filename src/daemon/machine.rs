@@ -19,6 +19,7 @@ use crate::image::Pool;
 use crate::machine::name::from_image_name;
 use crate::machine::ops::{self, Machines, StartRequest};
 use crate::machine::property::Property;
+use crate::machine::status;
 use crate::machine::store::{Error, Progress, Store};
 use crate::systemd::Systemd;
 
@@ -357,14 +358,38 @@ impl MachineInterface {
     ) -> Result<MachineInfo, BusError> {
         let (systemd, machined) = Self::clients(connection).await?;
         let mut info = machine_info(connection, &machined, &name).await?;
-        if info.service == "wharf" {
-            info.limits = self.machines.limits(&systemd, &machined, &name).await?;
+        // Any machine's unit has the limits, whoever started it.
+        info.limits = self.machines.limits(&systemd, &machined, &name).await?;
+        if info.unit.ends_with(".service") {
             info.status = systemd
                 .unit_property(&info.unit, "org.freedesktop.systemd1.Service", "StatusText")
                 .await
                 .ok()
                 .and_then(|v| String::try_from(v).ok())
                 .unwrap_or_default();
+        }
+        // What machinectl status shows besides; each part is left out when
+        // it cannot be had (a machine without os-release or addresses).
+        if let Ok(os) = machined.get_machine_os_release(name.clone()).await {
+            info.os = os.get("PRETTY_NAME").or_else(|| os.get("NAME")).cloned().unwrap_or_default();
+        }
+        if let Ok(addresses) = machined.get_machine_addresses(name.clone()).await {
+            info.addresses =
+                addresses.iter().filter_map(|(family, bytes)| status::format_address(*family, bytes)).collect();
+        }
+        let interface = if info.unit.ends_with(".scope") {
+            "org.freedesktop.systemd1.Scope"
+        } else {
+            "org.freedesktop.systemd1.Service"
+        };
+        if let Ok(cgroup) = systemd.unit_property(&info.unit, interface, "ControlGroup").await
+            && let Ok(cgroup) = String::try_from(cgroup)
+            && !cgroup.is_empty()
+        {
+            info.cgroup = self
+                .daemon
+                .blocking(move || status::read_tree(&cgroup).map(|tree| status::render(&tree)).unwrap_or_default())
+                .await;
         }
         Ok(info)
     }
@@ -484,6 +509,10 @@ async fn machine_info(connection: &Connection, machined: &Machined<'_>, name: &s
         state: machine.state().await.unwrap_or_default(),
         status: String::new(),
         limits: Vec::new(),
+        since_usec: machine.timestamp().await.unwrap_or_default(),
+        os: String::new(),
+        addresses: Vec::new(),
+        cgroup: Vec::new(),
     })
 }
 
@@ -503,7 +532,7 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
             E::Store(store) => store_bus_error(store, message),
             E::Image(image) => super::image_bus_error(image, message),
             E::Config(_) => BusError::InvalidArgument(message),
-            E::Running(_) => BusError::Busy(message),
+            E::Running(_) | E::Locked { .. } | E::NotOurs { .. } => BusError::Busy(message),
             E::NotRunning(_) => BusError::NoSuchImage(message),
             E::NoInit { .. } | E::CannotBoot { .. } | E::NoRootPartition { .. } => BusError::BadImage(message),
             E::Systemd { .. } | E::Machined { .. } | E::StartFailed { .. } | E::StopTimeout(..) | E::Io { .. } => {
@@ -532,7 +561,7 @@ fn store_bus_error(error: &Error, message: String) -> BusError {
         Error::Image(image) => super::image_bus_error(image, message),
         Error::Name(_) => BusError::InvalidArgument(message),
         Error::Exists { .. } => BusError::Conflict(message),
-        Error::ReadOnly(_) => BusError::Busy(message),
+        Error::ReadOnly(_) | Error::Locked { .. } => BusError::Busy(message),
         Error::Invalid { .. } => BusError::BadImage(message),
         Error::Io { .. } => BusError::Failed(message),
     }

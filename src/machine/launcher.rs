@@ -50,6 +50,7 @@ use super::capability;
 use super::cgroup::{self, HostCgroups};
 use super::container::{self, Channels, Plan};
 use super::init::{self, EXIT_REBOOT, INITS};
+use super::lock::{self, LockError, LockMode};
 use super::name::{MachineName, NameError};
 use super::notify;
 use super::ownership::{self, Ownership};
@@ -204,6 +205,8 @@ pub enum Reason {
     Setup(String),
     #[error("registering with systemd-machined: {0}")]
     Register(#[source] zbus::Error),
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Reason {
@@ -292,10 +295,20 @@ pub fn launch(args: &LaunchArgs) -> Result<Outcome, LaunchError> {
         (None, Some(raw)) => Image::Raw(RawImage::open(raw).map_err(|e| fail(e.into()))?),
         (None, None) => return Err(fail(Reason::NoImage)),
     };
+    // The lock nspawn and machined take too, held as long as the container
+    // runs: its descriptor dies with this process, however that ends.
+    let locked = args.directory.as_ref().or(args.image.as_ref()).map(|path| {
+        let mode = if image.read_only() { LockMode::Shared } else { LockMode::Exclusive };
+        std::path::absolute(path)
+            .map_err(io(format!("resolving {}", path.display())))
+            .and_then(|path| lock::lock_image(&path, mode).map_err(Reason::from))
+    });
+    let lock = locked.transpose().map_err(fail)?;
     let init = find_init(&image.view()).map_err(fail)?;
     let outcome = supervise(&name, &image, &init, args).map_err(fail);
-    // A raw image's loop device is gone once this returns.
+    // A raw image's loop device is gone once this returns, then its lock.
     drop(image);
+    drop(lock);
     outcome
 }
 

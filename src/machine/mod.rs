@@ -9,15 +9,18 @@
 //!   it is spoken to with,
 //! - [`pty`]: the console's and `machine shell --pty`'s terminals,
 //! - [`raw`]: raw file system images on a loop device,
+//! - [`lock`]: image locks shared with systemd-nspawn and machined,
 //! - [`store`]: the image store (clone, rename, remove, import, export),
-//!   with [`copy`] for trees,
+//!   with [`copy`] for trees and [`archive`] for tar archives of them,
 //! - [`property`], [`config`]: resource limits and per-machine settings,
 //! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`],
 //!   [`capability`]: the parts that decide things (and are tested without
 //!   root),
+//! - [`status`]: what `machine status` shows beyond machined's record,
 //! - [`seccomp`]: the system call filter of a machine's init, and
 //! - `sys`: the few kernel calls that need `unsafe`.
 
+pub mod archive;
 pub mod capability;
 pub mod cgroup;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod copy;
 pub mod enter;
 pub mod init;
 pub mod launcher;
+pub mod lock;
 pub mod name;
 pub mod notify;
 pub mod ops;
@@ -34,6 +38,7 @@ pub mod property;
 pub mod pty;
 pub mod raw;
 pub mod seccomp;
+pub mod status;
 pub mod store;
 mod sys;
 pub mod uid_range;

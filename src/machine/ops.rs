@@ -55,6 +55,14 @@ pub enum Error {
     },
     #[error("machine '{0}' is running already")]
     Running(String),
+    #[error("machine '{machine}': {source}")]
+    Locked {
+        machine: String,
+        #[source]
+        source: super::lock::LockError,
+    },
+    #[error("machine '{machine}' was not started by wharf (it runs in {unit}): {what}")]
+    NotOurs { machine: String, unit: String, what: &'static str },
     #[error("machine '{0}' is not running")]
     NotRunning(String),
     #[error("machine '{machine}': the image has no init ({})", INITS.join(", "))]
@@ -168,6 +176,11 @@ impl Machines {
                 check_root_partition(&name, &image)?;
             }
             check_init(&name, &image, kind)?;
+            // Refused here, before any unit exists, when nspawn (or a wharf
+            // machine of another name) runs the image; the launcher takes
+            // the lock for good.
+            super::lock::lock_image(&image, super::lock::LockMode::Exclusive)
+                .map_err(|source| Error::Locked { machine: name.clone(), source })?;
             Ok((image, kind, MachineConfig::load(&config_dir, &name)?))
         })
         .await?;
@@ -177,11 +190,12 @@ impl Machines {
             |what: &'static str, value: &str| Error::Invalid { machine: machine.clone(), what, value: value.into() };
         let private_users = match request.private_users.or(config.private_users.clone()) {
             None => PrivateUsers::Pick,
-            Some(value) => value.parse().map_err(|_| invalid("--private-users value", &value))?,
+            Some(value) => value.parse().map_err(|_| invalid("--private-users value (pick, no or a UID)", &value))?,
         };
         let network = match request.network.or(config.network.clone()) {
             None => Network::Host,
-            Some(value) => clap::ValueEnum::from_str(&value, false).map_err(|_| invalid("--network value", &value))?,
+            Some(value) => clap::ValueEnum::from_str(&value, false)
+                .map_err(|_| invalid("--network value (host or private)", &value))?,
         };
         let limits = config.merged_limits(&request.properties);
         let capabilities = |what, list: Option<String>| match list {
@@ -301,15 +315,23 @@ impl Machines {
         save: bool,
     ) -> Result<()> {
         validate(machine)?;
-        let running = is_running(machined, machine).await?;
-        if running {
-            let bus: Vec<(String, OwnedVariant)> = properties.iter().map(Property::to_bus).collect();
-            systemd
-                .set_properties(&unit_name(machine), true, bus)
-                .await
-                .map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
-        } else if !save {
-            return Err(Error::NotRunning(machine.to_string()));
+        match running_unit(machined, machine).await? {
+            Some(running) => {
+                if save && !running.is_wharfs() {
+                    return Err(Error::NotOurs {
+                        machine: machine.to_string(),
+                        unit: running.unit,
+                        what: "--save keeps limits for wharf's own starts only",
+                    });
+                }
+                let bus: Vec<(String, OwnedVariant)> = properties.iter().map(Property::to_bus).collect();
+                systemd
+                    .set_properties(&running.unit, true, bus)
+                    .await
+                    .map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
+            }
+            None if !save => return Err(Error::NotRunning(machine.to_string())),
+            None => {}
         }
         if save {
             let (dir, name, properties) = (self.config_dir.clone(), machine.to_string(), properties.to_vec());
@@ -326,14 +348,21 @@ impl Machines {
         machine: &str,
     ) -> Result<Vec<(String, String)>> {
         validate(machine)?;
-        if !is_running(machined, machine).await? {
+        let Some(running) = running_unit(machined, machine).await? else {
             return Err(Error::NotRunning(machine.to_string()));
-        }
-        let unit = unit_name(machine);
+        };
+        let unit = running.unit;
+        // nspawn's machines run in a service (systemd-nspawn@NAME) or in a
+        // scope machined made; both carry the cgroup limits.
+        let interface = if unit.ends_with(".scope") {
+            "org.freedesktop.systemd1.Scope"
+        } else {
+            "org.freedesktop.systemd1.Service"
+        };
         let mut limits = Vec::new();
         for limit in LIMITS {
             let value = systemd
-                .unit_property(&unit, "org.freedesktop.systemd1.Service", limit.bus_property())
+                .unit_property(&unit, interface, limit.bus_property())
                 .await
                 .map_err(|source| Error::Systemd { machine: machine.to_string(), source })?;
             limits.push((limit.name().to_string(), show_value(*limit, &value)));
@@ -430,6 +459,43 @@ pub async fn is_running(machined: &Machined<'_>, machine: &str) -> Result<bool> 
     let running =
         running_machines(machined).await.map_err(|source| Error::Machined { machine: machine.to_string(), source })?;
     Ok(running.contains(machine))
+}
+
+/// A machine machined knows: the unit it runs in, and who registered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningMachine {
+    pub unit: String,
+    pub service: String,
+}
+
+impl RunningMachine {
+    /// Started by `machine start` (its launcher registered it).
+    pub fn is_wharfs(&self) -> bool {
+        self.service == "wharf"
+    }
+}
+
+/// The machine of this name that machined knows, if any.
+pub async fn running_unit(machined: &Machined<'_>, machine: &str) -> Result<Option<RunningMachine>> {
+    let failed = |source| Error::Machined { machine: machine.to_string(), source };
+    let listed = machined.list_machines().await.map_err(failed)?;
+    if !listed.iter().any(|(name, ..)| name == machine) {
+        return Ok(None);
+    }
+    let path = match machined.get_machine(machine.to_string()).await {
+        Ok(path) => path,
+        // Gone between the two calls.
+        Err(_) => return Ok(None),
+    };
+    let proxy = zbus_systemd::machine1::MachineProxy::builder(machined.inner().connection())
+        .path(path)
+        .build()
+        .await
+        .map_err(failed)?;
+    Ok(Some(RunningMachine {
+        unit: proxy.unit().await.map_err(failed)?,
+        service: proxy.service().await.unwrap_or_default(),
+    }))
 }
 
 /// The names of the machines machined knows, in one call.

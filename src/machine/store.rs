@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::copy::copy_tree;
+use super::lock::{self, LockError, LockMode};
 use super::name::{self, NameError};
 use crate::compress::{self, Compression, Counting};
 use crate::image::{ImageKind, Pool, readonly};
@@ -33,6 +34,12 @@ pub enum Error {
     ReadOnly(String),
     #[error("machine image '{name}': {reason}")]
     Invalid { name: String, reason: String },
+    #[error("machine image '{name}': {source}")]
+    Locked {
+        name: String,
+        #[source]
+        source: LockError,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -53,10 +60,26 @@ fn io_error(name: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { name, path, source }
 }
 
+fn locked(name: &str) -> impl FnOnce(LockError) -> Error {
+    let name = name.to_string();
+    move |source| Error::Locked { name, source }
+}
+
+/// What systemd's image operations hold for a new image: its name, and the
+/// locks beside where it may go (held by a machine still running off a
+/// deleted image of that name).
+#[derive(Debug)]
+struct NewImageLocks {
+    _name: Option<lock::LockFile>,
+    _images: Vec<lock::ImageLock>,
+}
+
 /// A temporary path in `dir` that is removed when dropped unless kept.
 struct Temp {
     path: PathBuf,
     keep: bool,
+    /// Held until the image is under its name (or gone).
+    _locks: Option<NewImageLocks>,
 }
 
 impl Temp {
@@ -64,7 +87,13 @@ impl Temp {
         use std::sync::atomic::{AtomicU64, Ordering};
         static SERIAL: AtomicU64 = AtomicU64::new(0);
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-        Temp { path: dir.join(format!("{TEMP_PREFIX}{name}-{}-{serial}", std::process::id())), keep: false }
+        let path = dir.join(format!("{TEMP_PREFIX}{name}-{}-{serial}", std::process::id()));
+        Temp { path, keep: false, _locks: None }
+    }
+
+    fn holding(mut self, locks: NewImageLocks) -> Temp {
+        self._locks = Some(locks);
+        self
     }
 
     /// Renames the temporary to `target`; from then on it is no longer removed.
@@ -114,6 +143,18 @@ impl Store {
         Ok(())
     }
 
+    /// Locks a new name as machined does, and the places an image of that
+    /// name may go.
+    fn lock_new(&self, machine: &str) -> Result<NewImageLocks> {
+        self.home(machine)?;
+        let name = lock::lock_name(machine).map_err(locked(machine))?;
+        let mut images = Vec::new();
+        for kind in [ImageKind::Directory, ImageKind::Squashfs] {
+            images.push(lock::lock_image(&self.target(machine, kind), LockMode::Exclusive).map_err(locked(machine))?);
+        }
+        Ok(NewImageLocks { _name: name, _images: images })
+    }
+
     /// Where a new image of this name and kind goes.
     fn target(&self, machine: &str, kind: ImageKind) -> PathBuf {
         let file_name = if kind.is_file() { format!("{machine}.raw") } else { machine.to_string() };
@@ -132,7 +173,8 @@ impl Store {
         self.check_free(new)?;
         let kind = ImageKind::detect(&source)?;
         let total = if kind.is_file() { fs::metadata(&source).map(|m| m.len()).unwrap_or(0) } else { 0 };
-        let temp = Temp::new(self.home(new)?, new);
+        let locks = self.lock_new(new)?;
+        let temp = Temp::new(self.home(new)?, new).holding(locks);
         if kind.is_file() {
             copy_file(&source, &temp.path, &mut |done| progress(done, total)).map_err(io_error(new, &temp.path))?;
         } else {
@@ -157,6 +199,9 @@ impl Store {
         let kind = ImageKind::detect(&source)?;
         let file_name = if kind.is_file() { format!("{new}.raw") } else { new.to_string() };
         let target = source.with_file_name(file_name);
+        // Refused while nspawn, machined or a wharf machine holds it.
+        let _held = lock::lock_image(&source, LockMode::Exclusive).map_err(locked(machine))?;
+        let _locks = self.lock_new(new)?;
         fs::rename(&source, &target).map_err(io_error(machine, &source))?;
         tracing::info!(from = %source.display(), to = %target.display(), "renamed");
         Ok(target)
@@ -169,6 +214,7 @@ impl Store {
         if readonly::is_read_only(&path, &meta) {
             return Err(Error::ReadOnly(machine.to_string()));
         }
+        let _held = lock::lock_image(&path, LockMode::Exclusive).map_err(locked(machine))?;
         let removed = if meta.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
         removed.map_err(io_error(machine, &path))?;
         tracing::info!(image = %path.display(), "removed");
@@ -190,7 +236,8 @@ impl Store {
         let counted = Counting::new(input, move |done| progress(done, total));
         let (compression, reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
         tracing::debug!(compression = compression.as_str(), "importing {what}");
-        Ok((reader, Temp::new(self.home(machine)?, machine)))
+        let locks = self.lock_new(machine)?;
+        Ok((reader, Temp::new(self.home(machine)?, machine).holding(locks)))
     }
 
     /// Imports a (possibly compressed) tar archive of an OS tree as a
@@ -198,7 +245,7 @@ impl Store {
     pub fn import_tar(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
         let (reader, temp) = self.begin_import(input, machine, progress, "a tar archive")?;
         fs::create_dir(&temp.path).map_err(io_error(machine, &temp.path))?;
-        unpack_tar(reader, &temp.path).map_err(|e| Error::Invalid {
+        super::archive::unpack(reader, &temp.path).map_err(|e| Error::Invalid {
             name: machine.to_string(),
             reason: format!("cannot unpack the archive: {e}"),
         })?;
@@ -269,7 +316,8 @@ impl Store {
                 reason: format!("{} is not a directory", source.display()),
             });
         }
-        let temp = Temp::new(self.home(machine)?, machine);
+        let locks = self.lock_new(machine)?;
+        let temp = Temp::new(self.home(machine)?, machine).holding(locks);
         copy_tree(source, &temp.path, &mut |done| progress(done, 0)).map_err(io_error(machine, &temp.path))?;
         fix_root_mode(machine, &temp.path)?;
         let target = self.target(machine, ImageKind::Directory);
@@ -291,9 +339,8 @@ impl Store {
         }
         let encoder = compress::encoder(compression, output).map_err(io_error(machine, &source))?;
         let mut builder = tar::Builder::new(encoder);
-        builder.follow_symlinks(false);
-        builder.mode(tar::HeaderMode::Complete);
-        append_tree(&mut builder, &source, Path::new("."), &mut 0, progress).map_err(io_error(machine, &source))?;
+        super::archive::write_tree(&mut builder, &source, &mut |done| progress(done, 0))
+            .map_err(io_error(machine, &source))?;
         let encoder = builder.into_inner().map_err(io_error(machine, &source))?;
         encoder.finish().map_err(io_error(machine, &source))
     }
@@ -349,34 +396,6 @@ fn fix_root_mode(machine: &str, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Appends a tree to a tar archive without following symlinks, in a stable
-/// order, reporting content bytes.
-fn append_tree<W: Write>(
-    builder: &mut tar::Builder<W>,
-    path: &Path,
-    name: &Path,
-    done: &mut u64,
-    progress: Progress<'_>,
-) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.file_type().is_socket() {
-        return Ok(());
-    }
-    builder.append_path_with_name(path, name)?;
-    if meta.is_file() {
-        *done += meta.len();
-        progress(*done, 0);
-    }
-    if meta.is_dir() {
-        let mut entries: Vec<_> = fs::read_dir(path)?.collect::<io::Result<_>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            append_tree(builder, &entry.path(), &name.join(entry.file_name()), done, progress)?;
-        }
-    }
-    Ok(())
-}
-
 /// Copies one file, reflinked where possible.
 fn copy_file(from: &Path, to: &Path, progress: &mut dyn FnMut(u64)) -> io::Result<()> {
     let mut source = File::open(from)?;
@@ -396,120 +415,6 @@ fn copy_file(from: &Path, to: &Path, progress: &mut dyn FnMut(u64)) -> io::Resul
     }
     fs::set_permissions(to, fs::metadata(from)?.permissions())?;
     target.sync_all()
-}
-
-use std::os::unix::fs::FileTypeExt;
-
-/// Unpacks an OS tree. The tar crate writes device nodes and FIFOs as empty
-/// regular files, which would leave a booted container without its
-/// /dev/console or /dev/null placeholders, so those are made with mknod
-/// here; everything else is the crate's, which keeps entries inside `root`.
-/// Directories come last, as in `Archive::unpack`, so that a read-only
-/// directory does not stop its own contents from being written.
-fn unpack_tar(reader: impl Read, root: &Path) -> io::Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_overwrite(false);
-    let root_fd =
-        rustix::fs::open(root, rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
-    let mut directories = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            directories.push(entry);
-        } else if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            make_node(&root_fd, &entry)?;
-        } else {
-            entry.unpack_in(root)?;
-        }
-    }
-    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
-    for mut directory in directories {
-        directory.unpack_in(root)?;
-    }
-    Ok(())
-}
-
-/// Creates a device node or FIFO entry below `root`; its parent directory is
-/// resolved by the kernel inside `root` (RESOLVE_IN_ROOT), so a symlink
-/// unpacked earlier cannot send the node onto the host.
-fn make_node<R: Read>(root: &rustix::fd::OwnedFd, entry: &tar::Entry<'_, R>) -> io::Result<()> {
-    use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps};
-    let path = entry.path()?.into_owned();
-    let mut parts = Vec::new();
-    for component in path.components() {
-        match component {
-            std::path::Component::Normal(part) => parts.push(part.to_owned()),
-            std::path::Component::ParentDir => {
-                return Err(io::Error::other(format!("{}: a path leaving the tree", path.display())));
-            }
-            _ => {}
-        }
-    }
-    let Some(name) = parts.pop() else { return Ok(()) };
-    let dir = open_in_root_creating(root, &parts)?;
-    let header = entry.header();
-    // A FIFO's device fields may be blank (Python's tarfile leaves them so).
-    let device = |header: &tar::Header| -> io::Result<u64> {
-        Ok(rustix::fs::makedev(header.device_major()?.unwrap_or(0), header.device_minor()?.unwrap_or(0)))
-    };
-    let (file_type, device) = match header.entry_type() {
-        tar::EntryType::Char => (FileType::CharacterDevice, device(header)?),
-        tar::EntryType::Block => (FileType::BlockDevice, device(header)?),
-        _ => (FileType::Fifo, 0),
-    };
-    let mode = Mode::from_raw_mode(header.mode()? & 0o7777);
-    rustix::fs::mknodat(&dir, &name, file_type, mode, device)
-        .map_err(|e| io::Error::other(format!("{}: mknod: {e}", path.display())))?;
-    rustix::fs::chownat(
-        &dir,
-        &name,
-        Some(rustix::fs::Uid::from_raw(header.uid()? as u32)),
-        Some(rustix::fs::Gid::from_raw(header.gid()? as u32)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    // mknod's mode is cut by the umask; set it exactly, as for files.
-    rustix::fs::chmodat(&dir, &name, mode, AtFlags::empty())?;
-    let mtime = Timespec { tv_sec: header.mtime()? as i64, tv_nsec: 0 };
-    rustix::fs::utimensat(
-        &dir,
-        &name,
-        &Timestamps { last_access: mtime, last_modification: mtime },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
-}
-
-/// Opens the directory `parts` below `root`, creating missing levels (a tar
-/// need not list a node's parent before the node), each step resolved by
-/// the kernel inside `root`.
-fn open_in_root_creating(root: &rustix::fd::OwnedFd, parts: &[std::ffi::OsString]) -> io::Result<rustix::fd::OwnedFd> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let open = |path: &Path| {
-        let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
-        rustix::fs::openat2(
-            root,
-            path,
-            OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
-    };
-    let mut path = PathBuf::new();
-    let mut dir = open(&path)?;
-    for part in parts {
-        match rustix::fs::mkdirat(&dir, part.as_os_str(), Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-        path.push(part);
-        dir = open(&path)?;
-    }
-    Ok(dir)
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::bad_starts_fail_in_one_line_and_leave_nothing", bad_starts),
         exclusive_trial(shared, "machine::enable_starts_the_machine_with_machines_target", enable_at_boot),
         exclusive_trial(shared, "machine::login_and_an_interactive_shell_on_a_terminal", login_and_terminal_shell),
+        exclusive_trial(shared, "machine::a_running_machine_holds_the_image_lock_nspawn_and_machined_take", image_lock),
+        exclusive_trial(shared, "machine::show_and_set_property_of_an_nspawn_machine", nspawn_machine),
     ]
 }
 
@@ -422,8 +424,24 @@ fn machine_cli(tb: &Testbed) {
 
     let status = tb.ok("machine status f28");
     assert!(status.contains("Unit: wharf-f28.service") && status.contains("MemoryMax=268435456"), "{status}");
-    let refused = tb.fails("machine start f28");
-    assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running already");
+    // What machinectl status shows: since, leader, OS, and the unit's
+    // processes as a tree (the container's init below payload/).
+    let reference = tb.ok("machinectl status f28 --no-pager");
+    let os = reference.lines().find_map(|l| l.trim().strip_prefix("OS: ")).expect("machinectl shows the OS");
+    assert!(status.contains(&format!("OS: {os}\n")), "{status}\nmachinectl:\n{reference}");
+    assert!(status.contains("Since: ") && status.contains(" UTC; "), "{status}");
+    let leader = leader(tb, "f28");
+    assert!(status.contains(&format!("Leader: {leader} (systemd)")), "{status}");
+    assert!(status.contains("├─payload") || status.contains("└─payload"), "{status}");
+    assert!(
+        status.contains(&format!("─{leader} /usr/lib/systemd/systemd"))
+            || status.contains(&format!("─{leader} /sbin/init")),
+        "{status}"
+    );
+    let json = tb.ok("machine status f28 --json");
+    assert!(json.contains(&format!("\"os\":\"{os}\"")) && json.contains("\"cgroup\":[\""), "{json}");
+    // As systemctl start of an active unit: said, and a success.
+    assert_eq!(tb.ok("machine start f28").trim(), "Machine f28 is running already (wharf-f28.service).");
     let refused = tb.fails("machine remove f28");
     assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running; stop it before removing its image");
 
@@ -492,7 +510,14 @@ fn bad_starts(tb: &Testbed) {
         ("machine start 'bad name'", "machine: machine name 'bad name' contains ' '"),
         ("machine start f28 --property=Nice=5", "machine: unknown property 'Nice' (supported: MemoryMax"),
         ("machine start f28 --property=MemoryMax=lots", "machine: MemoryMax: 'lots' is not a size"),
-        ("machine start f28 --network=bridge", "machine: machine 'f28': 'bridge' is not a valid --network value"),
+        (
+            "machine start f28 --network=bridge",
+            "machine: machine 'f28': 'bridge' is not a valid --network value (host or private)",
+        ),
+        (
+            "machine start f28 --private-users=some",
+            "machine: machine 'f28': 'some' is not a valid --private-users value (pick, no or a UID)",
+        ),
         ("machine shell nosuch true", "machine: machine 'nosuch' is not running"),
         ("machine start f28u", &usr_only),
     ];
@@ -596,4 +621,139 @@ fn login_and_terminal_shell(tb: &Testbed) {
     assert!(shell.stdout.contains("status=5"), "{shell}");
     tb.ok("machine poweroff f28");
     assert_gone(tb, "f28");
+}
+
+/// systemd-nspawn running the f28 tree (no user namespace, so that the
+/// image's ownership stays as it is) as machine `machine`, in unit
+/// `nspawn-MACHINE.service`; returns once machined has it.
+fn start_nspawn(tb: &Testbed, machine: &str) {
+    tb.ok(&format!(
+        "systemd-run --quiet --unit=nspawn-{machine} --slice=machine.slice -p Delegate=yes -p KillMode=mixed \
+         systemd-nspawn --quiet --keep-unit -D {IMAGE} -M {machine} sleep infinity"
+    ));
+    tb.ok(&format!(
+        "for i in $(seq 100); do machinectl show {machine} >/dev/null 2>&1 && exit 0; sleep 0.1; done; \
+         journalctl -u nspawn-{machine} --no-pager | tail >&2; exit 1"
+    ));
+}
+
+fn stop_nspawn(tb: &Testbed, machine: &str) {
+    tb.ok(&format!("systemctl stop nspawn-{machine}; systemctl reset-failed nspawn-{machine} 2>/dev/null; true"));
+    tb.ok(&format!(
+        "for i in $(seq 100); do machinectl show {machine} >/dev/null 2>&1 || exit 0; sleep 0.1; done; exit 1"
+    ));
+}
+
+/// A running wharf machine holds the lock nspawn and machined take: they
+/// refuse to run, remove or rename its image, and it keeps running; the
+/// other way round, wharf refuses to start, remove or rename an image
+/// nspawn runs. The lock goes with the launcher, even when it is killed.
+/// A symlink or a foreign file planted as the lock is refused and left.
+fn image_lock(tb: &Testbed) {
+    prepare(tb);
+    let lock = "/var/lib/machines/.#f28.lck";
+    start(tb, "f28", "");
+    let leader = leader(tb, "f28");
+    tb.ok(&format!("test -f '{lock}'"));
+
+    let out = tb.fails("machinectl remove f28");
+    assert!(out.stderr.contains("busy"), "{out}");
+    let out = tb.fails("machinectl rename f28 f28-renamed");
+    assert!(out.stderr.contains("busy"), "{out}");
+    let out = tb.fails(&format!("systemd-nspawn --quiet -D {IMAGE} -M f28n true"));
+    assert!(out.stderr.contains("is currently busy"), "{out}");
+    // Another wharf machine on the same tree.
+    let out = tb.sh(&format!("/usr/lib/wharf/wharfd launch --machine=f28b --directory={IMAGE}"));
+    assert_eq!(
+        out.stderr.trim(),
+        format!("wharfd launch: machine 'f28b': image {IMAGE} is in use by a running machine (lock {lock} is held)")
+    );
+    tb.ok(&format!("test -f {IMAGE}/etc/os-release"));
+    assert_eq!(leader, self::leader(tb, "f28"), "the machine kept running");
+    assert_eq!(tb.ok("machine shell f28 systemctl is-system-running").trim(), "running");
+
+    // SIGKILL of the launcher: the lock goes with it.
+    tb.ok(&format!("systemctl kill -s KILL --kill-whom=main {UNIT}"));
+    tb.ok(&format!(
+        "for i in $(seq 200); do systemctl is-active -q {UNIT} || machinectl show f28 >/dev/null 2>&1 || exit 0; \
+         sleep 0.1; done; exit 1"
+    ));
+    tb.ok(&format!("systemctl reset-failed {UNIT} 2>/dev/null; true"));
+    assert_gone(tb, "f28");
+    tb.ok(&format!("systemd-nspawn --quiet -D {IMAGE} -M f28n true"));
+    // nspawn removed its lock file as it let go.
+    tb.ok(&format!("test ! -e '{lock}'"));
+
+    // An image nspawn runs (under another machine name): wharf refuses.
+    start_nspawn(tb, "n28");
+    let busy = format!("image {IMAGE} is in use by a running machine (lock {lock} is held)");
+    let out = tb.fails("machine start f28");
+    assert_eq!(out.stderr.trim(), format!("machine: machine 'f28': {busy}"));
+    assert_gone(tb, "f28");
+    for command in ["machine remove f28", "machine rename f28 f28-renamed"] {
+        let out = tb.fails(command);
+        assert_eq!(out.stderr.trim(), format!("machine: machine image 'f28': {busy}"), "{command}");
+    }
+    tb.ok(&format!("test -f {IMAGE}/etc/os-release && test ! -e /var/lib/machines/f28-renamed"));
+    stop_nspawn(tb, "n28");
+
+    // A symlink planted as the lock: refused, and nothing made through it.
+    tb.ok(&format!("rm -f /srv/lock-target; ln -s /srv/lock-target '{lock}'"));
+    let out = tb.fails("machine start f28");
+    assert_eq!(
+        out.stderr.trim(),
+        format!("machine: machine 'f28': lock file {lock} is a symbolic link; refusing to use it")
+    );
+    tb.fails("test -e /srv/lock-target");
+    assert_gone(tb, "f28");
+    // Through the launcher itself too (a unit made by hand).
+    let out = tb.sh(&format!("/usr/lib/wharf/wharfd launch --machine=f28 --directory={IMAGE}"));
+    assert!(out.stderr.contains("is a symbolic link; refusing to use it"), "{out}");
+    tb.fails("test -e /srv/lock-target");
+    // A lock file a local user owns (and could keep locked): refused, left as it is.
+    tb.ok(&format!("rm '{lock}'; : > '{lock}'; chmod 600 '{lock}'; chown nobody '{lock}'"));
+    let out = tb.fails("machine start f28");
+    assert_eq!(
+        out.stderr.trim(),
+        format!("machine: machine 'f28': lock file {lock} is owned by UID 65534, not root; refusing to use it")
+    );
+    tb.ok(&format!("test \"$(stat -c %U '{lock}')\" = nobody && rm '{lock}'"));
+    assert_gone(tb, "f28");
+
+    // And a normal start and poweroff leave no lock file.
+    start(tb, "f28", "");
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+    tb.ok(&format!("test ! -e '{lock}'"));
+}
+
+/// `machine show`, `status` and `set-property` of a machine nspawn runs: they
+/// work on its unit; `--save` (wharf's own settings) says in one line why not.
+fn nspawn_machine(tb: &Testbed) {
+    prepare(tb);
+    start_nspawn(tb, "n28");
+    let shown = tb.ok("machine show n28");
+    assert!(shown.contains("TasksMax=") && shown.contains("MemoryMax="), "{shown}");
+    tb.ok("machine set-property n28 TasksMax=321 MemoryMax=300M");
+    assert_eq!(show(tb, "nspawn-n28", "TasksMax"), "321");
+    assert_eq!(show(tb, "nspawn-n28", "MemoryMax"), "314572800");
+    let shown = tb.ok("machine show n28");
+    assert!(shown.contains("TasksMax=321\n") && shown.contains("MemoryMax=314572800\n"), "{shown}");
+    let status = tb.ok("machine status n28");
+    assert!(status.contains("Unit: nspawn-n28.service") && status.contains("TasksMax=321"), "{status}");
+    let out = tb.fails("machine set-property --save n28 TasksMax=100");
+    assert_eq!(
+        out.stderr.trim(),
+        "machine: machine 'n28' was not started by wharf (it runs in nspawn-n28.service): \
+         --save keeps limits for wharf's own starts only"
+    );
+    assert_eq!(show(tb, "nspawn-n28", "TasksMax"), "321", "nothing changed");
+    tb.fails("test -e /etc/wharf/machines/n28.toml");
+    // Its name is taken: start says so, and succeeds, as systemctl start would.
+    assert_eq!(tb.ok("machine start n28").trim(), "Machine n28 is running already (nspawn-n28.service).");
+    stop_nspawn(tb, "n28");
+    let out = tb.fails("machine show n28");
+    assert_eq!(out.stderr.trim(), "machine: machine 'n28' is not running");
+    let out = tb.fails("machine set-property n28 TasksMax=100");
+    assert_eq!(out.stderr.trim(), "machine: machine 'n28' is not running");
 }

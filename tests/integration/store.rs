@@ -15,6 +15,8 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         trial(shared, "store::raw_imports_are_recognised_by_content", raw_imports),
         trial(shared, "store::bad_imports_fail_in_one_line_and_leave_nothing", bad_imports),
         trial(shared, "store::device_nodes_in_an_archive_stay_inside_the_image", nodes_stay_inside),
+        trial(shared, "store::export_import_of_an_os_tree_keeps_links_nodes_xattrs_acls_and_caps", os_tree_round_trip),
+        trial(shared, "store::image_locks_refuse_remove_rename_and_import", store_locks),
         exclusive_trial(shared, "store::an_interrupted_import_leaves_nothing_under_its_name", interrupted_import),
     ]
 }
@@ -202,4 +204,179 @@ fn interrupted_import(tb: &Testbed) {
         "kill {feeder} 2>/dev/null; for i in $(seq 100); do [ ! -e /proc/{feeder} ] && break; sleep 0.1; done; \
          [ ! -e /proc/{feeder} ] && rm -f /srv/slow.raw /srv/slow.pids"
     ));
+}
+
+/// Every entry of a tree, as `find -printf` shows it (directory sizes left
+/// out: they depend on a directory's history, not its contents).
+fn find_listing(tb: &Testbed, root: &str) -> String {
+    tb.ok(&format!(
+        "cd {root} && find . \\( -type d -printf '%p %y %m %U %G - %n\\n' \\) -o -printf '%p %y %m %U %G %s %n %l\\n' | LC_ALL=C sort"
+    ))
+}
+
+/// Every extended attribute of a tree (ACLs and file capabilities are
+/// ones), read without following symlinks; `getcap`/`getfattr` are not in
+/// the testbed, python is.
+fn xattr_listing(tb: &Testbed, root: &str) -> String {
+    tb.ok(&format!(
+        "cd {root} && python3 -c '
+import os
+for top, dirs, files in os.walk(\".\"):
+    for name in sorted([top] + [os.path.join(top, f) for f in dirs + files]):
+        if name != top and os.path.isdir(name) and not os.path.islink(name):
+            continue
+        if os.path.islink(name):
+            continue
+        for key in sorted(os.listxattr(name, follow_symlinks=False)):
+            print(name, key, os.getxattr(name, key, follow_symlinks=False).hex())
+' | LC_ALL=C sort"
+    ))
+}
+
+/// Adds to a tree what a Debian image can hold and the plain f28 lacks: a
+/// hard link, device nodes and a FIFO, user xattrs on a file and a
+/// directory, a file capability (v2, cap_net_raw) and POSIX ACLs (an access
+/// ACL on a file, a default ACL on a directory), as raw attributes.
+fn enrich(tb: &Testbed, root: &str) {
+    tb.ok(&format!(
+        "set -e; cd {root}; mkdir -p srv/rt; ln usr/bin/bash srv/rt/bash-hardlink; \
+         mknod srv/rt/null c 1 3; mknod srv/rt/loop7 b 7 7; mkfifo -m 640 srv/rt/fifo; chown 5:6 srv/rt/fifo; \
+         cp usr/bin/true srv/rt/ping; chmod 4755 usr/bin/true; \
+         python3 -c '
+import os, struct
+os.setxattr(\"srv/rt/ping\", \"security.capability\", struct.pack(\"<IIIII\", 0x02000001, 1 << 13, 0, 0, 0))
+os.setxattr(\"srv/rt/bash-hardlink\", \"user.wharf\", b\"a hard-linked file\")
+os.setxattr(\"srv/rt\", \"user.wharf.dir\", b\"a directory\")
+def acl(entries):
+    return struct.pack(\"<I\", 2) + b\"\".join(struct.pack(\"<HHI\", *e) for e in entries)
+undefined = 0xffffffff
+os.setxattr(\"srv/rt/ping\", \"system.posix_acl_access\",
+    acl([(1, 7, undefined), (2, 5, 1000), (4, 5, undefined), (0x10, 5, undefined), (0x20, 5, undefined)]))
+os.setxattr(\"srv/rt\", \"system.posix_acl_default\",
+    acl([(1, 7, undefined), (4, 5, undefined), (8, 7, 1001), (0x10, 7, undefined), (0x20, 0, undefined)]))
+'"
+    ));
+}
+
+/// export-tar then import-tar of the Debian f28 image (with hard links,
+/// nodes, xattrs, ACLs and a file capability added) gives the same tree;
+/// machinectl import-tar of wharf's archive gives it too.
+fn os_tree_round_trip(tb: &Testbed) {
+    let source = "/var/lib/machines/f28rt";
+    tb.ok(&format!("rm -rf {source} {source}-back {source}-m /srv/store/rt"));
+    let tarball = images::f28_tarball().expect("the f28 image");
+    std::fs::create_dir_all(tb.host_path(source)).unwrap();
+    run_host(
+        std::process::Command::new("tar").arg("-C").arg(tb.host_path(source)).arg("-xf").arg(&tarball),
+        "unpacking f28",
+    )
+    .unwrap();
+    enrich(tb, source);
+    let listed = find_listing(tb, source);
+    assert!(listed.contains("./srv/rt/null c 644 0 0 0 1 \n"), "{listed}");
+    assert!(listed.contains("./srv/rt/bash-hardlink f 755 0 0 ") && listed.contains(" 2 \n"), "hard link");
+    let xattrs = xattr_listing(tb, source);
+    assert!(xattrs.contains("./srv/rt/ping security.capability "), "{xattrs}");
+    assert!(xattrs.contains("./srv/rt system.posix_acl_default "), "{xattrs}");
+
+    tb.ok("mkdir -p /srv/store/rt && machine export-tar f28rt /srv/store/rt/f28rt.tar.zst");
+    tb.ok("machine import-tar /srv/store/rt/f28rt.tar.zst f28rt-back");
+    let back = format!("{source}-back");
+    assert_eq!(find_listing(tb, &back), listed, "the tree changed in the round trip");
+    assert_eq!(xattr_listing(tb, &back), xattrs, "the extended attributes changed in the round trip");
+    assert_eq!(
+        tb.ok(&format!("stat -c %i {back}/usr/bin/bash {back}/srv/rt/bash-hardlink | uniq | wc -l")).trim(),
+        "1",
+        "one inode"
+    );
+
+    // The archive is a plain tar that systemd's importer reads too.
+    tb.ok("machine export-tar f28rt /srv/store/rt/f28rt.tar");
+    tb.ok("machinectl import-tar /srv/store/rt/f28rt.tar f28rt-m");
+    assert_eq!(find_listing(tb, &format!("{source}-m")), listed, "machinectl import-tar of wharf's archive");
+
+    tb.ok("machine remove f28rt f28rt-back f28rt-m && rm -rf /srv/store/rt");
+    no_leftovers(tb, &["f28rt", "f28rt-back"]);
+}
+
+/// A process holding an image's lock as nspawn and machined take it (an
+/// open file description write lock on `.#NAME.lck`); its PID is in
+/// /srv/locker.pid. The lock is taken before this returns.
+fn hold_lock_like_nspawn(tb: &Testbed, image: &str) {
+    tb.ok(&format!(
+        "python3 -c '
+import fcntl, os, struct, sys, time
+path = os.path.join(os.path.dirname(\"{image}\"), \".#\" + os.path.basename(\"{image}\") + \".lck\")
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(\"hhqqi\", fcntl.F_WRLCK, 0, 0, 0, 0))
+if os.fork():
+    sys.exit(0)
+os.setsid()
+open(\"/srv/locker.pid\", \"w\").write(str(os.getpid()))
+for f in (0, 1, 2):
+    os.dup2(os.open(\"/dev/null\", os.O_RDWR), f)
+time.sleep(600)
+' && for i in $(seq 100); do [ -s /srv/locker.pid ] && exit 0; sleep 0.1; done; exit 1"
+    ));
+}
+
+fn stop_locker(tb: &Testbed) {
+    let pid = tb.ok("cat /srv/locker.pid").trim().to_string();
+    tb.ok(&format!(
+        "kill {pid}; for i in $(seq 100); do [ ! -e /proc/{pid} ] && rm /srv/locker.pid && exit 0; sleep 0.1; done; exit 1"
+    ));
+}
+
+/// remove, rename, clone over and import over an image whose lock someone
+/// holds (as a running nspawn does) are refused in one line, and change
+/// nothing; a planted symlink or a lock file of another user is refused
+/// and left as it is.
+fn store_locks(tb: &Testbed) {
+    let archive = tree_archive(tb, "locked");
+    tb.ok(&format!("machine import-tar {archive} locked"));
+    hold_lock_like_nspawn(tb, "/var/lib/machines/locked");
+    let busy =
+        "image /var/lib/machines/locked is in use by a running machine (lock /var/lib/machines/.#locked.lck is held)";
+    for command in ["machine remove locked", "machine rename locked locked2"] {
+        let out = tb.fails(command);
+        assert_eq!(out.stderr.trim(), format!("machine: machine image 'locked': {busy}"), "{command}");
+    }
+    // machined takes the same lock: it refuses too.
+    let out = tb.fails("machinectl remove locked");
+    assert!(out.stderr.contains("busy"), "{out}");
+    tb.ok("test -d /var/lib/machines/locked && test ! -e /var/lib/machines/locked2");
+    stop_locker(tb);
+
+    // A machine still running off a deleted image keeps its name's lock
+    // held: nothing may be imported under that name meanwhile.
+    tb.ok("machine remove locked");
+    hold_lock_like_nspawn(tb, "/var/lib/machines/locked");
+    let out = tb.fails(&format!("machine import-tar {archive} locked"));
+    assert_eq!(out.stderr.trim(), format!("machine: machine image 'locked': {busy}"));
+    stop_locker(tb);
+    tb.fails("test -e /var/lib/machines/locked");
+    no_leftovers(tb, &["locked"]);
+
+    // A symlink planted as the lock: nothing is created or changed through it.
+    tb.ok(&format!("machine import-tar {archive} locked"));
+    tb.ok("rm -f /srv/lock-target; ln -s /srv/lock-target '/var/lib/machines/.#locked.lck'");
+    let out = tb.fails("machine remove locked");
+    assert_eq!(
+        out.stderr.trim(),
+        "machine: machine image 'locked': lock file /var/lib/machines/.#locked.lck is a symbolic link; refusing to use it"
+    );
+    tb.fails("test -e /srv/lock-target");
+    tb.ok("test -d /var/lib/machines/locked && test -L '/var/lib/machines/.#locked.lck'");
+    // A lock file someone else owns (who could keep it locked): refused too.
+    tb.ok("rm '/var/lib/machines/.#locked.lck'; echo keep > '/var/lib/machines/.#locked.lck'; \
+           chmod 600 '/var/lib/machines/.#locked.lck'; chown 65534 '/var/lib/machines/.#locked.lck'");
+    let out = tb.fails("machine remove locked");
+    assert_eq!(
+        out.stderr.trim(),
+        "machine: machine image 'locked': lock file /var/lib/machines/.#locked.lck is owned by UID 65534, not root; refusing to use it"
+    );
+    assert_eq!(tb.ok("cat '/var/lib/machines/.#locked.lck'").trim(), "keep", "left as it was");
+    tb.ok("rm '/var/lib/machines/.#locked.lck' && machine remove locked");
+    // A lock let go leaves no lock file behind.
+    tb.ok("test ! -e '/var/lib/machines/.#locked.lck'");
 }
