@@ -107,8 +107,7 @@ fn failed_upgrade(tb: &Testbed) {
     image(tb, "foobar_1.raw", "1");
     fleet_file(tb, &foobar("foobar_1.raw"));
     tb.ok("portable apply /srv/fleet/host.toml");
-    let before =
-        tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort; cat /var/lib/wharf/fleet.json");
+    let before = tb.unit_files("foobar*") + &tb.ok("cat /var/lib/wharf/fleet.json");
 
     // Version 3's service cannot start.
     let broken = tb.host_path("/srv/fleet/foobar_3");
@@ -121,7 +120,7 @@ fn failed_upgrade(tb: &Testbed) {
     assert!(out.stderr.contains("foobar.service"), "{out}");
     assert!(out.stderr.ends_with("everything this apply changed was put back\n"), "{out}");
     assert_eq!(out.stderr.lines().count(), 1, "{out}");
-    let after = tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort; cat /var/lib/wharf/fleet.json");
+    let after = tb.unit_files("foobar*") + &tb.ok("cat /var/lib/wharf/fleet.json");
     assert_eq!(after, before);
     assert_eq!(show(tb, "ActiveState"), "active");
     assert_eq!(show(tb, "RootImage"), "/srv/fleet/foobar_1.raw");

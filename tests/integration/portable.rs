@@ -209,7 +209,7 @@ fn failed_reattach(tb: &Testbed) {
     clean_slate(tb);
     pool_image(tb, "foobar_1.raw", RAW, "1");
     tb.ok("portable attach --now foobar_1.raw");
-    let before = tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort");
+    let before = tb.unit_files("foobar*");
 
     // A newer version whose service cannot start: its files are put back
     // and the old version runs again.
@@ -225,7 +225,7 @@ fn failed_reattach(tb: &Testbed) {
     let refused = tb.fails("portable reattach foobar_3");
     assert!(refused.stderr.contains("the host was left as it was"), "{refused}");
     assert_eq!(refused.stderr.lines().count(), 1, "{refused}");
-    assert_eq!(tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort"), before);
+    assert_eq!(tb.unit_files("foobar*"), before);
     assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
     assert_eq!(show(tb, "foobar.service", "RootImage"), "/var/lib/portables/foobar_1.raw");
 
@@ -236,7 +236,7 @@ fn failed_reattach(tb: &Testbed) {
         refused.stderr.trim(),
         "portable: image '/var/lib/portables/foobar_4.raw': not an image (neither a directory nor a squashfs, ext4, erofs, GPT or xz file)"
     );
-    assert_eq!(tb.ok("cd /etc/systemd/system && find foobar* -exec ls -ld {} + | sort"), before);
+    assert_eq!(tb.unit_files("foobar*"), before);
     tb.ok("portable detach --now foobar_1.raw && rm -rf /var/lib/portables/foobar_3 /var/lib/portables/foobar_4.raw");
     assert_no_foobar_units(tb);
 }

@@ -269,6 +269,18 @@ impl Testbed {
         .success()
     }
 
+    /// The entries of /etc/systemd/system matching `glob`, sorted: type
+    /// and mode, owner, inode, name, and a file's size and link target.
+    /// Equal listings mean nothing was rewritten (a rewrite is a new
+    /// inode). No times: putting a file back changes its directory's mtime,
+    /// and across a minute boundary `ls -l` made that a difference.
+    pub fn unit_files(&self, glob: &str) -> String {
+        self.ok(&format!(
+            "cd /etc/systemd/system && find {glob} \\( -type d -printf '%M %u:%g %i %p\\n' \\) \\
+               -o -printf '%M %u:%g %i %p %s %l\\n' | sort"
+        ))
+    }
+
     /// Runs a script that must succeed; returns its stdout.
     #[track_caller]
     pub fn ok(&self, script: &str) -> String {
