@@ -140,7 +140,7 @@ pub async fn apply(
     let check = options.check;
     let (resolved, sources) = blocking(move || resolve(&resolve_host, &wants, &resolve_base, check, progress)).await?;
     let snapshot = snapshot(host, systemd).await?;
-    let machine_states = machine_states(machines.as_ref(), &fleet.machines).await?;
+    let machine_states = machine_states(&host.root, machines.as_ref(), &fleet.machines).await?;
     let mut steps = plan_portables(&resolved, &snapshot, options.prune).steps;
     steps.extend(plan_machines(&fleet.machines, &machine_states).map_err(Error::Machine)?);
     let plan = Plan::new(steps);
@@ -161,18 +161,23 @@ struct MachineWants {
 
 /// How each machine the file lists is now: machined and the manager are
 /// asked once for all of them.
-async fn machine_states(machines: Option<&MachineContext<'_>>, wants: &[MachineWant]) -> Result<Vec<MachineState>> {
+async fn machine_states(
+    root: &Path,
+    machines: Option<&MachineContext<'_>>,
+    wants: &[MachineWant],
+) -> Result<Vec<MachineState>> {
     if wants.is_empty() {
         return Ok(Vec::new());
     }
     let machines = machines.ok_or_else(|| Error::Machine("machines are not managed here".into()))?;
-    let systemd = machines.systemd;
     let running = running_machines(machines.machined).await.map_err(|source| {
         let names: Vec<&str> = wants.iter().map(|want| want.name.as_str()).collect();
         crate::machine::ops::Error::Machined { machine: names.join(", "), source }
     })?;
     let boot_units: Vec<String> = wants.iter().map(|want| boot_unit(&want.name)).collect();
-    let unit_files = systemd.unit_file_states(&boot_units).await?;
+    // An instance is enabled by its links: systemd lists only the template's
+    // unit file, whose state is not the instance's.
+    let link_dirs = [unit_dir(root, false), unit_dir(root, true)];
     let mut states = Vec::new();
     for (want, boot) in wants.iter().zip(&boot_units) {
         let (store, config_dir, name) =
@@ -189,7 +194,7 @@ async fn machine_states(machines: Option<&MachineContext<'_>>, wants: &[MachineW
             name: want.name.clone(),
             image_present,
             running: running.contains(&want.name),
-            enabled: unit_files.get(boot).is_some_and(|s| s.starts_with("enabled")),
+            enabled: !crate::portable::install::links_of(&link_dirs, boot).is_empty(),
             saved_limits,
         });
     }

@@ -288,6 +288,21 @@ fn machines(tb: &Testbed) {
     fleet_file(tb, &machine_entry("256M", false));
     assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. stop machine fleetm\nApplied.\n");
 
+    // Enabled and disabled by links in the transaction, as systemctl makes them.
+    let enabled = |on: bool| {
+        machine_entry("256M", false).replace("started = false\n", &format!("started = false\nenabled = {on}\n"))
+    };
+    fleet_file(tb, &enabled(true));
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. enable machine fleetm\nApplied.\n");
+    assert_eq!(tb.ok("systemctl is-enabled wharf-machine@fleetm.service").trim(), "enabled");
+    let link = tb.ok("readlink /etc/systemd/system/machines.target.wants/wharf-machine@fleetm.service");
+    assert!(link.trim().ends_with("/wharf-machine@.service"), "{link}");
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0), "idempotent");
+    fleet_file(tb, &enabled(false));
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. disable machine fleetm\nApplied.\n");
+    tb.fails("test -L /etc/systemd/system/machines.target.wants/wharf-machine@fleetm.service");
+    assert_ne!(tb.sh("systemctl is-enabled wharf-machine@fleetm.service").stdout.trim(), "enabled");
+
     // A machine that cannot boot: the apply fails, and what it imported is gone again.
     tb.ok("mkdir -p /srv/fleet/noinit/etc && echo ID=x > /srv/fleet/noinit/etc/os-release && tar -C /srv/fleet/noinit -cf /srv/fleet/noinit.tar .");
     fleet_file(tb, "[[machine]]\nname = \"noinit\"\nsource = \"noinit.tar\"\nstarted = true\n");
