@@ -9,8 +9,10 @@
 //!
 //! Each step records its undo *before* it touches the host: a stop or start
 //! that fails half-way (some units done, one not) is undone too. The undo
-//! of a restart runs once the old files are back, so that the units run the
-//! old version again.
+//! of a stop or a restart runs once the old files are back, so that the
+//! units run the old version again; a stop may come after the files are
+//! changed (systemd sees them only at the reload), so that the journal,
+//! which says what recovery must restart, is written before any unit stops.
 
 use crate::systemd::manager::UnitManager;
 use crate::transaction::{self, Change, Transaction, Undo};
@@ -54,7 +56,7 @@ impl<'a, M: UnitManager> Executor<'a, M> {
         if units.is_empty() {
             return Ok(());
         }
-        self.done.push(Inverse::Start(units.to_vec()));
+        self.push_after_files(Inverse::Start(units.to_vec()));
         self.systemd.stop(units, true).await
     }
 
@@ -101,9 +103,15 @@ impl<'a, M: UnitManager> Executor<'a, M> {
         if units.is_empty() {
             return Ok(());
         }
-        let before_files = self.done.iter().position(|i| matches!(i, Inverse::Files)).unwrap_or(self.done.len());
-        self.done.insert(before_files, Inverse::Restart(units.to_vec()));
+        self.push_after_files(Inverse::Restart(units.to_vec()));
         self.systemd.restart(units, wait).await
+    }
+
+    /// Records an inverse that brings units up again: it runs once the old
+    /// files are back (and systemd reloaded), so they run the old version.
+    fn push_after_files(&mut self, inverse: Inverse) {
+        let files = self.done.iter().position(|i| matches!(i, Inverse::Files)).unwrap_or(self.done.len());
+        self.done.insert(files, inverse);
     }
 
     /// The manager the change runs against.

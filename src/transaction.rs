@@ -106,6 +106,29 @@ enum State {
 struct Journal {
     state: State,
     actions: Vec<Action>,
+    #[serde(default)]
+    on_rollback: UnitsOnRollback,
+}
+
+/// What a rollback of the files must also do to running units: stop those
+/// the change started, restart those it stopped or restarted (they ran
+/// before it). Journaled with the files, so that a recovery after a crash
+/// puts back what ran as well as what was on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitsOnRollback {
+    pub stop: Vec<String>,
+    pub restart: Vec<String>,
+}
+
+impl UnitsOnRollback {
+    pub fn is_empty(&self) -> bool {
+        self.stop.is_empty() && self.restart.is_empty()
+    }
+
+    fn extend(&mut self, other: UnitsOnRollback) {
+        self.stop.extend(other.stop);
+        self.restart.extend(other.restart);
+    }
 }
 
 /// Journals whose recovery failed, retried before any new change.
@@ -129,7 +152,12 @@ pub fn retry_unresolved(journal_dir: &Path) -> Result<()> {
     let pending: Vec<PathBuf> = unresolved().iter().filter(|p| p.parent() == Some(journal_dir)).cloned().collect();
     for journal in pending {
         match recover_one(&journal) {
-            Ok(()) => {
+            Ok(units) => {
+                if !units.is_empty() {
+                    // Only a start of wharfd knows the units to put back
+                    // (a failed undo in process did them itself).
+                    tracing::warn!(journal = %journal.display(), ?units, "files put back; the units are left as they are");
+                }
                 tracing::info!(journal = %journal.display(), "an interrupted change is put back at last");
                 unresolved().retain(|p| *p != journal);
             }
@@ -149,6 +177,7 @@ pub struct Transaction {
     steps: Vec<Step>,
     /// Set once applied: the actions the journal records.
     actions: Vec<Action>,
+    on_rollback: UnitsOnRollback,
 }
 
 impl Transaction {
@@ -157,7 +186,13 @@ impl Transaction {
         static SERIAL: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let id = format!("{nanos:x}-{}-{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
-        Transaction { journal_dir: journal_dir.to_path_buf(), id, steps: Vec::new(), actions: Vec::new() }
+        Transaction {
+            journal_dir: journal_dir.to_path_buf(),
+            id,
+            steps: Vec::new(),
+            actions: Vec::new(),
+            on_rollback: UnitsOnRollback::default(),
+        }
     }
 
     pub fn make_dir(&mut self, path: impl Into<PathBuf>) {
@@ -178,6 +213,14 @@ impl Transaction {
 
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+    }
+
+    /// Records, before [`Transaction::apply`] journals anything, which
+    /// units the change will start (`stop`) and which it will stop or
+    /// restart (`restart`): a recovery rolling the files back does the
+    /// same to the units. An in-process rollback does it itself.
+    pub fn on_rollback(&mut self, units: UnitsOnRollback) {
+        self.on_rollback = units;
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -289,7 +332,7 @@ impl Transaction {
     }
 
     fn write_journal(&self, state: State) -> Result<()> {
-        let journal = Journal { state, actions: self.actions.clone() };
+        let journal = Journal { state, actions: self.actions.clone(), on_rollback: self.on_rollback.clone() };
         let text = serde_json::to_vec_pretty(&journal)
             .map_err(|e| Error::Journal { path: self.journal_path(), reason: e.to_string() })?;
         crash_point()?;
@@ -478,27 +521,31 @@ fn remove_journal(path: &Path) -> Result<()> {
     sync_parent(path).map_err(io(path))
 }
 
-/// Rolls back (prepared) or completes (committed) one journal, then removes it.
-fn recover_one(path: &Path) -> Result<()> {
+/// Rolls back (prepared) or completes (committed) one journal, then
+/// removes it. Returns what must be done to units after a rollback.
+fn recover_one(path: &Path) -> Result<UnitsOnRollback> {
     let text = match fs::read(path) {
         Ok(text) => text,
         // Resolved meanwhile (by another retry).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(UnitsOnRollback::default()),
         Err(e) => return Err(io(path)(e)),
     };
     let journal: Journal = serde_json::from_slice(&text)
         .map_err(|e| Error::Journal { path: path.to_path_buf(), reason: e.to_string() })?;
-    match journal.state {
+    let units = match journal.state {
         State::Prepared => {
             tracing::warn!(journal = %path.display(), "rolling back an interrupted change");
             undo_all(&journal.actions)?;
+            journal.on_rollback
         }
         State::Committed => {
             tracing::info!(journal = %path.display(), "finishing an interrupted commit");
             finish(&journal.actions)?;
+            UnitsOnRollback::default()
         }
-    }
-    remove_journal(path)
+    };
+    remove_journal(path)?;
+    Ok(units)
 }
 
 /// What [`recover`] did.
@@ -512,6 +559,9 @@ pub struct Recovery {
     pub unresolved: Vec<(PathBuf, String)>,
     /// Temporaries left by a crash beside the units, removed.
     pub temporaries: usize,
+    /// What the rolled-back changes had done to units, to be put back by
+    /// the caller (which has systemd): stop these, reload, restart those.
+    pub units: UnitsOnRollback,
 }
 
 /// Finishes what a crash interrupted: every journal in `journal_dir` is
@@ -541,7 +591,10 @@ pub fn recover(journal_dir: &Path, unit_dirs: &[PathBuf]) -> Result<Recovery> {
     journals.sort();
     for path in journals {
         match recover_one(&path) {
-            Ok(()) => report.recovered += 1,
+            Ok(units) => {
+                report.recovered += 1;
+                report.units.extend(units);
+            }
             Err(Error::Journal { reason, .. }) => {
                 let quarantine = journal_dir.join(QUARANTINE);
                 let moved = fs::create_dir_all(&quarantine)
@@ -808,6 +861,34 @@ mod tests {
         assert_eq!(fs::read_to_string(units.join("old.service")).unwrap(), "replaced");
         assert_eq!(listing(&units), ["old.service"]);
         assert_eq!(recover(&journal, std::slice::from_ref(&units)).unwrap().recovered, 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// What the interrupted change did to units comes back from the
+    /// journal of a rollback, and nothing from one that was committed.
+    #[test]
+    fn recovery_reports_the_units_to_put_back() {
+        let root = scratch("recover-units");
+        let units = root.join("units");
+        let journal = root.join("journal");
+        let put_back = UnitsOnRollback { stop: vec!["new.service".into()], restart: vec!["old.service".into()] };
+
+        let mut tx = Transaction::new(&journal);
+        tx.write(units.join("new.service"), "new", 0o644);
+        tx.on_rollback(put_back.clone());
+        tx.apply().unwrap();
+        std::mem::forget(tx);
+        let report = recover(&journal, std::slice::from_ref(&units)).unwrap();
+        assert_eq!((report.recovered, report.units), (1, put_back.clone()));
+
+        let mut tx = Transaction::new(&journal);
+        tx.write(units.join("new.service"), "new", 0o644);
+        tx.on_rollback(put_back);
+        tx.apply().unwrap();
+        tx.write_journal(State::Committed).unwrap();
+        std::mem::forget(tx);
+        let report = recover(&journal, std::slice::from_ref(&units)).unwrap();
+        assert_eq!((report.recovered, report.units), (1, UnitsOnRollback::default()));
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -115,9 +115,15 @@ async fn serve(options: Options) -> Result<(), Error> {
         Ok(report) => {
             if report.recovered > 0 {
                 tracing::warn!("recovered {} interrupted operation(s)", report.recovered);
-                let reloaded = async { Systemd::new(&connection).await?.reload().await }.await;
-                if let Err(e) = reloaded {
-                    tracing::error!("reloading systemd after recovery: {e}");
+                match Systemd::new(&connection).await {
+                    Ok(systemd) => {
+                        let failed = crate::portable::ops::settle_recovery(&systemd, &report.units).await;
+                        if !failed.is_empty() {
+                            let failed = crate::transaction::describe_failed(&failed);
+                            tracing::error!("after recovery, the units could not all be put back: {failed}");
+                        }
+                    }
+                    Err(e) => tracing::error!("reloading systemd after recovery: {e}"),
                 }
             }
             // Each is logged where it failed; every change is refused

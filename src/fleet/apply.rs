@@ -28,7 +28,7 @@ use crate::portable::plan::{
 use crate::portable::profile::Profile;
 use crate::systemd::manager::UnitManager;
 use crate::systemd::{Systemd, condition};
-use crate::transaction::{Transaction, Undo};
+use crate::transaction::{Transaction, Undo, UnitsOnRollback};
 use zbus_systemd::machine1::ManagerProxy as Machined;
 
 /// Where apply records what it attached.
@@ -397,6 +397,19 @@ async fn execute(
         )
     })
     .await?;
+
+    // What a recovery after a crash must do with the units besides the
+    // files: stop those the apply starts, start again those it stops or restarts.
+    let mut tx = tx;
+    let (mut stop, mut restart) = (Vec::new(), Vec::new());
+    for step in &plan.steps {
+        match step {
+            Step::Start { units } => stop.extend(units.iter().cloned()),
+            Step::Stop { units } | Step::Restart { units } => restart.extend(units.iter().cloned()),
+            _ => {}
+        }
+    }
+    tx.on_rollback(UnitsOnRollback { stop, restart });
 
     let mut change = Executor::new(systemd);
     let mut done = MachinesDone::default();

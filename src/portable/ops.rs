@@ -17,7 +17,7 @@ use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
 use crate::image::units::find_units;
 use crate::image::{ImageKind, Pool, readonly};
 use crate::systemd::manager::UnitManager;
-use crate::transaction::{Change, Transaction, Undo};
+use crate::transaction::{Change, FailedUndo, Transaction, Undo, UnitsOnRollback};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -225,6 +225,9 @@ pub async fn attach(
         if actions.enable {
             add_enable_steps(&unit_dir(&host.root, actions.runtime), &sources, &mut tx)?;
         }
+        if actions.now {
+            tx.on_rollback(UnitsOnRollback { stop: startable(&units), restart: Vec::new() });
+        }
         Ok((tx, units))
     })
     .await?;
@@ -260,6 +263,27 @@ async fn conclude<T>(change: Executor<'_, impl UnitManager>, result: Result<T>, 
             Err(Error::rolled_back(error, undo))
         }
     }
+}
+
+/// Finishes, with systemd, a crash recovery that rolled files back: the
+/// units the interrupted changes started are stopped, systemd reloads, and
+/// the units they had stopped or restarted run again. Returns what failed.
+pub async fn settle_recovery(systemd: &impl UnitManager, units: &UnitsOnRollback) -> Vec<FailedUndo> {
+    let mut undo = Undo::new("an interrupted change");
+    // Only what still runs: a unit whose files are gone and that is not
+    // running is not loaded any more, and stopping it would fail.
+    match active_units(systemd, &units.stop).await {
+        Ok(active) => {
+            let running: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
+            undo.step("stopping the units it started", systemd.stop(&running, true).await);
+        }
+        Err(e) => undo.step("stopping the units it started", Err::<(), _>(e)),
+    }
+    undo.step("reloading systemd", systemd.reload().await);
+    // Queued, not waited for: wharfd answers no call until recovery is
+    // done, and how the units fare afterwards is theirs to report.
+    undo.step("restarting the units it had stopped", systemd.restart(&units.restart, false).await);
+    undo.finish()
 }
 
 /// Adds the links that enable the units of `sources` (templates are never
@@ -346,8 +370,13 @@ pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, action
     let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
     let mut change = Executor::new(systemd);
     let result = async {
-        change.stop(&stopped).await?;
+        let mut tx = tx;
+        // Journaled before the units stop, so that a crash at any point
+        // after it is recovered with them running again. systemd sees the
+        // removed files only at the reload, after the stop.
+        tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
         let changes = change.apply(tx).await?;
+        change.stop(&stopped).await?;
         change.reload().await?;
         Ok(changes)
     }
@@ -437,18 +466,23 @@ pub async fn reattach(
     let running: Vec<String> = active_units(systemd, &old_units).await?.into_iter().map(|(u, _)| u).collect();
     let running_dropped: Vec<String> = running.iter().filter(|u| dropped_units.contains(u)).cloned().collect();
     let restart: Vec<String> = running.iter().filter(|u| units.contains(u)).cloned().collect();
+    let newly_started: Vec<String> =
+        if actions.now { startable(&units).into_iter().filter(|u| !restart.contains(u)).collect() } else { Vec::new() };
 
+    // Journaled before any unit is touched: a recovery after a crash stops
+    // what the new version started and restarts the old version's units.
+    let mut tx = tx;
+    tx.on_rollback(UnitsOnRollback { stop: newly_started.clone(), restart: running.clone() });
     // Undone, the old version is back: its files and links, its units running.
     let mut change = Executor::new(systemd);
     let result = async {
-        change.stop(&running_dropped).await?;
         let changes = change.apply(tx).await?;
+        // The files of the dropped units are gone only for systemd's next
+        // reload: they stop as they were.
+        change.stop(&running_dropped).await?;
         change.reload().await?;
         change.restart(&restart, !actions.no_block).await?;
-        if actions.now {
-            let not_running: Vec<String> = startable(&units).into_iter().filter(|u| !restart.contains(u)).collect();
-            change.start(&not_running, !actions.no_block).await?;
-        }
+        change.start(&newly_started, !actions.no_block).await?;
         Ok(changes)
     }
     .await;
@@ -730,6 +764,27 @@ mod tests {
         assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
         assert_eq!(systemd.running(), ["foobar.service"]);
         std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// After a crash: what still runs of the units an interrupted change
+    /// started is stopped (a unit that is not running is not asked, its
+    /// files may be gone), then systemd reloads and the units it had
+    /// stopped run again.
+    #[test]
+    fn a_recovery_stops_what_was_started_and_restarts_what_was_stopped() {
+        let systemd = FakeManager::default();
+        systemd.running.lock().unwrap().insert("started.service".into());
+        let units = UnitsOnRollback {
+            stop: vec!["started.service".into(), "never-ran.service".into()],
+            restart: vec!["stopped.service".into()],
+        };
+        assert_eq!(zbus::block_on(settle_recovery(&systemd, &units)), Vec::<FailedUndo>::new());
+        assert_eq!(systemd.calls(), ["stop started.service", "reload", "restart stopped.service"]);
+        assert_eq!(systemd.running(), ["stopped.service"]);
+
+        systemd.fail("reload", 1);
+        let failed = zbus::block_on(settle_recovery(&systemd, &UnitsOnRollback::default()));
+        assert_eq!(failed.iter().map(|f| f.step.as_str()).collect::<Vec<_>>(), ["reloading systemd"]);
     }
 
     /// A reattach whose reload fails puts the old version back, enabled and

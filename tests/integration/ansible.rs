@@ -305,10 +305,11 @@ fn foobar(tb: &Testbed) -> Foobar {
     let show =
         |property: &str| tb.ok(&format!("systemctl show -p {property} --value foobar.service")).trim().to_string();
     let (image, state, pid) = (show("RootImage"), show("ActiveState"), show("MainPID"));
-    let version = tb
-        .ok(&format!("[ {pid} -gt 0 ] && . /proc/{pid}/root/usr/lib/os-release && echo $VERSION_ID || true"))
-        .trim()
-        .to_string();
+    let version = if pid != "0" && tb.wait_exec(&pid, "busybox") {
+        tb.ok(&format!(". /proc/{pid}/root/usr/lib/os-release && echo $VERSION_ID || true")).trim().to_string()
+    } else {
+        String::new()
+    };
     Foobar { image, state, pid, version }
 }
 

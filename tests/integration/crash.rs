@@ -389,6 +389,15 @@ fn check(tb: &Testbed) -> HostState {
         "find /var/lib/portables -maxdepth 1 \\( -name '.#wharf-*' -o -name '.*.part' \\) -printf 'TEMP %p\\n'
          ls -A /var/lib/wharf/transactions 2>/dev/null | sed 's/^/JOURNAL /'\n",
     );
+    // A unit still running after its files were rolled back away.
+    let _ = write!(
+        script,
+        "systemctl show -p Id -p LoadState -p ActiveState {units} | \\
+           awk -F= '/^Id=/{{u=$2}} /^LoadState=/{{l=$2}} /^ActiveState=/{{a=$2}} \\
+                    /^$/{{if (l == \"not-found\" && a != \"inactive\" && a != \"failed\") print \"STRAY \" u \" \" a; u=l=a=\"\"}} \\
+                    END{{if (l == \"not-found\" && a != \"inactive\" && a != \"failed\") print \"STRAY \" u \" \" a}}'\n",
+        units = FOOBAR_UNITS.iter().chain(BATCH_UNITS.iter()).copied().collect::<Vec<_>>().join(" ")
+    );
     let out = tb.ok(&script);
     let mut state = HostState::default();
     let mut units: Vec<(String, String)> = Vec::new();
@@ -400,6 +409,7 @@ fn check(tb: &Testbed) -> HostState {
             "DANGLING" => state.problems.push(format!("dangling enablement link: {rest}")),
             "JOURNAL" => state.problems.push(format!("journal left: {rest}")),
             "EMPTYDIR" => state.problems.push(format!("drop-in directory without the attachment: {rest}")),
+            "STRAY" => state.problems.push(format!("running without being attached: {rest}")),
             "UNIT" => {
                 let mut parts = rest.splitn(3, ' ');
                 let (path, present, image) =

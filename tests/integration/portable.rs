@@ -67,9 +67,7 @@ fn show(tb: &Testbed, unit: &str, property: &str) -> String {
 fn os_release_seen_by(tb: &Testbed, unit: &str) -> String {
     let pid = show(tb, unit, "MainPID");
     assert_ne!(pid, "0", "{unit} has no main process");
-    // Until systemd has set up the sandbox and exec'd, the process is
-    // systemd's "(busybox)" child, still in the host's root.
-    tb.ok(&format!("for i in $(seq 50); do [ \"$(cat /proc/{pid}/comm)\" = busybox ] && break; sleep 0.1; done"));
+    assert!(tb.wait_exec(&pid, "busybox"), "{unit} never exec'd busybox");
     tb.ok(&format!("cat /proc/{pid}/root/usr/lib/os-release"))
 }
 

@@ -215,7 +215,7 @@ fn clean_foobar(tb: &Testbed) {
 fn version_served(tb: &Testbed) -> String {
     tb.ok("systemctl start foobar.service");
     let pid = tb.ok("systemctl show -P MainPID foobar.service").trim().to_string();
-    tb.ok(&format!("for i in $(seq 50); do [ \"$(cat /proc/{pid}/comm)\" = busybox ] && break; sleep 0.1; done"));
+    assert!(tb.wait_exec(&pid, "busybox"), "foobar.service never exec'd busybox");
     let os = tb.ok(&format!("cat /proc/{pid}/root/usr/lib/os-release"));
     tb.ok("systemctl stop foobar.service");
     os.lines().find_map(|l| l.strip_prefix("VERSION_ID=")).unwrap_or_default().to_string()

@@ -257,6 +257,18 @@ impl Testbed {
         out
     }
 
+    /// Waits until process `pid` runs the program `comm`; false if it
+    /// ended or 10 s passed. A service is "active" as soon as systemd has
+    /// forked it, while the child still sets up the sandbox in the host's
+    /// root: only after the exec does /proc/PID/root show the image.
+    pub fn wait_exec(&self, pid: &str, comm: &str) -> bool {
+        self.sh(&format!(
+            "for i in $(seq 100); do [ \"$(cat /proc/{pid}/comm 2>/dev/null)\" = {comm} ] && exit 0; \
+             [ -e /proc/{pid} ] || exit 1; sleep 0.1; done; exit 1"
+        ))
+        .success()
+    }
+
     /// Runs a script that must succeed; returns its stdout.
     #[track_caller]
     pub fn ok(&self, script: &str) -> String {
