@@ -344,6 +344,32 @@ pub trait Machine {
     ) -> zbus::Result<i32>;
 }
 
+/// One step of a fleet plan, as `org.wharf1.Fleet.Apply` returns it:
+/// `action` says what the step does, and the fields that step has are set
+/// (the others are empty or false). The steps come in the order they run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PlanStep {
+    /// `stop`, `disable`, `detach`, `attach`, `reattach`, `refresh`,
+    /// `enable`, `restart`, `start`, `import-machine`, `set-limits`,
+    /// `enable-machine`, `disable-machine`, `stop-machine`, `start-machine`.
+    pub action: String,
+    /// The units of stop, disable, enable, restart and start.
+    pub units: Vec<String>,
+    /// The image of detach, attach, reattach (the new one) and refresh.
+    pub image: String,
+    /// The image reattach replaces.
+    pub from: String,
+    /// The profile and runtime flag of attach, reattach and refresh.
+    pub profile: String,
+    pub runtime: bool,
+    /// The machine of the machine steps.
+    pub machine: String,
+    /// Where import-machine imports from.
+    pub source: String,
+    /// The limits of set-limits, as `Key=Value`.
+    pub limits: Vec<String>,
+}
+
 /// Flags of `org.wharf1.Fleet.Apply`.
 pub mod fleet_flags {
     /// Plan only; change nothing.
@@ -358,6 +384,7 @@ pub mod fleet_flags {
 pub trait Fleet {
     /// Applies (or with CHECK, plans) a fleet file given as text; `file` is
     /// its absolute path, against which relative image paths are taken.
-    /// Returns whether the plan was carried out, and the plan as JSON.
-    fn apply(&self, text: &str, file: &str, flags: u64) -> zbus::Result<(bool, String)>;
+    /// Returns whether the plan was carried out, and its steps in the order
+    /// they run (or would run).
+    fn apply(&self, text: &str, file: &str, flags: u64) -> zbus::Result<(bool, Vec<PlanStep>)>;
 }

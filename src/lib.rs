@@ -16,6 +16,7 @@ pub mod api;
 pub mod cli;
 pub mod compress;
 pub mod daemon;
+pub mod executor;
 pub mod fleet;
 pub mod fs;
 pub mod image;

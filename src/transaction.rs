@@ -49,6 +49,10 @@ pub enum Error {
         journal.display()
     )]
     Unrecovered { journal: PathBuf, reason: String },
+    /// A step failed, and undoing the steps before it failed too: the
+    /// journal is kept, and the files are not as they were.
+    #[error("{error}; putting back the files changed before it failed too: {undo}")]
+    NotUndone { error: Box<Error>, undo: Box<Error> },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -290,6 +294,7 @@ impl Transaction {
                         // next change) tries again.
                         tracing::error!("rolling back after '{e}' failed too: {undo}");
                         remember_unresolved(&self.journal_path());
+                        return Err(Error::NotUndone { error: Box::new(e), undo: Box::new(undo) });
                     }
                 }
                 Err(e)

@@ -10,7 +10,7 @@ use super::output::Format;
 use super::progress::{with_progress, within};
 use super::{CliError, current_dir};
 use crate::api::{FleetProxy, fleet_flags};
-use crate::fleet::Plan;
+use crate::fleet::{Plan, Step};
 
 /// Exit status of `apply --check` when the host differs from the file.
 pub const EXIT_CHANGES_PENDING: u8 = 2;
@@ -45,8 +45,10 @@ pub async fn apply(bus: &zbus::Connection, args: ApplyArgs, format: Format, quie
     let flags = if args.check { fleet_flags::CHECK } else { 0 } | if args.prune { fleet_flags::PRUNE } else { 0 };
     let fleet = within(FleetProxy::new(bus)).await?;
     let show = !quiet && !format.is_json();
-    let (applied, plan) = with_progress(bus, show, fleet.apply(&text, &file.display().to_string(), flags)).await?;
-    let plan: Plan = serde_json::from_str(&plan).map_err(|e| CliError::Output(std::io::Error::other(e)))?;
+    let (applied, steps) = with_progress(bus, show, fleet.apply(&text, &file.display().to_string(), flags)).await?;
+    // In the daemon's order, which is the order the steps run in.
+    let steps = steps.into_iter().map(Step::try_from).collect::<Result<Vec<_>, _>>();
+    let plan = Plan { steps: steps.map_err(|e| CliError::Output(std::io::Error::other(e)))? };
     let view = ApplyView { file: file.display().to_string(), changed: !plan.is_empty(), applied, plan: &plan };
     if !quiet || format.is_json() {
         format.emit(&view, |view| {

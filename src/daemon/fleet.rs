@@ -9,7 +9,7 @@ use zbus::message::Header;
 use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
-use crate::api::{BusError, fleet_flags};
+use crate::api::{BusError, PlanStep, fleet_flags};
 use crate::fleet::FleetFile;
 use crate::fleet::apply::{self, Error, MachineContext, Options};
 use crate::machine::ops::Machines;
@@ -41,7 +41,7 @@ impl FleetInterface {
         flags: u64,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<(bool, String), BusError> {
+    ) -> Result<(bool, Vec<PlanStep>), BusError> {
         require_root(connection, &header, "applying a fleet file").await?;
         if flags & !fleet_flags::ALL != 0 {
             return Err(BusError::InvalidArgument(format!("unknown flags {:#x}", flags & !fleet_flags::ALL)));
@@ -55,10 +55,9 @@ impl FleetInterface {
         let systemd = Systemd::new(connection).await.map_err(failed)?;
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
         let machined = zbus_systemd::machine1::ManagerProxy::new(connection).await?;
-        let machines = MachineContext { machines: &self.machines, machined: &machined };
-        let outcome = apply::apply(&self.host, machines, &systemd, fleet, base, options, progress).await?;
-        let plan = serde_json::to_string(&outcome.plan).map_err(failed)?;
-        Ok((outcome.applied, plan))
+        let machines = MachineContext { machines: &self.machines, machined: &machined, systemd: &systemd };
+        let outcome = apply::apply(&self.host, Some(machines), &systemd, fleet, base, options, progress).await?;
+        Ok((outcome.applied, outcome.plan.steps.iter().map(PlanStep::from).collect()))
     }
 }
 

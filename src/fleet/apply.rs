@@ -10,21 +10,25 @@ use std::time::Duration;
 use super::file::MachineWant;
 use super::file::{FleetFile, PortableWant};
 use super::plan::{
-    AttachedImage, MachineState, Plan, Record, RecordedPortable, ResolvedPortable, Snapshot, Step, plan_machines,
-    plan_portables,
+    AttachedImage, MachineState, Phase, Plan, Record, RecordedPortable, ResolvedPortable, Snapshot, Step,
+    plan_machines, plan_portables,
 };
+use crate::executor::Executor;
 use crate::image::ImageName;
 use crate::machine::config::MachineConfig;
 use crate::machine::ops::{Machines, StartRequest, boot_unit, is_running, running_machines, settings_with_limits};
 use crate::portable::Attachments;
 use crate::portable::dropin::{SETTINGS_DROPIN, settings_dropin};
-use crate::portable::ops::{Host, ImageRequest, ProgressFn, preview_source, read_pinned_source, read_source};
+use crate::portable::ops::{
+    Host, ImageRequest, ProgressFn, add_unlink_steps, preview_source, read_pinned_source, read_source,
+};
 use crate::portable::plan::{
     AttachOptions, CopyMode, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
 };
 use crate::portable::profile::Profile;
+use crate::systemd::manager::UnitManager;
 use crate::systemd::{Systemd, condition};
-use crate::transaction::{Transaction, Undo};
+use crate::transaction::{Transaction, Undo, UnitsOnRollback};
 use zbus_systemd::machine1::ManagerProxy as Machined;
 
 /// Where apply records what it attached.
@@ -109,19 +113,22 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     zruntime::unblock(work).await
 }
 
-/// What apply works on beyond the portable host: machines, through machined.
+/// What apply works on beyond the portable host: machines, through
+/// machined and the manager itself (their starts are transient units).
 #[derive(Debug)]
 pub struct MachineContext<'a> {
     pub machines: &'a Machines,
     pub machined: &'a Machined<'a>,
+    pub systemd: &'a Systemd,
 }
 
 /// Applies a fleet file. `base` is the directory relative image paths in
-/// the file are taken from (the file's own directory).
+/// the file are taken from (the file's own directory). Without `machines`,
+/// a file that lists machines is refused.
 pub async fn apply(
     host: &Host,
-    machines: MachineContext<'_>,
-    systemd: &Systemd,
+    machines: Option<MachineContext<'_>>,
+    systemd: &impl UnitManager,
     fleet: FleetFile,
     base: PathBuf,
     options: Options,
@@ -133,16 +140,16 @@ pub async fn apply(
     let check = options.check;
     let (resolved, sources) = blocking(move || resolve(&resolve_host, &wants, &resolve_base, check, progress)).await?;
     let snapshot = snapshot(host, systemd).await?;
-    let machine_states = machine_states(&machines, systemd, &fleet.machines).await?;
-    let mut plan = plan_portables(&resolved, &snapshot, options.prune);
-    let machine_steps = plan_machines(&fleet.machines, &machine_states).map_err(Error::Machine)?;
-    plan.steps.extend(machine_steps);
+    let machine_states = machine_states(&host.root, machines.as_ref(), &fleet.machines).await?;
+    let mut steps = plan_portables(&resolved, &snapshot, options.prune).steps;
+    steps.extend(plan_machines(&fleet.machines, &machine_states).map_err(Error::Machine)?);
+    let plan = Plan::new(steps);
     tracing::info!(steps = plan.steps.len(), check = options.check, "fleet plan");
     if options.check || plan.is_empty() {
         return Ok(Outcome { plan, applied: false });
     }
     let wanted_machines = MachineWants { wants: fleet.machines, base };
-    execute(host, &machines, systemd, &plan, &resolved, sources, &snapshot, &wanted_machines).await?;
+    execute(host, machines.as_ref(), systemd, &plan, &resolved, sources, &snapshot, &wanted_machines).await?;
     Ok(Outcome { plan, applied: true })
 }
 
@@ -155,19 +162,22 @@ struct MachineWants {
 /// How each machine the file lists is now: machined and the manager are
 /// asked once for all of them.
 async fn machine_states(
-    machines: &MachineContext<'_>,
-    systemd: &Systemd,
+    root: &Path,
+    machines: Option<&MachineContext<'_>>,
     wants: &[MachineWant],
 ) -> Result<Vec<MachineState>> {
     if wants.is_empty() {
         return Ok(Vec::new());
     }
+    let machines = machines.ok_or_else(|| Error::Machine("machines are not managed here".into()))?;
     let running = running_machines(machines.machined).await.map_err(|source| {
         let names: Vec<&str> = wants.iter().map(|want| want.name.as_str()).collect();
         crate::machine::ops::Error::Machined { machine: names.join(", "), source }
     })?;
     let boot_units: Vec<String> = wants.iter().map(|want| boot_unit(&want.name)).collect();
-    let unit_files = systemd.unit_file_states(&boot_units).await?;
+    // An instance is enabled by its links: systemd lists only the template's
+    // unit file, whose state is not the instance's.
+    let link_dirs = [unit_dir(root, false), unit_dir(root, true)];
     let mut states = Vec::new();
     for (want, boot) in wants.iter().zip(&boot_units) {
         let (store, config_dir, name) =
@@ -184,7 +194,7 @@ async fn machine_states(
             name: want.name.clone(),
             image_present,
             running: running.contains(&want.name),
-            enabled: unit_files.get(boot).is_some_and(|s| s.starts_with("enabled")),
+            enabled: !crate::portable::install::links_of(&link_dirs, boot).is_empty(),
             saved_limits,
         });
     }
@@ -288,7 +298,7 @@ fn pin_error(error: crate::portable::Error) -> Error {
 
 /// The host as apply needs it: attachments with their units' states, and
 /// what earlier applies recorded.
-async fn snapshot(host: &Host, systemd: &Systemd) -> Result<Snapshot> {
+async fn snapshot(host: &Host, systemd: &impl UnitManager) -> Result<Snapshot> {
     let scan_host = host.clone();
     let (attachments, record) = blocking(move || -> Result<(Attachments, Record)> {
         let attachments =
@@ -343,182 +353,195 @@ fn read_record(root: &Path) -> Result<Record> {
     }
 }
 
-/// Unit names of the steps of one kind.
-fn units_of(plan: &Plan, pick: fn(&Step) -> Option<&Vec<String>>) -> Vec<String> {
-    plan.steps.iter().filter_map(pick).flatten().cloned().collect()
+/// The machine steps done so far, for their undo: these are not the
+/// executor's (they go through machined and the store, not the unit manager).
+#[derive(Debug, Default)]
+struct MachinesDone {
+    imported: Vec<String>,
+    stopped: Vec<String>,
+    started: Vec<String>,
 }
 
+/// Carries out a plan through the change executor, step by step in the
+/// plan's order: the file steps are one transaction, applied (with one
+/// reload) when the first step after them comes. Any failure undoes what
+/// was done, and the error says exactly what could not be put back.
 #[allow(clippy::too_many_arguments)]
 async fn execute(
     host: &Host,
-    machines: &MachineContext<'_>,
-    systemd: &Systemd,
+    machines: Option<&MachineContext<'_>>,
+    systemd: &impl UnitManager,
     plan: &Plan,
     resolved: &[ResolvedPortable],
     sources: Vec<Source>,
     snapshot: &Snapshot,
     wanted_machines: &MachineWants,
 ) -> Result<()> {
-    let stop = units_of(plan, |s| if let Step::Stop { units } = s { Some(units) } else { None });
-    let disable = units_of(plan, |s| if let Step::Disable { units } = s { Some(units) } else { None });
-    let enable = units_of(plan, |s| if let Step::Enable { units } = s { Some(units) } else { None });
-    let start = units_of(plan, |s| if let Step::Start { units } = s { Some(units) } else { None });
-    let restart = units_of(plan, |s| if let Step::Restart { units } = s { Some(units) } else { None });
-    let was_running: Vec<String> = snapshot.attached.iter().flat_map(|a| a.active.iter().cloned()).collect();
-    let runtime_of = |unit: &str| snapshot.attached.iter().any(|a| a.runtime && a.units.iter().any(|u| u == unit));
-    let machines_to =
-        |pick: fn(&Step) -> Option<&String>| plan.steps.iter().filter_map(pick).cloned().collect::<Vec<_>>();
-    let import = plan
-        .steps
-        .iter()
-        .filter_map(|s| {
-            if let Step::ImportMachine { machine, source } = s { Some((machine.clone(), source.clone())) } else { None }
-        })
-        .collect::<Vec<_>>();
-    let stop_machines = machines_to(|s| if let Step::StopMachine { machine } = s { Some(machine) } else { None });
-    let start_machines = machines_to(|s| if let Step::StartMachine { machine } = s { Some(machine) } else { None });
-    let enable_machines: Vec<String> =
-        machines_to(|s| if let Step::EnableMachine { machine } = s { Some(machine) } else { None })
-            .iter()
-            .map(|m| boot_unit(m))
-            .collect();
-    let disable_machines: Vec<String> =
-        machines_to(|s| if let Step::DisableMachine { machine } = s { Some(machine) } else { None })
-            .iter()
-            .map(|m| boot_unit(m))
-            .collect();
-    let limited = machines_to(|s| if let Step::SetLimits { machine, .. } = s { Some(machine) } else { None });
-
-    // Undoing waits longer for systemd, so that an apply that failed because
-    // the bus stopped answering is still put back once it answers again.
-    let undo = systemd.undoing();
     let bind_os_release = crate::portable::ops::binds_os_release(systemd).await?;
-    let file_host = host.clone();
-    let file_plan = plan.clone();
-    let file_resolved = resolved.to_vec();
-    let file_snapshot = snapshot.clone();
-    let config_dir = machines.machines.config_dir.clone();
+    let (file_host, file_plan, file_resolved, file_snapshot) =
+        (host.clone(), plan.clone(), resolved.to_vec(), snapshot.clone());
+    let config_dir = machines.map(|m| m.machines.config_dir.clone());
     let machine_wants = wanted_machines.wants.clone();
-    let prepare = move || -> Result<Transaction> {
-        let mut tx =
-            build_transaction(&file_host, bind_os_release, &file_plan, &file_resolved, sources, &file_snapshot)?;
-        // The settings files of machines whose limits change, in the same transaction.
-        for step in &file_plan.steps {
-            if let Step::SetLimits { machine, .. } = step
-                && let Some(want) = machine_wants.iter().find(|w| &w.name == machine)
-            {
-                let (path, text) = settings_with_limits(&config_dir, machine, &want.limits, true)?;
-                std::fs::create_dir_all(&config_dir)
-                    .map_err(|source| Error::Io { path: config_dir.clone(), source })?;
-                tx.write(path, text, 0o644);
-            }
-        }
-        Ok(tx)
-    };
+    // Planned in full before anything changes: a step that cannot be
+    // planned leaves the host untouched.
+    let tx = blocking(move || {
+        build_transaction(
+            &file_host,
+            bind_os_release,
+            &file_plan,
+            &file_resolved,
+            sources,
+            &file_snapshot,
+            config_dir.as_deref(),
+            &machine_wants,
+        )
+    })
+    .await?;
 
-    // Images first: the longest step, and one that changes nothing that runs.
-    let mut rollback = Undo::new("fleet apply");
-    let mut imported = Vec::new();
-    let mut result = import_machines(machines, &import, &wanted_machines.base, &mut imported).await;
-    let mut stopped_machines = Vec::new();
-    if result.is_ok() {
-        result = async {
-            for machine in &stop_machines {
+    // What a recovery after a crash must do with the units besides the
+    // files: stop those the apply starts, start again those it stops or restarts.
+    let mut tx = tx;
+    let (mut stop, mut restart) = (Vec::new(), Vec::new());
+    for step in &plan.steps {
+        match step {
+            Step::Start { units } => stop.extend(units.iter().cloned()),
+            Step::Stop { units } | Step::Restart { units } => restart.extend(units.iter().cloned()),
+            _ => {}
+        }
+    }
+    tx.on_rollback(UnitsOnRollback { stop, restart });
+
+    let mut change = Executor::new(systemd);
+    let mut done = MachinesDone::default();
+    let result = run_steps(&mut change, &mut done, tx, machines, plan, resolved, wanted_machines).await;
+    match result {
+        Ok(()) => Ok(change.commit().await?),
+        Err(error) => {
+            let mut undo = Undo::new("fleet apply");
+            if let Some(machines) = machines {
+                let systemd = machines.systemd.undoing();
+                for machine in done.started.iter().rev() {
+                    undo.step(
+                        "terminating a machine it started",
+                        machines.machines.terminate(&systemd, machines.machined, machine).await,
+                    );
+                }
+            }
+            change.roll_back(&mut undo).await;
+            if let Some(machines) = machines {
+                let systemd = machines.systemd.undoing();
+                for machine in done.stopped.iter().rev() {
+                    let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
+                    undo.step(
+                        "starting a machine it stopped",
+                        machines.machines.start(&systemd, machines.machined, request).await,
+                    );
+                }
+                for machine in done.imported.iter().rev() {
+                    let (store, name) = (machines.machines.store.clone(), machine.clone());
+                    undo.step("removing an image it imported", blocking(move || store.remove(&name)).await);
+                }
+            }
+            Err(Error::rolled_back(error, undo))
+        }
+    }
+}
+
+/// The steps of `plan`, in order; `done` and `change` keep what each did.
+async fn run_steps<M: UnitManager>(
+    change: &mut Executor<'_, M>,
+    done: &mut MachinesDone,
+    tx: Transaction,
+    machines: Option<&MachineContext<'_>>,
+    plan: &Plan,
+    resolved: &[ResolvedPortable],
+    wanted_machines: &MachineWants,
+) -> Result<()> {
+    let mut tx = Some(tx);
+    let machines_here = || machines.ok_or_else(|| Error::Machine("machines are not managed here".into()));
+    for step in &plan.steps {
+        if !step.changes_files()
+            && step.phase() > Phase::Limits
+            && let Some(tx) = tx.take()
+        {
+            change_files(change, tx, machines, plan, wanted_machines).await?;
+        }
+        match step {
+            Step::ImportMachine { machine, source } => {
+                import_machine(machines_here()?, machine, source, &wanted_machines.base).await?;
+                done.imported.push(machine.clone());
+            }
+            Step::StopMachine { machine } => {
+                let machines = machines_here()?;
+                done.stopped.push(machine.clone());
                 machines
                     .machines
                     .signal_init(
-                        systemd,
+                        machines.systemd,
                         machines.machined,
                         machine,
                         crate::machine::ops::poweroff_signal(),
                         Some(MACHINE_STOP_TIMEOUT),
                     )
                     .await?;
-                stopped_machines.push(machine.clone());
             }
-            systemd.stop(&stop, true).await?;
-            Ok(())
+            Step::Stop { units } => change.stop(units).await?,
+            Step::Restart { units } => {
+                change.restart(units, true).await?;
+                wait_active(change.systemd(), resolved, units).await?;
+            }
+            Step::Start { units } => {
+                change.start(units, true).await?;
+                wait_active(change.systemd(), resolved, units).await?;
+            }
+            Step::StartMachine { machine } => {
+                let machines = machines_here()?;
+                let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
+                let outcome = machines.machines.start(machines.systemd, machines.machined, request).await?;
+                done.started.push(machine.clone());
+                if !outcome.ready {
+                    return Err(Error::MachineNotReady(machine.clone(), MACHINE_READY_TIMEOUT));
+                }
+            }
+            // In the transaction.
+            Step::Disable { .. }
+            | Step::DisableMachine { .. }
+            | Step::Detach { .. }
+            | Step::Attach { .. }
+            | Step::Reattach { .. }
+            | Step::Refresh { .. }
+            | Step::Enable { .. }
+            | Step::EnableMachine { .. }
+            | Step::SetLimits { .. } => {}
         }
-        .await;
     }
-    let mut started_machines = Vec::new();
-    if result.is_ok() {
-        result = async {
-            disable_units(systemd, &disable, runtime_of).await?;
-            systemd.disable(&disable_machines, false).await?;
-            let mut tx = blocking(prepare).await?;
-            let applied = blocking(move || tx.apply().map(|_| tx)).await;
-            let tx = applied?;
-            let started = async {
-                enable_units(systemd, resolved, &enable).await?;
-                systemd.enable(&enable_machines, false).await?;
-                systemd.reload().await?;
-                for machine in &limited {
-                    let want =
-                        wanted_machines.wants.iter().find(|w| &w.name == machine).expect("planned from the file");
-                    if is_running(machines.machined, machine).await? {
-                        let bus = want.limits.iter().map(crate::machine::property::Property::to_bus).collect();
-                        systemd.set_properties(&crate::machine::ops::unit_name(machine), true, bus).await?;
-                    }
-                }
-                systemd.restart(&restart, true).await?;
-                systemd.start(&start, true).await?;
-                wait_active(systemd, resolved, &[restart.clone(), start.clone()].concat()).await?;
-                for machine in &start_machines {
-                    let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
-                    let outcome = machines.machines.start(systemd, machines.machined, request).await?;
-                    started_machines.push(machine.clone());
-                    if !outcome.ready {
-                        return Err(Error::MachineNotReady(machine.clone(), MACHINE_READY_TIMEOUT));
-                    }
-                }
-                Ok::<(), Error>(())
-            }
-            .await;
-            match started {
-                Ok(()) => blocking(move || tx.commit()).await.map_err(Error::from),
-                Err(error) => {
-                    for machine in &started_machines {
-                        rollback.step(
-                            "terminating a machine it started",
-                            machines.machines.terminate(&undo, machines.machined, machine).await,
-                        );
-                    }
-                    rollback.step(
-                        "stopping the units it started",
-                        undo.stop(&[restart.clone(), start.clone()].concat(), true).await,
-                    );
-                    rollback.step("disabling the units it enabled", undo.disable(&enable, false).await);
-                    rollback.step("disabling the machines it enabled", undo.disable(&enable_machines, false).await);
-                    rollback.step("restoring its files", blocking(move || tx.rollback()).await);
-                    Err(error)
-                }
-            }
-        }
-        .await;
+    if let Some(tx) = tx.take() {
+        change_files(change, tx, machines, plan, wanted_machines).await?;
     }
-    if let Err(error) = result {
-        // Back to the host as it was: enablement, files (done above), what ran, what was imported.
-        for unit in &disable {
-            rollback
-                .step("enabling a unit it disabled", undo.enable(std::slice::from_ref(unit), runtime_of(unit)).await);
+    Ok(())
+}
+
+/// The file steps: the transaction applied, systemd reloaded, and the new
+/// limits of running machines set live (those are not put back by an undo:
+/// they last until the machine next starts, with its settings file's).
+async fn change_files<M: UnitManager>(
+    change: &mut Executor<'_, M>,
+    tx: Transaction,
+    machines: Option<&MachineContext<'_>>,
+    plan: &Plan,
+    wanted_machines: &MachineWants,
+) -> Result<()> {
+    change.apply(tx).await?;
+    change.reload().await?;
+    for step in &plan.steps {
+        if let Step::SetLimits { machine, .. } = step {
+            let machines = machines.ok_or_else(|| Error::Machine("machines are not managed here".into()))?;
+            let want = wanted_machines.wants.iter().find(|w| &w.name == machine).expect("planned from the file");
+            if is_running(machines.machined, machine).await? {
+                let bus = want.limits.iter().map(crate::machine::property::Property::to_bus).collect();
+                machines.systemd.set_properties(&crate::machine::ops::unit_name(machine), true, bus).await?;
+            }
         }
-        rollback.step("enabling the machines it disabled", undo.enable(&disable_machines, false).await);
-        rollback.step("reloading systemd", undo.reload().await);
-        rollback.step("starting the units that ran before", undo.start(&was_running, true).await);
-        for machine in &stopped_machines {
-            let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
-            rollback.step(
-                "starting a machine it stopped",
-                machines.machines.start(&undo, machines.machined, request).await,
-            );
-        }
-        for machine in &imported {
-            let store = machines.machines.store.clone();
-            let name = machine.clone();
-            rollback.step("removing an image it imported", blocking(move || store.remove(&name)).await);
-        }
-        return Err(Error::rolled_back(error, rollback));
     }
     Ok(())
 }
@@ -527,47 +550,22 @@ async fn execute(
 const MACHINE_STOP_TIMEOUT: Duration = Duration::from_secs(90);
 const MACHINE_READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Imports the missing machine images; `done` collects what was imported,
-/// so that a failed apply can take it back.
-async fn import_machines(
-    machines: &MachineContext<'_>,
-    imports: &[(String, String)],
-    base: &Path,
-    done: &mut Vec<String>,
-) -> Result<()> {
-    for (machine, source) in imports {
-        let path = base.join(source);
-        let (store, name) = (machines.machines.store.clone(), machine.clone());
-        blocking(move || -> Result<()> {
-            let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-            store.import_any(file, &name, &mut |_, _| {}).map_err(crate::machine::ops::Error::from)?;
-            Ok(())
-        })
-        .await?;
-        done.push(machine.clone());
-    }
-    Ok(())
-}
-
-async fn disable_units(systemd: &Systemd, units: &[String], runtime_of: impl Fn(&str) -> bool) -> Result<()> {
-    for unit in units {
-        systemd.disable(std::slice::from_ref(unit), runtime_of(unit)).await?;
-    }
-    Ok(())
-}
-
-async fn enable_units(systemd: &Systemd, resolved: &[ResolvedPortable], units: &[String]) -> Result<()> {
-    for want in resolved {
-        let mine: Vec<String> = units.iter().filter(|u| want.units.contains(u)).cloned().collect();
-        systemd.enable(&mine, want.want.runtime).await?;
-    }
-    Ok(())
+/// Imports a missing machine image from its source (relative to `base`).
+async fn import_machine(machines: &MachineContext<'_>, machine: &str, source: &str, base: &Path) -> Result<()> {
+    let path = base.join(source);
+    let (store, name) = (machines.machines.store.clone(), machine.to_string());
+    blocking(move || -> Result<()> {
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        store.import_any(file, &name, &mut |_, _| {}).map_err(crate::machine::ops::Error::from)?;
+        Ok(())
+    })
+    .await
 }
 
 /// Waits until every started unit is active (a oneshot that finished
 /// counts), each within its image's start timeout; units with the same
 /// timeout are waited for together.
-async fn wait_active(systemd: &Systemd, resolved: &[ResolvedPortable], units: &[String]) -> Result<()> {
+async fn wait_active(systemd: &impl UnitManager, resolved: &[ResolvedPortable], units: &[String]) -> Result<()> {
     let mut by_timeout: std::collections::BTreeMap<Duration, Vec<String>> = std::collections::BTreeMap::new();
     for unit in units {
         let timeout = resolved
@@ -588,8 +586,35 @@ async fn wait_active(systemd: &Systemd, resolved: &[ResolvedPortable], units: &[
     Ok(())
 }
 
+/// Where the template of the machines' boot units is, in the unit search
+/// path under `root`: the link that enables a machine points to it.
+const MACHINE_TEMPLATE: &str = "wharf-machine@.service";
+const UNIT_PATH: [&str; 5] = [
+    "etc/systemd/system",
+    "run/systemd/system",
+    "usr/local/lib/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+];
+
+/// Adds the links that enable a machine's boot unit to `tx`, as
+/// `systemctl enable` makes them: in /etc, to the template.
+fn add_machine_enable_steps(root: &Path, machine: &str, tx: &mut Transaction) -> Result<()> {
+    let template = UNIT_PATH.iter().map(|dir| root.join(dir).join(MACHINE_TEMPLATE)).find(|p| p.is_file());
+    let Some(template) = template else {
+        return Err(Error::Machine(format!(
+            "machine '{machine}': cannot be enabled: {MACHINE_TEMPLATE} is not installed"
+        )));
+    };
+    let contents = std::fs::read_to_string(&template).map_err(|source| Error::Io { path: template.clone(), source })?;
+    crate::portable::install::add_links_to(&unit_dir(root, false), &boot_unit(machine), &template, &contents, tx)
+        .map_err(crate::portable::Error::from)?;
+    Ok(())
+}
+
 /// Every file change of the plan, in one transaction: detaches, attaches
 /// (with their settings drop-ins) and the record of what apply attached.
+#[allow(clippy::too_many_arguments)]
 fn build_transaction(
     host: &Host,
     bind_os_release: bool,
@@ -597,6 +622,8 @@ fn build_transaction(
     resolved: &[ResolvedPortable],
     sources: Vec<Source>,
     snapshot: &Snapshot,
+    machine_config_dir: Option<&Path>,
+    machine_wants: &[MachineWant],
 ) -> Result<Transaction> {
     let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
     let mut tx = Transaction::new(&host.journal_dir);
@@ -605,6 +632,26 @@ fn build_transaction(
 
     for step in &plan.steps {
         match step {
+            // Links go before their units do, and come after.
+            Step::Disable { units } => add_unlink_steps(&host.root, units, &mut tx),
+            Step::DisableMachine { machine } => add_unlink_steps(&host.root, &[boot_unit(machine)], &mut tx),
+            Step::Enable { units } => {
+                for (want, source) in resolved.iter().zip(&sources) {
+                    let dest = unit_dir(&host.root, want.want.runtime);
+                    for unit in source.units.iter().filter(|u| units.contains(&u.name)) {
+                        crate::portable::install::add_enable_steps(&dest, &unit.name, &unit.contents, &mut tx)
+                            .map_err(crate::portable::Error::from)?;
+                    }
+                }
+            }
+            Step::EnableMachine { machine } => add_machine_enable_steps(&host.root, machine, &mut tx)?,
+            Step::SetLimits { machine, .. } => {
+                let want = machine_wants.iter().find(|w| &w.name == machine).expect("planned from the file");
+                let dir = machine_config_dir.ok_or_else(|| Error::Machine("machines are not managed here".into()))?;
+                let (path, text) = settings_with_limits(dir, machine, &want.limits, true)?;
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+                tx.write(path, text, 0o644);
+            }
             Step::Detach { image } => {
                 let units = existing
                     .of(image)
@@ -710,6 +757,209 @@ mod tests {
              disabling the units it enabled (a.service: disable failed); \
              starting the units that ran before (b.service: start job failed)"
         );
+    }
+
+    use crate::image::Pool;
+    use crate::systemd::manager::fake::FakeManager;
+
+    const UNIT: &str =
+        "[Unit]\nDescription=foobar\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
+    const WANTED: &str = "[[portable]]\nimage = \"foobar_1\"\nenabled = true\nrunning = true\n";
+
+    /// A host under a scratch directory, with image foobar_1 in its pool.
+    fn host(tag: &str) -> Host {
+        let root = std::env::temp_dir().join(format!("wharf-fleet-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in ["etc/systemd/system", "run/systemd/system", "usr/lib/wharf/profiles/default"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::write(root.join("usr/lib/wharf/profiles/default/service.conf"), "[Service]\nDynamicUser=yes\n")
+            .unwrap();
+        let image = root.join("var/lib/portables/foobar_1");
+        std::fs::create_dir_all(image.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(image.join("usr/lib/os-release"), "ID=foobar\nPORTABLE_PREFIXES=foobar\n").unwrap();
+        std::fs::write(image.join("usr/lib/systemd/system/foobar.service"), UNIT).unwrap();
+        Host { pool: Pool::under(&root, "portables"), journal_dir: root.join("var/lib/wharf/transactions"), root }
+    }
+
+    /// Every file apply may change: unit directories, journal and record.
+    fn files(host: &Host) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack: Vec<PathBuf> =
+            ["etc/systemd/system", "run/systemd/system", "var/lib/wharf"].iter().map(|d| host.root.join(d)).collect();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                out.push(path.strip_prefix(&host.root).unwrap().display().to_string());
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// What is left of an apply undone: the directory of its journals.
+    fn empty() -> Vec<String> {
+        vec!["var/lib/wharf/transactions".to_string()]
+    }
+
+    fn apply_file(host: &Host, systemd: &FakeManager, text: &str) -> Result<Outcome> {
+        let fleet = FleetFile::parse(text, "/srv/host.toml").unwrap();
+        zbus::block_on(apply(
+            host,
+            None,
+            systemd,
+            fleet,
+            host.root.join("srv"),
+            Options::default(),
+            Box::new(|_, _| {}),
+        ))
+    }
+
+    const LINK: &str = "etc/systemd/system/multi-user.target.wants/foobar.service";
+
+    #[test]
+    fn an_apply_enables_through_its_transaction() {
+        let host = host("works");
+        let systemd = FakeManager::of(&host.root);
+        let outcome = apply_file(&host, &systemd, WANTED).unwrap();
+        let lines: Vec<String> = outcome.plan.steps.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            lines,
+            ["attach /foobar_1 (profile default)", "enable foobar.service", "start foobar.service"]
+                .map(|l| l.replace("/foobar_1", &host.root.join("var/lib/portables/foobar_1").display().to_string()))
+        );
+        assert_eq!(
+            std::fs::read_link(host.root.join(LINK)).unwrap(),
+            host.root.join("etc/systemd/system/foobar.service")
+        );
+        assert_eq!(systemd.calls(), ["reload", "start foobar.service", "wait active foobar.service"]);
+        // The same file again: the link is seen, nothing is left to do.
+        assert!(apply_file(&host, &systemd, WANTED).unwrap().plan.is_empty());
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    #[test]
+    fn an_apply_whose_reload_fails_leaves_no_file_and_no_link() {
+        let host = host("reload");
+        let systemd = FakeManager::of(&host.root);
+        systemd.fail("reload", 1);
+        let error = apply_file(&host, &systemd, WANTED).unwrap_err();
+        assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        assert_eq!(error.to_string(), "systemd: reload job failed; everything this apply changed was put back");
+        assert_eq!(files(&host), empty());
+        assert_eq!(systemd.calls(), ["reload", "reload"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    #[test]
+    fn an_apply_whose_unit_fails_after_start_is_stopped_and_removed() {
+        for failing in ["start", "wait"] {
+            let host = host(&format!("start-{failing}"));
+            let systemd = FakeManager::of(&host.root);
+            systemd.fail(failing, 1);
+            let error = apply_file(&host, &systemd, WANTED).unwrap_err();
+            assert!(matches!(error, Error::RolledBack(_)), "{error}");
+            assert!(error.to_string().starts_with("foobar.service "), "{error}");
+            assert_eq!(files(&host), empty());
+            assert!(systemd.running().is_empty());
+            let mut calls = vec!["reload", "start foobar.service"];
+            if failing == "wait" {
+                calls.push("wait active foobar.service");
+            }
+            calls.extend(["stop foobar.service", "reload"]);
+            assert_eq!(systemd.calls(), calls);
+            std::fs::remove_dir_all(&host.root).unwrap();
+        }
+    }
+
+    /// A stop that times out: the unit is started again, and nothing else
+    /// had changed yet.
+    #[test]
+    fn an_apply_whose_stop_times_out_starts_the_unit_again() {
+        let host = host("stop");
+        let systemd = FakeManager::of(&host.root);
+        apply_file(&host, &systemd, WANTED).unwrap();
+        let before = files(&host);
+        systemd.calls.lock().unwrap().clear();
+        systemd.time_out("stop", 1);
+        let error = apply_file(&host, &systemd, "# nothing\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "foobar.service: stop job did not finish within 90 s; everything this apply changed was put back"
+        );
+        assert_eq!(files(&host), before);
+        assert_eq!(systemd.calls(), ["stop foobar.service", "start foobar.service"]);
+        assert_eq!(systemd.running(), ["foobar.service"]);
+
+        // When it works, the link goes with the unit, in the same transaction.
+        let outcome = apply_file(&host, &systemd, "# nothing\n").unwrap();
+        let actions: Vec<&str> = outcome.plan.steps.iter().map(Step::action).collect();
+        assert_eq!(actions, ["stop", "disable", "detach"]);
+        assert!(!host.root.join(LINK).exists());
+        assert!(!host.root.join("etc/systemd/system/foobar.service").exists());
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// Enabling fails (its link directory cannot be made): the unit files
+    /// written before it are taken back, and systemd is never asked to change anything.
+    #[test]
+    fn an_apply_whose_enable_fails_leaves_nothing() {
+        let host = host("enable");
+        let wants = host.root.join("etc/systemd/system/multi-user.target.wants");
+        std::fs::write(&wants, "in the way").unwrap();
+        let systemd = FakeManager::of(&host.root);
+        let error = apply_file(&host, &systemd, WANTED).unwrap_err();
+        assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        assert!(error.to_string().contains("multi-user.target.wants"), "{error}");
+        let mut left = empty();
+        left.push("etc/systemd/system/multi-user.target.wants".into());
+        left.sort();
+        assert_eq!(files(&host), left);
+        assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A failed start whose undo cannot stop the unit again: the error
+    /// names that step, and only that one.
+    #[test]
+    fn an_apply_whose_undo_fails_says_what_was_not_put_back() {
+        let host = host("undo");
+        let systemd = FakeManager::of(&host.root);
+        systemd.fail("start", 1);
+        systemd.fail("stop", 1);
+        let error = apply_file(&host, &systemd, WANTED).unwrap_err();
+        let Error::PartiallyRolledBack { failed_steps, .. } = &error else {
+            panic!("not partly rolled back: {error}");
+        };
+        assert_eq!(
+            failed_steps.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            ["stopping the units it started (foobar.service: stop job failed)"]
+        );
+        assert!(
+            error.to_string().ends_with(
+                "this apply's changes were put back only in part, these undo steps failed: \
+                 stopping the units it started (foobar.service: stop job failed)"
+            ),
+            "{error}"
+        );
+        assert_eq!(files(&host), empty());
+        assert_eq!(systemd.running(), ["foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A file listing machines is refused, before anything changes, where
+    /// machines are not managed.
+    #[test]
+    fn machines_without_machined_are_refused() {
+        let host = host("machines");
+        let systemd = FakeManager::of(&host.root);
+        let error = apply_file(&host, &systemd, "[[machine]]\nname = \"m\"\nsource = \"m.tar\"\n").unwrap_err();
+        assert_eq!(error.to_string(), "machines are not managed here");
+        assert!(systemd.calls().is_empty());
+        std::fs::remove_dir_all(&host.root).unwrap();
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::file::{MachineWant, PortableWant};
+use crate::api::PlanStep;
 
 /// What is attached on the host now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +150,129 @@ impl fmt::Display for Step {
     }
 }
 
+impl Step {
+    /// The step's name, as `--json` and the bus give it.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Step::Stop { .. } => "stop",
+            Step::Disable { .. } => "disable",
+            Step::Detach { .. } => "detach",
+            Step::Attach { .. } => "attach",
+            Step::Reattach { .. } => "reattach",
+            Step::Refresh { .. } => "refresh",
+            Step::Enable { .. } => "enable",
+            Step::Start { .. } => "start",
+            Step::Restart { .. } => "restart",
+            Step::ImportMachine { .. } => "import-machine",
+            Step::SetLimits { .. } => "set-limits",
+            Step::EnableMachine { .. } => "enable-machine",
+            Step::DisableMachine { .. } => "disable-machine",
+            Step::StopMachine { .. } => "stop-machine",
+            Step::StartMachine { .. } => "start-machine",
+        }
+    }
+}
+
+impl From<&Step> for PlanStep {
+    fn from(step: &Step) -> PlanStep {
+        let mut out = PlanStep { action: step.action().to_string(), ..PlanStep::default() };
+        match step.clone() {
+            Step::Stop { units }
+            | Step::Disable { units }
+            | Step::Enable { units }
+            | Step::Start { units }
+            | Step::Restart { units } => out.units = units,
+            Step::Detach { image } => out.image = image,
+            Step::Attach { image, profile, runtime } | Step::Refresh { image, profile, runtime } => {
+                (out.image, out.profile, out.runtime) = (image, profile, runtime);
+            }
+            Step::Reattach { from, image, profile, runtime } => {
+                (out.from, out.image, out.profile, out.runtime) = (from, image, profile, runtime);
+            }
+            Step::ImportMachine { machine, source } => (out.machine, out.source) = (machine, source),
+            Step::SetLimits { machine, limits } => (out.machine, out.limits) = (machine, limits),
+            Step::EnableMachine { machine }
+            | Step::DisableMachine { machine }
+            | Step::StopMachine { machine }
+            | Step::StartMachine { machine } => out.machine = machine,
+        }
+        out
+    }
+}
+
+impl TryFrom<PlanStep> for Step {
+    type Error = String;
+    fn try_from(step: PlanStep) -> Result<Step, String> {
+        let PlanStep { action, units, image, from, profile, runtime, machine, source, limits } = step;
+        Ok(match action.as_str() {
+            "stop" => Step::Stop { units },
+            "disable" => Step::Disable { units },
+            "enable" => Step::Enable { units },
+            "start" => Step::Start { units },
+            "restart" => Step::Restart { units },
+            "detach" => Step::Detach { image },
+            "attach" => Step::Attach { image, profile, runtime },
+            "refresh" => Step::Refresh { image, profile, runtime },
+            "reattach" => Step::Reattach { from, image, profile, runtime },
+            "import-machine" => Step::ImportMachine { machine, source },
+            "set-limits" => Step::SetLimits { machine, limits },
+            "enable-machine" => Step::EnableMachine { machine },
+            "disable-machine" => Step::DisableMachine { machine },
+            "stop-machine" => Step::StopMachine { machine },
+            "start-machine" => Step::StartMachine { machine },
+            _ => return Err(format!("unknown plan step '{action}'")),
+        })
+    }
+}
+
+/// When a step runs within an apply: every step of one phase runs before
+/// any of the next. The file phases are one transaction, made in this
+/// order (a link is made after its unit, and removed before it), followed
+/// by one systemd reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// The longest step, and one that changes nothing that runs.
+    Import,
+    StopMachines,
+    StopUnits,
+    /// Enablement links removed.
+    Disable,
+    /// Attachments removed.
+    Detach,
+    /// Attachments written or rewritten.
+    Attachments,
+    /// Enablement links made.
+    Enable,
+    /// Settings files written (and, after the reload, the limits set live).
+    Limits,
+    Restart,
+    Start,
+    StartMachines,
+}
+
+impl Step {
+    pub fn phase(&self) -> Phase {
+        match self {
+            Step::ImportMachine { .. } => Phase::Import,
+            Step::StopMachine { .. } => Phase::StopMachines,
+            Step::Stop { .. } => Phase::StopUnits,
+            Step::Disable { .. } | Step::DisableMachine { .. } => Phase::Disable,
+            Step::Detach { .. } => Phase::Detach,
+            Step::Attach { .. } | Step::Reattach { .. } | Step::Refresh { .. } => Phase::Attachments,
+            Step::Enable { .. } | Step::EnableMachine { .. } => Phase::Enable,
+            Step::SetLimits { .. } => Phase::Limits,
+            Step::Restart { .. } => Phase::Restart,
+            Step::Start { .. } => Phase::Start,
+            Step::StartMachine { .. } => Phase::StartMachines,
+        }
+    }
+
+    /// Whether the step is one of the file transaction's.
+    pub fn changes_files(&self) -> bool {
+        (Phase::Disable..=Phase::Limits).contains(&self.phase())
+    }
+}
+
 /// The steps of an apply, in the order they are carried out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -156,6 +280,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan of `steps`, put in the order they run (steps of one phase
+    /// keep theirs), so that a step's number is its place in the apply.
+    pub fn new(mut steps: Vec<Step>) -> Plan {
+        steps.sort_by_key(Step::phase);
+        Plan { steps }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
@@ -263,9 +394,9 @@ pub fn plan_portables(wants: &[ResolvedPortable], host: &Snapshot, prune: bool) 
     steps.extend(detach);
     steps.extend(attach);
     steps.extend(unit_step(enable, |units| Step::Enable { units }));
-    steps.extend(unit_step(start, |units| Step::Start { units }));
     steps.extend(unit_step(restart, |units| Step::Restart { units }));
-    Plan { steps }
+    steps.extend(unit_step(start, |units| Step::Start { units }));
+    Plan::new(steps)
 }
 
 /// Whether two lists hold the same names, in any order.
@@ -299,7 +430,6 @@ pub struct MachineState {
 /// missing and that has no source to import it from.
 pub fn plan_machines(wants: &[MachineWant], host: &[MachineState]) -> Result<Vec<Step>, String> {
     let mut steps = Vec::new();
-    let mut later = Vec::new();
     for want in wants {
         let name = want.name.clone();
         let default = MachineState { name: name.clone(), ..MachineState::default() };
@@ -323,13 +453,12 @@ pub fn plan_machines(wants: &[MachineWant], host: &[MachineState]) -> Result<Vec
             _ => {}
         }
         match (want.started, now.running) {
-            (true, false) => later.push(Step::StartMachine { machine: name }),
-            (false, true) => steps.insert(0, Step::StopMachine { machine: name }),
+            (true, false) => steps.push(Step::StartMachine { machine: name }),
+            (false, true) => steps.push(Step::StopMachine { machine: name }),
             _ => {}
         }
     }
-    steps.extend(later);
-    Ok(steps)
+    Ok(Plan::new(steps).steps)
 }
 
 /// Whether attaching `want` replaces `current`: another version of the
@@ -541,6 +670,76 @@ mod tests {
             plan_machines(&[sourceless], &[]).unwrap_err(),
             "machine 'f29': its image is missing and no source is given"
         );
+    }
+
+    /// Steps are numbered in the order they run: machine imports and stops
+    /// first, the file steps, then restarts, starts and boots.
+    #[test]
+    fn a_plan_lists_its_steps_in_the_order_they_run() {
+        let units = |u: &str| vec![u.to_string()];
+        let machine = || "m".to_string();
+        let plan = Plan::new(vec![
+            Step::Start { units: units("a.service") },
+            Step::Restart { units: units("b.service") },
+            Step::Enable { units: units("a.service") },
+            Step::Attach { image: "/p/a.raw".into(), profile: "default".into(), runtime: false },
+            Step::Stop { units: units("c.service") },
+            Step::StartMachine { machine: machine() },
+            Step::SetLimits { machine: machine(), limits: vec!["MemoryMax=1".into()] },
+            Step::EnableMachine { machine: machine() },
+            Step::Detach { image: "/p/c.raw".into() },
+            Step::Disable { units: units("c.service") },
+            Step::StopMachine { machine: "n".into() },
+            Step::ImportMachine { machine: machine(), source: "m.tar".into() },
+        ]);
+        let actions: Vec<&str> = plan.steps.iter().map(Step::action).collect();
+        assert_eq!(
+            actions,
+            [
+                "import-machine",
+                "stop-machine",
+                "stop",
+                "disable",
+                "detach",
+                "attach",
+                "enable",
+                "enable-machine",
+                "set-limits",
+                "restart",
+                "start",
+                "start-machine"
+            ]
+        );
+        let phases: Vec<Phase> = plan.steps.iter().map(Step::phase).collect();
+        assert!(phases.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    /// Every step crosses the bus as a typed struct and comes back the same.
+    #[test]
+    fn steps_survive_the_bus() {
+        let steps = [
+            Step::Reattach {
+                from: "/p/a_1.raw".into(),
+                image: "/p/a_2.raw".into(),
+                profile: "strict".into(),
+                runtime: true,
+            },
+            Step::Stop { units: vec!["a.service".into(), "b.service".into()] },
+            Step::SetLimits { machine: "m".into(), limits: vec!["MemoryMax=1".into()] },
+            Step::ImportMachine { machine: "m".into(), source: "m.tar".into() },
+            Step::Detach { image: "/p/c.raw".into() },
+            Step::StartMachine { machine: "m".into() },
+        ];
+        for step in steps {
+            let bus = PlanStep::from(&step);
+            assert_eq!(bus.action, step.action());
+            // The --json view keeps the shape it had: serde's tag is the action.
+            let json = serde_json::to_value(&step).unwrap();
+            assert_eq!(json["action"], step.action());
+            assert_eq!(Step::try_from(bus).unwrap(), step);
+        }
+        let unknown = PlanStep { action: "reboot".into(), ..PlanStep::default() };
+        assert_eq!(Step::try_from(unknown).unwrap_err(), "unknown plan step 'reboot'");
     }
 
     #[test]

@@ -120,16 +120,28 @@ pub fn add_enable_steps(
     contents: &str,
     tx: &mut Transaction,
 ) -> Result<Vec<PathBuf>, Error> {
+    add_links_to(unit_dir, unit, &unit_dir.join(unit), contents, tx)
+}
+
+/// Adds to `tx` the links in `link_dir` that enable `unit`, pointing to
+/// `file` (for an instance, its template's file) whose text is `contents`.
+pub fn add_links_to(
+    link_dir: &Path,
+    unit: &str,
+    file: &Path,
+    contents: &str,
+    tx: &mut Transaction,
+) -> Result<Vec<PathBuf>, Error> {
     let install = parse(unit, contents)?;
     if !install.ignored.is_empty() {
         tracing::warn!(unit, keys = ?install.ignored, "[Install] keys wharf does not follow");
     }
     let mut links = Vec::new();
     for (kind, target) in &install.links {
-        let dir = unit_dir.join(format!("{target}.{kind}"));
+        let dir = link_dir.join(format!("{target}.{kind}"));
         let link = dir.join(unit);
         tx.make_dir(&dir);
-        tx.symlink(&link, unit_dir.join(unit));
+        tx.symlink(&link, file);
         links.push(link);
     }
     Ok(links)

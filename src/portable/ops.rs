@@ -12,6 +12,7 @@ use super::plan::{
 };
 use super::profile::Profile;
 use super::{Error, State};
+use crate::executor::Executor;
 use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
 use crate::image::units::find_units;
 use crate::image::{ImageKind, Pool, readonly};
@@ -208,7 +209,7 @@ pub async fn attach(
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
-    let (tx, units, changes) = blocking(move || -> Result<_> {
+    let (tx, units) = blocking(move || -> Result<_> {
         let host = planning_host;
         let sources = requests.iter().map(|r| read_source(&host, r, &mut progress)).collect::<Result<Vec<_>>>()?;
         let options = AttachOptions {
@@ -227,40 +228,41 @@ pub async fn attach(
         if actions.now {
             tx.on_rollback(UnitsOnRollback { stop: startable(&units), restart: Vec::new() });
         }
-        let changes = tx.apply()?;
-        Ok((tx, units, changes))
+        Ok((tx, units))
     })
     .await?;
-    crate::daemon::watchdog::test_wedge("after-files");
 
+    let mut change = Executor::new(systemd);
     let result = async {
-        systemd.reload().await?;
+        let changes = change.apply(tx).await?;
+        crate::daemon::watchdog::test_wedge("after-files");
+        change.reload().await?;
         if actions.now {
-            systemd.start(&startable(&units), !actions.no_block).await?;
+            change.start(&startable(&units), !actions.no_block).await?;
         }
-        Ok::<_, Error>(())
+        Ok(changes)
     }
     .await;
-    if let Err(error) = result {
-        let undo = undo_attach(&systemd.undoing(), tx, &units, actions).await;
-        return Err(Error::rolled_back(error, undo));
-    }
-    blocking(move || tx.commit()).await?;
+    let changes = conclude(change, result, "attach").await?;
     tracing::info!(units = ?units, "attached");
     let restarted = if actions.now { startable(&units) } else { Vec::new() };
     Ok(Outcome { changes, units, restarted })
 }
 
-/// Puts the host back after a failed attach: the units stopped, the files
-/// and enablement links removed, systemd reloaded.
-async fn undo_attach(systemd: &impl UnitManager, tx: Transaction, units: &[String], actions: Actions) -> Undo {
-    let mut undo = Undo::new("attach");
-    if actions.now {
-        undo.step("stopping its units", systemd.stop(&startable(units), true).await);
+/// Commits a change whose steps all worked, or undoes one that failed: the
+/// error then says whether the host is as it was, or which undo steps failed.
+async fn conclude<T>(change: Executor<'_, impl UnitManager>, result: Result<T>, during: &'static str) -> Result<T> {
+    match result {
+        Ok(value) => {
+            change.commit().await?;
+            Ok(value)
+        }
+        Err(error) => {
+            let mut undo = Undo::new(during);
+            change.roll_back(&mut undo).await;
+            Err(Error::rolled_back(error, undo))
+        }
     }
-    undo.step("removing its files", blocking(move || tx.rollback()).await);
-    undo.step("reloading systemd", systemd.reload().await);
-    undo
 }
 
 /// Finishes, with systemd, a crash recovery that rolled files back: the
@@ -287,7 +289,7 @@ pub async fn settle_recovery(systemd: &impl UnitManager, units: &UnitsOnRollback
 /// Adds the links that enable the units of `sources` (templates are never
 /// enabled) in `dest` to `tx`, after the unit files: a link never points to
 /// a unit that is not there yet.
-fn add_enable_steps(dest: &Path, sources: &[Source], tx: &mut Transaction) -> Result<()> {
+pub(crate) fn add_enable_steps(dest: &Path, sources: &[Source], tx: &mut Transaction) -> Result<()> {
     for unit in sources.iter().flat_map(|s| &s.units).filter(|u| !u.name.contains("@.")) {
         install::add_enable_steps(dest, &unit.name, &unit.contents, tx)?;
     }
@@ -296,7 +298,7 @@ fn add_enable_steps(dest: &Path, sources: &[Source], tx: &mut Transaction) -> Re
 
 /// Adds the removal of every enablement link of `units` (in /etc or /run,
 /// whoever made it) to `tx`: detaching disables, in the same transaction.
-fn add_unlink_steps(root: &Path, units: &[String], tx: &mut Transaction) {
+pub(crate) fn add_unlink_steps(root: &Path, units: &[String], tx: &mut Transaction) {
     let dirs = [unit_dir(root, false), unit_dir(root, true)];
     for unit in units {
         for link in install::links_of(&dirs, unit) {
@@ -366,39 +368,22 @@ pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, action
         return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
     }
     let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
-    let mut undo = Undo::new("detach");
+    let mut change = Executor::new(systemd);
     let result = async {
         let mut tx = tx;
         // Journaled before the units stop, so that a crash at any point
         // after it is recovered with them running again. systemd sees the
         // removed files only at the reload, after the stop.
         tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
-        let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
-        let stopped_and_reloaded = async {
-            systemd.stop(&stopped, true).await?;
-            systemd.reload().await
-        };
-        if let Err(e) = stopped_and_reloaded.await {
-            undo.step("restoring its files", blocking(move || tx.rollback()).await);
-            return Err(e.into());
-        }
-        blocking(move || tx.commit()).await?;
-        Ok::<_, Error>(changes)
+        let changes = change.apply(tx).await?;
+        change.stop(&stopped).await?;
+        change.reload().await?;
+        Ok(changes)
     }
     .await;
-    match result {
-        Ok(changes) => {
-            tracing::info!(image, units = ?units, "detached");
-            Ok(Outcome { changes, units, restarted: stopped })
-        }
-        Err(error) => {
-            // Leave the host as it was: running again.
-            let systemd = systemd.undoing();
-            undo.step("reloading systemd", systemd.reload().await);
-            undo.step("starting its units", systemd.start(&stopped, true).await);
-            Err(Error::rolled_back(error, undo))
-        }
-    }
+    let changes = conclude(change, result, "detach").await?;
+    tracing::info!(image, units = ?units, "detached");
+    Ok(Outcome { changes, units, restarted: stopped })
 }
 
 fn report_kept(plans: &[DetachUnit]) {
@@ -474,7 +459,7 @@ pub async fn reattach(
         Ok((tx, units, old, dropped))
     })
     .await?;
-    let (mut tx, units, old, dropped) = planned;
+    let (tx, units, old, dropped) = planned;
     let old_units: Vec<String> = old.iter().map(|a| a.unit.clone()).collect();
     let dropped_units: Vec<String> = dropped.iter().map(|d| d.unit.clone()).collect();
 
@@ -486,29 +471,22 @@ pub async fn reattach(
 
     // Journaled before any unit is touched: a recovery after a crash stops
     // what the new version started and restarts the old version's units.
+    let mut tx = tx;
     tx.on_rollback(UnitsOnRollback { stop: newly_started.clone(), restart: running.clone() });
-    let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
+    // Undone, the old version is back: its files and links, its units running.
+    let mut change = Executor::new(systemd);
     let result = async {
+        let changes = change.apply(tx).await?;
         // The files of the dropped units are gone only for systemd's next
         // reload: they stop as they were.
-        systemd.stop(&running_dropped, true).await?;
-        systemd.reload().await?;
-        systemd.restart(&restart, !actions.no_block).await?;
-        systemd.start(&newly_started, !actions.no_block).await?;
-        Ok::<_, Error>(())
+        change.stop(&running_dropped).await?;
+        change.reload().await?;
+        change.restart(&restart, !actions.no_block).await?;
+        change.start(&newly_started, !actions.no_block).await?;
+        Ok(changes)
     }
     .await;
-    if let Err(error) = result {
-        // Back to the old version: its files and links, its running units.
-        let mut undo = Undo::new("reattach");
-        let systemd = systemd.undoing();
-        undo.step("stopping the new units", systemd.stop(&newly_started, true).await);
-        undo.step("restoring the old files", blocking(move || tx.rollback()).await);
-        undo.step("reloading systemd", systemd.reload().await);
-        undo.step("restarting the old units", systemd.restart(&running, true).await);
-        return Err(Error::rolled_back(error, undo));
-    }
-    blocking(move || tx.commit()).await?;
+    let changes = conclude(change, result, "reattach").await?;
     tracing::info!(units = ?units, restarted = ?restart, "reattached");
     Ok(Outcome { changes, units, restarted: restart })
 }
@@ -674,7 +652,7 @@ mod tests {
         };
         assert_eq!(
             failed_steps.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-            ["stopping its units (foobar.service: stop job failed)"]
+            ["stopping the units it started (foobar.service: stop job failed)"]
         );
         assert_eq!(files(&host), Vec::<String>::new());
         assert_eq!(systemd.running(), ["foobar.service"]);
@@ -852,7 +830,7 @@ mod tests {
                 .map(|f| (f.clone(), std::fs::read_to_string(host.root.join(&f)).unwrap_or_default()))
                 .collect();
             assert_eq!(after, before);
-            assert_eq!(systemd.calls(), ["reload", "reload", "restart foobar.service"]);
+            assert_eq!(systemd.calls(), ["reload", "reload"]);
             assert_eq!(systemd.running(), ["foobar.service"]);
             std::fs::remove_dir_all(&host.root).unwrap();
         }

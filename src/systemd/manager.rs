@@ -4,8 +4,9 @@
 //! rollback path has a fast unit test.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use super::{Result, Systemd, UnitState};
+use super::{Result, Systemd, UnitState, Verdict};
 
 // The futures are only awaited where the implementation is known (the
 // daemon passes `Systemd`, tests the fake), so no `Send` bound is needed.
@@ -24,6 +25,15 @@ pub trait UnitManager {
     async fn start(&self, units: &[String], wait: bool) -> Result<()>;
     async fn stop(&self, units: &[String], wait: bool) -> Result<()>;
     async fn restart(&self, units: &[String], wait: bool) -> Result<()>;
+    /// Waits until every unit's active state satisfies `condition`, for at
+    /// most `timeout` (see [`Systemd::wait_for`]).
+    async fn wait_for(
+        &self,
+        units: &[String],
+        condition: fn(&str) -> Verdict,
+        wanted: &'static str,
+        timeout: Duration,
+    ) -> Result<()>;
 }
 
 impl UnitManager for Systemd {
@@ -51,6 +61,15 @@ impl UnitManager for Systemd {
     }
     async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
         Systemd::restart(self, units, wait).await
+    }
+    async fn wait_for(
+        &self,
+        units: &[String],
+        condition: fn(&str) -> Verdict,
+        wanted: &'static str,
+        timeout: Duration,
+    ) -> Result<()> {
+        Systemd::wait_for(self, units, condition, wanted, timeout).await
     }
 }
 
@@ -84,6 +103,15 @@ impl<T: UnitManager> UnitManager for &T {
     async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
         (**self).restart(units, wait).await
     }
+    async fn wait_for(
+        &self,
+        units: &[String],
+        condition: fn(&str) -> Verdict,
+        wanted: &'static str,
+        timeout: Duration,
+    ) -> Result<()> {
+        (**self).wait_for(units, condition, wanted, timeout).await
+    }
 }
 
 /// An in-memory manager: units are running or not, every call is logged,
@@ -91,22 +119,49 @@ impl<T: UnitManager> UnitManager for &T {
 #[cfg(test)]
 pub mod fake {
     use std::collections::{BTreeSet, HashMap};
+    use std::path::PathBuf;
     use std::sync::Mutex;
+    use std::time::Duration;
 
-    use super::super::{Error, Result, UnitState};
+    use super::super::{Error, Result, UnitState, Verdict};
 
     #[derive(Debug, Default)]
     pub struct FakeManager {
         pub calls: Mutex<Vec<String>>,
         pub running: Mutex<BTreeSet<String>>,
-        /// Calls that fail ("reload", "start", "stop", "restart"), each
-        /// the given number of times (then they work again).
+        /// Calls that fail ("reload", "start", "stop", "restart", "wait"),
+        /// each the given number of times (then they work again).
         pub failing: Mutex<HashMap<&'static str, u32>>,
+        /// Calls that time out instead, the given number of times.
+        pub timing_out: Mutex<HashMap<&'static str, u32>>,
+        /// The host root whose enablement links make a unit "enabled", as
+        /// systemd reads them; without one, no unit is enabled.
+        pub root: Option<PathBuf>,
     }
 
     impl FakeManager {
+        /// A manager of the host under `root`.
+        pub fn of(root: &std::path::Path) -> FakeManager {
+            FakeManager { root: Some(root.to_path_buf()), ..FakeManager::default() }
+        }
+
         pub fn fail(&self, call: &'static str, times: u32) {
             self.failing.lock().unwrap().insert(call, times);
+        }
+
+        pub fn time_out(&self, call: &'static str, times: u32) {
+            self.timing_out.lock().unwrap().insert(call, times);
+        }
+
+        /// Takes one from the count of `verb` in `counts`: whether it is to fail.
+        fn take(counts: &Mutex<HashMap<&'static str, u32>>, verb: &str) -> bool {
+            match counts.lock().unwrap().get_mut(verb) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
+            }
         }
 
         pub fn calls(&self) -> Vec<String> {
@@ -123,19 +178,21 @@ pub mod fake {
             } else {
                 format!("{verb} {}", units.join(" "))
             });
-            let mut failing = self.failing.lock().unwrap();
-            match failing.get_mut(verb) {
-                Some(left) if *left > 0 => {
-                    *left -= 1;
-                    // A call on no unit (reload) fails as the manager's.
-                    let unit = units.first().cloned().unwrap_or_else(|| "systemd".into());
-                    Err(match verb {
-                        "start" => Error::FailedAfterStart { unit },
-                        _ => Error::JobFailed { unit, verb, result: "failed".into() },
-                    })
-                }
-                _ => Ok(()),
+            // A call on no unit (reload) fails as the manager's.
+            let unit = units.first().cloned().unwrap_or_else(|| "systemd".into());
+            if Self::take(&self.timing_out, verb) {
+                return Err(match verb {
+                    "reload" => Error::NoAnswer { what: verb.into(), seconds: 25 },
+                    _ => Error::JobTimeout { unit, verb, seconds: 90 },
+                });
             }
+            if Self::take(&self.failing, verb) {
+                return Err(match verb {
+                    "start" => Error::FailedAfterStart { unit },
+                    _ => Error::JobFailed { unit, verb, result: "failed".into() },
+                });
+            }
+            Ok(())
         }
     }
 
@@ -152,7 +209,16 @@ pub mod fake {
             self.call("reload", &[])
         }
         async fn unit_file_states(&self, units: &[String]) -> Result<HashMap<String, String>> {
-            Ok(units.iter().map(|u| (u.clone(), "linked".to_string())).collect())
+            let dirs = self.root.as_ref().map(|root| {
+                [crate::portable::plan::unit_dir(root, false), crate::portable::plan::unit_dir(root, true)]
+            });
+            Ok(units
+                .iter()
+                .map(|u| {
+                    let enabled = dirs.as_ref().is_some_and(|d| !crate::portable::install::links_of(d, u).is_empty());
+                    (u.clone(), if enabled { "enabled" } else { "linked" }.to_string())
+                })
+                .collect())
         }
         async fn unit_states(&self, units: &[String]) -> Result<Vec<UnitState>> {
             let running = self.running.lock().unwrap();
@@ -190,6 +256,39 @@ pub mod fake {
             }
             self.running.lock().unwrap().extend(units.iter().cloned());
             self.call("restart", units)
+        }
+        /// A unit made to fail "wait" has failed; the others are as they run.
+        async fn wait_for(
+            &self,
+            units: &[String],
+            condition: fn(&str) -> Verdict,
+            wanted: &'static str,
+            timeout: Duration,
+        ) -> Result<()> {
+            if units.is_empty() {
+                return Ok(());
+            }
+            self.calls.lock().unwrap().push(format!("wait {wanted} {}", units.join(" ")));
+            let running = self.running.lock().unwrap();
+            for unit in units {
+                let state = if running.contains(unit) { "active" } else { "inactive" };
+                if Self::take(&self.failing, "wait") {
+                    return Err(Error::WrongState { unit: unit.clone(), wanted, state: "failed".into() });
+                }
+                match condition(state) {
+                    Verdict::Done => {}
+                    Verdict::Fail => return Err(Error::WrongState { unit: unit.clone(), wanted, state: state.into() }),
+                    Verdict::Wait => {
+                        return Err(Error::WaitTimeout {
+                            unit: unit.clone(),
+                            wanted,
+                            state: state.into(),
+                            seconds: timeout.as_secs(),
+                        });
+                    }
+                }
+            }
+            Ok(())
         }
     }
 }

@@ -12,6 +12,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         exclusive_trial(shared, "fleet::apply_plans_checks_and_is_idempotent", apply_and_reapply),
         exclusive_trial(shared, "fleet::an_upgrade_that_fails_is_rolled_back", failed_upgrade),
+        exclusive_trial(shared, "fleet::a_failed_apply_leaves_no_enablement_link", failed_enable),
         exclusive_trial(shared, "fleet::apply_detaches_only_its_own_images_unless_pruning", removal),
         exclusive_trial(shared, "fleet::bad_fleet_files_change_nothing", bad_files),
         exclusive_trial(shared, "fleet::check_mode_writes_no_decompressed_image", xz_check),
@@ -107,7 +108,14 @@ fn failed_upgrade(tb: &Testbed) {
     image(tb, "foobar_1.raw", "1");
     fleet_file(tb, &foobar("foobar_1.raw"));
     tb.ok("portable apply /srv/fleet/host.toml");
-    let before = tb.unit_files("foobar*") + &tb.ok("cat /var/lib/wharf/fleet.json");
+    // The links too: apply makes and removes them in its transaction.
+    let listing = || tb.unit_files("foobar* multi-user.target.wants/foobar*") + &tb.ok("cat /var/lib/wharf/fleet.json");
+    let before = listing();
+    assert!(
+        before.lines().any(|l| l.contains(" multi-user.target.wants/foobar.service ")
+            && l.ends_with(" /etc/systemd/system/foobar.service")),
+        "{before}"
+    );
 
     // Version 3's service cannot start.
     let broken = tb.host_path("/srv/fleet/foobar_3");
@@ -120,11 +128,41 @@ fn failed_upgrade(tb: &Testbed) {
     assert!(out.stderr.contains("foobar.service"), "{out}");
     assert!(out.stderr.ends_with("everything this apply changed was put back\n"), "{out}");
     assert_eq!(out.stderr.lines().count(), 1, "{out}");
-    let after = tb.unit_files("foobar*") + &tb.ok("cat /var/lib/wharf/fleet.json");
+    let after = listing();
     assert_eq!(after, before);
+    assert_eq!(tb.ok("ls -A /var/lib/wharf/transactions").trim(), "", "a journal was left");
     assert_eq!(show(tb, "ActiveState"), "active");
     assert_eq!(show(tb, "RootImage"), "/srv/fleet/foobar_1.raw");
     assert_ne!(show(tb, "MainPID"), "0");
+    reset(tb);
+}
+
+/// An image whose service cannot start, applied enabled and running: the
+/// apply fails, and no unit, link, record or journal is left, nor does
+/// systemd see the unit enabled.
+fn failed_enable(tb: &Testbed) {
+    reset(tb);
+    let broken = tb.host_path("/srv/fleet/foobar_4");
+    images::foobar(&broken, "dir", "4").unwrap();
+    let unit = broken.join("usr/lib/systemd/system/foobar.service");
+    let text = std::fs::read_to_string(&unit).unwrap().replace("/usr/bin/busybox httpd", "/usr/bin/missing httpd");
+    std::fs::write(&unit, text).unwrap();
+    fleet_file(tb, &foobar("foobar_4"));
+    let check = tb.sh("portable apply --check /srv/fleet/host.toml");
+    assert_eq!(
+        check.stdout,
+        "  1. attach /srv/fleet/foobar_4 (profile default)\n  2. enable foobar.service\n  3. start foobar.service\n(check: nothing was changed)\n",
+        "{check}"
+    );
+    let out = tb.fails("portable apply /srv/fleet/host.toml");
+    assert!(out.stderr.contains("foobar.service"), "{out}");
+    assert!(out.stderr.ends_with("everything this apply changed was put back\n"), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert_eq!(tb.ok("find /etc/systemd/system /run/systemd/system -name 'foobar*' | sort"), "");
+    assert_eq!(tb.ok("ls -A /var/lib/wharf/transactions").trim(), "", "a journal was left");
+    tb.fails("test -e /var/lib/wharf/fleet.json");
+    let enabled = tb.sh("systemctl is-enabled foobar.service");
+    assert_ne!(enabled.code, Some(0), "{enabled}");
     reset(tb);
 }
 
@@ -249,6 +287,21 @@ fn machines(tb: &Testbed) {
 
     fleet_file(tb, &machine_entry("256M", false));
     assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. stop machine fleetm\nApplied.\n");
+
+    // Enabled and disabled by links in the transaction, as systemctl makes them.
+    let enabled = |on: bool| {
+        machine_entry("256M", false).replace("started = false\n", &format!("started = false\nenabled = {on}\n"))
+    };
+    fleet_file(tb, &enabled(true));
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. enable machine fleetm\nApplied.\n");
+    assert_eq!(tb.ok("systemctl is-enabled wharf-machine@fleetm.service").trim(), "enabled");
+    let link = tb.ok("readlink /etc/systemd/system/machines.target.wants/wharf-machine@fleetm.service");
+    assert!(link.trim().ends_with("/wharf-machine@.service"), "{link}");
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(0), "idempotent");
+    fleet_file(tb, &enabled(false));
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. disable machine fleetm\nApplied.\n");
+    tb.fails("test -L /etc/systemd/system/machines.target.wants/wharf-machine@fleetm.service");
+    assert_ne!(tb.sh("systemctl is-enabled wharf-machine@fleetm.service").stdout.trim(), "enabled");
 
     // A machine that cannot boot: the apply fails, and what it imported is gone again.
     tb.ok("mkdir -p /srv/fleet/noinit/etc && echo ID=x > /srv/fleet/noinit/etc/os-release && tar -C /srv/fleet/noinit -cf /srv/fleet/noinit.tar .");
