@@ -300,7 +300,8 @@ pub trait Machine {
     fn export_raw(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
     /// Boots a machine; returns its unit and whether its init reported ready
     /// within `ready_timeout` seconds. `confinement`: `capability`,
-    /// `drop-capability` (CAP_A,CAP_B or all), `no-new-privileges` (yes|no).
+    /// `drop-capability` (CAP_A,CAP_B or all), `no-new-privileges` (yes|no),
+    /// `private-users-ownership` (auto|idmap|chown).
     fn start_machine(
         &self,
         name: &str,

@@ -108,6 +108,11 @@ pub enum Command {
         /// User namespace: pick (a free range; the default), no, or the first UID of the range.
         #[arg(long, value_name = "pick|no|UID")]
         private_users: Option<String>,
+        /// How the image's files get the user namespace's owners: auto (an
+        /// idmapped mount where the file system allows, else chown; the
+        /// default), idmap (or fail), or chown (shift the image once).
+        #[arg(long, value_name = "auto|idmap|chown")]
+        private_users_ownership: Option<String>,
         /// Network: host (the default) or private (only loopback).
         #[arg(long, value_name = "host|private")]
         network: Option<String>,
@@ -321,6 +326,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             names,
             properties,
             private_users,
+            private_users_ownership,
             network,
             capability,
             drop_capability,
@@ -328,6 +334,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             timeout,
         } => {
             let confinement: std::collections::HashMap<String, String> = [
+                ("private-users-ownership", private_users_ownership),
                 ("capability", capability),
                 ("drop-capability", drop_capability),
                 ("no-new-privileges", no_new_privileges),

@@ -262,6 +262,7 @@ impl MachineInterface {
             machine: name,
             properties,
             private_users: Some(private_users).filter(|s| !s.is_empty()),
+            private_users_ownership: confinement.remove("private-users-ownership"),
             network: Some(network).filter(|s| !s.is_empty()),
             capability: confinement.remove("capability"),
             drop_capability: confinement.remove("drop-capability"),

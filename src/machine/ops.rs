@@ -108,6 +108,8 @@ pub struct StartRequest {
     /// Limits given on the command line, over those of the machine's settings file.
     pub properties: Vec<Property>,
     pub private_users: Option<String>,
+    /// How the image's files get the range's owners (auto, idmap or chown).
+    pub private_users_ownership: Option<String>,
     pub network: Option<String>,
     /// Capabilities kept beyond nspawn's default (`CAP_A,CAP_B` or `all`).
     pub capability: Option<String>,
@@ -125,6 +127,7 @@ impl StartRequest {
             machine: machine.to_string(),
             properties: Vec::new(),
             private_users: None,
+            private_users_ownership: None,
             network: None,
             capability: None,
             drop_capability: None,
@@ -192,6 +195,12 @@ impl Machines {
             None => PrivateUsers::Pick,
             Some(value) => value.parse().map_err(|_| invalid("--private-users value (pick, no or a UID)", &value))?,
         };
+        let private_users_ownership = match request.private_users_ownership {
+            None => Ownership::Auto,
+            Some(value) => {
+                value.parse().map_err(|_| invalid("--private-users-ownership value (auto, idmap or chown)", &value))?
+            }
+        };
         let network = match request.network.or(config.network.clone()) {
             None => Network::Host,
             Some(value) => clap::ValueEnum::from_str(&value, false)
@@ -214,7 +223,7 @@ impl Machines {
             directory,
             image: image_file,
             private_users,
-            private_users_ownership: Ownership::Auto,
+            private_users_ownership,
             network,
             capability,
             drop_capability,

@@ -35,19 +35,10 @@ const IMAGE: &str = "/var/lib/machines/f28";
 const UNIT: &str = "wharf-f28";
 
 /// The unit properties the launcher relies on (what `machine start` sets),
-/// for the few tests that need a unit `machine start` cannot make: a
-/// launcher option it does not offer, a start that does not wait for
-/// readiness, or input it refuses before the launcher would see it.
+/// for the two tests that need a unit `machine start` cannot make: a start
+/// that does not wait for readiness, or input it refuses before the
+/// launcher would see it.
 const UNIT_PROPERTIES: &str = "--slice=machine.slice -p Delegate=yes -p Type=notify -p KillMode=mixed";
-
-/// Starts the launcher in a hand-made unit; returns when the container
-/// reported ready. Only for options `machine start` does not have.
-fn start_by_hand(tb: &Testbed, unit: &str, launch_options: &str) {
-    tb.ok(&format!(
-        "systemd-run --quiet --unit={unit} {UNIT_PROPERTIES} -p RestartForceExitStatus=133 -p SuccessExitStatus=133 \
-         /usr/lib/wharf/wharfd launch {launch_options}"
-    ));
-}
 
 /// `machine start`: wharfd makes the unit and starts the launcher in it;
 /// returns when the container reported ready.
@@ -234,14 +225,13 @@ fn private_network(tb: &Testbed) {
 
 /// The fallback for file systems without idmapped mounts: the image is
 /// shifted with chown once, recorded in its root's owner, and started again
-/// without a second walk. `machine start` has no option for the fallback,
-/// so the launcher is started in a hand-made unit.
+/// without a second walk.
 fn chown_fallback(tb: &Testbed) {
     prepare(tb);
     let copy = "/var/lib/machines/f28c";
     tb.ok(&format!("rm -rf {copy}; cp -a {IMAGE} {copy}"));
-    let options = format!("--machine f28c --directory {copy} --private-users-ownership=chown");
-    start_by_hand(tb, "wharf-f28c", &options);
+    let options = "--private-users-ownership=chown";
+    start(tb, "f28c", options);
     let leader = leader(tb, "f28c");
     assert_running_inside(tb, &leader, "wharf-f28c");
     let base = tb.ok(&format!("awk '{{print $2}}' /proc/{leader}/uid_map")).trim().to_string();
@@ -250,7 +240,7 @@ fn chown_fallback(tb: &Testbed) {
     tb.ok("systemctl stop wharf-f28c");
     assert_nothing_left(tb, copy, "f28c", None);
 
-    start_by_hand(tb, "wharf-f28c", &options);
+    start(tb, "f28c", options);
     let journal = tb.ok("journalctl -u wharf-f28c --no-pager -o cat");
     assert_eq!(journal.matches(" files of ").count(), 1, "walked once:\n{journal}");
     assert!(journal.contains("is shifted to UID range"), "{journal}");
@@ -517,6 +507,10 @@ fn bad_starts(tb: &Testbed) {
         (
             "machine start f28 --private-users=some",
             "machine: machine 'f28': 'some' is not a valid --private-users value (pick, no or a UID)",
+        ),
+        (
+            "machine start f28 --private-users-ownership=map",
+            "machine: machine 'f28': 'map' is not a valid --private-users-ownership value (auto, idmap or chown)",
         ),
         ("machine shell nosuch true", "machine: machine 'nosuch' is not running"),
         ("machine start f28u", &usr_only),
