@@ -128,6 +128,10 @@ pub enum Command {
         /// Seconds to wait for the machine's init to report ready.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         timeout: u32,
+        /// Do not wait for the machine's init to report ready: return once
+        /// its unit is being started.
+        #[arg(long, conflicts_with = "timeout")]
+        no_block: bool,
     },
     /// Power a machine off (SIGRTMIN+4 to its init) and wait until it is gone.
     Poweroff {
@@ -332,7 +336,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             drop_capability,
             no_new_privileges,
             timeout,
+            no_block,
         } => {
+            let timeout = if no_block { 0 } else { timeout };
             let confinement: std::collections::HashMap<String, String> = [
                 ("private-users-ownership", private_users_ownership),
                 ("capability", capability),
@@ -360,6 +366,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     format.emit(&record, |_| {
                         if ready {
                             format!("Machine {name} is running ({unit}); its init reported ready.")
+                        } else if no_block {
+                            format!("Machine {name} is starting ({unit}).")
                         } else {
                             format!(
                                 "Machine {name} is starting ({unit}); its init did not report ready within {timeout}s."

@@ -267,7 +267,8 @@ impl MachineInterface {
             capability: confinement.remove("capability"),
             drop_capability: confinement.remove("drop-capability"),
             no_new_privileges,
-            ready_timeout: std::time::Duration::from_secs(u64::from(ready_timeout.max(1))),
+            // 0: queued, not waited for (machine start --no-block).
+            ready_timeout: std::time::Duration::from_secs(u64::from(ready_timeout)),
         };
         if let Some(key) = confinement.keys().next() {
             return Err(BusError::InvalidArgument(format!("unknown confinement option '{key}'")));
