@@ -324,7 +324,7 @@ fn gpt_partitions(tb: &Testbed) {
 
 /// Loop devices attached to files below `dir` (paths as the testbed sees them).
 fn loops_below(tb: &Testbed, dir: &str) -> String {
-    tb.ok(&format!("cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -F '{dir}' || true"))
+    tb.loop_devices(dir).join("\n")
 }
 
 /// Mount points wharfd made and did not remove, and mounts of them in any of

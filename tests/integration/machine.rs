@@ -102,8 +102,8 @@ fn mounts(tb: &Testbed) -> Vec<String> {
 fn assert_nothing_left(tb: &Testbed, image: &str, machine: &str, user_namespace: Option<&str>) {
     let left: Vec<String> = mounts(tb).into_iter().filter(|m| m.contains(image)).collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
-    let loops = tb.ok("losetup -a -n -O NAME,BACK-FILE");
-    assert!(!loops.contains(image), "loop devices left: {loops}");
+    let loops = tb.loop_devices(image);
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
     let machines = tb.ok("machinectl list --no-legend");
     assert!(!machines.contains(machine), "machine left: {machines}");
     if let Some(ns) = user_namespace {
@@ -277,7 +277,7 @@ fn raw_images(tb: &Testbed) {
         assert_running_inside(tb, &leader, &unit);
         let root = tb.ok(&format!("nsenter -t {leader} -a findmnt -n -o FSTYPE,OPTIONS /"));
         assert!(root.starts_with(fstype) && root.contains(&format!(" {mode},")), "{root}");
-        assert!(tb.ok("losetup -a -n -O BACK-FILE").contains(&image));
+        assert_eq!(tb.loop_devices(&image).len(), 1, "the image's loop device");
         assert!(tb.ok(&format!("machinectl status {machine} --no-pager")).contains(&format!("Root: {image}")));
         tb.ok(&format!("systemctl stop {unit}"));
         assert_nothing_left(tb, &image, machine, None);
@@ -435,8 +435,8 @@ fn machine_cli(tb: &Testbed) {
     tb.ok("machine poweroff f28");
     assert_gone(tb, "f28");
     assert_eq!(mounts(tb), before, "mounts left behind");
-    // Loop devices are the host's, shared with whatever else runs: only ours count.
-    assert!(!tb.ok("losetup -a -n -O BACK-FILE").contains("/var/lib/machines/"), "a loop device is left");
+    let loops = tb.loop_devices("/var/lib/machines/");
+    assert!(loops.is_empty(), "loop devices left: {loops:?}");
     let refused = tb.fails("machine poweroff f28");
     assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is not running");
 }

@@ -281,6 +281,36 @@ impl Testbed {
         ))
     }
 
+    /// This testbed's loop devices backed by files whose path (inside the
+    /// testbed) starts with `prefix`, as "DEVICE PATH" lines. The kernel's
+    /// loop devices are the host's, seen alike by every testbed (another
+    /// release's suite may run the same test beside this one), so a device
+    /// is this testbed's only if its backing file is the file at that path
+    /// here: the same inode. One whose file is deleted counts too.
+    pub fn loop_devices(&self, prefix: &str) -> Vec<String> {
+        let listing = Command::new("losetup")
+            .args(["--list", "--noheadings", "--raw", "--output", "NAME,BACK-INO,BACK-FILE"])
+            .output()
+            .expect("losetup on the host");
+        use std::os::unix::fs::MetadataExt;
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.splitn(3, ' ');
+                let (device, inode, file) = (fields.next()?, fields.next()?, fields.next()?);
+                // --raw escapes blanks in the path as \x20.
+                let file = file.replace("\\x20", " ");
+                let (path, deleted) = match file.strip_suffix(" (deleted)") {
+                    Some(path) => (path.to_string(), true),
+                    None => (file, false),
+                };
+                let ours = deleted
+                    || fs::metadata(self.host_path(&path)).is_ok_and(|m| inode.parse() == Ok(m.ino()));
+                (path.starts_with(prefix) && ours).then(|| format!("{device} {path}"))
+            })
+            .collect()
+    }
+
     /// Runs a script that must succeed; returns its stdout.
     #[track_caller]
     pub fn ok(&self, script: &str) -> String {
