@@ -192,7 +192,12 @@ impl Transaction {
     }
 
     pub fn make_dir(&mut self, path: impl Into<PathBuf>) {
-        self.steps.push(Step::MakeDir(path.into()));
+        let path = path.into();
+        // Once: the units of a batch share `.wants` directories, and a
+        // second creation of one would fail.
+        if !self.steps.iter().any(|step| matches!(step, Step::MakeDir(made) if *made == path)) {
+            self.steps.push(Step::MakeDir(path));
+        }
     }
 
     pub fn write(&mut self, path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>, mode: u32) {

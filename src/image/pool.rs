@@ -2,9 +2,12 @@
 //! `list` shows. Earlier directories shadow later ones, as in systemd.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Dir, Mode, OFlags, Statx, StatxFlags, open, statx};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +27,12 @@ pub struct Pool {
 
 /// An image's kind and read-only mark, known from a read of it while its
 /// inode was as `key` says, by file name within one directory.
-type DirCache = HashMap<OsString, (InodeKey, ImageKind, bool)>;
+type DirCache = HashMap<CString, (InodeKey, ImageKind, bool)>;
+
+/// An inode changed less than this long before it was read is not cached:
+/// a change in the same (coarse) timestamp tick as the read would leave
+/// the ctime as it was.
+const SETTLED: Duration = Duration::from_secs(2);
 
 /// What identifies one version of an inode's contents and marks. The
 /// ctime is what makes it safe to trust: the kernel sets it on every write,
@@ -33,29 +41,37 @@ type DirCache = HashMap<OsString, (InodeKey, ImageKind, bool)>;
 /// cache by restoring its mtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct InodeKey {
-    dev: u64,
+    dev: (u32, u32),
     ino: u64,
-    mode: u32,
+    mode: u16,
     size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    mtime: (i64, u32),
+    ctime: (i64, u32),
 }
 
-/// An inode changed less than this long before it was read is not cached:
-/// a change in the same (coarse) timestamp tick as the read would leave
-/// the ctime as it was.
-const SETTLED: Duration = Duration::from_secs(2);
-
 impl InodeKey {
-    fn of(meta: &std::fs::Metadata) -> InodeKey {
+    fn of(stat: &Statx) -> InodeKey {
         InodeKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            mode: meta.mode(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
+            dev: (stat.stx_dev_major, stat.stx_dev_minor),
+            ino: stat.stx_ino,
+            mode: stat.stx_mode,
+            size: stat.stx_size,
+            mtime: (stat.stx_mtime.tv_sec, stat.stx_mtime.tv_nsec),
+            ctime: (stat.stx_ctime.tv_sec, stat.stx_ctime.tv_nsec),
         }
+    }
+
+    /// The key of an open file.
+    fn of_open(file: &std::fs::File, path: &Path) -> Result<InodeKey> {
+        let stat =
+            statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS).map_err(|e| Error::io(path)(e.into()))?;
+        Ok(InodeKey::of(&stat))
+    }
+
+    /// The key of `name` in the directory `dir`, following a symlink as
+    /// opening it would (an image may be one).
+    fn of_entry(dir: &OwnedFd, name: &CStr) -> Option<InodeKey> {
+        statx(dir, name, AtFlags::empty(), StatxFlags::BASIC_STATS).ok().map(|stat| InodeKey::of(&stat))
     }
 
     /// Whether the inode was last changed at least [`SETTLED`] before `now`.
@@ -165,40 +181,45 @@ impl Pool {
         let mut entries: Vec<PoolEntry> = Vec::new();
         let mut seen: HashSet<ImageName> = HashSet::new();
         for dir in &self.dirs {
-            let read = match std::fs::read_dir(dir) {
-                Ok(read) => read,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Entries are looked at relative to the directory: no path walk per image.
+            let opened = open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .and_then(|fd| Dir::read_from(&fd).map(|read| (fd, read)));
+            let (fd, read) = match opened {
+                Ok(opened) => opened,
+                Err(rustix::io::Errno::NOENT) => {
                     self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(dir);
                     continue;
                 }
-                Err(e) => return Err(Error::io(dir)(e)),
+                Err(e) => return Err(Error::io(dir)(e.into())),
             };
             let known = self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(dir).unwrap_or_default();
             let mut learnt = DirCache::new();
             for dirent in read {
-                let dirent = dirent.map_err(Error::io(dir))?;
+                let dirent = dirent.map_err(|e| Error::io(dir)(e.into()))?;
                 let file_name = dirent.file_name();
-                let Some(name) = file_name.to_str().and_then(|n| ImageName::new(n).ok()) else {
+                let Some(name) = file_name.to_str().ok().and_then(|n| ImageName::new(n).ok()) else {
                     continue;
                 };
                 if seen.contains(&name) {
                     continue;
                 }
-                let path = dirent.path();
-                let cached = known.get(&file_name).and_then(|(key, kind, read_only)| {
-                    // Followed, as open would: an image may be a symlink.
-                    let meta = std::fs::metadata(&path).ok()?;
-                    (InodeKey::of(&meta) == *key).then(|| PoolEntry::from_parts(&name, &path, &meta, *kind, *read_only))
-                });
-                let entry = match cached {
-                    Some(entry) => Ok(entry),
-                    None => PoolEntry::read_keyed(name.clone(), path.clone()),
+                let path = dir.join(OsStr::from_bytes(file_name.to_bytes()));
+                let unchanged =
+                    known.get(file_name).filter(|(key, ..)| InodeKey::of_entry(&fd, file_name).as_ref() == Some(key));
+                let entry = match unchanged {
+                    Some(&(key, kind, read_only)) => {
+                        learnt.insert(file_name.to_owned(), (key, kind, read_only));
+                        Ok(PoolEntry::from_parts(&name, &path, &key, kind, read_only))
+                    }
+                    None => PoolEntry::read_keyed(&name, &path).map(|(entry, key)| {
+                        if key.settled(now) {
+                            learnt.insert(file_name.to_owned(), (key, entry.kind, entry.read_only));
+                        }
+                        entry
+                    }),
                 };
                 match entry {
-                    Ok((entry, key)) => {
-                        if key.settled(now) {
-                            learnt.insert(file_name, (key, entry.kind, entry.read_only));
-                        }
+                    Ok(entry) => {
                         seen.insert(name);
                         entries.push(entry);
                     }
@@ -219,36 +240,31 @@ impl Pool {
 
 impl PoolEntry {
     pub fn read(name: ImageName, path: PathBuf) -> Result<PoolEntry> {
-        Ok(PoolEntry::read_keyed(name, path)?.0)
+        Ok(PoolEntry::read_keyed(&name, &path)?.0)
     }
 
     /// [`PoolEntry::read`], with the key of the inode read.
-    fn read_keyed(name: ImageName, path: PathBuf) -> Result<(PoolEntry, InodeKey)> {
-        let file = std::fs::File::open(&path).map_err(Error::io(&path))?;
-        let meta = file.metadata().map_err(Error::io(&path))?;
-        let kind = ImageKind::detect_with(&file, &meta, &path)?;
-        let read_only = super::readonly::is_read_only(&path, &meta);
-        Ok(PoolEntry::from_parts(&name, &path, &meta, kind, read_only))
+    fn read_keyed(name: &ImageName, path: &Path) -> Result<(PoolEntry, InodeKey)> {
+        let file = std::fs::File::open(path).map_err(Error::io(path))?;
+        // Taken before the read: a change during it moves the ctime past the key.
+        let key = InodeKey::of_open(&file, path)?;
+        let meta = file.metadata().map_err(Error::io(path))?;
+        let kind = ImageKind::detect_with(&file, &meta, path)?;
+        let read_only = super::readonly::is_read_only(path, &meta);
+        Ok((PoolEntry::from_parts(name, path, &key, kind, read_only), key))
     }
 
-    fn from_parts(
-        name: &ImageName,
-        path: &Path,
-        meta: &std::fs::Metadata,
-        kind: ImageKind,
-        read_only: bool,
-    ) -> (PoolEntry, InodeKey) {
-        let modified_usec = u64::try_from(meta.mtime()).unwrap_or(0) * 1_000_000
-            + u64::try_from(meta.mtime_nsec()).unwrap_or(0) / 1_000;
-        let entry = PoolEntry {
+    fn from_parts(name: &ImageName, path: &Path, key: &InodeKey, kind: ImageKind, read_only: bool) -> PoolEntry {
+        let (seconds, nanos) = key.mtime;
+        let modified_usec = u64::try_from(seconds).unwrap_or(0) * 1_000_000 + u64::from(nanos) / 1_000;
+        PoolEntry {
             name: name.clone(),
             kind,
             read_only,
-            size: if kind.is_file() { meta.len() } else { 0 },
+            size: if kind.is_file() { key.size } else { 0 },
             modified_usec,
             path: path.to_path_buf(),
-        };
-        (entry, InodeKey::of(meta))
+        }
     }
 }
 
@@ -314,7 +330,7 @@ mod tests {
     /// any way (here only its mode, its ctime with it) is.
     #[test]
     fn list_reads_again_only_what_changed() {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let root = scratch("cache");
         let pool = Pool::under(&root, "portables");
         std::fs::create_dir_all(pool.home()).unwrap();
@@ -326,7 +342,7 @@ mod tests {
         // What the cache says is what list reports, while the inode is as it was.
         let poison = |pool: &Pool| {
             let mut cache = pool.cache.lock().unwrap();
-            cache.get_mut(pool.home()).unwrap().get_mut(std::ffi::OsStr::new("foo.raw")).unwrap().1 = ImageKind::Erofs;
+            cache.get_mut(pool.home()).unwrap().get_mut(c"foo.raw").unwrap().1 = ImageKind::Erofs;
         };
         poison(&pool);
         assert_eq!(kinds(&pool, later), [ImageKind::Erofs]);

@@ -452,11 +452,16 @@ pub async fn detach_batch(
     let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
     let mut undo = Undo::new("detach");
     let result = async {
-        systemd.stop(&stopped, true).await?;
         let mut tx = tx;
+        // As for one image: journaled before the units stop, so that a
+        // crash at any point after it is recovered with them running again.
+        tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
         let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
-        crate::daemon::watchdog::test_wedge("after-files");
-        if let Err(e) = systemd.reload().await {
+        let stopped_and_reloaded = async {
+            systemd.stop(&stopped, true).await?;
+            systemd.reload().await
+        };
+        if let Err(e) = stopped_and_reloaded.await {
             undo.step("restoring their files", blocking(move || tx.rollback()).await);
             return Err(e.into());
         }
