@@ -479,9 +479,14 @@ fn failed_batch_detach(tb: &Testbed) {
     tb.ok("portable attach --batch --enable bd00 bd01 bd02");
     tb.ok("systemctl start bd00.service");
     let before = batch_state(tb);
-    tb.ok("chattr +i /etc/systemd/system/bd02.service.d");
+    // From the host: trixie's minimal root has no chattr.
+    let immutable = |flag: &str| {
+        let dir = tb.host_path("/etc/systemd/system/bd02.service.d");
+        crate::testbed::run_host(std::process::Command::new("chattr").arg(flag).arg(&dir), "chattr").unwrap();
+    };
+    immutable("+i");
     let out = tb.sh("portable detach --batch --now bd00 bd01 bd02");
-    tb.ok("chattr -i /etc/systemd/system/bd02.service.d");
+    immutable("-i");
     assert_eq!(out.code, Some(1), "{out}");
     assert_eq!(out.stderr.lines().count(), 1, "{out}");
     assert!(out.stderr.starts_with("portable: "), "{out}");
