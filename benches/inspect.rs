@@ -15,7 +15,7 @@ mod testbed;
 use std::path::Path;
 use std::process::ExitCode;
 
-use testbed::bench::{Timed, alternate, report, runs};
+use testbed::bench::{Table, Timed, alternate, runs};
 use testbed::{BootOptions, Release, Testbed, images};
 
 const DEFAULT_RUNS: usize = 30;
@@ -23,18 +23,19 @@ const WARMUP_RUNS: usize = 3;
 const TARGET_RATIO: f64 = 0.3;
 
 fn main() -> ExitCode {
-    testbed::bench::exit_status(run())
+    let runs = runs(DEFAULT_RUNS);
+    let mut table =
+        Table::new(format!("portable inspect vs portablectl inspect, {runs} alternating runs each, medians"));
+    let outcome = run(&mut table, runs);
+    testbed::bench::exit_status(&table, outcome)
 }
 
-fn run() -> Result<bool, String> {
-    let runs = runs(DEFAULT_RUNS);
+fn run(table: &mut Table, runs: usize) -> Result<(), String> {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_wharfd")).parent().expect("binary has a directory").to_path_buf();
     let release = Release::from_env().map_err(|e| e.to_string())?;
     testbed::note(&format!("booting a {} testbed for the benchmark", release.name()));
     let tb = Testbed::boot(&BootOptions { release, bin_dir, label: "bench".into() }).map_err(|e| e.to_string())?;
 
-    let mut all_within = true;
-    println!("portable inspect vs portablectl inspect, {runs} alternating runs each, medians");
     for format in ["squashfs", "gpt"] {
         let inner = format!("/srv/bench/foobar_{format}.raw");
         images::foobar(&tb.host_path(&inner), format, "1").map_err(|e| e.to_string())?;
@@ -45,8 +46,8 @@ fn run() -> Result<bool, String> {
             tb.time(&theirs, ":");
         }
         let (wharf, reference) = alternate(&tb, runs, Timed::alone(&ours), Timed::alone(&theirs));
-        all_within &= report(&format!("inspect of a {format} image"), "portablectl", wharf, reference, TARGET_RATIO);
+        table.ratio(&format!("inspect of a {format} image"), "portablectl", wharf, reference, TARGET_RATIO);
     }
     tb.poweroff().map_err(|e| e.to_string())?;
-    Ok(all_within)
+    Ok(())
 }

@@ -23,7 +23,7 @@ mod testbed;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use testbed::bench::{Timed, alternate, report, runs};
+use testbed::bench::{Table, Timed, alternate, runs};
 use testbed::{BootOptions, Release, Testbed, images, run_host};
 
 /// Waits (up to 30 s) until the machine is running and booted; fails otherwise.
@@ -35,10 +35,12 @@ const WAIT_GONE: &str =
     "for i in $(seq 1500); do machinectl show f28 >/dev/null 2>&1 || exit 0; sleep 0.02; done; exit 1";
 
 fn main() -> ExitCode {
-    testbed::bench::exit_status(run())
+    let mut table = Table::new("machine benchmarks (medians of alternating runs in one testbed)");
+    let outcome = run(&mut table);
+    testbed::bench::exit_status(&table, outcome)
 }
 
-fn run() -> Result<bool, String> {
+fn run(table: &mut Table) -> Result<(), String> {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_wharfd")).parent().ok_or("no binary directory")?.to_path_buf();
     let release = Release::from_env().map_err(|e| e.to_string())?;
     let big = big_raw_xz()?;
@@ -48,7 +50,6 @@ fn run() -> Result<bool, String> {
     std::fs::create_dir_all(&image).map_err(|e| e.to_string())?;
     run_host(Command::new("tar").arg("-C").arg(&image).arg("-xf").arg(&tarball), "unpacking f28")
         .map_err(|e| e.to_string())?;
-    let mut met = true;
 
     let ours_start = format!("machine start f28 >/dev/null && ( {WAIT_BOOTED} )");
     let theirs_start = format!("machinectl start f28 && ( {WAIT_BOOTED} )");
@@ -59,7 +60,7 @@ fn run() -> Result<bool, String> {
     tb.time(ours.command, ours.reset);
     tb.time(theirs.command, theirs.reset);
     let (wharf, reference) = alternate(&tb, runs(7), ours, theirs);
-    met &= report("boot of f28 until its systemd runs", "machinectl start", wharf, reference, 1.0);
+    table.ratio("boot of f28 until its systemd runs", "machinectl start", wharf, reference, 1.0);
 
     // The 1 GiB image, and xz in the testbed for the practical limit.
     std::fs::copy(&big, tb.host_path("/srv/big.raw.xz")).map_err(|e| e.to_string())?;
@@ -71,12 +72,12 @@ fn run() -> Result<bool, String> {
     tb.time("cat /srv/big.raw.xz >/dev/null", ":");
     let import_runs = runs(3);
     let (wharf, reference) = alternate(&tb, import_runs, ours, theirs);
-    met &= report("import-raw of a 1 GiB .raw.xz", "machinectl import-raw", wharf, reference, 0.5);
+    table.ratio("import-raw of a 1 GiB .raw.xz", "machinectl import-raw", wharf, reference, 0.5);
     let (wharf, plain) = alternate(&tb, import_runs, ours, limit);
-    met &= report("import-raw of a 1 GiB .raw.xz", "xz -dc -T0", wharf, plain, 1.2);
+    table.ratio("import-raw of a 1 GiB .raw.xz", "xz -dc -T0", wharf, plain, 1.2);
 
     tb.poweroff().map_err(|e| e.to_string())?;
-    Ok(met)
+    Ok(())
 }
 
 /// A 1 GiB ext4 image of the f28 tree, compressed with `xz -T0`, made once

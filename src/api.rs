@@ -200,6 +200,8 @@ pub trait Portable {
     ) -> zbus::Result<OperationResult>;
     /// Detaches an image.
     fn detach_image(&self, image: &str, flags: u64) -> zbus::Result<OperationResult>;
+    /// Detaches several images in one transaction and one reload.
+    fn detach_images(&self, images: &[String], flags: u64) -> zbus::Result<OperationResult>;
     /// Replaces the attached version of an image by this one.
     fn reattach_image(
         &self,

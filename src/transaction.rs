@@ -196,7 +196,12 @@ impl Transaction {
     }
 
     pub fn make_dir(&mut self, path: impl Into<PathBuf>) {
-        self.steps.push(Step::MakeDir(path.into()));
+        let path = path.into();
+        // Once: the units of a batch share `.wants` directories, and a
+        // second creation of one would fail.
+        if !self.steps.iter().any(|step| matches!(step, Step::MakeDir(made) if *made == path)) {
+            self.steps.push(Step::MakeDir(path));
+        }
     }
 
     pub fn write(&mut self, path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>, mode: u32) {
@@ -271,16 +276,20 @@ impl Transaction {
         let mut changes = Vec::new();
         let mut result = Ok(());
         let mut action_index = 0;
+        let mut touched = Touched::default();
         for step in &steps {
             let Some(action) = self.actions.get(action_index).cloned() else { break };
             if !step_matches(step, &action) {
                 continue;
             }
             action_index += 1;
-            if let Err(e) = perform(step, &action, &mut changes) {
+            if let Err(e) = perform(step, &action, &mut changes, &mut touched) {
                 result = Err(e);
                 break;
             }
+        }
+        if result.is_ok() {
+            result = touched.sync();
         }
         self.steps = steps;
         match result {
@@ -357,7 +366,32 @@ fn action_path(action: &Action) -> &Path {
     }
 }
 
-fn perform(step: &Step, action: &Action, changes: &mut Vec<Change>) -> Result<()> {
+/// The directories whose entries an apply changed, each synced once when
+/// every step is done (before apply returns, so before systemd is told):
+/// one sync per directory instead of one per file makes a batch of
+/// hundreds of units cheap. Until then the journal, synced first, says what
+/// to undo, whatever part of the renames reached the disk.
+#[derive(Debug, Default)]
+struct Touched(std::collections::BTreeSet<PathBuf>);
+
+impl Touched {
+    fn parent_of(&mut self, path: &Path) {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.0.insert(parent.to_path_buf());
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        for dir in &self.0 {
+            // Gone: a later step moved it away (a drop-in directory emptied,
+            // then removed), and its own parent is synced instead.
+            fs::File::open(dir).and_then(|d| d.sync_all()).or_else(not_found_ok).map_err(io(dir))?;
+        }
+        Ok(())
+    }
+}
+
+fn perform(step: &Step, action: &Action, changes: &mut Vec<Change>, touched: &mut Touched) -> Result<()> {
     let record = |changes: &mut Vec<Change>, kind: &str, path: &Path, source: &str| {
         changes.push(Change { kind: kind.into(), path: path.display().to_string(), source: source.into() })
     };
@@ -367,13 +401,14 @@ fn perform(step: &Step, action: &Action, changes: &mut Vec<Change>) -> Result<()
             crash_point()?;
             fs::create_dir(path).map_err(io(path))?;
             fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io(path))?;
-            sync_parent(path).map_err(io(path))?;
+            touched.parent_of(path);
             record(changes, "mkdir", path, "");
         }
         (Step::Write { path, contents, mode }, Action::Create { temp, .. } | Action::Replace { temp, .. }) => {
             crash_point()?;
             write_new(temp, contents, *mode).map_err(io(path))?;
             put_in_place(action, path, temp)?;
+            touched.parent_of(path);
             record(changes, "write", path, "");
         }
         (Step::Symlink { path, target }, Action::Create { temp, .. } | Action::Replace { temp, .. }) => {
@@ -381,12 +416,13 @@ fn perform(step: &Step, action: &Action, changes: &mut Vec<Change>) -> Result<()
             remove_if_there(temp)?;
             symlink(target, temp).map_err(io(path))?;
             put_in_place(action, path, temp)?;
+            touched.parent_of(path);
             record(changes, "symlink", path, &target.display().to_string());
         }
         (Step::Remove(path), Action::Remove { backup, .. } | Action::RemoveDir { backup, .. }) => {
             crash_point()?;
             fs::rename(path, backup).map_err(io(path))?;
-            sync_parent(path).map_err(io(path))?;
+            touched.parent_of(path);
             record(changes, "unlink", path, "");
         }
         _ => unreachable!("actions are planned from their steps"),
@@ -403,8 +439,7 @@ fn put_in_place(action: &Action, path: &Path, temp: &Path) -> Result<()> {
         fs::hard_link(path, backup).map_err(io(path))?;
     }
     crash_point()?;
-    fs::rename(temp, path).map_err(io(path))?;
-    sync_parent(path).map_err(io(path))
+    fs::rename(temp, path).map_err(io(path))
 }
 
 /// Removes a file if it is there; a parent that is not a directory means

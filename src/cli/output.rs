@@ -72,23 +72,26 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let last = cells.len().saturating_sub(1);
-        let mut out = String::new();
-        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$} "));
+    // One string, written in place: `portable list` may lay out thousands of rows.
+    let mut out = String::with_capacity((rows.len() + 1) * (widths.iter().sum::<usize>() + widths.len()));
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        for (i, (cell, width)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(cell);
+            if i + 1 < widths.len() {
+                out.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
             }
         }
-        out.trim_end().to_string()
-    };
-    let mut out = line(headers.to_vec());
-    for row in rows {
+        out.truncate(out.trim_end().len());
         out.push('\n');
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
     }
+    out.pop();
     out
 }
 

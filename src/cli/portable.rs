@@ -112,8 +112,12 @@ pub enum Command {
     },
     /// Detach an image: remove exactly the files wharf wrote for it.
     Detach {
-        /// The image, as it was attached (a name in the search path, or a path).
-        image: String,
+        /// The image, as it was attached (a name in the search path, or a path); with --batch, several.
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+        /// Every argument is an image: detach them all with one reload, all or none.
+        #[arg(long)]
+        batch: bool,
         /// Stop (and disable) its units first.
         #[arg(long)]
         now: bool,
@@ -192,9 +196,15 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             emit_operation(format, cli.output.quiet, &result, "Started")?;
         }
-        Command::Detach { image, now, .. } => {
-            let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
-            let result = bounded(&bus, portable.detach_image(&image, if now { flags::NOW } else { 0 })).await?;
+        Command::Detach { images, batch, now, .. } => {
+            let (pool, cwd) = (Pool::portables(), current_dir()?);
+            let mut images: Vec<String> = images.iter().map(|i| pool.argument_for_daemon(i, &cwd)).collect();
+            let flags = if now { flags::NOW } else { 0 };
+            let result = match (batch, images.len()) {
+                (true, _) => bounded(&bus, portable.detach_images(&images, flags)).await?,
+                (false, 1) => bounded(&bus, portable.detach_image(&images.remove(0), flags)).await?,
+                (false, _) => return Err(CliError::Usage("detach takes one image; use --batch for several".into())),
+            };
             emit_operation(format, cli.output.quiet, &result, "Stopped")?;
         }
         Command::Reattach { attach } => {

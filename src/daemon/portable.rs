@@ -174,6 +174,23 @@ impl PortableInterface {
         Ok(ops::detach(&self.host, &change.systemd, &image, actions).await?.into())
     }
 
+    /// Detaches several images in one transaction with one reload: all or
+    /// none. Root only.
+    async fn detach_images(
+        &self,
+        images: Vec<String>,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        let change = self.begin_change(connection, &header, "detaching images").await?;
+        let actions = check_flags(flags)?;
+        if images.is_empty() {
+            return Err(BusError::InvalidArgument("no images to detach".into()));
+        }
+        Ok(ops::detach_batch(&self.host, &change.systemd, images, actions).await?.into())
+    }
+
     /// Replaces the attached version of an image by this one, restarting
     /// the units that were running. Root only.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context

@@ -311,6 +311,11 @@ pub(crate) fn add_unlink_steps(root: &Path, units: &[String], tx: &mut Transacti
 /// file may be gone already, so attachments are also matched by file name.
 fn attachments_of(host: &Host, image: &str) -> Result<(String, Vec<Attachment>)> {
     let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    attachments_among(host, existing, image)
+}
+
+/// [`attachments_of`] among attachments scanned already.
+fn attachments_among(host: &Host, existing: Attachments, image: &str) -> Result<(String, Vec<Attachment>)> {
     let located =
         host.pool.locate(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
     let matches = |a: &Attachment| {
@@ -384,6 +389,84 @@ pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, action
     let changes = conclude(change, result, "detach").await?;
     tracing::info!(image, units = ?units, "detached");
     Ok(Outcome { changes, units, restarted: stopped })
+}
+
+/// Detaches several images with one transaction and one reload: all or
+/// none. Every image is planned (from one scan of the unit directories)
+/// before any unit is stopped, so one that is not attached, or a running
+/// unit without `now`, fails the whole batch with nothing changed. An image
+/// named twice is detached once.
+pub async fn detach_batch(
+    host: &Host,
+    systemd: &impl UnitManager,
+    images: Vec<String>,
+    actions: Actions,
+) -> Result<Outcome> {
+    let plan_host = host.clone();
+    let (owners, units, tx) = blocking(move || -> Result<_> {
+        let host = plan_host;
+        let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut attachments: Vec<Attachment> = Vec::new();
+        for image in &images {
+            let (path, found) = attachments_among(&host, existing.clone(), image)?;
+            for attachment in found {
+                if owners.insert(attachment.unit.clone(), path.clone()).is_none() {
+                    attachments.push(attachment);
+                }
+            }
+        }
+        let units: Vec<String> = attachments.iter().map(|a| a.unit.clone()).collect();
+        let plans = attachments.iter().map(|a| plan_detach_unit(&host.root, a)).collect::<Result<Vec<_>>>()?;
+        report_kept(&plans);
+        let mut tx = Transaction::new(&host.journal_dir);
+        // Links first: none ever points to a unit already removed.
+        add_unlink_steps(&host.root, &units, &mut tx);
+        add_detach_steps(&plans, &mut tx);
+        Ok((owners, units, tx))
+    })
+    .await?;
+
+    let active = active_units(systemd, &units).await?;
+    if let Some((unit, state)) = active.first()
+        && !actions.now
+    {
+        let image = owners.get(unit).cloned().unwrap_or_default();
+        return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
+    }
+    let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
+    let mut undo = Undo::new("detach");
+    let result = async {
+        let mut tx = tx;
+        // As for one image: journaled before the units stop, so that a
+        // crash at any point after it is recovered with them running again.
+        tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
+        let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
+        let stopped_and_reloaded = async {
+            systemd.stop(&stopped, true).await?;
+            systemd.reload().await
+        };
+        if let Err(e) = stopped_and_reloaded.await {
+            undo.step("restoring their files", blocking(move || tx.rollback()).await);
+            return Err(e.into());
+        }
+        blocking(move || tx.commit()).await?;
+        Ok::<_, Error>(changes)
+    }
+    .await;
+    match result {
+        Ok(changes) => {
+            tracing::info!(units = ?units, "detached a batch");
+            Ok(Outcome { changes, units, restarted: stopped })
+        }
+        Err(error) => {
+            // Leave the host as it was: every image attached, running again.
+            let systemd = systemd.undoing();
+            undo.step("reloading systemd", systemd.reload().await);
+            undo.step("starting their units", systemd.start(&stopped, true).await);
+            Err(Error::rolled_back(error, undo))
+        }
+    }
 }
 
 fn report_kept(plans: &[DetachUnit]) {
@@ -745,6 +828,54 @@ mod tests {
         assert_eq!(steps, ["reloading systemd"]);
         assert_eq!(files(&host), attached);
         assert_eq!(systemd.running(), ["foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A batch detach: one reload for all its images; an image that is not
+    /// attached, or a failed reload, leaves every image attached and running.
+    #[test]
+    fn a_batch_detach_reloads_once_and_is_all_or_none() {
+        let host = host("batch", UNIT);
+        let other = host.root.join("var/lib/portables/other");
+        std::fs::create_dir_all(other.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(other.join("usr/lib/os-release"), "ID=other\nPORTABLE_PREFIXES=other\n").unwrap();
+        std::fs::write(other.join("usr/lib/systemd/system/other.service"), UNIT).unwrap();
+        let systemd = FakeManager::default();
+        let requests = ["foobar", "other"].map(|image| ImageRequest { image: image.into(), prefixes: Vec::new() });
+        zbus::block_on(attach(
+            &host,
+            &systemd,
+            requests.to_vec(),
+            "default",
+            CopyMode::Copy,
+            ENABLE_NOW,
+            Box::new(|_, _| {}),
+        ))
+        .unwrap();
+        let attached = files(&host);
+        let now = Actions { now: true, ..Actions::default() };
+        let batch = |images: &[&str]| images.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        systemd.calls.lock().unwrap().clear();
+
+        let error = zbus::block_on(detach_batch(&host, &systemd, batch(&["foobar", "nope"]), now)).unwrap_err();
+        assert_eq!(error.to_string(), "image 'nope' is not attached");
+        let error =
+            zbus::block_on(detach_batch(&host, &systemd, batch(&["foobar", "other"]), Actions::default())).unwrap_err();
+        assert!(matches!(error, Error::Running { .. }), "{error}");
+        assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
+
+        systemd.fail("reload", 1);
+        let error = zbus::block_on(detach_batch(&host, &systemd, batch(&["foobar", "other"]), now)).unwrap_err();
+        assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        assert_eq!(files(&host), attached);
+        assert_eq!(systemd.running(), ["foobar.service", "other.service"]);
+
+        systemd.calls.lock().unwrap().clear();
+        let done = zbus::block_on(detach_batch(&host, &systemd, batch(&["other", "foobar", "other"]), now)).unwrap();
+        assert_eq!(done.units, ["other.service", "foobar.service"]);
+        assert_eq!(systemd.calls().iter().filter(|c| *c == "reload").count(), 1, "{:?}", systemd.calls());
+        assert!(systemd.running().is_empty());
+        assert_eq!(files(&host), ["etc/systemd/system/multi-user.target.wants"]);
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 

@@ -31,6 +31,9 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::profiles_sandbox_the_service", profiles),
         exclusive_trial(shared, "portable::only_root_may_attach_detach_and_remove", unprivileged),
         exclusive_trial(shared, "portable::batch_attach_reloads_once", batch_attach),
+        exclusive_trial(shared, "portable::batch_detach_of_many_images_reloads_once", batch_detach),
+        exclusive_trial(shared, "portable::bad_batch_detach_fails_whole_and_changes_nothing", bad_batch_detach),
+        exclusive_trial(shared, "portable::failed_batch_detach_rolls_back_every_image", failed_batch_detach),
         exclusive_trial(shared, "portable::runtime_attach_and_remove", runtime_and_remove),
         exclusive_trial(shared, "portable::same_image_side_by_side_with_portablectl", side_by_side),
     ]
@@ -336,6 +339,7 @@ fn unprivileged(tb: &Testbed) {
         ("portable attach --batch foobar.raw", "attaching images"),
         ("portable reattach foobar.raw", "reattaching an image"),
         ("portable detach foobar.raw", "detaching an image"),
+        ("portable detach --batch foobar.raw", "detaching images"),
         ("portable remove foobar.raw", "removing an image"),
     ] {
         let out = tb.sh_nobody(command);
@@ -372,6 +376,129 @@ fn batch_attach(tb: &Testbed) {
     assert!(refused.stderr.contains("'no-such-image' not found"), "{refused}");
     assert_eq!(tb.ok("ls /etc/systemd/system | grep -c -E 'alpha|beta' || true").trim(), "0");
     tb.ok("rm -rf /var/lib/portables/alpha /var/lib/portables/beta /var/lib/portables/gamma");
+}
+
+/// The images of the batch detach tests: `count` directory images with
+/// one unit each (`bdNN.service`, foobar's web server on its own port), in
+/// the pool, none attached.
+fn batch_images(tb: &Testbed, count: usize) -> Vec<String> {
+    tb.ok("systemctl stop 'bd*.service' 2>/dev/null; chattr -i /etc/systemd/system/bd*.service.d 2>/dev/null; \
+         rm -rf /etc/systemd/system/bd* /etc/systemd/system/*.wants/bd* /var/lib/portables/bd*; \
+         systemctl daemon-reload; true");
+    let names: Vec<String> = (0..count).map(|i| format!("bd{i:02}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let image = tb.host_path(&format!("/var/lib/portables/{name}"));
+        images::foobar_as(&image, name, "foobar.service").unwrap();
+        let unit = image.join(format!("usr/lib/systemd/system/{name}.service"));
+        let text = std::fs::read_to_string(&unit).unwrap();
+        std::fs::write(&unit, text.replace("127.0.0.1:8080", &format!("127.0.0.1:{}", 8100 + i))).unwrap();
+    }
+    names
+}
+
+/// What wharf wrote for the batch images (with contents), and what is running.
+fn batch_state(tb: &Testbed) -> String {
+    tb.ok("cd /etc/systemd/system && find bd* *.wants/bd* -type f -o -type l 2>/dev/null | sort | \
+         while read f; do echo \"== $f\"; cat \"$f\" 2>/dev/null || readlink \"$f\"; done; \
+         systemctl list-units --no-legend --plain --state=active 'bd*' | cut -d' ' -f1; \
+         ls -A /var/lib/wharf/transactions 2>/dev/null; true")
+}
+
+#[track_caller]
+fn reloads_since(tb: &Testbed, since: &str) -> usize {
+    let out = tb.ok(&format!("journalctl -q --since @{since} -o cat _PID=1 | grep -c -E '^Reloading\\.+$' || true"));
+    out.trim().parse().unwrap()
+}
+
+/// 20 images, some enabled and running, detached with one call: one reload,
+/// every unit stopped, its files and links gone.
+fn batch_detach(tb: &Testbed) {
+    clean_slate(tb);
+    let names = batch_images(tb, 20);
+    let all = names.join(" ");
+    tb.ok(&format!("portable attach --batch --enable {all}"));
+    tb.ok("systemctl start bd00.service bd07.service bd19.service");
+    assert_eq!(tb.ok("ls /etc/systemd/system/multi-user.target.wants | grep -c '^bd' || true").trim(), "20");
+
+    let since = tb.ok("date +%s.%N").trim().to_string();
+    let out = tb.ok(&format!("portable detach --batch --now {all}"));
+    assert_eq!(reloads_since(tb, &since), 1, "one reload for the whole batch: {out}");
+    for unit in ["bd00.service", "bd07.service", "bd19.service"] {
+        assert!(out.contains(&format!("Stopped {unit}.")), "{out}");
+    }
+    for name in &names {
+        assert!(out.contains(&format!("Removed /etc/systemd/system/{name}.service.")), "{out}");
+        assert!(out.contains(&format!("Removed /etc/systemd/system/multi-user.target.wants/{name}.service.")), "{out}");
+    }
+    assert_eq!(batch_state(tb).trim(), "", "left behind");
+    for name in &names {
+        assert_eq!(tb.sh(&format!("portable is-attached {name}")).stdout.trim(), "detached");
+        assert_eq!(show(tb, &format!("{name}.service"), "LoadState"), "not-found");
+    }
+    tb.ok("rm -rf /var/lib/portables/bd*");
+}
+
+/// A batch with an image that is not attached, a name that is not one, or
+/// a running unit without --now, fails whole in one line: nothing stopped,
+/// nothing removed, no reload.
+fn bad_batch_detach(tb: &Testbed) {
+    clean_slate(tb);
+    let names = batch_images(tb, 3);
+    tb.ok("portable attach --batch bd00 bd01");
+    tb.ok("systemctl start bd00.service");
+    let before = batch_state(tb);
+    let since = tb.ok("date +%s.%N").trim().to_string();
+    for (command, error) in [
+        ("portable detach --batch --now bd00 bd01 bd02", "portable: image '/var/lib/portables/bd02' is not attached"),
+        ("portable detach --batch --now bd00 no-such-image", "portable: image 'no-such-image' is not attached"),
+        (
+            "portable detach --batch bd01 bd00",
+            "portable: unit 'bd00.service' of image '/var/lib/portables/bd00' is active; stop it first or use --now",
+        ),
+        ("portable detach bd00 bd01", "portable: detach takes one image; use --batch for several"),
+    ] {
+        let out = tb.fails(command);
+        assert_eq!(out.code, Some(1), "{out}");
+        assert_eq!(out.stderr.trim(), error, "{command}");
+        assert_eq!(out.stdout, "", "{out}");
+    }
+    assert_eq!(reloads_since(tb, &since), 0, "nothing was reloaded");
+    assert_eq!(batch_state(tb), before, "the host changed");
+    tb.ok("portable detach --batch --now bd00 bd01");
+    drop(names);
+    tb.ok("rm -rf /var/lib/portables/bd*");
+}
+
+/// A batch detach that fails half way, after some images' files are gone
+/// (one image's drop-in directory is immutable): every image is put back,
+/// the stopped unit runs again, and the error says the host is as it was.
+/// wharfd is not killed or wedged: its own undo does this.
+fn failed_batch_detach(tb: &Testbed) {
+    clean_slate(tb);
+    let names = batch_images(tb, 3);
+    tb.ok("portable attach --batch --enable bd00 bd01 bd02");
+    tb.ok("systemctl start bd00.service");
+    let before = batch_state(tb);
+    // From the host: trixie's minimal root has no chattr.
+    let immutable = |flag: &str| {
+        let dir = tb.host_path("/etc/systemd/system/bd02.service.d");
+        crate::testbed::run_host(std::process::Command::new("chattr").arg(flag).arg(&dir), "chattr").unwrap();
+    };
+    immutable("+i");
+    let out = tb.sh("portable detach --batch --now bd00 bd01 bd02");
+    immutable("-i");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert!(out.stderr.starts_with("portable: "), "{out}");
+    assert!(out.stderr.contains("bd02.service.d"), "names what failed: {out}");
+    assert!(out.stderr.trim_end().ends_with("the host was left as it was"), "{out}");
+    assert_eq!(batch_state(tb), before, "not put back as it was");
+    assert_eq!(show(tb, "bd00.service", "ActiveState"), "active");
+    // And without the obstacle the same batch goes through.
+    tb.ok("portable detach --batch --now bd00 bd01 bd02");
+    assert_eq!(batch_state(tb).trim(), "");
+    drop(names);
+    tb.ok("rm -rf /var/lib/portables/bd*");
 }
 
 fn runtime_and_remove(tb: &Testbed) {

@@ -7,19 +7,20 @@ use std::time::Duration;
 
 use super::Testbed;
 
-/// A benchmark's exit status: 0 when every target was met, 1 when one was
-/// missed or the benchmark could not run (which it says).
-pub fn exit_status(outcome: Result<bool, String>) -> std::process::ExitCode {
-    match outcome {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("some targets were missed");
-            std::process::ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("benchmark failed: {e}");
-            std::process::ExitCode::FAILURE
-        }
+/// A benchmark's exit status, after printing its table: 0 when every
+/// target was met, 1 when one was missed or the benchmark could not run
+/// (which it says).
+pub fn exit_status(table: &Table, outcome: Result<(), String>) -> std::process::ExitCode {
+    table.print();
+    if let Err(e) = outcome {
+        eprintln!("benchmark failed: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if table.all_met() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!("some targets were missed");
+        std::process::ExitCode::FAILURE
     }
 }
 
@@ -81,15 +82,82 @@ pub fn verdict(ok: bool) -> &'static str {
     if ok { "ok" } else { "MISSED" }
 }
 
-/// Prints one comparison and whether the ratio meets `target`.
-pub fn report(what: &str, reference_name: &str, wharf: Duration, reference: Duration, target: f64) -> bool {
-    let ratio = wharf.as_secs_f64() / reference.as_secs_f64();
-    let ok = ratio <= target;
-    println!(
-        "{what}: wharf {:.2} ms, {reference_name} {:.2} ms, ratio {ratio:.3} (target <= {target}) {}",
-        wharf.as_secs_f64() * 1e3,
-        reference.as_secs_f64() * 1e3,
-        verdict(ok)
-    );
-    ok
+/// A benchmark's figures, printed as one table when it ends: one row per
+/// figure, with what was measured, the reference, their ratio, the target
+/// and whether it was met.
+#[derive(Debug, Default)]
+pub struct Table {
+    title: String,
+    rows: Vec<[String; 6]>,
+    missed: bool,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+impl Table {
+    pub fn new(title: impl Into<String>) -> Table {
+        Table { title: title.into(), ..Table::default() }
+    }
+
+    /// A ratio wharf/reference that must be at most `target`; returns whether it is.
+    pub fn ratio(
+        &mut self,
+        what: &str,
+        reference_name: &str,
+        wharf: Duration,
+        reference: Duration,
+        target: f64,
+    ) -> bool {
+        let ratio = wharf.as_secs_f64() / reference.as_secs_f64();
+        let ok = ratio <= target;
+        self.row([
+            what.to_string(),
+            ms(wharf),
+            format!("{reference_name} {}", ms(reference)),
+            format!("{ratio:.3}"),
+            format!("<= {target}"),
+            verdict(ok).to_string(),
+        ]);
+        // Also as it is measured, for whoever watches a long run.
+        eprintln!("{what}: {} vs {reference_name} {}, ratio {ratio:.3}", ms(wharf), ms(reference));
+        self.missed |= !ok;
+        ok
+    }
+
+    /// An absolute figure (`shown` as measured) that must be below a limit.
+    pub fn limit(&mut self, what: &str, shown: String, ok: bool, target: &str) -> bool {
+        self.row([what.to_string(), shown, "-".into(), "-".into(), target.to_string(), verdict(ok).to_string()]);
+        self.missed |= !ok;
+        ok
+    }
+
+    fn row(&mut self, row: [String; 6]) {
+        self.rows.push(row);
+    }
+
+    pub fn all_met(&self) -> bool {
+        !self.missed
+    }
+
+    pub fn print(&self) {
+        let header = ["figure", "measured", "reference", "ratio", "target", "verdict"].map(String::from);
+        let mut widths = [0usize; 6];
+        for row in std::iter::once(&header).chain(&self.rows) {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let line = |row: &[String; 6]| {
+            let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            format!("| {} |", cells.join(" | "))
+        };
+        println!("\n{}", self.title);
+        println!("{}", line(&header));
+        println!("|{}|", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
+        for row in &self.rows {
+            println!("{}", line(row));
+        }
+    }
 }
