@@ -346,49 +346,11 @@ async fn active_units(systemd: &impl UnitManager, units: &[String]) -> Result<Ve
         .collect())
 }
 
-/// Detaches an image: its running units are refused unless `now`, which
-/// stops them first; enablement links are removed with the files, in one
-/// transaction. Everything is planned before anything is stopped, so a
-/// planning failure leaves the units running.
+/// Detaches an image, as a batch of one: its running units are refused
+/// unless `now`, which stops them; enablement links are removed with the
+/// files, in one transaction.
 pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, actions: Actions) -> Result<Outcome> {
-    let plan_host = host.clone();
-    let image = image.to_string();
-    let (image, units, tx) = blocking(move || -> Result<_> {
-        let (image, attachments) = attachments_of(&plan_host, &image)?;
-        let units: Vec<String> = attachments.iter().map(|a| a.unit.clone()).collect();
-        let plans = attachments.iter().map(|a| plan_detach_unit(&plan_host.root, a)).collect::<Result<Vec<_>>>()?;
-        report_kept(&plans);
-        let mut tx = Transaction::new(&plan_host.journal_dir);
-        // Links first: none ever points to a unit already removed.
-        add_unlink_steps(&plan_host.root, &units, &mut tx);
-        add_detach_steps(&plans, &mut tx);
-        Ok((image, units, tx))
-    })
-    .await?;
-
-    let active = active_units(systemd, &units).await?;
-    if let Some((unit, state)) = active.first()
-        && !actions.now
-    {
-        return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
-    }
-    let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
-    let mut change = Executor::new(systemd);
-    let result = async {
-        let mut tx = tx;
-        // Journaled before the units stop, so that a crash at any point
-        // after it is recovered with them running again. systemd sees the
-        // removed files only at the reload, after the stop.
-        tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
-        let changes = change.apply(tx).await?;
-        change.stop(&stopped).await?;
-        change.reload().await?;
-        Ok(changes)
-    }
-    .await;
-    let changes = conclude(change, result, "detach").await?;
-    tracing::info!(image, units = ?units, "detached");
-    Ok(Outcome { changes, units, restarted: stopped })
+    detach_batch(host, systemd, vec![image.to_string()], actions).await
 }
 
 /// Detaches several images with one transaction and one reload: all or
@@ -435,38 +397,23 @@ pub async fn detach_batch(
         return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
     }
     let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
-    let mut undo = Undo::new("detach");
+    let mut change = Executor::new(systemd);
     let result = async {
         let mut tx = tx;
-        // As for one image: journaled before the units stop, so that a
-        // crash at any point after it is recovered with them running again.
+        // Journaled before the units stop, so that a crash at any point
+        // after it is recovered with them running again. systemd sees the
+        // removed files only at the reload, after the stop.
         tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
-        let (tx, changes) = blocking(move || tx.apply().map(|changes| (tx, changes))).await?;
-        let stopped_and_reloaded = async {
-            systemd.stop(&stopped, true).await?;
-            systemd.reload().await
-        };
-        if let Err(e) = stopped_and_reloaded.await {
-            undo.step("restoring their files", blocking(move || tx.rollback()).await);
-            return Err(e.into());
-        }
-        blocking(move || tx.commit()).await?;
-        Ok::<_, Error>(changes)
+        let changes = change.apply(tx).await?;
+        change.stop(&stopped).await?;
+        change.reload().await?;
+        Ok(changes)
     }
     .await;
-    match result {
-        Ok(changes) => {
-            tracing::info!(units = ?units, "detached a batch");
-            Ok(Outcome { changes, units, restarted: stopped })
-        }
-        Err(error) => {
-            // Leave the host as it was: every image attached, running again.
-            let systemd = systemd.undoing();
-            undo.step("reloading systemd", systemd.reload().await);
-            undo.step("starting their units", systemd.start(&stopped, true).await);
-            Err(Error::rolled_back(error, undo))
-        }
-    }
+    let changes = conclude(change, result, "detach").await?;
+    let images: std::collections::BTreeSet<&String> = owners.values().collect();
+    tracing::info!(?images, units = ?units, "detached");
+    Ok(Outcome { changes, units, restarted: stopped })
 }
 
 fn report_kept(plans: &[DetachUnit]) {

@@ -304,8 +304,7 @@ impl Testbed {
                     Some(path) => (path.to_string(), true),
                     None => (file, false),
                 };
-                let ours = deleted
-                    || fs::metadata(self.host_path(&path)).is_ok_and(|m| inode.parse() == Ok(m.ino()));
+                let ours = deleted || fs::metadata(self.host_path(&path)).is_ok_and(|m| inode.parse() == Ok(m.ino()));
                 (path.starts_with(prefix) && ours).then(|| format!("{device} {path}"))
             })
             .collect()
