@@ -14,12 +14,22 @@
 //! changed (systemd sees them only at the reload), so that the journal,
 //! which says what recovery must restart, is written before any unit stops.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::systemd::manager::UnitManager;
 use crate::transaction::{self, Change, Transaction, Undo};
 
+/// The undo of a step the executor does not carry out itself (a machine
+/// imported, stopped or started by a fleet apply): run in its place in the
+/// one undo stack, so that every step of a change is undone in reverse.
+/// Made into a future only when the undo runs (the executor is shared
+/// across awaits, so what it holds must be `Sync`; a future need not be).
+type ForeignUndo<'a> =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> + Send + Sync + 'a>;
+
 /// What putting back one step takes.
-#[derive(Debug)]
-enum Inverse {
+enum Inverse<'a> {
     /// Units the change stopped: started again.
     Start(Vec<String>),
     /// Units it started: stopped again.
@@ -28,6 +38,20 @@ enum Inverse {
     Restart(Vec<String>),
     /// Its files: the transaction rolled back, then systemd reloaded.
     Files,
+    /// A step done outside the executor, described by `what`.
+    Foreign { what: &'static str, undo: ForeignUndo<'a> },
+}
+
+impl std::fmt::Debug for Inverse<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inverse::Start(units) => f.debug_tuple("Start").field(units).finish(),
+            Inverse::Stop(units) => f.debug_tuple("Stop").field(units).finish(),
+            Inverse::Restart(units) => f.debug_tuple("Restart").field(units).finish(),
+            Inverse::Files => f.write_str("Files"),
+            Inverse::Foreign { what, .. } => f.debug_struct("Foreign").field("what", what).finish_non_exhaustive(),
+        }
+    }
 }
 
 /// A change in progress: what it did, and how to undo it.
@@ -35,7 +59,7 @@ enum Inverse {
 pub struct Executor<'a, M: UnitManager> {
     systemd: &'a M,
     /// The inverses of the steps done, the last one last.
-    done: Vec<Inverse>,
+    done: Vec<Inverse<'a>>,
     /// The applied transaction, committed or rolled back at the end.
     tx: Option<Transaction>,
     /// Why a transaction that failed could not put back its own files.
@@ -107,9 +131,24 @@ impl<'a, M: UnitManager> Executor<'a, M> {
         self.systemd.restart(units, wait).await
     }
 
+    /// Records the undo of a step done outside the executor, before that
+    /// step touches the host. `after_files`: the undo brings something up
+    /// again, so it runs once the old files are back, as a unit's start does.
+    pub fn undo_with<F>(&mut self, what: &'static str, after_files: bool, undo: impl FnOnce() -> F + Send + Sync + 'a)
+    where
+        F: Future<Output = Result<(), String>> + Send + 'a,
+    {
+        let inverse = Inverse::Foreign { what, undo: Box::new(move || Box::pin(undo())) };
+        if after_files {
+            self.push_after_files(inverse);
+        } else {
+            self.done.push(inverse);
+        }
+    }
+
     /// Records an inverse that brings units up again: it runs once the old
     /// files are back (and systemd reloaded), so they run the old version.
-    fn push_after_files(&mut self, inverse: Inverse) {
+    fn push_after_files(&mut self, inverse: Inverse<'a>) {
         let files = self.done.iter().position(|i| matches!(i, Inverse::Files)).unwrap_or(self.done.len());
         self.done.insert(files, inverse);
     }
@@ -150,6 +189,7 @@ impl<'a, M: UnitManager> Executor<'a, M> {
                     }
                     undo.step("reloading systemd", systemd.reload().await);
                 }
+                Inverse::Foreign { what, undo: foreign } => undo.step(what, foreign().await),
             }
         }
     }

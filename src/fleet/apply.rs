@@ -353,19 +353,13 @@ fn read_record(root: &Path) -> Result<Record> {
     }
 }
 
-/// The machine steps done so far, for their undo: these are not the
-/// executor's (they go through machined and the store, not the unit manager).
-#[derive(Debug, Default)]
-struct MachinesDone {
-    imported: Vec<String>,
-    stopped: Vec<String>,
-    started: Vec<String>,
-}
-
 /// Carries out a plan through the change executor, step by step in the
-/// plan's order: the file steps are one transaction, applied (with one
-/// reload) when the first step after them comes. Any failure undoes what
-/// was done, and the error says exactly what could not be put back.
+/// plan's order, with one exception: the file transaction is journaled and
+/// applied before the first unit stops (systemd sees the files only at the
+/// reload, which comes after the stops), so that a crash at any point is
+/// recovered with the units as well as the files put back. Any failure
+/// undoes what was done, machine steps included, last step first, and the
+/// error says exactly what could not be put back.
 #[allow(clippy::too_many_arguments)]
 async fn execute(
     host: &Host,
@@ -412,68 +406,62 @@ async fn execute(
     tx.on_rollback(UnitsOnRollback { stop, restart });
 
     let mut change = Executor::new(systemd);
-    let mut done = MachinesDone::default();
-    let result = run_steps(&mut change, &mut done, tx, machines, plan, resolved, wanted_machines).await;
-    match result {
+    match run_steps(&mut change, tx, machines, plan, resolved, wanted_machines).await {
         Ok(()) => Ok(change.commit().await?),
         Err(error) => {
             let mut undo = Undo::new("fleet apply");
-            if let Some(machines) = machines {
-                let systemd = machines.systemd.undoing();
-                for machine in done.started.iter().rev() {
-                    undo.step(
-                        "terminating a machine it started",
-                        machines.machines.terminate(&systemd, machines.machined, machine).await,
-                    );
-                }
-            }
             change.roll_back(&mut undo).await;
-            if let Some(machines) = machines {
-                let systemd = machines.systemd.undoing();
-                for machine in done.stopped.iter().rev() {
-                    let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
-                    undo.step(
-                        "starting a machine it stopped",
-                        machines.machines.start(&systemd, machines.machined, request).await,
-                    );
-                }
-                for machine in done.imported.iter().rev() {
-                    let (store, name) = (machines.machines.store.clone(), machine.clone());
-                    undo.step("removing an image it imported", blocking(move || store.remove(&name)).await);
-                }
-            }
             Err(Error::rolled_back(error, undo))
         }
     }
 }
 
-/// The steps of `plan`, in order; `done` and `change` keep what each did.
-async fn run_steps<M: UnitManager>(
-    change: &mut Executor<'_, M>,
-    done: &mut MachinesDone,
+/// The steps of `plan`, in order; `change` keeps what each did and how to
+/// undo it.
+async fn run_steps<'a, M: UnitManager>(
+    change: &mut Executor<'a, M>,
     tx: Transaction,
-    machines: Option<&MachineContext<'_>>,
+    machines: Option<&'a MachineContext<'a>>,
     plan: &Plan,
     resolved: &[ResolvedPortable],
     wanted_machines: &MachineWants,
 ) -> Result<()> {
-    let mut tx = Some(tx);
+    let mut unapplied = Some(tx);
+    let mut reloaded = false;
     let machines_here = || machines.ok_or_else(|| Error::Machine("machines are not managed here".into()));
     for step in &plan.steps {
-        if !step.changes_files()
-            && step.phase() > Phase::Limits
-            && let Some(tx) = tx.take()
+        // Journaled before any unit stops, so that recovery restarts them.
+        if step.phase() >= Phase::StopUnits
+            && let Some(tx) = unapplied.take()
         {
-            change_files(change, tx, machines, plan, wanted_machines).await?;
+            change.apply(tx).await?;
+        }
+        if !reloaded && !step.changes_files() && step.phase() > Phase::Limits {
+            reload_and_set_limits(change, machines, plan, wanted_machines).await?;
+            reloaded = true;
         }
         match step {
             Step::ImportMachine { machine, source } => {
-                import_machine(machines_here()?, machine, source, &wanted_machines.base).await?;
-                done.imported.push(machine.clone());
+                let machines = machines_here()?;
+                import_machine(machines, machine, source, &wanted_machines.base).await?;
+                let (store, name) = (machines.machines.store.clone(), machine.clone());
+                change.undo_with("removing an image it imported", false, move || async move {
+                    blocking(move || store.remove(&name)).await.map(drop).map_err(|e| e.to_string())
+                });
             }
             Step::StopMachine { machine } => {
                 let machines = machines_here()?;
-                done.stopped.push(machine.clone());
+                let name = machine.clone();
+                change.undo_with("starting a machine it stopped", true, move || async move {
+                    let systemd = machines.systemd.undoing();
+                    let request = StartRequest::with_settings(&name, MACHINE_READY_TIMEOUT);
+                    machines
+                        .machines
+                        .start(&systemd, machines.machined, request)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                });
                 machines
                     .machines
                     .signal_init(
@@ -498,7 +486,13 @@ async fn run_steps<M: UnitManager>(
                 let machines = machines_here()?;
                 let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
                 let outcome = machines.machines.start(machines.systemd, machines.machined, request).await?;
-                done.started.push(machine.clone());
+                // Only once started: terminating a machine that never
+                // came up would be a failed undo step that did no harm.
+                let name = machine.clone();
+                change.undo_with("terminating a machine it started", false, move || async move {
+                    let systemd = machines.systemd.undoing();
+                    machines.machines.terminate(&systemd, machines.machined, &name).await.map_err(|e| e.to_string())
+                });
                 if !outcome.ready {
                     return Err(Error::MachineNotReady(machine.clone(), MACHINE_READY_TIMEOUT));
                 }
@@ -515,23 +509,24 @@ async fn run_steps<M: UnitManager>(
             | Step::SetLimits { .. } => {}
         }
     }
-    if let Some(tx) = tx.take() {
-        change_files(change, tx, machines, plan, wanted_machines).await?;
+    if let Some(tx) = unapplied.take() {
+        change.apply(tx).await?;
+    }
+    if !reloaded {
+        reload_and_set_limits(change, machines, plan, wanted_machines).await?;
     }
     Ok(())
 }
 
-/// The file steps: the transaction applied, systemd reloaded, and the new
-/// limits of running machines set live (those are not put back by an undo:
-/// they last until the machine next starts, with its settings file's).
-async fn change_files<M: UnitManager>(
+/// After the files: systemd reloaded, and the new limits of running
+/// machines set live (those are not put back by an undo: they last until
+/// the machine next starts, with its settings file's).
+async fn reload_and_set_limits<M: UnitManager>(
     change: &mut Executor<'_, M>,
-    tx: Transaction,
     machines: Option<&MachineContext<'_>>,
     plan: &Plan,
     wanted_machines: &MachineWants,
 ) -> Result<()> {
-    change.apply(tx).await?;
     change.reload().await?;
     for step in &plan.steps {
         if let Step::SetLimits { machine, .. } = step {
@@ -875,8 +870,9 @@ mod tests {
         }
     }
 
-    /// A stop that times out: the unit is started again, and nothing else
-    /// had changed yet.
+    /// A stop that times out: the files, journaled and changed before the
+    /// stop (systemd had not read them yet), are put back, and the unit is
+    /// started again.
     #[test]
     fn an_apply_whose_stop_times_out_starts_the_unit_again() {
         let host = host("stop");
@@ -884,6 +880,7 @@ mod tests {
         apply_file(&host, &systemd, WANTED).unwrap();
         let before = files(&host);
         systemd.calls.lock().unwrap().clear();
+        systemd.watch_journal(&host.root.join("var/lib/wharf/transactions"));
         systemd.time_out("stop", 1);
         let error = apply_file(&host, &systemd, "# nothing\n").unwrap_err();
         assert_eq!(
@@ -891,7 +888,9 @@ mod tests {
             "foobar.service: stop job did not finish within 90 s; everything this apply changed was put back"
         );
         assert_eq!(files(&host), before);
-        assert_eq!(systemd.calls(), ["stop foobar.service", "start foobar.service"]);
+        assert_eq!(systemd.calls(), ["stop foobar.service", "reload", "start foobar.service"]);
+        // A crash during the stop is recovered: the journal was there.
+        assert_eq!(systemd.journaled(), ["stop foobar.service"]);
         assert_eq!(systemd.running(), ["foobar.service"]);
 
         // When it works, the link goes with the unit, in the same transaction.

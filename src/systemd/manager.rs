@@ -137,6 +137,10 @@ pub mod fake {
         /// The host root whose enablement links make a unit "enabled", as
         /// systemd reads them; without one, no unit is enabled.
         pub root: Option<PathBuf>,
+        /// A journal directory to look into at each call: the calls made
+        /// while it held a journal are kept in `journaled`.
+        pub journal_dir: Mutex<Option<PathBuf>>,
+        pub journaled: Mutex<Vec<String>>,
     }
 
     impl FakeManager {
@@ -172,12 +176,23 @@ pub mod fake {
             self.running.lock().unwrap().iter().cloned().collect()
         }
 
+        /// Keeps, from now on, which calls are made while `dir` holds a journal.
+        pub fn watch_journal(&self, dir: &std::path::Path) {
+            *self.journal_dir.lock().unwrap() = Some(dir.to_path_buf());
+        }
+
+        pub fn journaled(&self) -> Vec<String> {
+            self.journaled.lock().unwrap().clone()
+        }
+
         fn call(&self, verb: &'static str, units: &[String]) -> Result<()> {
-            self.calls.lock().unwrap().push(if units.is_empty() {
-                verb.to_string()
-            } else {
-                format!("{verb} {}", units.join(" "))
-            });
+            let call = if units.is_empty() { verb.to_string() } else { format!("{verb} {}", units.join(" ")) };
+            if let Some(dir) = self.journal_dir.lock().unwrap().as_ref()
+                && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+            {
+                self.journaled.lock().unwrap().push(call.clone());
+            }
+            self.calls.lock().unwrap().push(call);
             // A call on no unit (reload) fails as the manager's.
             let unit = units.first().cloned().unwrap_or_else(|| "systemd".into());
             if Self::take(&self.timing_out, verb) {
