@@ -118,16 +118,27 @@ struct Journal {
 pub struct UnitsOnRollback {
     pub stop: Vec<String>,
     pub restart: Vec<String>,
+    /// Machines a fleet apply started: terminated again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terminate_machines: Vec<String>,
+    /// Machines a fleet apply stopped: started again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_machines: Vec<String>,
 }
 
 impl UnitsOnRollback {
     pub fn is_empty(&self) -> bool {
-        self.stop.is_empty() && self.restart.is_empty()
+        self.stop.is_empty()
+            && self.restart.is_empty()
+            && self.terminate_machines.is_empty()
+            && self.start_machines.is_empty()
     }
 
     fn extend(&mut self, other: UnitsOnRollback) {
         self.stop.extend(other.stop);
         self.restart.extend(other.restart);
+        self.terminate_machines.extend(other.terminate_machines);
+        self.start_machines.extend(other.start_machines);
     }
 }
 
@@ -906,7 +917,12 @@ mod tests {
         let root = scratch("recover-units");
         let units = root.join("units");
         let journal = root.join("journal");
-        let put_back = UnitsOnRollback { stop: vec!["new.service".into()], restart: vec!["old.service".into()] };
+        let put_back = UnitsOnRollback {
+            stop: vec!["new.service".into()],
+            restart: vec!["old.service".into()],
+            terminate_machines: vec!["new".into()],
+            start_machines: vec!["old".into()],
+        };
 
         let mut tx = Transaction::new(&journal);
         tx.write(units.join("new.service"), "new", 0o644);

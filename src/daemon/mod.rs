@@ -108,22 +108,12 @@ async fn serve(options: Options) -> Result<(), Error> {
         recovered
     })
     .await;
-    // Every call wharfd makes has a deadline; this one, the longest any
-    // call may take, also bounds the calls made without one of their own.
-    let connection = zbus::connection::Builder::system().method_timeout(Deadlines::get().undo).build().await?;
     match recovered {
         Ok(report) => {
             if report.recovered > 0 {
                 tracing::warn!("recovered {} interrupted operation(s)", report.recovered);
-                match Systemd::new(&connection).await {
-                    Ok(systemd) => {
-                        let failed = crate::portable::ops::settle_recovery(&systemd, &report.units).await;
-                        if !failed.is_empty() {
-                            let failed = crate::transaction::describe_failed(&failed);
-                            tracing::error!("after recovery, the units could not all be put back: {failed}");
-                        }
-                    }
-                    Err(e) => tracing::error!("reloading systemd after recovery: {e}"),
+                if let Err(e) = settle_recovery(&report.units).await {
+                    tracing::error!("after recovery, the units could not all be put back: {e}");
                 }
             }
             // Each is logged where it failed; every change is refused
@@ -134,12 +124,18 @@ async fn serve(options: Options) -> Result<(), Error> {
         }
         Err(e) => tracing::error!("recovering interrupted operations: {e}"),
     }
-    let server = connection.object_server();
-    server.at(OBJECT_PATH, manager::ManagerInterface).await?;
-    server.at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone())).await?;
-    server.at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone())).await?;
-    server.at(OBJECT_PATH, fleet::FleetInterface::new(daemon.clone())).await?;
-    connection.request_name(BUS_NAME).await?;
+    // The builder starts serving the interfaces before it asks for the
+    // name: a call that arrives as soon as the name is ours (the one that
+    // activated wharfd) is dispatched, where an object server set up on an
+    // open connection may not yet listen and would lose it for good.
+    let connection = bus_builder()
+        .serve_at(OBJECT_PATH, manager::ManagerInterface)
+        .serve_at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone()))
+        .serve_at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone()))
+        .serve_at(OBJECT_PATH, fleet::FleetInterface::new(daemon.clone()))
+        .name(BUS_NAME)
+        .build()
+        .await?;
     tracing::info!("serving {BUS_NAME}");
     let _watchdog = watchdog::start(&connection);
 
@@ -162,6 +158,30 @@ async fn serve(options: Options) -> Result<(), Error> {
     connection.release_name(BUS_NAME).await?;
     connection.graceful_shutdown().await;
     Ok(())
+}
+
+/// Every call wharfd makes has a deadline; this one, the longest any
+/// call may take, also bounds the calls made without one of their own.
+fn bus_builder() -> zbus::connection::Builder<'static> {
+    zbus::connection::Builder::system().method_timeout(Deadlines::get().undo)
+}
+
+/// Puts back the units (and machines) of the changes a crash interrupted,
+/// on a connection of its own: wharfd serves no call until this is done.
+async fn settle_recovery(units: &crate::transaction::UnitsOnRollback) -> Result<(), String> {
+    let connection = bus_builder().build().await.map_err(|e| e.to_string())?;
+    let systemd = Systemd::new(&connection).await.map_err(|e| e.to_string())?;
+    let mut failed = crate::portable::ops::settle_recovery(&systemd, units).await;
+    if !units.terminate_machines.is_empty() || !units.start_machines.is_empty() {
+        let machined = zbus_systemd::machine1::ManagerProxy::new(&connection)
+            .await
+            .map_err(|e| format!("machines could not be put back: {e}"))?;
+        let machines = crate::machine::ops::Machines::system();
+        failed.extend(
+            machines.settle_recovery(&systemd, &machined, &units.terminate_machines, &units.start_machines).await,
+        );
+    }
+    if failed.is_empty() { Ok(()) } else { Err(crate::transaction::describe_failed(&failed)) }
 }
 
 /// What a D-Bus error says, without its name: the message a peer (machined,

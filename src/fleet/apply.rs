@@ -355,9 +355,10 @@ fn read_record(root: &Path) -> Result<Record> {
 
 /// Carries out a plan through the change executor, step by step in the
 /// plan's order, with one exception: the file transaction is journaled and
-/// applied before the first unit stops (systemd sees the files only at the
-/// reload, which comes after the stops), so that a crash at any point is
-/// recovered with the units as well as the files put back. Any failure
+/// applied before the first machine or unit stops (systemd sees the files
+/// only at the reload, which comes after the stops), so that a crash at any
+/// point is recovered with the units and machines as well as the files
+/// put back. Any failure
 /// undoes what was done, machine steps included, last step first, and the
 /// error says exactly what could not be put back.
 #[allow(clippy::too_many_arguments)]
@@ -392,18 +393,20 @@ async fn execute(
     })
     .await?;
 
-    // What a recovery after a crash must do with the units besides the
-    // files: stop those the apply starts, start again those it stops or restarts.
+    // What a recovery after a crash must do besides the files: stop the
+    // units (and machines) the apply starts, start again those it stops.
     let mut tx = tx;
-    let (mut stop, mut restart) = (Vec::new(), Vec::new());
+    let mut put_back = UnitsOnRollback::default();
     for step in &plan.steps {
         match step {
-            Step::Start { units } => stop.extend(units.iter().cloned()),
-            Step::Stop { units } | Step::Restart { units } => restart.extend(units.iter().cloned()),
+            Step::Start { units } => put_back.stop.extend(units.iter().cloned()),
+            Step::Stop { units } | Step::Restart { units } => put_back.restart.extend(units.iter().cloned()),
+            Step::StartMachine { machine } => put_back.terminate_machines.push(machine.clone()),
+            Step::StopMachine { machine } => put_back.start_machines.push(machine.clone()),
             _ => {}
         }
     }
-    tx.on_rollback(UnitsOnRollback { stop, restart });
+    tx.on_rollback(put_back);
 
     let mut change = Executor::new(systemd);
     match run_steps(&mut change, tx, machines, plan, resolved, wanted_machines).await {
@@ -430,8 +433,9 @@ async fn run_steps<'a, M: UnitManager>(
     let mut reloaded = false;
     let machines_here = || machines.ok_or_else(|| Error::Machine("machines are not managed here".into()));
     for step in &plan.steps {
-        // Journaled before any unit stops, so that recovery restarts them.
-        if step.phase() >= Phase::StopUnits
+        // Journaled before any machine or unit stops, so that recovery
+        // starts them again.
+        if step.phase() >= Phase::StopMachines
             && let Some(tx) = unapplied.take()
         {
             change.apply(tx).await?;

@@ -284,6 +284,40 @@ impl Machines {
         Ok(())
     }
 
+    /// After a crash of an apply that started or stopped machines: those it
+    /// started are terminated, those it stopped are started again (their
+    /// boot not waited for: wharfd takes no call until recovery is done).
+    /// Each that cannot be put back is a failed step.
+    pub async fn settle_recovery(
+        &self,
+        systemd: &Systemd,
+        machined: &Machined<'_>,
+        terminate: &[String],
+        start: &[String],
+    ) -> Vec<crate::transaction::FailedUndo> {
+        let mut undo = crate::transaction::Undo::new("an interrupted change");
+        for machine in terminate {
+            match is_running(machined, machine).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    undo.step("terminating a machine it started", self.terminate(systemd, machined, machine).await)
+                }
+                Err(e) => undo.step("terminating a machine it started", Err::<(), _>(e)),
+            }
+        }
+        for machine in start {
+            match is_running(machined, machine).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let request = StartRequest::with_settings(machine, Duration::ZERO);
+                    undo.step("starting a machine it stopped", self.start(systemd, machined, request).await);
+                }
+                Err(e) => undo.step("starting a machine it stopped", Err::<(), _>(e)),
+            }
+        }
+        undo.finish()
+    }
+
     /// Stops the machine's unit: the launcher halts the container, then
     /// systemd removes whatever is left.
     pub async fn terminate(&self, systemd: &Systemd, machined: &Machined<'_>, machine: &str) -> Result<()> {

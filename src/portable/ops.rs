@@ -226,7 +226,7 @@ pub async fn attach(
             add_enable_steps(&unit_dir(&host.root, actions.runtime), &sources, &mut tx)?;
         }
         if actions.now {
-            tx.on_rollback(UnitsOnRollback { stop: startable(&units), restart: Vec::new() });
+            tx.on_rollback(UnitsOnRollback { stop: startable(&units), ..UnitsOnRollback::default() });
         }
         Ok((tx, units))
     })
@@ -403,7 +403,7 @@ pub async fn detach_batch(
         // Journaled before the units stop, so that a crash at any point
         // after it is recovered with them running again. systemd sees the
         // removed files only at the reload, after the stop.
-        tx.on_rollback(UnitsOnRollback { stop: Vec::new(), restart: stopped.clone() });
+        tx.on_rollback(UnitsOnRollback { restart: stopped.clone(), ..UnitsOnRollback::default() });
         let changes = change.apply(tx).await?;
         change.stop(&stopped).await?;
         change.reload().await?;
@@ -502,7 +502,11 @@ pub async fn reattach(
     // Journaled before any unit is touched: a recovery after a crash stops
     // what the new version started and restarts the old version's units.
     let mut tx = tx;
-    tx.on_rollback(UnitsOnRollback { stop: newly_started.clone(), restart: running.clone() });
+    tx.on_rollback(UnitsOnRollback {
+        stop: newly_started.clone(),
+        restart: running.clone(),
+        ..UnitsOnRollback::default()
+    });
     // Undone, the old version is back: its files and links, its units running.
     let mut change = Executor::new(systemd);
     let result = async {
@@ -855,6 +859,7 @@ mod tests {
         let units = UnitsOnRollback {
             stop: vec!["started.service".into(), "never-ran.service".into()],
             restart: vec!["stopped.service".into()],
+            ..UnitsOnRollback::default()
         };
         assert_eq!(zbus::block_on(settle_recovery(&systemd, &units)), Vec::<FailedUndo>::new());
         assert_eq!(systemd.calls(), ["stop started.service", "reload", "restart stopped.service"]);

@@ -17,6 +17,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "fleet::bad_fleet_files_change_nothing", bad_files),
         exclusive_trial(shared, "fleet::check_mode_writes_no_decompressed_image", xz_check),
         exclusive_trial(shared, "fleet::machines_are_imported_started_and_limited", machines),
+        exclusive_trial(shared, "fleet::a_killed_apply_is_put_back_with_its_units_and_machines", killed_apply),
     ]
 }
 
@@ -313,6 +314,73 @@ fn machines(tb: &Testbed) {
     );
     tb.fails("test -e /var/lib/machines/noinit");
     assert!(!tb.ok("machinectl list --no-legend").contains("fleetm"));
+    tb.ok("machine remove fleetm; rm -f /etc/wharf/machines/fleetm.toml");
+    reset(tb);
+}
+
+/// Polls `condition` (a shell test) in the testbed every 0.1 s, for at most
+/// 60 s; whether it came true.
+fn eventually(tb: &Testbed, condition: &str) -> bool {
+    tb.sh(&format!("for i in $(seq 600); do {condition} && exit 0; sleep 0.1; done; exit 1")).success()
+}
+
+/// wharfd killed with SIGKILL in the middle of an apply, after it stopped a
+/// machine and while it stops a unit (whose stop waits for the test): at
+/// its next start, wharfd puts the files back, starts the unit and the
+/// machine again, and no journal is left.
+fn killed_apply(tb: &Testbed) {
+    reset(tb);
+    tb.ok("machine poweroff fleetm 2>/dev/null; machine remove fleetm 2>/dev/null; rm -f /etc/wharf/machines/fleetm.toml; true");
+    std::fs::copy(images::f28_tarball().unwrap(), tb.host_path("/srv/fleet/fleetm.tar")).unwrap();
+    image(tb, "foobar_1.raw", "1");
+    fleet_file(tb, &format!("{}{}", foobar("foobar_1.raw"), machine_entry("512M", true)));
+    tb.ok("portable apply /srv/fleet/host.toml");
+    let before = tb.unit_files("/etc/systemd/system/foobar*");
+    // A stop that lasts until the test kills it (its control process).
+    tb.ok("mkdir -p /run/systemd/system/foobar.service.d && \
+         printf '[Service]\\nExecStop=/usr/bin/busybox sleep 600\\n' \
+           > /run/systemd/system/foobar.service.d/50-held.conf && systemctl daemon-reload");
+
+    fleet_file(tb, &machine_entry("512M", false));
+    tb.ok("rm -f /tmp/apply.rc; setsid sh -c 'portable apply /srv/fleet/host.toml >/tmp/apply.out 2>&1; echo $? >/tmp/apply.rc' \
+           </dev/null >/dev/null 2>&1 &");
+    assert!(
+        eventually(tb, "[ \"$(systemctl show -p ActiveState --value foobar.service)\" = deactivating ]"),
+        "the apply never came to stopping foobar.service: {}",
+        tb.sh("systemctl status foobar.service; cat /tmp/apply.out")
+    );
+    assert!(!tb.ok("machinectl list --no-legend").contains("fleetm"), "the machine is stopped first");
+    tb.ok("pid=$(systemctl show -p MainPID --value wharfd.service); [ \"$pid\" -gt 0 ] && kill -KILL $pid && \
+           while [ \"$(systemctl show -p MainPID --value wharfd.service)\" = \"$pid\" ]; do sleep 0.01; done; \
+           systemctl reset-failed wharfd.service 2>/dev/null; systemctl kill --kill-whom=control -s KILL foobar.service");
+    assert!(eventually(tb, "test -e /tmp/apply.rc"), "the client did not end");
+    assert_ne!(tb.ok("cat /tmp/apply.rc").trim(), "0", "the apply was cut short");
+
+    // The next call starts wharfd, which recovers before it answers.
+    // The call that starts wharfd again, while systemd restarts it, is
+    // answered (it once got lost between the name and the object server).
+    let listed = tb.sh("portable list >/dev/null");
+    assert!(listed.success(), "{listed}\n{}", tb.sh("journalctl -u wharfd -n 15 --no-pager"));
+    assert_eq!(tb.ok("ls /var/lib/wharf/transactions"), "", "no journal is left");
+    assert_eq!(tb.unit_files("/etc/systemd/system/foobar*"), before);
+    assert!(
+        eventually(tb, "systemctl is-active -q foobar.service"),
+        "foobar.service was not started again: {}",
+        tb.sh("systemctl status foobar.service; journalctl -u wharfd -n 20 --no-pager")
+    );
+    assert!(
+        eventually(tb, "machinectl show fleetm -p State --value 2>/dev/null | grep -qx running"),
+        "machine fleetm was not started again: {}",
+        tb.sh("journalctl -u wharfd -n 30 --no-pager")
+    );
+    assert!(tb.ok("journalctl -u wharfd --no-pager").contains("recovered 1 interrupted operation(s)"));
+    assert_eq!(tb.sh("portable apply --check /srv/fleet/host.toml").code, Some(2), "the stop is still to do");
+
+    tb.ok("rm -rf /run/systemd/system/foobar.service.d && systemctl daemon-reload");
+    assert_eq!(
+        tb.ok("portable apply /srv/fleet/host.toml"),
+        "  1. stop machine fleetm\n  2. stop foobar.service\n  3. disable foobar.service\n  4. detach /srv/fleet/foobar_1.raw\nApplied.\n"
+    );
     tb.ok("machine remove fleetm; rm -f /etc/wharf/machines/fleetm.toml");
     reset(tb);
 }
