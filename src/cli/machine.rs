@@ -222,7 +222,7 @@ pub enum Command {
     Shell {
         /// Set an environment variable of the command (repeatable), taken
         /// literally: no $VAR in VALUE is expanded.
-        #[arg(short = 'E', long = "setenv", value_name = "VAR=VALUE", value_parser = setenv_value)]
+        #[arg(short = 'E', long = "setenv", value_name = "VAR=VALUE")]
         setenv: Vec<String>,
         /// A running machine, or USER@NAME.
         name: String,
@@ -580,15 +580,8 @@ async fn shell(
     }
     use std::io::IsTerminal;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let environment = shell_environment(std::env::var("TERM").ok(), setenv)?;
     let size = super::terminal::size().unwrap_or_default();
-    // This terminal's type, unless --setenv names one (which comes later and wins).
-    let mut environment: Vec<String> = std::env::var("TERM")
-        .ok()
-        .filter(|term| !term.is_empty())
-        .map(|term| format!("TERM={term}"))
-        .into_iter()
-        .collect();
-    environment.extend(setenv);
     let _raw = interactive.then(super::terminal::RawMode::enter);
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     // No deadline: the command runs as long as its user wants it to.
@@ -609,10 +602,18 @@ async fn shell(
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
 }
 
-/// A `--setenv` value, checked as wharfd checks it (so that a mistake is
-/// a usage error before anything runs).
-fn setenv_value(value: &str) -> Result<String, String> {
-    crate::machine::enter::check_variable(value).map(|()| value.to_string())
+/// The variables a shell gets: this terminal's type (`term`, the client's
+/// TERM) unless `--setenv` names one, which comes later and wins; each
+/// checked as wharfd checks it, so that a mistake is said in one line
+/// before anything runs.
+fn shell_environment(term: Option<String>, setenv: Vec<String>) -> Result<Vec<String>, CliError> {
+    for variable in &setenv {
+        crate::machine::enter::check_variable(variable).map_err(CliError::Usage)?;
+    }
+    let mut environment: Vec<String> =
+        term.filter(|term| !term.is_empty()).map(|term| format!("TERM={term}")).into_iter().collect();
+    environment.extend(setenv);
+    Ok(environment)
 }
 
 #[cfg(test)]
@@ -634,8 +635,15 @@ mod tests {
         let (setenv, _, command) = parse(&["machine", "shell", "f28", "--setenv=B=2", "env", "-E", "x"]).unwrap();
         assert_eq!(setenv, ["B=2"]);
         assert_eq!(command, ["env", "-E", "x"]);
-        assert!(parse(&["machine", "shell", "--setenv=NOEQUALS", "f28"]).is_err());
-        assert!(parse(&["machine", "shell", "-E", "1X=a", "f28"]).is_err());
+        assert_eq!(
+            shell_environment(Some("screen".into()), vec!["X=$HOME".into()]).unwrap(),
+            ["TERM=screen", "X=$HOME"]
+        );
+        assert_eq!(shell_environment(None, vec![]).unwrap(), Vec::<String>::new());
+        for bad in ["NOEQUALS", "1X=a"] {
+            let error = shell_environment(None, vec![bad.into()]).unwrap_err().to_string();
+            assert!(error.contains("environment variable") && !error.contains('\n'), "{error}");
+        }
     }
 
     #[test]
