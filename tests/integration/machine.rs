@@ -1003,6 +1003,14 @@ fn shell_environment(tb: &Testbed) {
         assert_eq!(out.stderr.trim_end().lines().count(), 1, "{bad}: {out}");
         assert!(out.stderr.contains("environment variable"), "{bad}: {out}");
     }
+    // Past the client, wharfd checks them too, and runs nothing.
+    std::fs::write(tb.host_path("/srv/shell_call.py"), include_str!("shell_call.py")).unwrap();
+    assert_eq!(tb.ok("python3 /srv/shell_call.py f28 'X=$HOME'"), "0\n", "a good call");
+    for bad in ["NOEQUALS", "1X=a", "=v"] {
+        let out = tb.fails(&format!("python3 /srv/shell_call.py f28 'A=1' '{bad}'"));
+        assert!(out.stderr.starts_with("org.wharf1.Error.InvalidArgument: "), "{bad}: {out}");
+        assert!(out.stderr.contains("environment variable"), "{bad}: {out}");
+    }
     let out = tb.sh_nobody("machine shell f28 true");
     assert!(!out.success(), "{out}");
     assert_eq!(
