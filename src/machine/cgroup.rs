@@ -237,6 +237,8 @@ pub enum ShellCgroupError {
     BadPath(String),
     #[error("the machine's init is in {init}, not below its unit's cgroup {unit}")]
     Outside { init: String, unit: String },
+    #[error("the machine's init is listed twice in the cgroup hierarchy '{0}'")]
+    Twice(String),
 }
 
 /// True if `path` is `base` or below it.
@@ -278,9 +280,16 @@ pub fn shell_cgroups(
         below => Path::new(mount).join(below),
     };
     let mut cgroups = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for member in parse_proc_cgroup(leader) {
         if !clean(&member.path) {
             return Err(ShellCgroupError::BadPath(member.path));
+        }
+        // The container names the cgroups below its own: a line made up in
+        // such a name (were the kernel to allow a newline in it) must not
+        // put the shell elsewhere.
+        if !seen.insert(member.controllers.clone()) {
+            return Err(ShellCgroupError::Twice(member.controllers));
         }
         let tracking_mount = match member.controllers.as_str() {
             "" if layout == Layout::Unified => Some(ROOT.to_string()),
@@ -487,6 +496,12 @@ mod tests {
         // A sibling whose name starts alike is not below it.
         let leader = "0::/machine.slice/wharf-f28.service2/payload\n";
         assert!(shell_cgroups(Layout::Unified, leader, "/machine.slice/wharf-f28.service", "s").is_err());
+        let forged = "9:name=systemd:/machine.slice/wharf-f28.service/payload/x\n8:pids:/\n\
+                      8:pids:/machine.slice/wharf-f28.service\n0::/machine.slice/wharf-f28.service/payload\n";
+        assert!(matches!(
+            shell_cgroups(Layout::Hybrid, forged, "/machine.slice/wharf-f28.service", "s"),
+            Err(ShellCgroupError::Twice(_))
+        ));
         let ok = "0::/machine.slice/wharf-f28.service/payload\n";
         for (unit, leaf) in [
             ("machine.slice", "s"),
