@@ -331,7 +331,8 @@ pub trait Machine {
     /// A login prompt on a new terminal of the machine: its master side and path.
     fn open_login(&self, name: &str) -> zbus::Result<(zbus::OwnedFd, String)>;
     /// Runs a command (empty: the user's shell) inside the machine with the
-    /// caller's descriptors, and returns its exit status. With `pty`, it gets
+    /// caller's descriptors and `environment` (VAR=VALUE, taken literally),
+    /// and returns its exit status. With `pty`, it gets
     /// a terminal of its own (of `size` ROWSxCOLUMNS) relayed to `stdin`/`stdout`.
     #[allow(clippy::too_many_arguments)]
     fn shell(
@@ -339,6 +340,7 @@ pub trait Machine {
         name: &str,
         user: &str,
         command: &[String],
+        environment: &[String],
         stdin: zbus::Fd<'_>,
         stdout: zbus::Fd<'_>,
         stderr: zbus::Fd<'_>,

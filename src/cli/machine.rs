@@ -209,12 +209,21 @@ pub enum Command {
         name: String,
     },
     /// Run a command (or a shell) in a machine; exits with its exit status.
-    /// NAME may be USER@NAME, or USER@ may follow NAME. The command runs in
-    /// a transient unit of its own (wharf-shell-NAME-*.service in
-    /// machine.slice) with the capabilities of the machine's init. On a
-    /// terminal it gets a terminal of the machine's own; otherwise pipes,
-    /// which wharf relays: never this command's own descriptors.
+    /// NAME may be USER@NAME, or USER@ may follow NAME. The command runs
+    /// with the capabilities of the machine's init, started by a transient
+    /// unit of its own (wharf-shell-NAME-*.service in machine.slice), in a
+    /// cgroup below the machine's, so that the machine's limits count its
+    /// processes. On a terminal it gets a terminal of the machine's own
+    /// (this one in raw mode: ^C, ^Z and ^\ reach the command; ^] three
+    /// times within 1s leaves); otherwise pipes, which wharf relays: never
+    /// this command's own descriptors. It gets this terminal's TERM. When
+    /// the command ends, when this client leaves or is killed, every
+    /// process it started in the machine is stopped.
     Shell {
+        /// Set an environment variable of the command (repeatable), taken
+        /// literally: no $VAR in VALUE is expanded.
+        #[arg(short = 'E', long = "setenv", value_name = "VAR=VALUE")]
+        setenv: Vec<String>,
         /// A running machine, or USER@NAME.
         name: String,
         /// The user to run as (USER@; root by default), then the command and its
@@ -442,8 +451,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             tracing::debug!(path, "login terminal");
             super::terminal::relay(std::os::fd::OwnedFd::from(master)).map_err(CliError::Output)?;
         }
-        Command::Shell { name, command } => {
-            return shell(&machine, &name, command).await;
+        Command::Shell { setenv, name, command } => {
+            return shell(&machine, &name, command, setenv).await;
         }
         Command::ExportTar { name, file } => {
             export(&bus, &machine, show, &name, &file, false).await?;
@@ -550,7 +559,12 @@ fn signal_number(word: &str) -> Result<i32, CliError> {
 /// command in the machine with this process's standard descriptors, and
 /// exits with its exit status. On a terminal, the command gets a terminal of
 /// its own in the machine.
-async fn shell(machine: &MachineProxy<'_>, name: &str, mut command: Vec<String>) -> Result<ExitCode, CliError> {
+async fn shell(
+    machine: &MachineProxy<'_>,
+    name: &str,
+    mut command: Vec<String>,
+    setenv: Vec<String>,
+) -> Result<ExitCode, CliError> {
     let (mut user, name) = match name.split_once('@') {
         Some((user, machine)) => (user.to_string(), machine.to_string()),
         None => (String::new(), name.to_string()),
@@ -566,6 +580,7 @@ async fn shell(machine: &MachineProxy<'_>, name: &str, mut command: Vec<String>)
     }
     use std::io::IsTerminal;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let environment = shell_environment(std::env::var("TERM").ok(), setenv)?;
     let size = super::terminal::size().unwrap_or_default();
     let _raw = interactive.then(super::terminal::RawMode::enter);
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
@@ -575,6 +590,7 @@ async fn shell(machine: &MachineProxy<'_>, name: &str, mut command: Vec<String>)
             &name,
             &user,
             &command,
+            &environment,
             stdin.as_fd().into(),
             stdout.as_fd().into(),
             stderr.as_fd().into(),
@@ -586,9 +602,49 @@ async fn shell(machine: &MachineProxy<'_>, name: &str, mut command: Vec<String>)
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
 }
 
+/// The variables a shell gets: this terminal's type (`term`, the client's
+/// TERM) unless `--setenv` names one, which comes later and wins; each
+/// checked as wharfd checks it, so that a mistake is said in one line
+/// before anything runs.
+fn shell_environment(term: Option<String>, setenv: Vec<String>) -> Result<Vec<String>, CliError> {
+    for variable in &setenv {
+        crate::machine::enter::check_variable(variable).map_err(CliError::Usage)?;
+    }
+    let mut environment: Vec<String> =
+        term.filter(|term| !term.is_empty()).map(|term| format!("TERM={term}")).into_iter().collect();
+    environment.extend(setenv);
+    Ok(environment)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_takes_setenv_before_and_after_the_name() {
+        use clap::Parser;
+        let parse = |args: &[&str]| match super::Cli::try_parse_from(args) {
+            Ok(cli) => match cli.command {
+                Command::Shell { setenv, name, command } => Ok((setenv, name, command)),
+                _ => panic!("not a shell"),
+            },
+            Err(e) => Err(e.kind()),
+        };
+        let (setenv, name, command) = parse(&["machine", "shell", "-E", "A=1", "--setenv=X=$HOME a", "f28"]).unwrap();
+        assert_eq!((setenv, name, command), (vec!["A=1".into(), "X=$HOME a".into()], "f28".into(), vec![]));
+        let (setenv, _, command) = parse(&["machine", "shell", "f28", "--setenv=B=2", "env", "-E", "x"]).unwrap();
+        assert_eq!(setenv, ["B=2"]);
+        assert_eq!(command, ["env", "-E", "x"]);
+        assert_eq!(
+            shell_environment(Some("screen".into()), vec!["X=$HOME".into()]).unwrap(),
+            ["TERM=screen", "X=$HOME"]
+        );
+        assert_eq!(shell_environment(None, vec![]).unwrap(), Vec::<String>::new());
+        for bad in ["NOEQUALS", "1X=a"] {
+            let error = shell_environment(None, vec![bad.into()]).unwrap_err().to_string();
+            assert!(error.contains("environment variable") && !error.contains('\n'), "{error}");
+        }
+    }
 
     #[test]
     fn signals_by_name_or_number() {

@@ -7,11 +7,10 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::machine::pty::EscapeCounter;
+
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustix::termios::{OptionalActions, Termios, tcgetattr, tcsetattr};
-
-/// ^] (GS), as in machinectl and nspawn.
-const ESCAPE: u8 = 0x1d;
 
 /// Puts the terminal on stdin in raw mode, and back when dropped.
 #[derive(Debug)]
@@ -49,29 +48,6 @@ pub fn size() -> Option<String> {
         return None;
     }
     rustix::termios::tcgetwinsize(&stdout).ok().map(|w| format!("{}x{}", w.ws_row, w.ws_col))
-}
-
-/// Counts `^]` presses; three within a second mean "leave".
-#[derive(Debug, Default)]
-struct EscapeCounter {
-    presses: Vec<Instant>,
-}
-
-impl EscapeCounter {
-    fn feed(&mut self, bytes: &[u8], now: Instant) -> bool {
-        for byte in bytes {
-            if *byte == ESCAPE {
-                self.presses.push(now);
-                self.presses.retain(|t| now.duration_since(*t) <= Duration::from_secs(1));
-                if self.presses.len() >= 3 {
-                    return true;
-                }
-            } else {
-                self.presses.clear();
-            }
-        }
-        false
-    }
 }
 
 /// Copies between this terminal and `master` until the other side hangs up
@@ -119,25 +95,4 @@ pub fn relay(master: OwnedFd) -> std::io::Result<()> {
     }
     eprint!("\r\nConnection closed.\r\n");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn three_escapes_within_a_second_leave() {
-        let start = Instant::now();
-        let mut counter = EscapeCounter::default();
-        assert!(!counter.feed(&[ESCAPE, ESCAPE], start));
-        assert!(counter.feed(&[ESCAPE], start + Duration::from_millis(500)));
-
-        let mut slow = EscapeCounter::default();
-        assert!(!slow.feed(&[ESCAPE], start));
-        assert!(!slow.feed(&[ESCAPE], start + Duration::from_millis(800)));
-        assert!(!slow.feed(&[ESCAPE], start + Duration::from_millis(1900)));
-
-        let mut typed = EscapeCounter::default();
-        assert!(!typed.feed(&[ESCAPE, b'a', ESCAPE, ESCAPE], start));
-    }
 }

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use zbus::Connection;
 use zbus::message::Header;
 use zbus_systemd::machine1::ManagerProxy as Machined;
@@ -426,13 +427,17 @@ impl MachineInterface {
     }
 
     /// Runs a command inside the machine with the caller's descriptors and
-    /// returns its exit status. Root only.
+    /// environment variables (VAR=VALUE, taken literally), and returns its
+    /// exit status. The command's processes count toward the machine's
+    /// limits; they are all stopped when the command ends or the caller
+    /// leaves the bus. Root only.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn shell(
         &self,
         name: String,
         user: String,
         command: Vec<String>,
+        environment: Vec<String>,
         stdin: zbus::OwnedFd,
         stdout: zbus::OwnedFd,
         stderr: zbus::OwnedFd,
@@ -442,15 +447,29 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<i32, BusError> {
         require_root(connection, &header, "running a command in a machine").await?;
+        for variable in &environment {
+            crate::machine::enter::check_variable(variable).map_err(BusError::InvalidArgument)?;
+        }
         let _busy = self.daemon.busy();
+        // Watched from before the unit exists, so that a caller gone at
+        // any moment is seen.
+        let caller = header.sender().ok_or_else(|| BusError::AccessDenied("call without a sender".into()))?.to_owned();
+        let dbus = zbus::fdo::DBusProxy::new(connection).await?;
+        let mut owner_changes = dbus.receive_name_owner_changed_with_args(&[(0, caller.as_str())]).await?;
         let (systemd, machined) = Self::clients(connection).await?;
         let info = machine_info(connection, &machined, &name).await?;
+        let unit = shell_unit(&name);
+        let cgroup = shell_cgroup(&systemd, &info.unit, &unit).await.map_err(|e| {
+            failed(format!("machine '{name}': cannot find its cgroup ({e}): a shell would escape its limits"))
+        })?;
         let exe = std::env::current_exe().map_err(failed)?;
         let enter = crate::machine::enter::EnterArgs {
             leader: info.leader,
             user: if user.is_empty() { "root".into() } else { user },
             pty,
             size: Some(size).filter(|size| pty && !size.is_empty()),
+            setenv: environment,
+            cgroup: Some(cgroup.clone()),
             command,
         };
         let argv = enter.command_line(&exe.to_string_lossy());
@@ -463,7 +482,9 @@ impl MachineInterface {
             ("Slice".into(), crate::systemd::text("machine.slice")),
             ("Type".into(), crate::systemd::text("exec")),
             ("CollectMode".into(), crate::systemd::text("inactive-or-failed")),
-            ("ExecStart".into(), crate::systemd::exec_start(&argv)),
+            // The arguments (the command, VAR=VALUE) reach wharfd enter as
+            // they are: no $VAR of them is expanded.
+            ("ExecStartEx".into(), crate::systemd::exec_start_literal(&argv)),
             ("StandardInputFileDescriptor".into(), descriptor(stdin)?),
             ("StandardOutputFileDescriptor".into(), descriptor(stdout)?),
             ("StandardErrorFileDescriptor".into(), descriptor(stderr)?),
@@ -471,11 +492,70 @@ impl MachineInterface {
         // The machine's device policy holds for its shells too.
         let mut properties = properties;
         properties.extend(ops::device_properties(false));
-        let unit = shell_unit(&name);
-        systemd
-            .run_transient(&unit, properties)
-            .await
-            .map_err(|e| failed(format!("machine '{name}': cannot run the command: {e}")))
+        if !dbus.name_has_owner(caller.clone().into()).await.unwrap_or(false) {
+            return Err(BusError::Failed(format!("machine '{name}': the caller left before its command started")));
+        }
+        let run = std::pin::pin!(systemd.run_transient(&unit, properties));
+        let left = std::pin::pin!(async {
+            while let Some(change) = owner_changes.next().await {
+                if change.args().is_ok_and(|args| args.new_owner().is_none()) {
+                    return;
+                }
+            }
+            // The bus connection itself is gone: so is the caller.
+        });
+        let ended = match futures_util::future::select(run, left).await {
+            futures_util::future::Either::Left((ended, _)) => ended,
+            futures_util::future::Either::Right(((), run)) => {
+                tracing::info!(machine = name, unit, "the caller of a shell left; stopping it");
+                if let Err(e) = systemd.stop(std::slice::from_ref(&unit), false).await {
+                    tracing::warn!(unit, "cannot stop the shell of a caller that left: {e}");
+                }
+                run.await
+            }
+        };
+        // wharfd enter removes the shell's cgroups as it ends; if it was
+        // killed before it could, what it left goes now.
+        let leader = info.leader;
+        self.daemon.blocking(move || remove_shell_cgroups(leader, &cgroup)).await;
+        ended.map_err(|e| failed(format!("machine '{name}': cannot run the command: {e}")))
+    }
+}
+
+/// The cgroup path a shell of a machine gets: below the cgroup of the
+/// machine's unit, named after the shell's unit.
+async fn shell_cgroup(systemd: &Systemd, machine_unit: &str, shell_unit: &str) -> Result<String, String> {
+    let interface = if machine_unit.ends_with(".scope") {
+        "org.freedesktop.systemd1.Scope"
+    } else {
+        "org.freedesktop.systemd1.Service"
+    };
+    let value = systemd.unit_property(machine_unit, interface, "ControlGroup").await.map_err(|e| e.to_string())?;
+    let path = String::try_from(value).map_err(|e| e.to_string())?;
+    if path.is_empty() {
+        return Err(format!("{machine_unit} has no cgroup"));
+    }
+    let leaf = shell_unit.strip_suffix(".service").unwrap_or(shell_unit);
+    Ok(format!("{}/{leaf}", path.trim_end_matches('/')))
+}
+
+/// Kills what is left in a shell's cgroups and removes them (logged, not
+/// failed: the command's status is what the caller waits for).
+fn remove_shell_cgroups(leader: u32, cgroup: &str) {
+    use crate::machine::cgroup;
+    let Some((unit, leaf)) = cgroup.rsplit_once('/') else { return };
+    let placed = std::fs::read_to_string(format!("/proc/{leader}/cgroup"))
+        .map_err(|e| e.to_string())
+        .and_then(|text| Ok((cgroup::HostCgroups::detect().map_err(|e| e.to_string())?.layout, text)))
+        .and_then(|(layout, text)| cgroup::shell_cgroups(layout, &text, unit, leaf).map_err(|e| e.to_string()));
+    match placed {
+        // The machine is gone, and its cgroups with it.
+        Err(e) => tracing::debug!(cgroup, "shell cgroups not looked at: {e}"),
+        Ok(cgroups) => {
+            if let Err(e) = cgroup::remove_shell_cgroups(&cgroups, std::time::Duration::from_secs(10)) {
+                tracing::warn!(cgroup, "cannot remove what a shell left: {e}");
+            }
+        }
     }
 }
 

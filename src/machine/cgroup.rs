@@ -218,6 +218,180 @@ pub fn join(dir: &Path) -> Result<(), CgroupError> {
     std::fs::write(&procs, b"0").map_err(fail(&procs, "moving into it"))
 }
 
+/// Where a process of `machine shell` goes in one hierarchy, so that the
+/// machine's limits hold for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellCgroup {
+    /// The cgroup directory it joins.
+    pub dir: PathBuf,
+    /// A cgroup of the shell's own, made before and removed after: in the
+    /// hierarchies systemd tracks processes with, where the machine's unit
+    /// has a delegated subtree whose inner nodes hold no process.
+    pub own: bool,
+}
+
+/// Why a shell cannot be placed in its machine's cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellCgroupError {
+    #[error("'{0}' is not a cgroup path")]
+    BadPath(String),
+    #[error("the machine's init is in {init}, not below its unit's cgroup {unit}")]
+    Outside { init: String, unit: String },
+    #[error("the machine's init is listed twice in the cgroup hierarchy '{0}'")]
+    Twice(String),
+}
+
+/// True if `path` is `base` or below it.
+fn at_or_below(path: &str, base: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/')) || base.is_empty()
+}
+
+/// The cgroups a shell of a machine joins: `leader` is the machine init's
+/// `/proc/PID/cgroup` text, `unit` the cgroup of the machine's unit
+/// (systemd's `ControlGroup`), `leaf` the name of the shell's own cgroup.
+///
+/// In the hierarchies systemd tracks processes with (cgroup2, and
+/// `name=systemd` on hybrid and legacy hosts) the shell gets `UNIT/LEAF`, a
+/// sibling of the launcher's `payload/` and `supervisor/`: below the unit,
+/// so every limit of the unit counts it, but outside the container's own
+/// subtree (which its systemd manages) and never a process in an inner
+/// node, which cgroup2 forbids once controllers are enabled below it. In a
+/// v1 controller hierarchy (the `pids` and `memory` of a hybrid host) the
+/// container's processes are in the unit's cgroup itself, read-only for the
+/// container, and the shell joins that cgroup (or wherever the init is, if
+/// the unit has none there).
+pub fn shell_cgroups(
+    layout: Layout,
+    leader: &str,
+    unit: &str,
+    leaf: &str,
+) -> Result<Vec<ShellCgroup>, ShellCgroupError> {
+    let clean =
+        |path: &str| path.starts_with('/') && !path.split('/').any(|c| c == ".." || c == ".") && !path.contains('\n');
+    if !clean(unit) {
+        return Err(ShellCgroupError::BadPath(unit.to_string()));
+    }
+    if leaf.is_empty() || leaf.contains('/') || leaf.starts_with('.') {
+        return Err(ShellCgroupError::BadPath(leaf.to_string()));
+    }
+    let join = |mount: &str, path: &str| match path.trim_start_matches('/') {
+        "" => PathBuf::from(mount),
+        below => Path::new(mount).join(below),
+    };
+    let mut cgroups = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for member in parse_proc_cgroup(leader) {
+        if !clean(&member.path) {
+            return Err(ShellCgroupError::BadPath(member.path));
+        }
+        // The container names the cgroups below its own: a line made up in
+        // such a name (were the kernel to allow a newline in it) must not
+        // put the shell elsewhere.
+        if !seen.insert(member.controllers.clone()) {
+            return Err(ShellCgroupError::Twice(member.controllers));
+        }
+        let tracking_mount = match member.controllers.as_str() {
+            "" if layout == Layout::Unified => Some(ROOT.to_string()),
+            "" if layout == Layout::Hybrid => Some(format!("{ROOT}/unified")),
+            NAMED if layout != Layout::Unified => Some(format!("{ROOT}/systemd")),
+            "" | NAMED => continue,
+            other if other.starts_with("name=") || layout == Layout::Unified => continue,
+            _ => None,
+        };
+        let below = at_or_below(&member.path, unit);
+        match tracking_mount {
+            Some(mount) => {
+                if !below {
+                    return Err(ShellCgroupError::Outside { init: member.path, unit: unit.to_string() });
+                }
+                let dir = join(&mount, unit).join(leaf);
+                cgroups.push(ShellCgroup { dir, own: true });
+            }
+            None => {
+                let mount = format!("{ROOT}/{}", member.controllers);
+                let path = if below { unit } else { member.path.as_str() };
+                cgroups.push(ShellCgroup { dir: join(&mount, path), own: false });
+            }
+        }
+    }
+    Ok(cgroups)
+}
+
+/// Makes the shell's own cgroups; an existing one is an error (a name is
+/// never used twice), and what was made before it is removed again.
+pub fn make_shell_cgroups(cgroups: &[ShellCgroup]) -> Result<(), CgroupError> {
+    let own: Vec<&ShellCgroup> = cgroups.iter().filter(|c| c.own).collect();
+    for (made, cgroup) in own.iter().enumerate() {
+        if let Err(e) = std::fs::create_dir(&cgroup.dir) {
+            for earlier in &own[..made] {
+                let _ = std::fs::remove_dir(&earlier.dir);
+            }
+            return Err(fail(&cgroup.dir, "creating")(e));
+        }
+    }
+    Ok(())
+}
+
+/// Moves the calling process into every one of the shell's cgroups.
+pub fn join_shell_cgroups(cgroups: &[ShellCgroup]) -> Result<(), CgroupError> {
+    for cgroup in cgroups {
+        join(&cgroup.dir)?;
+    }
+    Ok(())
+}
+
+/// Ends every process in the shell's own cgroups and removes them; gone
+/// ones are fine. `cgroup.kill` (cgroup2, Linux 5.14) kills them all at
+/// once; elsewhere each listed process is sent SIGKILL, again until none
+/// is left (one forking meanwhile is listed the next time round). Gives up
+/// after `patience`.
+pub fn remove_shell_cgroups(cgroups: &[ShellCgroup], patience: std::time::Duration) -> Result<(), CgroupError> {
+    let deadline = std::time::Instant::now() + patience;
+    for cgroup in cgroups.iter().filter(|c| c.own) {
+        let dir = &cgroup.dir;
+        if !dir.exists() {
+            continue;
+        }
+        let kill = dir.join("cgroup.kill");
+        let killed_at_once = kill.exists() && std::fs::write(&kill, b"1").is_ok();
+        loop {
+            let procs = dir.join("cgroup.procs");
+            let listed = match std::fs::read_to_string(&procs) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(fail(&procs, "listing its processes")(e)),
+            };
+            let pids: Vec<i32> = listed.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            if !killed_at_once {
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(fail(dir, "ending its processes")(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // A cgroup whose last process just exited is removable once the
+        // kernel has let go of it: EBUSY for a moment.
+        loop {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => return Err(fail(dir, "removing")(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +443,76 @@ mod tests {
         let host = HostCgroups::from_parts(Layout::Unified, "0::/machine.slice/x.service\n");
         assert_eq!(host.tracking_dirs(), [PathBuf::from("/sys/fs/cgroup/machine.slice/x.service")]);
         assert_eq!(host.container_mounts(), [CgroupMount::Cgroup2 { target: ROOT.into() }]);
+    }
+
+    #[test]
+    fn shells_join_their_machine_on_a_hybrid_host() {
+        let leader = "9:name=systemd:/machine.slice/wharf-f28.service/payload/init.scope\n8:pids:/machine.slice/wharf-f28.service\n\
+                      2:cpu,cpuacct:/\n1:memory:/machine.slice/wharf-f28.service\n\
+                      0::/machine.slice/wharf-f28.service/payload/init.scope\n";
+        let unit = "/machine.slice/wharf-f28.service";
+        let cgroups = shell_cgroups(Layout::Hybrid, leader, unit, "wharf-shell-f28-1-0").unwrap();
+        let dirs: Vec<(String, bool)> = cgroups.iter().map(|c| (c.dir.display().to_string(), c.own)).collect();
+        assert_eq!(
+            dirs,
+            [
+                ("/sys/fs/cgroup/systemd/machine.slice/wharf-f28.service/wharf-shell-f28-1-0".to_string(), true),
+                ("/sys/fs/cgroup/pids/machine.slice/wharf-f28.service".to_string(), false),
+                ("/sys/fs/cgroup/cpu,cpuacct".to_string(), false),
+                ("/sys/fs/cgroup/memory/machine.slice/wharf-f28.service".to_string(), false),
+                ("/sys/fs/cgroup/unified/machine.slice/wharf-f28.service/wharf-shell-f28-1-0".to_string(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn shells_join_their_machine_on_a_unified_host() {
+        let leader = "0::/machine.slice/systemd-nspawn@n28.service/payload\n";
+        let cgroups = shell_cgroups(Layout::Unified, leader, "/machine.slice/systemd-nspawn@n28.service", "s").unwrap();
+        assert_eq!(
+            cgroups,
+            [ShellCgroup {
+                dir: PathBuf::from("/sys/fs/cgroup/machine.slice/systemd-nspawn@n28.service/s"),
+                own: true
+            }]
+        );
+        // A machine whose init is in the unit's cgroup itself (no split).
+        let flat = shell_cgroups(
+            Layout::Unified,
+            "0::/machine.slice/machine-x.scope\n",
+            "/machine.slice/machine-x.scope",
+            "s",
+        );
+        assert_eq!(flat.unwrap()[0].dir, PathBuf::from("/sys/fs/cgroup/machine.slice/machine-x.scope/s"));
+    }
+
+    #[test]
+    fn shell_cgroups_refuse_what_is_not_below_the_unit() {
+        let leader = "0::/machine.slice/other.service/payload\n";
+        assert!(matches!(
+            shell_cgroups(Layout::Unified, leader, "/machine.slice/wharf-f28.service", "s"),
+            Err(ShellCgroupError::Outside { .. })
+        ));
+        // A sibling whose name starts alike is not below it.
+        let leader = "0::/machine.slice/wharf-f28.service2/payload\n";
+        assert!(shell_cgroups(Layout::Unified, leader, "/machine.slice/wharf-f28.service", "s").is_err());
+        let forged = "9:name=systemd:/machine.slice/wharf-f28.service/payload/x\n8:pids:/\n\
+                      8:pids:/machine.slice/wharf-f28.service\n0::/machine.slice/wharf-f28.service/payload\n";
+        assert!(matches!(
+            shell_cgroups(Layout::Hybrid, forged, "/machine.slice/wharf-f28.service", "s"),
+            Err(ShellCgroupError::Twice(_))
+        ));
+        let ok = "0::/machine.slice/wharf-f28.service/payload\n";
+        for (unit, leaf) in [
+            ("machine.slice", "s"),
+            ("/a/../b", "s"),
+            ("/machine.slice/wharf-f28.service", "../x"),
+            ("/machine.slice/wharf-f28.service", ""),
+        ] {
+            assert!(
+                matches!(shell_cgroups(Layout::Unified, ok, unit, leaf), Err(ShellCgroupError::BadPath(_))),
+                "{unit} {leaf}"
+            );
+        }
     }
 }

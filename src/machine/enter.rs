@@ -47,6 +47,14 @@ pub struct EnterArgs {
     /// Terminal size as ROWSxCOLUMNS, with --pty.
     #[arg(long, value_name = "ROWSxCOLUMNS")]
     pub size: Option<String>,
+    /// A variable of the command's environment (repeatable; a later one
+    /// of the same name wins), taken literally.
+    #[arg(long, value_name = "VAR=VALUE")]
+    pub setenv: Vec<String>,
+    /// The command's own cgroup: PATH below the cgroup of the machine's
+    /// unit, its parent, so that the machine's limits count it.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
     /// The command; the user's login shell when empty.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -70,10 +78,34 @@ impl EnterArgs {
         if let Some(size) = &self.size {
             argv.push(format!("--size={size}"));
         }
+        argv.extend(self.setenv.iter().map(|variable| format!("--setenv={variable}")));
+        if let Some(cgroup) = &self.cgroup {
+            argv.push(format!("--cgroup={cgroup}"));
+        }
         argv.push("--".to_string());
         argv.extend(self.command.iter().cloned());
         argv
     }
+}
+
+/// Checks a VAR=VALUE of `machine shell --setenv`: a name of letters,
+/// digits and `_` that does not start with a digit (what a shell can
+/// read), then `=`, then any value without a NUL. The error says why.
+pub fn check_variable(variable: &str) -> Result<(), String> {
+    let Some((name, value)) = variable.split_once('=') else {
+        return Err(format!("environment variable '{variable}' is not VAR=VALUE"));
+    };
+    let valid_name = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_name {
+        return Err(format!(
+            "'{name}' is not a valid environment variable name (letters, digits and _, not first a digit)"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of environment variable '{name}' holds a NUL byte"));
+    }
+    Ok(())
 }
 
 /// Exit status when entering failed before the command ran (as env(1) and
@@ -102,8 +134,12 @@ struct Account {
 }
 
 pub fn main(args: EnterArgs) -> ExitCode {
-    match enter(&args) {
-        Ok(code) => code,
+    let entered = match &args.cgroup {
+        Some(cgroup) => supervise(&args, cgroup),
+        None => enter(&args),
+    };
+    match entered {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("wharfd enter: {e}");
             ExitCode::from(EXIT_ENTER_FAILED)
@@ -111,7 +147,7 @@ pub fn main(args: EnterArgs) -> ExitCode {
     }
 }
 
-fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
+fn enter(args: &EnterArgs) -> Result<u8, EnterError> {
     // Before joining the container's user namespace: a dumpable process
     // whose credentials are in it can be ptraced by the container's root,
     // and its descriptors (the caller's) opened through /proc/PID/fd. The
@@ -171,20 +207,109 @@ fn enter(args: &EnterArgs) -> Result<ExitCode, EnterError> {
 
     match fork().map_err(|e| EnterError::Setup(format!("fork: {e}")))? {
         Forked::Child => {
-            let code = run_child(&account, &args.user, &command, &io);
+            let code = run_child(&account, args, &command, &io);
             std::process::exit(code);
         }
         Forked::Parent(child) => {
             match io {
                 Io::Terminal((master, slave)) => {
                     drop(slave);
-                    relay(&master, child);
+                    let _raw = RawInput::enter();
+                    if relay(&master, child) == Relayed::Left {
+                        // Closing the terminal hangs the session up; what
+                        // ignores that goes with the shell's cgroup, or
+                        // with its unit.
+                        drop(master);
+                        return Ok(0);
+                    }
                 }
                 Io::Pipes(mut pipes) => pipes.relay(child),
             }
             Ok(wait_exit_code(child))
         }
     }
+}
+
+/// How long the processes left in a shell's cgroup get to be gone.
+const CLEANUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// With `--cgroup`: this process stays in the shell's unit, as its main
+/// process, and a child does the entering from inside the machine's
+/// cgroups (the move must come first: once in the container's user and
+/// cgroup namespaces, the host's cgroups cannot be joined). When the child
+/// is done, or the unit is stopped (SIGTERM, or SIGHUP/SIGINT), every
+/// process left in the shell's cgroups is killed and the cgroups are
+/// removed: what the command started ends with it, although systemd, which
+/// knows only the unit's own cgroup, would not see those processes.
+fn supervise(args: &EnterArgs, cgroup: &str) -> Result<u8, EnterError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let (unit, leaf) =
+        cgroup.rsplit_once('/').ok_or_else(|| EnterError::Setup(format!("'{cgroup}' is not a cgroup path")))?;
+    let leader = std::fs::read_to_string(format!("/proc/{}/cgroup", args.leader))
+        .map_err(|e| EnterError::Namespaces(args.leader, e.to_string()))?;
+    let layout = super::cgroup::HostCgroups::detect()
+        .map_err(|e| EnterError::Setup(format!("reading the host's cgroups: {e}")))?
+        .layout;
+    let cgroups = super::cgroup::shell_cgroups(layout, &leader, unit, leaf)
+        .map_err(|e| EnterError::Setup(format!("placing the shell in the machine's cgroup: {e}")))?;
+    // Made here, before the child exists, so that a stop at any moment
+    // finds (and removes) them.
+    super::cgroup::make_shell_cgroups(&cgroups).map_err(|e| EnterError::Setup(e.to_string()))?;
+    let mut signals = SigSet::empty();
+    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
+        signals.add(signal);
+    }
+    let cleanup = |cgroups: &[super::cgroup::ShellCgroup]| {
+        if let Err(e) = super::cgroup::remove_shell_cgroups(cgroups, CLEANUP_PATIENCE) {
+            eprintln!("wharfd enter: {e}");
+        }
+    };
+    if let Err(e) = signals.thread_block() {
+        cleanup(&cgroups);
+        return Err(EnterError::Setup(format!("blocking signals: {e}")));
+    }
+    let child = match fork() {
+        Err(e) => {
+            cleanup(&cgroups);
+            return Err(EnterError::Setup(format!("fork: {e}")));
+        }
+        Ok(Forked::Child) => {
+            let code = match signals.thread_unblock() {
+                Err(e) => Err(EnterError::Setup(format!("unblocking signals: {e}"))),
+                Ok(()) => super::cgroup::join_shell_cgroups(&cgroups)
+                    .map_err(|e| EnterError::Setup(e.to_string()))
+                    .and_then(|()| enter(args)),
+            };
+            std::process::exit(match code {
+                Ok(code) => i32::from(code),
+                Err(e) => {
+                    eprintln!("wharfd enter: {e}");
+                    i32::from(EXIT_ENTER_FAILED)
+                }
+            });
+        }
+        Ok(Forked::Parent(child)) => child,
+    };
+    let mut stopped = None;
+    let code = loop {
+        match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => break code as u8,
+            Ok(WaitStatus::Signaled(_, signal, _)) => break 128 + signal as u8,
+            Err(nix::errno::Errno::ECHILD) => break EXIT_ENTER_FAILED,
+            _ => {}
+        }
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(signal) => {
+                // Stopped: the child first, so that nothing joins the
+                // cgroups any more, then all it left there.
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                stopped.get_or_insert(signal);
+            }
+        }
+    };
+    cleanup(&cgroups);
+    Ok(stopped.map_or(code, |signal| 128 + signal as u8))
 }
 
 /// Reads of the command's output after it exited, at most (of 64 KiB each,
@@ -362,8 +487,32 @@ fn capability_bounding_set(status: &str) -> Option<u64> {
     u64::from_str_radix(value.trim(), 16).ok()
 }
 
+/// The command's environment: a login's basic variables, then the caller's
+/// (`--setenv`, TERM among them), each replacing one of the same name.
+fn environment(account: &Account, user: &str, pty: bool, setenv: &[String]) -> Vec<String> {
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("HOME={}", account.home),
+        format!("USER={user}"),
+        format!("LOGNAME={user}"),
+        format!("SHELL={}", account.shell),
+        "container=wharf".to_string(),
+    ];
+    // A terminal the caller did not name is taken for a plain VT220.
+    if pty {
+        env.push("TERM=vt220".to_string());
+    }
+    for variable in setenv {
+        let name = variable.split('=').next().unwrap_or_default();
+        env.retain(|have| have.split('=').next() != Some(name));
+        env.push(variable.clone());
+    }
+    env
+}
+
 /// In the child: become the user and run the command. Returns only on failure.
-fn run_child(account: &Account, user: &str, command: &[String], io: &Io) -> i32 {
+fn run_child(account: &Account, args: &EnterArgs, command: &[String], io: &Io) -> i32 {
+    let user = args.user.as_str();
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("wharfd enter: {what}: {e}");
         i32::from(EXIT_ENTER_FAILED)
@@ -400,16 +549,7 @@ fn run_child(account: &Account, user: &str, command: &[String], io: &Io) -> i32 
         return fail("setuid", &e);
     }
     let _ = std::env::set_current_dir(&account.home);
-    let term = std::env::var("TERM").unwrap_or_else(|_| "vt220".into());
-    let env = [
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        format!("HOME={}", account.home),
-        format!("USER={user}"),
-        format!("LOGNAME={user}"),
-        format!("SHELL={}", account.shell),
-        format!("TERM={term}"),
-        "container=wharf".to_string(),
-    ];
+    let env = environment(account, user, args.pty, &args.setenv);
     let to_c = |s: &String| CString::new(s.as_bytes()).unwrap_or_default();
     let argv: Vec<CString> = command.iter().map(to_c).collect();
     let envp: Vec<CString> = env.iter().map(to_c).collect();
@@ -418,14 +558,14 @@ fn run_child(account: &Account, user: &str, command: &[String], io: &Io) -> i32 
     i32::from(if error == nix::errno::Errno::ENOENT { EXIT_NOT_FOUND } else { EXIT_ENTER_FAILED })
 }
 
-fn wait_exit_code(child: Pid) -> ExitCode {
+fn wait_exit_code(child: Pid) -> u8 {
     loop {
         match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return ExitCode::from(code as u8),
-            Ok(WaitStatus::Signaled(_, signal, _)) => return ExitCode::from(128 + signal as u8),
+            Ok(WaitStatus::Exited(_, code)) => return code as u8,
+            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as u8,
             Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => continue,
-            Err(_) => return ExitCode::from(EXIT_ENTER_FAILED),
+            Err(_) => return EXIT_ENTER_FAILED,
         }
     }
 }
@@ -474,14 +614,50 @@ fn open_pty(size: Option<&str>) -> Result<(OwnedFd, OwnedFd), EnterError> {
     Ok((pty.master, pty.slave))
 }
 
+/// The caller's terminal (standard input, if one) in raw mode while the
+/// command's terminal is relayed, and as it was afterwards: ^C, ^Z and ^\
+/// are then bytes for the command's terminal, which makes them signals in
+/// the machine, and ^] is seen here. The client set it so already; a
+/// service manager may have reset it when it handed it over.
+struct RawInput(Option<rustix::termios::Termios>);
+
+impl RawInput {
+    fn enter() -> RawInput {
+        let stdin = std::io::stdin();
+        let Ok(saved) = rustix::termios::tcgetattr(&stdin) else { return RawInput(None) };
+        let mut raw = saved.clone();
+        raw.make_raw();
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw);
+        RawInput(Some(saved))
+    }
+}
+
+impl Drop for RawInput {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = rustix::termios::tcsetattr(std::io::stdin(), rustix::termios::OptionalActions::Now, saved);
+        }
+    }
+}
+
+/// How a terminal relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relayed {
+    /// The command is done with the terminal.
+    Ended,
+    /// ^] three times within a second: the caller left.
+    Left,
+}
+
 /// Copies standard input to the terminal and the terminal to standard
-/// output until the command is done with it.
-fn relay(master: &OwnedFd, child: Pid) {
+/// output until the command is done with it or the caller leaves.
+fn relay(master: &OwnedFd, child: Pid) -> Relayed {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     let mut buffer = [0u8; 8192];
     let mut input_open = true;
+    let mut escape = super::pty::EscapeCounter::default();
     loop {
         let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
         if input_open {
@@ -507,6 +683,11 @@ fn relay(master: &OwnedFd, child: Pid) {
             match stdin.lock().read(&mut buffer) {
                 Ok(0) | Err(_) => input_open = false,
                 Ok(n) => {
+                    if escape.feed(&buffer[..n], std::time::Instant::now()) {
+                        let _ = stdout.write_all(b"\r\nConnection closed.\r\n");
+                        let _ = stdout.flush();
+                        return Relayed::Left;
+                    }
                     let _ = nix::unistd::write(master, &buffer[..n]);
                 }
             }
@@ -518,6 +699,7 @@ fn relay(master: &OwnedFd, child: Pid) {
             break;
         }
     }
+    Relayed::Ended
 }
 
 #[cfg(test)]
@@ -535,13 +717,23 @@ mod tests {
 
     #[test]
     fn enter_arguments_survive_the_command_line() {
-        let plain = EnterArgs { leader: 42, user: "root".into(), pty: false, size: None, command: Vec::new() };
+        let plain = EnterArgs {
+            leader: 42,
+            user: "root".into(),
+            pty: false,
+            size: None,
+            setenv: Vec::new(),
+            cgroup: None,
+            command: Vec::new(),
+        };
         assert_eq!(parse(&plain.command_line("wharfd")), plain);
         let shell = EnterArgs {
             leader: 7,
             user: "alice".into(),
             pty: true,
             size: Some("40x120".into()),
+            setenv: vec!["TERM=xterm-256color".into(), "X=$HOME a".into()],
+            cgroup: Some("/machine.slice/wharf-f28.service/wharf-shell-f28-1-0".into()),
             command: vec!["systemctl".into(), "is-system-running".into()],
         };
         assert_eq!(parse(&shell.command_line("wharfd")), shell);
@@ -550,6 +742,8 @@ mod tests {
             let args = EnterArgs {
                 user: hostile.into(),
                 size: Some(hostile.into()),
+                setenv: vec![format!("V={hostile}"), hostile.into()],
+                cgroup: Some(hostile.into()),
                 command: vec![hostile.into(), "--user=evil".into(), "-c".into()],
                 ..plain.clone()
             };
@@ -559,6 +753,28 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/zsh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n";
     const GROUP: &str = "root:x:0:\nwheel:x:10:alice,bob\nalice:x:1000:\n";
+
+    #[test]
+    fn variables_are_checked() {
+        for good in ["X=$HOME a", "TERM=xterm-256color", "_a1=", "A==b", "X=line\nbreak"] {
+            assert_eq!(check_variable(good), Ok(()), "{good}");
+        }
+        for bad in ["NOEQUALS", "=value", "1X=a", "A B=c", "A-B=c", "Ä=c", "X=a\0b", ""] {
+            let error = check_variable(bad).unwrap_err();
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+    }
+
+    #[test]
+    fn the_callers_variables_replace_the_defaults() {
+        let root = parse_account("root", PASSWD, GROUP).unwrap();
+        let env = environment(&root, "root", true, &["TERM=xterm".into(), "X=$HOME a".into(), "HOME=/srv".into()]);
+        assert!(env.contains(&"TERM=xterm".to_string()) && !env.contains(&"TERM=vt220".to_string()), "{env:?}");
+        assert!(env.contains(&"X=$HOME a".to_string()), "{env:?}");
+        assert_eq!(env.iter().filter(|v| v.starts_with("HOME=")).collect::<Vec<_>>(), ["HOME=/srv"]);
+        assert!(environment(&root, "root", true, &[]).contains(&"TERM=vt220".to_string()));
+        assert!(!environment(&root, "root", false, &[]).iter().any(|v| v.starts_with("TERM=")));
+    }
 
     #[test]
     fn bounding_set_from_status() {

@@ -450,9 +450,10 @@ fn device_allow_list(image_file: bool) -> Vec<(&'static str, &'static str)> {
 
 /// `DevicePolicy=closed` and the `DeviceAllow` list (a(ss)) of a unit
 /// whose processes are in a machine: the machine's own, and the units of
-/// `machine shell`, which are not below it in the cgroup tree and would
-/// otherwise open any device the container's /dev or a mount of its root
-/// holds. `image_file`: the launcher attaches a loop device.
+/// `machine shell`, whose main process (`wharfd enter`, which stays outside
+/// the machine's cgroup while the command runs below it) would otherwise
+/// open any device the container's /dev or a mount of its root holds.
+/// `image_file`: the launcher attaches a loop device.
 pub fn device_properties(image_file: bool) -> Vec<(String, OwnedVariant)> {
     let entries: Vec<(String, String)> =
         device_allow_list(image_file).iter().map(|(d, a)| (d.to_string(), a.to_string())).collect();

@@ -68,10 +68,57 @@ pub fn set_size(fd: &OwnedFd, size: &str) {
     }
 }
 
+/// ^] (GS), as in machinectl and nspawn.
+pub const ESCAPE: u8 = 0x1d;
+
+/// Counts `^]` presses on a terminal; three within a second mean "leave"
+/// (`machine login`, and `machine shell` on a terminal).
+#[derive(Debug, Default)]
+pub struct EscapeCounter {
+    presses: Vec<std::time::Instant>,
+}
+
+impl EscapeCounter {
+    /// Takes what was typed at `now`; true once the third `^]` within a
+    /// second came (any other key in between starts the count again).
+    pub fn feed(&mut self, bytes: &[u8], now: std::time::Instant) -> bool {
+        for byte in bytes {
+            if *byte == ESCAPE {
+                self.presses.push(now);
+                self.presses.retain(|t| now.duration_since(*t) <= std::time::Duration::from_secs(1));
+                if self.presses.len() >= 3 {
+                    return true;
+                }
+            } else {
+                self.presses.clear();
+            }
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn three_escapes_within_a_second_leave() {
+        let start = Instant::now();
+        let mut counter = EscapeCounter::default();
+        assert!(!counter.feed(&[ESCAPE, ESCAPE], start));
+        assert!(counter.feed(&[ESCAPE], start + Duration::from_millis(500)));
+
+        let mut slow = EscapeCounter::default();
+        assert!(!slow.feed(&[ESCAPE], start));
+        assert!(!slow.feed(&[ESCAPE], start + Duration::from_millis(800)));
+        assert!(!slow.feed(&[ESCAPE], start + Duration::from_millis(1900)));
+
+        let mut typed = EscapeCounter::default();
+        assert!(!typed.feed(&[ESCAPE, b'a', ESCAPE, ESCAPE], start));
+        assert!(EscapeCounter::default().feed(&[ESCAPE, ESCAPE, ESCAPE], start));
+    }
 
     #[test]
     fn opens_both_ends_and_sizes_the_terminal() {

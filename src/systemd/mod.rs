@@ -192,6 +192,15 @@ pub fn exec_start(argv: &[String]) -> zbus::OwnedVariant {
     zbus::OwnedVariant::try_from(zbus::Variant::from(vec![entry])).expect("strings hold no descriptor")
 }
 
+/// `ExecStartEx` (a(sasas), systemd 243): one command whose arguments
+/// systemd takes as they are. Plain `ExecStart` expands `$VAR` and
+/// `${VAR}` in them from the unit's environment (an empty word for an
+/// unset one); the `no-env-expand` flag (`:` in a unit file) turns that off.
+pub fn exec_start_literal(argv: &[String]) -> zbus::OwnedVariant {
+    let entry = (argv[0].clone(), argv.to_vec(), vec!["no-env-expand".to_string()]);
+    zbus::OwnedVariant::try_from(zbus::Variant::from(vec![entry])).expect("strings hold no descriptor")
+}
+
 /// A file descriptor property (`StandardInputFileDescriptor`...), passed
 /// to systemd with the call.
 pub fn descriptor(fd: zbus::OwnedFd) -> std::io::Result<zbus::OwnedVariant> {

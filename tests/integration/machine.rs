@@ -26,6 +26,9 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::bad_starts_fail_in_one_line_and_leave_nothing", bad_starts),
         exclusive_trial(shared, "machine::enable_starts_the_machine_with_machines_target", enable_at_boot),
         exclusive_trial(shared, "machine::login_and_an_interactive_shell_on_a_terminal", login_and_terminal_shell),
+        exclusive_trial(shared, "machine::shell_on_a_terminal_takes_signals_and_leaves_with_escapes", shell_on_tmux),
+        exclusive_trial(shared, "machine::shell_ends_with_its_client_and_counts_toward_the_machine", shell_lifetime),
+        exclusive_trial(shared, "machine::shell_environment_is_literal_and_bad_input_is_refused", shell_environment),
         exclusive_trial(shared, "machine::a_running_machine_holds_the_image_lock_nspawn_and_machined_take", image_lock),
         exclusive_trial(shared, "machine::show_and_set_property_of_an_nspawn_machine", nspawn_machine),
     ]
@@ -746,4 +749,275 @@ fn nspawn_machine(tb: &Testbed) {
     assert_eq!(out.stderr.trim(), "machine: machine 'n28' is not running");
     let out = tb.fails("machine set-property n28 TasksMax=100");
     assert_eq!(out.stderr.trim(), "machine: machine 'n28' is not running");
+}
+
+/// A terminal on the host (a tmux session on a server of its own) whose
+/// program runs in the testbed, as a user at a terminal would run it.
+/// Everything is waited for by looking at the screen, with a deadline.
+struct Tmux {
+    socket: String,
+    session: &'static str,
+}
+
+/// How long anything on a terminal is waited for.
+const TERMINAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Tmux {
+    /// Runs `machine ARGS` in the testbed on a new 160x50 terminal whose
+    /// TERM is `screen`; when it exits, the terminal shows `EXIT=status` and
+    /// `TTY=icanon` (or `TTY=-icanon`, a terminal left in raw mode).
+    fn machine(tb: &Testbed, session: &'static str, args: &str) -> Tmux {
+        let script = format!(
+            "nsenter -t {pid1} -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+             LANG=C.UTF-8 HOME=/root TERM=screen machine {args}\n\
+             echo \"EXIT=$?\"\necho \"TTY=$(stty -a | grep -o -- '-\\?icanon')\"\nexec sleep 600\n",
+            pid1 = tb.pid1()
+        );
+        let path = tb.host_path(&format!("/srv/tmux-{session}.sh"));
+        std::fs::write(&path, script).unwrap();
+        let tmux = Tmux { socket: format!("wharf-{}", tb.pid1()), session };
+        tmux.run(&["new-session", "-d", "-s", session, "-x", "160", "-y", "50", &format!("sh {}", path.display())]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("tmux");
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text`, then Enter.
+    fn line(&self, text: &str) {
+        self.run(&["send-keys", "-t", self.session, "-l", text]);
+        self.run(&["send-keys", "-t", self.session, "Enter"]);
+    }
+
+    /// Presses keys by tmux's names (C-c, C-]).
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", self.session];
+        args.extend(keys);
+        self.run(&args);
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-J", "-S", "-200", "-t", self.session])
+    }
+
+    /// Waits until the screen shows `text`; returns the screen.
+    #[track_caller]
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + TERMINAL_DEADLINE;
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {text:?} on the terminal within 60 s:\n{screen}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Waits (with a deadline) until `script` succeeds in the testbed; a
+    /// timeout shows the screen.
+    #[track_caller]
+    fn until(&self, tb: &Testbed, what: &str, script: &str) {
+        let out =
+            tb.sh(&format!("for i in $(seq 300); do ( {script} ) >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1"));
+        if !out.success() {
+            let ps = tb.sh("for p in /proc/[0-9]*; do echo \"${p#/proc/} $(tr '\\0' ' ' <$p/cmdline)\"; done 2>/dev/null | grep -v ' $' | tail -40").stdout;
+            panic!("{what} (30 s): {out}\nthe terminal:\n{}\nprocesses:\n{ps}", self.screen());
+        }
+    }
+
+    /// The host PID of the `machine` client running on the terminal.
+    fn client_pid(&self) -> u32 {
+        let pane: u32 = self.run(&["display-message", "-p", "-t", self.session, "#{pane_pid}"]).trim().parse().unwrap();
+        let mut todo = vec![pane];
+        while let Some(pid) = todo.pop() {
+            if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "machine") {
+                return pid;
+            }
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        panic!("no machine client on the terminal:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new("tmux").args(["-L", &self.socket, "kill-session", "-t", self.session]).output();
+    }
+}
+
+/// A script that prints the PIDs (in the testbed) of the processes whose
+/// command line is `command` (words joined by blanks); the testbed has no
+/// procps.
+fn processes(command: &str) -> String {
+    format!(
+        "for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' <$p/cmdline 2>/dev/null)\" = '{command} ' ] && echo ${{p#/proc/}}; done; true"
+    )
+}
+
+/// A script that succeeds while a process runs `command`.
+fn running(command: &str) -> String {
+    format!("[ -n \"$({})\" ]", processes(command))
+}
+
+/// A script that succeeds once no process runs `command`.
+fn gone(command: &str) -> String {
+    format!("[ -z \"$({})\" ]", processes(command))
+}
+
+/// Waits (with a deadline) until `script` succeeds in the testbed.
+#[track_caller]
+fn wait_until(tb: &Testbed, what: &str, script: &str) {
+    let out =
+        tb.sh(&format!("for i in $(seq 300); do ( {script} ) >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1"));
+    assert!(out.success(), "{what} (30 s): {out}");
+}
+
+/// Until no shell unit of wharf is left, nor a cgroup of one below the machine's.
+#[track_caller]
+fn wait_no_shell_left(tb: &Testbed) {
+    wait_until(
+        tb,
+        "a wharf-shell unit is left",
+        "[ \"$(systemctl list-units --all --no-legend 'wharf-shell-*' | wc -l)\" = 0 ]",
+    );
+    let left = tb.ok(&format!("ls -d /sys/fs/cgroup/*/machine.slice/{UNIT}.service/wharf-shell-* 2>/dev/null; true"));
+    assert_eq!(left, "", "shell cgroups left below the machine's");
+}
+
+/// `machine shell` on a terminal: raw mode, so ^C and ^Z are the shell's
+/// in the machine (the client lives on); TERM and --setenv come in; ^]
+/// three times leaves, restores the terminal, and the shell unit is gone.
+fn shell_on_tmux(tb: &Testbed) {
+    prepare(tb);
+    start(tb, "f28", "");
+    let tmux = Tmux::machine(tb, "escape", "shell -E 'X=$HOME a' f28");
+    tmux.wait_for("root@f28:");
+    tmux.line("echo \"T[$TERM] X[$X]\"");
+    tmux.wait_for("T[screen] X[$HOME a]");
+
+    // ^C interrupts the command in the machine; the shell goes on.
+    tmux.line("sleep 100");
+    tmux.until(tb, "sleep 100 did not start in the machine", &running("sleep 100"));
+    tmux.keys(&["C-c"]);
+    tmux.until(tb, "^C did not end sleep 100", &gone("sleep 100"));
+    tmux.line("echo \"N$((2+3))N\"");
+    tmux.wait_for("N5N");
+    // ^Z stops it, as job control in the machine's terminal does.
+    tmux.line("sleep 101");
+    tmux.until(tb, "sleep 101 did not start in the machine", &running("sleep 101"));
+    tmux.keys(&["C-z"]);
+    tmux.wait_for("Stopped");
+    tmux.line("kill -9 %1; echo \"K$((1+6))K\"");
+    tmux.wait_for("K7K");
+    assert_eq!(tb.ok("systemctl list-units --no-legend 'wharf-shell-*' | wc -l").trim(), "1");
+
+    // ^] three times within a second: the client leaves and says so.
+    tmux.keys(&["C-]", "C-]", "C-]"]);
+    let screen = tmux.wait_for("TTY=");
+    assert!(screen.contains("Connection closed."), "{screen}");
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(screen.contains("TTY=icanon"), "the terminal was left in raw mode:\n{screen}");
+    wait_no_shell_left(tb);
+    drop(tmux);
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+}
+
+/// The shell's processes run in a cgroup below the machine's, so its
+/// TasksMax limits them; they are all stopped when the command ends, and
+/// when the client is killed or its terminal goes away.
+fn shell_lifetime(tb: &Testbed) {
+    prepare(tb);
+    start(tb, "f28", "");
+    let pids = format!("/sys/fs/cgroup/pids/machine.slice/{UNIT}.service");
+
+    // A process of an interactive shell, seen from the host: below the
+    // machine's unit in every hierarchy that has it.
+    let tmux = Tmux::machine(tb, "killed", "shell f28");
+    tmux.wait_for("root@f28:");
+    tmux.line("sleep 4243");
+    tmux.until(tb, "sleep 4243 did not start in the machine", &running("sleep 4243"));
+    let sleeper = tb.ok(&processes("sleep 4243")).trim().to_string();
+    let cgroups = tb.ok(&format!("cat /proc/{sleeper}/cgroup"));
+    for hierarchy in ["pids", "memory", "name=systemd"] {
+        let line = cgroups.lines().find(|l| l.split(':').nth(1) == Some(hierarchy)).expect(hierarchy);
+        assert!(line.contains(&format!(":/machine.slice/{UNIT}.service")), "{hierarchy} of the shell: {cgroups}");
+    }
+    let unified = cgroups.lines().find(|l| l.starts_with("0::")).unwrap();
+    assert!(unified.starts_with(&format!("0::/machine.slice/{UNIT}.service/wharf-shell-f28-")), "{cgroups}");
+    // The client killed: the unit and every process it started go.
+    let client = tmux.client_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(client as i32), nix::sys::signal::SIGKILL).unwrap();
+    tmux.wait_for("EXIT=");
+    tmux.until(tb, "sleep 4243 outlived its killed client", &gone("sleep 4243"));
+    wait_no_shell_left(tb);
+    drop(tmux);
+
+    // The terminal closed under the client: the same.
+    let tmux = Tmux::machine(tb, "closed", "shell f28");
+    tmux.wait_for("root@f28:");
+    tmux.line("sleep 4244");
+    tmux.until(tb, "sleep 4244 did not start in the machine", &running("sleep 4244"));
+    drop(tmux);
+    wait_until(tb, "sleep 4244 outlived its terminal", &gone("sleep 4244"));
+    wait_no_shell_left(tb);
+
+    // The machine's TasksMax holds for a shell: room for a few more tasks
+    // than the machine has, and a shell that starts twenty is stopped short.
+    let current: u64 = tb.ok(&format!("cat {pids}/pids.current")).trim().parse().unwrap();
+    tb.ok(&format!("machine set-property f28 TasksMax={}", current + 6));
+    let out = tb.sh("machine shell f28 sh -c 'for i in $(seq 20); do sleep 4245 & done; wait'");
+    assert!(!out.success() && out.stderr.contains("fork"), "twenty processes despite TasksMax: {out}");
+    tb.ok("machine set-property f28 TasksMax=infinity");
+    // What the command left running ended with it.
+    assert_eq!(tb.sh(&processes("sleep 4245")).stdout, "");
+    wait_no_shell_left(tb);
+    // Background processes of a command that exits at once, too.
+    tb.ok("machine shell f28 sh -c 'sleep 4246 >/dev/null 2>&1 & echo started'");
+    assert_eq!(tb.sh(&processes("sleep 4246")).stdout, "");
+    wait_no_shell_left(tb);
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+}
+
+/// --setenv values and arguments reach the command literally (no $VAR or
+/// %specifier of systemd's is expanded); bad variables and callers that are
+/// not root are refused in one line, and nothing is started.
+fn shell_environment(tb: &Testbed) {
+    prepare(tb);
+    start(tb, "f28", "");
+    let out = tb.ok("machine shell --setenv='X=$HOME a' -E 'P=%n ${PATH}' f28 printenv X P");
+    assert_eq!(out, "$HOME a\n%n ${PATH}\n");
+    assert_eq!(tb.ok("machine shell f28 echo '$HOME' '${TERM}' '%n'"), "$HOME ${TERM} %n\n");
+    // TERM comes from the client; --setenv wins over it.
+    assert_eq!(tb.sh_env("machine shell f28 printenv TERM", &[("TERM", "xterm-256color")]).stdout, "xterm-256color\n");
+    assert_eq!(tb.ok("machine shell -E TERM=linux f28 printenv TERM"), "linux\n");
+    for bad in ["--setenv=NOEQUALS", "-E 1X=a", "-E 'A B=c'", "--setenv==v"] {
+        let out = tb.fails(&format!("machine shell {bad} f28 true"));
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{bad}: {out}");
+        assert!(out.stderr.contains("environment variable"), "{bad}: {out}");
+    }
+    // Past the client, wharfd checks them too, and runs nothing.
+    std::fs::write(tb.host_path("/srv/shell_call.py"), include_str!("shell_call.py")).unwrap();
+    assert_eq!(tb.ok("python3 /srv/shell_call.py f28 'X=$HOME'"), "0\n", "a good call");
+    for bad in ["NOEQUALS", "1X=a", "=v"] {
+        let out = tb.fails(&format!("python3 /srv/shell_call.py f28 'A=1' '{bad}'"));
+        assert!(out.stderr.starts_with("org.wharf1.Error.InvalidArgument: "), "{bad}: {out}");
+        assert!(out.stderr.contains("environment variable"), "{bad}: {out}");
+    }
+    let out = tb.sh_nobody("machine shell f28 true");
+    assert!(!out.success(), "{out}");
+    assert_eq!(
+        out.stderr.trim(),
+        "machine: access denied: running a command in a machine needs root (caller is uid 65534)"
+    );
+    assert_eq!(tb.ok("systemctl list-units --all --no-legend 'wharf-shell-*' | wc -l").trim(), "0");
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
 }
