@@ -283,14 +283,14 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let format = Format::new(cli.output.json);
+    let format = Format::new(&cli.output);
     let bus = system_bus().await?;
     let machine = within(MachineProxy::new(&bus)).await?;
     let show = !cli.output.quiet && !format.is_json();
     match cli.command {
         Command::ListImages => {
             let images = within(machine.list_images()).await?;
-            format.emit(&images, |images| images_table(images, false))?;
+            format.emit(&images, |images| images_table(images, false, format.legend()))?;
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
         Command::ReadOnly { image, read_only } => {
@@ -412,13 +412,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let machines = within(machine.list_machines()).await?;
             format.emit(&machines, |machines| {
                 if machines.is_empty() {
-                    return "No machines.".to_string();
+                    return if format.legend() { "No machines.".to_string() } else { String::new() };
                 }
                 let rows: Vec<Vec<String>> = machines
                     .iter()
                     .map(|m| vec![m.name.clone(), m.class.clone(), m.service.clone(), m.state.clone(), m.unit.clone()])
                     .collect();
-                table(&["MACHINE", "CLASS", "SERVICE", "STATE", "UNIT"], &rows)
+                table(&["MACHINE", "CLASS", "SERVICE", "STATE", "UNIT"], &rows, format.legend())
             })?;
         }
         Command::Status { name } => {

@@ -21,6 +21,12 @@ pub struct OutputArgs {
     /// Print nothing but errors (and no progress bars).
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Print tables without their header line (and nothing for an empty list).
+    #[arg(long, global = true)]
+    pub no_legend: bool,
+    /// Accepted as portablectl and machinectl accept it: wharf never pages.
+    #[arg(long, global = true)]
+    pub no_pager: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,13 +40,19 @@ pub enum JsonStyle {
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    Human,
+    /// Text; `legend`: tables have their header line.
+    Human { legend: bool },
     Json(JsonStyle),
 }
 
 impl Format {
-    pub fn new(json: Option<JsonStyle>) -> Format {
-        json.map_or(Format::Human, Format::Json)
+    pub fn new(output: &OutputArgs) -> Format {
+        output.json.map_or(Format::Human { legend: !output.no_legend }, Format::Json)
+    }
+
+    /// Whether tables are printed with their header line.
+    pub fn legend(self) -> bool {
+        matches!(self, Format::Human { legend: true })
     }
 
     pub fn is_json(self) -> bool {
@@ -54,7 +66,7 @@ impl Format {
             Format::Json(JsonStyle::Pretty) => {
                 serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.into()))?
             }
-            Format::Human => human(value),
+            Format::Human { .. } => human(value),
         };
         let mut stdout = std::io::stdout().lock();
         if text.is_empty() {
@@ -64,9 +76,10 @@ impl Format {
     }
 }
 
-/// Lays out rows under headers, each column as wide as its widest cell.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+/// Lays out rows under headers (printed if `legend`), each column as wide
+/// as its widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>], legend: bool) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| if legend { h.len() } else { 0 }).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -87,7 +100,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.truncate(out.trim_end().len());
         out.push('\n');
     };
-    line(&mut headers.iter().copied());
+    if legend {
+        line(&mut headers.iter().copied());
+    }
     for row in rows {
         line(&mut row.iter().map(String::as_str));
     }
@@ -96,9 +111,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The image table of `portable list` and `machine list-images`.
-pub fn images_table(images: &[ImageEntry], with_path: bool) -> String {
+pub fn images_table(images: &[ImageEntry], with_path: bool, legend: bool) -> String {
     if images.is_empty() {
-        return "No images.".to_string();
+        return if legend { "No images.".to_string() } else { String::new() };
     }
     let rows: Vec<Vec<String>> = images
         .iter()
@@ -117,7 +132,7 @@ pub fn images_table(images: &[ImageEntry], with_path: bool) -> String {
         })
         .collect();
     let headers = ["NAME", "KIND", "RO", "SIZE", "STATE", "PATH"];
-    table(&headers[..if with_path { 6 } else { 5 }], &rows)
+    table(&headers[..if with_path { 6 } else { 5 }], &rows, legend)
 }
 
 /// Sizes as people read them: 1.5K, 230.0M, 2.1G.
@@ -136,6 +151,15 @@ pub fn human_size(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    /// `--no-legend`: rows only, aligned as wide as their own cells.
+    #[test]
+    fn a_table_without_legend_has_rows_only() {
+        let rows = vec![vec!["a".to_string(), "long-kind".to_string()], vec!["bb".to_string(), "k".to_string()]];
+        assert_eq!(table(&["NAME", "KIND"], &rows, false), "a  long-kind\nbb k");
+        assert_eq!(images_table(&[], true, false), "");
+        assert_eq!(images_table(&[], true, true), "No images.");
+    }
+
     #[test]
     fn table_aligns_columns() {
         let rows = vec![
@@ -143,7 +167,7 @@ mod tests {
             vec!["x".to_string(), "directory".to_string(), "detached".to_string()],
         ];
         assert_eq!(
-            table(&["NAME", "KIND", "STATE"], &rows),
+            table(&["NAME", "KIND", "STATE"], &rows, true),
             "NAME       KIND      STATE\nfoobar.raw squashfs  attached\nx          directory detached"
         );
     }

@@ -163,7 +163,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let format = Format::new(cli.output.json);
+    let format = Format::new(&cli.output);
     let command = cli.command.unwrap_or(Command::List);
     // Inspect reads in this process and needs the bus only for erofs.
     if let Command::Inspect { image, prefixes, cat } = &command {
@@ -176,7 +176,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match command {
         Command::List => {
             let images = within(portable.list_images()).await?;
-            format.emit(&images, |images| images_table(images, true))?;
+            format.emit(&images, |images| images_table(images, true, format.legend()))?;
         }
         Command::Inspect { .. } => {} // done above
         Command::Attach { attach, batch } => {
