@@ -79,6 +79,18 @@ pub enum Error {
     StartFailed { machine: String, unit: String, reason: String },
     #[error("machine '{0}' did not stop within {1:?}")]
     StopTimeout(String, Duration),
+    #[error("machine '{machine}': {source}")]
+    Network {
+        machine: String,
+        #[source]
+        source: super::network::SpecError,
+    },
+    #[error("machine '{machine}': network: {source}")]
+    NetworkSetup {
+        machine: String,
+        #[source]
+        source: super::network::host::NetError,
+    },
     #[error("machine '{machine}': '{value}' is not a valid {what}")]
     Invalid { machine: String, what: &'static str, value: String },
     #[error("{}: {source}", path.display())]
@@ -111,6 +123,9 @@ pub struct StartRequest {
     /// How the image's files get the range's owners (auto, idmap or chown).
     pub private_users_ownership: Option<String>,
     pub network: Option<String>,
+    /// Ports forwarded to the machine, comma-separated
+    /// (`[tcp:|udp:]HOST[:MACHINE]`); `None`: those of its settings file.
+    pub ports: Option<String>,
     /// Capabilities kept beyond nspawn's default (`CAP_A,CAP_B` or `all`).
     pub capability: Option<String>,
     /// Capabilities dropped from the bounding set.
@@ -129,6 +144,7 @@ impl StartRequest {
             private_users: None,
             private_users_ownership: None,
             network: None,
+            ports: None,
             capability: None,
             drop_capability: None,
             no_new_privileges: None,
@@ -201,11 +217,22 @@ impl Machines {
                 value.parse().map_err(|_| invalid("--private-users-ownership value (auto, idmap or chown)", &value))?
             }
         };
-        let network = match request.network.or(config.network.clone()) {
+        let spec = |e: super::network::SpecError| Error::Network { machine: machine.clone(), source: e };
+        let network: Network = match request.network.or(config.network.clone()) {
             None => Network::Host,
-            Some(value) => clap::ValueEnum::from_str(&value, false)
-                .map_err(|_| invalid("--network value (host or private)", &value))?,
+            Some(value) => value.parse().map_err(spec)?,
         };
+        // Ports given at start replace the settings file's.
+        let ports = match request.ports {
+            Some(list) => super::network::parse_ports(&list).map_err(spec)?,
+            None => config.ports.clone(),
+        };
+        {
+            let (name, network, ports) = (machine.clone(), network.clone(), ports.clone());
+            zruntime::unblock(move || super::network::host::precheck(&name, &network, &ports))
+                .await
+                .map_err(|source| Error::NetworkSetup { machine: machine.clone(), source })?;
+        }
         let limits = config.merged_limits(&request.properties);
         let capabilities = |what, list: Option<String>| match list {
             None => Ok(rustix::thread::CapabilitySet::empty()),
@@ -225,6 +252,7 @@ impl Machines {
             private_users,
             private_users_ownership,
             network,
+            ports,
             capability,
             drop_capability,
             no_new_privileges,
@@ -248,6 +276,12 @@ impl Machines {
             ("SuccessExitStatus".into(), exit_statuses(&[EXIT_REBOOT.into()])),
             ("ExecStart".into(), crate::systemd::exec_start(&argv)),
         ];
+        if launch.network.has_link() {
+            // Whatever ends the launcher (a crash, SIGKILL, a failed start),
+            // the links, bridge and nftables rules it made go with the unit.
+            let cleanup = vec![LAUNCHER.to_string(), "network-cleanup".into(), format!("--machine={machine}")];
+            properties.push(("ExecStopPost".into(), crate::systemd::exec_start(&cleanup)));
+        }
         properties.extend(device_properties(kind != ImageKind::Directory));
         properties.extend(limits.iter().map(Property::to_bus));
         tracing::info!(machine, image = %image.display(), limits = limits.len(), "starting");
