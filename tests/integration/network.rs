@@ -184,22 +184,23 @@ fn veth(tb: &Testbed) {
     teardown(tb);
 }
 
-const SECOND: &str = "/var/lib/machines/f28n";
+/// The second machine of the zone (a name no `wharf-f28*` glob matches).
+const SECOND: &str = "/var/lib/machines/g28";
 
 fn zone_and_bridge(tb: &Testbed) {
     prepare(tb);
     make_outside(tb);
     tb.ok(&format!("test -d {SECOND} || cp -a /var/lib/machines/f28 {SECOND}"));
-    tb.ok("systemctl stop wharf-f28n 2>/dev/null; systemctl reset-failed wharf-f28n 2>/dev/null; true");
+    tb.ok("systemctl stop wharf-g28 2>/dev/null; systemctl reset-failed wharf-g28 2>/dev/null; true");
     serve(tb, "wt-host-http", None, 8000, "hello from the testbed");
 
     start(tb, "f28", "--network=zone:lab");
-    start(tb, "f28n", "--network=zone:lab --port=8080:80");
-    let (a, b) = (leader(tb, "f28"), leader(tb, "f28n"));
-    assert_running_inside(tb, &b, "wharf-f28n");
+    start(tb, "g28", "--network=zone:lab --port=8080:80");
+    let (a, b) = (leader(tb, "f28"), leader(tb, "g28"));
+    assert_running_inside(tb, &b, "wharf-g28");
     let bridge = tb.ok("ip -br addr show dev vz-lab");
     assert!(bridge.contains("10.247.0.1/24"), "{bridge}");
-    for link in ["vb-f28", "vb-f28n"] {
+    for link in ["vb-f28", "vb-g28"] {
         assert!(tb.ok(&format!("ip -br link show master vz-lab")).contains(link), "{link} is not on vz-lab");
     }
     let address = |leader: &str| {
@@ -222,9 +223,9 @@ fn zone_and_bridge(tb: &Testbed) {
     tb.ok("machine poweroff f28");
     assert_gone(tb, "f28");
     assert!(tb.sh("ip link show dev vz-lab").success(), "vz-lab went before its last machine");
-    assert!(tb.ok("nft list table ip wharf").contains("dnat to"), "f28n's port went with f28");
-    tb.ok("machine terminate f28n");
-    assert_gone(tb, "f28n");
+    assert!(tb.ok("nft list table ip wharf").contains("dnat to"), "g28's port went with f28");
+    tb.ok("machine terminate g28");
+    assert_gone(tb, "g28");
     assert_no_network_left(tb, "after the zone's last machine");
 
     // bridge:BR: the host end joins the bridge; host0's address is the LAN's
@@ -258,7 +259,7 @@ fn bad_input(tb: &Testbed) {
     prepare(tb);
     teardown(tb);
     tb.ok(&format!("test -d {SECOND} || cp -a /var/lib/machines/f28 {SECOND}"));
-    tb.ok("systemctl stop wharf-f28n 2>/dev/null; systemctl reset-failed wharf-f28n 2>/dev/null; true");
+    tb.ok("systemctl stop wharf-g28 2>/dev/null; systemctl reset-failed wharf-g28 2>/dev/null; true");
     refused(
         tb,
         "machine start f28 --network=vth",
@@ -293,24 +294,24 @@ fn bad_input(tb: &Testbed) {
     start(tb, "f28", "--network=veth --port=8080:80");
     refused(
         tb,
-        "machine start f28n --network=veth --port=tcp:8080",
+        "machine start g28 --network=veth --port=tcp:8080",
         "tcp port 8080 is forwarded to machine 'f28' already",
     );
-    assert_gone(tb, "f28n");
+    assert_gone(tb, "g28");
     // udp 8080 is another port.
-    start(tb, "f28n", "--network=veth --port=udp:8080");
-    tb.ok("machine poweroff f28n");
+    start(tb, "g28", "--network=veth --port=udp:8080");
+    tb.ok("machine poweroff g28");
     tb.ok("machine poweroff f28");
     assert_gone(tb, "f28");
     assert_no_network_left(tb, "after the port conflict");
     // The settings file's keys, checked before the unit exists.
-    tb.ok("mkdir -p /etc/wharf/machines && printf '[container]\\nnetwork = \"veth\"\\nport = [\"tcp:8081:80\"]\\n' > /etc/wharf/machines/f28n.toml");
-    start(tb, "f28n", "");
+    tb.ok("mkdir -p /etc/wharf/machines && printf '[container]\\nnetwork = \"veth\"\\nport = [\"tcp:8081:80\"]\\n' > /etc/wharf/machines/g28.toml");
+    start(tb, "g28", "");
     assert!(tb.ok("nft list table ip wharf").contains("tcp dport 8081 dnat to"));
-    tb.ok("machine poweroff f28n");
-    tb.ok("printf '[container]\\nnetwork = \"vth\"\\n' > /etc/wharf/machines/f28n.toml");
-    refused(tb, "machine start f28n", "/etc/wharf/machines/f28n.toml: 'vth' is not a valid --network value");
-    tb.ok("rm -f /etc/wharf/machines/f28n.toml");
-    assert_gone(tb, "f28n");
+    tb.ok("machine poweroff g28");
+    tb.ok("printf '[container]\\nnetwork = \"vth\"\\n' > /etc/wharf/machines/g28.toml");
+    refused(tb, "machine start g28", "/etc/wharf/machines/g28.toml: 'vth' is not a valid --network value");
+    tb.ok("rm -f /etc/wharf/machines/g28.toml");
+    assert_gone(tb, "g28");
     assert_no_network_left(tb, "after the settings file");
 }

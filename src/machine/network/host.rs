@@ -403,6 +403,15 @@ fn check_host(link: &str, network: &Network, ports: &[Port], others: &[(String, 
     if ifindex(link).is_some() {
         return Err(NetError::LinkExists(link.to_string()));
     }
+    if let Network::Zone(zone) = network {
+        // The zone's bridge is wharf's own, or no link of that name exists.
+        let bridge = super::zone_bridge(zone);
+        let recorded: Option<ZoneState> = read_json(&zones_dir().join(format!("{zone}.json")))?;
+        let ours = recorded.is_some_and(|state| state.bridge == bridge && ifindex(&bridge) == Some(state.ifindex));
+        if !ours && ifindex(&bridge).is_some() {
+            return Err(NetError::LinkExists(bridge));
+        }
+    }
     if let Network::Bridge(bridge) = network {
         if ifindex(bridge).is_none() {
             return Err(NetError::NoBridge(bridge.clone()));
