@@ -201,7 +201,7 @@ fn zone_and_bridge(tb: &Testbed) {
     let bridge = tb.ok("ip -br addr show dev vz-lab");
     assert!(bridge.contains("10.247.0.1/24"), "{bridge}");
     for link in ["vb-f28", "vb-g28"] {
-        assert!(tb.ok(&format!("ip -br link show master vz-lab")).contains(link), "{link} is not on vz-lab");
+        assert!(tb.ok("ip -br link show master vz-lab").contains(link), "{link} is not on vz-lab");
     }
     let address = |leader: &str| {
         let out = tb.ok(&format!("nsenter -t {leader} -n ip -4 -br addr show dev host0"));
