@@ -612,9 +612,60 @@ pub fn settings_with_limits(
     Ok((path, rendered))
 }
 
+/// Settings text (from [`settings_with_limits`]) with `network` and
+/// `port` of `[container]` set to these, where given.
+pub fn with_network(
+    path: &Path,
+    text: &str,
+    network: Option<&str>,
+    ports: Option<&[super::network::Port]>,
+) -> Result<String> {
+    let invalid = |e: String| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    };
+    let mut document: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let container = document.entry("container").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(container) = container {
+        if let Some(network) = network {
+            container.insert("network".into(), toml::Value::String(network.to_string()));
+        }
+        match ports {
+            Some([]) => {
+                container.remove("port");
+            }
+            Some(ports) => {
+                let list = ports.iter().map(|p| toml::Value::String(p.to_string())).collect();
+                container.insert("port".into(), toml::Value::Array(list));
+            }
+            None => {}
+        }
+        if container.is_empty() {
+            document.remove("container");
+        }
+    }
+    let rendered = toml::to_string(&document).map_err(|e| invalid(e.to_string()))?;
+    MachineConfig::parse(&rendered, path)?;
+    Ok(rendered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_network_settings_go_into_the_container_table() {
+        let path = Path::new("/etc/wharf/machines/f28.toml");
+        let ports = ["tcp:8080:80".parse().unwrap()];
+        let text = with_network(path, "[limits]\nTasksMax = \"100\"\n", Some("zone:lab"), Some(&ports)).unwrap();
+        let config = MachineConfig::parse(&text, path).unwrap();
+        assert_eq!(config.network.as_deref(), Some("zone:lab"));
+        assert_eq!(config.ports, ports);
+        assert_eq!(config.limits.len(), 1);
+        let kept = with_network(path, &text, None, Some(&[])).unwrap();
+        let config = MachineConfig::parse(&kept, path).unwrap();
+        assert_eq!((config.network.as_deref(), config.ports.len()), (Some("zone:lab"), 0));
+    }
 
     #[test]
     fn saved_limits_merge_into_the_settings_file() {
