@@ -314,4 +314,26 @@ fn bad_input(tb: &Testbed) {
     tb.ok("rm -f /etc/wharf/machines/g28.toml");
     assert_gone(tb, "g28");
     assert_no_network_left(tb, "after the settings file");
+
+    // A fleet file's [[machine]] network and port: kept in the settings
+    // file, used at its start; a bad one refused before anything changes.
+    let fleet = |started: bool, network: &str| {
+        format!(
+            "mkdir -p /srv/wt-fleet && printf '[[machine]]\\nname = \"g28\"\\nstarted = {started}\\n\
+             network = \"{network}\"\\nport = [\"tcp:8082:80\"]\\n' > /srv/wt-fleet/host.toml"
+        )
+    };
+    tb.ok(&fleet(true, "veth"));
+    tb.ok("machine apply /srv/wt-fleet/host.toml");
+    assert!(tb.ok("nft list table ip wharf").contains("tcp dport 8082 dnat to"));
+    let settings = tb.ok("cat /etc/wharf/machines/g28.toml");
+    assert!(settings.contains("network = \"veth\"") && settings.contains("tcp:8082:80"), "{settings}");
+    tb.ok(&fleet(false, "veth"));
+    tb.ok("machine apply /srv/wt-fleet/host.toml");
+    assert_gone(tb, "g28");
+    assert_no_network_left(tb, "after the fleet stopped its machine");
+    tb.ok(&fleet(true, "vth"));
+    refused(tb, "machine apply /srv/wt-fleet/host.toml", "'vth' is not a valid --network value");
+    assert_gone(tb, "g28");
+    tb.ok("rm -rf /srv/wt-fleet /etc/wharf/machines/g28.toml");
 }
