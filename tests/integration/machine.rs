@@ -498,7 +498,7 @@ fn bad_starts(tb: &Testbed) {
         ("machine start f28 --property=MemoryMax=lots", "machine: MemoryMax: 'lots' is not a size"),
         (
             "machine start f28 --network=bridge",
-            "machine: machine 'f28': 'bridge' is not a valid --network value (host or private)",
+            "machine: machine 'f28': 'bridge' is not a valid --network value (host, private, veth, bridge:BRIDGE or zone:ZONE)",
         ),
         (
             "machine start f28 --private-users=some",

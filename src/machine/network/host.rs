@@ -375,6 +375,14 @@ pub fn prepare(machine: &str, network: &Network, ports: &[Port]) -> Result<Optio
 /// link's name, the bridge. The launcher checks again, under the lock.
 pub fn precheck(machine: &str, network: &Network, ports: &[Port]) -> Result<()> {
     check_ports(network, ports)?;
+    if network.has_link() {
+        for tool in ["ip", "nsenter"] {
+            require_tool(tool)?;
+        }
+    }
+    if network.addressed() {
+        require_tool("nft")?;
+    }
     let Some(link) = network.host_link(machine) else {
         return Ok(());
     };
@@ -385,6 +393,16 @@ pub fn precheck(machine: &str, network: &Network, ports: &[Port]) -> Result<()> 
         return Ok(());
     }
     check_host(&link, network, ports, &other_machines(machine)?)
+}
+
+/// Refuses a network whose tool is missing on the host, before the
+/// launcher would find out half way.
+fn require_tool(tool: &'static str) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .any(|dir| dir.join(tool).is_file());
+    if found { Ok(()) } else { Err(NetError::Missing(tool)) }
 }
 
 fn check_ports(network: &Network, ports: &[Port]) -> Result<()> {
