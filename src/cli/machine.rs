@@ -113,9 +113,17 @@ pub enum Command {
         /// default), idmap (or fail), or chown (shift the image once).
         #[arg(long, value_name = "auto|idmap|chown")]
         private_users_ownership: Option<String>,
-        /// Network: host (the default) or private (only loopback).
-        #[arg(long, value_name = "host|private")]
+        /// Network: host (the default: the host's), private (only
+        /// loopback), veth (a veth pair ve-NAME/host0, addressed from
+        /// wharf's pool, masqueraded), bridge:BRIDGE (the host end joins
+        /// an existing bridge) or zone:ZONE (a bridge vz-ZONE that wharf
+        /// manages, shared by the zone's machines).
+        #[arg(long, value_name = "NETWORK")]
         network: Option<String>,
+        /// Forward a host port to the machine: [tcp:|udp:]HOST[:MACHINE]
+        /// (with --network=veth or zone:ZONE); repeatable.
+        #[arg(long = "port", value_name = "PORT")]
+        ports: Vec<String>,
         /// Capabilities kept beyond nspawn's default set (CAP_A,CAP_B or all).
         #[arg(long, value_name = "CAP[,CAP...]")]
         capability: Option<String>,
@@ -341,6 +349,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             private_users,
             private_users_ownership,
             network,
+            ports,
             capability,
             drop_capability,
             no_new_privileges,
@@ -348,7 +357,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             no_block,
         } => {
             let timeout = if no_block { 0 } else { timeout };
+            let ports = (!ports.is_empty()).then(|| ports.join(","));
             let confinement: std::collections::HashMap<String, String> = [
+                ("port", ports),
                 ("private-users-ownership", private_users_ownership),
                 ("capability", capability),
                 ("drop-capability", drop_capability),

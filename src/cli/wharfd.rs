@@ -23,4 +23,11 @@ pub enum Command {
     /// Run a command inside a running container (for `machine shell`).
     #[command(hide = true)]
     Enter(crate::machine::enter::EnterArgs),
+    /// Remove what a machine's network left on the host (its unit's ExecStopPost=).
+    #[command(hide = true)]
+    NetworkCleanup {
+        /// The machine.
+        #[arg(long, value_name = "NAME")]
+        machine: String,
+    },
 }

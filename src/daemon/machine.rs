@@ -265,6 +265,7 @@ impl MachineInterface {
             private_users: Some(private_users).filter(|s| !s.is_empty()),
             private_users_ownership: confinement.remove("private-users-ownership"),
             network: Some(network).filter(|s| !s.is_empty()),
+            ports: confinement.remove("port"),
             capability: confinement.remove("capability"),
             drop_capability: confinement.remove("drop-capability"),
             no_new_privileges,
@@ -610,11 +611,12 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
     {
         use ops::Error as E;
         match error {
-            E::Name(_) | E::Property(_) | E::Invalid { .. } => BusError::InvalidArgument(message),
+            E::Name(_) | E::Property(_) | E::Invalid { .. } | E::Network { .. } => BusError::InvalidArgument(message),
             E::Store(store) => store_bus_error(store, message),
             E::Image(image) => super::image_bus_error(image, message),
             E::Config(_) => BusError::InvalidArgument(message),
             E::Running(_) | E::Locked { .. } | E::NotOurs { .. } => BusError::Busy(message),
+            E::NetworkSetup { .. } => BusError::Conflict(message),
             E::NotRunning(_) => BusError::NoSuchImage(message),
             E::NoInit { .. } | E::CannotBoot { .. } | E::NoRootPartition { .. } => BusError::BadImage(message),
             E::Systemd { .. } | E::Machined { .. } | E::StartFailed { .. } | E::StopTimeout(..) | E::Io { .. } => {

@@ -187,6 +187,7 @@ async fn machine_states(
             let config = MachineConfig::load(&config_dir, &name).map_err(crate::machine::ops::Error::from)?;
             let mut limits: Vec<String> = config.limits.iter().map(|p| p.to_string()).collect();
             limits.sort();
+            limits.extend(crate::fleet::plan::network_words(config.network.as_deref(), Some(&config.ports)));
             Ok((present, limits))
         })
         .await?;
@@ -648,6 +649,8 @@ fn build_transaction(
                 let want = machine_wants.iter().find(|w| &w.name == machine).expect("planned from the file");
                 let dir = machine_config_dir.ok_or_else(|| Error::Machine("machines are not managed here".into()))?;
                 let (path, text) = settings_with_limits(dir, machine, &want.limits, true)?;
+                let text =
+                    crate::machine::ops::with_network(&path, &text, want.network.as_deref(), want.ports.as_deref())?;
                 std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
                 tx.write(path, text, 0o644);
             }

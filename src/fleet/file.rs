@@ -15,6 +15,8 @@
 //! name = "f28"
 //! source = "/srv/images/f28.tar.xz"    # imported when the image is missing
 //! started = true
+//! network = "zone:lab"                # kept in its settings file, with
+//! port = ["tcp:8080:80"]               # the limits (wharf-machine.toml(5))
 //! [machine.limits]
 //! MemoryMax = "512M"
 //! ```
@@ -86,6 +88,16 @@ struct MachineEntry {
     enabled: bool,
     #[serde(default)]
     limits: BTreeMap<String, Scalar>,
+    network: Option<String>,
+    port: Option<Ports>,
+}
+
+/// `port = "tcp:8080:80"` or `port = ["tcp:8080:80", "udp:53"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Ports {
+    One(String),
+    List(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +135,10 @@ pub struct MachineWant {
     pub started: bool,
     pub enabled: bool,
     pub limits: Vec<Property>,
+    /// `network` of its settings file; `None`: left as the file has it.
+    pub network: Option<String>,
+    /// `port` of its settings file; `None`: left as the file has it.
+    pub ports: Option<Vec<crate::machine::network::Port>>,
 }
 
 /// A parsed and checked fleet file.
@@ -231,12 +247,26 @@ impl FleetFile {
             if machines.iter().any(|m: &MachineWant| m.name == entry.name) {
                 return Err(context("the machine is listed twice".into()));
             }
+            if let Some(network) = &entry.network {
+                network.parse::<crate::machine::network::Network>().map_err(|e| context(e.to_string()))?;
+            }
+            let ports = match entry.port {
+                None => None,
+                Some(Ports::One(port)) => Some(vec![port]),
+                Some(Ports::List(ports)) => Some(ports),
+            };
+            let ports = ports
+                .map(|ports| ports.iter().map(|p| p.parse()).collect::<Result<Vec<_>, _>>())
+                .transpose()
+                .map_err(|e: crate::machine::network::SpecError| context(e.to_string()))?;
             machines.push(MachineWant {
                 name: entry.name,
                 source: entry.source,
                 started: entry.started,
                 enabled: entry.enabled,
                 limits,
+                network: entry.network,
+                ports,
             });
         }
         Ok(FleetFile { portables, machines })
@@ -296,6 +326,8 @@ image = "other"
 name = "f28"
 source = "/srv/images/f28.tar.xz"
 started = true
+network = "zone:lab"
+port = ["tcp:8080:80"]
 [machine.limits]
 MemoryMax = "512M"
 "#;
@@ -316,6 +348,8 @@ MemoryMax = "512M"
             ("default", false, DEFAULT_START_TIMEOUT)
         );
         assert_eq!(fleet.machines[0].limits.len(), 1);
+        assert_eq!(fleet.machines[0].network.as_deref(), Some("zone:lab"));
+        assert_eq!(fleet.machines[0].ports.as_ref().map(Vec::len), Some(1));
     }
 
     #[test]
@@ -334,6 +368,11 @@ MemoryMax = "512M"
         assert!(error("[[portable]]\nimage = \"x\"\nsha256 = \"abc\"\n").contains("is not 64 hex digits"));
         assert!(error("[[portable]]\nimage = \"x\"\n[[portable]]\nimage = \"x\"\n").contains("listed twice"));
         assert!(error("[[machine]]\nname = \"bad name\"\n").contains("machine name 'bad name' contains ' '"));
+        assert_eq!(
+            error("[[machine]]\nname = \"f28\"\nnetwork = \"vth\"\n"),
+            "fleet.toml: [[machine]] #1 (f28): 'vth' is not a valid --network value (host, private, veth, bridge:BRIDGE or zone:ZONE)"
+        );
+        assert!(error("[[machine]]\nname = \"f28\"\nport = [\"0\"]\n").contains("'0' is not a valid --port value"));
         assert!(error("[[portable]]\nimage = \"x\"\nstart-timeout = \"soon\"\n").contains("is not a duration"));
     }
 

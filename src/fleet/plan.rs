@@ -421,8 +421,22 @@ pub struct MachineState {
     pub image_present: bool,
     pub running: bool,
     pub enabled: bool,
-    /// The limits of its settings file, as `Key=Value` words, sorted.
+    /// The limits of its settings file, as `Key=Value` words, sorted, and
+    /// its `network=` and `port=` (the ports joined by commas) if it has them.
     pub saved_limits: Vec<String>,
+}
+
+/// The words of [`MachineState::saved_limits`] for a machine's network
+/// settings (after its limits).
+pub fn network_words(network: Option<&str>, ports: Option<&[crate::machine::network::Port]>) -> Vec<String> {
+    let mut words = Vec::new();
+    if let Some(network) = network {
+        words.push(format!("network={network}"));
+    }
+    if let Some(ports) = ports.filter(|p| !p.is_empty()) {
+        words.push(format!("port={}", crate::machine::network::format_ports(ports)));
+    }
+    words
 }
 
 /// Plans the machine part of an apply: machines the file does not list are
@@ -444,7 +458,13 @@ pub fn plan_machines(wants: &[MachineWant], host: &[MachineState]) -> Result<Vec
         }
         let mut limits: Vec<String> = want.limits.iter().map(|p| p.to_string()).collect();
         limits.sort();
-        if limits != now.saved_limits {
+        limits.extend(network_words(want.network.as_deref(), want.ports.as_deref()));
+        // What the fleet file does not say of the network is the settings file's.
+        let mut saved = now.saved_limits.clone();
+        saved.retain(|w| {
+            !(w.starts_with("network=") && want.network.is_none() || w.starts_with("port=") && want.ports.is_none())
+        });
+        if limits != saved {
             steps.push(Step::SetLimits { machine: name.clone(), limits });
         }
         match (want.enabled, now.enabled) {
@@ -635,7 +655,25 @@ mod tests {
             started,
             enabled: false,
             limits: limits.iter().map(|l| crate::machine::property::Property::parse(l).unwrap()).collect(),
+            network: None,
+            ports: None,
         }
+    }
+
+    #[test]
+    fn a_machines_network_is_kept_with_its_limits() {
+        let mut want = machine("f28", false, &[]);
+        want.network = Some("veth".into());
+        want.ports = Some(vec!["8080:80".parse().unwrap()]);
+        let now = MachineState { name: "f28".into(), image_present: true, ..MachineState::default() };
+        let steps = plan_machines(std::slice::from_ref(&want), std::slice::from_ref(&now)).unwrap();
+        assert_eq!(steps[0].to_string(), "set limits of machine f28: network=veth port=tcp:8080:80");
+        let saved =
+            MachineState { saved_limits: vec!["network=veth".into(), "port=tcp:8080:80".into()], ..now.clone() };
+        assert!(plan_machines(std::slice::from_ref(&want), std::slice::from_ref(&saved)).unwrap().is_empty());
+        // Unsaid in the fleet file: the settings file's network stays.
+        let silent = machine("f28", false, &[]);
+        assert!(plan_machines(&[silent], &[saved]).unwrap().is_empty());
     }
 
     #[test]

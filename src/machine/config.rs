@@ -9,7 +9,8 @@
 //!
 //! [container]
 //! private-users = "pick"   # pick, no, or a UID
-//! network = "private"      # host or private
+//! network = "veth"         # host, private, veth, bridge:BR or zone:ZONE
+//! port = ["tcp:8080:80"]   # [tcp:|udp:]HOST[:MACHINE], veth and zone only
 //! capability = ["CAP_SYS_TIME"]         # or "CAP_A,CAP_B", or "all"
 //! drop-capability = ["CAP_SYS_ADMIN"]
 //! no-new-privileges = true
@@ -56,9 +57,18 @@ enum LimitValue {
 struct ContainerSection {
     private_users: Option<String>,
     network: Option<String>,
+    port: Option<PortList>,
     capability: Option<CapabilityList>,
     drop_capability: Option<CapabilityList>,
     no_new_privileges: Option<bool>,
+}
+
+/// Ports in TOML: `"tcp:8080:80"` or `["tcp:8080:80", "udp:53"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum PortList {
+    One(String),
+    List(Vec<String>),
 }
 
 /// Capabilities in TOML: `"CAP_A,CAP_B"` or `["CAP_A", "CAP_B"]`.
@@ -97,6 +107,8 @@ pub struct MachineConfig {
     pub limits: Vec<Property>,
     pub private_users: Option<String>,
     pub network: Option<String>,
+    /// `port` of `[container]`.
+    pub ports: Vec<super::network::Port>,
     /// `capability` of `[container]`, as a comma-separated list.
     pub capability: Option<String>,
     pub drop_capability: Option<String>,
@@ -124,10 +136,22 @@ impl MachineConfig {
         }
         let container = layout.container;
         let list = |value: Option<CapabilityList>, key| value.map(|v| v.checked(key, path)).transpose();
+        let invalid =
+            |e: super::network::SpecError| ConfigError::Invalid { path: path.to_path_buf(), reason: e.to_string() };
+        if let Some(network) = &container.network {
+            network.parse::<super::network::Network>().map_err(invalid)?;
+        }
+        let ports = match container.port {
+            None => Vec::new(),
+            Some(PortList::One(port)) => vec![port],
+            Some(PortList::List(ports)) => ports,
+        };
+        let ports = ports.iter().map(|p| p.parse()).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
         Ok(MachineConfig {
             limits,
             private_users: container.private_users,
             network: container.network,
+            ports,
             capability: list(container.capability, "capability")?,
             drop_capability: list(container.drop_capability, "drop-capability")?,
             no_new_privileges: container.no_new_privileges,
@@ -186,6 +210,22 @@ mod tests {
             error,
             "/etc/wharf/machines/f28.toml: capability: 'CAP_NOPE' is not a capability (CAP_SYS_ADMIN, ... or all)"
         );
+    }
+
+    #[test]
+    fn network_keys_parse() {
+        let text = "[container]\nnetwork = \"zone:lab\"\nport = [\"tcp:8080:80\", \"udp:53\"]\n";
+        let config = MachineConfig::parse(text, Path::new("f28.toml")).unwrap();
+        assert_eq!(config.network.as_deref(), Some("zone:lab"));
+        assert_eq!(crate::machine::network::format_ports(&config.ports), "tcp:8080:80,udp:53:53");
+        let one = MachineConfig::parse("[container]\nport = \"8080\"\n", Path::new("f28.toml")).unwrap();
+        assert_eq!(one.ports.len(), 1);
+        let error = |text: &str| MachineConfig::parse(text, Path::new("f28.toml")).unwrap_err().to_string();
+        assert_eq!(
+            error("[container]\nnetwork = \"vth\"\n"),
+            "f28.toml: 'vth' is not a valid --network value (host, private, veth, bridge:BRIDGE or zone:ZONE)"
+        );
+        assert!(error("[container]\nport = \"99999\"\n").contains("'99999' is not a valid --port value"));
     }
 
     #[test]

@@ -73,6 +73,11 @@ pub(crate) struct Plan {
     /// Host UID (and GID) of the container's root; `None`: no user namespace.
     pub base: Option<u32>,
     pub private_network: bool,
+    /// Wait, once the network namespace exists, until the launcher has
+    /// put the veth pair's end into it.
+    pub wait_for_network: bool,
+    /// The machine's resolv.conf, bound over the image's (a regular file).
+    pub resolv_conf: Option<String>,
     /// The init's capability bounding set (see `capability::bounding_set`).
     pub capabilities: CapabilitySet,
     /// Whether the init runs with no_new_privs set.
@@ -227,6 +232,13 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
     File::create(&inaccessible).map_err(step("creating /run/host/inaccessible"))?;
     std::fs::set_permissions(&inaccessible, std::fs::Permissions::from_mode(0o000))
         .map_err(step("chmod /run/host/inaccessible"))?;
+    if let Some(text) = &plan.resolv_conf {
+        let path = host.join("resolv.conf");
+        std::fs::write(&path, text).map_err(step("writing /run/host/resolv.conf"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(step("chmod /run/host/resolv.conf"))?;
+        chown_to(&path, plan.base)?;
+    }
     let manager = host.join("container-manager");
     std::fs::write(&manager, "wharf\n").map_err(step("writing /run/host/container-manager"))?;
     chown_to(&manager, plan.base)?;
@@ -276,6 +288,14 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
         setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(step("setresgid(0)"))?;
         setgroups(&[]).map_err(step("setgroups"))?;
         setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(step("setresuid(0)"))?;
+    }
+    if plan.wait_for_network {
+        report(&channels.report, "netns");
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(&channels.go, &mut byte) {
+            Ok(1) => {}
+            other => return Err(step("waiting for the network")(format!("{other:?}"))),
+        }
     }
     match sys::fork().map_err(step("forking the init"))? {
         Forked::Child => {
@@ -334,6 +354,16 @@ fn init(plan: &Plan) -> Result<Infallible, StepError> {
     )?;
     mount_fs("tmpfs", Path::new("/dev/shm"), "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
     mount_fs("mqueue", Path::new("/dev/mqueue"), "mqueue", api, None)?;
+    if plan.resolv_conf.is_some() {
+        // As nspawn's --resolv-conf=auto, but bound rather than copied, so
+        // the image is not changed. Looked up after pivot_root: a symlink
+        // in the image resolves inside it. A symlink (to resolved's file,
+        // say) or no file is left to the image.
+        let target = Path::new("/etc/resolv.conf");
+        if std::fs::symlink_metadata(target).is_ok_and(|m| m.is_file()) {
+            bind(&Path::new(INACCESSIBLE).with_file_name("resolv.conf"), target, MsFlags::empty())?;
+        }
+    }
     sethostname(&plan.name).map_err(step("setting the host name"))?;
 
     setsid().map_err(step("setsid"))?;

@@ -58,15 +58,8 @@ use super::raw::{RawError, RawImage};
 use super::sys::{self, Forked};
 use super::uid_range::{self, HeldRange, PrivateUsers, RangeError};
 
-/// The container's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Network {
-    /// The host's network namespace.
-    Host,
-    /// A new network namespace with only a loopback device (which the
-    /// container's systemd brings up).
-    Private,
-}
+pub use super::network::Network;
+use super::network::Port;
 
 /// Options of `wharfd launch`: what wharfd decides for a start, carried to
 /// the launcher in its unit's `ExecStart=` ([`LaunchArgs::command_line`])
@@ -91,9 +84,12 @@ pub struct LaunchArgs {
     /// `auto` (idmap where the kernel and file system allow it, else chown).
     #[arg(long, default_value = "auto", value_name = "auto|idmap|chown")]
     pub private_users_ownership: Ownership,
-    /// The container's network.
-    #[arg(long, value_enum, default_value = "host")]
+    /// The container's network: host, private, veth, bridge:BRIDGE or zone:ZONE.
+    #[arg(long, default_value = "host", value_name = "NETWORK", value_parser = parse_network)]
     pub network: Network,
+    /// A port forwarded to the machine ([tcp:|udp:]HOST[:MACHINE]); repeatable.
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
+    pub ports: Vec<Port>,
     /// Capabilities kept beyond nspawn's default set (CAP_A,CAP_B or all).
     #[arg(long, default_value = "", value_name = "CAP[,CAP...]", value_parser = parse_capabilities)]
     pub capability: CapabilitySet,
@@ -125,17 +121,25 @@ impl LaunchArgs {
         if let Some(image) = &self.image {
             argv.push(format!("--image={}", path(image)?));
         }
-        let network = clap::ValueEnum::to_possible_value(&self.network).expect("no network value is skipped");
         argv.extend([
             format!("--private-users={}", self.private_users),
             format!("--private-users-ownership={}", self.private_users_ownership),
-            format!("--network={}", network.get_name()),
+            format!("--network={}", self.network),
             format!("--capability={}", capability::format(self.capability)),
             format!("--drop-capability={}", capability::format(self.drop_capability)),
             format!("--no-new-privileges={}", if self.no_new_privileges { "yes" } else { "no" }),
         ]);
+        argv.extend(self.ports.iter().map(|port| format!("--port={port}")));
         Ok(argv)
     }
+}
+
+fn parse_network(value: &str) -> Result<Network, String> {
+    value.parse().map_err(|e: super::network::SpecError| e.to_string())
+}
+
+fn parse_port(value: &str) -> Result<Port, String> {
+    value.parse().map_err(|e: super::network::SpecError| e.to_string())
 }
 
 fn parse_capabilities(list: &str) -> Result<CapabilitySet, String> {
@@ -207,6 +211,8 @@ pub enum Reason {
     Register(#[source] zbus::Error),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error("network: {0}")]
+    Network(#[from] super::network::host::NetError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Reason {
@@ -306,6 +312,12 @@ pub fn launch(args: &LaunchArgs) -> Result<Outcome, LaunchError> {
     let lock = locked.transpose().map_err(fail)?;
     let init = find_init(&image.view()).map_err(fail)?;
     let outcome = supervise(&name, &image, &init, args).map_err(fail);
+    // The unit's ExecStopPost= does the same for a launcher that was killed.
+    if args.network.has_link()
+        && let Err(e) = super::network::host::cleanup(name.as_str())
+    {
+        tracing::warn!("removing the network of machine '{name}': {e} (the unit's ExecStopPost= tries again)");
+    }
     // A raw image's loop device is gone once this returns, then its lock.
     drop(image);
     drop(lock);
@@ -467,6 +479,13 @@ fn throwaway_userns(base: u32) -> std::io::Result<File> {
     }
 }
 
+/// The machine's /etc/resolv.conf (see [`super::network::resolv_conf`]).
+fn host_resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstream = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+    super::network::resolv_conf(&host, upstream.as_deref())
+}
+
 /// Maps IDs 0..65536 of `pid`'s user namespace to `base`.. on the host.
 fn write_id_maps(pid: Pid, base: u32) -> std::io::Result<()> {
     let map = format!("0 {base} {}\n", uid_range::RANGE_SIZE);
@@ -544,6 +563,11 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
 
     let users = prepare_users(name, image, args)?;
     let base = users.as_ref().map(|u| u.range.base);
+    let network = super::network::host::prepare(name.as_str(), &args.network, &args.ports)?;
+    if let Some(network) = &network {
+        tracing::info!("network: {network}");
+    }
+    let resolv_conf = args.network.addressed().then(host_resolv_conf);
     let host_cgroups = HostCgroups::detect().map_err(io("reading the host's cgroups"))?;
     let payload_cgroups = cgroup::split(&host_cgroups, base)?;
     let console = open_console(base)?;
@@ -574,8 +598,10 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
         root: root.clone(),
         root_tree,
         base,
-        private_network: args.network == Network::Private,
-        capabilities: capability::bounding_set(args.network == Network::Private, args.capability, args.drop_capability),
+        private_network: args.network.private(),
+        wait_for_network: network.is_some(),
+        resolv_conf,
+        capabilities: capability::bounding_set(args.network.private(), args.capability, args.drop_capability),
         no_new_privileges: args.no_new_privileges,
         payload_cgroups,
         cgroup_mounts: host_cgroups.container_mounts(),
@@ -592,7 +618,7 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
     // and the idmapped tree alive.
     drop((plan, report_write, go_read));
 
-    let running = start(outer, base, report_read, go_write);
+    let running = start(outer, base, network.as_ref(), report_read, go_write);
     if matches!(image, Image::Raw(_)) {
         // Only the container side's mount namespace uses it.
         let _ = std::fs::remove_dir(&root);
@@ -616,7 +642,13 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
 
 /// Follows the container side's reports until its init has exec'd; writes
 /// the ID maps when asked. Returns the container's processes.
-fn start(outer: Pid, base: Option<u32>, report: OwnedFd, go: OwnedFd) -> Result<Running, Reason> {
+fn start(
+    outer: Pid,
+    base: Option<u32>,
+    network: Option<&super::network::host::Prepared>,
+    report: OwnedFd,
+    go: OwnedFd,
+) -> Result<Running, Reason> {
     let mut lines = BufReader::new(File::from(report)).lines();
     // The next report; `None` once every writer has closed the pipe.
     let mut next = || -> Result<Option<String>, Reason> {
@@ -640,6 +672,16 @@ fn start(outer: Pid, base: Option<u32>, report: OwnedFd, go: OwnedFd) -> Result<
                 other => return Err(unexpected(other)),
             }
             write_id_maps(outer, base).map_err(io("writing the container's UID/GID maps"))?;
+            nix::unistd::write(&go, b"1").map_err(sys_err("releasing the container"))?;
+        }
+        if let Some(network) = network {
+            // The container's network namespace exists now: its end of
+            // the veth pair goes in, configured, before its init runs.
+            match next()? {
+                Some(line) if line == "netns" => {}
+                other => return Err(unexpected(other)),
+            }
+            super::network::host::attach(network, outer.as_raw())?;
             nix::unistd::write(&go, b"1").map_err(sys_err("releasing the container"))?;
         }
         let line = next()?;
@@ -862,6 +904,7 @@ mod tests {
             private_users: PrivateUsers::Pick,
             private_users_ownership: Ownership::Auto,
             network: Network::Host,
+            ports: Vec::new(),
             capability: CapabilitySet::empty(),
             drop_capability: CapabilitySet::SYS_ADMIN,
             no_new_privileges: true,
@@ -883,7 +926,8 @@ mod tests {
             image: Some(PathBuf::from("/var/lib/machines/f29.raw")),
             private_users: PrivateUsers::Base(1_835_008),
             private_users_ownership: Ownership::Chown,
-            network: Network::Private,
+            network: Network::Zone("lab".into()),
+            ports: vec!["tcp:8080:80".parse().unwrap(), "udp:53".parse().unwrap()],
             capability: capability::all(),
             drop_capability: CapabilitySet::empty(),
             no_new_privileges: false,

@@ -16,6 +16,8 @@
 //! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`],
 //!   [`capability`]: the parts that decide things (and are tested without
 //!   root),
+//! - [`network`]: `--network` and `--port`: veth pairs, zones, bridges,
+//!   addresses, nftables rules,
 //! - [`status`]: what `machine status` shows beyond machined's record,
 //! - [`seccomp`]: the system call filter of a machine's init, and
 //! - `sys`: the few kernel calls that need `unsafe`.
@@ -31,6 +33,7 @@ pub mod init;
 pub mod launcher;
 pub mod lock;
 pub mod name;
+pub mod network;
 pub mod notify;
 pub mod ops;
 pub mod ownership;

@@ -79,6 +79,18 @@ pub enum Error {
     StartFailed { machine: String, unit: String, reason: String },
     #[error("machine '{0}' did not stop within {1:?}")]
     StopTimeout(String, Duration),
+    #[error("machine '{machine}': {source}")]
+    Network {
+        machine: String,
+        #[source]
+        source: super::network::SpecError,
+    },
+    #[error("machine '{machine}': network: {source}")]
+    NetworkSetup {
+        machine: String,
+        #[source]
+        source: super::network::host::NetError,
+    },
     #[error("machine '{machine}': '{value}' is not a valid {what}")]
     Invalid { machine: String, what: &'static str, value: String },
     #[error("{}: {source}", path.display())]
@@ -111,6 +123,9 @@ pub struct StartRequest {
     /// How the image's files get the range's owners (auto, idmap or chown).
     pub private_users_ownership: Option<String>,
     pub network: Option<String>,
+    /// Ports forwarded to the machine, comma-separated
+    /// (`[tcp:|udp:]HOST[:MACHINE]`); `None`: those of its settings file.
+    pub ports: Option<String>,
     /// Capabilities kept beyond nspawn's default (`CAP_A,CAP_B` or `all`).
     pub capability: Option<String>,
     /// Capabilities dropped from the bounding set.
@@ -129,6 +144,7 @@ impl StartRequest {
             private_users: None,
             private_users_ownership: None,
             network: None,
+            ports: None,
             capability: None,
             drop_capability: None,
             no_new_privileges: None,
@@ -201,11 +217,22 @@ impl Machines {
                 value.parse().map_err(|_| invalid("--private-users-ownership value (auto, idmap or chown)", &value))?
             }
         };
-        let network = match request.network.or(config.network.clone()) {
+        let spec = |e: super::network::SpecError| Error::Network { machine: machine.clone(), source: e };
+        let network: Network = match request.network.or(config.network.clone()) {
             None => Network::Host,
-            Some(value) => clap::ValueEnum::from_str(&value, false)
-                .map_err(|_| invalid("--network value (host or private)", &value))?,
+            Some(value) => value.parse().map_err(spec)?,
         };
+        // Ports given at start replace the settings file's.
+        let ports = match request.ports {
+            Some(list) => super::network::parse_ports(&list).map_err(spec)?,
+            None => config.ports.clone(),
+        };
+        {
+            let (name, network, ports) = (machine.clone(), network.clone(), ports.clone());
+            zruntime::unblock(move || super::network::host::precheck(&name, &network, &ports))
+                .await
+                .map_err(|source| Error::NetworkSetup { machine: machine.clone(), source })?;
+        }
         let limits = config.merged_limits(&request.properties);
         let capabilities = |what, list: Option<String>| match list {
             None => Ok(rustix::thread::CapabilitySet::empty()),
@@ -225,6 +252,7 @@ impl Machines {
             private_users,
             private_users_ownership,
             network,
+            ports,
             capability,
             drop_capability,
             no_new_privileges,
@@ -248,6 +276,12 @@ impl Machines {
             ("SuccessExitStatus".into(), exit_statuses(&[EXIT_REBOOT.into()])),
             ("ExecStart".into(), crate::systemd::exec_start(&argv)),
         ];
+        if launch.network.has_link() {
+            // Whatever ends the launcher (a crash, SIGKILL, a failed start),
+            // the links, bridge and nftables rules it made go with the unit.
+            let cleanup = vec![LAUNCHER.to_string(), "network-cleanup".into(), format!("--machine={machine}")];
+            properties.push(("ExecStopPost".into(), crate::systemd::exec_start(&cleanup)));
+        }
         properties.extend(device_properties(kind != ImageKind::Directory));
         properties.extend(limits.iter().map(Property::to_bus));
         tracing::info!(machine, image = %image.display(), limits = limits.len(), "starting");
@@ -613,9 +647,60 @@ pub fn settings_with_limits(
     Ok((path, rendered))
 }
 
+/// Settings text (from [`settings_with_limits`]) with `network` and
+/// `port` of `[container]` set to these, where given.
+pub fn with_network(
+    path: &Path,
+    text: &str,
+    network: Option<&str>,
+    ports: Option<&[super::network::Port]>,
+) -> Result<String> {
+    let invalid = |e: String| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    };
+    let mut document: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let container = document.entry("container").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(container) = container {
+        if let Some(network) = network {
+            container.insert("network".into(), toml::Value::String(network.to_string()));
+        }
+        match ports {
+            Some([]) => {
+                container.remove("port");
+            }
+            Some(ports) => {
+                let list = ports.iter().map(|p| toml::Value::String(p.to_string())).collect();
+                container.insert("port".into(), toml::Value::Array(list));
+            }
+            None => {}
+        }
+        if container.is_empty() {
+            document.remove("container");
+        }
+    }
+    let rendered = toml::to_string(&document).map_err(|e| invalid(e.to_string()))?;
+    MachineConfig::parse(&rendered, path)?;
+    Ok(rendered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_network_settings_go_into_the_container_table() {
+        let path = Path::new("/etc/wharf/machines/f28.toml");
+        let ports = ["tcp:8080:80".parse().unwrap()];
+        let text = with_network(path, "[limits]\nTasksMax = \"100\"\n", Some("zone:lab"), Some(&ports)).unwrap();
+        let config = MachineConfig::parse(&text, path).unwrap();
+        assert_eq!(config.network.as_deref(), Some("zone:lab"));
+        assert_eq!(config.ports, ports);
+        assert_eq!(config.limits.len(), 1);
+        let kept = with_network(path, &text, None, Some(&[])).unwrap();
+        let config = MachineConfig::parse(&kept, path).unwrap();
+        assert_eq!((config.network.as_deref(), config.ports.len()), (Some("zone:lab"), 0));
+    }
 
     #[test]
     fn saved_limits_merge_into_the_settings_file() {

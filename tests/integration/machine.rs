@@ -44,14 +44,14 @@ const UNIT_PROPERTIES: &str = "--slice=machine.slice -p Delegate=yes -p Type=not
 
 /// `machine start`: wharfd makes the unit and starts the launcher in it;
 /// returns when the container reported ready.
-fn start(tb: &Testbed, machine: &str, options: &str) {
+pub(crate) fn start(tb: &Testbed, machine: &str, options: &str) {
     let out = tb.ok(&format!("machine start {machine} {options}"));
     assert_eq!(out.trim(), format!("Machine {machine} is running (wharf-{machine}.service); its init reported ready."));
 }
 
 /// Puts the f28 image at /var/lib/machines/f28 (once) and makes sure no
 /// earlier test left its unit behind.
-fn prepare(tb: &Testbed) {
+pub(crate) fn prepare(tb: &Testbed) {
     if !tb.host_path(&format!("{IMAGE}/etc/os-release")).exists() {
         let tarball = images::f28_tarball().expect("the f28 image");
         let dir = tb.host_path(IMAGE);
@@ -65,7 +65,7 @@ fn prepare(tb: &Testbed) {
     );
 }
 
-fn leader(tb: &Testbed, machine: &str) -> String {
+pub(crate) fn leader(tb: &Testbed, machine: &str) -> String {
     let pid = tb.ok(&format!("machinectl show {machine} -p Leader --value")).trim().to_string();
     assert!(pid.parse::<u32>().is_ok_and(|p| p > 1), "leader of {machine}: {pid:?}");
     pid
@@ -74,7 +74,7 @@ fn leader(tb: &Testbed, machine: &str) -> String {
 /// `systemctl is-system-running` inside; on anything but `running`, the
 /// failed units and the container's console are in the panic message.
 #[track_caller]
-fn assert_running_inside(tb: &Testbed, leader: &str, unit: &str) {
+pub(crate) fn assert_running_inside(tb: &Testbed, leader: &str, unit: &str) {
     let state = tb.sh(&format!("nsenter -t {leader} -a systemctl is-system-running")).stdout.trim().to_string();
     if state != "running" {
         let failed = tb.sh(&format!("nsenter -t {leader} -a systemctl --failed --no-legend --plain")).stdout;
@@ -355,7 +355,7 @@ fn bad_input(tb: &Testbed) {
 
 /// No unit, scope or machine of `machine` is left.
 #[track_caller]
-fn assert_gone(tb: &Testbed, machine: &str) {
+pub(crate) fn assert_gone(tb: &Testbed, machine: &str) {
     let units = tb.ok(&format!("systemctl list-units --all --no-legend --plain 'wharf-{machine}*' | wc -l"));
     assert_eq!(units.trim(), "0", "units of {machine} left");
     let machines = tb.ok("machinectl list --no-legend");
@@ -501,7 +501,7 @@ fn bad_starts(tb: &Testbed) {
         ("machine start f28 --property=MemoryMax=lots", "machine: MemoryMax: 'lots' is not a size"),
         (
             "machine start f28 --network=bridge",
-            "machine: machine 'f28': 'bridge' is not a valid --network value (host or private)",
+            "machine: machine 'f28': 'bridge' is not a valid --network value (host, private, veth, bridge:BRIDGE or zone:ZONE)",
         ),
         (
             "machine start f28 --private-users=some",

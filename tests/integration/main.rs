@@ -16,6 +16,7 @@ mod fleet;
 mod foundation;
 mod images;
 mod machine;
+mod network;
 mod packaging;
 mod portable;
 mod security;
@@ -98,6 +99,7 @@ fn main() -> ExitCode {
     trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(machine::trials(&shared));
+    trials.extend(network::trials(&shared));
     trials.extend(confinement::trials(&shared));
     trials.extend(fleet::trials(&shared));
     trials.extend(ansible::trials(&shared));

@@ -66,15 +66,32 @@ impl Release {
 
     /// Packages of the testbed root: systemd as PID 1 with dbus,
     /// systemd-container for machined and the reference portablectl/machinectl,
-    /// and python3 so that Ansible can manage testbeds as hosts.
+    /// python3 so that Ansible can manage testbeds as hosts, and nftables
+    /// for the port forwarding and masquerading of machines on veth and zones.
     pub fn packages(self) -> &'static [&'static str] {
         match self {
-            Release::Bookworm => {
-                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod", "python3"]
-            }
-            Release::Trixie => {
-                &["systemd", "systemd-sysv", "dbus", "systemd-container", "iproute2", "util-linux", "kmod", "python3"]
-            }
+            Release::Bookworm => &[
+                "systemd",
+                "systemd-sysv",
+                "dbus",
+                "systemd-container",
+                "iproute2",
+                "util-linux",
+                "kmod",
+                "python3",
+                "nftables",
+            ],
+            Release::Trixie => &[
+                "systemd",
+                "systemd-sysv",
+                "dbus",
+                "systemd-container",
+                "iproute2",
+                "util-linux",
+                "kmod",
+                "python3",
+                "nftables",
+            ],
         }
     }
 }
