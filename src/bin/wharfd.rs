@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     match args.command {
         Some(Command::Launch(launch)) => return wharf::machine::launcher::main(launch),
         Some(Command::Enter(enter)) => return wharf::machine::enter::main(enter),
+        Some(Command::Files(files)) => return wharf::machine::files::main(files),
         None => {}
     }
     wharf::logging::init_daemon();

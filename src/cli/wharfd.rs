@@ -23,4 +23,8 @@ pub enum Command {
     /// Run a command inside a running container (for `machine shell`).
     #[command(hide = true)]
     Enter(crate::machine::enter::EnterArgs),
+    /// Bind or copy files between the host and a running container (for
+    /// `machine bind`, `copy-to`, `copy-from`).
+    #[command(hide = true)]
+    Files(crate::machine::files::FilesArgs),
 }

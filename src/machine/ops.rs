@@ -11,6 +11,7 @@ use zbus_systemd::machine1::ManagerProxy as Machined;
 
 use super::capability;
 use super::config::{CONFIG_DIR, MachineConfig};
+use super::files::BindSpec;
 use super::init::{EXIT_REBOOT, INITS};
 use super::launcher::{LaunchArgs, Network};
 use super::name::validate;
@@ -116,6 +117,9 @@ pub struct StartRequest {
     /// Capabilities dropped from the bounding set.
     pub drop_capability: Option<String>,
     pub no_new_privileges: Option<bool>,
+    /// Bind mounts from the host (`--bind=`, `--bind-ro=`), after those of
+    /// the machine's settings file.
+    pub binds: Vec<BindSpec>,
     /// How long to wait for the container's init to report ready.
     pub ready_timeout: Duration,
 }
@@ -132,6 +136,7 @@ impl StartRequest {
             capability: None,
             drop_capability: None,
             no_new_privileges: None,
+            binds: Vec::new(),
             ready_timeout,
         }
     }
@@ -215,6 +220,7 @@ impl Machines {
         let drop_capability =
             capabilities("--drop-capability value", request.drop_capability.or(config.drop_capability.clone()))?;
         let no_new_privileges = request.no_new_privileges.or(config.no_new_privileges).unwrap_or(false);
+        let binds: Vec<BindSpec> = config.binds.iter().cloned().chain(request.binds).collect();
 
         let (directory, image_file) =
             if kind == ImageKind::Directory { (Some(image.clone()), None) } else { (None, Some(image.clone())) };
@@ -228,8 +234,10 @@ impl Machines {
             capability,
             drop_capability,
             no_new_privileges,
+            binds,
         };
-        let argv = launch.command_line(LAUNCHER).map_err(|e| invalid("image path", &e.0.display().to_string()))?;
+        let argv =
+            launch.command_line(LAUNCHER).map_err(|e| invalid("path (not UTF-8)", &e.0.display().to_string()))?;
         let unit = unit_name(&machine);
         let mut properties: Vec<(String, OwnedVariant)> = vec![
             (
