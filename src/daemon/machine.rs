@@ -573,12 +573,17 @@ impl MachineInterface {
         let argv = args
             .command_line(&exe.to_string_lossy())
             .map_err(|e| invalid("path", format!("{} is not UTF-8", e.0.display())))?;
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(failed)?;
+        // Non-blocking: systemd may hold the write end after the helper exits.
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(failed)?;
         let descriptor = |fd: std::os::fd::OwnedFd| crate::systemd::descriptor(fd.into()).map_err(failed);
         let properties = vec![
             ("Description".into(), crate::systemd::text(&format!("wharf files for machine {name}"))),
             ("Type".into(), crate::systemd::text("exec")),
             ("CollectMode".into(), crate::systemd::text("inactive-or-failed")),
+            // A refusal is the helper's status 1 with its line on the pipe,
+            // not a failed start job (which it would be, exiting this fast).
+            ("SuccessExitStatus".into(), ops::exit_statuses(&[1])),
             ("ExecStart".into(), crate::systemd::exec_start(&argv)),
             ("StandardErrorFileDescriptor".into(), descriptor(write)?),
         ];
@@ -590,9 +595,10 @@ impl MachineInterface {
         if status == 0 {
             return Ok(());
         }
-        // The helper has exited: its stderr is complete, and small.
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut File::from(read), &mut text);
+        // The helper has exited: what it wrote is in the pipe, and small.
+        let mut bytes = vec![0u8; 4096];
+        let n = nix::unistd::read(&read, &mut bytes).unwrap_or(0);
+        let text = String::from_utf8_lossy(&bytes[..n]);
         let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
         Err(BusError::Failed(if line.is_empty() {
             format!("machine '{name}': the helper failed with status {status} (see journalctl -u {unit})")
@@ -660,7 +666,9 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
     {
         use ops::Error as E;
         match error {
-            E::Name(_) | E::Property(_) | E::Invalid { .. } => BusError::InvalidArgument(message),
+            E::Name(_) | E::Property(_) | E::Invalid { .. } | E::NoBindSource { .. } | E::Bind { .. } => {
+                BusError::InvalidArgument(message)
+            }
             E::Store(store) => store_bus_error(store, message),
             E::Image(image) => super::image_bus_error(image, message),
             E::Config(_) => BusError::InvalidArgument(message),

@@ -284,6 +284,23 @@ pub(crate) fn make_mount_point(
     open_beneath(root, path, OFlags::PATH)
 }
 
+/// Checks, before a start, that the mount point `path` of a bind is
+/// reached inside the image directory `root` without a symlink leading out
+/// (the launcher checks again as it mounts).
+pub fn check_mount_point(root: &Path, path: &Path) -> Result<(), FilesError> {
+    let image = File::open(root).map_err(io(root.display().to_string()))?;
+    let mut sofar = PathBuf::from("/");
+    for name in relative(path).iter() {
+        sofar.push(name);
+        match open_beneath(&image, &sofar, OFlags::PATH) {
+            Ok(_) => {}
+            Err(FilesError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Attaches the detached `tree` at the mount point `target`.
 pub(crate) fn attach(tree: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
     rustix::mount::move_mount(

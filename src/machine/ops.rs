@@ -82,6 +82,14 @@ pub enum Error {
     StopTimeout(String, Duration),
     #[error("machine '{machine}': '{value}' is not a valid {what}")]
     Invalid { machine: String, what: &'static str, value: String },
+    #[error("machine '{machine}': bind source {} does not exist", path.display())]
+    NoBindSource { machine: String, path: PathBuf },
+    #[error("machine '{machine}': {source}")]
+    Bind {
+        machine: String,
+        #[source]
+        source: super::files::FilesError,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -171,6 +179,7 @@ impl Machines {
             return Err(Error::Running(machine));
         }
         let (store, config_dir, name) = (self.store.clone(), self.config_dir.clone(), machine.clone());
+        let request_binds = request.binds.clone();
         let (image, kind, config) = zruntime::unblock(move || -> Result<_> {
             let image = store.locate(&name)?;
             let kind = ImageKind::detect(&image)?;
@@ -189,7 +198,19 @@ impl Machines {
             // the lock for good.
             super::lock::lock_image(&image, super::lock::LockMode::Exclusive)
                 .map_err(|source| Error::Locked { machine: name.clone(), source })?;
-            Ok((image, kind, MachineConfig::load(&config_dir, &name)?))
+            let config = MachineConfig::load(&config_dir, &name)?;
+            // What can be told in one line here rather than as a failed
+            // start: a missing source, a mount point leading out of the image.
+            for bind in config.binds.iter().chain(&request_binds) {
+                if std::fs::symlink_metadata(&bind.source).is_err() {
+                    return Err(Error::NoBindSource { machine: name, path: bind.source.clone() });
+                }
+                if kind == ImageKind::Directory {
+                    super::files::check_mount_point(&image, &bind.destination)
+                        .map_err(|source| Error::Bind { machine: name.clone(), source })?;
+                }
+            }
+            Ok((image, kind, config))
         })
         .await?;
         // The strings of the request and the settings file, read once into
@@ -440,7 +461,7 @@ pub fn device_properties(image_file: bool) -> Vec<(String, OwnedVariant)> {
 }
 
 /// `RestartForceExitStatus`/`SuccessExitStatus`: (exit codes, signals).
-fn exit_statuses(codes: &[i32]) -> OwnedVariant {
+pub(crate) fn exit_statuses(codes: &[i32]) -> OwnedVariant {
     OwnedVariant::try_from(zbus::Variant::from((codes.to_vec(), Vec::<i32>::new())))
         .expect("numbers hold no descriptor")
 }
