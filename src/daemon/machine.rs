@@ -424,6 +424,7 @@ impl MachineInterface {
     }
 
     /// Binds a host path into the running machine. Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn bind_mount_machine(
         &self,
         name: String,

@@ -116,7 +116,8 @@ impl BindSpec {
         };
         machine_path(&destination.to_string_lossy()).map_err(|e| format!("bind destination {e}"))?;
         let mut spec = BindSpec { source, destination, read_only, recursive: true, idmap: IdMapping::None };
-        for option in parts.get(2).map(|o| o.split(',').filter(|o| !o.is_empty()).collect()).unwrap_or(Vec::new()) {
+        let options = parts.get(2).map(String::as_str).unwrap_or("");
+        for option in options.split(',').filter(|o| !o.is_empty()) {
             match option {
                 "rbind" => spec.recursive = true,
                 "norbind" => spec.recursive = false,
