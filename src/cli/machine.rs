@@ -177,7 +177,8 @@ pub enum Command {
     /// List running machines.
     List,
     /// Show a running machine as machinectl status does (since, leader,
-    /// service, root, addresses, OS, its unit's processes), with its limits.
+    /// service, root, addresses, OS, its unit's processes, its last journal
+    /// lines), with its limits.
     Status {
         /// A running machine.
         name: String,
@@ -470,6 +471,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status { name } => {
             let info = within(machine.get_machine(&name)).await?;
             format.emit(&info, status_text)?;
+            if !format.is_json() {
+                // As machinectl status: the unit's last journal lines, read
+                // with the caller's own rights (none when it may not read them).
+                print!("{}", journal_tail(&info.unit, JOURNAL_LINES));
+            }
         }
         Command::Show { name } => {
             let info = within(machine.get_machine(&name)).await?;
@@ -546,6 +552,37 @@ fn host_path(path: &Path) -> Result<String, CliError> {
         .to_str()
         .map(str::to_string)
         .ok_or_else(|| CliError::Usage(format!("{} is not a UTF-8 path", path.display())))
+}
+
+/// How many journal lines `machine status` shows, as machinectl.
+const JOURNAL_LINES: usize = 10;
+
+/// The last `lines` journal lines of `unit`, each indented, after an empty
+/// line; empty when journalctl gives nothing.
+fn journal_tail(unit: &str, lines: usize) -> String {
+    let output = std::process::Command::new("journalctl")
+        .args(["--no-pager", "--quiet", "--output=short", &format!("--lines={lines}"), &format!("--unit={unit}")])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => indented_journal(&String::from_utf8_lossy(&output.stdout)),
+        _ => String::new(),
+    }
+}
+
+/// journalctl's lines as `machine status` shows them.
+fn indented_journal(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n");
+    for line in lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// `machine status` as text: what `machinectl status` shows, then the
@@ -680,6 +717,16 @@ async fn shell(machine: &MachineProxy<'_>, name: &str, mut command: Vec<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_lines_follow_the_status_after_an_empty_line() {
+        assert_eq!(indented_journal(""), "");
+        assert_eq!(indented_journal("\n"), "");
+        assert_eq!(
+            indented_journal("Dec 02 host a[1]: one\nDec 02 host a[1]: two\n"),
+            "\nDec 02 host a[1]: one\nDec 02 host a[1]: two\n"
+        );
+    }
 
     #[test]
     fn signals_by_name_or_number() {

@@ -847,6 +847,13 @@ fn bind_into_running(tb: &Testbed) {
     tb.ok("machine bind f28 /srv/live-ro /mnt/live-ro --mkdir --read-only");
     let out = inside(tb, &leader, "cat /mnt/live-ro/file && touch /mnt/live-ro/new");
     assert!(!out.success() && out.stdout.trim() == "ro" && out.stderr.contains("Read-only file system"), "{out}");
+    // machine status as machinectl status: OS, since, the cgroup tree, the
+    // unit's last journal lines.
+    let journal = tb.ok("journalctl -u wharf-f28.service --no-pager -n 1 -o short");
+    let status = tb.ok("machine status f28");
+    for part in ["Since:", "OS:", "Unit: wharf-f28.service", "systemd", "wharfd", journal.trim()] {
+        assert!(status.contains(part), "{part} in:\n{status}");
+    }
     // Services of the machine (in mount namespaces of their own) see it too.
     let out = tb.ok("machine shell f28 /bin/cat /mnt/live/file");
     assert_eq!(out.trim(), "live");
