@@ -478,9 +478,17 @@ fn run(args: &FilesArgs) -> Result<(), FilesError> {
                 strip_set_id: false,
                 devices: true,
             };
-            as_machine_root(base, || super::copy::copy_tree_with(Path::new(&name), &args.inside, &options, &mut |_| {}))
-                .map_err(io("taking the machine root's IDs"))?
-                .map_err(io(format!("copying {} to {} in the machine", host.display(), args.inside.display())))
+            let copied = as_machine_root(base, || {
+                super::copy::copy_tree_with(Path::new(&name), &args.inside, &options, &mut |_| {})
+            })
+            .map_err(io("taking the machine root's IDs"))?;
+            if let Err(e) = copied {
+                // Nothing half copied stays in the machine (this process's
+                // root is the machine's: the removal cannot reach the host).
+                let _ = std::fs::remove_dir_all(&args.inside).or_else(|_| std::fs::remove_file(&args.inside));
+                return Err(io(format!("copying {} to {} in the machine", host.display(), args.inside.display()))(e));
+            }
+            Ok(())
         }
         Operation::CopyFrom => {
             if std::fs::symlink_metadata(host).is_ok() {
