@@ -303,7 +303,8 @@ pub trait Machine {
     /// Boots a machine; returns its unit and whether its init reported ready
     /// within `ready_timeout` seconds. `confinement`: `capability`,
     /// `drop-capability` (CAP_A,CAP_B or all), `no-new-privileges` (yes|no),
-    /// `private-users-ownership` (auto|idmap|chown).
+    /// `private-users-ownership` (auto|idmap|chown), `bind` (a JSON list of
+    /// `ro:SPEC`/`rw:SPEC`, SPEC as `--bind=` takes it).
     fn start_machine(
         &self,
         name: &str,
@@ -328,6 +329,21 @@ pub trait Machine {
     fn get_machine(&self, name: &str) -> zbus::Result<MachineInfo>;
     /// Starts the machine at boot, or not.
     fn enable_machine(&self, name: &str, enable: bool) -> zbus::Result<()>;
+    /// Binds the host path `source` (absolute) at `destination` (absolute)
+    /// in the running machine, idmapped when it has a user namespace;
+    /// `mkdir` creates a missing mount point.
+    fn bind_mount_machine(
+        &self,
+        name: &str,
+        source: &str,
+        destination: &str,
+        read_only: bool,
+        mkdir: bool,
+    ) -> zbus::Result<()>;
+    /// Copies the host path `source` to `destination` in the machine (both absolute).
+    fn copy_to_machine(&self, name: &str, source: &str, destination: &str) -> zbus::Result<()>;
+    /// Copies `source` in the machine to the host path `destination` (both absolute).
+    fn copy_from_machine(&self, name: &str, source: &str, destination: &str) -> zbus::Result<()>;
     /// A login prompt on a new terminal of the machine: its master side and path.
     fn open_login(&self, name: &str) -> zbus::Result<(zbus::OwnedFd, String)>;
     /// Runs a command (empty: the user's shell) inside the machine with the

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Some(Command::Launch(launch)) => return wharf::machine::launcher::main(launch),
         Some(Command::Enter(enter)) => return wharf::machine::enter::main(enter),
         Some(Command::NetworkCleanup { machine }) => return wharf::machine::network::host::cleanup_main(&machine),
+        Some(Command::Files(files)) => return wharf::machine::files::main(files),
         None => {}
     }
     wharf::logging::init_daemon();

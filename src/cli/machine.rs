@@ -133,6 +133,14 @@ pub enum Command {
         /// Run the machine's init with no_new_privs set (no setuid gains).
         #[arg(long, value_name = "yes|no")]
         no_new_privileges: Option<String>,
+        /// Bind a host directory or file into the machine, as systemd-nspawn
+        /// --bind= (OPTIONS: rbind, norbind, idmap, noidmap, rootidmap);
+        /// repeatable.
+        #[arg(long = "bind", value_name = "SRC[:DST[:OPTIONS]]")]
+        binds: Vec<String>,
+        /// As --bind=, read-only.
+        #[arg(long = "bind-ro", value_name = "SRC[:DST[:OPTIONS]]")]
+        binds_ro: Vec<String>,
         /// Seconds to wait for the machine's init to report ready.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         timeout: u32,
@@ -177,7 +185,8 @@ pub enum Command {
     /// List running machines.
     List,
     /// Show a running machine as machinectl status does (since, leader,
-    /// service, root, addresses, OS, its unit's processes), with its limits.
+    /// service, root, addresses, OS, its unit's processes, its last journal
+    /// lines), with its limits.
     Status {
         /// A running machine.
         name: String,
@@ -210,6 +219,42 @@ pub enum Command {
         /// Machines (images in the search path).
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
+    },
+    /// Bind a host directory or file into a running machine (idmapped when
+    /// the machine has a user namespace, so owners are the host's).
+    Bind {
+        /// A running machine.
+        name: String,
+        /// The host path.
+        source: PathBuf,
+        /// Where in the machine (absolute); SOURCE by default.
+        destination: Option<String>,
+        /// Mount it read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Create the mount point (and its parents) when missing.
+        #[arg(long)]
+        mkdir: bool,
+    },
+    /// Copy a host file or directory into a running machine, owners mapped
+    /// into its UID range.
+    CopyTo {
+        /// A running machine.
+        name: String,
+        /// The host path.
+        source: PathBuf,
+        /// Where in the machine (absolute; must not exist); SOURCE by default.
+        destination: Option<String>,
+    },
+    /// Copy a file or directory of a running machine to the host, owners
+    /// mapped out of its UID range.
+    CopyFrom {
+        /// A running machine.
+        name: String,
+        /// The path in the machine (absolute).
+        source: String,
+        /// Where on the host (must not exist); SOURCE by default.
+        destination: Option<PathBuf>,
     },
     /// Open a login prompt in a machine (^] three times within 1s leaves).
     Login {
@@ -353,17 +398,28 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             capability,
             drop_capability,
             no_new_privileges,
+            binds,
+            binds_ro,
             timeout,
             no_block,
         } => {
             let timeout = if no_block { 0 } else { timeout };
             let ports = (!ports.is_empty()).then(|| ports.join(","));
+            let mut specs = Vec::new();
+            for (list, read_only) in [(binds, false), (binds_ro, true)] {
+                for text in list {
+                    let spec = crate::machine::files::BindSpec::parse(&text, read_only).map_err(CliError::Usage)?;
+                    specs.push(spec.launch_value());
+                }
+            }
+            let bind = (!specs.is_empty()).then(|| serde_json::to_string(&specs).expect("strings serialise"));
             let confinement: std::collections::HashMap<String, String> = [
                 ("port", ports),
                 ("private-users-ownership", private_users_ownership),
                 ("capability", capability),
                 ("drop-capability", drop_capability),
                 ("no-new-privileges", no_new_privileges),
+                ("bind", bind),
             ]
             .into_iter()
             .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))
@@ -435,6 +491,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status { name } => {
             let info = within(machine.get_machine(&name)).await?;
             format.emit(&info, status_text)?;
+            if !format.is_json() {
+                // As machinectl status: the unit's last journal lines, read
+                // with the caller's own rights (none when it may not read them).
+                print!("{}", journal_tail(&info.unit, JOURNAL_LINES));
+            }
         }
         Command::Show { name } => {
             let info = within(machine.get_machine(&name)).await?;
@@ -457,6 +518,32 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 bounded(&bus, machine.enable_machine(&name, false)).await?;
             }
         }
+        Command::Bind { name, source, destination, read_only, mkdir } => {
+            let source = host_path(&source)?;
+            let destination = destination.unwrap_or_else(|| source.clone());
+            bounded(&bus, machine.bind_mount_machine(&name, &source, &destination, read_only, mkdir)).await?;
+            let record = serde_json::json!({ "machine": name, "source": source, "destination": destination, "read_only": read_only });
+            if !cli.output.quiet || format.is_json() {
+                format.emit(&record, |_| format!("Bound {source} to {destination} in machine {name}."))?;
+            }
+        }
+        Command::CopyTo { name, source, destination } => {
+            let source = host_path(&source)?;
+            let destination = destination.unwrap_or_else(|| source.clone());
+            bounded(&bus, machine.copy_to_machine(&name, &source, &destination)).await?;
+            let record = serde_json::json!({ "machine": name, "source": source, "destination": destination });
+            if !cli.output.quiet || format.is_json() {
+                format.emit(&record, |_| format!("Copied {source} to {destination} in machine {name}."))?;
+            }
+        }
+        Command::CopyFrom { name, source, destination } => {
+            let destination = host_path(destination.as_deref().unwrap_or(Path::new(&source)))?;
+            bounded(&bus, machine.copy_from_machine(&name, &source, &destination)).await?;
+            let record = serde_json::json!({ "machine": name, "source": source, "destination": destination });
+            if !cli.output.quiet || format.is_json() {
+                format.emit(&record, |_| format!("Copied {source} in machine {name} to {destination}."))?;
+            }
+        }
         Command::Login { name } => {
             let (master, path) = bounded(&bus, machine.open_login(&name)).await?;
             tracing::debug!(path, "login terminal");
@@ -475,6 +562,47 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A host path as wharfd needs it: absolute (relative to the working
+/// directory, as the caller means it), UTF-8.
+fn host_path(path: &Path) -> Result<String, CliError> {
+    let absolute = std::path::absolute(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    absolute
+        .to_str()
+        .map(str::to_string)
+        .ok_or_else(|| CliError::Usage(format!("{} is not a UTF-8 path", path.display())))
+}
+
+/// How many journal lines `machine status` shows, as machinectl.
+const JOURNAL_LINES: usize = 10;
+
+/// The last `lines` journal lines of `unit`, each indented, after an empty
+/// line; empty when journalctl gives nothing.
+fn journal_tail(unit: &str, lines: usize) -> String {
+    let output = std::process::Command::new("journalctl")
+        .args(["--no-pager", "--quiet", "--output=short", &format!("--lines={lines}"), &format!("--unit={unit}")])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => indented_journal(&String::from_utf8_lossy(&output.stdout)),
+        _ => String::new(),
+    }
+}
+
+/// journalctl's lines as `machine status` shows them.
+fn indented_journal(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n");
+    for line in lines {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// `machine status` as text: what `machinectl status` shows, then the
@@ -655,6 +783,16 @@ mod tests {
             let error = shell_environment(None, vec![bad.into()]).unwrap_err().to_string();
             assert!(error.contains("environment variable") && !error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn journal_lines_follow_the_status_after_an_empty_line() {
+        assert_eq!(indented_journal(""), "");
+        assert_eq!(indented_journal("\n"), "");
+        assert_eq!(
+            indented_journal("Dec 02 host a[1]: one\nDec 02 host a[1]: two\n"),
+            "\nDec 02 host a[1]: one\nDec 02 host a[1]: two\n"
+        );
     }
 
     #[test]

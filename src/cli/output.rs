@@ -41,7 +41,9 @@ pub enum JsonStyle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Text; `legend`: tables have their header line.
-    Human { legend: bool },
+    Human {
+        legend: bool,
+    },
     Json(JsonStyle),
 }
 

@@ -30,4 +30,8 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         machine: String,
     },
+    /// Bind or copy files between the host and a running container (for
+    /// `machine bind`, `copy-to`, `copy-from`).
+    #[command(hide = true)]
+    Files(crate::machine::files::FilesArgs),
 }

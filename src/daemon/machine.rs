@@ -17,6 +17,7 @@ use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, MachineInfo};
 use crate::compress::Compression;
 use crate::image::Pool;
+use crate::machine::files::{FilesArgs, Operation};
 use crate::machine::name::from_image_name;
 use crate::machine::ops::{self, Machines, StartRequest};
 use crate::machine::property::Property;
@@ -259,6 +260,18 @@ impl MachineInterface {
             None => None,
             Some(value) => Some(crate::machine::launcher::parse_yes_no(&value).map_err(BusError::InvalidArgument)?),
         };
+        let binds = match confinement.remove("bind") {
+            None => Vec::new(),
+            Some(json) => {
+                let values: Vec<String> = serde_json::from_str(&json)
+                    .map_err(|e| BusError::InvalidArgument(format!("bind: not a JSON list of strings: {e}")))?;
+                values
+                    .iter()
+                    .map(|v| crate::machine::files::BindSpec::parse_launch(v))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| BusError::InvalidArgument(format!("machine '{name}': {e}")))?
+            }
+        };
         let request = StartRequest {
             machine: name,
             properties,
@@ -269,6 +282,7 @@ impl MachineInterface {
             capability: confinement.remove("capability"),
             drop_capability: confinement.remove("drop-capability"),
             no_new_privileges,
+            binds,
             // 0: queued, not waited for (machine start --no-block).
             ready_timeout: std::time::Duration::from_secs(u64::from(ready_timeout)),
         };
@@ -409,6 +423,48 @@ impl MachineInterface {
         require_root(connection, &header, "enabling a machine").await?;
         let (systemd, _) = Self::clients(connection).await?;
         Ok(self.machines.set_enabled(&systemd, &name, enable).await?)
+    }
+
+    /// Binds a host path into the running machine. Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
+    async fn bind_mount_machine(
+        &self,
+        name: String,
+        source: String,
+        destination: String,
+        read_only: bool,
+        mkdir: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "binding into a machine").await?;
+        self.files(connection, &header, &name, Operation::Bind, &source, &destination, read_only, mkdir).await
+    }
+
+    /// Copies a host path into the running machine. Root only.
+    async fn copy_to_machine(
+        &self,
+        name: String,
+        source: String,
+        destination: String,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "copying into a machine").await?;
+        self.files(connection, &header, &name, Operation::CopyTo, &source, &destination, false, false).await
+    }
+
+    /// Copies a path of the running machine to the host. Root only.
+    async fn copy_from_machine(
+        &self,
+        name: String,
+        source: String,
+        destination: String,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "copying from a machine").await?;
+        self.files(connection, &header, &name, Operation::CopyFrom, &destination, &source, false, false).await
     }
 
     /// A login prompt on a new terminal in the machine (through machined,
@@ -560,6 +616,87 @@ fn remove_shell_cgroups(leader: u32, cgroup: &str) {
     }
 }
 
+impl MachineInterface {
+    /// Runs `wharfd files` for a bind or a copy in a unit of its own (see
+    /// `machine::files`), and returns the one line it printed on failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn files(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        name: &str,
+        operation: Operation,
+        host: &str,
+        inside: &str,
+        read_only: bool,
+        mkdir: bool,
+    ) -> Result<(), BusError> {
+        let _busy = self.daemon.busy();
+        let _heartbeat = heartbeat(connection, header);
+        crate::machine::name::validate(name).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        let invalid = |what: &str, e: String| BusError::InvalidArgument(format!("machine '{name}': {what} {e}"));
+        let host_path = std::path::Path::new(host);
+        if !host_path.is_absolute() {
+            return Err(invalid("host path", format!("'{host}' is not an absolute path")));
+        }
+        let inside = crate::machine::files::machine_path(inside).map_err(|e| invalid("path in the machine", e))?;
+        let (systemd, machined) = Self::clients(connection).await?;
+        let info = machine_info(connection, &machined, name).await?;
+        let exe = std::env::current_exe().map_err(failed)?;
+        let args = FilesArgs {
+            leader: info.leader,
+            machine: name.to_string(),
+            operation,
+            host: host_path.to_path_buf(),
+            inside,
+            read_only,
+            mkdir,
+        };
+        let argv = args
+            .command_line(&exe.to_string_lossy())
+            .map_err(|e| invalid("path", format!("{} is not UTF-8", e.0.display())))?;
+        // Non-blocking: systemd may hold the write end after the helper exits.
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).map_err(failed)?;
+        let descriptor = |fd: std::os::fd::OwnedFd| crate::systemd::descriptor(fd.into()).map_err(failed);
+        let properties = vec![
+            ("Description".into(), crate::systemd::text(&format!("wharf files for machine {name}"))),
+            ("Type".into(), crate::systemd::text("exec")),
+            ("CollectMode".into(), crate::systemd::text("inactive-or-failed")),
+            // A refusal is the helper's status 1 with its line on the pipe,
+            // not a failed start job (which it would be, exiting this fast).
+            ("SuccessExitStatus".into(), ops::exit_statuses(&[1])),
+            ("ExecStart".into(), crate::systemd::exec_start(&argv)),
+            ("StandardErrorFileDescriptor".into(), descriptor(write)?),
+        ];
+        let unit = helper_unit("files", name);
+        let status = systemd
+            .run_transient(&unit, properties)
+            .await
+            .map_err(|e| failed(format!("machine '{name}': cannot run the helper: {e}")))?;
+        if status == 0 {
+            return Ok(());
+        }
+        // The helper has exited: what it wrote is in the pipe, and small.
+        let mut bytes = vec![0u8; 4096];
+        let n = nix::unistd::read(&read, &mut bytes).unwrap_or(0);
+        let text = String::from_utf8_lossy(&bytes[..n]);
+        let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        Err(BusError::Failed(if line.is_empty() {
+            format!("machine '{name}': the helper failed with status {status} (see journalctl -u {unit})")
+        } else {
+            line
+        }))
+    }
+}
+
+/// A fresh unit name for a helper of `machine`.
+fn helper_unit(kind: &str, machine: &str) -> String {
+    static HELPERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let serial = HELPERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("wharf-{kind}-{machine}-{}-{serial}.service", std::process::id())
+}
+
 /// A fresh unit name for a shell in `machine`: shells of one machine may
 /// run side by side.
 fn shell_unit(machine: &str) -> String {
@@ -611,7 +748,12 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
     {
         use ops::Error as E;
         match error {
-            E::Name(_) | E::Property(_) | E::Invalid { .. } | E::Network { .. } => BusError::InvalidArgument(message),
+            E::Name(_)
+            | E::Property(_)
+            | E::Invalid { .. }
+            | E::Network { .. }
+            | E::NoBindSource { .. }
+            | E::Bind { .. } => BusError::InvalidArgument(message),
             E::Store(store) => store_bus_error(store, message),
             E::Image(image) => super::image_bus_error(image, message),
             E::Config(_) => BusError::InvalidArgument(message),

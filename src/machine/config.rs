@@ -14,6 +14,8 @@
 //! capability = ["CAP_SYS_TIME"]         # or "CAP_A,CAP_B", or "all"
 //! drop-capability = ["CAP_SYS_ADMIN"]
 //! no-new-privileges = true
+//! bind = ["/srv/data:/data:idmap"]      # as machine start --bind=
+//! bind-ro = ["/srv/static"]             # as machine start --bind-ro=
 //! ```
 
 use std::collections::BTreeMap;
@@ -61,6 +63,10 @@ struct ContainerSection {
     capability: Option<CapabilityList>,
     drop_capability: Option<CapabilityList>,
     no_new_privileges: Option<bool>,
+    #[serde(default)]
+    bind: Vec<String>,
+    #[serde(default)]
+    bind_ro: Vec<String>,
 }
 
 /// Ports in TOML: `"tcp:8080:80"` or `["tcp:8080:80", "udp:53"]`.
@@ -113,6 +119,8 @@ pub struct MachineConfig {
     pub capability: Option<String>,
     pub drop_capability: Option<String>,
     pub no_new_privileges: Option<bool>,
+    /// `bind`, then `bind-ro`, of `[container]`.
+    pub binds: Vec<super::files::BindSpec>,
 }
 
 impl MachineConfig {
@@ -147,6 +155,15 @@ impl MachineConfig {
             Some(PortList::List(ports)) => ports,
         };
         let ports = ports.iter().map(|p| p.parse()).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
+        let mut binds = Vec::new();
+        for (key, specs, read_only) in [("bind", &container.bind, false), ("bind-ro", &container.bind_ro, true)] {
+            for spec in specs {
+                binds.push(super::files::BindSpec::parse(spec, read_only).map_err(|reason| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: format!("{key}: {reason}"),
+                })?);
+            }
+        }
         Ok(MachineConfig {
             limits,
             private_users: container.private_users,
@@ -155,6 +172,7 @@ impl MachineConfig {
             capability: list(container.capability, "capability")?,
             drop_capability: list(container.drop_capability, "drop-capability")?,
             no_new_privileges: container.no_new_privileges,
+            binds,
         })
     }
 
@@ -226,6 +244,19 @@ mod tests {
             "f28.toml: 'vth' is not a valid --network value (host, private, veth, bridge:BRIDGE or zone:ZONE)"
         );
         assert!(error("[container]\nport = \"99999\"\n").contains("'99999' is not a valid --port value"));
+    }
+
+    #[test]
+    fn bind_keys_parse() {
+        let text = "[container]\nbind = [\"/srv/a:/a:idmap\"]\nbind-ro = [\"/srv/b\"]\n";
+        let config = MachineConfig::parse(text, Path::new("f28.toml")).unwrap();
+        assert_eq!(config.binds.len(), 2);
+        assert!(!config.binds[0].read_only && config.binds[1].read_only);
+        assert_eq!(config.binds[0].destination, Path::new("/a"));
+        let error = MachineConfig::parse("[container]\nbind = [\"srv\"]\n", Path::new("/etc/wharf/machines/f28.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "/etc/wharf/machines/f28.toml: bind: bind source 'srv' is not an absolute path");
     }
 
     #[test]

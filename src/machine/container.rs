@@ -91,6 +91,18 @@ pub(crate) struct Plan {
     /// The init to exec, as a path inside the image.
     pub init: String,
     pub uuid: String,
+    /// The `--bind=` trees, mounted in this order.
+    pub binds: Vec<Bind>,
+}
+
+/// A bind mount's detached tree and where it goes inside the image.
+#[derive(Debug)]
+pub(crate) struct Bind {
+    pub tree: OwnedFd,
+    /// Absolute, inside the image.
+    pub destination: PathBuf,
+    /// Whether the source is a directory (else the mount point made for it is a file).
+    pub directory: bool,
 }
 
 /// The pipes between the launcher and the container side.
@@ -258,6 +270,19 @@ fn outer(plan: &Plan, channels: &Channels) -> Step {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(&owner_options(plan.base, "1777")),
     )?;
+
+    // Last, so that no mount of the launcher's hides them (a bind into /tmp).
+    // Mount points are found inside the image, its symlinks read as the
+    // container will read them, and made by the container's root.
+    if !plan.binds.is_empty() {
+        let image = File::open(root).map_err(step(format!("opening {}", root.display())))?;
+        for bind in &plan.binds {
+            let what = format!("binding to {}", bind.destination.display());
+            let target = super::files::make_mount_point(&image, &bind.destination, bind.directory, plan.base)
+                .map_err(step(what.clone()))?;
+            super::files::attach(&bind.tree, &target).map_err(step(what))?;
+        }
+    }
 
     // pivot_root(".", ".") stacks the old root on the new one; detaching it
     // leaves only the container's tree in this mount namespace.

@@ -14,18 +14,51 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, ioctl_ficlo
 /// Copies `from` (a directory) to `to`, which must not exist. `progress`
 /// is told the number of content bytes copied so far.
 pub fn copy_tree(from: &Path, to: &Path, progress: &mut dyn FnMut(u64)) -> io::Result<()> {
-    let mut state = Copier { links: HashMap::new(), copied: 0, progress };
+    copy_tree_with(from, to, &CopyOptions::AS_IS, progress)
+}
+
+/// What a copy changes on its way: for copies between a machine and the
+/// host (`machine copy-to`, `copy-from`).
+pub struct CopyOptions<'a> {
+    /// The UID (or GID) a copy gets for the original's.
+    pub owner: &'a dyn Fn(u32) -> u32,
+    /// Drop set-user-ID and set-group-ID bits (and file capabilities).
+    pub strip_set_id: bool,
+    /// Copy device nodes; otherwise one is an error.
+    pub devices: bool,
+}
+
+impl std::fmt::Debug for CopyOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOptions").field("strip_set_id", &self.strip_set_id).field("devices", &self.devices).finish()
+    }
+}
+
+impl CopyOptions<'static> {
+    /// Everything as it is.
+    pub const AS_IS: CopyOptions<'static> = CopyOptions { owner: &|id| id, strip_set_id: false, devices: true };
+}
+
+/// [`copy_tree`], with `options`; `from` may also be a single file or symlink.
+pub fn copy_tree_with(
+    from: &Path,
+    to: &Path,
+    options: &CopyOptions<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<()> {
+    let mut state = Copier { links: HashMap::new(), copied: 0, progress, options };
     state.copy(from, to)
 }
 
-struct Copier<'a> {
+struct Copier<'a, 'o> {
     /// Files with several links already copied, by (device, inode).
     links: HashMap<(u64, u64), std::path::PathBuf>,
     copied: u64,
     progress: &'a mut dyn FnMut(u64),
+    options: &'a CopyOptions<'o>,
 }
 
-impl Copier<'_> {
+impl Copier<'_, '_> {
     fn copy(&mut self, from: &Path, to: &Path) -> io::Result<()> {
         let meta = fs::symlink_metadata(from)?;
         let kind = meta.file_type();
@@ -52,6 +85,8 @@ impl Copier<'_> {
             (self.progress)(self.copied);
         } else if kind.is_symlink() {
             symlink(fs::read_link(from)?, to)?;
+        } else if (kind.is_char_device() || kind.is_block_device()) && !self.options.devices {
+            return Err(io::Error::other(format!("{} is a device node, which is not copied", from.display())));
         } else if kind.is_char_device() || kind.is_block_device() || kind.is_fifo() {
             let file_type = if kind.is_char_device() {
                 FileType::CharacterDevice
@@ -69,15 +104,19 @@ impl Copier<'_> {
     }
 
     fn copy_metadata(&mut self, from: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
-        lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+        lchown(to, Some((self.options.owner)(meta.uid())), Some((self.options.owner)(meta.gid())))?;
         for name in xattr::list(from)? {
+            if self.options.strip_set_id && name == "security.capability" {
+                continue;
+            }
             if let Some(value) = xattr::get(from, &name)? {
                 xattr::set(to, &name, &value)?;
             }
         }
         if !meta.file_type().is_symlink() {
             // After chown, which clears set-user-ID bits.
-            fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            let mask = if self.options.strip_set_id { 0o1777 } else { 0o7777 };
+            fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & mask))?;
         }
         let times = Timestamps {
             last_access: Timespec { tv_sec: meta.atime(), tv_nsec: meta.atime_nsec() as _ },

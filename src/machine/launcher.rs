@@ -48,7 +48,8 @@ use rustix::thread::CapabilitySet;
 
 use super::capability;
 use super::cgroup::{self, HostCgroups};
-use super::container::{self, Channels, Plan};
+use super::container::{self, Bind, Channels, Plan};
+use super::files::{self, BindSpec};
 use super::init::{self, EXIT_REBOOT, INITS};
 use super::lock::{self, LockError, LockMode};
 use super::name::{MachineName, NameError};
@@ -99,6 +100,11 @@ pub struct LaunchArgs {
     /// Run the init with no_new_privs set.
     #[arg(long, default_value = "no", value_name = "yes|no", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
     pub no_new_privileges: bool,
+    /// A bind mount from the host, as `ro:SPEC` or `rw:SPEC` (SPEC as
+    /// `machine start --bind=` takes it, every option spelled out); repeatable,
+    /// mounted in this order.
+    #[arg(long = "bind", value_name = "ro|rw:SRC:DST:OPTIONS", value_parser = BindSpec::parse_launch)]
+    pub binds: Vec<BindSpec>,
 }
 
 /// A path the launcher's command line cannot carry: `ExecStart=` goes to
@@ -130,6 +136,11 @@ impl LaunchArgs {
             format!("--no-new-privileges={}", if self.no_new_privileges { "yes" } else { "no" }),
         ]);
         argv.extend(self.ports.iter().map(|port| format!("--port={port}")));
+        for bind in &self.binds {
+            path(&bind.source)?;
+            path(&bind.destination)?;
+            argv.push(format!("--bind={}", bind.launch_value()));
+        }
         Ok(argv)
     }
 }
@@ -213,6 +224,14 @@ pub enum Reason {
     Lock(#[from] LockError),
     #[error("network: {0}")]
     Network(#[from] super::network::host::NetError),
+    #[error("bind source {} does not exist", .0.display())]
+    NoBindSource(PathBuf),
+    #[error("binding {}: {source}", .source_path.display())]
+    Bind {
+        source_path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Reason {
@@ -433,7 +452,7 @@ fn prepare_users(name: &MachineName, image: &Image, args: &LaunchArgs) -> Result
 /// clone of a directory's mount tree, or the raw image's own mount.
 fn idmapped_tree(image: &Image, base: u32) -> std::io::Result<OwnedFd> {
     use rustix::mount::{OpenTreeFlags, open_tree};
-    let userns = throwaway_userns(base)?;
+    let userns = throwaway_userns(&files::idmap_line(files::IdMapping::Identity, base, 0).expect("a mapping"))?;
     let tree = match image {
         Image::Directory(root) => open_tree(
             rustix::fs::CWD,
@@ -446,9 +465,9 @@ fn idmapped_tree(image: &Image, base: u32) -> std::io::Result<OwnedFd> {
     Ok(tree)
 }
 
-/// A user namespace with the container's mapping, only to describe the
+/// A user namespace with the UID and GID map `map`, only to describe an
 /// idmapping (the mount keeps it alive; it has no process).
-fn throwaway_userns(base: u32) -> std::io::Result<File> {
+fn throwaway_userns(map: &str) -> std::io::Result<File> {
     let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (done_read, done_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     match sys::fork()? {
@@ -469,7 +488,8 @@ fn throwaway_userns(base: u32) -> std::io::Result<File> {
                 if nix::unistd::read(&ready_read, &mut byte)? != 1 {
                     return Err(std::io::Error::other("the helper could not create a user namespace"));
                 }
-                write_id_maps(child, base)?;
+                std::fs::write(format!("/proc/{child}/uid_map"), map)?;
+                std::fs::write(format!("/proc/{child}/gid_map"), map)?;
                 File::open(format!("/proc/{child}/ns/user"))
             })();
             drop(done_write);
@@ -484,6 +504,28 @@ fn host_resolv_conf() -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let upstream = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
     super::network::resolv_conf(&host, upstream.as_deref())
+}
+/// The detached trees of the `--bind=`s, in their order: cloned here, in
+/// the host's mount namespace, with its rights; mounted by the container
+/// side inside the image.
+fn prepare_binds(binds: &[BindSpec], base: Option<u32>) -> Result<Vec<Bind>, Reason> {
+    let mut prepared = Vec::new();
+    for spec in binds {
+        let meta = match std::fs::metadata(&spec.source) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Reason::NoBindSource(spec.source.clone()));
+            }
+            other => other.map_err(io(format!("reading {}", spec.source.display())))?,
+        };
+        let fail = |source| Reason::Bind { source_path: spec.source.clone(), source };
+        let userns = match base.and_then(|base| files::idmap_line(spec.idmap, base, meta.uid())) {
+            Some(map) => Some(throwaway_userns(&map).map_err(fail)?),
+            None => None,
+        };
+        let tree = files::clone_tree(&spec.source, spec.recursive, spec.read_only, userns.as_ref()).map_err(fail)?;
+        prepared.push(Bind { tree, destination: spec.destination.clone(), directory: meta.is_dir() });
+    }
+    Ok(prepared)
 }
 
 /// Maps IDs 0..65536 of `pid`'s user namespace to `base`.. on the host.
@@ -570,6 +612,7 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
     let resolv_conf = args.network.addressed().then(host_resolv_conf);
     let host_cgroups = HostCgroups::detect().map_err(io("reading the host's cgroups"))?;
     let payload_cgroups = cgroup::split(&host_cgroups, base)?;
+    let binds = prepare_binds(&args.binds, base)?;
     let console = open_console(base)?;
     let notify_socket = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
         .map_err(sys_err("creating the notify socket"))?;
@@ -609,6 +652,7 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
         notify: notify_socket.try_clone().map_err(io("duplicating the notify socket"))?,
         init: init.to_string(),
         uuid: uuid_string(&id),
+        binds,
     };
     let outer = match sys::fork().map_err(sys_err("forking the container"))? {
         Forked::Child => container::run_outer_child(plan, Channels { report: report_write, go: go_read }),
@@ -908,6 +952,7 @@ mod tests {
             capability: CapabilitySet::empty(),
             drop_capability: CapabilitySet::SYS_ADMIN,
             no_new_privileges: true,
+            binds: Vec::new(),
         }
     }
 
@@ -931,6 +976,10 @@ mod tests {
             capability: capability::all(),
             drop_capability: CapabilitySet::empty(),
             no_new_privileges: false,
+            binds: vec![
+                BindSpec::parse("/srv/a\\:b:/--network=private:idmap", true).unwrap(),
+                BindSpec::parse("/srv/c", false).unwrap(),
+            ],
             ..directory_launch("f29", "/")
         };
         assert_eq!(parse(&every.command_line("wharfd").unwrap()).unwrap(), every);

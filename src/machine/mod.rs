@@ -7,6 +7,7 @@
 //!   image's init runs,
 //! - [`init`]: finding the image's init, and the signals and exit status
 //!   it is spoken to with,
+//! - [`files`]: bind mounts into machines and copies to and from them,
 //! - [`pty`]: the console's and `machine shell --pty`'s terminals,
 //! - [`raw`]: raw file system images on a loop device,
 //! - [`lock`]: image locks shared with systemd-nspawn and machined,
@@ -29,6 +30,7 @@ pub mod config;
 mod container;
 pub mod copy;
 pub mod enter;
+pub mod files;
 pub mod init;
 pub mod launcher;
 pub mod lock;

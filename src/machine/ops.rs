@@ -11,6 +11,7 @@ use zbus_systemd::machine1::ManagerProxy as Machined;
 
 use super::capability;
 use super::config::{CONFIG_DIR, MachineConfig};
+use super::files::BindSpec;
 use super::init::{EXIT_REBOOT, INITS};
 use super::launcher::{LaunchArgs, Network};
 use super::name::validate;
@@ -93,6 +94,14 @@ pub enum Error {
     },
     #[error("machine '{machine}': '{value}' is not a valid {what}")]
     Invalid { machine: String, what: &'static str, value: String },
+    #[error("machine '{machine}': bind source {} does not exist", path.display())]
+    NoBindSource { machine: String, path: PathBuf },
+    #[error("machine '{machine}': {source}")]
+    Bind {
+        machine: String,
+        #[source]
+        source: super::files::FilesError,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -131,6 +140,9 @@ pub struct StartRequest {
     /// Capabilities dropped from the bounding set.
     pub drop_capability: Option<String>,
     pub no_new_privileges: Option<bool>,
+    /// Bind mounts from the host (`--bind=`, `--bind-ro=`), after those of
+    /// the machine's settings file.
+    pub binds: Vec<BindSpec>,
     /// How long to wait for the container's init to report ready.
     pub ready_timeout: Duration,
 }
@@ -148,6 +160,7 @@ impl StartRequest {
             capability: None,
             drop_capability: None,
             no_new_privileges: None,
+            binds: Vec::new(),
             ready_timeout,
         }
     }
@@ -182,6 +195,7 @@ impl Machines {
             return Err(Error::Running(machine));
         }
         let (store, config_dir, name) = (self.store.clone(), self.config_dir.clone(), machine.clone());
+        let request_binds = request.binds.clone();
         let (image, kind, config) = zruntime::unblock(move || -> Result<_> {
             let image = store.locate(&name)?;
             let kind = ImageKind::detect(&image)?;
@@ -200,7 +214,19 @@ impl Machines {
             // the lock for good.
             super::lock::lock_image(&image, super::lock::LockMode::Exclusive)
                 .map_err(|source| Error::Locked { machine: name.clone(), source })?;
-            Ok((image, kind, MachineConfig::load(&config_dir, &name)?))
+            let config = MachineConfig::load(&config_dir, &name)?;
+            // What can be told in one line here rather than as a failed
+            // start: a missing source, a mount point leading out of the image.
+            for bind in config.binds.iter().chain(&request_binds) {
+                if std::fs::symlink_metadata(&bind.source).is_err() {
+                    return Err(Error::NoBindSource { machine: name, path: bind.source.clone() });
+                }
+                if kind == ImageKind::Directory {
+                    super::files::check_mount_point(&image, &bind.destination)
+                        .map_err(|source| Error::Bind { machine: name.clone(), source })?;
+                }
+            }
+            Ok((image, kind, config))
         })
         .await?;
         // The strings of the request and the settings file, read once into
@@ -242,6 +268,7 @@ impl Machines {
         let drop_capability =
             capabilities("--drop-capability value", request.drop_capability.or(config.drop_capability.clone()))?;
         let no_new_privileges = request.no_new_privileges.or(config.no_new_privileges).unwrap_or(false);
+        let binds: Vec<BindSpec> = config.binds.iter().cloned().chain(request.binds).collect();
 
         let (directory, image_file) =
             if kind == ImageKind::Directory { (Some(image.clone()), None) } else { (None, Some(image.clone())) };
@@ -256,8 +283,10 @@ impl Machines {
             capability,
             drop_capability,
             no_new_privileges,
+            binds,
         };
-        let argv = launch.command_line(LAUNCHER).map_err(|e| invalid("image path", &e.0.display().to_string()))?;
+        let argv =
+            launch.command_line(LAUNCHER).map_err(|e| invalid("path (not UTF-8)", &e.0.display().to_string()))?;
         let unit = unit_name(&machine);
         let mut properties: Vec<(String, OwnedVariant)> = vec![
             (
@@ -501,7 +530,7 @@ pub fn device_properties(image_file: bool) -> Vec<(String, OwnedVariant)> {
 }
 
 /// `RestartForceExitStatus`/`SuccessExitStatus`: (exit codes, signals).
-fn exit_statuses(codes: &[i32]) -> OwnedVariant {
+pub(crate) fn exit_statuses(codes: &[i32]) -> OwnedVariant {
     OwnedVariant::try_from(zbus::Variant::from((codes.to_vec(), Vec::<i32>::new())))
         .expect("numbers hold no descriptor")
 }

@@ -89,6 +89,36 @@ pub(crate) fn idmap_tree(tree: impl AsFd, userns: impl AsFd) -> nix::Result<()> 
     Errno::result(result).map(drop)
 }
 
+/// Sets `attr_set` (MOUNT_ATTR_* bits) on the detached tree `tree` and
+/// every mount below it, makes them private (see [`idmap_tree`]), and
+/// idmaps them with `userns` when given.
+pub(crate) fn set_tree_attributes(
+    tree: impl AsFd,
+    attr_set: u64,
+    userns: Option<std::os::fd::BorrowedFd<'_>>,
+) -> nix::Result<()> {
+    let attr = MountAttr {
+        attr_set: attr_set | if userns.is_some() { MOUNT_ATTR_IDMAP } else { 0 },
+        attr_clr: 0,
+        propagation: MS_PRIVATE,
+        userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    let flags = nix::libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE;
+    // SAFETY: as in idmap_tree: a live, properly laid out struct, an empty
+    // NUL-terminated path, descriptors borrowed for the call.
+    let result = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            tree.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
 /// `MOUNT_ATTR_NODEV` from linux/mount.h.
 const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 

@@ -31,6 +31,9 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::shell_environment_is_literal_and_bad_input_is_refused", shell_environment),
         exclusive_trial(shared, "machine::a_running_machine_holds_the_image_lock_nspawn_and_machined_take", image_lock),
         exclusive_trial(shared, "machine::show_and_set_property_of_an_nspawn_machine", nspawn_machine),
+        exclusive_trial(shared, "machine::bind_at_start_maps_owners_and_bind_ro_refuses_writes", bind_at_start),
+        exclusive_trial(shared, "machine::bind_into_a_running_machine", bind_into_running),
+        exclusive_trial(shared, "machine::copy_to_and_from_keep_bytes_mode_and_mapped_owner", copy_to_and_from),
     ]
 }
 
@@ -1020,4 +1023,218 @@ fn shell_environment(tb: &Testbed) {
     assert_eq!(tb.ok("systemctl list-units --all --no-legend 'wharf-shell-*' | wc -l").trim(), "0");
     tb.ok("machine poweroff f28");
     assert_gone(tb, "f28");
+}
+/// A command that must fail with one line on stderr holding `reason`.
+#[track_caller]
+fn fails_in_one_line(tb: &Testbed, command: &str, reason: &str) {
+    let out = tb.fails(command);
+    let stderr = out.stderr.trim_end();
+    assert_eq!(stderr.lines().count(), 1, "one line: {out}");
+    assert!(stderr.contains(reason), "'{reason}' expected: {out}");
+}
+
+/// What a process of the machine sees (in all its namespaces).
+fn inside(tb: &Testbed, leader: &str, script: &str) -> crate::testbed::Out {
+    let quoted = script.replace('\'', r"'\''");
+    tb.sh(&format!("nsenter -t {leader} -a sh -c '{quoted}'"))
+}
+
+/// --bind with idmap: what root writes inside is root's on the host (and
+/// a host user's file is that user's inside); plain --bind: the machine's
+/// range owns what it writes; --bind-ro: writes refused. The mounts are
+/// gone with the machine.
+fn bind_at_start(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("rm -rf /srv/bind && mkdir -p /srv/bind/share /srv/bind/plain /srv/bind/ro && chmod 777 /srv/bind/plain \
+           && echo host > /srv/bind/ro/file && echo mine > /srv/bind/share/alice && chown 1000:1000 /srv/bind/share/alice \
+           && rm -rf /var/lib/machines/f28/mnt/share /var/lib/machines/f28/mnt/plain /var/lib/machines/f28/srv/bind");
+    let before = mounts(tb);
+    start(
+        tb,
+        "f28",
+        "--bind=/srv/bind/share:/mnt/share:idmap --bind=/srv/bind/plain:/mnt/plain --bind-ro=/srv/bind/ro",
+    );
+    let leader = leader(tb, "f28");
+    assert_running_inside(tb, &leader, UNIT);
+    let base = tb.ok(&format!("awk '{{print $2}}' /proc/{leader}/uid_map")).trim().to_string();
+    assert_ne!(base, "0", "the machine has a user namespace");
+
+    let out = inside(tb, &leader, "echo inside > /mnt/share/root-file && stat -c %u:%g /mnt/share/alice");
+    assert!(out.success(), "{out}");
+    assert_eq!(out.stdout.trim(), "1000:1000", "a host user's file is that user's inside");
+    assert_eq!(tb.ok("stat -c %u:%g /srv/bind/share/root-file").trim(), "0:0", "root inside writes root's files");
+    assert_eq!(tb.ok("cat /srv/bind/share/root-file").trim(), "inside");
+
+    let out = inside(tb, &leader, "touch /mnt/plain/x");
+    assert!(out.success(), "{out}");
+    assert_eq!(tb.ok("stat -c %u /srv/bind/plain/x").trim(), base, "noidmap: the machine's range owns it");
+
+    let out = inside(tb, &leader, "cat /srv/bind/ro/file && touch /srv/bind/ro/new");
+    assert!(!out.success() && out.stdout.trim() == "host", "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    assert!(!tb.host_path("/srv/bind/ro/new").exists());
+
+    tb.ok(&format!("systemctl stop {UNIT}"));
+    assert_nothing_left(tb, IMAGE, "f28", None);
+    assert_eq!(mounts(tb), before, "the testbed's mounts changed");
+
+    // A source that does not exist, or a spec nspawn would not take: one
+    // line, and no unit is left.
+    fails_in_one_line(
+        tb,
+        "machine start f28 --bind=/srv/bind/missing:/mnt/x",
+        "bind source /srv/bind/missing does not exist",
+    );
+    assert_gone(tb, "f28");
+    fails_in_one_line(tb, "machine start f28 --bind=/srv/bind/share:/mnt/x:bogus", "unknown bind option 'bogus'");
+    fails_in_one_line(tb, "machine start f28 --bind=/srv/bind/share:mnt", "is not an absolute path");
+    assert_gone(tb, "f28");
+    // A symlink in the image that leads out of it is not followed to the host.
+    tb.ok("ln -sfn /etc /var/lib/machines/f28/srv/evil");
+    fails_in_one_line(tb, "machine start f28 --bind=/srv/bind/share:/srv/evil/share", "leads out of the machine");
+    assert!(!tb.host_path("/etc/share").exists());
+    tb.ok("rm /var/lib/machines/f28/srv/evil");
+    assert_gone(tb, "f28");
+    assert_eq!(mounts(tb), before, "the testbed's mounts changed");
+    tb.ok("rm -rf /srv/bind");
+}
+
+/// machine bind into a running machine: visible inside, idmapped, read-only
+/// with --read-only; bad input and escaping mount points refused in one
+/// line, without a mount left on the host; nobody refused.
+fn bind_into_running(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("rm -rf /srv/live /srv/live-ro && mkdir -p /srv/live /srv/live-ro && echo live > /srv/live/file \
+           && echo ro > /srv/live-ro/file && rm -rf /var/lib/machines/f28/mnt/live /var/lib/machines/f28/mnt/live-ro");
+    start(tb, "f28", "");
+    let leader = leader(tb, "f28");
+    assert_running_inside(tb, &leader, UNIT);
+    let before = mounts(tb);
+
+    let out = tb.ok("machine bind f28 /srv/live /mnt/live --mkdir");
+    assert_eq!(out.trim(), "Bound /srv/live to /mnt/live in machine f28.");
+    let out = inside(tb, &leader, "cat /mnt/live/file && echo new > /mnt/live/new");
+    assert!(out.success() && out.stdout.trim() == "live", "{out}");
+    assert_eq!(tb.ok("stat -c %u:%g /srv/live/new").trim(), "0:0", "idmapped: root inside is root on the host");
+
+    tb.ok("machine bind f28 /srv/live-ro /mnt/live-ro --mkdir --read-only");
+    let out = inside(tb, &leader, "cat /mnt/live-ro/file && touch /mnt/live-ro/new");
+    assert!(!out.success() && out.stdout.trim() == "ro" && out.stderr.contains("Read-only file system"), "{out}");
+    // machine status as machinectl status: OS, since, the cgroup tree, the
+    // unit's last journal lines.
+    let journal = tb.ok("journalctl -u wharf-f28.service --no-pager -n 1 -o short");
+    let status = tb.ok("machine status f28");
+    for part in ["Since:", "OS:", "Unit: wharf-f28.service", "systemd", "wharfd", journal.trim()] {
+        assert!(status.contains(part), "{part} in:\n{status}");
+    }
+    // Services of the machine (in mount namespaces of their own) see it too.
+    let out = tb.ok("machine shell f28 /bin/cat /mnt/live/file");
+    assert_eq!(out.trim(), "live");
+
+    inside(tb, &leader, "ln -sfn /etc /tmp/evil; ln -sfn ../../../../../../.. /tmp/up");
+    for (command, reason) in [
+        ("machine bind f28 /srv/missing /mnt/x --mkdir", "/srv/missing does not exist"),
+        ("machine bind f28 /srv/live mnt/x", "is not an absolute path"),
+        ("machine bind f28 /srv/live /mnt/nothere", "/mnt/nothere does not exist in the machine"),
+        ("machine bind f29 /srv/live /mnt/live", "machine 'f29' is not running"),
+        ("machine bind f28 /srv/live /tmp/evil/x --mkdir", "leads out of the machine"),
+        ("machine bind f28 /srv/live /tmp/up/etc", "leads out of the machine"),
+    ] {
+        fails_in_one_line(tb, command, reason);
+    }
+    assert!(!tb.host_path("/etc/x").exists());
+    let out = tb.sh_nobody("machine bind f28 /srv/live /mnt/x --mkdir");
+    assert!(!out.success() && out.stderr.trim().lines().count() == 1, "{out}");
+    assert!(out.stderr.contains("root"), "{out}");
+    let after = mounts(tb);
+    assert_eq!(after, before, "a bind or refusal changed the host's mounts");
+    assert!(!tb.ok("findmnt -rn -o TARGET").contains("/mnt/x"));
+    tb.ok(&format!("systemctl stop {UNIT}"));
+    assert_nothing_left(tb, IMAGE, "f28", None);
+    tb.ok("rm -rf /srv/live /srv/live-ro");
+}
+
+/// copy-to then copy-from: the same bytes, mode and owner (host UID 1000 is
+/// UID 1000 inside, and back); symlinks of the machine that lead out are
+/// refused both ways and no host file is touched; bad input in one line;
+/// nobody refused.
+fn copy_to_and_from(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("rm -rf /srv/cp && mkdir -p /srv/cp/tree/sub && head -c 100000 /dev/urandom > /srv/cp/data \
+           && chown 1000:1000 /srv/cp/data && chmod 640 /srv/cp/data && echo leaf > /srv/cp/tree/sub/leaf \
+           && chown -R 1001:1002 /srv/cp/tree && chmod 750 /srv/cp/tree/sub \
+           && rm -rf /var/lib/machines/f28/root/data /var/lib/machines/f28/opt/tree");
+    start(tb, "f28", "");
+    let leader = leader(tb, "f28");
+    assert_running_inside(tb, &leader, UNIT);
+    let before = mounts(tb);
+
+    let out = tb.ok("machine copy-to f28 /srv/cp/data /root/data");
+    assert_eq!(out.trim(), "Copied /srv/cp/data to /root/data in machine f28.");
+    let sum = tb.ok("sha256sum < /srv/cp/data");
+    let seen = inside(tb, &leader, "stat -c %u:%g:%a /root/data && sha256sum < /root/data");
+    assert_eq!(seen.stdout, format!("1000:1000:640\n{sum}"), "{seen}");
+    tb.ok("machine copy-to f28 /srv/cp/tree /opt/tree");
+    let seen = inside(tb, &leader, "stat -c %u:%g:%a /opt/tree/sub /opt/tree/sub/leaf && cat /opt/tree/sub/leaf");
+    assert!(seen.stdout.starts_with("1001:1002:750\n1001:1002:"), "{seen}");
+    assert!(seen.stdout.ends_with("leaf\n"), "{seen}");
+
+    tb.ok("machine copy-from f28 /root/data /srv/cp/back");
+    assert_eq!(tb.ok("stat -c %u:%g:%a /srv/cp/back && sha256sum < /srv/cp/back"), format!("1000:1000:640\n{sum}"));
+    tb.ok("machine copy-from f28 /opt/tree /srv/cp/tree-back");
+    assert_eq!(tb.ok("stat -c %u:%g:%a /srv/cp/tree-back/sub").trim(), "1001:1002:750");
+    assert_eq!(tb.ok("cat /srv/cp/tree-back/sub/leaf").trim(), "leaf");
+    // A set-user-ID file of the machine's root is not one of the host's.
+    inside(tb, &leader, "cp /bin/true /root/suid && chmod 4755 /root/suid");
+    tb.ok("machine copy-from f28 /root/suid /srv/cp/suid");
+    assert_eq!(tb.ok("stat -c %u:%a /srv/cp/suid").trim(), "0:755");
+
+    // The attack: symlinks in the machine that a root process reading
+    // paths on the host would follow to the host's /etc.
+    let host_etc = tb.ok("ls -la /etc | sha256sum");
+    let passwd = tb.ok("sha256sum /etc/passwd");
+    inside(
+        tb,
+        &leader,
+        "ln -sfn /etc /tmp/evil; ln -sfn ../../../../../../../../etc /tmp/up; ln -sfn /etc/passwd /tmp/link",
+    );
+    for command in [
+        "machine copy-to f28 /srv/cp/data /tmp/evil/pwned",
+        "machine copy-to f28 /srv/cp/data /tmp/up/pwned",
+        "machine copy-to f28 /srv/cp/tree /tmp/evil/pwned-tree",
+        "machine copy-from f28 /tmp/evil/passwd /srv/cp/leak",
+        "machine copy-from f28 /tmp/up/passwd /srv/cp/leak",
+    ] {
+        fails_in_one_line(tb, command, "leads out of the machine");
+    }
+    fails_in_one_line(tb, "machine copy-to f28 /srv/cp/data /tmp/link", "/tmp/link exists already in the machine");
+    assert_eq!(tb.ok("ls -la /etc | sha256sum"), host_etc, "the host's /etc changed");
+    assert_eq!(tb.ok("sha256sum /etc/passwd"), passwd);
+    assert!(!tb.host_path("/srv/cp/leak").exists());
+    let out = inside(tb, &leader, "ls /etc/pwned /etc/pwned-tree 2>&1; true");
+    assert!(out.stdout.contains("No such file"), "nothing written in the machine's /etc either: {out}");
+
+    for (command, reason) in [
+        ("machine copy-to f28 /srv/cp/missing /root/x", "/srv/cp/missing does not exist"),
+        ("machine copy-to f28 /srv/cp/data root/x", "is not an absolute path"),
+        ("machine copy-to f28 /srv/cp/data /nonexistent/dir/x", "/nonexistent/dir does not exist in the machine"),
+        ("machine copy-to f29 /srv/cp/data /root/x", "machine 'f29' is not running"),
+        ("machine copy-from f28 /root/missing /srv/cp/x", "/root/missing does not exist in the machine"),
+        ("machine copy-from f28 /root/data /srv/cp/back", "/srv/cp/back exists already"),
+    ] {
+        fails_in_one_line(tb, command, reason);
+    }
+    assert!(!tb.host_path("/srv/cp/x").exists());
+    let out = tb.sh_nobody("machine copy-to f28 /srv/cp/data /root/nobody");
+    assert!(!out.success() && out.stderr.trim().lines().count() == 1 && out.stderr.contains("root"), "{out}");
+    let out = tb.sh_nobody("machine copy-from f28 /etc/shadow /tmp/shadow");
+    assert!(!out.success() && !tb.host_path("/tmp/shadow").exists(), "{out}");
+    assert!(!inside(tb, &leader, "test -e /root/nobody").success());
+    assert_eq!(mounts(tb), before, "copies changed the host's mounts");
+    let helpers = tb.ok("systemctl list-units --all --no-legend --plain 'wharf-files-*' | wc -l");
+    assert_eq!(helpers.trim(), "0", "helper units left");
+
+    tb.ok(&format!("systemctl stop {UNIT}"));
+    assert_nothing_left(tb, IMAGE, "f28", None);
+    tb.ok("rm -rf /srv/cp");
 }
