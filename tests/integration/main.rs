@@ -68,22 +68,32 @@ pub fn bin_dir() -> PathBuf {
 /// A test that runs against the shared testbed; panics are failures.
 pub fn trial(shared: &Arc<Shared>, name: &str, test: fn(&Testbed)) -> Trial {
     let shared = shared.clone();
+    let label = name.to_string();
     Trial::test(name, move || {
         let testbed = shared.testbed()?;
         let _shared = shared.exclusive.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        test(testbed);
+        timed(&label, || test(testbed));
         Ok(())
     })
+}
+
+/// Runs `test` and says how long it took, so that what makes the suite
+/// long (CI has a time budget) can be seen in any run's log.
+fn timed(name: &str, test: impl FnOnce()) {
+    let start = std::time::Instant::now();
+    test();
+    testbed::note(&format!("{name} took {:.1} s", start.elapsed().as_secs_f64()));
 }
 
 /// A test that must not run alongside others (it restarts or reconfigures
 /// something all tests use).
 pub fn exclusive_trial(shared: &Arc<Shared>, name: &str, test: fn(&Testbed)) -> Trial {
     let shared = shared.clone();
+    let label = name.to_string();
     Trial::test(name, move || {
         let testbed = shared.testbed()?;
         let _alone = shared.exclusive.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        test(testbed);
+        timed(&label, || test(testbed));
         Ok(())
     })
 }
