@@ -399,6 +399,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::ListImages { all } => {
             let mut images = within(machine.list_images()).await?;
             images.retain(|image| all || !image.name.starts_with('.'));
+            if all {
+                images.extend(hidden_images(&bus, &images).await?);
+            }
             format.emit(&images, |images| images_table(images, false, format.legend()))?;
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
@@ -659,6 +662,31 @@ async fn machined_properties(
         within(async { Ok(proxy.get_all(zbus::names::InterfaceName::from_static_str_unchecked(interface)).await?) })
             .await?;
     Ok(all.iter().map(|(name, value)| (name.clone(), properties::PropValue::from(value))).collect())
+}
+
+/// The hidden images machined knows beyond `listed` (`.host`, the host's
+/// own root, and images whose name starts with a dot), for `list-images
+/// --all` as machinectl lists them.
+async fn hidden_images(
+    bus: &zbus::Connection,
+    listed: &[crate::api::ImageEntry],
+) -> Result<Vec<crate::api::ImageEntry>, CliError> {
+    let machined = zbus_systemd::machine1::ManagerProxy::new(bus).await?;
+    let mut hidden = Vec::new();
+    for (name, kind, read_only, _, modified_usec, usage, object) in within(machined.list_images()).await? {
+        if !name.starts_with('.') || listed.iter().any(|image| image.name == name) {
+            continue;
+        }
+        let props = machined_properties(bus, object, "org.freedesktop.machine1.Image").await?;
+        let path = props
+            .iter()
+            .find(|(key, _)| key == "Path")
+            .and_then(|(key, value)| properties::format_value(key, value))
+            .unwrap_or_default();
+        let size = if usage == u64::MAX { 0 } else { usage };
+        hidden.push(crate::api::ImageEntry { name, path, kind, state: "-".into(), read_only, size, modified_usec });
+    }
+    Ok(hidden)
 }
 
 /// machined's object of an image; one line naming it when there is none.
