@@ -216,6 +216,15 @@ pub enum Command {
     Status {
         /// A running machine.
         name: String,
+        /// How many journal lines to show (0: none).
+        #[arg(short = 'n', long, default_value_t = JOURNAL_LINES, value_name = "N")]
+        lines: usize,
+        /// Accepted as machinectl accepts it: wharf never shortens lines.
+        #[arg(short = 'l', long)]
+        full: bool,
+        /// Show at most N addresses (then "…" when there are more).
+        #[arg(long, value_name = "N")]
+        max_addresses: Option<usize>,
     },
     /// Show a running machine's properties as machinectl show prints them
     /// (Name, Id, Timestamp, TimestampMonotonic, Service, Unit, Leader, Class,
@@ -548,13 +557,19 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 table(&["MACHINE", "CLASS", "SERVICE", "STATE", "UNIT"], &rows, format.legend())
             })?;
         }
-        Command::Status { name } => {
-            let info = within(machine.get_machine(&name)).await?;
+        Command::Status { name, lines, full: _, max_addresses } => {
+            let mut info = within(machine.get_machine(&name)).await?;
+            if let Some(max) = max_addresses
+                && info.addresses.len() > max
+            {
+                info.addresses.truncate(max);
+                info.addresses.push("…".to_string());
+            }
             format.emit(&info, status_text)?;
-            if !format.is_json() {
+            if !format.is_json() && lines > 0 {
                 // As machinectl status: the unit's last journal lines, read
                 // with the caller's own rights (none when it may not read them).
-                print!("{}", journal_tail(&info.unit, JOURNAL_LINES));
+                print!("{}", journal_tail(&info.unit, lines));
             }
         }
         Command::Show { name, select } => {
@@ -966,6 +981,40 @@ mod tests {
         for bad in ["NOEQUALS", "1X=a"] {
             let error = shell_environment(None, vec![bad.into()]).unwrap_err().to_string();
             assert!(error.contains("environment variable") && !error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn status_takes_machinectls_options() {
+        use clap::Parser;
+        let cli =
+            super::Cli::try_parse_from(["machine", "status", "f28", "-n", "3", "-l", "--max-addresses=1"]).unwrap();
+        match cli.command {
+            Command::Status { name, lines, full, max_addresses } => {
+                assert_eq!((name.as_str(), lines, full, max_addresses), ("f28", 3, true, Some(1)));
+            }
+            _ => panic!("not status"),
+        }
+        let cli = super::Cli::try_parse_from(["machine", "status", "f28"]).unwrap();
+        assert!(matches!(cli.command, Command::Status { lines: JOURNAL_LINES, full: false, max_addresses: None, .. }));
+        let cli = super::Cli::try_parse_from([
+            "machine",
+            "show",
+            "f28",
+            "-p",
+            "Name,Leader",
+            "--property=State",
+            "--value",
+            "-a",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Show { select, .. } => {
+                let selection = select.selection();
+                assert_eq!(selection.names, ["Name", "Leader", "State"]);
+                assert!(selection.value_only && selection.all);
+            }
+            _ => panic!("not show"),
         }
     }
 

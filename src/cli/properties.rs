@@ -165,6 +165,10 @@ pub const MACHINE_ORDER: &[&str] = &[
     "Class",
     "RootDirectory",
     "NetworkInterfaces",
+    // Since systemd 256.
+    "VSockCID",
+    "SSHAddress",
+    "SSHPrivateKeyPath",
     "State",
 ];
 

@@ -1327,6 +1327,13 @@ fn machinectl_lines(tb: &Testbed) {
     let status = both(tb, "image-status f28", false).stdout;
     assert!(status.starts_with("f28\n") && status.contains("Path: /var/lib/machines/f28\n"), "{status}");
     assert!(status.contains("Type: directory\n") && status.contains("RO: writable\n"), "{status}");
+    // status with machinectl's options: -n 0 shows no journal lines.
+    let status = both(tb, "status f28 -n 0 -l --max-addresses=1 --no-pager", false).stdout;
+    assert!(
+        status.starts_with("f28\n") && status.trim_end().lines().last().unwrap_or("").starts_with("  "),
+        "{status}"
+    );
+    both(tb, "status f28 --lines=3 --full", false);
     // .host only with --all; hidden images only with --all.
     for args in ["list --no-legend", "list --all --no-legend", "list-images --no-legend", "list-images -a --no-legend"]
     {
