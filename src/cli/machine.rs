@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use super::output::{Format, OutputArgs, images_table, table};
+use std::io::Write;
+
+use super::output::{Format, OutputArgs, human_size, images_table, table};
 use super::progress::{bounded, with_progress, within};
+use super::properties;
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::MachineProxy;
 use crate::compress::Compression;
@@ -27,7 +30,26 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List machine images in /var/lib/machines and the rest of the search path.
-    ListImages,
+    ListImages {
+        /// Also hidden images (those whose name starts with '.').
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Show an image's properties as machinectl show-image prints them
+    /// (Name, Path, Type, ReadOnly, CreationTimestamp, ModificationTimestamp,
+    /// Usage, Limit, ...), as machined reports them.
+    ShowImage {
+        /// An image in the search path.
+        name: String,
+        #[command(flatten)]
+        select: ShowArgs,
+    },
+    /// Show a summary of images, as machinectl image-status does.
+    ImageStatus {
+        /// Images in the search path.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Bring the host to what a fleet file says, all or nothing (see wharf-fleet(5)).
     Apply(super::fleet::ApplyArgs),
     /// Mark an image read-only (the default) or writable.
@@ -183,18 +205,36 @@ pub enum Command {
         kill_whom: String,
     },
     /// List running machines.
-    List,
+    List {
+        /// Also the host itself (.host), as machinectl list --all.
+        #[arg(short, long)]
+        all: bool,
+    },
     /// Show a running machine as machinectl status does (since, leader,
     /// service, root, addresses, OS, its unit's processes, its last journal
     /// lines), with its limits.
     Status {
         /// A running machine.
         name: String,
+        /// How many journal lines to show (0: none).
+        #[arg(short = 'n', long, default_value_t = JOURNAL_LINES, value_name = "N")]
+        lines: usize,
+        /// Accepted as machinectl accepts it: wharf never shortens lines.
+        #[arg(short = 'l', long)]
+        full: bool,
+        /// Show at most N addresses (then "…" when there are more).
+        #[arg(long, value_name = "N")]
+        max_addresses: Option<usize>,
     },
-    /// Show a running machine's resource limits (of its unit, whoever started it).
+    /// Show a running machine's properties as machinectl show prints them
+    /// (Name, Id, Timestamp, TimestampMonotonic, Service, Unit, Leader, Class,
+    /// RootDirectory, NetworkInterfaces, State), then its unit's resource
+    /// limits (whoever started it).
     Show {
         /// A running machine.
         name: String,
+        #[command(flatten)]
+        select: ShowArgs,
     },
     /// Change resource limits of a running machine, live (also of one nspawn runs).
     SetProperty {
@@ -286,6 +326,30 @@ pub enum Command {
     },
 }
 
+/// The options of `show` and `show-image`, as machinectl takes them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShowArgs {
+    /// Show only this property (repeatable; or a comma-separated list).
+    #[arg(short = 'p', long = "property", value_name = "NAME")]
+    property: Vec<String>,
+    /// Print only the values, not the names.
+    #[arg(long)]
+    value: bool,
+    /// Print empty properties too.
+    #[arg(short, long)]
+    all: bool,
+}
+
+impl ShowArgs {
+    fn selection(&self) -> properties::Selection {
+        properties::Selection {
+            names: properties::property_names(&self.property),
+            value_only: self.value,
+            all: self.all,
+        }
+    }
+}
+
 /// The image name an imported file gets when none is given.
 fn default_name(file: &Path) -> String {
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -341,8 +405,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let machine = within(MachineProxy::new(&bus)).await?;
     let show = !cli.output.quiet && !format.is_json();
     match cli.command {
-        Command::ListImages => {
-            let images = within(machine.list_images()).await?;
+        Command::ListImages { all } => {
+            let mut images = within(machine.list_images()).await?;
+            images.retain(|image| all || !image.name.starts_with('.'));
+            if all {
+                images.extend(hidden_images(&bus, &images).await?);
+            }
             format.emit(&images, |images| images_table(images, false, format.legend()))?;
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
@@ -475,8 +543,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 bounded(&bus, machine.kill_machine(&name, &kill_whom, signal)).await?;
             }
         }
-        Command::List => {
-            let machines = within(machine.list_machines()).await?;
+        Command::List { all } => {
+            let mut machines = within(machine.list_machines()).await?;
+            machines.retain(|m| all || m.name != ".host");
             format.emit(&machines, |machines| {
                 if machines.is_empty() {
                     return if format.legend() { "No machines.".to_string() } else { String::new() };
@@ -488,22 +557,54 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 table(&["MACHINE", "CLASS", "SERVICE", "STATE", "UNIT"], &rows, format.legend())
             })?;
         }
-        Command::Status { name } => {
-            let info = within(machine.get_machine(&name)).await?;
+        Command::Status { name, lines, full: _, max_addresses } => {
+            let mut info = within(machine.get_machine(&name)).await?;
+            if let Some(max) = max_addresses
+                && info.addresses.len() > max
+            {
+                info.addresses.truncate(max);
+                info.addresses.push("…".to_string());
+            }
             format.emit(&info, status_text)?;
-            if !format.is_json() {
+            if !format.is_json() && lines > 0 {
                 // As machinectl status: the unit's last journal lines, read
                 // with the caller's own rights (none when it may not read them).
-                print!("{}", journal_tail(&info.unit, JOURNAL_LINES));
+                print!("{}", journal_tail(&info.unit, lines));
             }
         }
-        Command::Show { name } => {
+        Command::Show { name, select } => {
+            // wharfd first: it says in one line when the machine is not running.
             let info = within(machine.get_machine(&name)).await?;
-            let limits: serde_json::Map<String, serde_json::Value> =
-                info.limits.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-            format.emit(&limits, |limits| {
-                limits.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join("\n")
-            })?;
+            let machined = zbus_systemd::machine1::ManagerProxy::new(&bus).await?;
+            let path = within(machined.get_machine(name.clone())).await?;
+            let mut props = properties::ordered(
+                machined_properties(&bus, path, "org.freedesktop.machine1.Machine").await?,
+                properties::MACHINE_ORDER,
+            );
+            props.extend(info.limits.iter().map(|(k, v)| (k.clone(), properties::PropValue::Str(v.clone()))));
+            print_properties(format, &props, &select.selection(), &format!("machine '{name}'"))?;
+        }
+        Command::ShowImage { name, select } => {
+            let path = machined_image(&bus, &name).await?;
+            let props = properties::ordered(
+                machined_properties(&bus, path, "org.freedesktop.machine1.Image").await?,
+                properties::IMAGE_ORDER,
+            );
+            print_properties(format, &props, &select.selection(), &format!("image '{name}'"))?;
+        }
+        Command::ImageStatus { names } => {
+            let mut records = Vec::new();
+            for name in &names {
+                let path = machined_image(&bus, name).await?;
+                let props = machined_properties(&bus, path, "org.freedesktop.machine1.Image").await?;
+                records.push(
+                    props
+                        .into_iter()
+                        .filter_map(|(k, v)| properties::format_value(&k, &v).map(|v| (k, v)))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                );
+            }
+            format.emit(&records, |records| records.iter().map(image_status_text).collect::<Vec<_>>().join("\n"))?;
         }
         Command::SetProperty { name, properties, save } => {
             bounded(&bus, machine.set_machine_properties(&name, &properties, save)).await?;
@@ -562,6 +663,104 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The properties of one of machined's objects (`interface` at `path`).
+async fn machined_properties(
+    bus: &zbus::Connection,
+    path: zbus::OwnedObjectPath,
+    interface: &'static str,
+) -> Result<Vec<(String, properties::PropValue)>, CliError> {
+    let proxy =
+        zbus::fdo::PropertiesProxy::builder(bus).destination("org.freedesktop.machine1").path(path).build().await?;
+    let all =
+        within(async { Ok(proxy.get_all(zbus::names::InterfaceName::from_static_str_unchecked(interface)).await?) })
+            .await?;
+    Ok(all.iter().map(|(name, value)| (name.clone(), properties::PropValue::from(value))).collect())
+}
+
+/// The hidden images machined knows beyond `listed` (`.host`, the host's
+/// own root, and images whose name starts with a dot), for `list-images
+/// --all` as machinectl lists them.
+async fn hidden_images(
+    bus: &zbus::Connection,
+    listed: &[crate::api::ImageEntry],
+) -> Result<Vec<crate::api::ImageEntry>, CliError> {
+    let machined = zbus_systemd::machine1::ManagerProxy::new(bus).await?;
+    let mut hidden = Vec::new();
+    for (name, kind, read_only, _, modified_usec, usage, object) in within(machined.list_images()).await? {
+        if !name.starts_with('.') || listed.iter().any(|image| image.name == name) {
+            continue;
+        }
+        let props = machined_properties(bus, object, "org.freedesktop.machine1.Image").await?;
+        let path = props
+            .iter()
+            .find(|(key, _)| key == "Path")
+            .and_then(|(key, value)| properties::format_value(key, value))
+            .unwrap_or_default();
+        let size = if usage == u64::MAX { 0 } else { usage };
+        hidden.push(crate::api::ImageEntry { name, path, kind, state: "-".into(), read_only, size, modified_usec });
+    }
+    Ok(hidden)
+}
+
+/// machined's object of an image; one line naming it when there is none.
+async fn machined_image(bus: &zbus::Connection, name: &str) -> Result<zbus::OwnedObjectPath, CliError> {
+    let machined = zbus_systemd::machine1::ManagerProxy::new(bus).await?;
+    match within(machined.get_image(name.to_string())).await {
+        Err(CliError::Daemon(crate::api::BusError::ZBus(zbus::Error::MethodError(error, _, _))))
+            if error.as_str().ends_with(".NoSuchImage") =>
+        {
+            Err(CliError::Usage(format!("image '{name}' not found in the search path")))
+        }
+        other => other,
+    }
+}
+
+/// Prints what `show`/`show-image` selected of `props` (of `what`): lines,
+/// or with `--json` an object of the names and values.
+fn print_properties(
+    format: Format,
+    props: &[(String, properties::PropValue)],
+    selection: &properties::Selection,
+    what: &str,
+) -> Result<(), CliError> {
+    let lines = properties::render(props, selection)
+        .map_err(|unknown| CliError::Usage(format!("{what} has no property '{unknown}'")))?;
+    if format.is_json() {
+        let names = properties::Selection { value_only: false, ..selection.clone() };
+        let record: serde_json::Map<String, serde_json::Value> = properties::render(props, &names)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|line| line.split_once('=').map(|(k, v)| (k.to_string(), v.to_string().into())))
+            .collect();
+        return format.emit(&record, |_| String::new());
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        writeln!(stdout, "{line}").map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+/// `machine image-status` as text, as machinectl image-status lays it out.
+fn image_status_text(image: &std::collections::BTreeMap<String, String>) -> String {
+    let get = |key: &str| image.get(key).cloned();
+    let mut text = format!("{}\n", get("Name").unwrap_or_default());
+    let mut field = |label: &str, value: Option<String>| {
+        if let Some(value) = value {
+            text.push_str(&format!("{label:>10}: {value}\n"));
+        }
+    };
+    field("Path", get("Path"));
+    field("Type", get("Type"));
+    field("RO", get("ReadOnly").map(|ro| if ro == "yes" { "read-only" } else { "writable" }.to_string()));
+    field("Created", get("CreationTimestamp"));
+    field("Modified", get("ModificationTimestamp"));
+    let size = |key: &str| get(key).and_then(|v| v.parse::<u64>().ok()).filter(|n| *n != u64::MAX).map(human_size);
+    field("Usage", size("Usage"));
+    field("Limit", size("Limit"));
+    text
 }
 
 /// A host path as wharfd needs it: absolute (relative to the working
@@ -782,6 +981,40 @@ mod tests {
         for bad in ["NOEQUALS", "1X=a"] {
             let error = shell_environment(None, vec![bad.into()]).unwrap_err().to_string();
             assert!(error.contains("environment variable") && !error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn status_takes_machinectls_options() {
+        use clap::Parser;
+        let cli =
+            super::Cli::try_parse_from(["machine", "status", "f28", "-n", "3", "-l", "--max-addresses=1"]).unwrap();
+        match cli.command {
+            Command::Status { name, lines, full, max_addresses } => {
+                assert_eq!((name.as_str(), lines, full, max_addresses), ("f28", 3, true, Some(1)));
+            }
+            _ => panic!("not status"),
+        }
+        let cli = super::Cli::try_parse_from(["machine", "status", "f28"]).unwrap();
+        assert!(matches!(cli.command, Command::Status { lines: JOURNAL_LINES, full: false, max_addresses: None, .. }));
+        let cli = super::Cli::try_parse_from([
+            "machine",
+            "show",
+            "f28",
+            "-p",
+            "Name,Leader",
+            "--property=State",
+            "--value",
+            "-a",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Show { select, .. } => {
+                let selection = select.selection();
+                assert_eq!(selection.names, ["Name", "Leader", "State"]);
+                assert!(selection.value_only && selection.all);
+            }
+            _ => panic!("not show"),
         }
     }
 

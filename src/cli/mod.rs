@@ -6,6 +6,7 @@ pub mod machine;
 pub mod output;
 pub mod portable;
 pub mod progress;
+pub mod properties;
 pub mod terminal;
 pub mod wharfd;
 

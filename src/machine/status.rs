@@ -22,7 +22,19 @@ pub fn format_address(family: i32, bytes: &[u8]) -> Option<String> {
 /// A time in µs since the epoch as UTC, and how long ago that was from
 /// `now` (also µs), as `2026-12-02 07:10:00 UTC; 1h 5min ago`.
 pub fn format_since(usec: u64, now: u64) -> String {
-    let secs = usec / 1_000_000;
+    let ago = now.saturating_sub(usec) / 1_000_000;
+    let ago = match ago {
+        0..60 => format!("{ago}s"),
+        60..3600 => format!("{}min {}s", ago / 60, ago % 60),
+        3600..86_400 => format!("{}h {}min", ago / 3600, ago % 3600 / 60),
+        _ => format!("{} days {}h", ago / 86_400, ago % 86_400 / 3600),
+    };
+    format!("{} UTC; {ago} ago", utc_date_time(usec / 1_000_000))
+}
+
+/// Seconds since the epoch as a UTC date and time, `2026-12-02 07:10:00`,
+/// with the weekday (0 Sunday ... 6 Saturday).
+pub fn utc_civil(secs: u64) -> (String, usize) {
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -34,14 +46,13 @@ pub fn format_since(usec: u64, now: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let ago = now.saturating_sub(usec) / 1_000_000;
-    let ago = match ago {
-        0..60 => format!("{ago}s"),
-        60..3600 => format!("{}min {}s", ago / 60, ago % 60),
-        3600..86_400 => format!("{}h {}min", ago / 3600, ago % 3600 / 60),
-        _ => format!("{} days {}h", ago / 86_400, ago % 86_400 / 3600),
-    };
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC; {ago} ago", rest / 3600, rest % 3600 / 60, rest % 60)
+    // 1970-01-01 was a Thursday.
+    let weekday = ((days + 4) % 7) as usize;
+    (format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60), weekday)
+}
+
+fn utc_date_time(secs: u64) -> String {
+    utc_civil(secs).0
 }
 
 /// One cgroup: its name, its processes (PID and command line) and children.

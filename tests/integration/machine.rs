@@ -34,6 +34,11 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::bind_at_start_maps_owners_and_bind_ro_refuses_writes", bind_at_start),
         exclusive_trial(shared, "machine::bind_into_a_running_machine", bind_into_running),
         exclusive_trial(shared, "machine::copy_to_and_from_keep_bytes_mode_and_mapped_owner", copy_to_and_from),
+        exclusive_trial(
+            shared,
+            "machine::machinectl_show_list_and_image_command_lines_run_unchanged",
+            machinectl_lines,
+        ),
     ]
 }
 
@@ -1237,4 +1242,126 @@ fn copy_to_and_from(tb: &Testbed) {
     tb.ok(&format!("systemctl stop {UNIT}"));
     assert_nothing_left(tb, IMAGE, "f28", None);
     tb.ok("rm -rf /srv/cp");
+}
+
+/// Runs `ARGS` with machinectl and with machine in the testbed; asserts the
+/// same exit status and, when `same_output`, the same standard output.
+/// Returns machine's output.
+#[track_caller]
+fn both(tb: &Testbed, args: &str, same_output: bool) -> crate::testbed::Out {
+    let reference = tb.sh(&format!("machinectl {args}"));
+    let ours = tb.sh(&format!("machine {args}"));
+    assert_eq!(ours.success(), reference.success(), "exit status of {args}:\nmachinectl: {reference}\nmachine: {ours}");
+    if same_output {
+        assert_eq!(ours.stdout, reference.stdout, "output of {args}:\nmachinectl: {reference}\nmachine: {ours}");
+    }
+    if !ours.success() {
+        assert_eq!(ours.stderr.trim().lines().count(), 1, "one line: {ours}");
+    }
+    ours
+}
+
+/// The first column of a table printed with --no-legend.
+fn names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+/// machinectl's command lines for show, show-image, image-status, list and
+/// list-images run unchanged with machine, on the same machine and images,
+/// with the same exit status and the same values; bad input fails in one
+/// line as machinectl's does, and the documented difference (an unknown
+/// property is refused) holds.
+fn machinectl_lines(tb: &Testbed) {
+    prepare(tb);
+    tb.ok("rm -rf /var/lib/machines/.hidden; mkdir /var/lib/machines/.hidden");
+    start(tb, "f28", "--network=veth");
+    for property in [
+        "Name",
+        "Id",
+        "Timestamp",
+        "TimestampMonotonic",
+        "Service",
+        "Unit",
+        "Leader",
+        "Class",
+        "RootDirectory",
+        "State",
+    ] {
+        both(tb, &format!("show f28 --property={property} --value"), true);
+        both(tb, &format!("show f28 -p {property}"), true);
+    }
+    // The documented difference: machinectl of systemd 252 prints
+    // "[unprintable]" for the interface indices; machine prints them, as
+    // machined reports them (busctl: "ai N I1 I2...").
+    let indices = tb.ok("busctl get-property org.freedesktop.machine1 /org/freedesktop/machine1/machine/f28 \
+         org.freedesktop.machine1.Machine NetworkInterfaces");
+    let indices = indices.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
+    let ours = both(tb, "show f28 --property=NetworkInterfaces --value", false).stdout;
+    assert_eq!(ours, format!("{indices}\n"));
+    let reference = tb.ok("machinectl show f28 --property=NetworkInterfaces --value");
+    assert!(reference == ours || reference == "NetworkInterfaces=[unprintable]\n", "{reference}");
+    // machine splits comma lists as systemctl does; machinectl of systemd
+    // 252 takes "Name,Leader" for one name it does not know (documented).
+    let ours = both(tb, "show f28 -p Name,Leader -p State --value", false).stdout;
+    assert_eq!(ours, tb.ok("machinectl show f28 -p Name -p Leader -p State --value"));
+    both(tb, "show f28 -p Name -p Leader -p State --value", true);
+    both(tb, "show f28 --property=Name --property=Class --all", true);
+    // Everything machinectl shows, machine shows too (and then the unit's limits).
+    for all in ["", " --all", " -a"] {
+        let reference = tb.ok(&format!("machinectl show f28{all} | grep -v '^NetworkInterfaces='"));
+        let ours = both(tb, &format!("show f28{all}"), false).stdout;
+        let ours: String =
+            ours.lines().filter(|l| !l.starts_with("NetworkInterfaces=")).map(|l| format!("{l}\n")).collect();
+        assert!(ours.starts_with(&reference), "machinectl:\n{reference}\nmachine:\n{ours}");
+        assert!(ours[reference.len()..].contains("MemoryMax="), "{ours}");
+    }
+    for property in ["Name", "Path", "Type", "ReadOnly", "CreationTimestamp", "ModificationTimestamp", "Usage", "Limit"]
+    {
+        both(tb, &format!("show-image f28 --property={property} --value"), true);
+        both(tb, &format!("show-image f28 -p {property}"), true);
+    }
+    both(tb, "show-image f28", true);
+    both(tb, "show-image f28 -p ReadOnly -p Type --value", true);
+    let status = both(tb, "image-status f28", false).stdout;
+    assert!(status.starts_with("f28\n") && status.contains("Path: /var/lib/machines/f28\n"), "{status}");
+    assert!(status.contains("Type: directory\n") && status.contains("RO: writable\n"), "{status}");
+    // status with machinectl's options: -n 0 shows no journal lines.
+    let status = both(tb, "status f28 -n 0 -l --max-addresses=1 --no-pager", false).stdout;
+    assert!(
+        status.starts_with("f28\n") && status.trim_end().lines().last().unwrap_or("").starts_with("  "),
+        "{status}"
+    );
+    both(tb, "status f28 --lines=3 --full", false);
+    // .host only with --all; hidden images only with --all.
+    for args in ["list --no-legend", "list --all --no-legend", "list-images --no-legend", "list-images -a --no-legend"]
+    {
+        let reference = names(&tb.ok(&format!("machinectl {args}")));
+        let ours = names(&both(tb, args, false).stdout);
+        assert_eq!(ours, reference, "{args}");
+    }
+    assert!(names(&tb.ok("machine list --no-legend")) == ["f28"], "no .host by default");
+    assert!(names(&tb.ok("machine list-images -a --no-legend")).contains(&".hidden".to_string()));
+    assert!(!names(&tb.ok("machine list-images --no-legend")).contains(&".hidden".to_string()));
+    // Bad input: both fail, machine in one line naming the thing.
+    let out = both(tb, "show nope -p State --value", false);
+    assert_eq!(out.stderr.trim(), "machine: machine 'nope' is not running");
+    let out = both(tb, "show-image nope -p Path --value", false);
+    assert_eq!(out.stderr.trim(), "machine: image 'nope' not found in the search path");
+    let out = both(tb, "image-status nope", false);
+    assert_eq!(out.stderr.trim(), "machine: image 'nope' not found in the search path");
+    // The documented difference: machinectl prints nothing for a property
+    // there is not; machine says so and fails (a typo is not an empty value).
+    let reference = tb.sh("machinectl show f28 -p Nope --value");
+    assert!(reference.success() && reference.stdout.trim().is_empty(), "{reference}");
+    let out = tb.fails("machine show f28 -p Nope --value");
+    assert_eq!(out.stderr.trim(), "machine: machine 'f28' has no property 'Nope'");
+    assert!(out.stdout.is_empty());
+    let out = tb.fails("machine show-image f28 --property=Nope --value");
+    assert_eq!(out.stderr.trim(), "machine: image 'f28' has no property 'Nope'");
+    tb.ok("machine poweroff f28");
+    let out = both(tb, "show f28 -p State --value", false);
+    assert_eq!(out.stderr.trim(), "machine: machine 'f28' is not running");
+    tb.ok("rmdir /var/lib/machines/.hidden");
 }
