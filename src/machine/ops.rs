@@ -227,7 +227,8 @@ impl Machines {
             super::lock::lock_image(&image, super::lock::LockMode::Exclusive)
                 .map_err(|source| Error::Locked { machine: name.clone(), source })?;
             let config = MachineConfig::load(&config_dir, &name)?;
-            // nspawn's settings file, under wharf's own (machine(1) PRECEDENCE).
+            // nspawn's settings file, under wharf's own (machine(1), "Settings of
+            // systemd-nspawn": the first found, and only /etc and /run trusted).
             let config = match super::nspawn_settings::load(&nspawn_dirs, image.parent(), &name)? {
                 None => config,
                 Some((path, nspawn)) => {

@@ -1278,16 +1278,16 @@ fn nspawn_settings_file(tb: &Testbed) {
 
     // wharf.
     start(tb, "f28", "");
-    let leader = leader(tb, "f28");
-    assert_running_inside(tb, &leader, UNIT);
-    let wharf_env = environ(tb, &leader);
+    let pid = leader(tb, "f28");
+    assert_running_inside(tb, &pid, UNIT);
+    let wharf_env = environ(tb, &pid);
     assert_eq!(ours(&wharf_env), wanted, "{wharf_env:?}");
     assert!(wharf_env.contains(&"container=wharf".to_string()), "{wharf_env:?}");
-    let out = inside(tb, &leader, "cat /mnt/nspawn-bind/file; touch /mnt/nspawn-bind/new");
+    let out = inside(tb, &pid, "cat /mnt/nspawn-bind/file; touch /mnt/nspawn-bind/new");
     assert_eq!(out.stdout.trim(), "from-the-host", "{out}");
     assert!(out.stderr.contains("Read-only file system"), "{out}");
     assert!(tb.ok("ip -br link show dev ve-f28").contains("ve-f28"));
-    crate::network::serve(tb, "wt-nspawn-http", Some(&format!("/proc/{leader}/ns/net")), 80, "hello from f28");
+    crate::network::serve(tb, "wt-nspawn-http", Some(&format!("/proc/{pid}/ns/net")), 80, "hello from f28");
     let out = crate::network::get(tb, None, "http://127.0.0.1:8090/");
     assert!(out.success() && out.stdout.contains("hello from f28"), "{out}");
     tb.ok("systemctl stop wt-nspawn-http");
@@ -1329,11 +1329,11 @@ fn nspawn_settings_file(tb: &Testbed) {
          '[Files]' 'Bind=/etc:/mnt/nspawn-bind' '[Network]' 'VirtualEthernet=yes' 'Port=8091:80' > {beside}"
     ));
     start(tb, "f28", "");
-    let leader = leader(tb, "f28");
-    assert!(environ(tb, &leader).contains(&"FROM=image".to_string()), "an untrusted file's Environment= applies");
-    let out = inside(tb, &leader, "ls /mnt/nspawn-bind | wc -l");
+    let pid = leader(tb, "f28");
+    assert!(environ(tb, &pid).contains(&"FROM=image".to_string()), "an untrusted file's Environment= applies");
+    let out = inside(tb, &pid, "ls /mnt/nspawn-bind | wc -l");
     assert_eq!(out.stdout.trim(), "0", "the host's /etc is not in the machine: {out}");
-    let bounding = tb.ok(&format!("grep CapBnd /proc/{leader}/status"));
+    let bounding = tb.ok(&format!("grep CapBnd /proc/{pid}/status"));
     let bounding = u64::from_str_radix(bounding.split_whitespace().nth(1).unwrap(), 16).unwrap();
     assert_eq!(bounding & (1 << 16), 0, "no CAP_SYS_MODULE from an untrusted file");
     assert!(tb.sh("ip link show dev ve-f28").stdout.is_empty(), "no veth from an untrusted file");
