@@ -1328,9 +1328,11 @@ fn nspawn_settings_file(tb: &Testbed) {
         "printf '%s\\n' '[Exec]' 'Capability=all' 'Environment=FROM=image' \
          '[Files]' 'Bind=/etc:/mnt/nspawn-bind' '[Network]' 'VirtualEthernet=yes' 'Port=8091:80' > {beside}"
     ));
-    start(tb, "f28", "");
+    start(tb, "f28", "--setenv=LEVEL=9 -E 'SPACED=a b'");
     let pid = leader(tb, "f28");
-    assert!(environ(tb, &pid).contains(&"FROM=image".to_string()), "an untrusted file's Environment= applies");
+    let env = environ(tb, &pid);
+    assert!(env.contains(&"FROM=image".to_string()), "an untrusted file's Environment= applies: {env:?}");
+    assert!(env.contains(&"LEVEL=9".to_string()) && env.contains(&"SPACED=a b".to_string()), "--setenv: {env:?}");
     let out = inside(tb, &pid, "ls /mnt/nspawn-bind | wc -l");
     assert_eq!(out.stdout.trim(), "0", "the host's /etc is not in the machine: {out}");
     let bounding = tb.ok(&format!("grep CapBnd /proc/{pid}/status"));
@@ -1338,6 +1340,12 @@ fn nspawn_settings_file(tb: &Testbed) {
     assert_eq!(bounding & (1 << 16), 0, "no CAP_SYS_MODULE from an untrusted file");
     assert!(tb.sh("ip link show dev ve-f28").stdout.is_empty(), "no veth from an untrusted file");
     tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+    fails_in_one_line(
+        tb,
+        "machine start f28 --setenv=container=evil",
+        "container= is set by wharf and cannot be changed",
+    );
     assert_gone(tb, "f28");
     tb.ok(&format!("rm -f {beside}; rm -rf /srv/nspawn-bind"));
     assert_eq!(mounts(tb), before, "the testbed's mounts changed");
