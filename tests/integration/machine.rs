@@ -1303,6 +1303,11 @@ fn nspawn_settings_file(tb: &Testbed) {
          journalctl -u systemd-nspawn@f28 --no-pager | tail >&2; exit 1",
     );
     let nspawn_leader = leader(tb, "f28");
+    // machined knows the leader before it has executed the image's init.
+    tb.ok(&format!(
+        "for i in $(seq 300); do tr '\\0' '\\n' < /proc/{nspawn_leader}/environ | grep -q '^container=' && exit 0; \
+         sleep 0.1; done; exit 1"
+    ));
     let nspawn_env = environ(tb, &nspawn_leader);
     assert_eq!(ours(&nspawn_env), ours(&wharf_env), "nspawn: {nspawn_env:?}");
     let out = inside(tb, &nspawn_leader, "cat /mnt/nspawn-bind/file; touch /mnt/nspawn-bind/new");
