@@ -27,6 +27,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run and matched at once: the size of `Start` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List machine images in /var/lib/machines and the rest of the search path.
@@ -163,6 +165,9 @@ pub enum Command {
         /// As --bind=, read-only.
         #[arg(long = "bind-ro", value_name = "SRC[:DST[:OPTIONS]]")]
         binds_ro: Vec<String>,
+        /// An environment variable for the machine's init; repeatable.
+        #[arg(short = 'E', long = "setenv", value_name = "VAR=VALUE")]
+        setenv: Vec<String>,
         /// Seconds to wait for the machine's init to report ready.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         timeout: u32,
@@ -468,6 +473,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             no_new_privileges,
             binds,
             binds_ro,
+            setenv,
             timeout,
             no_block,
         } => {
@@ -481,6 +487,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
             }
             let bind = (!specs.is_empty()).then(|| serde_json::to_string(&specs).expect("strings serialise"));
+            for assignment in &setenv {
+                crate::machine::launcher::parse_assignment(assignment)
+                    .map_err(|e| CliError::Usage(format!("--setenv: {e}")))?;
+            }
+            let setenv = (!setenv.is_empty()).then(|| serde_json::to_string(&setenv).expect("strings serialise"));
             let confinement: std::collections::HashMap<String, String> = [
                 ("port", ports),
                 ("private-users-ownership", private_users_ownership),
@@ -488,6 +499,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 ("drop-capability", drop_capability),
                 ("no-new-privileges", no_new_privileges),
                 ("bind", bind),
+                ("setenv", setenv),
             ]
             .into_iter()
             .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))

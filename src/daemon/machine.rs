@@ -272,6 +272,18 @@ impl MachineInterface {
                     .map_err(|e| BusError::InvalidArgument(format!("machine '{name}': {e}")))?
             }
         };
+        let environment = match confinement.remove("setenv") {
+            None => Vec::new(),
+            Some(json) => {
+                let values: Vec<String> = serde_json::from_str(&json)
+                    .map_err(|e| BusError::InvalidArgument(format!("setenv: not a JSON list of strings: {e}")))?;
+                values
+                    .iter()
+                    .map(|v| crate::machine::launcher::parse_assignment(v))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| BusError::InvalidArgument(format!("machine '{name}': --setenv: {e}")))?
+            }
+        };
         let request = StartRequest {
             machine: name,
             properties,
@@ -283,6 +295,7 @@ impl MachineInterface {
             drop_capability: confinement.remove("drop-capability"),
             no_new_privileges,
             binds,
+            environment,
             // 0: queued, not waited for (machine start --no-block).
             ready_timeout: std::time::Duration::from_secs(u64::from(ready_timeout)),
         };
@@ -756,7 +769,7 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
             | E::Bind { .. } => BusError::InvalidArgument(message),
             E::Store(store) => store_bus_error(store, message),
             E::Image(image) => super::image_bus_error(image, message),
-            E::Config(_) => BusError::InvalidArgument(message),
+            E::Config(_) | E::Nspawn(_) => BusError::InvalidArgument(message),
             E::Running(_) | E::Locked { .. } | E::NotOurs { .. } => BusError::Busy(message),
             E::NetworkSetup { .. } => BusError::Conflict(message),
             E::NotRunning(_) => BusError::NoSuchImage(message),

@@ -119,8 +119,12 @@ pub struct MachineConfig {
     pub capability: Option<String>,
     pub drop_capability: Option<String>,
     pub no_new_privileges: Option<bool>,
-    /// `bind`, then `bind-ro`, of `[container]`.
+    /// `bind`, then `bind-ro`, of `[container]` (after a `.nspawn` file's).
     pub binds: Vec<super::files::BindSpec>,
+    /// Only from a `.nspawn` file (`PrivateUsersOwnership=`).
+    pub private_users_ownership: Option<String>,
+    /// Only from a `.nspawn` file (`Environment=`).
+    pub environment: Vec<String>,
 }
 
 impl MachineConfig {
@@ -173,7 +177,26 @@ impl MachineConfig {
             drop_capability: list(container.drop_capability, "drop-capability")?,
             no_new_privileges: container.no_new_privileges,
             binds,
+            private_users_ownership: None,
+            environment: Vec::new(),
         })
+    }
+
+    /// These settings over those of a `.nspawn` file: a key set here wins,
+    /// ports given here replace the file's, binds add to the file's.
+    pub fn over_nspawn(self, nspawn: super::nspawn_settings::NspawnSettings) -> MachineConfig {
+        MachineConfig {
+            limits: self.limits,
+            private_users: self.private_users.or(nspawn.private_users),
+            network: self.network.or(nspawn.network),
+            ports: if self.ports.is_empty() { nspawn.ports } else { self.ports },
+            capability: self.capability.or(nspawn.capability),
+            drop_capability: self.drop_capability.or(nspawn.drop_capability),
+            no_new_privileges: self.no_new_privileges.or(nspawn.no_new_privileges),
+            binds: nspawn.binds.into_iter().chain(self.binds).collect(),
+            private_users_ownership: self.private_users_ownership.or(nspawn.private_users_ownership),
+            environment: nspawn.environment.into_iter().chain(self.environment).collect(),
+        }
     }
 
     /// The settings of `machine` below `dir`; none when there is no file.
@@ -257,6 +280,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(error, "/etc/wharf/machines/f28.toml: bind: bind source 'srv' is not an absolute path");
+    }
+
+    #[test]
+    fn settings_win_over_nspawn() {
+        let nspawn = crate::machine::nspawn_settings::parse(
+            "[Exec]\nPrivateUsers=no\nEnvironment=A=1\nNoNewPrivileges=yes\n[Files]\nBind=/srv/n\n\
+             [Network]\nZone=lab\nPort=22\n",
+            Path::new("/etc/systemd/nspawn/f28.nspawn"),
+            crate::machine::nspawn_settings::Trust::Trusted,
+        )
+        .unwrap();
+        let text = "[container]\nnetwork = \"veth\"\nport = \"8080:80\"\nbind = [\"/srv/t\"]\n";
+        let config = MachineConfig::parse(text, Path::new("f28.toml")).unwrap().over_nspawn(nspawn);
+        assert_eq!(config.network.as_deref(), Some("veth"));
+        assert_eq!(crate::machine::network::format_ports(&config.ports), "tcp:8080:80");
+        assert_eq!(config.private_users.as_deref(), Some("no"));
+        assert_eq!(config.no_new_privileges, Some(true));
+        assert_eq!(config.environment, ["A=1"]);
+        let sources: Vec<&Path> = config.binds.iter().map(|b| b.source.as_path()).collect();
+        assert_eq!(sources, [Path::new("/srv/n"), Path::new("/srv/t")]);
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub(crate) struct Plan {
     pub capabilities: CapabilitySet,
     /// Whether the init runs with no_new_privs set.
     pub no_new_privileges: bool,
+    /// `VAR=VALUE` for the init, checked by `launcher::parse_assignment`.
+    pub environment: Vec<String>,
     pub payload_cgroups: Vec<PathBuf>,
     pub cgroup_mounts: Vec<CgroupMount>,
     /// The host path of the console pty's slave.
@@ -412,19 +414,32 @@ fn init(plan: &Plan) -> Result<Infallible, StepError> {
 
     let cstring = |s: String| CString::new(s).map_err(step("building the init's arguments"));
     let path = cstring(plan.init.clone())?;
-    let env = [
-        "container=wharf".to_string(),
-        format!("container_uuid={}", plan.uuid),
-        format!("NOTIFY_SOCKET={NOTIFY_SOCKET}"),
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        "TERM=vt220".to_string(),
-    ]
-    .into_iter()
-    .map(cstring)
-    .collect::<Result<Vec<_>, _>>()?;
+    let env =
+        init_environment(&plan.uuid, &plan.environment).into_iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
     // Last: from here on only execve runs, and the filter allows it.
     super::seccomp::install(plan.capabilities).map_err(step("installing the init's system call filter"))?;
     nix::unistd::execve(&path, std::slice::from_ref(&path), &env).map_err(step(format!("executing {}", plan.init)))
+}
+
+/// The init's environment: wharf's variables, PATH and TERM unless given,
+/// then those given (the last of a name wins; wharf's own are never
+/// replaced, whatever got past the launcher's check).
+fn init_environment(uuid: &str, given: &[String]) -> Vec<String> {
+    let name = |assignment: &str| assignment.split_once('=').map_or(assignment, |(n, _)| n).to_string();
+    let mut env =
+        vec!["container=wharf".to_string(), format!("container_uuid={uuid}"), format!("NOTIFY_SOCKET={NOTIFY_SOCKET}")];
+    let defaults = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=vt220"];
+    let mut rest: Vec<String> = defaults.iter().map(|s| s.to_string()).collect();
+    for assignment in given {
+        let var = name(assignment);
+        if super::launcher::RESERVED_ENVIRONMENT.contains(&var.as_str()) {
+            continue;
+        }
+        rest.retain(|kept| name(kept) != var);
+        rest.push(assignment.clone());
+    }
+    env.extend(rest);
+    env
 }
 
 fn read_only_bind(path: &Path, flags: MsFlags) -> Step {
@@ -461,5 +476,25 @@ fn cgroup_mount(m: &CgroupMount) -> Step {
             Some("mode=755"),
         )
         .map_err(step(format!("making {target} read-only"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_init_environment_keeps_wharfs_variables() {
+        let given = ["TERM=xterm".to_string(), "A=1".into(), "container=evil".into(), "A=2".into()];
+        let env = super::init_environment("u", &given);
+        assert_eq!(
+            env,
+            [
+                "container=wharf",
+                "container_uuid=u",
+                &format!("NOTIFY_SOCKET={}", super::NOTIFY_SOCKET),
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "TERM=xterm",
+                "A=2"
+            ]
+        );
     }
 }

@@ -105,6 +105,10 @@ pub struct LaunchArgs {
     /// mounted in this order.
     #[arg(long = "bind", value_name = "ro|rw:SRC:DST:OPTIONS", value_parser = BindSpec::parse_launch)]
     pub binds: Vec<BindSpec>,
+    /// An environment variable for the init (over PATH and TERM, not over
+    /// container= and the others wharf sets); repeatable.
+    #[arg(long = "setenv", value_name = "VAR=VALUE", value_parser = parse_assignment)]
+    pub environment: Vec<String>,
 }
 
 /// A path the launcher's command line cannot carry: `ExecStart=` goes to
@@ -141,6 +145,7 @@ impl LaunchArgs {
             path(&bind.destination)?;
             argv.push(format!("--bind={}", bind.launch_value()));
         }
+        argv.extend(self.environment.iter().map(|assignment| format!("--setenv={assignment}")));
         Ok(argv)
     }
 }
@@ -155,6 +160,27 @@ fn parse_port(value: &str) -> Result<Port, String> {
 
 fn parse_capabilities(list: &str) -> Result<CapabilitySet, String> {
     capability::parse(list).map_err(|e| e.to_string())
+}
+
+/// Variables of the init's environment that wharf sets and nothing overrides.
+pub const RESERVED_ENVIRONMENT: [&str; 3] = ["container", "container_uuid", "NOTIFY_SOCKET"];
+
+/// `VAR=VALUE` for the init's environment: VAR of letters, digits and
+/// `_` (not first a digit), not one of [`RESERVED_ENVIRONMENT`]; VALUE without NUL.
+pub fn parse_assignment(text: &str) -> Result<String, String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("'{text}' is not VAR=VALUE"))?;
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("'{name}' is not a variable name (letters, digits and _, not first a digit)"));
+    }
+    if RESERVED_ENVIRONMENT.contains(&name) {
+        return Err(format!("{name}= is set by wharf and cannot be changed"));
+    }
+    if value.contains('\0') {
+        return Err(format!("the value of {name} holds a NUL byte"));
+    }
+    Ok(text.to_string())
 }
 
 /// `yes`/`no` (and the other spellings systemd takes for a boolean).
@@ -646,6 +672,7 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
         resolv_conf,
         capabilities: capability::bounding_set(args.network.private(), args.capability, args.drop_capability),
         no_new_privileges: args.no_new_privileges,
+        environment: args.environment.clone(),
         payload_cgroups,
         cgroup_mounts: host_cgroups.container_mounts(),
         console: console.path.clone(),
@@ -953,6 +980,7 @@ mod tests {
             drop_capability: CapabilitySet::SYS_ADMIN,
             no_new_privileges: true,
             binds: Vec::new(),
+            environment: Vec::new(),
         }
     }
 
@@ -980,6 +1008,7 @@ mod tests {
                 BindSpec::parse("/srv/a\\:b:/--network=private:idmap", true).unwrap(),
                 BindSpec::parse("/srv/c", false).unwrap(),
             ],
+            environment: vec!["A=two words".into(), "B=--network=private".into(), "C=".into(), "D=x\ny".into()],
             ..directory_launch("f29", "/")
         };
         assert_eq!(parse(&every.command_line("wharfd").unwrap()).unwrap(), every);

@@ -14,6 +14,7 @@
 //! - [`store`]: the image store (clone, rename, remove, import, export),
 //!   with [`copy`] for trees and [`archive`] for tar archives of them,
 //! - [`property`], [`config`]: resource limits and per-machine settings,
+//!   [`nspawn_settings`]: systemd-nspawn's `.nspawn` files,
 //! - [`cgroup`], [`uid_range`], [`ownership`], [`notify`], [`name`],
 //!   [`capability`]: the parts that decide things (and are tested without
 //!   root),
@@ -37,6 +38,7 @@ pub mod lock;
 pub mod name;
 pub mod network;
 pub mod notify;
+pub mod nspawn_settings;
 pub mod ops;
 pub mod ownership;
 pub mod property;

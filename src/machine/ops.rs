@@ -41,6 +41,8 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] super::config::ConfigError),
     #[error(transparent)]
+    Nspawn(#[from] super::nspawn_settings::NspawnError),
+    #[error(transparent)]
     Property(#[from] super::property::PropertyError),
     #[error("machine '{machine}': {source}")]
     Systemd {
@@ -143,6 +145,8 @@ pub struct StartRequest {
     /// Bind mounts from the host (`--bind=`, `--bind-ro=`), after those of
     /// the machine's settings file.
     pub binds: Vec<BindSpec>,
+    /// `VAR=VALUE` for the init (`--setenv=`), after those of the `.nspawn` file.
+    pub environment: Vec<String>,
     /// How long to wait for the container's init to report ready.
     pub ready_timeout: Duration,
 }
@@ -161,6 +165,7 @@ impl StartRequest {
             drop_capability: None,
             no_new_privileges: None,
             binds: Vec::new(),
+            environment: Vec::new(),
             ready_timeout,
         }
     }
@@ -180,11 +185,17 @@ pub struct Started {
 pub struct Machines {
     pub store: Store,
     pub config_dir: PathBuf,
+    /// Where trusted `.nspawn` files are looked for, in order.
+    pub nspawn_dirs: Vec<PathBuf>,
 }
 
 impl Machines {
     pub fn system() -> Machines {
-        Machines { store: Store::machines(), config_dir: PathBuf::from(CONFIG_DIR) }
+        Machines {
+            store: Store::machines(),
+            config_dir: PathBuf::from(CONFIG_DIR),
+            nspawn_dirs: super::nspawn_settings::TRUSTED_DIRS.iter().map(PathBuf::from).collect(),
+        }
     }
 
     /// Boots a machine: checks what can be checked first (name, image, init,
@@ -195,6 +206,7 @@ impl Machines {
             return Err(Error::Running(machine));
         }
         let (store, config_dir, name) = (self.store.clone(), self.config_dir.clone(), machine.clone());
+        let nspawn_dirs = self.nspawn_dirs.clone();
         let request_binds = request.binds.clone();
         let (image, kind, config) = zruntime::unblock(move || -> Result<_> {
             let image = store.locate(&name)?;
@@ -215,6 +227,22 @@ impl Machines {
             super::lock::lock_image(&image, super::lock::LockMode::Exclusive)
                 .map_err(|source| Error::Locked { machine: name.clone(), source })?;
             let config = MachineConfig::load(&config_dir, &name)?;
+            // nspawn's settings file, under wharf's own (machine(1), "Settings of
+            // systemd-nspawn": the first found, and only /etc and /run trusted).
+            let config = match super::nspawn_settings::load(&nspawn_dirs, image.parent(), &name)? {
+                None => config,
+                Some((path, nspawn)) => {
+                    if !nspawn.ignored.is_empty() {
+                        tracing::warn!(
+                            machine = name,
+                            file = %path.display(),
+                            ignored = nspawn.ignored.join(", "),
+                            "the settings file is not in a trusted place; its privileged keys are ignored"
+                        );
+                    }
+                    config.over_nspawn(nspawn)
+                }
+            };
             // What can be told in one line here rather than as a failed
             // start: a missing source, a mount point leading out of the image.
             for bind in config.binds.iter().chain(&request_binds) {
@@ -237,7 +265,7 @@ impl Machines {
             None => PrivateUsers::Pick,
             Some(value) => value.parse().map_err(|_| invalid("--private-users value (pick, no or a UID)", &value))?,
         };
-        let private_users_ownership = match request.private_users_ownership {
+        let private_users_ownership = match request.private_users_ownership.or(config.private_users_ownership.clone()) {
             None => Ownership::Auto,
             Some(value) => {
                 value.parse().map_err(|_| invalid("--private-users-ownership value (auto, idmap or chown)", &value))?
@@ -284,6 +312,7 @@ impl Machines {
             drop_capability,
             no_new_privileges,
             binds,
+            environment: config.environment.iter().cloned().chain(request.environment).collect(),
         };
         let argv =
             launch.command_line(LAUNCHER).map_err(|e| invalid("path (not UTF-8)", &e.0.display().to_string()))?;

@@ -39,6 +39,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
             "machine::machinectl_show_list_and_image_command_lines_run_unchanged",
             machinectl_lines,
         ),
+        exclusive_trial(shared, "machine::nspawn_settings_file_runs_as_under_machinectl", nspawn_settings_file),
     ]
 }
 
@@ -1364,4 +1365,120 @@ fn machinectl_lines(tb: &Testbed) {
     let out = both(tb, "show f28 -p State --value", false);
     assert_eq!(out.stderr.trim(), "machine: machine 'f28' is not running");
     tb.ok("rmdir /var/lib/machines/.hidden");
+}
+
+/// The environment of a process, one `VAR=VALUE` a line, sorted.
+fn environ(tb: &Testbed, pid: &str) -> Vec<String> {
+    let mut vars: Vec<String> =
+        tb.ok(&format!("tr '\\0' '\\n' < /proc/{pid}/environ")).lines().map(str::to_string).collect();
+    vars.sort();
+    vars
+}
+
+/// A machine described by /etc/systemd/nspawn/f28.nspawn (Bind=,
+/// Environment=, Port= with VirtualEthernet=): `machine start` gives it
+/// the same bind mount and init environment as `machinectl start`, and its
+/// port answers. A key wharf does not support is refused in one line
+/// naming file and key, before any unit exists. A .nspawn file beside the
+/// image (the importer's) cannot bind host paths, add capabilities or
+/// networks.
+fn nspawn_settings_file(tb: &Testbed) {
+    prepare(tb);
+    let settings = "/etc/systemd/nspawn/f28.nspawn";
+    let beside = "/var/lib/machines/f28.nspawn";
+    tb.ok(&format!(
+        "rm -f {beside}; mkdir -p /etc/systemd/nspawn /srv/nspawn-bind && echo from-the-host > /srv/nspawn-bind/file \
+         && rm -rf {IMAGE}/mnt/nspawn-bind"
+    ));
+    // PrivateUsers=no: nspawn would otherwise shift the image's owners.
+    tb.ok(&format!(
+        "printf '%s\\n' '# moved from nspawn' '[Exec]' 'Boot=yes' 'PrivateUsers=no' \
+         'Environment=GREETING=hello \"SPACED=two words\"' 'Environment=LEVEL=3' \
+         '[Files]' 'BindReadOnly=/srv/nspawn-bind:/mnt/nspawn-bind' \
+         '[Network]' 'VirtualEthernet=yes' 'Port=tcp:8090:80' > {settings}"
+    ));
+    let before = mounts(tb);
+    let wanted = ["GREETING=hello", "LEVEL=3", "SPACED=two words"];
+    let ours = |vars: &[String]| -> Vec<String> {
+        vars.iter().filter(|v| wanted.iter().any(|w| v.starts_with(&w[..w.find('=').unwrap() + 1]))).cloned().collect()
+    };
+
+    // wharf.
+    start(tb, "f28", "");
+    let pid = leader(tb, "f28");
+    assert_running_inside(tb, &pid, UNIT);
+    let wharf_env = environ(tb, &pid);
+    assert_eq!(ours(&wharf_env), wanted, "{wharf_env:?}");
+    assert!(wharf_env.contains(&"container=wharf".to_string()), "{wharf_env:?}");
+    let out = inside(tb, &pid, "cat /mnt/nspawn-bind/file; touch /mnt/nspawn-bind/new");
+    assert_eq!(out.stdout.trim(), "from-the-host", "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    assert!(tb.ok("ip -br link show dev ve-f28").contains("ve-f28"));
+    crate::network::serve(tb, "wt-nspawn-http", Some(&format!("/proc/{pid}/ns/net")), 80, "hello from f28");
+    let out = crate::network::get(tb, None, "http://127.0.0.1:8090/");
+    assert!(out.success() && out.stdout.contains("hello from f28"), "{out}");
+    tb.ok("systemctl stop wt-nspawn-http");
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+    crate::network::assert_no_network_left(tb, "after poweroff");
+    assert_eq!(mounts(tb), before, "the testbed's mounts changed");
+
+    // nspawn, from the same file.
+    tb.ok("machinectl start f28");
+    tb.ok(
+        "for i in $(seq 300); do machinectl show f28 -p Leader --value 2>/dev/null | grep -q . && exit 0; sleep 0.1; done; \
+         journalctl -u systemd-nspawn@f28 --no-pager | tail >&2; exit 1",
+    );
+    let nspawn_leader = leader(tb, "f28");
+    // machined knows the leader before it has executed the image's init.
+    tb.ok(&format!(
+        "for i in $(seq 300); do tr '\\0' '\\n' < /proc/{nspawn_leader}/environ | grep -q '^container=' && exit 0; \
+         sleep 0.1; done; exit 1"
+    ));
+    let nspawn_env = environ(tb, &nspawn_leader);
+    assert_eq!(ours(&nspawn_env), ours(&wharf_env), "nspawn: {nspawn_env:?}");
+    let out = inside(tb, &nspawn_leader, "cat /mnt/nspawn-bind/file; touch /mnt/nspawn-bind/new");
+    assert_eq!(out.stdout.trim(), "from-the-host", "{out}");
+    assert!(out.stderr.contains("Read-only file system"), "{out}");
+    assert!(tb.ok("ip -br link show dev ve-f28").contains("ve-f28"), "nspawn made the same veth pair");
+    tb.ok("machinectl poweroff f28");
+    tb.ok("for i in $(seq 300); do systemctl is-active -q systemd-nspawn@f28 || exit 0; sleep 0.1; done; exit 1");
+    tb.ok("systemctl reset-failed systemd-nspawn@f28 2>/dev/null; true");
+
+    // A key wharf has no meaning for: refused, naming file and keys; no unit.
+    tb.ok(&format!("printf '[Exec]\\nHostname=other\\n[Files]\\nOverlay=/a:/b\\n' >> {settings}"));
+    fails_in_one_line(
+        tb,
+        "machine start f28",
+        "/etc/systemd/nspawn/f28.nspawn: not supported by wharf: [Exec] Hostname=, [Files] Overlay=",
+    );
+    assert_gone(tb, "f28");
+    tb.ok(&format!("rm {settings}"));
+
+    // Beside the image, the importer's file: what it grants is ignored.
+    tb.ok(&format!(
+        "printf '%s\\n' '[Exec]' 'Capability=all' 'Environment=FROM=image' \
+         '[Files]' 'Bind=/etc:/mnt/nspawn-bind' '[Network]' 'VirtualEthernet=yes' 'Port=8091:80' > {beside}"
+    ));
+    start(tb, "f28", "--setenv=LEVEL=9 -E 'SPACED=a b'");
+    let pid = leader(tb, "f28");
+    let env = environ(tb, &pid);
+    assert!(env.contains(&"FROM=image".to_string()), "an untrusted file's Environment= applies: {env:?}");
+    assert!(env.contains(&"LEVEL=9".to_string()) && env.contains(&"SPACED=a b".to_string()), "--setenv: {env:?}");
+    let out = inside(tb, &pid, "ls /mnt/nspawn-bind | wc -l");
+    assert_eq!(out.stdout.trim(), "0", "the host's /etc is not in the machine: {out}");
+    let bounding = tb.ok(&format!("grep CapBnd /proc/{pid}/status"));
+    let bounding = u64::from_str_radix(bounding.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(bounding & (1 << 16), 0, "no CAP_SYS_MODULE from an untrusted file");
+    assert!(tb.sh("ip link show dev ve-f28").stdout.is_empty(), "no veth from an untrusted file");
+    tb.ok("machine poweroff f28");
+    assert_gone(tb, "f28");
+    fails_in_one_line(
+        tb,
+        "machine start f28 --setenv=container=evil",
+        "container= is set by wharf and cannot be changed",
+    );
+    assert_gone(tb, "f28");
+    tb.ok(&format!("rm -f {beside}; rm -rf /srv/nspawn-bind"));
+    assert_eq!(mounts(tb), before, "the testbed's mounts changed");
 }

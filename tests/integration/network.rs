@@ -51,7 +51,7 @@ fn teardown(tb: &Testbed) {
 
 /// An HTTP server on port `port` answering `text`, as unit `unit`, in the
 /// network namespace `netns` (a path) or the testbed's; returns once it listens.
-fn serve(tb: &Testbed, unit: &str, netns: Option<&str>, port: u16, text: &str) {
+pub(crate) fn serve(tb: &Testbed, unit: &str, netns: Option<&str>, port: u16, text: &str) {
     let dir = format!("/srv/{unit}");
     let enter = netns.map(|ns| format!("nsenter --net={ns} ")).unwrap_or_default();
     tb.ok(&format!(
@@ -73,7 +73,7 @@ fn get_inside(tb: &Testbed, leader: &str, address: &str, port: u16) -> crate::te
 }
 
 /// GET `url` from the testbed, or from the network namespace `netns`.
-fn get(tb: &Testbed, netns: Option<&str>, url: &str) -> crate::testbed::Out {
+pub(crate) fn get(tb: &Testbed, netns: Option<&str>, url: &str) -> crate::testbed::Out {
     let enter = netns.map(|ns| format!("nsenter --net={ns} ")).unwrap_or_default();
     tb.sh(&format!(
         "{enter}python3 -c 'import sys, urllib.request; \
@@ -85,7 +85,7 @@ fn get(tb: &Testbed, netns: Option<&str>, url: &str) -> crate::testbed::Out {
 /// address of its pool, no nftables table, no record, forwarding as it
 /// was. Waited for (a network namespace is torn down asynchronously).
 #[track_caller]
-fn assert_no_network_left(tb: &Testbed, when: &str) {
+pub(crate) fn assert_no_network_left(tb: &Testbed, when: &str) {
     let check = "ip -br link | grep -E '^(ve-|vb-|vz-)'; ip -br addr | grep ' 10\\.247\\.'; \
                  nft list ruleset | grep -i wharf; ls /run/wharf/network/machines /run/wharf/network/zones 2>/dev/null | grep -v ':$' | grep .; \
                  [ \"$(cat /proc/sys/net/ipv4/ip_forward)\" = 0 ] || echo ip_forward on";
