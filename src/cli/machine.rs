@@ -227,7 +227,7 @@ pub enum Command {
         /// Accepted as machinectl accepts it: wharf never shortens lines.
         #[arg(short = 'l', long)]
         full: bool,
-        /// Show at most N addresses (then "…" when there are more).
+        /// Show at most N addresses (then "..." when there are more).
         #[arg(long, value_name = "N")]
         max_addresses: Option<usize>,
     },
