@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Calls org.wharf1.Portable.InspectImage on the system bus with a file
 # descriptor, as an attacker would (busctl cannot pass descriptors):
 #
@@ -7,120 +6,7 @@
 #
 # Prints the reply's body (its strings are readable in it) on stdout, or the
 # error's name and message on stderr with exit status 1. Only what the call
-# needs of the D-Bus wire protocol (little endian, EXTERNAL authentication).
-import os
-import socket
-import struct
-import sys
-
-
-class Writer:
-    def __init__(self):
-        self.data = bytearray()
-
-    def align(self, n):
-        self.data += b"\0" * (-len(self.data) % n)
-
-    def byte(self, value):
-        self.data.append(value)
-
-    def u32(self, value):
-        self.align(4)
-        self.data += struct.pack("<I", value)
-
-    def string(self, value):
-        encoded = value.encode()
-        self.u32(len(encoded))
-        self.data += encoded + b"\0"
-
-    def signature(self, value):
-        encoded = value.encode()
-        self.byte(len(encoded))
-        self.data += encoded + b"\0"
-
-
-def message(serial, path, interface, member, destination, signature, body, fds):
-    fields = Writer()
-    for code, sig, value in [
-        (1, "o", path),
-        (2, "s", interface),
-        (3, "s", member),
-        (6, "s", destination),
-        (8, "g", signature),
-        (9, "u", fds),
-    ]:
-        if value is None or value == "" or (sig == "u" and value == 0):
-            continue
-        fields.align(8)
-        fields.byte(code)
-        fields.signature(sig)
-        if sig == "g":
-            fields.signature(value)
-        elif sig == "u":
-            fields.u32(value)
-        else:
-            fields.string(value)
-    head = Writer()
-    head.data += b"l" + bytes([1, 0, 1])
-    head.u32(len(body))
-    head.u32(serial)
-    head.u32(len(fields.data))
-    head.data += fields.data
-    head.align(8)
-    return bytes(head.data) + bytes(body)
-
-
-def read_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            sys.exit("inspect_call: the bus closed the connection")
-        data += chunk
-    return data
-
-
-def read_message(sock):
-    fixed = read_exact(sock, 16)
-    kind = fixed[1]
-    body_len, _, fields_len = struct.unpack("<III", fixed[4:16])
-    rest = read_exact(sock, fields_len + (-(16 + fields_len) % 8) + body_len)
-    fields = rest[:fields_len]
-    body = rest[len(rest) - body_len:] if body_len else b""
-    found, at = {}, 0
-    while at < fields_len:
-        at += -at % 8
-        code, sig_len = fields[at], fields[at + 1]
-        sig = fields[at + 2:at + 2 + sig_len].decode()
-        at += 3 + sig_len
-        if sig == "u":
-            at += -(16 + at) % 4
-            found[code] = struct.unpack("<I", fields[at:at + 4])[0]
-            at += 4
-        elif sig in ("s", "o"):
-            at += -(16 + at) % 4
-            length = struct.unpack("<I", fields[at:at + 4])[0]
-            found[code] = fields[at + 4:at + 4 + length].decode()
-            at += 5 + length
-        elif sig == "g":
-            length = fields[at]
-            found[code] = fields[at + 1:at + 1 + length].decode()
-            at += 2 + length
-        else:
-            sys.exit("inspect_call: unexpected header field type " + sig)
-    return kind, found, body
-
-
-def call(sock, serial, *args, fds=()):
-    data = message(serial, *args, len(fds))
-    if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i" * len(fds), *fds))])
-    else:
-        sock.sendall(data)
-    while True:
-        kind, fields, body = read_message(sock)
-        if kind in (2, 3) and fields.get(5) == serial:
-            return kind, fields, body
+# needs of the D-Bus wire protocol, from bus_wire.py, which runs first.
 
 
 def main():
@@ -131,10 +17,10 @@ def main():
     uid = str(os.geteuid()).encode().hex()
     sock.sendall(b"\0AUTH EXTERNAL " + uid.encode() + b"\r\n")
     if not sock.recv(4096).startswith(b"OK"):
-        sys.exit("inspect_call: authentication refused")
+        sys.exit(PROGRAM + ": authentication refused")
     sock.sendall(b"NEGOTIATE_UNIX_FD\r\n")
     if not sock.recv(4096).startswith(b"AGREE_UNIX_FD"):
-        sys.exit("inspect_call: the bus does not pass descriptors")
+        sys.exit(PROGRAM + ": the bus does not pass descriptors")
     sock.sendall(b"BEGIN\r\n")
     call(sock, 1, "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello", "org.freedesktop.DBus", "", b"")
 

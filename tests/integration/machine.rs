@@ -1013,7 +1013,11 @@ fn shell_environment(tb: &Testbed) {
         assert!(out.stderr.contains("environment variable"), "{bad}: {out}");
     }
     // Past the client, wharfd checks them too, and runs nothing.
-    std::fs::write(tb.host_path("/srv/shell_call.py"), include_str!("shell_call.py")).unwrap();
+    std::fs::write(
+        tb.host_path("/srv/shell_call.py"),
+        concat!(include_str!("bus_wire.py"), "\n\n", include_str!("shell_call.py")),
+    )
+    .unwrap();
     assert_eq!(tb.ok("python3 /srv/shell_call.py f28 'X=$HOME'"), "0\n", "a good call");
     for bad in ["NOEQUALS", "1X=a", "=v"] {
         let out = tb.fails(&format!("python3 /srv/shell_call.py f28 'A=1' '{bad}'"));

@@ -33,7 +33,7 @@ const INSPECT_CALL: &str = "/usr/local/bin/wharf-inspect-call";
 fn install_inspect_call(tb: &Testbed) {
     let path = tb.host_path(INSPECT_CALL);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, include_str!("inspect_call.py")).unwrap();
+    std::fs::write(&path, concat!(include_str!("bus_wire.py"), "\n\n", include_str!("inspect_call.py"))).unwrap();
     run_host(Command::new("chmod").arg("755").arg(&path), "chmod").unwrap();
 }
 
