@@ -66,27 +66,7 @@ const MS_PRIVATE: u64 = 1 << 18;
 /// peer group: whatever is later mounted on the tree would propagate back to
 /// the host.
 pub(crate) fn idmap_tree(tree: impl AsFd, userns: impl AsFd) -> nix::Result<()> {
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: MS_PRIVATE,
-        userns_fd: userns.as_fd().as_raw_fd() as u64,
-    };
-    let flags = nix::libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE;
-    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live,
-    // properly laid out struct and an empty NUL-terminated path; both fds are
-    // borrowed for the duration of the call.
-    let result = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_mount_setattr,
-            tree.as_fd().as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    Errno::result(result).map(drop)
+    set_tree_attributes(tree, 0, Some(userns.as_fd()))
 }
 
 /// Sets `attr_set` (MOUNT_ATTR_* bits) on the detached tree `tree` and
@@ -104,8 +84,9 @@ pub(crate) fn set_tree_attributes(
         userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
     };
     let flags = nix::libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE;
-    // SAFETY: as in idmap_tree: a live, properly laid out struct, an empty
-    // NUL-terminated path, descriptors borrowed for the call.
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live,
+    // properly laid out struct and an empty NUL-terminated path; the
+    // descriptors are borrowed for the duration of the call.
     let result = unsafe {
         nix::libc::syscall(
             nix::libc::SYS_mount_setattr,

@@ -12,17 +12,7 @@
 def main():
     image, fd_arg, prefix = sys.argv[1:4]
     fd = os.open(fd_arg[6:], os.O_PATH) if fd_arg.startswith("opath:") else int(fd_arg)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect("/run/dbus/system_bus_socket")
-    uid = str(os.geteuid()).encode().hex()
-    sock.sendall(b"\0AUTH EXTERNAL " + uid.encode() + b"\r\n")
-    if not sock.recv(4096).startswith(b"OK"):
-        sys.exit(PROGRAM + ": authentication refused")
-    sock.sendall(b"NEGOTIATE_UNIX_FD\r\n")
-    if not sock.recv(4096).startswith(b"AGREE_UNIX_FD"):
-        sys.exit(PROGRAM + ": the bus does not pass descriptors")
-    sock.sendall(b"BEGIN\r\n")
-    call(sock, 1, "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello", "org.freedesktop.DBus", "", b"")
+    sock = connect()
 
     body = Writer()
     body.string(image)

@@ -69,30 +69,19 @@ impl Release {
     /// python3 so that Ansible can manage testbeds as hosts, and nftables
     /// for the port forwarding and masquerading of machines on veth and zones.
     pub fn packages(self) -> &'static [&'static str] {
-        match self {
-            Release::Bookworm => &[
-                "systemd",
-                "systemd-sysv",
-                "dbus",
-                "systemd-container",
-                "iproute2",
-                "util-linux",
-                "kmod",
-                "python3",
-                "nftables",
-            ],
-            Release::Trixie => &[
-                "systemd",
-                "systemd-sysv",
-                "dbus",
-                "systemd-container",
-                "iproute2",
-                "util-linux",
-                "kmod",
-                "python3",
-                "nftables",
-            ],
-        }
+        // The same names on both releases, for now; each release's root
+        // is still cached apart (its key includes the release).
+        &[
+            "systemd",
+            "systemd-sysv",
+            "dbus",
+            "systemd-container",
+            "iproute2",
+            "util-linux",
+            "kmod",
+            "python3",
+            "nftables",
+        ]
     }
 }
 
