@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Trial;
 
 use crate::testbed::{Testbed, images};
-use crate::{Shared, exclusive_trial};
+use crate::{Shared, exclusive_trial, heavy_trial};
 
 pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         exclusive_trial(shared, "deadline::a_100_portable_fleet_applies_and_detaches_without_hanging", stress),
-        exclusive_trial(shared, "deadline::a_fleet_of_8_machines_starts_and_stops_without_hanging", machine_stress),
+        heavy_trial(shared, "deadline::a_fleet_of_8_machines_starts_and_stops_without_hanging", machine_stress),
         exclusive_trial(shared, "deadline::a_frozen_bus_fails_the_call_and_the_host_is_rolled_back", frozen_bus),
         exclusive_trial(shared, "deadline::a_wedged_wharfd_is_restarted_by_the_watchdog_and_recovers", watchdog),
     ]

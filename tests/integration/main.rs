@@ -98,6 +98,33 @@ pub fn exclusive_trial(shared: &Arc<Shared>, name: &str, test: fn(&Testbed)) -> 
     })
 }
 
+/// A trial that loads the whole machine (many machines booting at once,
+/// the SIGKILL loop): it runs alone in its suite, and never at the same
+/// time as another suite's heavy trial (contrib/test runs the releases side
+/// by side), so that readiness deadlines stay a test of wharf, not of two
+/// cores shared by two such trials.
+pub fn heavy_trial(shared: &Arc<Shared>, name: &str, test: fn(&Testbed)) -> Trial {
+    let shared = shared.clone();
+    let label = name.to_string();
+    Trial::test(name, move || {
+        let testbed = shared.testbed()?;
+        let _alone = shared.exclusive.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _host_wide = host_wide_lock().map_err(|e| Failed::from(format!("{label}: {e}")))?;
+        timed(&label, || test(testbed));
+        Ok(())
+    })
+}
+
+/// An exclusive lock on a file all suites on this host share; released
+/// when the file is closed (also when the process dies).
+fn host_wide_lock() -> Result<std::fs::File, String> {
+    let path = Path::new(testbed::WORK_BASE).join("heavy-trials.lock");
+    std::fs::create_dir_all(testbed::WORK_BASE).map_err(|e| format!("cannot create {}: {e}", testbed::WORK_BASE))?;
+    let file = std::fs::File::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    file.lock().map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    Ok(file)
+}
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let shared = Arc::new(Shared::default());

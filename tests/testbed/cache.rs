@@ -31,27 +31,48 @@ pub fn key(parts: &[&str]) -> String {
 /// Returns `<cache>/<name>.tar`, calling `build(dir)` to fill a directory
 /// to pack when it is not cached yet.
 pub fn cached_tree(name: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    cached_file(&format!("{name}.tar"), |partial| {
+        let staging = cache_dir().join(format!(".build-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        let packed = (|| {
+            fs::create_dir_all(&staging).map_err(|e| Error(format!("cannot create {}: {e}", staging.display())))?;
+            build(&staging)?;
+            run_host(
+                Command::new("tar").arg("-C").arg(&staging).args(["--numeric-owner", "-cf"]).arg(partial).arg("."),
+                &format!("packing {name}"),
+            )
+            .map(drop)
+        })();
+        let _ = fs::remove_dir_all(&staging);
+        packed
+    })
+}
+
+/// Returns `<cache>/<name>`, calling `build(partial)` to write it under a
+/// temporary name when it is not cached yet.
+pub fn cached_file(name: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
     let cache = cache_dir();
-    let tarball = cache.join(format!("{name}.tar"));
-    if tarball.is_file() {
-        return Ok(tarball);
+    let cached = cache.join(name);
+    if cached.is_file() {
+        return Ok(cached);
     }
     fs::create_dir_all(&cache).map_err(|e| Error(format!("cannot create the cache {}: {e}", cache.display())))?;
-    let staging = cache.join(format!(".build-{name}-{}", std::process::id()));
-    let partial = cache.join(format!(".{name}.tar.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let result = (|| {
-        fs::create_dir_all(&staging).map_err(|e| Error(format!("cannot create {}: {e}", staging.display())))?;
-        build(&staging)?;
-        run_host(
-            Command::new("tar").arg("-C").arg(&staging).args(["--numeric-owner", "-cf"]).arg(&partial).arg("."),
-            &format!("packing {name}"),
-        )?;
-        fs::rename(&partial, &tarball).map_err(|e| Error(format!("cannot store {}: {e}", tarball.display())))
-    })();
-    let _ = fs::remove_dir_all(&staging);
+    // Suites running side by side need the same artifacts: one builds it,
+    // the others wait and use it.
+    let lock_path = cache.join(format!(".{name}.lock"));
+    let _building = fs::File::create(&lock_path)
+        .and_then(|file| file.lock().map(|()| file))
+        .map_err(|e| Error(format!("cannot lock {}: {e}", lock_path.display())))?;
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let partial = cache.join(format!(".{name}.{}", std::process::id()));
     let _ = fs::remove_file(&partial);
-    result.map(|()| tarball)
+    let result = build(&partial).and_then(|()| {
+        fs::rename(&partial, &cached).map_err(|e| Error(format!("cannot store {}: {e}", cached.display())))
+    });
+    let _ = fs::remove_file(&partial);
+    result.map(|()| cached)
 }
 
 /// The mirror apt on this machine uses, so debootstrap needs no other network.

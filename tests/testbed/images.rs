@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::cache::{cached_tree, key, mirror};
+use super::cache::{cached_file, cached_tree, key, mirror};
 use super::install::repo_dir;
 use super::{Result, run_host};
 
@@ -64,4 +64,26 @@ pub fn f28_tarball() -> Result<PathBuf> {
         super::note("building the f28 machine image (first run only, about a minute)");
         run_host(Command::new(&recipe).arg(dir).arg(mirror()), "building the f28 machine image").map(drop)
     })
+}
+
+/// The f28 tree as the files a user imports: `.tar.xz` of the tree and
+/// `.raw.xz` of a squashfs of it, made once per f28 build (compressing the
+/// tree is most of a minute on two cores).
+pub fn f28_import_files() -> Result<(PathBuf, PathBuf)> {
+    let tarball = f28_tarball()?;
+    let stem = tarball.file_stem().and_then(|s| s.to_str()).unwrap_or("f28").to_string();
+    let tar_xz = cached_file(&format!("{stem}.tar.xz"), |partial| {
+        let script = r#"set -e; xz -T0 -1 -c "$1" > "$2""#;
+        run_host(Command::new("sh").args(["-c", script, "sh"]).arg(&tarball).arg(partial), "compressing f28 as .tar.xz")
+            .map(drop)
+    })?;
+    let raw_xz = cached_file(&format!("{stem}-squashfs.raw.xz"), |partial| {
+        let script = r#"set -e; tree="$2.tree"; rm -rf "$tree"; mkdir "$tree"; trap 'rm -rf "$tree" "$2.raw"' EXIT
+            tar --numeric-owner -C "$tree" -xf "$1"
+            mksquashfs "$tree" "$2.raw" -noappend -quiet -no-progress >/dev/null
+            xz -T0 -1 -c "$2.raw" > "$2""#;
+        run_host(Command::new("sh").args(["-c", script, "sh"]).arg(&tarball).arg(partial), "packing f28 as .raw.xz")
+            .map(drop)
+    })?;
+    Ok((tar_xz, raw_xz))
 }
