@@ -27,6 +27,9 @@ const FLEET_SIZE: usize = 100;
 /// test calls it a hang (a healthy run takes a few seconds).
 const APPLY_DEADLINE: Duration = Duration::from_secs(120);
 
+/// What a read may take while the fleet runs or changes.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Runs of the stress test: WHARF_STRESS_RUNS (20 is worth doing locally).
 fn stress_runs() -> usize {
     std::env::var("WHARF_STRESS_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
@@ -132,7 +135,13 @@ fn stress(tb: &Testbed) {
         let active = tb.ok("systemctl list-units --no-legend --state=active 'st[0-9]*.service' | wc -l");
         assert_eq!(active.trim(), FLEET_SIZE.to_string(), "run {run}: services running after the apply");
         // While the fleet runs, a read answers at once.
-        tb.ok("timeout 10 portable list >/dev/null");
+        timed_call(
+            tb,
+            "portable list",
+            READ_DEADLINE,
+            &format!("run {run}/{runs}, list"),
+            "systemctl status wharfd.service",
+        );
         let detached = timed_apply(tb, "/srv/stress/empty.toml", &format!("run {run}/{runs}, detach"));
         let left = tb.ok("ls /etc/systemd/system | grep -c '^st[0-9]' || true");
         assert_eq!(left.trim(), "0", "run {run}: units left after the detach");
