@@ -156,8 +156,10 @@ pub mod flags {
     pub const NOW: u64 = 1 << 3;
     /// Do not wait for start/stop jobs to finish.
     pub const NO_BLOCK: u64 = 1 << 4;
+    /// Leave systemd's reload to the caller (portablectl's --no-reload).
+    pub const NO_RELOAD: u64 = 1 << 5;
     /// Every flag this version understands; others are refused.
-    pub const ALL: u64 = RUNTIME | FORCE | ENABLE | NOW | NO_BLOCK;
+    pub const ALL: u64 = RUNTIME | FORCE | ENABLE | NOW | NO_BLOCK | NO_RELOAD;
 }
 
 /// Client side of `org.wharf1.Manager`: the daemon itself.
@@ -199,7 +201,7 @@ pub trait Portable {
         flags: u64,
     ) -> zbus::Result<OperationResult>;
     /// Detaches an image.
-    fn detach_image(&self, image: &str, flags: u64) -> zbus::Result<OperationResult>;
+    fn detach_image(&self, image: &str, prefixes: &[String], flags: u64) -> zbus::Result<OperationResult>;
     /// Detaches several images in one transaction and one reload.
     fn detach_images(&self, images: &[String], flags: u64) -> zbus::Result<OperationResult>;
     /// Replaces the attached version of an image by this one.

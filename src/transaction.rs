@@ -235,6 +235,29 @@ impl Transaction {
     /// units the change will start (`stop`) and which it will stop or
     /// restart (`restart`): a recovery rolling the files back does the
     /// same to the units. An in-process rollback does it itself.
+    /// The first path a step would change, if any: a transaction whose
+    /// every step finds the host as it would leave it changes nothing.
+    pub fn first_difference(&self) -> Option<PathBuf> {
+        self.steps.iter().find_map(|step| {
+            let unchanged = match step {
+                Step::MakeDir(path) => path.symlink_metadata().is_ok_and(|m| m.is_dir()),
+                Step::Write { path, contents, mode } => {
+                    use std::os::unix::fs::PermissionsExt;
+                    path.symlink_metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == *mode)
+                        && std::fs::read(path).is_ok_and(|old| old == *contents)
+                }
+                Step::Symlink { path, target } => std::fs::read_link(path).is_ok_and(|old| old == *target),
+                Step::Remove(path) => path.symlink_metadata().is_err(),
+            };
+            let path = match step {
+                Step::MakeDir(path) | Step::Write { path, .. } | Step::Symlink { path, .. } | Step::Remove(path) => {
+                    path
+                }
+            };
+            (!unchanged).then(|| path.clone())
+        })
+    }
+
     pub fn on_rollback(&mut self, units: UnitsOnRollback) {
         self.on_rollback = units;
     }

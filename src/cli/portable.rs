@@ -70,6 +70,9 @@ pub struct AttachArgs {
     /// Attach over units that exist on the host and were not attached by wharf.
     #[arg(long)]
     pub force: bool,
+    /// Write the files only: do not reload systemd (not with --now).
+    #[arg(long)]
+    pub no_reload: bool,
 }
 
 impl AttachArgs {
@@ -80,6 +83,7 @@ impl AttachArgs {
             (self.now, flags::NOW),
             (self.no_block, flags::NO_BLOCK),
             (self.force, flags::FORCE),
+            (self.no_reload, flags::NO_RELOAD),
         ]
         .iter()
         .filter(|(set, _)| *set)
@@ -112,20 +116,28 @@ pub enum Command {
     },
     /// Detach an image: remove exactly the files wharf wrote for it.
     Detach {
-        /// The image, as it was attached (a name in the search path, or a path); with --batch, several.
-        #[arg(required = true, value_name = "IMAGE")]
+        /// The image, as it was attached (a name in the search path, or a
+        /// path), then unit name prefixes to detach only those units; with
+        /// --batch, several images.
+        #[arg(required = true, value_name = "IMAGE [PREFIX]...")]
         images: Vec<String>,
         /// Every argument is an image: detach them all with one reload, all or none.
         #[arg(long)]
         batch: bool,
-        /// Stop (and disable) its units first.
+        /// Stop its units first.
         #[arg(long)]
         now: bool,
-        /// Accepted for portablectl compatibility: wharf finds attachments wherever they are.
-        #[arg(long, hide = true)]
+        /// Detach even while its units run; they go on running without their files until they stop.
+        #[arg(long)]
+        force: bool,
+        /// Remove the files only: do not reload systemd (not with --now).
+        #[arg(long)]
+        no_reload: bool,
+        /// Accepted as portablectl does: wharf finds a runtime attachment wherever it is.
+        #[arg(long)]
         runtime: bool,
-        /// Accepted for portablectl compatibility: enabled units are always disabled.
-        #[arg(long, hide = true)]
+        /// Accepted as portablectl does: the units' enablement links always go with them.
+        #[arg(long)]
         enable: bool,
     },
     /// Replace the attached version of an image by this one, restarting what ran.
@@ -196,14 +208,19 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             emit_operation(format, cli.output.quiet, &result, "Started")?;
         }
-        Command::Detach { images, batch, now, .. } => {
+        Command::Detach { images, batch, now, force, no_reload, .. } => {
             let (pool, cwd) = (Pool::portables(), current_dir()?);
-            let mut images: Vec<String> = images.iter().map(|i| pool.argument_for_daemon(i, &cwd)).collect();
-            let flags = if now { flags::NOW } else { 0 };
-            let result = match (batch, images.len()) {
-                (true, _) => bounded(&bus, portable.detach_images(&images, flags)).await?,
-                (false, 1) => bounded(&bus, portable.detach_image(&images.remove(0), flags)).await?,
-                (false, _) => return Err(CliError::Usage("detach takes one image; use --batch for several".into())),
+            let flags = [(now, flags::NOW), (force, flags::FORCE), (no_reload, flags::NO_RELOAD)]
+                .iter()
+                .filter(|(set, _)| *set)
+                .fold(0, |all, (_, flag)| all | flag);
+            let result = if batch {
+                let images: Vec<String> = images.iter().map(|i| pool.argument_for_daemon(i, &cwd)).collect();
+                bounded(&bus, portable.detach_images(&images, flags)).await?
+            } else {
+                let (image, prefixes) = images.split_first().expect("clap requires an image");
+                let image = pool.argument_for_daemon(image, &cwd);
+                bounded(&bus, portable.detach_image(&image, prefixes, flags)).await?
             };
             emit_operation(format, cli.output.quiet, &result, "Stopped")?;
         }
@@ -355,6 +372,9 @@ fn emit_operation(format: Format, quiet: bool, result: &OperationResult, verb: &
                 other => format!("{other} {}.", change.path),
             })
             .collect();
+        if result.changes.is_empty() && verb == "Started" {
+            lines.push(format!("Attached already, exactly so: nothing to do ({}).", result.units.join(", ")));
+        }
         let units = result.restarted.iter().map(|unit| format!("{verb} {unit}."));
         // Units are stopped before their files go, and started after they come.
         if verb == "Stopped" {

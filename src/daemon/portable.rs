@@ -80,7 +80,30 @@ impl PortableInterface {
         let systemd = self.systemd(connection).await?;
         let states = ops::states(&self.host, &systemd).await?;
         let pool = self.host.pool.clone();
-        let entries = self.daemon.blocking(move || pool.list()).await?;
+        let attached: Vec<String> = states.keys().cloned().collect();
+        let (entries, states) = self
+            .daemon
+            .blocking(move || -> Result<_, crate::image::Error> {
+                let mut entries = pool.list()?;
+                let states = ops::with_sources(states);
+                // Attached by path, from outside the search path: listed too.
+                for path in attached {
+                    if entries.iter().any(|e| e.path.as_os_str() == path.as_str()) {
+                        continue;
+                    }
+                    let path = std::path::PathBuf::from(path);
+                    let name = path.file_name().and_then(|n| n.to_str()).map(crate::image::ImageName::new);
+                    match name {
+                        Some(Ok(name)) => match crate::image::PoolEntry::read(name, path.clone()) {
+                            Ok(entry) => entries.push(entry),
+                            Err(e) => tracing::warn!(path = %path.display(), "an attached image cannot be read: {e}"),
+                        },
+                        _ => tracing::warn!(path = %path.display(), "an attached image has no valid image name"),
+                    }
+                }
+                Ok((entries, states))
+            })
+            .await?;
         Ok(entries
             .into_iter()
             .map(|entry| {
@@ -161,17 +184,19 @@ impl PortableInterface {
         Ok(ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await?.into())
     }
 
-    /// Detaches an image, removing exactly the files wharf wrote for it. Root only.
+    /// Detaches an image (only its units matching `prefixes`, when given),
+    /// removing exactly the files wharf wrote for it. Root only.
     async fn detach_image(
         &self,
         image: String,
+        prefixes: Vec<String>,
         flags: u64,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
         let change = self.begin_change(connection, &header, "detaching an image").await?;
         let actions = check_flags(flags)?;
-        Ok(ops::detach(&self.host, &change.systemd, &image, actions).await?.into())
+        Ok(ops::detach(&self.host, &change.systemd, &image, &prefixes, actions).await?.into())
     }
 
     /// Detaches several images in one transaction with one reload: all or
@@ -277,14 +302,16 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         Error::Profile(_)
         | Error::InvalidCopyMode(_)
         | Error::InvalidImagePath(_)
-        | Error::SymlinkNeedsDirectory(_) => BusError::InvalidArgument(message),
+        | Error::SymlinkNeedsDirectory(_)
+        | Error::NoReloadWithNow => BusError::InvalidArgument(message),
         Error::NoUnits(_) | Error::Install(_) | Error::HostExec { .. } => BusError::BadImage(message),
         Error::UnitExists { .. }
         | Error::Shadowed { .. }
         | Error::AttachedFrom { .. }
         | Error::AttachedOtherwise { .. }
-        | Error::DuplicateUnit { .. } => BusError::Conflict(message),
-        Error::NotAttached(_) => BusError::NoSuchImage(message),
+        | Error::DuplicateUnit { .. }
+        | Error::AlreadyAttached { .. } => BusError::Conflict(message),
+        Error::NotAttached(_) | Error::NoUnitsMatch { .. } => BusError::NoSuchImage(message),
         Error::Attached(_) | Error::Running { .. } | Error::ReadOnly(_) => BusError::Busy(message),
         Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } => BusError::Failed(message),
     }

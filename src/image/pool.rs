@@ -129,7 +129,8 @@ impl Pool {
     /// pool has it and a `cwd` is given, as a file in `cwd`.
     pub fn locate(&self, arg: &str, cwd: Option<&Path>) -> Result<PathBuf> {
         if arg.contains('/') {
-            let path = cwd.unwrap_or(Path::new("/")).join(arg);
+            // Without `.` components: the path is written into unit files and shown.
+            let path: PathBuf = cwd.unwrap_or(Path::new("/")).join(arg).components().collect();
             std::fs::symlink_metadata(&path).map_err(Error::io(&path))?;
             return Ok(path);
         }

@@ -123,6 +123,18 @@ fn read_record(target: &Path) -> io::Result<Option<Option<SourceRecord>>> {
     Ok(Some(SourceRecord::decode(&text)))
 }
 
+/// Which xz file the raw image at `target` was decompressed from, when
+/// wharf made it: a record on a file root does not own is not wharf's (its
+/// owner could write any), and is ignored.
+pub fn source_of(target: &Path) -> Option<SourceRecord> {
+    use std::os::unix::fs::MetadataExt;
+    let owned_by_root = target.symlink_metadata().is_ok_and(|meta| meta.is_file() && meta.uid() == 0);
+    if !owned_by_root {
+        return None;
+    }
+    read_record(target).ok().flatten().flatten()
+}
+
 /// A file removed when dropped (on error or panic) unless kept.
 #[derive(Debug)]
 struct Removed {

@@ -88,6 +88,15 @@ pub enum Error {
     AttachedOtherwise { unit: String, image: String, how: &'static str },
     #[error("image '{0}' is not attached")]
     NotAttached(String),
+    #[error("image '{image}': no attached unit matches the prefixes {prefixes}")]
+    NoUnitsMatch { image: String, prefixes: String },
+    #[error(
+        "image '{image}' is attached already, otherwise ({} would change); use reattach to change a running attachment",
+        differs.display()
+    )]
+    AlreadyAttached { image: String, differs: PathBuf },
+    #[error("--no-reload cannot be combined with --now: systemd starts only units it has loaded")]
+    NoReloadWithNow,
     #[error("image '{0}' is attached; detach it first")]
     Attached(String),
     #[error("unit '{unit}' of image '{image}' is {state}; stop it first or use --now")]

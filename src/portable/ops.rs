@@ -49,6 +49,8 @@ pub struct Actions {
     pub enable: bool,
     pub now: bool,
     pub no_block: bool,
+    /// Files only: systemd loads them at a reload someone else makes.
+    pub no_reload: bool,
 }
 
 impl Actions {
@@ -60,7 +62,16 @@ impl Actions {
             enable: flags & ENABLE != 0,
             now: flags & NOW != 0,
             no_block: flags & NO_BLOCK != 0,
+            no_reload: flags & NO_RELOAD != 0,
         }
+    }
+
+    /// Units systemd has not loaded cannot be started.
+    fn check(&self) -> Result<()> {
+        if self.no_reload && self.now {
+            return Err(Error::NoReloadWithNow);
+        }
+        Ok(())
     }
 }
 
@@ -206,10 +217,11 @@ pub async fn attach(
     actions: Actions,
     mut progress: ProgressFn,
 ) -> Result<Outcome> {
+    actions.check()?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
-    let (tx, units) = blocking(move || -> Result<_> {
+    let (tx, units, unchanged) = blocking(move || -> Result<_> {
         let host = planning_host;
         let sources = requests.iter().map(|r| read_source(&host, r, &mut progress)).collect::<Result<Vec<_>>>()?;
         let options = AttachOptions {
@@ -228,15 +240,36 @@ pub async fn attach(
         if actions.now {
             tx.on_rollback(UnitsOnRollback { stop: startable(&units), ..UnitsOnRollback::default() });
         }
-        Ok((tx, units))
+        // An image attached already is attached again only exactly as it
+        // is (then there is nothing to do); any other change of it is a
+        // reattach, which restarts what runs on it.
+        let attached_already = sources.iter().find(|s| existing.of(&s.image_str()).next().is_some());
+        let unchanged = match (attached_already, tx.first_difference()) {
+            (Some(_), None) => true,
+            (Some(source), Some(differs)) => {
+                return Err(Error::AlreadyAttached { image: source.image_str(), differs });
+            }
+            (None, _) => false,
+        };
+        Ok((tx, units, unchanged))
     })
     .await?;
+    if unchanged {
+        tracing::info!(units = ?units, "attached already, exactly so: nothing to do");
+        if actions.now {
+            systemd.start(&startable(&units), !actions.no_block).await?;
+        }
+        let restarted = if actions.now { startable(&units) } else { Vec::new() };
+        return Ok(Outcome { changes: Vec::new(), units, restarted });
+    }
 
     let mut change = Executor::new(systemd);
     let result = async {
         let changes = change.apply(tx).await?;
         crate::daemon::watchdog::test_wedge("after-files");
-        change.reload().await?;
+        if !actions.no_reload {
+            change.reload().await?;
+        }
         if actions.now {
             change.start(&startable(&units), !actions.no_block).await?;
         }
@@ -314,20 +347,50 @@ fn attachments_of(host: &Host, image: &str) -> Result<(String, Vec<Attachment>)>
     attachments_among(host, existing, image)
 }
 
-/// [`attachments_of`] among attachments scanned already.
+/// [`attachments_of`] among attachments scanned already. An attachment is
+/// found by the path it was attached from, by the path the name locates
+/// in the search path, by its file name with or without `.raw`, and, for a
+/// decompressed copy, by the `.raw.xz` it was made from (path or file name).
 fn attachments_among(host: &Host, existing: Attachments, image: &str) -> Result<(String, Vec<Attachment>)> {
     let located =
         host.pool.locate(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
-    let matches = |a: &Attachment| {
-        Some(&a.image) == located.as_ref()
-            || a.image == image
-            || Path::new(&a.image).file_name().is_some_and(|n| n.to_string_lossy() == image)
+    let names_it = |path: &str| {
+        Some(path) == located.as_deref() || path == image || {
+            let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            !image.contains('/')
+                && (name == image || ["", ".raw", ".raw.xz"].iter().any(|suffix| name == format!("{image}{suffix}")))
+        }
     };
-    let found: Vec<Attachment> = existing.0.into_iter().filter(matches).collect();
+    let mut sources: HashMap<String, Option<String>> = HashMap::new();
+    let mut matches = |a: &Attachment| {
+        names_it(&a.image)
+            || sources
+                .entry(a.image.clone())
+                .or_insert_with(|| crate::image::xz::source_of(Path::new(&a.image)).map(|record| record.path))
+                .as_deref()
+                .is_some_and(names_it)
+    };
+    let found: Vec<Attachment> = existing.0.into_iter().filter(|a| matches(a)).collect();
     match found.first() {
         Some(first) => Ok((first.image.clone(), found)),
         None => Err(Error::NotAttached(located.unwrap_or_else(|| image.to_string()))),
     }
+}
+
+/// The attachments among `found` whose units match `prefixes` (all of
+/// them without prefixes); none matching is an error naming the prefixes.
+fn matching_prefixes(found: Vec<Attachment>, image: &str, prefixes: &[String]) -> Result<Vec<Attachment>> {
+    if prefixes.is_empty() {
+        return Ok(found);
+    }
+    let matching: Vec<Attachment> = found
+        .into_iter()
+        .filter(|a| prefixes.iter().any(|p| crate::image::name::unit_matches_prefix(&a.unit, p)))
+        .collect();
+    if matching.is_empty() {
+        return Err(Error::NoUnitsMatch { image: image.to_string(), prefixes: prefixes.join(", ") });
+    }
+    Ok(matching)
 }
 
 /// Units among `units` that are enabled, by whether they are runtime.
@@ -347,10 +410,23 @@ async fn active_units(systemd: &impl UnitManager, units: &[String]) -> Result<Ve
 }
 
 /// Detaches an image, as a batch of one: its running units are refused
-/// unless `now`, which stops them; enablement links are removed with the
-/// files, in one transaction.
-pub async fn detach(host: &Host, systemd: &impl UnitManager, image: &str, actions: Actions) -> Result<Outcome> {
-    detach_batch(host, systemd, vec![image.to_string()], actions).await
+/// unless `now`, which stops them (or `force`, which leaves them running
+/// without their files); enablement links are removed with the files, in
+/// one transaction. With `prefixes`, only the units matching them.
+pub async fn detach(
+    host: &Host,
+    systemd: &impl UnitManager,
+    image: &str,
+    prefixes: &[String],
+    actions: Actions,
+) -> Result<Outcome> {
+    detach_requests(
+        host,
+        systemd,
+        vec![ImageRequest { image: image.to_string(), prefixes: prefixes.to_vec() }],
+        actions,
+    )
+    .await
 }
 
 /// Detaches several images with one transaction and one reload: all or
@@ -364,14 +440,26 @@ pub async fn detach_batch(
     images: Vec<String>,
     actions: Actions,
 ) -> Result<Outcome> {
+    let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
+    detach_requests(host, systemd, requests, actions).await
+}
+
+async fn detach_requests(
+    host: &Host,
+    systemd: &impl UnitManager,
+    images: Vec<ImageRequest>,
+    actions: Actions,
+) -> Result<Outcome> {
+    actions.check()?;
     let plan_host = host.clone();
     let (owners, units, tx) = blocking(move || -> Result<_> {
         let host = plan_host;
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut attachments: Vec<Attachment> = Vec::new();
-        for image in &images {
-            let (path, found) = attachments_among(&host, existing.clone(), image)?;
+        for request in &images {
+            let (path, found) = attachments_among(&host, existing.clone(), &request.image)?;
+            let found = matching_prefixes(found, &path, &request.prefixes)?;
             for attachment in found {
                 if owners.insert(attachment.unit.clone(), path.clone()).is_none() {
                     attachments.push(attachment);
@@ -392,11 +480,15 @@ pub async fn detach_batch(
     let active = active_units(systemd, &units).await?;
     if let Some((unit, state)) = active.first()
         && !actions.now
+        && !actions.force
     {
         let image = owners.get(unit).cloned().unwrap_or_default();
         return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
     }
-    let stopped: Vec<String> = active.into_iter().map(|(unit, _)| unit).collect();
+    // --force without --now: they go on running without their files, as
+    // under portablectl, until they stop.
+    let stopped: Vec<String> =
+        if actions.now { active.into_iter().map(|(unit, _)| unit).collect() } else { Vec::new() };
     let mut change = Executor::new(systemd);
     let result = async {
         let mut tx = tx;
@@ -406,7 +498,9 @@ pub async fn detach_batch(
         tx.on_rollback(UnitsOnRollback { restart: stopped.clone(), ..UnitsOnRollback::default() });
         let changes = change.apply(tx).await?;
         change.stop(&stopped).await?;
-        change.reload().await?;
+        if !actions.no_reload {
+            change.reload().await?;
+        }
         Ok(changes)
     }
     .await;
@@ -437,6 +531,7 @@ pub async fn reattach(
     actions: Actions,
     mut progress: ProgressFn,
 ) -> Result<Outcome> {
+    actions.check()?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
@@ -493,7 +588,13 @@ pub async fn reattach(
     let old_units: Vec<String> = old.iter().map(|a| a.unit.clone()).collect();
     let dropped_units: Vec<String> = dropped.iter().map(|d| d.unit.clone()).collect();
 
-    let running: Vec<String> = active_units(systemd, &old_units).await?.into_iter().map(|(u, _)| u).collect();
+    // Without a reload systemd still runs the old definitions: restarting
+    // them would restart the old version, so what runs is left running.
+    let running: Vec<String> = if actions.no_reload {
+        Vec::new()
+    } else {
+        active_units(systemd, &old_units).await?.into_iter().map(|(u, _)| u).collect()
+    };
     let running_dropped: Vec<String> = running.iter().filter(|u| dropped_units.contains(u)).cloned().collect();
     let restart: Vec<String> = running.iter().filter(|u| units.contains(u)).cloned().collect();
     let newly_started: Vec<String> =
@@ -514,7 +615,9 @@ pub async fn reattach(
         // The files of the dropped units are gone only for systemd's next
         // reload: they stop as they were.
         change.stop(&running_dropped).await?;
-        change.reload().await?;
+        if !actions.no_reload {
+            change.reload().await?;
+        }
         change.restart(&restart, !actions.no_block).await?;
         change.start(&newly_started, !actions.no_block).await?;
         Ok(changes)
@@ -548,6 +651,19 @@ pub async fn states(host: &Host, systemd: &impl UnitManager) -> Result<HashMap<S
         *entry = (*entry).max(state);
     }
     Ok(states)
+}
+
+/// `states` plus, for each attached decompressed copy, the `.raw.xz` it
+/// was made from, in the same state (a user names the file they have).
+pub fn with_sources(mut states: HashMap<String, State>) -> HashMap<String, State> {
+    let sources: Vec<(String, State)> = states
+        .iter()
+        .filter_map(|(path, state)| crate::image::xz::source_of(Path::new(path)).map(|record| (record.path, *state)))
+        .collect();
+    for (source, state) in sources {
+        states.entry(source).or_insert(state);
+    }
+    states
 }
 
 /// The state of one image (detached when nothing of it is attached).
@@ -631,7 +747,8 @@ mod tests {
         zbus::block_on(attach(host, systemd, vec![request], "default", CopyMode::Copy, actions, Box::new(|_, _| {})))
     }
 
-    const ENABLE_NOW: Actions = Actions { runtime: false, force: false, enable: true, now: true, no_block: false };
+    const ENABLE_NOW: Actions =
+        Actions { runtime: false, force: false, enable: true, now: true, no_block: false, no_reload: false };
 
     #[test]
     fn an_attach_whose_reload_fails_leaves_nothing() {
@@ -749,14 +866,14 @@ mod tests {
         systemd.calls.lock().unwrap().clear();
         systemd.fail("reload", 1);
         let now = Actions { now: true, ..Actions::default() };
-        let error = zbus::block_on(detach(&host, &systemd, "foobar", now)).unwrap_err();
+        let error = zbus::block_on(detach(&host, &systemd, "foobar", &[], now)).unwrap_err();
         assert!(matches!(error, Error::RolledBack(_)), "{error}");
         assert_eq!(files(&host), attached);
         assert_eq!(systemd.running(), ["foobar.service"]);
         assert_eq!(systemd.calls(), ["stop foobar.service", "reload", "reload", "start foobar.service"]);
 
         // And when it works, the link goes with the unit.
-        zbus::block_on(detach(&host, &systemd, "foobar", now)).unwrap();
+        zbus::block_on(detach(&host, &systemd, "foobar", &[], now)).unwrap();
         assert_eq!(files(&host), ["etc/systemd/system/multi-user.target.wants"]);
         std::fs::remove_dir_all(&host.root).unwrap();
     }
@@ -771,7 +888,7 @@ mod tests {
         let attached = files(&host);
         systemd.fail("reload", 2);
         let now = Actions { now: true, ..Actions::default() };
-        let error = zbus::block_on(detach(&host, &systemd, "foobar", now)).unwrap_err();
+        let error = zbus::block_on(detach(&host, &systemd, "foobar", &[], now)).unwrap_err();
         let Error::PartiallyRolledBack { failed_steps, .. } = &error else {
             panic!("not partly rolled back: {error}");
         };
@@ -842,7 +959,7 @@ mod tests {
         std::fs::rename(&dropins, host.root.join("aside")).unwrap();
         std::fs::write(&dropins, "not a directory").unwrap();
         let now = Actions { now: true, ..Actions::default() };
-        assert!(zbus::block_on(detach(&host, &systemd, "foobar", now)).is_err());
+        assert!(zbus::block_on(detach(&host, &systemd, "foobar", &[], now)).is_err());
         assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
         assert_eq!(systemd.running(), ["foobar.service"]);
         std::fs::remove_dir_all(&host.root).unwrap();
@@ -917,5 +1034,114 @@ mod tests {
             assert_eq!(systemd.running(), ["foobar.service"]);
             std::fs::remove_dir_all(&host.root).unwrap();
         }
+    }
+
+    /// A second attach of the same image, the same way, changes nothing and
+    /// reloads nothing; any other second attach is refused, naming the file
+    /// that would change.
+    #[test]
+    fn a_second_attach_is_a_no_op_when_identical_and_refused_otherwise() {
+        let host = host("second", UNIT);
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, Actions::default()).unwrap();
+        let attached = files(&host);
+        systemd.calls.lock().unwrap().clear();
+        let again = attach_foobar(&host, &systemd, Actions::default()).unwrap();
+        assert!(again.changes.is_empty(), "{:?}", again.changes);
+        assert_eq!(again.units, ["foobar.service"]);
+        assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
+
+        let request = ImageRequest { image: "foobar".into(), prefixes: Vec::new() };
+        let strict = zbus::block_on(attach(
+            &host,
+            &systemd,
+            vec![request],
+            "default",
+            CopyMode::Symlink,
+            Actions::default(),
+            Box::new(|_, _| {}),
+        ))
+        .unwrap_err();
+        assert!(matches!(strict, Error::AlreadyAttached { .. }), "{strict}");
+        assert!(strict.to_string().contains("use reattach"), "{strict}");
+        assert_eq!(files(&host), attached);
+        assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// --no-reload writes and removes the files and never reloads; with
+    /// --now it is refused before anything is touched.
+    #[test]
+    fn no_reload_changes_files_only_and_is_refused_with_now() {
+        let host = host("no-reload", UNIT);
+        let systemd = FakeManager::default();
+        let no_reload = Actions { no_reload: true, ..Actions::default() };
+        attach_foobar(&host, &systemd, no_reload).unwrap();
+        assert!(files(&host).contains(&"etc/systemd/system/foobar.service".to_string()));
+        assert!(systemd.calls().iter().all(|c| c != "reload"), "{:?}", systemd.calls());
+        zbus::block_on(detach(&host, &systemd, "foobar", &[], no_reload)).unwrap();
+        assert!(!files(&host).contains(&"etc/systemd/system/foobar.service".to_string()));
+        assert!(systemd.calls().iter().all(|c| c != "reload"), "{:?}", systemd.calls());
+
+        let both = attach_foobar(&host, &systemd, Actions { no_reload: true, now: true, ..Actions::default() });
+        assert!(matches!(both, Err(Error::NoReloadWithNow)), "{both:?}");
+        assert!(files(&host).iter().all(|f| !f.contains("foobar")), "{:?}", files(&host));
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A running unit is refused without --now; --force detaches it and
+    /// leaves it running; prefixes detach only the units they match.
+    #[test]
+    fn detach_force_leaves_units_running_and_prefixes_choose_units() {
+        let host = host("force", UNIT);
+        let image = host.root.join("var/lib/portables/foobar/usr/lib/systemd/system");
+        std::fs::write(image.join("foobar-web.service"), UNIT).unwrap();
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, Actions { now: true, ..Actions::default() }).unwrap();
+        let running = zbus::block_on(detach(&host, &systemd, "foobar", &[], Actions::default())).unwrap_err();
+        assert!(matches!(running, Error::Running { .. }), "{running}");
+
+        let none = zbus::block_on(detach(&host, &systemd, "foobar", &["nope".into()], Actions::default()));
+        assert!(matches!(none, Err(Error::NoUnitsMatch { .. })), "{none:?}");
+        let web = Actions { force: true, ..Actions::default() };
+        let done = zbus::block_on(detach(&host, &systemd, "foobar", &["foobar-web".into()], web)).unwrap();
+        assert_eq!(done.units, ["foobar-web.service"]);
+        assert!(done.restarted.is_empty(), "--force stops nothing");
+        let left = files(&host);
+        assert!(left.contains(&"etc/systemd/system/foobar.service".to_string()), "{left:?}");
+        assert!(!left.contains(&"etc/systemd/system/foobar-web.service".to_string()), "{left:?}");
+        assert_eq!(systemd.running(), ["foobar-web.service", "foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// An attachment is found by its path, its file name, and its name
+    /// without `.raw`; an attached decompressed copy also by the `.raw.xz`
+    /// it was made from.
+    #[test]
+    fn attachments_are_found_by_every_name_of_the_image() {
+        let host = host("names", UNIT);
+        let attachment = |image: &str| Attachment { image: image.into(), unit: "hxz.service".into(), runtime: false };
+        let copy = host.root.join("var/lib/portables/hxz.raw");
+        std::fs::write(&copy, b"raw").unwrap();
+        let existing = Attachments(vec![attachment(&copy.display().to_string())]);
+        let xz_path = host.root.join("srv/hxz.raw.xz").display().to_string();
+        let record = crate::image::xz::SourceRecord { path: xz_path.clone(), sha256: "0".repeat(64) };
+        let recorded = rustix::fs::setxattr(
+            &copy,
+            crate::image::xz::SOURCE_XATTR,
+            record.encode().as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        );
+        for name in ["hxz", "hxz.raw", copy.to_str().unwrap()] {
+            let (path, found) = attachments_among(&host, existing.clone(), name).unwrap();
+            assert_eq!((path.as_str(), found.len()), (copy.to_str().unwrap(), 1), "{name}");
+        }
+        // The copy is root's (the unit tests run as root, as CI does).
+        recorded.expect("a user xattr on the copy");
+        for name in ["hxz.raw.xz", xz_path.as_str()] {
+            assert!(attachments_among(&host, existing.clone(), name).is_ok(), "{name}");
+        }
+        assert!(matches!(attachments_among(&host, existing.clone(), "hx"), Err(Error::NotAttached(_))));
+        std::fs::remove_dir_all(&host.root).unwrap();
     }
 }

@@ -36,6 +36,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::failed_batch_detach_rolls_back_every_image", failed_batch_detach),
         exclusive_trial(shared, "portable::runtime_attach_and_remove", runtime_and_remove),
         exclusive_trial(shared, "portable::same_image_side_by_side_with_portablectl", side_by_side),
+        exclusive_trial(shared, "portable::portablectl_names_and_options_of_attach_and_detach", portablectl_options),
     ]
 }
 
@@ -638,4 +639,77 @@ fn side_by_side(tb: &Testbed) {
     // Not compared: the drop-ins live in /etc/systemd/system (as asked of
     // wharf) rather than portablectl 252's /etc/systemd/system.attached,
     // and portablectl also links images attached by path into /etc/portables.
+}
+
+/// portablectl's names and options: an xz attachment answers to every name
+/// of its image; an image attached by path is listed; a second attach is a
+/// no-op only when it changes nothing; --no-reload, detach PREFIX and
+/// detach --force do what portablectl's do.
+fn portablectl_options(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar_8.raw.xz", "xz", "8");
+    tb.ok("portable attach foobar_8.raw.xz");
+    for name in ["foobar_8.raw.xz", "foobar_8.raw", "foobar_8", "/var/lib/portables/foobar_8.raw.xz"] {
+        assert_eq!(tb.ok(&format!("portable is-attached {name}")).trim(), "attached", "{name}");
+    }
+    let listed = tb.ok("portable list --no-legend");
+    let xz_line = listed.lines().find(|l| l.starts_with("foobar_8.raw.xz ")).unwrap_or_default().to_string();
+    assert!(xz_line.contains("attached"), "{listed}");
+
+    // Again, the same way: nothing to do. Otherwise: refused, nothing changed.
+    let files = tb.unit_files("foobar*");
+    let again = tb.ok("portable attach foobar_8.raw.xz");
+    assert!(again.contains("Attached already, exactly so: nothing to do"), "{again}");
+    let strict = tb.sh("portable attach --profile=strict foobar_8.raw.xz");
+    assert_eq!(strict.code, Some(1), "{strict}");
+    assert!(
+        strict.stderr.starts_with("portable: image '/var/lib/portables/foobar_8.raw' is attached already, otherwise (")
+            && strict.stderr.trim_end().ends_with("use reattach to change a running attachment"),
+        "{strict}"
+    );
+    assert_eq!(strict.stderr.lines().count(), 1, "{strict}");
+    assert_eq!(tb.unit_files("foobar*"), files, "a refused attach changed files");
+    tb.ok("portable detach foobar_8.raw.xz");
+    assert_no_foobar_units(tb);
+
+    // By path, from outside the search path: listed with its path.
+    let outside = tb.host_path("/srv/p13/foobar_5");
+    images::foobar(&outside, "dir", "5").unwrap();
+    tb.ok("cd /srv/p13 && portable attach ./foobar_5");
+    let listed = tb.ok("portable list --no-legend");
+    assert!(listed.lines().any(|l| l.starts_with("foobar_5 ") && l.contains("attached")), "{listed}");
+    assert_eq!(tb.ok("portable is-attached foobar_5").trim(), "attached");
+
+    // detach PREFIX: only the units it matches; --force while one runs.
+    tb.ok("systemctl start foobar.service");
+    let running = tb.sh("portable detach /srv/p13/foobar_5 foobar");
+    assert_eq!(running.code, Some(1), "{running}");
+    assert!(running.stderr.contains("unit 'foobar.service' of image '/srv/p13/foobar_5' is active"), "{running}");
+    tb.ok("portable detach /srv/p13/foobar_5 foobar-hello");
+    assert_eq!(tb.ok("ls /etc/systemd/system | grep ^foobar"), "foobar.service\nfoobar.service.d\n");
+    let none = tb.sh("portable detach foobar_5 nothing");
+    assert!(!none.success() && none.stderr.contains("no attached unit matches the prefixes nothing"), "{none}");
+    tb.ok("portable detach --force foobar_5");
+    assert_no_foobar_units(tb);
+    assert_eq!(tb.ok("systemctl is-active foobar.service").trim(), "active", "--force leaves it running");
+    tb.ok("systemctl stop foobar.service");
+
+    // --no-reload: files only, no reload of systemd; never with --now.
+    pool_image(tb, "foobar_6", "dir", "6");
+    let since = tb.ok("date +%s.%N").trim().to_string();
+    tb.ok("portable attach --no-reload foobar_6");
+    assert!(tb.host_path("/etc/systemd/system/foobar.service.d/20-portable.conf").exists());
+    let with_now = tb.sh("portable detach --no-reload --now foobar_6");
+    assert_eq!(
+        with_now.stderr.trim_end(),
+        "portable: --no-reload cannot be combined with --now: systemd starts only units it has loaded",
+        "{with_now}"
+    );
+    tb.ok("portable detach --no-reload foobar_6");
+    assert_no_foobar_units(tb);
+    // The test's own reload is the last PID 1 logs: once it is in the
+    // journal, any reload wharf made before it is too.
+    tb.ok("systemctl daemon-reload");
+    assert_eq!(reloads_since(tb, &since), 1, "only the test's own reload");
+    tb.ok("rm -rf /srv/p13");
 }
