@@ -1446,7 +1446,7 @@ fn more_machinectl_lines(tb: &Testbed) {
 /// bash, with the installed completion sourced, completes the new verbs
 /// and options, running machines' names and images' names.
 fn completion(tb: &Testbed) {
-    let script = tb.host_path("/tmp/complete-machine.sh");
+    let script = tb.host_path("/root/complete-machine.sh");
     std::fs::write(
         &script,
         ". /usr/share/bash-completion/completions/machine\n\
@@ -1457,7 +1457,7 @@ fn completion(tb: &Testbed) {
     .unwrap();
     let complete = |words: &str| -> Vec<String> {
         let mut found: Vec<String> =
-            tb.ok(&format!("bash /tmp/complete-machine.sh machine {words}")).lines().map(str::to_string).collect();
+            tb.ok(&format!("bash /root/complete-machine.sh machine {words}")).lines().map(str::to_string).collect();
         found.sort();
         found
     };
@@ -1478,7 +1478,7 @@ fn completion(tb: &Testbed) {
     }
     assert!(complete("shell ''").contains(&"f28".to_string()), "running machines complete");
     assert!(!complete("status ''").iter().any(|w| w.starts_with('<')), "no placeholders");
-    tb.ok("rm /tmp/complete-machine.sh");
+    tb.ok("rm /root/complete-machine.sh");
 }
 
 /// clean as machinectl clean: hidden images go, read-only ones and names
@@ -1510,6 +1510,17 @@ fn transfers(tb: &Testbed) {
     }
     let out = tb.fails("machine cancel-transfer 4242");
     assert_eq!(out.stderr.trim(), "machine: no transfer with id 4242");
+    // A local user who is not root may list, not cancel, clean or limit.
+    assert!(tb.sh_nobody("machine list-transfers").success());
+    for (args, what) in [
+        ("cancel-transfer 1", "cancelling a transfer"),
+        ("clean --all", "cleaning the machine images"),
+        ("set-limit 1G", "setting a size limit"),
+    ] {
+        let out = tb.sh_nobody(&format!("machine {args}"));
+        assert_eq!(out.code, Some(1), "{out}");
+        assert_eq!(out.stderr.trim(), format!("machine: access denied: {what} needs root (caller is uid 65534)"));
+    }
     let out = tb.ok("set -e; d=$(mktemp -d); mkfifo $d/in; sleep 120 > $d/in & writer=$!; \
          machine import-raw $d/in slowimg 2> $d/err & importer=$!; \
          for i in $(seq 300); do machine list-transfers --no-legend | grep -q slowimg && break; sleep 0.1; done; \
