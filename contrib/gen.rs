@@ -115,12 +115,54 @@ fn write_completions(out: &Path) -> Result<(), String> {
         {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut command, &name, &mut text);
+            if shell == Shell::Bash && name == "machine" {
+                text.extend_from_slice(MACHINE_BASH_NAMES.as_bytes());
+            }
             let path = out.join(file);
             fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     Ok(())
 }
+
+/// What clap's bash completion cannot know: the names of running
+/// machines, of images and of transfers, asked of `machine` itself (as
+/// machinectl's completion asks machinectl) where a verb takes one. It
+/// wraps clap's `_machine`, dropping its `<NAME>` placeholders.
+const MACHINE_BASH_NAMES: &str = r#"
+_wharf_machine_column() {
+    machine "$@" --no-legend --no-pager 2>/dev/null | while read -r first _; do printf '%s\n' "$first"; done
+}
+
+_wharf_machine() {
+    _machine "$@"
+    local cur="${COMP_WORDS[COMP_CWORD]}" verb="" i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        if [[ "${COMP_WORDS[i]}" != -* ]]; then
+            verb="${COMP_WORDS[i]}"
+            break
+        fi
+    done
+    [[ -z "$verb" || "$cur" == -* ]] && return 0
+    local names=""
+    case "$verb" in
+        status|show|poweroff|reboot|terminate|kill|login|shell|bind|copy-to|copy-from|set-property)
+            names="$(_wharf_machine_column list)" ;;
+        show-image|image-status|clone|rename|remove|read-only|start|enable|disable|export-tar|export-raw|set-limit)
+            names="$(_wharf_machine_column list-images)" ;;
+        cancel-transfer)
+            names="$(_wharf_machine_column list-transfers)" ;;
+        *) return 0 ;;
+    esac
+    local kept=() word
+    for word in "${COMPREPLY[@]}"; do
+        [[ "$word" == \<* ]] || kept+=("$word")
+    done
+    COMPREPLY=("${kept[@]}" $(compgen -W "$names" -- "$cur"))
+}
+
+complete -F _wharf_machine -o bashdefault -o default machine
+"#;
 
 /// Fills a template's directives:
 /// - `@title`: the `.TH` line;

@@ -365,6 +365,32 @@ pub trait Machine {
         pty: bool,
         size: &str,
     ) -> zbus::Result<i32>;
+    /// Sets the size limit of an image (`name` empty: of the pool, all
+    /// images together) to `limit` bytes (`u64::MAX`: none), where the
+    /// file system has quota groups (btrfs).
+    fn set_image_limit(&self, name: &str, limit: u64) -> zbus::Result<()>;
+    /// Removes the hidden images, or with `all` every image, that are not
+    /// read-only; refused (nothing removed) while a machine runs off one.
+    /// Returns each image removed with the bytes it took (0: unknown).
+    fn clean_images(&self, all: bool) -> zbus::Result<Vec<(String, u64)>>;
+    /// The imports and exports wharfd runs now.
+    fn list_transfers(&self) -> zbus::Result<Vec<TransferEntry>>;
+    /// Stops a transfer; what it built is removed.
+    fn cancel_transfer(&self, id: u32) -> zbus::Result<()>;
+}
+
+/// An import or export in flight, as `machine list-transfers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+pub struct TransferEntry {
+    pub id: u32,
+    /// `import-tar`, `import-raw`, `import-fs`, `export-tar`, `export-raw`.
+    pub kind: String,
+    /// The image.
+    pub local: String,
+    /// The file it comes from or goes to, as wharfd sees it.
+    pub remote: String,
+    /// Done so far, from 0 to 1; negative when the size is unknown.
+    pub progress: f64,
 }
 
 /// One step of a fleet plan, as `org.wharf1.Fleet.Apply` returns it:

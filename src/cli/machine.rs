@@ -85,6 +85,31 @@ pub enum Command {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Set the size limit of an image, or without NAME of all images
+    /// together, where the file system allows it (btrfs quota groups, as
+    /// machinectl set-limit).
+    SetLimit {
+        /// [NAME] BYTES: the image (none: the pool), then bytes with an
+        /// optional K, M, G, T, P or E (1.5G), or '-' for no limit.
+        #[arg(num_args = 1..=2, required = true, value_name = "[NAME] BYTES", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Remove hidden images (whose names start with a dot), or with --all
+    /// every image; read-only images are kept, and nothing is removed
+    /// while a machine runs off one of them.
+    Clean {
+        /// Every image, not only hidden ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// List the imports and exports in progress.
+    ListTransfers,
+    /// Stop imports or exports in progress; what they built is removed.
+    CancelTransfer {
+        /// Transfer ids, as list-transfers shows them.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
     /// Import a tar archive (plain, xz, gzip or zstd) as a directory image.
     ImportTar {
         /// The archive.
@@ -230,6 +255,9 @@ pub enum Command {
         /// Show at most N addresses (then "..." when there are more).
         #[arg(long, value_name = "N")]
         max_addresses: Option<usize>,
+        /// How the journal lines are shown, as journalctl --output= takes it.
+        #[arg(short, long, value_name = "MODE", default_value = "short", value_parser = clap::builder::PossibleValuesParser::new(JOURNAL_MODES))]
+        output: String,
     },
     /// Show a running machine's properties as machinectl show prints them
     /// (Name, Id, Timestamp, TimestampMonotonic, Service, Unit, Leader, Class,
@@ -322,6 +350,9 @@ pub enum Command {
         /// literally: no $VAR in VALUE is expanded.
         #[arg(short = 'E', long = "setenv", value_name = "VAR=VALUE")]
         setenv: Vec<String>,
+        /// The user to run as when neither USER@NAME nor USER@ names one.
+        #[arg(long, value_name = "USER")]
+        uid: Option<String>,
         /// A running machine, or USER@NAME.
         name: String,
         /// The user to run as (USER@; root by default), then the command and its
@@ -569,7 +600,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 table(&["MACHINE", "CLASS", "SERVICE", "STATE", "UNIT"], &rows, format.legend())
             })?;
         }
-        Command::Status { name, lines, full: _, max_addresses } => {
+        Command::Status { name, lines, full: _, max_addresses, output } => {
             let mut info = within(machine.get_machine(&name)).await?;
             if let Some(max) = max_addresses
                 && info.addresses.len() > max
@@ -581,7 +612,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             if !format.is_json() && lines > 0 {
                 // As machinectl status: the unit's last journal lines, read
                 // with the caller's own rights (none when it may not read them).
-                print!("{}", journal_tail(&info.unit, lines));
+                print!("{}", journal_tail(&info.unit, lines, &output));
             }
         }
         Command::Show { name, select } => {
@@ -662,8 +693,38 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             tracing::debug!(path, "login terminal");
             super::terminal::relay(std::os::fd::OwnedFd::from(master)).map_err(CliError::Output)?;
         }
-        Command::Shell { setenv, name, command } => {
-            return shell(&machine, &name, command, setenv).await;
+        Command::Shell { setenv, uid, name, command } => {
+            return shell(&machine, &name, command, setenv, uid).await;
+        }
+        Command::SetLimit { args } => {
+            let (name, size) = match &args[..] {
+                [size] => (None, size),
+                [name, size] => (Some(name.as_str()), size),
+                _ => unreachable!("clap takes one or two"),
+            };
+            let limit = crate::machine::quota::parse_size(size).map_err(|e| CliError::Usage(e.to_string()))?;
+            bounded(&bus, machine.set_image_limit(name.unwrap_or(""), limit.unwrap_or(u64::MAX))).await?;
+            if format.is_json() {
+                format.emit(&serde_json::json!({ "image": name, "limit": limit }), |_| String::new())?;
+            }
+        }
+        Command::Clean { all } => {
+            let removed = bounded(&bus, machine.clean_images(all)).await?;
+            if !cli.output.quiet || format.is_json() {
+                let records: Vec<_> =
+                    removed.iter().map(|(name, freed)| serde_json::json!({ "image": name, "freed": freed })).collect();
+                format.emit(&records, |_| clean_text(&removed))?;
+            }
+        }
+        Command::ListTransfers => {
+            let transfers = within(machine.list_transfers()).await?;
+            format.emit(&transfers, |transfers| transfers_table(transfers, format.legend()))?;
+        }
+        Command::CancelTransfer { ids } => {
+            let ids = ids.iter().map(|id| parse_transfer_id(id)).collect::<Result<Vec<_>, _>>()?;
+            for id in ids {
+                bounded(&bus, machine.cancel_transfer(id)).await?;
+            }
         }
         Command::ExportTar { name, file } => {
             export(&bus, &machine, show, &name, &file, false).await?;
@@ -785,14 +846,89 @@ fn host_path(path: &Path) -> Result<String, CliError> {
         .ok_or_else(|| CliError::Usage(format!("{} is not a UTF-8 path", path.display())))
 }
 
+/// What `machine clean` says, as machinectl clean: each image removed,
+/// then the count.
+fn clean_text(removed: &[(String, u64)]) -> String {
+    let mut text = String::new();
+    let mut total = Some(0u64);
+    for (name, freed) in removed {
+        if *freed == 0 {
+            text.push_str(&format!("Removed image '{name}'.\n"));
+            total = None;
+        } else {
+            text.push_str(&format!("Removed image '{name}'. Freed exclusive disk space: {}.\n", human_size(*freed)));
+            total = total.map(|t| t + freed);
+        }
+    }
+    let count = removed.len();
+    match total {
+        Some(total) if count > 0 => text.push_str(&format!(
+            "Removed {count} images in total. Total freed exclusive disk space: {}.",
+            human_size(total)
+        )),
+        _ => text.push_str(&format!("Removed {count} images in total.")),
+    }
+    text
+}
+
+/// `machine list-transfers` as machinectl lays it out.
+fn transfers_table(transfers: &[crate::api::TransferEntry], legend: bool) -> String {
+    if transfers.is_empty() {
+        return if legend { "No transfers.".to_string() } else { String::new() };
+    }
+    let rows: Vec<Vec<String>> = transfers
+        .iter()
+        .map(|t| {
+            let percent =
+                if t.progress < 0.0 { "n/a".to_string() } else { format!("{}%", (t.progress * 100.0).floor() as u32) };
+            vec![t.id.to_string(), percent, t.kind.clone(), t.local.clone(), t.remote.clone()]
+        })
+        .collect();
+    table(&["ID", "PERCENT", "TYPE", "LOCAL", "REMOTE"], &rows, legend)
+}
+
+/// A transfer id as list-transfers shows it.
+fn parse_transfer_id(word: &str) -> Result<u32, CliError> {
+    word.parse::<u32>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| CliError::Usage(format!("'{word}' is not a transfer id (see machine list-transfers)")))
+}
+
+/// The output modes of journalctl, which `status --output` passes on.
+const JOURNAL_MODES: [&str; 16] = [
+    "short",
+    "short-full",
+    "short-iso",
+    "short-iso-precise",
+    "short-precise",
+    "short-monotonic",
+    "short-delta",
+    "short-unix",
+    "verbose",
+    "export",
+    "json",
+    "json-pretty",
+    "json-sse",
+    "json-seq",
+    "cat",
+    "with-unit",
+];
+
 /// How many journal lines `machine status` shows, as machinectl.
 const JOURNAL_LINES: usize = 10;
 
 /// The last `lines` journal lines of `unit`, each indented, after an empty
 /// line; empty when journalctl gives nothing.
-fn journal_tail(unit: &str, lines: usize) -> String {
+fn journal_tail(unit: &str, lines: usize, mode: &str) -> String {
     let output = std::process::Command::new("journalctl")
-        .args(["--no-pager", "--quiet", "--output=short", &format!("--lines={lines}"), &format!("--unit={unit}")])
+        .args([
+            "--no-pager",
+            "--quiet",
+            &format!("--output={mode}"),
+            &format!("--lines={lines}"),
+            &format!("--unit={unit}"),
+        ])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output();
@@ -912,22 +1048,11 @@ fn signal_number(word: &str) -> Result<i32, CliError> {
 async fn shell(
     machine: &MachineProxy<'_>,
     name: &str,
-    mut command: Vec<String>,
+    command: Vec<String>,
     setenv: Vec<String>,
+    uid: Option<String>,
 ) -> Result<ExitCode, CliError> {
-    let (mut user, name) = match name.split_once('@') {
-        Some((user, machine)) => (user.to_string(), machine.to_string()),
-        None => (String::new(), name.to_string()),
-    };
-    if let Some(first) = command.first()
-        && let Some(named) = first.strip_suffix('@')
-    {
-        user = named.to_string();
-        command.remove(0);
-    }
-    if command.first().is_some_and(|c| c == "--") {
-        command.remove(0);
-    }
+    let (user, name, command) = shell_target(name, command, uid);
     use std::io::IsTerminal;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let environment = shell_environment(std::env::var("TERM").ok(), setenv)?;
@@ -950,6 +1075,28 @@ async fn shell(
         .await?;
     drop(_raw);
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
+}
+
+/// Who a shell runs as, in which machine, running what: `USER@NAME`, or
+/// `USER@` as the first word after NAME, else `--uid`, else root (empty).
+fn shell_target(name: &str, mut command: Vec<String>, uid: Option<String>) -> (String, String, Vec<String>) {
+    let (mut user, name) = match name.split_once('@') {
+        Some((user, machine)) => (user.to_string(), machine.to_string()),
+        None => (String::new(), name.to_string()),
+    };
+    if let Some(first) = command.first()
+        && let Some(named) = first.strip_suffix('@')
+    {
+        user = named.to_string();
+        command.remove(0);
+    }
+    if command.first().is_some_and(|c| c == "--") {
+        command.remove(0);
+    }
+    if user.is_empty() {
+        user = uid.unwrap_or_default();
+    }
+    (user, name, command)
 }
 
 /// The variables a shell gets: this terminal's type (`term`, the client's
@@ -975,7 +1122,7 @@ mod tests {
         use clap::Parser;
         let parse = |args: &[&str]| match super::Cli::try_parse_from(args) {
             Ok(cli) => match cli.command {
-                Command::Shell { setenv, name, command } => Ok((setenv, name, command)),
+                Command::Shell { setenv, name, command, .. } => Ok((setenv, name, command)),
                 _ => panic!("not a shell"),
             },
             Err(e) => Err(e.kind()),
@@ -1002,8 +1149,9 @@ mod tests {
         let cli =
             super::Cli::try_parse_from(["machine", "status", "f28", "-n", "3", "-l", "--max-addresses=1"]).unwrap();
         match cli.command {
-            Command::Status { name, lines, full, max_addresses } => {
+            Command::Status { name, lines, full, max_addresses, output } => {
                 assert_eq!((name.as_str(), lines, full, max_addresses), ("f28", 3, true, Some(1)));
+                assert_eq!(output, "short");
             }
             _ => panic!("not status"),
         }
@@ -1028,6 +1176,82 @@ mod tests {
             }
             _ => panic!("not show"),
         }
+    }
+
+    #[test]
+    fn machinectls_other_verbs_and_options_parse() {
+        use clap::Parser;
+        let parse = |args: &[&str]| super::Cli::try_parse_from(args);
+        let cli = parse(&["machine", "set-limit", "f28", "1.5G"]).unwrap();
+        assert!(matches!(&cli.command, Command::SetLimit { args } if args == &["f28", "1.5G"]));
+        let cli = parse(&["machine", "set-limit", "-"]).unwrap();
+        assert!(matches!(&cli.command, Command::SetLimit { args } if args == &["-"]));
+        assert!(parse(&["machine", "set-limit"]).is_err());
+        assert!(parse(&["machine", "set-limit", "a", "1G", "extra"]).is_err());
+        assert!(matches!(parse(&["machine", "clean", "--all"]).unwrap().command, Command::Clean { all: true }));
+        assert!(matches!(parse(&["machine", "clean"]).unwrap().command, Command::Clean { all: false }));
+        assert!(matches!(parse(&["machine", "list-transfers"]).unwrap().command, Command::ListTransfers));
+        assert!(parse(&["machine", "cancel-transfer"]).is_err());
+        assert_eq!(parse_transfer_id("12").unwrap(), 12);
+        for bad in ["0", "-1", "x", "4294967296", ""] {
+            let error = parse_transfer_id(bad).unwrap_err().to_string();
+            assert!(error.contains("is not a transfer id") && !error.contains('\n'), "{error}");
+        }
+        // Global options, before or after the verb, as machinectl takes them.
+        for args in [
+            &["machine", "--no-ask-password", "-q", "--json=off", "list"][..],
+            &["machine", "list", "--no-ask-password", "--quiet", "--json=pretty"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(cli.output.no_ask_password && cli.output.quiet, "{args:?}");
+        }
+        let off = parse(&["machine", "--json=off", "list"]).unwrap();
+        assert!(!Format::new(&off.output).is_json());
+        let pretty = parse(&["machine", "--json=pretty", "list"]).unwrap();
+        assert!(Format::new(&pretty.output).is_json());
+        assert!(parse(&["machine", "--json=loud", "list"]).is_err());
+        let cli = parse(&["machine", "status", "f28", "-o", "cat"]).unwrap();
+        assert!(matches!(&cli.command, Command::Status { output, .. } if output == "cat"));
+        assert!(parse(&["machine", "status", "f28", "--output=nonsense"]).is_err());
+        let cli = parse(&["machine", "shell", "--uid=alice", "f28", "id"]).unwrap();
+        assert!(matches!(&cli.command, Command::Shell { uid: Some(u), .. } if u == "alice"));
+    }
+
+    #[test]
+    fn shell_users_come_from_the_name_then_uid() {
+        let target = |name: &str, command: &[&str], uid: Option<&str>| {
+            shell_target(name, command.iter().map(|s| s.to_string()).collect(), uid.map(str::to_string))
+        };
+        assert_eq!(target("f28", &["id"], Some("alice")), ("alice".into(), "f28".into(), vec!["id".into()]));
+        assert_eq!(target("bob@f28", &["id"], Some("alice")), ("bob".into(), "f28".into(), vec!["id".into()]));
+        assert_eq!(
+            target("f28", &["bob@", "--", "id"], Some("alice")),
+            ("bob".into(), "f28".into(), vec!["id".into()])
+        );
+        assert_eq!(target("f28", &[], None), (String::new(), "f28".into(), vec![]));
+    }
+
+    #[test]
+    fn clean_and_transfers_print_as_machinectl() {
+        assert_eq!(clean_text(&[]), "Removed 0 images in total.");
+        assert_eq!(
+            clean_text(&[(".a".into(), 2048), (".b".into(), 1024)]),
+            "Removed image '.a'. Freed exclusive disk space: 2.0K.\nRemoved image '.b'. Freed exclusive disk space: 1.0K.\nRemoved 2 images in total. Total freed exclusive disk space: 3.0K."
+        );
+        assert_eq!(clean_text(&[(".a".into(), 0)]), "Removed image '.a'.\nRemoved 1 images in total.");
+        assert_eq!(transfers_table(&[], true), "No transfers.");
+        assert_eq!(transfers_table(&[], false), "");
+        let entry = |id, progress| crate::api::TransferEntry {
+            id,
+            kind: "import-raw".into(),
+            local: "f28".into(),
+            remote: "/srv/f28.raw".into(),
+            progress,
+        };
+        assert_eq!(
+            transfers_table(&[entry(1, 0.426), entry(12, -1.0)], true),
+            "ID PERCENT TYPE       LOCAL REMOTE\n1  42%     import-raw f28   /srv/f28.raw\n12 n/a     import-raw f28   /srv/f28.raw"
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crate::api::ImageEntry;
 /// The options every command of `portable` and `machine` takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OutputArgs {
-    /// Print results as one JSON document.
+    /// Print results as one JSON document: short (one line; the default),
+    /// pretty (indented) or off (text, as without the option).
     #[arg(long, global = true, value_name = "STYLE", num_args = 0..=1, require_equals = true, default_missing_value = "short")]
     pub json: Option<JsonStyle>,
     /// Log what is done, to stderr.
@@ -27,6 +28,11 @@ pub struct OutputArgs {
     /// Accepted as portablectl and machinectl accept it: wharf never pages.
     #[arg(long, global = true)]
     pub no_pager: bool,
+    /// Accepted as machinectl accepts it: wharf never asks for a password
+    /// (wharfd lets root change state and refuses everyone else; it does
+    /// not ask polkit).
+    #[arg(long, global = true)]
+    pub no_ask_password: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,6 +41,8 @@ pub enum JsonStyle {
     Short,
     /// Indented.
     Pretty,
+    /// No JSON: text.
+    Off,
 }
 
 /// How results are printed.
@@ -49,7 +57,10 @@ pub enum Format {
 
 impl Format {
     pub fn new(output: &OutputArgs) -> Format {
-        output.json.map_or(Format::Human { legend: !output.no_legend }, Format::Json)
+        match output.json {
+            None | Some(JsonStyle::Off) => Format::Human { legend: !output.no_legend },
+            Some(style) => Format::Json(style),
+        }
     }
 
     /// Whether tables are printed with their header line.
@@ -68,7 +79,7 @@ impl Format {
             Format::Json(JsonStyle::Pretty) => {
                 serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.into()))?
             }
-            Format::Human { .. } => human(value),
+            Format::Human { .. } | Format::Json(JsonStyle::Off) => human(value),
         };
         let mut stdout = std::io::stdout().lock();
         if text.is_empty() {

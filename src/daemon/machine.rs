@@ -13,6 +13,7 @@ use zbus_systemd::machine1::ManagerProxy as Machined;
 use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
 use super::portable::mark_read_only;
+use super::transfer;
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, MachineInfo};
 use crate::compress::Compression;
@@ -55,6 +56,34 @@ impl MachineInterface {
         let mut progress = progress_reporter(connection, header, what);
         let store = self.store.clone();
         Ok(self.daemon.blocking(move || work(&store, &mut progress)).await?)
+    }
+
+    /// [`Self::store_work`] for an import or export: registered while it
+    /// runs, so that `list-transfers` lists it and `cancel-transfer` stops it.
+    #[allow(clippy::too_many_arguments)]
+    async fn transfer_work<T, W>(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        what: &str,
+        kind: &str,
+        local: &str,
+        remote: String,
+        work: W,
+    ) -> Result<T, BusError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
+    {
+        require_root(connection, header, what).await?;
+        let registration = self.daemon.transfers.register(kind, local, &remote);
+        let _heartbeat = heartbeat(connection, header);
+        let mut progress = registration.track(progress_reporter(connection, header, what));
+        let store = self.store.clone().with_cancel(registration.cancel_flag());
+        let result = self.daemon.blocking(move || work(&store, &mut progress)).await;
+        tracing::debug!(id = registration.id(), kind, local, ok = result.is_ok(), "transfer ended");
+        drop(registration);
+        Ok(result?)
     }
 
     async fn clients<'a>(connection: &'a Connection) -> Result<(Systemd, Machined<'a>), BusError> {
@@ -174,8 +203,11 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
         let input = file_from(fd);
+        let (local, remote) = (name.clone(), transfer::describe_fd(&input));
         let work = move |store: &Store, progress: Progress<'_>| store.import_tar(input, &name, progress);
-        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
+        self.transfer_work(connection, &header, "importing an image", "import-tar", &local, remote, work)
+            .await
+            .map(|p| p.display().to_string())
     }
 
     /// Imports a raw image (plain, xz, gzip or zstd) passed as `fd`. Root only.
@@ -187,8 +219,11 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
         let input = file_from(fd);
+        let (local, remote) = (name.clone(), transfer::describe_fd(&input));
         let work = move |store: &Store, progress: Progress<'_>| store.import_raw(input, &name, progress);
-        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
+        self.transfer_work(connection, &header, "importing an image", "import-raw", &local, remote, work)
+            .await
+            .map(|p| p.display().to_string())
     }
 
     /// Imports the directory tree the caller opened and passes as `fd`. Root only.
@@ -200,13 +235,16 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
         let dir = file_from(fd);
+        let (local, remote) = (name.clone(), transfer::describe_fd(&dir));
         let work = move |store: &Store, progress: Progress<'_>| {
             // The tree behind the descriptor, reached through /proc so that
             // the caller's path is not looked up again.
             let source = PathBuf::from(format!("/proc/self/fd/{}/.", std::os::fd::AsRawFd::as_raw_fd(&dir)));
             store.import_fs(&source, &name, progress)
         };
-        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
+        self.transfer_work(connection, &header, "importing an image", "import-fs", &local, remote, work)
+            .await
+            .map(|p| p.display().to_string())
     }
 
     /// Writes a directory image as a tar archive to the caller's `fd`.
@@ -219,8 +257,9 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
+        let (local, remote) = (name.clone(), transfer::describe_fd(&output));
         let work = move |store: &Store, progress: Progress<'_>| store.export_tar(&name, output, compression, progress);
-        self.store_work(connection, &header, "exporting an image", work).await
+        self.transfer_work(connection, &header, "exporting an image", "export-tar", &local, remote, work).await
     }
 
     /// Writes a raw image to the caller's `fd`.
@@ -233,8 +272,55 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
+        let (local, remote) = (name.clone(), transfer::describe_fd(&output));
         let work = move |store: &Store, progress: Progress<'_>| store.export_raw(&name, output, compression, progress);
-        self.store_work(connection, &header, "exporting an image", work).await
+        self.transfer_work(connection, &header, "exporting an image", "export-raw", &local, remote, work).await
+    }
+
+    /// Sets the size limit of an image (`name` empty: of the pool) to
+    /// `limit` bytes (`u64::MAX`: none), on btrfs. Root only.
+    async fn set_image_limit(
+        &self,
+        name: String,
+        limit: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "setting a size limit").await?;
+        let store = self.store.clone();
+        let limit = (limit != u64::MAX).then_some(limit);
+        self.daemon.blocking(move || store.set_limit(Some(name.as_str()).filter(|n| !n.is_empty()), limit)).await?;
+        Ok(())
+    }
+
+    /// Removes the hidden images (or all) that are not read-only; refused
+    /// while a machine runs off one of them. Root only.
+    async fn clean_images(
+        &self,
+        all: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<(String, u64)>, BusError> {
+        require_root(connection, &header, "cleaning the machine images").await?;
+        let running = running_machines(connection).await?;
+        let store = self.store.clone();
+        Ok(self.daemon.blocking(move || store.clean(all, &running)).await?)
+    }
+
+    /// The imports and exports in flight.
+    async fn list_transfers(&self) -> Vec<crate::api::TransferEntry> {
+        self.daemon.transfers.list()
+    }
+
+    /// Stops a transfer; its call fails and what it built is removed. Root only.
+    async fn cancel_transfer(
+        &self,
+        id: u32,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "cancelling a transfer").await?;
+        self.daemon.transfers.cancel(id)
     }
 
     /// Boots a machine with wharf's launcher in a transient unit. Root only.
@@ -800,7 +886,9 @@ fn store_bus_error(error: &Error, message: String) -> BusError {
         Error::Image(image) => super::image_bus_error(image, message),
         Error::Name(_) => BusError::InvalidArgument(message),
         Error::Exists { .. } => BusError::Conflict(message),
-        Error::ReadOnly(_) | Error::Locked { .. } => BusError::Busy(message),
+        Error::ReadOnly(_) | Error::Locked { .. } | Error::Busy(_) => BusError::Busy(message),
+        Error::Limit { source: crate::machine::quota::Error::Size(_), .. } => BusError::InvalidArgument(message),
+        Error::Limit { .. } | Error::Cancelled(_) => BusError::Failed(message),
         Error::Invalid { .. } => BusError::BadImage(message),
         Error::Io { .. } => BusError::Failed(message),
     }

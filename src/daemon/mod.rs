@@ -7,6 +7,7 @@ mod fleet;
 mod machine;
 mod manager;
 mod portable;
+mod transfer;
 pub(crate) mod watchdog;
 
 use std::pin::pin;
@@ -43,6 +44,8 @@ pub(crate) struct Daemon {
     /// Held by every operation that changes portable attachments: they
     /// plan against the host as it is, so they must not interleave.
     pub(crate) portable_lock: zruntime::lock::Mutex<()>,
+    /// Imports and exports in flight (`machine list-transfers`).
+    pub(crate) transfers: transfer::Transfers,
 }
 
 /// Marks the daemon busy for as long as it lives.

@@ -43,6 +43,7 @@ pub mod ops;
 pub mod ownership;
 pub mod property;
 pub mod pty;
+pub mod quota;
 pub mod raw;
 pub mod seccomp;
 pub mod status;

@@ -8,6 +8,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::copy::copy_tree;
 use super::lock::{self, LockError, LockMode};
@@ -34,6 +36,16 @@ pub enum Error {
     ReadOnly(String),
     #[error("machine image '{name}': {reason}")]
     Invalid { name: String, reason: String },
+    #[error("machine image '{0}': the transfer was cancelled")]
+    Cancelled(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{what}: {source}")]
+    Limit {
+        what: String,
+        #[source]
+        source: super::quota::Error,
+    },
     #[error("machine image '{name}': {source}")]
     Locked {
         name: String,
@@ -53,6 +65,58 @@ pub const TEMP_PREFIX: &str = ".#wharf-import-";
 #[derive(Debug, Clone)]
 pub struct Store {
     pub pool: Pool,
+    /// Set to stop the transfer (import or export) this store runs
+    /// (`machine cancel-transfer`): its next read or write fails, and what
+    /// it built is removed.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// A reader or writer of a transfer that fails once it is cancelled. A
+/// reader waits for data at most [`CANCEL_POLL`] at a time, so that an
+/// import from a pipe that never delivers is cancelled too.
+struct Cancellable<T> {
+    inner: T,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl<T> Cancellable<T> {
+    fn check(&self) -> io::Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.load(Ordering::SeqCst) => Err(io::Error::other("the transfer was cancelled")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<T: Read + std::os::fd::AsFd> Read for Cancellable<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.check()?;
+            if self.cancel.is_none() {
+                break;
+            }
+            let mut fds = [nix::poll::PollFd::new(self.inner.as_fd(), nix::poll::PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(CANCEL_POLL.as_millis() as u16)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                // Readable, at its end, or in error: the read says which.
+                _ => break,
+            }
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl<T: Write> Write for Cancellable<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn io_error(name: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
@@ -121,7 +185,29 @@ impl Drop for Temp {
 
 impl Store {
     pub fn machines() -> Store {
-        Store { pool: Pool::machines() }
+        Store { pool: Pool::machines(), cancel: None }
+    }
+
+    /// This store, for one transfer that `cancel` stops.
+    pub fn with_cancel(mut self, cancel: Arc<AtomicBool>) -> Store {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Refuses to finish a transfer that was cancelled (its temporary goes).
+    fn check_cancel(&self, machine: &str) -> Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.load(Ordering::SeqCst) => Err(Error::Cancelled(machine.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A failure of a cancelled transfer is its cancellation.
+    fn or_cancelled<T>(&self, machine: &str, result: Result<T>) -> Result<T> {
+        match result {
+            Err(_) if self.check_cancel(machine).is_err() => Err(Error::Cancelled(machine.to_string())),
+            other => other,
+        }
     }
 
     /// The image of a machine name: `NAME` or `NAME.raw` in the search path.
@@ -221,6 +307,88 @@ impl Store {
         Ok(path)
     }
 
+    /// Sets the size limit of an image, or with `None` of the pool's
+    /// writable directory (all its images together); `limit` `None`
+    /// lifts it. Returns the path limited.
+    pub fn set_limit(&self, machine: Option<&str>, limit: Option<u64>) -> Result<PathBuf> {
+        let (what, path) = match machine {
+            Some(machine) => {
+                let path = self.locate(machine)?;
+                let meta = fs::symlink_metadata(&path).map_err(io_error(machine, &path))?;
+                if readonly::is_read_only(&path, &meta) {
+                    return Err(Error::ReadOnly(machine.to_string()));
+                }
+                (format!("machine image '{machine}'"), path)
+            }
+            None => ("the machine image pool".to_string(), self.pool.home().to_path_buf()),
+        };
+        super::quota::set_limit(&path, limit).map_err(|source| Error::Limit { what, source })?;
+        tracing::info!(path = %path.display(), ?limit, "size limit set");
+        Ok(path)
+    }
+
+    /// Removes the hidden images (whose name starts with a dot), or with
+    /// `all` every image, of the writable directories of the search path
+    /// (not those below /usr), as machinectl clean; read-only images are
+    /// kept. When one of them is an image of a machine in `running`,
+    /// nothing is removed. Returns each image removed, with the bytes it
+    /// took when known (0 otherwise).
+    pub fn clean(&self, all: bool, running: &std::collections::HashSet<String>) -> Result<Vec<(String, u64)>> {
+        let mut doomed = Vec::new();
+        for dir in self.pool.dirs().iter().filter(|dir| !dir.components().any(|c| c.as_os_str() == "usr")) {
+            let Ok(entries) = fs::read_dir(dir) else { continue };
+            for entry in entries.flatten() {
+                let Some(file_name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                // Temporaries of transfers in flight and lock files are no images.
+                if file_name.starts_with(".#") || (!all && !file_name.starts_with('.')) {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+                let image = match file_name.strip_suffix(".raw") {
+                    Some(base) if meta.is_file() => base.to_string(),
+                    _ if meta.is_dir() => file_name.clone(),
+                    // Settings files, symlinks and anything else are left alone.
+                    _ => continue,
+                };
+                // Only names machined would list: a hostile name is no image.
+                if name::validate(image.strip_prefix('.').unwrap_or(&image)).is_err() {
+                    tracing::debug!(path = %path.display(), "not an image name; clean leaves it");
+                    continue;
+                }
+                if readonly::is_read_only(&path, &meta) {
+                    continue;
+                }
+                if running.contains(&image) {
+                    return Err(Error::Busy(format!(
+                        "machine '{image}' is running off {}; stop it before cleaning (nothing was removed)",
+                        path.display()
+                    )));
+                }
+                doomed.push((image, path, meta));
+            }
+        }
+        // Every lock first: an image a machine runs off (whatever the
+        // machine's name) is refused before anything is removed.
+        let mut held = Vec::new();
+        for (image, path, _) in &doomed {
+            let lock = lock::lock_image(path, LockMode::Exclusive).map_err(|e| {
+                tracing::debug!(image, "not cleaned: {e}");
+                Error::Busy(format!("{e}; stop its machine before cleaning (nothing was removed)"))
+            })?;
+            held.push(lock);
+        }
+        let mut removed = Vec::new();
+        for (image, path, meta) in doomed {
+            let done = if meta.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            done.map_err(io_error(&image, &path))?;
+            tracing::info!(image = %path.display(), "removed by clean");
+            removed.push((image, if meta.is_file() { meta.len() } else { 0 }));
+        }
+        drop(held);
+        Ok(removed)
+    }
+
     /// What every import starts with: the name must be free, the input is
     /// decompressed as its magic says while its progress is counted, and
     /// the result is built under a temporary name in the pool.
@@ -233,6 +401,7 @@ impl Store {
     ) -> Result<(Box<dyn Read + Send + 'a>, Temp)> {
         self.check_free(machine)?;
         let total = input.metadata().map(|m| m.len()).unwrap_or(0);
+        let input = Cancellable { inner: input, cancel: self.cancel.clone() };
         let counted = Counting::new(input, move |done| progress(done, total));
         let (compression, reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
         tracing::debug!(compression = compression.as_str(), "importing {what}");
@@ -243,6 +412,11 @@ impl Store {
     /// Imports a (possibly compressed) tar archive of an OS tree as a
     /// directory image.
     pub fn import_tar(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        let result = self.import_tar_cancellable(input, machine, progress);
+        self.or_cancelled(machine, result)
+    }
+
+    fn import_tar_cancellable(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
         let (reader, temp) = self.begin_import(input, machine, progress, "a tar archive")?;
         fs::create_dir(&temp.path).map_err(io_error(machine, &temp.path))?;
         super::archive::unpack(reader, &temp.path).map_err(|e| Error::Invalid {
@@ -251,6 +425,7 @@ impl Store {
         })?;
         fix_root_mode(machine, &temp.path)?;
         let target = self.target(machine, ImageKind::Directory);
+        self.check_cancel(machine)?;
         temp.commit(&target, machine)?;
         tracing::info!(image = %target.display(), "imported a tar archive");
         Ok(target)
@@ -258,6 +433,11 @@ impl Store {
 
     /// Imports a (possibly compressed) raw disk or file system image.
     pub fn import_raw(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        let result = self.import_raw_cancellable(input, machine, progress);
+        self.or_cancelled(machine, result)
+    }
+
+    fn import_raw_cancellable(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
         let (mut reader, temp) = self.begin_import(input, machine, progress, "a raw image")?;
         let mut file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
         crate::fs::copy_sparse(&mut reader, &mut file).map_err(|e| match e {
@@ -279,6 +459,7 @@ impl Store {
             });
         }
         let target = self.target(machine, kind);
+        self.check_cancel(machine)?;
         temp.commit(&target, machine)?;
         tracing::info!(image = %target.display(), %kind, "imported a raw image");
         Ok(target)
@@ -321,6 +502,8 @@ impl Store {
         copy_tree(source, &temp.path, &mut |done| progress(done, 0)).map_err(io_error(machine, &temp.path))?;
         fix_root_mode(machine, &temp.path)?;
         let target = self.target(machine, ImageKind::Directory);
+        // A copy of a tree is cancelled once it is made (and then removed).
+        self.check_cancel(machine)?;
         temp.commit(&target, machine)?;
         Ok(target)
     }
@@ -337,12 +520,17 @@ impl Store {
         if ImageKind::detect(&source)? != ImageKind::Directory {
             return Err(Error::Invalid { name: machine.to_string(), reason: "is a raw image; use export-raw".into() });
         }
-        let encoder = compress::encoder(compression, output).map_err(io_error(machine, &source))?;
-        let mut builder = tar::Builder::new(encoder);
-        super::archive::write_tree(&mut builder, &source, &mut |done| progress(done, 0))
-            .map_err(io_error(machine, &source))?;
-        let encoder = builder.into_inner().map_err(io_error(machine, &source))?;
-        encoder.finish().map_err(io_error(machine, &source))
+        let output = Cancellable { inner: output, cancel: self.cancel.clone() };
+        let result = (|| {
+            let encoder = compress::encoder(compression, output).map_err(io_error(machine, &source))?;
+            let mut builder = tar::Builder::new(encoder);
+            super::archive::write_tree(&mut builder, &source, &mut |done| progress(done, 0))
+                .map_err(io_error(machine, &source))?;
+            let encoder = builder.into_inner().map_err(io_error(machine, &source))?;
+            encoder.finish().map_err(io_error(machine, &source))?;
+            self.check_cancel(machine)
+        })();
+        self.or_cancelled(machine, result)
     }
 
     /// Writes a raw image to `output`.
@@ -362,10 +550,15 @@ impl Store {
         }
         let input = File::open(&source).map_err(io_error(machine, &source))?;
         let total = input.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut counted = Counting::new(input, |done| progress(done, total));
-        let mut encoder = compress::encoder(compression, output).map_err(io_error(machine, &source))?;
-        io::copy(&mut counted, &mut encoder).map_err(io_error(machine, &source))?;
-        encoder.finish().map_err(io_error(machine, &source))
+        let output = Cancellable { inner: output, cancel: self.cancel.clone() };
+        let result = (|| {
+            let mut counted = Counting::new(input, |done| progress(done, total));
+            let mut encoder = compress::encoder(compression, output).map_err(io_error(machine, &source))?;
+            io::copy(&mut counted, &mut encoder).map_err(io_error(machine, &source))?;
+            encoder.finish().map_err(io_error(machine, &source))?;
+            self.check_cancel(machine)
+        })();
+        self.or_cancelled(machine, result)
     }
 
     /// Removes what interrupted imports left (their hidden temporaries).
@@ -425,7 +618,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("wharf-store-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("var/lib/machines")).unwrap();
-        (Store { pool: Pool::under(&root, "machines") }, root)
+        (Store { pool: Pool::under(&root, "machines"), cancel: None }, root)
     }
 
     fn os_tree(dir: &Path) {
@@ -488,6 +681,63 @@ mod tests {
         let error = store.import_raw(File::open(&not_raw).unwrap(), "x", &mut |_, _| {}).unwrap_err();
         assert_eq!(error.to_string(), "machine image 'x': the data is not a raw image (squashfs, ext4, erofs or GPT)");
         assert!(listing(&home).is_empty(), "left behind: {:?}", listing(&home));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn clean_removes_hidden_images_keeps_read_only_and_refuses_running_ones() {
+        let (store, root) = store("clean");
+        let home = root.join("var/lib/machines");
+        for dir in [".old", ".kept", "visible", ".bad name", ".#wharf-import-x-1-0"] {
+            fs::create_dir_all(home.join(dir)).unwrap();
+        }
+        fs::write(home.join(".disk.raw"), [0u8; 512]).unwrap();
+        fs::write(home.join("visible.nspawn"), "[Exec]\n").unwrap();
+        readonly::set_read_only(&home.join(".kept"), true).unwrap();
+        let none = std::collections::HashSet::new();
+        let running: std::collections::HashSet<String> = [".old".to_string()].into();
+        let error = store.clean(false, &running).unwrap_err().to_string();
+        assert!(error.contains("'.old' is running") && error.contains("nothing was removed"), "{error}");
+        assert!(home.join(".disk.raw").exists(), "nothing removed when one runs");
+        let mut removed = store.clean(false, &none).unwrap();
+        removed.sort();
+        assert_eq!(removed, [(".disk".to_string(), 512), (".old".to_string(), 0)]);
+        assert_eq!(listing(&home), [".#wharf-import-x-1-0", ".bad name", ".kept", "visible", "visible.nspawn"]);
+        assert_eq!(store.clean(true, &none).unwrap(), [("visible".to_string(), 0)]);
+        assert_eq!(listing(&home), [".#wharf-import-x-1-0", ".bad name", ".kept", "visible.nspawn"]);
+        readonly::set_read_only(&home.join(".kept"), false).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_cancelled_import_or_export_stops_and_leaves_nothing() {
+        let (store, root) = store("cancel");
+        let home = root.join("var/lib/machines");
+        let flag = Arc::new(AtomicBool::new(false));
+        let store = store.with_cancel(flag.clone());
+        // A pipe whose writer never writes: the import waits for data
+        // until it is cancelled.
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        let waiting = {
+            let store = store.clone();
+            std::thread::spawn(move || store.import_raw(File::from(read), "slow", &mut |_, _| {}))
+        };
+        // Whether before or while it waits: a cancellation stops it.
+        flag.store(true, Ordering::SeqCst);
+        let error = waiting.join().unwrap().unwrap_err();
+        assert!(matches!(error, Error::Cancelled(_)), "{error}");
+        assert_eq!(error.to_string(), "machine image 'slow': the transfer was cancelled");
+        assert!(listing(&home).is_empty(), "left behind: {:?}", listing(&home));
+        let tree = root.join("tree");
+        os_tree(&tree);
+        let error = store.import_fs(&tree, "tree", &mut |_, _| {}).unwrap_err();
+        assert!(matches!(error, Error::Cancelled(_)), "{error}");
+        flag.store(false, Ordering::SeqCst);
+        store.import_fs(&tree, "tree", &mut |_, _| {}).unwrap();
+        flag.store(true, Ordering::SeqCst);
+        let error = store.export_tar("tree", Vec::new(), Compression::None, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(error, Error::Cancelled(_)), "{error}");
+        assert_eq!(listing(&home), ["tree"]);
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -340,6 +340,14 @@ fn side_by_side(tb: &Testbed) {
         assert!(accepted.contains(&state.stdout.trim()), "{state}");
     }
 
+    // machinectl's verbs on the machine machinectl started: status with
+    // a journal output mode, shell --uid, and clean refused while it runs.
+    let status = tb.ok("machine status f28n -n 2 -o cat");
+    assert!(status.contains("Unit: systemd-nspawn@f28n.service"), "{status}");
+    assert_eq!(tb.ok("machine shell --uid=nobody f28n /usr/bin/id -u").trim(), "65534");
+    let out = tb.fails("machine clean --all");
+    assert!(out.stderr.contains("nothing was removed"), "{out}");
+    tb.ok("test -d /var/lib/machines/f28n && test -d /var/lib/machines/f28w");
     for field in ["CapBnd", "NoNewPrivs", "Seccomp"] {
         let (n, w) = (status_field(tb, &nspawn, field), status_field(tb, &wharf, field));
         assert_eq!(w, n, "{field}: wharf {w}, nspawn {n}");

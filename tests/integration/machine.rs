@@ -40,6 +40,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
             machinectl_lines,
         ),
         exclusive_trial(shared, "machine::nspawn_settings_file_runs_as_under_machinectl", nspawn_settings_file),
+        crate::trial(shared, "machine::list_and_cancel_transfers_as_machinectl_leaving_nothing", transfers),
     ]
 }
 
@@ -748,6 +749,17 @@ fn nspawn_machine(tb: &Testbed) {
     tb.fails("test -e /etc/wharf/machines/n28.toml");
     // Its name is taken: start says so, and succeeds, as systemctl start would.
     assert_eq!(tb.ok("machine start n28").trim(), "Machine n28 is running already (nspawn-n28.service).");
+    // machinectl's other verbs on it: status --output, shell --uid, and
+    // clean refused while it runs off an image (whatever its name).
+    let status = tb.ok("machine status n28 -n 3 -o cat");
+    assert!(status.contains("Unit: nspawn-n28.service"), "{status}");
+    assert_eq!(tb.ok("machine shell --uid=nobody n28 /usr/bin/id -u").trim(), "65534");
+    let out = tb.fails("machine clean --all");
+    assert!(
+        out.stderr.contains("/var/lib/machines/f28 is in use") && out.stderr.contains("nothing was removed"),
+        "{out}"
+    );
+    tb.ok("test -d /var/lib/machines/f28");
     stop_nspawn(tb, "n28");
     let out = tb.fails("machine show n28");
     assert_eq!(out.stderr.trim(), "machine: machine 'n28' is not running");
@@ -1360,10 +1372,168 @@ fn machinectl_lines(tb: &Testbed) {
     assert!(out.stdout.is_empty());
     let out = tb.fails("machine show-image f28 --property=Nope --value");
     assert_eq!(out.stderr.trim(), "machine: image 'f28' has no property 'Nope'");
+    more_machinectl_lines(tb);
     tb.ok("machine poweroff f28");
     let out = both(tb, "show f28 -p State --value", false);
     assert_eq!(out.stderr.trim(), "machine: machine 'f28' is not running");
-    tb.ok("rmdir /var/lib/machines/.hidden");
+    clean_lines(tb);
+}
+
+/// The rest of machinectl's verbs and options, with f28 running: status
+/// --output, shell --uid, the global options, set-limit (which needs btrfs,
+/// which the testbed is not: both refuse, and nothing changes), clean while
+/// the machine runs, and bash completing verbs, options and names.
+fn more_machinectl_lines(tb: &Testbed) {
+    let status = both(tb, "status f28 -n 5 -o cat --no-pager", false).stdout;
+    assert!(status.starts_with("f28\n"), "{status}");
+    let status = tb.ok("machine status f28 -n 5 --output=short-iso");
+    assert!(status.lines().any(|l| l.starts_with("20") && l.contains('T')), "short-iso journal lines: {status}");
+    // A mode journalctl does not know: both refuse (machine as clap does).
+    tb.fails("machinectl status f28 -o nonsense");
+    let out = tb.fails("machine status f28 -o nonsense");
+    assert!(out.stderr.contains("invalid value 'nonsense'") && out.stdout.is_empty(), "{out}");
+    // --uid when neither USER@NAME nor USER@ names a user.
+    assert_eq!(tb.ok("machine shell --uid=nobody f28 /usr/bin/id -u").trim(), "65534");
+    assert_eq!(tb.ok("machine shell --uid=nobody root@f28 /usr/bin/id -u").trim(), "0");
+    assert_eq!(tb.ok("machine shell --uid=nobody f28 root@ /usr/bin/id -u").trim(), "0");
+    for args in ["--no-ask-password -q list --no-legend", "list --no-legend --no-ask-password --quiet"] {
+        assert_eq!(names(&both(tb, args, false).stdout), ["f28"], "{args}");
+    }
+    assert_eq!(
+        names(&tb.ok("machine --json=off list-images --no-legend")),
+        names(&tb.ok("machine list-images --no-legend"))
+    );
+    let pretty = tb.ok("machine --json=pretty list");
+    assert!(pretty.starts_with("[\n  {"), "{pretty}");
+    // set-limit: machined refuses off btrfs, and so does machine, in one
+    // line saying why; junk sizes and hostile names alike. Nothing changes.
+    let limit = tb.ok("machinectl show-image f28 -p Limit --value");
+    for args in [
+        "set-limit f28 1G",
+        "set-limit 1G",
+        "set-limit f28 -",
+        "set-limit f28 abc",
+        "set-limit f28 -5",
+        "set-limit f28 16E",
+        "set-limit f28 '1G; touch /tmp/owned'",
+        "set-limit nope 1G",
+        "set-limit '../../etc' 1G",
+    ] {
+        let out = both(tb, args, false);
+        assert!(!out.success(), "{out}");
+    }
+    let out = tb.fails("machine set-limit f28 1G");
+    assert!(out.stderr.contains("size limits need btrfs quota groups"), "{out}");
+    let out = tb.fails("machine set-limit f28 abc");
+    assert!(out.stderr.contains("'abc' is not a size"), "{out}");
+    assert_eq!(tb.ok("machinectl show-image f28 -p Limit --value"), limit);
+    tb.fails("test -e /tmp/owned");
+    tb.fails("findmnt /var/lib/machines");
+    // clean --all while a machine runs off one of the images: refused in
+    // one line, nothing removed.
+    let before = names(&tb.ok("machine list-images -a --no-legend"));
+    let out = tb.fails("machine clean --all");
+    assert!(out.stderr.trim().lines().count() == 1 && out.stderr.contains("nothing was removed"), "{out}");
+    assert_eq!(names(&tb.ok("machine list-images -a --no-legend")), before);
+    completion(tb);
+}
+
+/// bash, with the installed completion sourced, completes the new verbs
+/// and options, running machines' names and images' names.
+fn completion(tb: &Testbed) {
+    let script = tb.host_path("/root/complete-machine.sh");
+    std::fs::write(
+        &script,
+        ". /usr/share/bash-completion/completions/machine\n\
+         COMP_WORDS=(\"$@\"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=()\n\
+         _wharf_machine machine \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n\
+         printf '%s\\n' \"${COMPREPLY[@]}\"\n",
+    )
+    .unwrap();
+    let complete = |words: &str| -> Vec<String> {
+        let mut found: Vec<String> =
+            tb.ok(&format!("bash /root/complete-machine.sh machine {words}")).lines().map(str::to_string).collect();
+        found.sort();
+        found
+    };
+    for (words, expected) in [
+        ("set-l", &["set-limit"][..]),
+        ("cle", &["clean"]),
+        ("list-t", &["list-transfers"]),
+        ("cancel-t", &["cancel-transfer"]),
+        ("clean --a", &["--all"]),
+        ("shell --ui", &["--uid"]),
+        ("status f28 --outp", &["--output"]),
+        ("list --no-ask", &["--no-ask-password"]),
+        ("status f2", &["f28"]),
+        ("set-limit f2", &["f28"]),
+        ("show-image f2", &["f28"]),
+    ] {
+        assert_eq!(complete(words), expected, "completing 'machine {words}'");
+    }
+    assert!(complete("shell ''").contains(&"f28".to_string()), "running machines complete");
+    assert!(!complete("status ''").iter().any(|w| w.starts_with('<')), "no placeholders");
+    tb.ok("rm /root/complete-machine.sh");
+}
+
+/// clean as machinectl clean: hidden images go, read-only ones and names
+/// that are no image names stay, visible images stay without --all.
+fn clean_lines(tb: &Testbed) {
+    tb.ok("rm -rf /var/lib/machines/.junk1 && mkdir -p /var/lib/machines/.junk1/etc");
+    both(tb, "clean", false);
+    tb.fails("test -e /var/lib/machines/.junk1");
+    tb.ok("cd /var/lib/machines && mkdir -p .junk2/etc .keep '.bad name' && head -c 4096 /dev/zero > .disk.raw \
+         && machinectl read-only .keep yes");
+    let out = tb.ok("machine clean");
+    assert!(out.contains("Removed image '.junk2'.") && out.contains("Removed image '.disk'."), "{out}");
+    assert!(out.trim_end().ends_with("images in total."), "{out}");
+    tb.ok("cd /var/lib/machines && test -d .keep && test -d '.bad name' && test -d f28");
+    tb.fails("test -e /var/lib/machines/.junk2 || test -e /var/lib/machines/.disk.raw");
+    assert_eq!(tb.ok("machine -q clean"), "", "nothing left to clean, quietly");
+    tb.ok("cd /var/lib/machines && machinectl read-only .keep no && rmdir .keep '.bad name'");
+}
+
+/// list-transfers and cancel-transfer as machinectl's: an import from a
+/// pipe that never delivers is listed with machinectl's columns, and
+/// cancelled, after which its client fails in one line and nothing of it
+/// is left. Unknown and junk ids fail as machinectl's do.
+fn transfers(tb: &Testbed) {
+    let listed = both(tb, "list-transfers --no-legend", false).stdout;
+    assert!(listed.trim().is_empty(), "{listed}");
+    for args in ["cancel-transfer 4242", "cancel-transfer junk", "cancel-transfer -- -1"] {
+        both(tb, args, false);
+    }
+    let out = tb.fails("machine cancel-transfer 4242");
+    assert_eq!(out.stderr.trim(), "machine: no transfer with id 4242");
+    // A local user who is not root may list, not cancel, clean or limit.
+    assert!(tb.sh_nobody("machine list-transfers").success());
+    for (args, what) in [
+        ("cancel-transfer 1", "cancelling a transfer"),
+        ("clean --all", "cleaning the machine images"),
+        ("set-limit 1G", "setting a size limit"),
+    ] {
+        let out = tb.sh_nobody(&format!("machine {args}"));
+        assert_eq!(out.code, Some(1), "{out}");
+        assert_eq!(out.stderr.trim(), format!("machine: access denied: {what} needs root (caller is uid 65534)"));
+    }
+    let out = tb.ok("set -e; d=$(mktemp -d); mkfifo $d/in; sleep 120 > $d/in & writer=$!; \
+         machine import-raw $d/in slowimg 2> $d/err & importer=$!; \
+         for i in $(seq 300); do machine list-transfers --no-legend | grep -q slowimg && break; sleep 0.1; done; \
+         machine list-transfers; \
+         id=$(machine list-transfers --no-legend | awk '/slowimg/ {print $1}'); \
+         machine cancel-transfer \"$id\"; \
+         status=0; wait $importer || status=$?; kill $writer; \
+         echo \"import exit $status\"; cat $d/err; rm -r $d");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.split_whitespace().eq(["ID", "PERCENT", "TYPE", "LOCAL", "REMOTE"])),
+        "{out}"
+    );
+    let row: Vec<&str> = lines.get(1).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+    assert!(row.len() == 5 && row[2] == "import-raw" && row[3] == "slowimg", "{out}");
+    assert!(out.contains("import exit 1\nmachine: machine image 'slowimg': the transfer was cancelled\n"), "{out}");
+    assert!(tb.ok("machine list-transfers --no-legend").trim().is_empty());
+    tb.ok("! ls -a /var/lib/machines | grep -e slowimg");
 }
 
 /// The environment of a process, one `VAR=VALUE` a line, sorted.

@@ -1,0 +1,155 @@
+//! The transfers wharfd runs (imports and exports now, pulls later), as
+//! `machine list-transfers` lists them and `cancel-transfer` stops them.
+//! A transfer is registered for as long as its call runs.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::api::{BusError, TransferEntry};
+
+#[derive(Debug)]
+struct Transfer {
+    kind: String,
+    local: String,
+    remote: String,
+    done: AtomicU64,
+    total: AtomicU64,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The registry, shared by every interface of the daemon.
+#[derive(Debug, Default)]
+pub(crate) struct Transfers {
+    next: AtomicU32,
+    running: Arc<Mutex<BTreeMap<u32, Arc<Transfer>>>>,
+}
+
+/// A registered transfer; dropping it (its call returned) unregisters it.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    id: u32,
+    transfer: Arc<Transfer>,
+    running: Arc<Mutex<BTreeMap<u32, Arc<Transfer>>>>,
+}
+
+impl Transfers {
+    /// Registers a transfer of `kind` between `local` (the image) and
+    /// `remote` (a file or URL).
+    pub(crate) fn register(&self, kind: &str, local: &str, remote: &str) -> Registration {
+        // Ids start at 1 and are not reused while wharfd runs.
+        let id = self.next.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        let transfer = Arc::new(Transfer {
+            kind: kind.to_string(),
+            local: local.to_string(),
+            remote: remote.to_string(),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            cancel: Arc::new(AtomicBool::new(false)),
+        });
+        self.lock().insert(id, transfer.clone());
+        tracing::debug!(id, kind, local, remote, "transfer registered");
+        Registration { id, transfer, running: self.running.clone() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Arc<Transfer>>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The transfers in flight, by id.
+    pub(crate) fn list(&self) -> Vec<TransferEntry> {
+        self.lock()
+            .iter()
+            .map(|(id, t)| {
+                let (done, total) = (t.done.load(Ordering::Relaxed), t.total.load(Ordering::Relaxed));
+                TransferEntry {
+                    id: *id,
+                    kind: t.kind.clone(),
+                    local: t.local.clone(),
+                    remote: t.remote.clone(),
+                    progress: if total > 0 { (done.min(total) as f64) / (total as f64) } else { -1.0 },
+                }
+            })
+            .collect()
+    }
+
+    /// Asks a transfer to stop; its call then fails and removes what it built.
+    pub(crate) fn cancel(&self, id: u32) -> Result<(), BusError> {
+        let transfers = self.lock();
+        let transfer = transfers.get(&id).ok_or_else(|| BusError::NoSuchImage(format!("no transfer with id {id}")))?;
+        transfer.cancel.store(true, Ordering::SeqCst);
+        tracing::info!(id, kind = transfer.kind, local = transfer.local, "transfer cancelled");
+        Ok(())
+    }
+}
+
+impl Registration {
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The flag the transfer's work watches.
+    pub(crate) fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.transfer.cancel.clone()
+    }
+
+    /// Wraps a progress reporter so that the registry sees the numbers too.
+    pub(crate) fn track(
+        &self,
+        mut report: impl FnMut(u64, u64) + Send + 'static,
+    ) -> impl FnMut(u64, u64) + Send + 'static {
+        let transfer = self.transfer.clone();
+        move |done, total| {
+            transfer.done.store(done, Ordering::Relaxed);
+            transfer.total.store(total, Ordering::Relaxed);
+            report(done, total);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.id);
+    }
+}
+
+/// What a descriptor a caller passed is, for the REMOTE column: the path
+/// the kernel names it by (a pipe is `pipe:[N]`).
+pub(crate) fn describe_fd(fd: &impl std::os::fd::AsRawFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|path| path.display().to_string())
+        .ok()
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_are_listed_while_registered_and_cancelled_by_id() {
+        let transfers = Transfers::default();
+        let first = transfers.register("import-tar", "f28", "/srv/f28.tar.xz");
+        let second = transfers.register("export-raw", "disk", "/srv/disk.raw");
+        assert_eq!((first.id(), second.id()), (1, 2));
+        let mut progress = second.track(|_, _| {});
+        progress(25, 100);
+        let listed = transfers.list();
+        assert_eq!(
+            listed.iter().map(|t| (t.id, t.kind.as_str(), t.progress)).collect::<Vec<_>>(),
+            [(1, "import-tar", -1.0), (2, "export-raw", 0.25)]
+        );
+        assert!(!first.cancel_flag().load(Ordering::SeqCst));
+        transfers.cancel(1).unwrap();
+        assert!(first.cancel_flag().load(Ordering::SeqCst));
+        let error = transfers.cancel(7).unwrap_err().to_string();
+        assert!(error.contains("no transfer with id 7"), "{error}");
+        drop(first);
+        assert_eq!(transfers.list().len(), 1);
+        drop(second);
+        assert!(transfers.list().is_empty());
+        // Ids are not reused.
+        assert_eq!(transfers.register("import-raw", "x", "").id(), 3);
+    }
+}
