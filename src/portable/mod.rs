@@ -88,7 +88,9 @@ pub enum Error {
     AttachedOtherwise { unit: String, image: String, how: &'static str },
     #[error("image '{0}' is not attached")]
     NotAttached(String),
-    #[error("image '{image}': no attached unit matches the prefixes {prefixes}")]
+    #[error(
+        "image '{image}': no attached unit matches the prefixes {prefixes} (to detach several images, use --batch)"
+    )]
     NoUnitsMatch { image: String, prefixes: String },
     #[error(
         "image '{image}' is attached already, otherwise ({} would change); use reattach to change a running attachment",

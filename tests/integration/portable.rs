@@ -456,7 +456,12 @@ fn bad_batch_detach(tb: &Testbed) {
             "portable detach --batch bd01 bd00",
             "portable: unit 'bd00.service' of image '/var/lib/portables/bd00' is active; stop it first or use --now",
         ),
-        ("portable detach bd00 bd01", "portable: detach takes one image; use --batch for several"),
+        // As portablectl: the words after the image are unit name prefixes.
+        (
+            "portable detach bd00 bd01",
+            "portable: image '/var/lib/portables/bd00': no attached unit matches the prefixes bd01 \
+             (to detach several images, use --batch)",
+        ),
     ] {
         let out = tb.fails(command);
         assert_eq!(out.code, Some(1), "{out}");
@@ -688,7 +693,7 @@ fn portablectl_options(tb: &Testbed) {
     tb.ok("portable detach /srv/p13/foobar_5 foobar-hello");
     assert_eq!(tb.ok("ls /etc/systemd/system | grep ^foobar"), "foobar.service\nfoobar.service.d\n");
     let none = tb.sh("portable detach foobar_5 nothing");
-    assert!(!none.success() && none.stderr.contains("no attached unit matches the prefixes nothing"), "{none}");
+    assert!(!none.success() && none.stderr.contains("no attached unit matches the prefixes nothing ("), "{none}");
     tb.ok("portable detach --force foobar_5");
     assert_no_foobar_units(tb);
     assert_eq!(tb.ok("systemctl is-active foobar.service").trim(), "active", "--force leaves it running");
