@@ -15,6 +15,7 @@ use super::manager::{heartbeat, progress_reporter};
 use super::portable::mark_read_only;
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, MachineInfo};
+use crate::audit::{Call, Domain, Effects, Kind};
 use crate::compress::Compression;
 use crate::image::Pool;
 use crate::machine::files::{FilesArgs, Operation};
@@ -44,17 +45,21 @@ impl MachineInterface {
         connection: &Connection,
         header: &Header<'_>,
         what: &str,
+        (kind, name): (Kind, &str),
         work: W,
     ) -> Result<T, BusError>
     where
-        T: Send + 'static,
+        T: Send + Effects + 'static,
         W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
     {
-        require_root(connection, header, what).await?;
+        let caller = require_root(connection, header, what).await?;
+        let audit = Call::new(kind, caller).image(&self.store.pool, name);
         let _heartbeat = heartbeat(connection, header);
         let mut progress = progress_reporter(connection, header, what);
         let store = self.store.clone();
-        Ok(self.daemon.blocking(move || work(&store, &mut progress)).await?)
+        let result = self.daemon.blocking(move || work(&store, &mut progress)).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     async fn clients<'a>(connection: &'a Connection) -> Result<(Systemd, Machined<'a>), BusError> {
@@ -117,8 +122,11 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "marking an image read-only").await?;
-        self.daemon.blocking(move || mark_read_only(&Pool::machines(), &image, read_only)).await
+        let caller = require_root(connection, &header, "marking an image read-only").await?;
+        let audit = Call::new(Kind::ReadOnly, caller).domain(Domain::Machine).image(&Pool::machines(), &image);
+        let result = self.daemon.blocking(move || mark_read_only(&Pool::machines(), &image, read_only)).await;
+        audit.field("WHARF_READ_ONLY", if read_only { "yes" } else { "no" }).finish(&result).await;
+        result
     }
 
     /// Copies an image under a new name. Root only.
@@ -130,9 +138,11 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
+        let audit = (Kind::Clone, name.clone());
         let work =
             move |store: &Store, progress: Progress<'_>| store.clone_image(&name, &new_name, read_only, progress);
-        self.store_work(connection, &header, "cloning an image", work).await.map(|p| p.display().to_string())
+        let cloned = self.store_work(connection, &header, "cloning an image", (audit.0, &audit.1), work).await;
+        cloned.map(|p| p.display().to_string())
     }
 
     /// Renames an image; refused while its machine runs. Root only.
@@ -143,11 +153,16 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "renaming an image").await?;
-        self.require_stopped(connection, &name, "renaming its image").await?;
-        let store = self.store.clone();
-        let path = self.daemon.blocking(move || store.rename(&name, &new_name)).await?;
-        Ok(path.display().to_string())
+        let caller = require_root(connection, &header, "renaming an image").await?;
+        let audit = Call::new(Kind::Rename, caller).image(&self.store.pool, &name).field("WHARF_NEW_NAME", &new_name);
+        let result = async {
+            self.require_stopped(connection, &name, "renaming its image").await?;
+            let store = self.store.clone();
+            self.daemon.blocking(move || store.rename(&name, &new_name)).await.map_err(BusError::from)
+        }
+        .await;
+        audit.finish(&result).await;
+        Ok(result?.display().to_string())
     }
 
     /// Deletes an image; refused while its machine runs or when read-only. Root only.
@@ -157,11 +172,16 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "removing an image").await?;
-        self.require_stopped(connection, &name, "removing its image").await?;
-        let store = self.store.clone();
-        let path = self.daemon.blocking(move || store.remove(&name)).await?;
-        Ok(path.display().to_string())
+        let caller = require_root(connection, &header, "removing an image").await?;
+        let audit = Call::new(Kind::ImageRemove, caller).image_now(&self.store.pool, &name).await;
+        let result = async {
+            self.require_stopped(connection, &name, "removing its image").await?;
+            let store = self.store.clone();
+            self.daemon.blocking(move || store.remove(&name)).await.map_err(BusError::from)
+        }
+        .await;
+        audit.finish(&result).await;
+        Ok(result?.display().to_string())
     }
 
     /// Imports a tar archive (plain, xz, gzip or zstd) the caller opened and
@@ -173,9 +193,12 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
+        let subject = name.clone();
         let input = file_from(fd);
         let work = move |store: &Store, progress: Progress<'_>| store.import_tar(input, &name, progress);
-        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
+        self.store_work(connection, &header, "importing an image", (Kind::Import, &subject), work)
+            .await
+            .map(|p| p.display().to_string())
     }
 
     /// Imports a raw image (plain, xz, gzip or zstd) passed as `fd`. Root only.
@@ -186,9 +209,12 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
+        let subject = name.clone();
         let input = file_from(fd);
         let work = move |store: &Store, progress: Progress<'_>| store.import_raw(input, &name, progress);
-        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
+        self.store_work(connection, &header, "importing an image", (Kind::Import, &subject), work)
+            .await
+            .map(|p| p.display().to_string())
     }
 
     /// Imports the directory tree the caller opened and passes as `fd`. Root only.
@@ -199,6 +225,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
+        let subject = name.clone();
         let dir = file_from(fd);
         let work = move |store: &Store, progress: Progress<'_>| {
             // The tree behind the descriptor, reached through /proc so that
@@ -206,7 +233,9 @@ impl MachineInterface {
             let source = PathBuf::from(format!("/proc/self/fd/{}/.", std::os::fd::AsRawFd::as_raw_fd(&dir)));
             store.import_fs(&source, &name, progress)
         };
-        self.store_work(connection, &header, "importing an image", work).await.map(|p| p.display().to_string())
+        self.store_work(connection, &header, "importing an image", (Kind::Import, &subject), work)
+            .await
+            .map(|p| p.display().to_string())
     }
 
     /// Writes a directory image as a tar archive to the caller's `fd`.
@@ -218,9 +247,10 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
+        let subject = name.clone();
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
         let work = move |store: &Store, progress: Progress<'_>| store.export_tar(&name, output, compression, progress);
-        self.store_work(connection, &header, "exporting an image", work).await
+        self.store_work(connection, &header, "exporting an image", (Kind::Export, &subject), work).await
     }
 
     /// Writes a raw image to the caller's `fd`.
@@ -232,9 +262,10 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
+        let subject = name.clone();
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
         let work = move |store: &Store, progress: Progress<'_>| store.export_raw(&name, output, compression, progress);
-        self.store_work(connection, &header, "exporting an image", work).await
+        self.store_work(connection, &header, "exporting an image", (Kind::Export, &subject), work).await
     }
 
     /// Boots a machine with wharf's launcher in a transient unit. Root only.
@@ -250,7 +281,8 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, bool), BusError> {
-        require_root(connection, &header, "starting a machine").await?;
+        let audit = Call::new(Kind::MachineStart, require_root(connection, &header, "starting a machine").await?)
+            .machine(&name);
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let properties = parse_properties(&properties)?;
@@ -302,7 +334,9 @@ impl MachineInterface {
         if let Some(key) = confinement.keys().next() {
             return Err(BusError::InvalidArgument(format!("unknown confinement option '{key}'")));
         }
-        let started = self.machines.start(&systemd, &machined, request).await?;
+        let result = self.machines.start(&systemd, &machined, request).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        let started = result?;
         Ok((started.unit, started.ready))
     }
 
@@ -316,12 +350,16 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "signalling a machine").await?;
+        let audit = Call::new(Kind::MachinePoweroff, require_root(connection, &header, "signalling a machine").await?)
+            .machine(&name)
+            .field("WHARF_SIGNAL", signal.to_string());
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let (systemd, machined) = Self::clients(connection).await?;
         let wait = wait.then_some(STOP_TIMEOUT);
-        Ok(self.machines.signal_init(&systemd, &machined, &name, signal, wait).await?)
+        let result = self.machines.signal_init(&systemd, &machined, &name, signal, wait).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Stops the machine's unit. Root only.
@@ -331,11 +369,15 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "terminating a machine").await?;
+        let audit =
+            Call::new(Kind::MachineTerminate, require_root(connection, &header, "terminating a machine").await?)
+                .machine(&name);
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let (systemd, machined) = Self::clients(connection).await?;
-        Ok(self.machines.terminate(&systemd, &machined, &name).await?)
+        let result = self.machines.terminate(&systemd, &machined, &name).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Sends a signal to the machine's init or all its processes. Root only.
@@ -347,9 +389,14 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "signalling a machine").await?;
+        let audit = Call::new(Kind::MachineKill, require_root(connection, &header, "signalling a machine").await?)
+            .machine(&name)
+            .field("WHARF_SIGNAL", signal.to_string())
+            .field("WHARF_KILL_WHOM", &whom);
         let (_, machined) = Self::clients(connection).await?;
-        Ok(self.machines.kill(&machined, &name, &whom, signal).await?)
+        let result = self.machines.kill(&machined, &name, &whom, signal).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Changes limits live (`save`: also for later starts). Root only.
@@ -361,10 +408,17 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "changing a machine's limits").await?;
-        let properties = parse_properties(&properties)?;
+        let audit =
+            Call::new(Kind::SetProperty, require_root(connection, &header, "changing a machine's limits").await?)
+                .machine(&name)
+                .field("WHARF_SAVE", if save { "yes" } else { "no" });
+        let audit = properties.iter().fold(audit, |a, p| a.field("WHARF_PROPERTY", p));
+        let properties = audit.check(parse_properties(&properties))?;
         let (systemd, machined) = Self::clients(connection).await?;
-        Ok(self.machines.set_properties(&systemd, &machined, &name, &properties, save).await?)
+        let result =
+            self.machines.set_properties(&systemd, &machined, &name, &properties, save).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Every machine machined knows.

@@ -123,6 +123,12 @@ fn read_record(target: &Path) -> io::Result<Option<Option<SourceRecord>>> {
     Ok(Some(SourceRecord::decode(&text)))
 }
 
+/// The record of the raw image wharf made at `target` from an xz image,
+/// if there is one: which xz file, and the sha256 of its bytes.
+pub fn recorded(target: &Path) -> Option<SourceRecord> {
+    read_record(target).ok().flatten().flatten()
+}
+
 /// A file removed when dropped (on error or panic) unless kept.
 #[derive(Debug)]
 struct Removed {
