@@ -47,7 +47,7 @@ fn unit_image(tb: &Testbed, name: &str, out: &str, broken: bool) {
 
 /// `history --json` until it has `count` entries (journald takes the
 /// datagrams in its own time), at most 20 s.
-fn history(tb: &Testbed, command: &str, count: usize) -> Vec<Value> {
+pub fn history(tb: &Testbed, command: &str, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = tb.ok(command);
@@ -68,14 +68,14 @@ fn field<'a>(entry: &'a Value, name: &str) -> &'a str {
     entry["fields"][name][0].as_str().unwrap_or_else(|| panic!("no {name} in {entry}"))
 }
 
-fn values(entry: &Value, name: &str) -> Vec<String> {
+pub fn values(entry: &Value, name: &str) -> Vec<String> {
     entry["fields"][name]
         .as_array()
         .map(|v| v.iter().map(|s| s.as_str().unwrap().to_string()).collect())
         .unwrap_or_default()
 }
 
-fn kinds(entries: &[Value]) -> Vec<String> {
+pub fn kinds(entries: &[Value]) -> Vec<String> {
     entries.iter().map(|e| format!("{}:{}", e["kind"].as_str().unwrap(), e["result"].as_str().unwrap())).collect()
 }
 
