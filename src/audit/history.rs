@@ -181,23 +181,37 @@ pub fn parse(output: &str, query: &Query) -> Result<Vec<Entry>, Error> {
     Ok(entries)
 }
 
+/// Whether this process may read the system journal: root, or a member of
+/// `adm` or `systemd-journal` (journalctl would otherwise show the user's
+/// own journal only, in which no wharfd entry can be).
+pub fn may_read_system_journal() -> bool {
+    use nix::unistd::{Group, getegid, geteuid, getgroups};
+    if geteuid().is_root() {
+        return true;
+    }
+    let mut groups = getgroups().unwrap_or_default();
+    groups.push(getegid());
+    ["adm", "systemd-journal"]
+        .iter()
+        .filter_map(|name| Group::from_name(name).ok().flatten())
+        .any(|group| groups.contains(&group.gid))
+}
+
 /// Runs journalctl for `query`.
 pub fn read(query: &Query) -> Result<Vec<Entry>, Error> {
+    if !may_read_system_journal() {
+        return Err(Error::NoAccess);
+    }
     let output =
         std::process::Command::new("journalctl").args(query.journalctl_args()).output().map_err(Error::Spawn)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
         let line = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no reason given").trim().to_string();
         // Newer journalctl exits 1 when nothing matched.
         if output.stdout.is_empty() && line.contains("No entries") {
             return Ok(Vec::new());
         }
         return Err(Error::Journalctl(format!("{line} ({})", output.status)));
-    }
-    // Without the right to read the system journal, journalctl shows the
-    // user's own and says so on stderr: no wharfd entry can be among them.
-    if !rustix::process::geteuid().is_root() && stderr.contains("not seeing messages from other users") {
-        return Err(Error::NoAccess);
     }
     parse(&String::from_utf8_lossy(&output.stdout), query)
 }

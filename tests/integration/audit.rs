@@ -160,6 +160,13 @@ fn portable_changes(tb: &Testbed) {
     assert!(field(&b[0], "ERROR").contains("auditb.service"), "names the failed step: {}", b[0]);
     assert!(field(&b[0], "ERROR").contains("left as it was"), "{}", b[0]);
 
+    // Who may not read the system journal is told so, in one line.
+    let denied = tb.sh_nobody("portable history");
+    assert_eq!(denied.code, Some(1), "{denied}");
+    assert_eq!(
+        denied.stderr.trim(),
+        "portable: history needs to read the system journal: run it as root, or as a member of the adm or systemd-journal group"
+    );
     // The bad-input case.
     let bad = tb.fails("portable history --since=yesterday-ish");
     assert_eq!(bad.stderr.lines().count(), 1, "{bad}");
