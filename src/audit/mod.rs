@@ -351,9 +351,9 @@ impl ImageFacts {
         fields.push("WHARF_IMAGE_PATH", self.path.display().to_string());
         fields.push("WHARF_IMAGE_KIND", self.kind.as_str());
         fields.push("WHARF_IMAGE_SIZE", self.size.to_string());
-        if let Some(sha256) = &self.sha256 {
-            fields.push("WHARF_IMAGE_SHA256", sha256.clone());
-        }
+        // Empty for a directory: each image of a batch has all four fields,
+        // so that the n-th values belong together.
+        fields.push("WHARF_IMAGE_SHA256", self.sha256.clone().unwrap_or_default());
     }
 }
 
@@ -447,9 +447,10 @@ pub struct Call {
     domain: Domain,
     caller: Caller,
     started: Instant,
-    /// The image as asked for, and the pool to find it in.
-    image: Option<(Pool, String)>,
-    facts: Option<ImageFacts>,
+    /// The images as asked for, and the pool to find them in.
+    images: Vec<(Pool, String)>,
+    /// Their facts, once read; `None` before.
+    facts: Option<Vec<ImageFacts>>,
     /// What the message names (image or machine).
     subject: String,
     fields: Fields,
@@ -462,7 +463,7 @@ impl Call {
             domain: kind.domain(),
             caller,
             started: Instant::now(),
-            image: None,
+            images: Vec::new(),
             facts: None,
             subject: String::new(),
             fields: Fields::default(),
@@ -487,7 +488,7 @@ impl Call {
             self.subject = image.to_string();
         }
         self.fields.push("WHARF_IMAGE", image);
-        self.image = Some((pool.clone(), image.to_string()));
+        self.images.push((pool.clone(), image.to_string()));
         self
     }
 
@@ -495,7 +496,8 @@ impl Call {
     pub async fn image_now(mut self, pool: &Pool, image: &str) -> Call {
         self = self.image(pool, image);
         let (pool, image) = (pool.clone(), image.to_string());
-        self.facts = zruntime::unblock(move || image_facts(&pool, &pool.locate(&image, None).ok()?)).await;
+        let facts = zruntime::unblock(move || image_facts(&pool, &pool.locate(&image, None).ok()?)).await;
+        self.facts = Some(facts.into_iter().collect());
         self
     }
 
@@ -531,16 +533,19 @@ impl Call {
         }
         let made = result.as_ref().ok().and_then(|v| v.made_image()).map(Path::to_path_buf);
         if self.facts.is_none() {
-            let image = self.image.clone();
-            self.facts = zruntime::unblock(move || match (made, image) {
-                (Some(path), image) => {
-                    let pool = image.map(|(pool, _)| pool).unwrap_or_else(Pool::machines);
-                    image_facts(&pool, &path)
+            let images = self.images.clone();
+            let facts = zruntime::unblock(move || match made {
+                Some(path) => {
+                    let pool = images.first().map(|(pool, _)| pool.clone()).unwrap_or_else(Pool::machines);
+                    image_facts(&pool, &path).into_iter().collect()
                 }
-                (None, Some((pool, image))) => image_facts(&pool, &pool.locate(&image, None).ok()?),
-                (None, None) => None,
+                None => images
+                    .iter()
+                    .filter_map(|(pool, image)| image_facts(pool, &pool.locate(image, None).ok()?))
+                    .collect(),
             })
             .await;
+            self.facts = Some(facts);
         }
         let entry = self.entry(result);
         write(&entry);
@@ -586,7 +591,7 @@ impl Call {
         let mut fields = head(self.kind, self.domain, message, outcome.priority());
         caller_fields(&self.caller, &mut fields);
         fields.0.extend(self.fields.0.iter().cloned());
-        if let Some(facts) = &self.facts {
+        for facts in self.facts.iter().flatten() {
             facts.add(&mut fields);
         }
         match result {

@@ -180,7 +180,11 @@ fn machine_and_fleet(tb: &Testbed) {
     unit_image(tb, "auditf", "/srv/audit/auditf.raw", false);
     let since = tb.ok("date +%s").trim().to_string();
     tb.ok("machine import-fs /tmp/auditm auditm && sh -c 'machine clone auditm auditm2' && machine rename auditm2 auditm3 \
-         && machine read-only auditm3 && machine read-only auditm3 no && machine remove auditm3 auditm");
+         && machine read-only auditm3 && machine read-only auditm3 no && machine export-tar auditm /tmp/auditm.tar \
+         && machine remove auditm3 auditm && rm /tmp/auditm.tar");
+    let own = history(tb, &format!("machine history --json --since=@{since} auditm"), 4);
+    assert_eq!(kinds(&own), ["import:done", "clone:done", "export:done", "image-remove:done"]);
+    assert_eq!(field(&own[0], "IMAGE_PATH"), "/var/lib/machines/auditm");
     let entries = history(tb, &format!("machine history --json --since=@{since} auditm3"), 4);
     assert_eq!(kinds(&entries), ["rename:done", "read-only:done", "read-only:done", "image-remove:done"]);
     assert_eq!(field(&entries[0], "NEW_NAME"), "auditm3");
