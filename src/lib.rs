@@ -13,6 +13,7 @@
 //! - [`cli`]: the command lines of `portable` and `machine`.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod compress;
 pub mod daemon;

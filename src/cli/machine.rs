@@ -54,6 +54,8 @@ pub enum Command {
     },
     /// Bring the host to what a fleet file says, all or nothing (see wharf-fleet(5)).
     Apply(super::fleet::ApplyArgs),
+    /// Who changed what and when: wharfd's audit entries in the journal, oldest first.
+    History(super::history::HistoryArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
         /// The image: a machine name in the search path, or a path.
@@ -450,6 +452,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             format.emit(&images, |images| images_table(images, false, format.legend()))?;
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
+        Command::History(args) => super::history::run(args, crate::audit::Domain::Machine, format)?,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::machines().argument_for_daemon(&image, &current_dir()?);
             bounded(&bus, machine.mark_read_only(&image, read_only)).await?;

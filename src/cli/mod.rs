@@ -2,6 +2,7 @@
 //! wharfd over D-Bus, and output for people (tables) or scripts (`--json`).
 
 pub mod fleet;
+pub mod history;
 pub mod machine;
 pub mod output;
 pub mod portable;

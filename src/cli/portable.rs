@@ -158,6 +158,8 @@ pub enum Command {
     },
     /// Bring the host to what a fleet file says, all or nothing (see wharf-fleet(5)).
     Apply(super::fleet::ApplyArgs),
+    /// Who changed what and when: wharfd's audit entries in the journal, oldest first.
+    History(super::history::HistoryArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
         /// The image: a name in the search path, or a path.
@@ -256,6 +258,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
+        Command::History(args) => super::history::run(args, crate::audit::Domain::Portable, format)?,
         Command::ReadOnly { image, read_only } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             bounded(&bus, portable.mark_read_only(&image, read_only)).await?;

@@ -10,6 +10,7 @@ use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
 use crate::api::{BusError, PlanStep, fleet_flags};
+use crate::audit::{Call, Kind};
 use crate::fleet::FleetFile;
 use crate::fleet::apply::{self, Error, MachineContext, Options};
 use crate::machine::ops::Machines;
@@ -42,12 +43,19 @@ impl FleetInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(bool, Vec<PlanStep>), BusError> {
-        require_root(connection, &header, "applying a fleet file").await?;
+        let caller = require_root(connection, &header, "applying a fleet file").await?;
+        let audit = Call::new(Kind::FleetApply, caller)
+            .field("WHARF_FLEET_FILE", &file)
+            .field("WHARF_FLEET_SHA256", crate::audit::sha256_hex(text.as_bytes()))
+            .field("WHARF_APPLY_ID", crate::audit::new_apply_id());
         if flags & !fleet_flags::ALL != 0 {
-            return Err(BusError::InvalidArgument(format!("unknown flags {:#x}", flags & !fleet_flags::ALL)));
+            let unknown = format!("unknown flags {:#x}", flags & !fleet_flags::ALL);
+            return audit.check(Err(BusError::InvalidArgument(unknown)));
         }
         let options = Options { check: flags & fleet_flags::CHECK != 0, prune: flags & fleet_flags::PRUNE != 0 };
-        let fleet = FleetFile::parse(&text, &file).map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        let audit = audit.field("WHARF_CHECK", if options.check { "yes" } else { "no" });
+        let fleet =
+            audit.check(FleetFile::parse(&text, &file).map_err(|e| BusError::InvalidArgument(e.to_string())))?;
         let base = Path::new(&file).parent().unwrap_or(Path::new("/")).to_path_buf();
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
@@ -56,7 +64,9 @@ impl FleetInterface {
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
         let machined = zbus_systemd::machine1::ManagerProxy::new(connection).await?;
         let machines = MachineContext { machines: &self.machines, machined: &machined, systemd: &systemd };
-        let outcome = apply::apply(&self.host, Some(machines), &systemd, fleet, base, options, progress).await?;
+        let result = apply::apply(&self.host, Some(machines), &systemd, fleet, base, options, progress).await;
+        audit.finish_fleet(&result).await;
+        let outcome = result?;
         Ok((outcome.applied, outcome.plan.steps.iter().map(PlanStep::from).collect()))
     }
 }

@@ -16,6 +16,7 @@ use super::portable::mark_read_only;
 use super::transfer;
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, MachineInfo};
+use crate::audit::{Call, Domain, Effects, Kind};
 use crate::compress::Compression;
 use crate::image::Pool;
 use crate::machine::files::{FilesArgs, Operation};
@@ -45,17 +46,21 @@ impl MachineInterface {
         connection: &Connection,
         header: &Header<'_>,
         what: &str,
+        (kind, name): (Kind, &str),
         work: W,
     ) -> Result<T, BusError>
     where
-        T: Send + 'static,
+        T: Send + Effects + 'static,
         W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
     {
-        require_root(connection, header, what).await?;
+        let caller = require_root(connection, header, what).await?;
+        let audit = Call::new(kind, caller).image(&self.store.pool, name);
         let _heartbeat = heartbeat(connection, header);
         let mut progress = progress_reporter(connection, header, what);
         let store = self.store.clone();
-        Ok(self.daemon.blocking(move || work(&store, &mut progress)).await?)
+        let result = self.daemon.blocking(move || work(&store, &mut progress)).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// [`Self::store_work`] for an import or export: registered while it
@@ -66,24 +71,26 @@ impl MachineInterface {
         connection: &Connection,
         header: &Header<'_>,
         what: &str,
-        kind: &str,
+        (audit_kind, kind): (Kind, &str),
         local: &str,
         remote: String,
         work: W,
     ) -> Result<T, BusError>
     where
-        T: Send + 'static,
+        T: Send + Effects + 'static,
         W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
     {
-        require_root(connection, header, what).await?;
+        let caller = require_root(connection, header, what).await?;
+        let audit = Call::new(audit_kind, caller).image(&self.store.pool, local);
         let registration = self.daemon.transfers.register(kind, local, &remote);
         let _heartbeat = heartbeat(connection, header);
         let mut progress = registration.track(progress_reporter(connection, header, what));
         let store = self.store.clone().with_cancel(registration.cancel_flag());
-        let result = self.daemon.blocking(move || work(&store, &mut progress)).await;
+        let result = self.daemon.blocking(move || work(&store, &mut progress)).await.map_err(BusError::from);
         tracing::debug!(id = registration.id(), kind, local, ok = result.is_ok(), "transfer ended");
         drop(registration);
-        Ok(result?)
+        audit.finish(&result).await;
+        result
     }
 
     async fn clients<'a>(connection: &'a Connection) -> Result<(Systemd, Machined<'a>), BusError> {
@@ -146,8 +153,11 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "marking an image read-only").await?;
-        self.daemon.blocking(move || mark_read_only(&Pool::machines(), &image, read_only)).await
+        let caller = require_root(connection, &header, "marking an image read-only").await?;
+        let audit = Call::new(Kind::ReadOnly, caller).domain(Domain::Machine).image(&Pool::machines(), &image);
+        let result = self.daemon.blocking(move || mark_read_only(&Pool::machines(), &image, read_only)).await;
+        audit.field("WHARF_READ_ONLY", if read_only { "yes" } else { "no" }).finish(&result).await;
+        result
     }
 
     /// Copies an image under a new name. Root only.
@@ -159,9 +169,11 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
+        let audit = (Kind::Clone, name.clone());
         let work =
             move |store: &Store, progress: Progress<'_>| store.clone_image(&name, &new_name, read_only, progress);
-        self.store_work(connection, &header, "cloning an image", work).await.map(|p| p.display().to_string())
+        let cloned = self.store_work(connection, &header, "cloning an image", (audit.0, &audit.1), work).await;
+        cloned.map(|p| p.display().to_string())
     }
 
     /// Renames an image; refused while its machine runs. Root only.
@@ -172,11 +184,16 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "renaming an image").await?;
-        self.require_stopped(connection, &name, "renaming its image").await?;
-        let store = self.store.clone();
-        let path = self.daemon.blocking(move || store.rename(&name, &new_name)).await?;
-        Ok(path.display().to_string())
+        let caller = require_root(connection, &header, "renaming an image").await?;
+        let audit = Call::new(Kind::Rename, caller).image(&self.store.pool, &name).field("WHARF_NEW_NAME", &new_name);
+        let result = async {
+            self.require_stopped(connection, &name, "renaming its image").await?;
+            let store = self.store.clone();
+            self.daemon.blocking(move || store.rename(&name, &new_name)).await.map_err(BusError::from)
+        }
+        .await;
+        audit.finish(&result).await;
+        Ok(result?.display().to_string())
     }
 
     /// Deletes an image; refused while its machine runs or when read-only. Root only.
@@ -186,11 +203,16 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "removing an image").await?;
-        self.require_stopped(connection, &name, "removing its image").await?;
-        let store = self.store.clone();
-        let path = self.daemon.blocking(move || store.remove(&name)).await?;
-        Ok(path.display().to_string())
+        let caller = require_root(connection, &header, "removing an image").await?;
+        let audit = Call::new(Kind::ImageRemove, caller).image_now(&self.store.pool, &name).await;
+        let result = async {
+            self.require_stopped(connection, &name, "removing its image").await?;
+            let store = self.store.clone();
+            self.daemon.blocking(move || store.remove(&name)).await.map_err(BusError::from)
+        }
+        .await;
+        audit.finish(&result).await;
+        Ok(result?.display().to_string())
     }
 
     /// Imports a tar archive (plain, xz, gzip or zstd) the caller opened and
@@ -205,7 +227,7 @@ impl MachineInterface {
         let input = file_from(fd);
         let (local, remote) = (name.clone(), transfer::describe_fd(&input));
         let work = move |store: &Store, progress: Progress<'_>| store.import_tar(input, &name, progress);
-        self.transfer_work(connection, &header, "importing an image", "import-tar", &local, remote, work)
+        self.transfer_work(connection, &header, "importing an image", (Kind::Import, "import-tar"), &local, remote, work)
             .await
             .map(|p| p.display().to_string())
     }
@@ -221,7 +243,7 @@ impl MachineInterface {
         let input = file_from(fd);
         let (local, remote) = (name.clone(), transfer::describe_fd(&input));
         let work = move |store: &Store, progress: Progress<'_>| store.import_raw(input, &name, progress);
-        self.transfer_work(connection, &header, "importing an image", "import-raw", &local, remote, work)
+        self.transfer_work(connection, &header, "importing an image", (Kind::Import, "import-raw"), &local, remote, work)
             .await
             .map(|p| p.display().to_string())
     }
@@ -242,7 +264,7 @@ impl MachineInterface {
             let source = PathBuf::from(format!("/proc/self/fd/{}/.", std::os::fd::AsRawFd::as_raw_fd(&dir)));
             store.import_fs(&source, &name, progress)
         };
-        self.transfer_work(connection, &header, "importing an image", "import-fs", &local, remote, work)
+        self.transfer_work(connection, &header, "importing an image", (Kind::Import, "import-fs"), &local, remote, work)
             .await
             .map(|p| p.display().to_string())
     }
@@ -259,7 +281,7 @@ impl MachineInterface {
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
         let (local, remote) = (name.clone(), transfer::describe_fd(&output));
         let work = move |store: &Store, progress: Progress<'_>| store.export_tar(&name, output, compression, progress);
-        self.transfer_work(connection, &header, "exporting an image", "export-tar", &local, remote, work).await
+        self.transfer_work(connection, &header, "exporting an image", (Kind::Export, "export-tar"), &local, remote, work).await
     }
 
     /// Writes a raw image to the caller's `fd`.
@@ -274,7 +296,7 @@ impl MachineInterface {
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
         let (local, remote) = (name.clone(), transfer::describe_fd(&output));
         let work = move |store: &Store, progress: Progress<'_>| store.export_raw(&name, output, compression, progress);
-        self.transfer_work(connection, &header, "exporting an image", "export-raw", &local, remote, work).await
+        self.transfer_work(connection, &header, "exporting an image", (Kind::Export, "export-raw"), &local, remote, work).await
     }
 
     /// Sets the size limit of an image (`name` empty: of the pool) to
@@ -336,7 +358,8 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, bool), BusError> {
-        require_root(connection, &header, "starting a machine").await?;
+        let audit = Call::new(Kind::MachineStart, require_root(connection, &header, "starting a machine").await?)
+            .machine(&name);
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let properties = parse_properties(&properties)?;
@@ -388,7 +411,9 @@ impl MachineInterface {
         if let Some(key) = confinement.keys().next() {
             return Err(BusError::InvalidArgument(format!("unknown confinement option '{key}'")));
         }
-        let started = self.machines.start(&systemd, &machined, request).await?;
+        let result = self.machines.start(&systemd, &machined, request).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        let started = result?;
         Ok((started.unit, started.ready))
     }
 
@@ -402,12 +427,16 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "signalling a machine").await?;
+        let audit = Call::new(Kind::MachinePoweroff, require_root(connection, &header, "signalling a machine").await?)
+            .machine(&name)
+            .field("WHARF_SIGNAL", signal.to_string());
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let (systemd, machined) = Self::clients(connection).await?;
         let wait = wait.then_some(STOP_TIMEOUT);
-        Ok(self.machines.signal_init(&systemd, &machined, &name, signal, wait).await?)
+        let result = self.machines.signal_init(&systemd, &machined, &name, signal, wait).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Stops the machine's unit. Root only.
@@ -417,11 +446,15 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "terminating a machine").await?;
+        let audit =
+            Call::new(Kind::MachineTerminate, require_root(connection, &header, "terminating a machine").await?)
+                .machine(&name);
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let (systemd, machined) = Self::clients(connection).await?;
-        Ok(self.machines.terminate(&systemd, &machined, &name).await?)
+        let result = self.machines.terminate(&systemd, &machined, &name).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Sends a signal to the machine's init or all its processes. Root only.
@@ -433,9 +466,14 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "signalling a machine").await?;
+        let audit = Call::new(Kind::MachineKill, require_root(connection, &header, "signalling a machine").await?)
+            .machine(&name)
+            .field("WHARF_SIGNAL", signal.to_string())
+            .field("WHARF_KILL_WHOM", &whom);
         let (_, machined) = Self::clients(connection).await?;
-        Ok(self.machines.kill(&machined, &name, &whom, signal).await?)
+        let result = self.machines.kill(&machined, &name, &whom, signal).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Changes limits live (`save`: also for later starts). Root only.
@@ -447,10 +485,17 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "changing a machine's limits").await?;
-        let properties = parse_properties(&properties)?;
+        let audit =
+            Call::new(Kind::SetProperty, require_root(connection, &header, "changing a machine's limits").await?)
+                .machine(&name)
+                .field("WHARF_SAVE", if save { "yes" } else { "no" });
+        let audit = properties.iter().fold(audit, |a, p| a.field("WHARF_PROPERTY", p));
+        let properties = audit.check(parse_properties(&properties))?;
         let (systemd, machined) = Self::clients(connection).await?;
-        Ok(self.machines.set_properties(&systemd, &machined, &name, &properties, save).await?)
+        let result =
+            self.machines.set_properties(&systemd, &machined, &name, &properties, save).await.map_err(BusError::from);
+        audit.finish(&result).await;
+        result
     }
 
     /// Every machine machined knows.

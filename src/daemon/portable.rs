@@ -10,6 +10,7 @@ use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageEntry, ImageInfo, OperationResult, flags};
+use crate::audit::{Call, Caller, Domain, Kind};
 use crate::image::{Pool, readonly};
 use crate::portable::ops::{self, Actions, Host, ImageRequest};
 use crate::portable::plan::CopyMode;
@@ -40,12 +41,12 @@ impl PortableInterface {
         header: &Header<'_>,
         what: &str,
     ) -> Result<Change<'_>, BusError> {
-        require_root(connection, header, what).await?;
+        let caller = require_root(connection, header, what).await?;
         let busy = self.daemon.busy();
         let heartbeat = heartbeat(connection, header);
         let exclusive = self.daemon.change_lock(what).await?;
         let systemd = self.systemd(connection).await?;
-        Ok(Change { _busy: busy, _heartbeat: heartbeat, _exclusive: exclusive, systemd })
+        Ok(Change { _busy: busy, _heartbeat: heartbeat, _exclusive: exclusive, systemd, caller })
     }
 }
 
@@ -55,6 +56,7 @@ struct Change<'a> {
     _heartbeat: Option<zruntime::Task<(), zruntime::Shared>>,
     _exclusive: zruntime::lock::MutexGuard<'a, ()>,
     systemd: Systemd,
+    caller: Caller,
 }
 
 fn check_flags(flags: u64) -> Result<Actions, BusError> {
@@ -158,11 +160,14 @@ impl PortableInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
         let change = self.begin_change(connection, &header, "attaching an image").await?;
-        let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
+        let audit = Call::new(Kind::Attach, change.caller.clone()).image(&self.host.pool, &image);
+        let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
         let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
         let requests = vec![ImageRequest { image, prefixes }];
         let profile = profile_or_default(&profile);
-        Ok(ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await?.into())
+        let result = ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await;
+        audit.profile(profile).finish(&result).await;
+        Ok(result?.into())
     }
 
     /// Attaches several images (each with its own prefixes) in one
@@ -177,11 +182,15 @@ impl PortableInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
         let change = self.begin_change(connection, &header, "attaching images").await?;
-        let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
+        let audit =
+            images.iter().fold(Call::new(Kind::Attach, change.caller.clone()), |a, i| a.image(&self.host.pool, i));
+        let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
         let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
         let profile = profile_or_default(&profile);
-        Ok(ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await?.into())
+        let result = ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await;
+        audit.profile(profile).finish(&result).await;
+        Ok(result?.into())
     }
 
     /// Detaches an image (only its units matching `prefixes`, when given),
@@ -195,8 +204,11 @@ impl PortableInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
         let change = self.begin_change(connection, &header, "detaching an image").await?;
-        let actions = check_flags(flags)?;
-        Ok(ops::detach(&self.host, &change.systemd, &image, &prefixes, actions).await?.into())
+        let audit = Call::new(Kind::Detach, change.caller.clone()).image_now(&self.host.pool, &image).await;
+        let actions = audit.check(check_flags(flags))?;
+        let result = ops::detach(&self.host, &change.systemd, &image, &prefixes, actions).await;
+        audit.finish(&result).await;
+        Ok(result?.into())
     }
 
     /// Detaches several images in one transaction with one reload: all or
@@ -209,11 +221,15 @@ impl PortableInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
         let change = self.begin_change(connection, &header, "detaching images").await?;
-        let actions = check_flags(flags)?;
+        let audit =
+            images.iter().fold(Call::new(Kind::Detach, change.caller.clone()), |a, i| a.image(&self.host.pool, i));
+        let actions = audit.check(check_flags(flags))?;
         if images.is_empty() {
-            return Err(BusError::InvalidArgument("no images to detach".into()));
+            return audit.check(Err(BusError::InvalidArgument("no images to detach".into())));
         }
-        Ok(ops::detach_batch(&self.host, &change.systemd, images, actions).await?.into())
+        let result = ops::detach_batch(&self.host, &change.systemd, images, actions).await;
+        audit.finish(&result).await;
+        Ok(result?.into())
     }
 
     /// Replaces the attached version of an image by this one, restarting
@@ -230,11 +246,14 @@ impl PortableInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
         let change = self.begin_change(connection, &header, "reattaching an image").await?;
-        let (actions, copy) = (check_flags(flags)?, self::copy_mode(&copy_mode)?);
+        let audit = Call::new(Kind::Reattach, change.caller.clone()).image(&self.host.pool, &image);
+        let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
         let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
         let request = ImageRequest { image, prefixes };
         let profile = profile_or_default(&profile);
-        Ok(ops::reattach(&self.host, &change.systemd, request, profile, copy, actions, progress).await?.into())
+        let result = ops::reattach(&self.host, &change.systemd, request, profile, copy, actions, progress).await;
+        audit.profile(profile).finish(&result).await;
+        Ok(result?.into())
     }
 
     /// The image's path and state.
@@ -256,11 +275,13 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        require_root(connection, &header, "removing an image").await?;
+        let caller = require_root(connection, &header, "removing an image").await?;
         let _exclusive = self.daemon.change_lock("removing an image").await?;
+        let audit = Call::new(Kind::Remove, caller).image_now(&self.host.pool, &image).await;
         let host = self.host.clone();
-        let path = self.daemon.blocking(move || ops::remove(&host, &image)).await?;
-        Ok(path.display().to_string())
+        let result = self.daemon.blocking(move || ops::remove(&host, &image)).await;
+        audit.finish(&result).await;
+        Ok(result?.display().to_string())
     }
 
     /// Marks an image read-only (or writable again). Root only.
@@ -271,8 +292,11 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "marking an image read-only").await?;
-        self.daemon.blocking(move || mark_read_only(&Pool::portables(), &image, read_only)).await
+        let caller = require_root(connection, &header, "marking an image read-only").await?;
+        let audit = Call::new(Kind::ReadOnly, caller).domain(Domain::Portable).image(&Pool::portables(), &image);
+        let result = self.daemon.blocking(move || mark_read_only(&Pool::portables(), &image, read_only)).await;
+        audit.field("WHARF_READ_ONLY", if read_only { "yes" } else { "no" }).finish(&result).await;
+        result
     }
 }
 

@@ -375,6 +375,7 @@ pub(crate) fn assert_gone(tb: &Testbed, machine: &str) {
 fn machine_cli(tb: &Testbed) {
     prepare(tb);
     let before = mounts(tb);
+    let since = tb.ok("date +%s").trim().to_string();
     let out = tb.ok("machine start f28 --property=MemoryMax=512M --property=TasksMax=200 --property=CPUQuota=50%");
     assert_eq!(out.trim(), "Machine f28 is running (wharf-f28.service); its init reported ready.");
     let listed = tb.ok("machinectl list --no-legend");
@@ -452,6 +453,22 @@ fn machine_cli(tb: &Testbed) {
     assert!(loops.is_empty(), "loop devices left: {loops:?}");
     let refused = tb.fails("machine poweroff f28");
     assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is not running");
+
+    // Each change is in the audit trail (see audit.rs), in order.
+    let entries = crate::audit::history(tb, &format!("machine history --json --since=@{since} f28"), 5);
+    assert_eq!(
+        crate::audit::kinds(&entries),
+        [
+            "machine-start:done",
+            "set-property:done",
+            "image-remove:failed",
+            "machine-poweroff:done",
+            "machine-poweroff:failed"
+        ]
+    );
+    assert_eq!(crate::audit::values(&entries[0], "UNIT"), ["wharf-f28.service"]);
+    assert_eq!(crate::audit::values(&entries[1], "PROPERTY"), ["MemoryMax=256M", "TasksMax=100"]);
+    assert_eq!(entries[3]["cmdline"], serde_json::json!(["machine", "poweroff", "f28"]));
 }
 
 fn imported_images_start(tb: &Testbed) {

@@ -9,6 +9,7 @@
 mod testbed;
 
 mod ansible;
+mod audit;
 mod confinement;
 mod crash;
 mod deadline;
@@ -140,6 +141,7 @@ fn main() -> ExitCode {
     trials.extend(confinement::trials(&shared));
     trials.extend(fleet::trials(&shared));
     trials.extend(ansible::trials(&shared));
+    trials.extend(audit::trials(&shared));
     trials.extend(deadline::trials(&shared));
     trials.extend(security::trials(&shared));
 
