@@ -540,6 +540,7 @@ impl MachineInterface {
             size: Some(size).filter(|size| pty && !size.is_empty()),
             setenv: environment,
             cgroup: Some(cgroup.clone()),
+            user_namespace_last: false,
             command,
         };
         let argv = enter.command_line(&exe.to_string_lossy());

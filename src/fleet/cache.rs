@@ -27,6 +27,9 @@ use crate::portable::plan::Source;
 /// Where it is kept, under the host root.
 pub const CACHE_FILE: &str = "var/lib/wharf/image-cache.json";
 
+/// How long a file must have been left alone before what it holds is kept.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What tells one file from another, or from itself changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -145,8 +148,28 @@ impl ImageCache {
         pin: Option<&str>,
         source: &Source,
     ) {
+        self.remember_settled(path, before, prefixes, pin, source, SETTLE);
+    }
+
+    /// [`ImageCache::remember`], for a file last changed at least `settle` ago.
+    fn remember_settled(
+        &mut self,
+        path: &Path,
+        before: Option<Identity>,
+        prefixes: &[String],
+        pin: Option<&str>,
+        source: &Source,
+        settle: std::time::Duration,
+    ) {
         let Some(before) = before else { return };
         if source.kind == ImageKind::Directory || Identity::of_file(path).as_ref() != Some(&before) {
+            return;
+        }
+        // A file changed within the clock's granularity of the read could
+        // change again with the same times: kept only once it has settled.
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        if before.ctime_ns.max(before.mtime_ns) > now - settle.as_nanos() as i128 {
             return;
         }
         let image_file = if source.image == path {
@@ -231,7 +254,7 @@ mod tests {
         std::fs::write(&image, b"hsqs and more").unwrap();
         let mut cache = ImageCache::default();
         let before = Identity::of_file(&image);
-        cache.remember(&image, before, &[], None, &source(&image));
+        cache.remember_settled(&image, before, &[], None, &source(&image), std::time::Duration::ZERO);
         let found = cache.lookup(&image, &[], None).unwrap();
         assert_eq!((found.image, found.units.len()), (image.clone(), 1));
         // Another request of the same file is read again.
@@ -258,6 +281,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_changed_just_now_is_not_kept_yet() {
+        let dir = scratch("settle");
+        let image = dir.join("foobar_1.raw");
+        std::fs::write(&image, b"x").unwrap();
+        let mut cache = ImageCache::default();
+        cache.remember(&image, Identity::of_file(&image), &[], None, &source(&image));
+        assert!(cache.lookup(&image, &[], None).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_file_changed_while_read_is_not_kept() {
         let dir = scratch("changed");
         let image = dir.join("foobar_1.raw");
@@ -266,7 +300,7 @@ mod tests {
         std::fs::write(dir.join("new"), b"two").unwrap();
         std::fs::rename(dir.join("new"), &image).unwrap();
         let mut cache = ImageCache::default();
-        cache.remember(&image, before, &[], None, &source(&image));
+        cache.remember_settled(&image, before, &[], None, &source(&image), std::time::Duration::ZERO);
         assert!(cache.lookup(&image, &[], None).is_none());
         assert!(!cache.changed);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -280,7 +314,14 @@ mod tests {
         std::fs::write(&xz, b"xz bytes").unwrap();
         std::fs::write(&pooled, b"raw bytes").unwrap();
         let mut cache = ImageCache::default();
-        cache.remember(&xz, Identity::of_file(&xz), &[], Some("abc"), &source(&pooled));
+        cache.remember_settled(
+            &xz,
+            Identity::of_file(&xz),
+            &[],
+            Some("abc"),
+            &source(&pooled),
+            std::time::Duration::ZERO,
+        );
         assert_eq!(cache.lookup(&xz, &[], Some("abc")).unwrap().image, pooled);
         assert!(cache.lookup(&xz, &[], None).is_some());
         assert!(cache.lookup(&xz, &[], Some("abd")).is_none());
@@ -288,7 +329,7 @@ mod tests {
         assert!(cache.lookup(&xz, &[], Some("abc")).is_none());
         // Not kept when the pool copy is not there (a check).
         let mut cache = ImageCache::default();
-        cache.remember(&xz, Identity::of_file(&xz), &[], None, &source(&pooled));
+        cache.remember_settled(&xz, Identity::of_file(&xz), &[], None, &source(&pooled), std::time::Duration::ZERO);
         assert!(cache.entries.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -301,11 +342,18 @@ mod tests {
         let mut cache = ImageCache::default();
         let mut tree_source = source(&tree);
         tree_source.kind = ImageKind::Directory;
-        cache.remember(&tree, Identity::of_file(&tree), &[], None, &tree_source);
+        cache.remember_settled(&tree, Identity::of_file(&tree), &[], None, &tree_source, std::time::Duration::ZERO);
         assert!(cache.entries.is_empty());
         let image = dir.join("foobar_2.raw");
         std::fs::write(&image, b"x").unwrap();
-        cache.remember(&image, Identity::of_file(&image), &[], None, &source(&image));
+        cache.remember_settled(
+            &image,
+            Identity::of_file(&image),
+            &[],
+            None,
+            &source(&image),
+            std::time::Duration::ZERO,
+        );
         cache.retain(&[]);
         assert!(cache.lookup(&image, &[], None).is_none());
         assert!(ImageCache::parse(b"not json").is_err());

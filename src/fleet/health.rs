@@ -6,7 +6,9 @@
 //! whose main process is `wharfd enter`: it joins every namespace of the
 //! service's main process (or the machine's init), and so its root (the
 //! image's), takes no capability that process lacks, keeps its
-//! no_new_privs, and runs the command as root of that namespace. The unit
+//! no_new_privs, and runs the command as UID 0 of that namespace. A
+//! service's user namespace is joined last: systemd makes some of its
+//! other namespaces first, owned by the host's. The unit
 //! has `RuntimeMaxSec=` of what is left of the timeout, so systemd itself
 //! kills a command that hangs, with every process it started, and the unit
 //! is collected whatever its end: nothing is left behind.
@@ -140,11 +142,13 @@ async fn attempt(systemd: &Systemd, target: Target<'_>, command: &[String], left
     let leader = leader(systemd, target).await?;
     let enter = crate::machine::enter::EnterArgs {
         leader,
-        user: "root".into(),
+        // By number: an image need not have an /etc/passwd.
+        user: "0".into(),
         pty: false,
         size: None,
         setenv: Vec::new(),
         cgroup: None,
+        user_namespace_last: matches!(target, Target::Service(_)),
         command: command.to_vec(),
     };
     let argv = enter.command_line(crate::machine::ops::LAUNCHER);

@@ -16,6 +16,7 @@ mod fleet;
 mod foundation;
 mod images;
 mod machine;
+mod many;
 mod network;
 mod packaging;
 mod portable;
@@ -112,6 +113,7 @@ fn main() -> ExitCode {
     trials.extend(network::trials(&shared));
     trials.extend(confinement::trials(&shared));
     trials.extend(fleet::trials(&shared));
+    trials.extend(many::trials(&shared));
     trials.extend(ansible::trials(&shared));
     trials.extend(deadline::trials(&shared));
     trials.extend(security::trials(&shared));
