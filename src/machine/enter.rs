@@ -555,7 +555,13 @@ fn run_child(account: &Account, args: &EnterArgs, command: &[String], io: &Io) -
     }
     let groups: Vec<Gid> = account.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {
-        return fail("setgroups", &e);
+        // A user namespace whose setgroups is "deny" (a service's, under
+        // PrivateUsers=) lets no one change the supplementary groups: the
+        // command keeps those it has, as the service itself does.
+        let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+        if !(e == nix::errno::Errno::EPERM && denied) {
+            return fail("setgroups", &e);
+        }
     }
     if let Err(e) = nix::unistd::setgid(Gid::from_raw(account.gid)) {
         return fail("setgid", &e);
