@@ -147,7 +147,9 @@ pub enum Command {
         /// The file to write; a file of that name is replaced once the export is complete.
         file: PathBuf,
     },
-    /// Boot a machine from its image, in a transient unit with its limits.
+    /// Boot machines from their images, in transient units with their
+    /// limits: several boot side by side; each that fails is reported and
+    /// the others still start.
     Start {
         /// Machines (images in the search path) to boot.
         #[arg(required = true, value_name = "NAME")]
@@ -203,7 +205,7 @@ pub enum Command {
         #[arg(long, conflicts_with = "timeout")]
         no_block: bool,
     },
-    /// Power a machine off (SIGRTMIN+4 to its init) and wait until it is gone.
+    /// Power machines off (SIGRTMIN+4 to their inits), all at once, and wait until they are gone.
     Poweroff {
         /// Running machines.
         #[arg(required = true, value_name = "NAME")]
@@ -431,6 +433,33 @@ impl ExportTarget {
     }
 }
 
+/// Runs `call` for every name at once, on the one bus connection; the
+/// results come back in the names' order.
+async fn at_once<'a, T, F, Fut>(names: &'a [String], call: F) -> Vec<Result<T, CliError>>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CliError>> + 'a,
+{
+    futures_util::future::join_all(names.iter().map(|name| call(name.as_str()))).await
+}
+
+/// One line on stderr for a machine that failed, as a single failure is
+/// reported (its message names the machine).
+fn report_failure(error: &CliError) {
+    eprintln!("machine: {}", super::one_line(&error.to_string()));
+}
+
+/// Success when every call worked; otherwise each failure reported on a
+/// line of its own, and failure. The others were carried out all the same.
+fn all_or_report(results: Vec<Result<(), CliError>>) -> ExitCode {
+    let mut failed = false;
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        report_failure(error);
+        failed = true;
+    }
+    if failed { ExitCode::from(super::EXIT_FAILURE) } else { ExitCode::SUCCESS }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init_cli(cli.output.verbose);
@@ -538,23 +567,44 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             .into_iter()
             .filter_map(|(key, value)| value.map(|v| (key.to_string(), v)))
             .collect();
-            for name in names {
-                // As systemctl start of an active unit: nothing to do, and a success.
-                if let Ok(info) = within(machine.get_machine(&name)).await {
-                    let record = serde_json::json!({ "machine": name, "unit": info.unit, "ready": true, "already_running": true });
-                    if !cli.output.quiet || format.is_json() {
-                        format.emit(&record, |_| format!("Machine {name} is running already ({}).", info.unit))?;
+            let pu = private_users.unwrap_or_default();
+            let net = network.unwrap_or_default();
+            // All at once: wharfd boots them side by side (as many at a
+            // time as its max-parallel-starts allows), and the call
+            // returns when each is ready or has failed.
+            let started = at_once(&names, |name| {
+                let (machine, bus, properties, pu, net, confinement) =
+                    (&machine, &bus, &properties, &pu, &net, &confinement);
+                async move {
+                    // As systemctl start of an active unit: nothing to do, and a success.
+                    if let Ok(info) = within(machine.get_machine(name)).await {
+                        return Ok((info.unit, true, true));
                     }
-                    continue;
+                    let (unit, ready) =
+                        bounded(bus, machine.start_machine(name, properties, pu, net, confinement, timeout)).await?;
+                    Ok((unit, ready, false))
                 }
-                let pu = private_users.clone().unwrap_or_default();
-                let net = network.clone().unwrap_or_default();
-                let (unit, ready) =
-                    bounded(&bus, machine.start_machine(&name, &properties, &pu, &net, &confinement, timeout)).await?;
-                let record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
+            })
+            .await;
+            let mut failed = false;
+            for (name, result) in names.iter().zip(started) {
+                let (unit, ready, already) = match result {
+                    Ok(started) => started,
+                    Err(e) => {
+                        failed = true;
+                        report_failure(&e);
+                        continue;
+                    }
+                };
+                let mut record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
+                if already {
+                    record["already_running"] = true.into();
+                }
                 if !cli.output.quiet || format.is_json() {
                     format.emit(&record, |_| {
-                        if ready {
+                        if already {
+                            format!("Machine {name} is running already ({unit}).")
+                        } else if ready {
                             format!("Machine {name} is running ({unit}); its init reported ready.")
                         } else if no_block {
                             format!("Machine {name} is starting ({unit}).")
@@ -566,22 +616,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     })?;
                 }
             }
+            if failed {
+                return Ok(ExitCode::from(super::EXIT_FAILURE));
+            }
         }
         Command::Poweroff { names, no_block } => {
-            for name in names {
-                bounded(&bus, machine.signal_machine(&name, crate::machine::init::poweroff_signal(), !no_block))
-                    .await?;
-            }
+            let signal = crate::machine::init::poweroff_signal();
+            let done = at_once(&names, |name| bounded(&bus, machine.signal_machine(name, signal, !no_block))).await;
+            return Ok(all_or_report(done));
         }
         Command::Reboot { names } => {
-            for name in names {
-                bounded(&bus, machine.signal_machine(&name, crate::machine::init::REBOOT_SIGNAL, false)).await?;
-            }
+            let signal = crate::machine::init::REBOOT_SIGNAL;
+            let done = at_once(&names, |name| bounded(&bus, machine.signal_machine(name, signal, false))).await;
+            return Ok(all_or_report(done));
         }
         Command::Terminate { names } => {
-            for name in names {
-                bounded(&bus, machine.terminate_machine(&name)).await?;
-            }
+            let done = at_once(&names, |name| bounded(&bus, machine.terminate_machine(name))).await;
+            return Ok(all_or_report(done));
         }
         Command::Kill { names, signal, kill_whom } => {
             let signal = signal_number(&signal)?;

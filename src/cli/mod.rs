@@ -64,7 +64,7 @@ where
 
 /// Errors are promised to be one line; a description from elsewhere (a
 /// kernel message, a D-Bus peer) is folded to keep that promise.
-fn one_line(message: &str) -> String {
+pub(crate) fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

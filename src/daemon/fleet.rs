@@ -87,7 +87,7 @@ fn fleet_bus_error(error: &Error, message: String) -> BusError {
         Error::Image(image) => super::image_bus_error(image, message),
         Error::File(_) | Error::Machine(_) => BusError::InvalidArgument(message),
         Error::Machines(machines) => super::machine::machine_bus_error(machines, message),
-        Error::MachineNotReady(..) => BusError::Failed(message),
+        Error::MachineNotReady(..) | Error::Unhealthy(_) => BusError::Failed(message),
         Error::WrongVersion { .. } | Error::WrongHash { .. } | Error::HashOfDirectory(_) => BusError::BadImage(message),
         Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } | Error::NotActive(..) => {
             BusError::Failed(message)

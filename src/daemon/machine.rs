@@ -671,6 +671,7 @@ impl MachineInterface {
             size: Some(size).filter(|size| pty && !size.is_empty()),
             setenv: environment,
             cgroup: Some(cgroup.clone()),
+            user_namespace_last: false,
             command,
         };
         let argv = enter.command_line(&exe.to_string_lossy());
@@ -900,7 +901,7 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
             | E::Bind { .. } => BusError::InvalidArgument(message),
             E::Store(store) => store_bus_error(store, message),
             E::Image(image) => super::image_bus_error(image, message),
-            E::Config(_) | E::Nspawn(_) => BusError::InvalidArgument(message),
+            E::Config(_) | E::Nspawn(_) | E::Settings(_) => BusError::InvalidArgument(message),
             E::Running(_) | E::Locked { .. } | E::NotOurs { .. } => BusError::Busy(message),
             E::NetworkSetup { .. } => BusError::Conflict(message),
             E::NotRunning(_) => BusError::NoSuchImage(message),

@@ -66,6 +66,9 @@ pub enum Error {
     Machine(String),
     #[error("machine '{0}' did not report ready within {1:?}")]
     MachineNotReady(String, Duration),
+    /// A health command that never succeeded: the reason names the unit or machine.
+    #[error("{0}")]
+    Unhealthy(String),
     /// Failed, and every undo step worked.
     #[error("{0}; everything this apply changed was put back")]
     RolledBack(Box<Error>),
@@ -213,19 +216,37 @@ fn resolve(
 ) -> Result<(Vec<ResolvedPortable>, Vec<Source>)> {
     let mut resolved = Vec::new();
     let mut sources = Vec::new();
+    let mut cache = super::cache::ImageCache::load(&host.root);
+    let mut profiles: Vec<String> = Vec::new();
+    let mut located_paths = Vec::new();
     for want in wants {
         // A name is looked for in the search path, then beside the fleet file.
         let located = host.pool.locate(&want.image, Some(base))?;
         // A misspelt profile fails here, before anything is stopped.
-        Profile::find(&host.root, &want.profile).map_err(crate::portable::Error::from)?;
-        let request = ImageRequest { image: located.display().to_string(), prefixes: want.prefixes.clone() };
-        // Check mode writes nothing, not even a decompressed xz image.
-        let source = match &want.sha256 {
-            // The file as shipped (an xz image compressed), as sha256sum
-            // sees it, hashed as it is read for use.
-            Some(pin) => read_pinned_source(host, &request, pin, check, &mut progress).map_err(pin_error)?,
-            None if check => preview_source(host, &request, &mut progress)?,
-            None => read_source(host, &request, &mut progress)?,
+        if !profiles.contains(&want.profile) {
+            Profile::find(&host.root, &want.profile).map_err(crate::portable::Error::from)?;
+            profiles.push(want.profile.clone());
+        }
+        let located = std::path::absolute(&located).map_err(|source| Error::Io { path: located.clone(), source })?;
+        located_paths.push(located.clone());
+        let pin = want.sha256.as_deref();
+        // The file read by an earlier apply, unchanged since: nothing to read.
+        let source = match cache.lookup(&located, &want.prefixes, pin) {
+            Some(source) => source,
+            None => {
+                let before = super::cache::Identity::of_file(&located);
+                let request = ImageRequest { image: located.display().to_string(), prefixes: want.prefixes.clone() };
+                // Check mode writes nothing, not even a decompressed xz image.
+                let source = match pin {
+                    // The file as shipped (an xz image compressed), as sha256sum
+                    // sees it, hashed as it is read for use.
+                    Some(pin) => read_pinned_source(host, &request, pin, check, &mut progress).map_err(pin_error)?,
+                    None if check => preview_source(host, &request, &mut progress)?,
+                    None => read_source(host, &request, &mut progress)?,
+                };
+                cache.remember(&located, before, &want.prefixes, pin, &source);
+                source
+            }
         };
         let path = source.image_str();
         let name =
@@ -267,6 +288,13 @@ fn resolve(
             units,
         });
         sources.push(source);
+    }
+    // Check mode writes nothing, not even the cache.
+    if !check {
+        cache.retain(&located_paths);
+        if let Err(e) = cache.save(&host.root) {
+            tracing::warn!("cannot keep the image cache ({e}): the next apply reads the images again");
+        }
     }
     Ok((resolved, sources))
 }
@@ -432,6 +460,7 @@ async fn run_steps<'a, M: UnitManager>(
 ) -> Result<()> {
     let mut unapplied = Some(tx);
     let mut reloaded = false;
+    let mut machines_started = false;
     let machines_here = || machines.ok_or_else(|| Error::Machine("machines are not managed here".into()));
     for step in &plan.steps {
         // Journaled before any machine or unit stops, so that recovery
@@ -482,24 +511,19 @@ async fn run_steps<'a, M: UnitManager>(
             Step::Restart { units } => {
                 change.restart(units, true).await?;
                 wait_active(change.systemd(), resolved, units).await?;
+                check_health(change.systemd(), resolved, units).await?;
             }
             Step::Start { units } => {
                 change.start(units, true).await?;
                 wait_active(change.systemd(), resolved, units).await?;
+                check_health(change.systemd(), resolved, units).await?;
             }
-            Step::StartMachine { machine } => {
-                let machines = machines_here()?;
-                let request = StartRequest::with_settings(machine, MACHINE_READY_TIMEOUT);
-                let outcome = machines.machines.start(machines.systemd, machines.machined, request).await?;
-                // Only once started: terminating a machine that never
-                // came up would be a failed undo step that did no harm.
-                let name = machine.clone();
-                change.undo_with("terminating a machine it started", false, move || async move {
-                    let systemd = machines.systemd.undoing();
-                    machines.machines.terminate(&systemd, machines.machined, &name).await.map_err(|e| e.to_string())
-                });
-                if !outcome.ready {
-                    return Err(Error::MachineNotReady(machine.clone(), MACHINE_READY_TIMEOUT));
+            Step::StartMachine { .. } => {
+                // All of them at once (the steps of the last phase), each
+                // taking a boot slot in `Machines::start`.
+                if !machines_started {
+                    machines_started = true;
+                    start_machines(change, machines_here()?, plan, wanted_machines).await?;
                 }
             }
             // In the transaction.
@@ -521,6 +545,101 @@ async fn run_steps<'a, M: UnitManager>(
         reload_and_set_limits(change, machines, plan, wanted_machines).await?;
     }
     Ok(())
+}
+
+/// Boots every machine the plan starts, side by side, and waits until each
+/// is ready and (with `health`) healthy. Each that started is terminated by
+/// an undo; every one that failed is named in the error.
+async fn start_machines<'a, M: UnitManager>(
+    change: &mut Executor<'a, M>,
+    machines: &'a MachineContext<'a>,
+    plan: &Plan,
+    wanted_machines: &MachineWants,
+) -> Result<()> {
+    let names: Vec<&String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| if let Step::StartMachine { machine } = s { Some(machine) } else { None })
+        .collect();
+    let boots = names.iter().map(|name| async move {
+        let request = StartRequest::with_settings(name, MACHINE_READY_TIMEOUT);
+        let started = machines.machines.start(machines.systemd, machines.machined, request).await;
+        let checked = match &started {
+            Ok(outcome) if outcome.ready => machine_health(machines, name, wanted_machines).await,
+            Ok(_) => Err(Error::MachineNotReady(name.to_string(), MACHINE_READY_TIMEOUT)),
+            Err(_) => Ok(()),
+        };
+        (started, checked)
+    });
+    let outcomes = futures_util::future::join_all(boots).await;
+    let mut failures = Vec::new();
+    for (name, (started, checked)) in names.iter().zip(outcomes) {
+        match started {
+            // Only once started: terminating a machine that never came up
+            // would be a failed undo step that did no harm.
+            Ok(_) => {
+                let name = name.to_string();
+                change.undo_with("terminating a machine it started", false, move || async move {
+                    let systemd = machines.systemd.undoing();
+                    machines.machines.terminate(&systemd, machines.machined, &name).await.map_err(|e| e.to_string())
+                });
+                if let Err(e) = checked {
+                    failures.push(e);
+                }
+            }
+            Err(e) => failures.push(e.into()),
+        }
+    }
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        _ => Err(Error::Machine(failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))),
+    }
+}
+
+/// A started machine's health command, inside it, when its entry has one.
+async fn machine_health(machines: &MachineContext<'_>, name: &str, wanted_machines: &MachineWants) -> Result<()> {
+    let Some(health) = wanted_machines.wants.iter().find(|w| w.name == name).and_then(|w| w.health.as_ref()) else {
+        return Ok(());
+    };
+    let path = machines
+        .machined
+        .get_machine(name.to_string())
+        .await
+        .map_err(|source| crate::machine::ops::Error::Machined { machine: name.to_string(), source })?;
+    let proxy = zbus_systemd::machine1::MachineProxy::builder(machines.machined.inner().connection())
+        .path(path)
+        .build()
+        .await
+        .map_err(|source| crate::machine::ops::Error::Machined { machine: name.to_string(), source })?;
+    let leader = proxy
+        .leader()
+        .await
+        .map_err(|source| crate::machine::ops::Error::Machined { machine: name.to_string(), source })?;
+    super::health::check(machines.systemd, super::health::Target::Machine { name, leader }, health)
+        .await
+        .map_err(Error::Unhealthy)
+}
+
+/// The health commands of the images whose services `units` were just
+/// started (or restarted), side by side: one per image, in its main
+/// service (`PREFIX.service` when it has one, else the first started).
+async fn check_health(systemd: &impl UnitManager, resolved: &[ResolvedPortable], units: &[String]) -> Result<()> {
+    let checks: Vec<(String, &super::health::Health)> = resolved
+        .iter()
+        .filter_map(|r| {
+            let health = r.want.health.as_ref()?;
+            let mut started: Vec<&String> = r.services.iter().filter(|s| units.contains(s)).collect();
+            started.sort();
+            let main = format!("{}.service", r.prefix);
+            let unit = started.iter().find(|s| ***s == main).or(started.first())?;
+            Some(((*unit).clone(), health))
+        })
+        .collect();
+    let results =
+        futures_util::future::join_all(checks.iter().map(|(unit, health)| systemd.check_health(unit, health))).await;
+    let failed: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+    if failed.is_empty() { Ok(()) } else { Err(Error::Unhealthy(failed.join("; "))) }
 }
 
 /// After the files: systemd reloaded, and the new limits of running
@@ -953,6 +1072,42 @@ mod tests {
         );
         assert_eq!(files(&host), empty());
         assert_eq!(systemd.running(), ["foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A health command that never succeeds fails the step: the unit is
+    /// stopped and its files go, as for a unit that does not start.
+    #[test]
+    fn an_unhealthy_start_is_rolled_back() {
+        let host = host("health");
+        let systemd = FakeManager::of(&host.root);
+        systemd.fail("health", 1);
+        let text = format!("{WANTED}health = \"/usr/bin/foobar --check\"\nhealth-timeout = \"3s\"\n");
+        let error = apply_file(&host, &systemd, &text).unwrap_err();
+        assert!(matches!(error, Error::RolledBack(_)), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "foobar.service: its health command did not succeed within 3 s (status 1); \
+             everything this apply changed was put back"
+        );
+        assert_eq!(files(&host), empty());
+        assert!(systemd.running().is_empty());
+        assert_eq!(
+            systemd.calls(),
+            [
+                "reload",
+                "start foobar.service",
+                "wait active foobar.service",
+                "health foobar.service",
+                "stop foobar.service",
+                "reload"
+            ]
+        );
+        // Healthy: the step is done, and a second apply has nothing to do.
+        let outcome = apply_file(&host, &systemd, &text).unwrap();
+        assert!(systemd.calls().ends_with(&["health foobar.service".to_string()]), "{:?}", systemd.calls());
+        assert_eq!(outcome.plan.steps.len(), 3);
+        assert!(apply_file(&host, &systemd, &text).unwrap().plan.is_empty());
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 

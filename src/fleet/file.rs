@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::health::Health;
 use crate::image::name::validate_prefix;
 use crate::machine::property::{Limit, Property};
 
@@ -71,6 +72,8 @@ struct PortableEntry {
     #[serde(default)]
     running: bool,
     start_timeout: Option<String>,
+    health: Option<Words>,
+    health_timeout: Option<String>,
     #[serde(default)]
     properties: BTreeMap<String, Scalar>,
 }
@@ -90,6 +93,40 @@ struct MachineEntry {
     limits: BTreeMap<String, Scalar>,
     network: Option<String>,
     port: Option<Ports>,
+    health: Option<Words>,
+    health_timeout: Option<String>,
+}
+
+/// `health = "/usr/bin/check --quick"` (split at white space) or
+/// `health = ["/usr/bin/check", "--quick"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Words {
+    One(String),
+    List(Vec<String>),
+}
+
+/// The health check of an entry, checked: `health-timeout` only with
+/// `health`, and a duration of at most an hour.
+fn health_of(command: Option<Words>, timeout: Option<&str>) -> Result<Option<Health>, String> {
+    let Some(command) = command else {
+        return match timeout {
+            Some(_) => Err("health-timeout is given without health".into()),
+            None => Ok(None),
+        };
+    };
+    let words = match command {
+        Words::One(text) => text.split_whitespace().map(str::to_string).collect(),
+        Words::List(words) => words,
+    };
+    let command = super::health::parse_command(words)?;
+    let timeout = match timeout {
+        None => super::health::DEFAULT_TIMEOUT,
+        Some(text) => parse_duration(text)
+            .filter(|d| *d >= Duration::from_secs(1) && *d <= super::health::MAX_TIMEOUT)
+            .ok_or_else(|| format!("health-timeout '{text}' is not a duration from 1s to 1h"))?,
+    };
+    Ok(Some(Health { command, timeout }))
 }
 
 /// `port = "tcp:8080:80"` or `port = ["tcp:8080:80", "udp:53"]`.
@@ -122,6 +159,8 @@ pub struct PortableWant {
     pub enabled: bool,
     pub running: bool,
     pub start_timeout: Duration,
+    /// Run in its service once started: the step is done only when it succeeds.
+    pub health: Option<Health>,
     /// `Key=Value` settings for the image's services, sorted by key.
     pub properties: Vec<(String, String)>,
 }
@@ -139,6 +178,8 @@ pub struct MachineWant {
     pub network: Option<String>,
     /// `port` of its settings file; `None`: left as the file has it.
     pub ports: Option<Vec<crate::machine::network::Port>>,
+    /// Run inside the machine once it is ready: its start is done only when it succeeds.
+    pub health: Option<Health>,
 }
 
 /// A parsed and checked fleet file.
@@ -200,6 +241,7 @@ impl FleetFile {
                     .ok_or_else(|| context(format!("start-timeout '{text}' is not a duration like 30s or 2min")))?,
                 None => DEFAULT_START_TIMEOUT,
             };
+            let health = health_of(entry.health, entry.health_timeout.as_deref()).map_err(context)?;
             let mut properties = Vec::new();
             for (key, value) in &entry.properties {
                 if !SERVICE_SETTINGS.contains(&key.as_str()) {
@@ -230,6 +272,7 @@ impl FleetFile {
                 enabled: entry.enabled,
                 running: entry.running,
                 start_timeout,
+                health,
                 properties,
             });
         }
@@ -259,6 +302,10 @@ impl FleetFile {
                 .map(|ports| ports.iter().map(|p| p.parse()).collect::<Result<Vec<_>, _>>())
                 .transpose()
                 .map_err(|e: crate::machine::network::SpecError| context(e.to_string()))?;
+            let health = health_of(entry.health, entry.health_timeout.as_deref()).map_err(context)?;
+            if health.is_some() && !entry.started {
+                return Err(context("health is checked when the machine starts: it needs started = true".into()));
+            }
             machines.push(MachineWant {
                 name: entry.name,
                 source: entry.source,
@@ -267,6 +314,7 @@ impl FleetFile {
                 limits,
                 network: entry.network,
                 ports,
+                health,
             });
         }
         Ok(FleetFile { portables, machines })
@@ -374,6 +422,54 @@ MemoryMax = "512M"
         );
         assert!(error("[[machine]]\nname = \"f28\"\nport = [\"0\"]\n").contains("'0' is not a valid --port value"));
         assert!(error("[[portable]]\nimage = \"x\"\nstart-timeout = \"soon\"\n").contains("is not a duration"));
+    }
+
+    #[test]
+    fn health_checks_are_parsed_and_checked() {
+        let fleet = FleetFile::parse(
+            "[[portable]]\nimage = \"a\"\nrunning = true\nhealth = \"/usr/bin/check --quick\"\n\
+             [[portable]]\nimage = \"b\"\nhealth = [\"/bin/sh\", \"-c\", \"test -e /run/ok\"]\nhealth-timeout = \"5s\"\n\
+             [[machine]]\nname = \"m\"\nstarted = true\nhealth = \"/usr/bin/systemctl is-system-running\"\n",
+            "fleet.toml",
+        )
+        .unwrap();
+        let a = fleet.portables[0].health.as_ref().unwrap();
+        assert_eq!(a.command, ["/usr/bin/check", "--quick"]);
+        assert_eq!(a.timeout, Duration::from_secs(30));
+        let b = fleet.portables[1].health.as_ref().unwrap();
+        assert_eq!((b.command.len(), b.timeout), (3, Duration::from_secs(5)));
+        assert_eq!(fleet.machines[0].health.as_ref().unwrap().command[1], "is-system-running");
+        assert_eq!(fleet.portables[0].start_timeout, DEFAULT_START_TIMEOUT);
+    }
+
+    /// A hostile or careless entry is refused in one line naming it,
+    /// before anything runs.
+    #[test]
+    fn bad_health_checks_are_refused() {
+        let error = |body: &str| FleetFile::parse(body, "fleet.toml").unwrap_err().to_string();
+        let portable = |extra: &str| error(&format!("[[portable]]\nimage = \"x\"\n{extra}"));
+        assert_eq!(portable("health = \"\"\n"), "fleet.toml: [[portable]] #1 (x): health is empty");
+        assert_eq!(portable("health = []\n"), "fleet.toml: [[portable]] #1 (x): health is empty");
+        assert!(portable("health = \"check\"\n").contains("'check' is not an absolute path"));
+        assert!(portable("health = [\"/bin/x\", \"a\\u0000b\"]\n").contains("NUL or line break"));
+        assert!(portable("health = [\"/bin/x\", \"a\\nb\"]\n").contains("NUL or line break"));
+        assert!(portable("health = 3\n").contains("line 3"));
+        assert_eq!(
+            portable("health-timeout = \"5s\"\n"),
+            "fleet.toml: [[portable]] #1 (x): health-timeout is given without health"
+        );
+        for timeout in ["0s", "2h", "soon", "500ms"] {
+            assert!(
+                portable(&format!("health = \"/bin/true\"\nhealth-timeout = \"{timeout}\"\n"))
+                    .ends_with(&format!("health-timeout '{timeout}' is not a duration from 1s to 1h")),
+                "{timeout}"
+            );
+        }
+        assert!(portable("helth = \"/bin/true\"\n").contains("unknown field `helth`"));
+        assert_eq!(
+            error("[[machine]]\nname = \"m\"\nhealth = \"/bin/true\"\n"),
+            "fleet.toml: [[machine]] #1 (m): health is checked when the machine starts: it needs started = true"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! systemd reload, all or nothing.
 
 pub mod apply;
+pub mod cache;
 pub mod file;
+pub mod health;
 pub mod plan;
 
 pub use file::{FleetFile, MachineWant, PortableWant};

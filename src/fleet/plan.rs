@@ -505,6 +505,7 @@ mod tests {
                 enabled,
                 running,
                 start_timeout: Duration::from_secs(30),
+                health: None,
                 properties: vec![],
             },
             image: image.into(),
@@ -657,6 +658,7 @@ mod tests {
             limits: limits.iter().map(|l| crate::machine::property::Property::parse(l).unwrap()).collect(),
             network: None,
             ports: None,
+            health: None,
         }
     }
 

@@ -55,6 +55,12 @@ pub struct EnterArgs {
     /// unit, its parent, so that the machine's limits count it.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
+    /// Join the user namespace after the others: for a service, whose
+    /// other namespaces systemd may have made before its user namespace
+    /// (so that they belong to the host's, and host root must join them
+    /// before it gives its capabilities there up).
+    #[arg(long)]
+    pub user_namespace_last: bool,
     /// The command; the user's login shell when empty.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -79,6 +85,9 @@ impl EnterArgs {
             argv.push(format!("--size={size}"));
         }
         argv.extend(self.setenv.iter().map(|variable| format!("--setenv={variable}")));
+        if self.user_namespace_last {
+            argv.push("--user-namespace-last".to_string());
+        }
         if let Some(cgroup) = &self.cgroup {
             argv.push(format!("--cgroup={cgroup}"));
         }
@@ -184,6 +193,12 @@ fn enter(args: &EnterArgs) -> Result<u8, EnterError> {
         }
         let file = File::open(&path).map_err(|e| EnterError::Namespaces(args.leader, e.to_string()))?;
         namespaces.push((name, flag, OwnedFd::from(file)));
+    }
+    if args.user_namespace_last
+        && let Some(at) = namespaces.iter().position(|(name, ..)| *name == "user")
+    {
+        let user = namespaces.remove(at);
+        namespaces.push(user);
     }
     for (name, flag, fd) in &namespaces {
         setns(fd.as_fd(), *flag)
@@ -540,7 +555,13 @@ fn run_child(account: &Account, args: &EnterArgs, command: &[String], io: &Io) -
     }
     let groups: Vec<Gid> = account.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {
-        return fail("setgroups", &e);
+        // A user namespace whose setgroups is "deny" (a service's, under
+        // PrivateUsers=) lets no one change the supplementary groups: the
+        // command keeps those it has, as the service itself does.
+        let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+        if !(e == nix::errno::Errno::EPERM && denied) {
+            return fail("setgroups", &e);
+        }
     }
     if let Err(e) = nix::unistd::setgid(Gid::from_raw(account.gid)) {
         return fail("setgid", &e);
@@ -724,6 +745,7 @@ mod tests {
             size: None,
             setenv: Vec::new(),
             cgroup: None,
+            user_namespace_last: false,
             command: Vec::new(),
         };
         assert_eq!(parse(&plain.command_line("wharfd")), plain);
@@ -734,6 +756,7 @@ mod tests {
             size: Some("40x120".into()),
             setenv: vec!["TERM=xterm-256color".into(), "X=$HOME a".into()],
             cgroup: Some("/machine.slice/wharf-f28.service/wharf-shell-f28-1-0".into()),
+            user_namespace_last: true,
             command: vec!["systemctl".into(), "is-system-running".into()],
         };
         assert_eq!(parse(&shell.command_line("wharfd")), shell);
@@ -744,6 +767,7 @@ mod tests {
                 size: Some(hostile.into()),
                 setenv: vec![format!("V={hostile}"), hostile.into()],
                 cgroup: Some(hostile.into()),
+                user_namespace_last: false,
                 command: vec![hostile.into(), "--user=evil".into(), "-c".into()],
                 ..plain.clone()
             };

@@ -20,6 +20,8 @@
 //!   root),
 //! - [`network`]: `--network` and `--port`: veth pairs, zones, bridges,
 //!   addresses, nftables rules,
+//! - [`settings`]: wharf's own settings for machines in wharf.toml
+//!   (how many boot at once),
 //! - [`status`]: what `machine status` shows beyond machined's record,
 //! - [`seccomp`]: the system call filter of a machine's init, and
 //! - `sys`: the few kernel calls that need `unsafe`.
@@ -46,6 +48,7 @@ pub mod pty;
 pub mod quota;
 pub mod raw;
 pub mod seccomp;
+pub mod settings;
 pub mod status;
 pub mod store;
 mod sys;

@@ -104,6 +104,9 @@ pub enum Error {
         #[source]
         source: super::files::FilesError,
     },
+    /// `[machines]` of wharf.toml is wrong (see `settings`).
+    #[error("{0}")]
+    Settings(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -342,6 +345,9 @@ impl Machines {
         }
         properties.extend(device_properties(kind != ImageKind::Directory));
         properties.extend(limits.iter().map(Property::to_bus));
+        // Held until the machine is ready (or its wait is over): boots
+        // beyond the bound wait here, before their unit exists.
+        let _slot = boot_slot().await?;
         tracing::info!(machine, image = %image.display(), limits = limits.len(), "starting");
         match systemd.start_transient(&unit, properties, request.ready_timeout).await {
             Ok(outcome) => Ok(Started { unit, ready: outcome == JobOutcome::Done }),
@@ -351,7 +357,28 @@ impl Machines {
             Err(source) => Err(Error::Systemd { machine, source }),
         }
     }
+}
 
+/// The slots of machines that may boot at once (`[machines]
+/// max-parallel-starts` of wharf.toml), read once per wharfd: every start
+/// takes one, whoever asks (`machine start`, a fleet apply, the boot units
+/// machines.target pulls in, a recovery).
+static BOOT_SLOTS: std::sync::OnceLock<std::result::Result<zruntime::lock::Semaphore, String>> =
+    std::sync::OnceLock::new();
+
+async fn boot_slot() -> Result<zruntime::lock::SemaphoreGuard<'static>> {
+    let slots = BOOT_SLOTS.get_or_init(|| {
+        let bound = super::settings::parallel_starts()?;
+        tracing::debug!(bound, "machines booting at once");
+        Ok(zruntime::lock::Semaphore::new(bound))
+    });
+    match slots {
+        Ok(slots) => Ok(slots.acquire().await),
+        Err(e) => Err(Error::Settings(e.clone())),
+    }
+}
+
+impl Machines {
     /// `poweroff` (SIGRTMIN+4), `reboot` (SIGINT) or `halt` (SIGRTMIN+3) to
     /// the container's init; with `wait`, until its unit is gone.
     pub async fn signal_init(

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Result, Systemd, UnitState, Verdict};
+use crate::fleet::health::Health;
 
 // The futures are only awaited where the implementation is known (the
 // daemon passes `Systemd`, tests the fake), so no `Send` bound is needed.
@@ -34,6 +35,10 @@ pub trait UnitManager {
         wanted: &'static str,
         timeout: Duration,
     ) -> Result<()>;
+    /// Runs a fleet entry's health command in the sandbox of a running
+    /// service until it succeeds or its timeout passes (see
+    /// `fleet::health`); the error says why it never did.
+    async fn check_health(&self, unit: &str, health: &Health) -> std::result::Result<(), String>;
 }
 
 impl UnitManager for Systemd {
@@ -70,6 +75,9 @@ impl UnitManager for Systemd {
         timeout: Duration,
     ) -> Result<()> {
         Systemd::wait_for(self, units, condition, wanted, timeout).await
+    }
+    async fn check_health(&self, unit: &str, health: &Health) -> std::result::Result<(), String> {
+        crate::fleet::health::check(self, crate::fleet::health::Target::Service(unit), health).await
     }
 }
 
@@ -111,6 +119,9 @@ impl<T: UnitManager> UnitManager for &T {
         timeout: Duration,
     ) -> Result<()> {
         (**self).wait_for(units, condition, wanted, timeout).await
+    }
+    async fn check_health(&self, unit: &str, health: &Health) -> std::result::Result<(), String> {
+        (**self).check_health(unit, health).await
     }
 }
 
@@ -304,6 +315,16 @@ pub mod fake {
                 }
             }
             Ok(())
+        }
+        /// A unit made to fail "health" is unhealthy; the others are healthy.
+        async fn check_health(
+            &self,
+            unit: &str,
+            health: &crate::fleet::health::Health,
+        ) -> std::result::Result<(), String> {
+            self.call("health", &[unit.to_string()]).map_err(|_| {
+                format!("{unit}: its health command did not succeed within {} s (status 1)", health.timeout.as_secs())
+            })
         }
     }
 }

@@ -17,6 +17,7 @@ mod fleet;
 mod foundation;
 mod images;
 mod machine;
+mod many;
 mod network;
 mod packaging;
 mod portable;
@@ -140,6 +141,7 @@ fn main() -> ExitCode {
     trials.extend(network::trials(&shared));
     trials.extend(confinement::trials(&shared));
     trials.extend(fleet::trials(&shared));
+    trials.extend(many::trials(&shared));
     trials.extend(ansible::trials(&shared));
     trials.extend(audit::trials(&shared));
     trials.extend(deadline::trials(&shared));

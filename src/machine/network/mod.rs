@@ -238,6 +238,10 @@ pub fn parse_ports(list: &str) -> Result<Vec<Port>, SpecError> {
 struct SettingsLayout {
     #[serde(default)]
     network: NetworkSection,
+    /// Read by `machine::settings`; its keys are checked there.
+    #[serde(default)]
+    #[allow(dead_code)]
+    machines: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
