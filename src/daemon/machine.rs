@@ -227,9 +227,17 @@ impl MachineInterface {
         let input = file_from(fd);
         let (local, remote) = (name.clone(), transfer::describe_fd(&input));
         let work = move |store: &Store, progress: Progress<'_>| store.import_tar(input, &name, progress);
-        self.transfer_work(connection, &header, "importing an image", (Kind::Import, "import-tar"), &local, remote, work)
-            .await
-            .map(|p| p.display().to_string())
+        self.transfer_work(
+            connection,
+            &header,
+            "importing an image",
+            (Kind::Import, "import-tar"),
+            &local,
+            remote,
+            work,
+        )
+        .await
+        .map(|p| p.display().to_string())
     }
 
     /// Imports a raw image (plain, xz, gzip or zstd) passed as `fd`. Root only.
@@ -243,9 +251,17 @@ impl MachineInterface {
         let input = file_from(fd);
         let (local, remote) = (name.clone(), transfer::describe_fd(&input));
         let work = move |store: &Store, progress: Progress<'_>| store.import_raw(input, &name, progress);
-        self.transfer_work(connection, &header, "importing an image", (Kind::Import, "import-raw"), &local, remote, work)
-            .await
-            .map(|p| p.display().to_string())
+        self.transfer_work(
+            connection,
+            &header,
+            "importing an image",
+            (Kind::Import, "import-raw"),
+            &local,
+            remote,
+            work,
+        )
+        .await
+        .map(|p| p.display().to_string())
     }
 
     /// Imports the directory tree the caller opened and passes as `fd`. Root only.
@@ -281,7 +297,16 @@ impl MachineInterface {
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
         let (local, remote) = (name.clone(), transfer::describe_fd(&output));
         let work = move |store: &Store, progress: Progress<'_>| store.export_tar(&name, output, compression, progress);
-        self.transfer_work(connection, &header, "exporting an image", (Kind::Export, "export-tar"), &local, remote, work).await
+        self.transfer_work(
+            connection,
+            &header,
+            "exporting an image",
+            (Kind::Export, "export-tar"),
+            &local,
+            remote,
+            work,
+        )
+        .await
     }
 
     /// Writes a raw image to the caller's `fd`.
@@ -296,7 +321,16 @@ impl MachineInterface {
         let (compression, output) = (self::compression(&compression)?, file_from(fd));
         let (local, remote) = (name.clone(), transfer::describe_fd(&output));
         let work = move |store: &Store, progress: Progress<'_>| store.export_raw(&name, output, compression, progress);
-        self.transfer_work(connection, &header, "exporting an image", (Kind::Export, "export-raw"), &local, remote, work).await
+        self.transfer_work(
+            connection,
+            &header,
+            "exporting an image",
+            (Kind::Export, "export-raw"),
+            &local,
+            remote,
+            work,
+        )
+        .await
     }
 
     /// Sets the size limit of an image (`name` empty: of the pool) to
