@@ -46,25 +46,19 @@ impl MachineInterface {
         connection: &Connection,
         header: &Header<'_>,
         what: &str,
-        (kind, name): (Kind, &str),
+        subject: (Kind, &str),
         work: W,
     ) -> Result<T, BusError>
     where
         T: Send + Effects + 'static,
         W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
     {
-        let caller = require_root(connection, header, what).await?;
-        let audit = Call::new(kind, caller).image(&self.store.pool, name);
-        let _heartbeat = heartbeat(connection, header);
-        let mut progress = progress_reporter(connection, header, what);
-        let store = self.store.clone();
-        let result = self.daemon.blocking(move || work(&store, &mut progress)).await.map_err(BusError::from);
-        audit.finish(&result).await;
-        result
+        self.audited_work(connection, header, what, subject, None, work).await
     }
 
-    /// [`Self::store_work`] for an import or export: registered while it
-    /// runs, so that `list-transfers` lists it and `cancel-transfer` stops it.
+    /// [`Self::store_work`] for an import or export (`kind`, e.g.
+    /// `import-tar`, from or to `remote`): registered while it runs, so that
+    /// `list-transfers` lists it and `cancel-transfer` stops it.
     #[allow(clippy::too_many_arguments)]
     async fn transfer_work<T, W>(
         &self,
@@ -80,15 +74,37 @@ impl MachineInterface {
         T: Send + Effects + 'static,
         W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
     {
+        self.audited_work(connection, header, what, (audit_kind, local), Some((kind, remote)), work).await
+    }
+
+    async fn audited_work<T, W>(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        what: &str,
+        (kind, name): (Kind, &str),
+        transfer: Option<(&str, String)>,
+        work: W,
+    ) -> Result<T, BusError>
+    where
+        T: Send + Effects + 'static,
+        W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
+    {
         let caller = require_root(connection, header, what).await?;
-        let audit = Call::new(audit_kind, caller).image(&self.store.pool, local);
-        let registration = self.daemon.transfers.register(kind, local, &remote);
+        let audit = Call::new(kind, caller).image(&self.store.pool, name);
+        let registration = transfer.map(|(kind, remote)| self.daemon.transfers.register(kind, name, &remote));
         let _heartbeat = heartbeat(connection, header);
-        let mut progress = registration.track(progress_reporter(connection, header, what));
-        let store = self.store.clone().with_cancel(registration.cancel_flag());
-        let result = self.daemon.blocking(move || work(&store, &mut progress)).await.map_err(BusError::from);
-        tracing::debug!(id = registration.id(), kind, local, ok = result.is_ok(), "transfer ended");
-        drop(registration);
+        let reporter = progress_reporter(connection, header, what);
+        let (mut progress, store): (Box<dyn FnMut(u64, u64) + Send>, Store) = match &registration {
+            Some(registration) => {
+                (Box::new(registration.track(reporter)), self.store.clone().with_cancel(registration.cancel_flag()))
+            }
+            None => (Box::new(reporter), self.store.clone()),
+        };
+        let result = self.daemon.blocking(move || work(&store, &mut *progress)).await.map_err(BusError::from);
+        if let Some(registration) = registration {
+            tracing::debug!(id = registration.id(), name, ok = result.is_ok(), "transfer ended");
+        }
         audit.finish(&result).await;
         result
     }

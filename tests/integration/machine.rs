@@ -445,6 +445,9 @@ fn machine_cli(tb: &Testbed) {
     let refused = tb.fails("machine remove f28");
     assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running; stop it before removing its image");
 
+    // A signal its systemd only answers with a dump to its journal.
+    tb.ok("machine kill --signal=SIGUSR2 f28");
+
     // Poweroff: SIGRTMIN+4 to its init, and waits until nothing is left.
     tb.ok("machine poweroff f28");
     assert_gone(tb, "f28");
@@ -453,22 +456,26 @@ fn machine_cli(tb: &Testbed) {
     assert!(loops.is_empty(), "loop devices left: {loops:?}");
     let refused = tb.fails("machine poweroff f28");
     assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is not running");
+    tb.fails("machine terminate f28");
 
     // Each change is in the audit trail (see audit.rs), in order.
-    let entries = crate::audit::history(tb, &format!("machine history --json --since=@{since} f28"), 5);
+    let entries = crate::audit::history(tb, &format!("machine history --json --since=@{since} f28"), 7);
     assert_eq!(
         crate::audit::kinds(&entries),
         [
             "machine-start:done",
             "set-property:done",
             "image-remove:failed",
+            "machine-kill:done",
             "machine-poweroff:done",
-            "machine-poweroff:failed"
+            "machine-poweroff:failed",
+            "machine-terminate:failed"
         ]
     );
+    assert_eq!(crate::audit::values(&entries[3], "SIGNAL"), [rustix::process::Signal::USR2.as_raw().to_string()]);
     assert_eq!(crate::audit::values(&entries[0], "UNIT"), ["wharf-f28.service"]);
     assert_eq!(crate::audit::values(&entries[1], "PROPERTY"), ["MemoryMax=256M", "TasksMax=100"]);
-    assert_eq!(entries[3]["cmdline"], serde_json::json!(["machine", "poweroff", "f28"]));
+    assert_eq!(entries[4]["cmdline"], serde_json::json!(["machine", "poweroff", "f28"]));
 }
 
 fn imported_images_start(tb: &Testbed) {
