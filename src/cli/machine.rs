@@ -463,7 +463,8 @@ fn all_or_report(results: Vec<Result<(), CliError>>) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init_cli(cli.output.verbose);
-    super::run_tool("machine", run(cli))
+    let json = Format::new(&cli.output).is_json();
+    super::run_tool("machine", json, run(cli))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
@@ -666,7 +667,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             if !format.is_json() && lines > 0 {
                 // As machinectl status: the unit's last journal lines, read
                 // with the caller's own rights (none when it may not read them).
-                print!("{}", journal_tail(&info.unit, lines, &output));
+                use std::io::Write;
+                let tail = journal_tail(&info.unit, lines, &output);
+                std::io::stdout().lock().write_all(tail.as_bytes()).map_err(CliError::Output)?;
             }
         }
         Command::Show { name, select } => {

@@ -49,15 +49,49 @@ pub const EXIT_FAILURE: u8 = 1;
 
 /// Runs a tool's async body and turns its outcome into an exit status,
 /// printing a failure as `tool: message`.
-pub fn run_tool<F>(tool: &str, body: F) -> ExitCode
+pub fn run_tool<F>(tool: &str, json: bool, body: F) -> ExitCode
 where
     F: std::future::Future<Output = Result<ExitCode, CliError>>,
 {
     match zbus::block_on(body) {
         Ok(code) => code,
+        // A reader that went away (`| head`): quiet, with the status a
+        // shell gives a command killed by SIGPIPE, as coreutils end.
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_BROKEN_PIPE),
         Err(error) => {
-            eprintln!("{tool}: {}", one_line(&error.to_string()));
+            let message = one_line(&error.to_string());
+            if json {
+                let document = serde_json::json!({ "error": { "kind": error.kind(), "message": message } });
+                println!("{document}");
+            }
+            eprintln!("{tool}: {message}");
             ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// 128 + SIGPIPE.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
+impl CliError {
+    /// The kind of error, for `--json`: wharfd's error name without its
+    /// prefix (`no-such-image`, `access-denied`, ...), or the client's own.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::Connect(_) => "connect",
+            CliError::Usage(_) => "usage",
+            CliError::Output(_) => "output",
+            CliError::Timeout(_) => "timeout",
+            CliError::Daemon(error) => match error {
+                BusError::ZBus(_) => "bus",
+                BusError::AccessDenied(_) => "access-denied",
+                BusError::NoSuchImage(_) => "no-such-image",
+                BusError::BadImage(_) => "bad-image",
+                BusError::InvalidArgument(_) => "invalid-argument",
+                BusError::Conflict(_) => "conflict",
+                BusError::Busy(_) => "busy",
+                BusError::Failed(_) => "failed",
+            },
         }
     }
 }

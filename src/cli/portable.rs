@@ -173,7 +173,8 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init_cli(cli.output.verbose);
-    super::run_tool("portable", run(cli))
+    let json = Format::new(&cli.output).is_json();
+    super::run_tool("portable", json, run(cli))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {

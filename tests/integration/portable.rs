@@ -716,5 +716,23 @@ fn portablectl_options(tb: &Testbed) {
     // journal, any reload wharf made before it is too.
     tb.ok("systemctl daemon-reload");
     assert_eq!(reloads_since(tb, &since), 1, "only the test's own reload");
+
+    // A reader that went away ends the output quietly, with 128 + SIGPIPE;
+    // with --json an error is also a document on standard output.
+    let closed = tb.ok("python3 -c 'import os, subprocess; r, w = os.pipe(); os.close(r); \
+         p = subprocess.run([\"portable\", \"inspect\", \"--cat\", \"foobar_6\"], stdout=w, stderr=subprocess.PIPE); \
+         print(p.returncode, repr(p.stderr))'");
+    assert_eq!(closed.trim(), "141 b''");
+    for (command, kind) in [
+        ("portable --json detach foobar_6", "no-such-image"),
+        ("portable --json attach --no-reload --now foobar_6", "invalid-argument"),
+        ("setpriv --reuid=nobody --regid=nogroup --clear-groups portable --json attach foobar_6", "access-denied"),
+    ] {
+        let out = tb.fails(command);
+        let document: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(document["error"]["kind"], kind, "{command}: {out}");
+        let message = document["error"]["message"].as_str().unwrap();
+        assert_eq!(out.stderr.trim_end(), format!("portable: {message}"), "{command}");
+    }
     tb.ok("rm -rf /srv/p13");
 }
