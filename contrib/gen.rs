@@ -118,6 +118,9 @@ fn write_completions(out: &Path) -> Result<(), String> {
             if shell == Shell::Bash && name == "machine" {
                 text.extend_from_slice(MACHINE_BASH_NAMES.as_bytes());
             }
+            if shell == Shell::Bash && name == "portable" {
+                text.extend_from_slice(PORTABLE_BASH_NAMES.as_bytes());
+            }
             let path = out.join(file);
             fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         }
@@ -162,6 +165,50 @@ _wharf_machine() {
 }
 
 complete -F _wharf_machine -o bashdefault -o default machine
+"#;
+
+/// The same for `portable`: image names from the search path where a verb
+/// takes an image, attached images for detach, and profile names (those of
+/// the profile directories, as wharfd finds them) for `--profile`.
+const PORTABLE_BASH_NAMES: &str = r#"
+_wharf_portable_images() {
+    portable list --no-legend --no-pager 2>/dev/null | while read -r name _ _ _ state _; do
+        [[ -z "$1" || "$state" != detached ]] && printf '%s\n' "$name"
+    done
+}
+
+_wharf_portable() {
+    _portable "$@"
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" verb="" i
+    if [[ "$prev" == --profile || "$prev" == -p ]]; then
+        local dir profiles=""
+        for dir in /etc/wharf/profiles /run/wharf/profiles /usr/lib/wharf/profiles; do
+            [[ -d "$dir" ]] && profiles="$profiles $(cd "$dir" && ls -1)"
+        done
+        COMPREPLY=($(compgen -W "$profiles" -- "$cur"))
+        return 0
+    fi
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        if [[ "${COMP_WORDS[i]}" != -* && "${COMP_WORDS[i-1]}" != --profile && "${COMP_WORDS[i-1]}" != -p ]]; then
+            verb="${COMP_WORDS[i]}"
+            break
+        fi
+    done
+    [[ -z "$verb" || "$cur" == -* ]] && return 0
+    local names=""
+    case "$verb" in
+        inspect|attach|reattach|is-attached|read-only|remove) names="$(_wharf_portable_images)" ;;
+        detach) names="$(_wharf_portable_images attached)" ;;
+        *) return 0 ;;
+    esac
+    local kept=() word
+    for word in "${COMPREPLY[@]}"; do
+        [[ "$word" == \<* ]] || kept+=("$word")
+    done
+    COMPREPLY=("${kept[@]}" $(compgen -W "$names" -- "$cur"))
+}
+
+complete -F _wharf_portable -o bashdefault -o default portable
 "#;
 
 /// Fills a template's directives:

@@ -734,5 +734,33 @@ fn portablectl_options(tb: &Testbed) {
         let message = document["error"]["message"].as_str().unwrap();
         assert_eq!(out.stderr.trim_end(), format!("portable: {message}"), "{command}");
     }
+    completion(tb);
     tb.ok("rm -rf /srv/p13");
+}
+
+/// bash, with the installed completion sourced, completes image names
+/// where a verb takes an image, attached ones for detach, and profiles.
+fn completion(tb: &Testbed) {
+    tb.ok("portable attach --profile=trusted foobar_6");
+    let script = tb.host_path("/root/complete-portable.sh");
+    std::fs::write(
+        &script,
+        ". /usr/share/bash-completion/completions/portable\n\
+         COMP_WORDS=(\"$@\"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=()\n\
+         _wharf_portable portable \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n\
+         printf '%s\\n' \"${COMPREPLY[@]}\"\n",
+    )
+    .unwrap();
+    let complete = |words: &str| -> Vec<String> {
+        let out = tb.ok(&format!("cd /tmp && bash /root/complete-portable.sh portable {words}"));
+        let mut found: Vec<String> = out.lines().map(str::to_string).collect();
+        found.sort();
+        found
+    };
+    assert_eq!(complete("inspect foo"), ["foobar_6", "foobar_8.raw", "foobar_8.raw.xz"]);
+    assert_eq!(complete("detach foo"), ["foobar_6"], "only attached images");
+    assert_eq!(complete("attach --profile str"), ["strict"]);
+    assert_eq!(complete("attach -p ''"), ["default", "nonetwork", "strict", "trusted"]);
+    assert_eq!(complete("reattach --profile trusted foobar_"), ["foobar_6", "foobar_8.raw", "foobar_8.raw.xz"]);
+    tb.ok("portable detach foobar_6 && rm /root/complete-portable.sh");
 }
