@@ -79,6 +79,28 @@ enum Step {
     Remove(PathBuf),
 }
 
+impl Step {
+    fn path(&self) -> &Path {
+        match self {
+            Step::MakeDir(path) | Step::Write { path, .. } | Step::Symlink { path, .. } | Step::Remove(path) => path,
+        }
+    }
+
+    /// Whether the host is already as this step would leave it.
+    fn finds_done(&self) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        match self {
+            Step::MakeDir(path) => path.symlink_metadata().is_ok_and(|m| m.is_dir()),
+            Step::Write { path, contents, mode } => {
+                path.symlink_metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == *mode)
+                    && std::fs::read(path).is_ok_and(|old| old == *contents)
+            }
+            Step::Symlink { path, target } => std::fs::read_link(path).is_ok_and(|old| old == *target),
+            Step::Remove(path) => path.symlink_metadata().is_err(),
+        }
+    }
+}
+
 /// What a step did (or is about to do), with what undoing it needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Action {
@@ -238,24 +260,18 @@ impl Transaction {
     /// The first path a step would change, if any: a transaction whose
     /// every step finds the host as it would leave it changes nothing.
     pub fn first_difference(&self) -> Option<PathBuf> {
-        self.steps.iter().find_map(|step| {
-            let unchanged = match step {
-                Step::MakeDir(path) => path.symlink_metadata().is_ok_and(|m| m.is_dir()),
-                Step::Write { path, contents, mode } => {
-                    use std::os::unix::fs::PermissionsExt;
-                    path.symlink_metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == *mode)
-                        && std::fs::read(path).is_ok_and(|old| old == *contents)
-                }
-                Step::Symlink { path, target } => std::fs::read_link(path).is_ok_and(|old| old == *target),
-                Step::Remove(path) => path.symlink_metadata().is_err(),
-            };
-            let path = match step {
-                Step::MakeDir(path) | Step::Write { path, .. } | Step::Symlink { path, .. } | Step::Remove(path) => {
-                    path
-                }
-            };
-            (!unchanged).then(|| path.clone())
-        })
+        self.first_difference_where(|_| true)
+    }
+
+    /// [`Transaction::first_difference`] among the steps on paths `which` selects.
+    pub fn first_difference_where(&self, which: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+        self.steps.iter().find(|step| which(step.path()) && !step.finds_done()).map(|step| step.path().to_path_buf())
+    }
+
+    /// Leaves out the steps that find the host as they would leave it, so
+    /// that the changes reported (and journaled) are the real ones.
+    pub fn skip_unchanged(&mut self) {
+        self.steps.retain(|step| !step.finds_done());
     }
 
     pub fn on_rollback(&mut self, units: UnitsOnRollback) {

@@ -94,6 +94,14 @@ impl PortableInterface {
                         continue;
                     }
                     let path = std::path::PathBuf::from(path);
+                    // Only a file or directory is read: whoever owns the
+                    // directory of an image attached by path could put a
+                    // FIFO there, whose open would never return.
+                    let readable = path.symlink_metadata().is_ok_and(|m| m.is_file() || m.is_dir());
+                    if !readable {
+                        tracing::warn!(path = %path.display(), "an attached image is neither a file nor a directory");
+                        continue;
+                    }
                     let name = path.file_name().and_then(|n| n.to_str()).map(crate::image::ImageName::new);
                     match name {
                         Some(Ok(name)) => match crate::image::PoolEntry::read(name, path.clone()) {

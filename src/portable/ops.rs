@@ -243,14 +243,26 @@ pub async fn attach(
         // An image attached already is attached again only exactly as it
         // is (then there is nothing to do); any other change of it is a
         // reattach, which restarts what runs on it.
-        let attached_already = sources.iter().find(|s| existing.of(&s.image_str()).next().is_some());
-        let unchanged = match (attached_already, tx.first_difference()) {
-            (Some(_), None) => true,
-            (Some(source), Some(differs)) => {
+        // In a batch, each image attached already is judged by its own
+        // files (its units, their drop-ins and links).
+        let mut attached_already = 0;
+        for source in sources.iter().filter(|s| existing.of(&s.image_str()).next().is_some()) {
+            attached_already += 1;
+            let own = |path: &Path| {
+                let names = [path.file_name(), path.parent().and_then(|p| p.file_name())];
+                source.units.iter().any(|unit| {
+                    let dropins = format!("{}.d", unit.name);
+                    names.iter().flatten().any(|n| *n == unit.name.as_str() || *n == dropins.as_str())
+                })
+            };
+            if let Some(differs) = tx.first_difference_where(own) {
                 return Err(Error::AlreadyAttached { image: source.image_str(), differs });
             }
-            (None, _) => false,
-        };
+        }
+        let unchanged = attached_already == sources.len() && tx.first_difference().is_none();
+        if attached_already > 0 {
+            tx.skip_unchanged();
+        }
         Ok((tx, units, unchanged))
     })
     .await?;
@@ -1142,6 +1154,40 @@ mod tests {
             assert!(attachments_among(&host, existing.clone(), name).is_ok(), "{name}");
         }
         assert!(matches!(attachments_among(&host, existing.clone(), "hx"), Err(Error::NotAttached(_))));
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// In a batch, an image attached already exactly so does not stop the
+    /// others; one attached otherwise is named.
+    #[test]
+    fn a_batch_with_an_identical_attachment_attaches_the_rest() {
+        let host = host("batch-second", UNIT);
+        let other = host.root.join("var/lib/portables/other");
+        std::fs::create_dir_all(other.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(other.join("usr/lib/os-release"), "ID=other\n").unwrap();
+        std::fs::write(other.join("usr/lib/systemd/system/other.service"), UNIT).unwrap();
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, Actions::default()).unwrap();
+        let batch = |copy| {
+            let requests = ["foobar", "other"].map(|image| ImageRequest { image: image.into(), prefixes: Vec::new() });
+            zbus::block_on(attach(
+                &host,
+                &systemd,
+                requests.to_vec(),
+                "default",
+                copy,
+                Actions::default(),
+                Box::new(|_, _| {}),
+            ))
+        };
+        let refused = batch(CopyMode::Symlink).unwrap_err();
+        assert!(
+            refused.to_string().starts_with("image '") && refused.to_string().contains("/foobar' is attached already"),
+            "{refused}"
+        );
+        let done = batch(CopyMode::Copy).unwrap();
+        assert!(done.changes.iter().all(|c| c.path.contains("other")), "{:?}", done.changes);
+        assert!(files(&host).contains(&"etc/systemd/system/other.service".to_string()));
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 }
