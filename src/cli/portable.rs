@@ -285,13 +285,19 @@ async fn inspect(image: &str, prefixes: &[String], cat: bool) -> Result<ImageInf
             let portable = within(PortableProxy::new(&bus)).await?;
             bounded(&bus, portable.inspect_image(&path, for_daemon.as_fd().into(), prefixes, cat)).await
         }
-        Err(e) => Err(CliError::Usage(e.to_string())),
+        Err(e) => Err(image_error(&e)),
     }
+}
+
+/// An image error of the client's own reading, as wharfd would have said
+/// it (the same kind in `--json`).
+fn image_error(error: &crate::image::Error) -> CliError {
+    CliError::Daemon(crate::daemon::image_bus_error(error, error.to_string()))
 }
 
 /// Finds an image as the user named it and opens it with the user's rights.
 fn open_image(pool: &Pool, arg: &str) -> Result<(String, std::fs::File), CliError> {
-    let path = pool.locate(arg, Some(&current_dir()?)).map_err(|e| CliError::Usage(e.to_string()))?;
+    let path = pool.locate(arg, Some(&current_dir()?)).map_err(|e| image_error(&e))?;
     let file = std::fs::File::open(&path).map_err(|e| CliError::Usage(format!("image '{}': {e}", path.display())))?;
     Ok((path.display().to_string(), file))
 }

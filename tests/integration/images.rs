@@ -455,9 +455,21 @@ fn bad_images(tb: &Testbed) {
     let pool_before = files_in(tb, "/var/lib/portables");
     for (name, reason) in &cases {
         let path = format!("{dir}/{name}");
-        for out in [tb.fails(&format!("portable inspect {path}")), tb.fails(&format!("portable inspect --json {path}"))]
-        {
-            assert_eq!(out.stdout, "", "{out}");
+        for (out, json) in [
+            (tb.fails(&format!("portable inspect {path}")), false),
+            (tb.fails(&format!("portable inspect --json {path}")), true),
+        ] {
+            if json {
+                // The same line, as a document, on standard output.
+                let document: serde_json::Value =
+                    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {out}"));
+                let message = document["error"]["message"].as_str().unwrap_or_default();
+                assert_eq!(out.stderr.trim_end(), format!("portable: {message}"), "{out}");
+                let kind = if *name == "missing.raw" { "no-such-image" } else { "bad-image" };
+                assert_eq!(document["error"]["kind"], kind, "{name}: {out}");
+            } else {
+                assert_eq!(out.stdout, "", "{out}");
+            }
             let lines: Vec<&str> = out.stderr.lines().collect();
             assert_eq!(lines.len(), 1, "{name}: not one line: {out}");
             assert!(lines[0].starts_with("portable: "), "{out}");
