@@ -115,11 +115,10 @@ fn write_completions(out: &Path) -> Result<(), String> {
         {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut command, &name, &mut text);
-            if shell == Shell::Bash && name == "machine" {
-                text.extend_from_slice(MACHINE_BASH_NAMES.as_bytes());
-            }
-            if shell == Shell::Bash && name == "portable" {
-                text.extend_from_slice(PORTABLE_BASH_NAMES.as_bytes());
+            if shell == Shell::Bash {
+                text.extend_from_slice(BASH_REPLY_NAMES.as_bytes());
+                let names = if name == "machine" { MACHINE_BASH_NAMES } else { PORTABLE_BASH_NAMES };
+                text.extend_from_slice(names.as_bytes());
             }
             let path = out.join(file);
             fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -127,6 +126,18 @@ fn write_completions(out: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Shared by both bash completions: clap's replies without its `<NAME>`
+/// placeholders, then the names (`$1`) that match the word (`$2`).
+const BASH_REPLY_NAMES: &str = r#"
+_wharf_reply_names() {
+    local kept=() word
+    for word in "${COMPREPLY[@]}"; do
+        [[ "$word" == \<* ]] || kept+=("$word")
+    done
+    COMPREPLY=("${kept[@]}" $(compgen -W "$1" -- "$2"))
+}
+"#;
 
 /// What clap's bash completion cannot know: the names of running
 /// machines, of images and of transfers, asked of `machine` itself (as
@@ -157,11 +168,7 @@ _wharf_machine() {
             names="$(_wharf_machine_column list-transfers)" ;;
         *) return 0 ;;
     esac
-    local kept=() word
-    for word in "${COMPREPLY[@]}"; do
-        [[ "$word" == \<* ]] || kept+=("$word")
-    done
-    COMPREPLY=("${kept[@]}" $(compgen -W "$names" -- "$cur"))
+    _wharf_reply_names "$names" "$cur"
 }
 
 complete -F _wharf_machine -o bashdefault -o default machine
@@ -201,11 +208,7 @@ _wharf_portable() {
         detach) names="$(_wharf_portable_images attached)" ;;
         *) return 0 ;;
     esac
-    local kept=() word
-    for word in "${COMPREPLY[@]}"; do
-        [[ "$word" == \<* ]] || kept+=("$word")
-    done
-    COMPREPLY=("${kept[@]}" $(compgen -W "$names" -- "$cur"))
+    _wharf_reply_names "$names" "$cur"
 }
 
 complete -F _wharf_portable -o bashdefault -o default portable
