@@ -85,7 +85,7 @@ fn portable_changes(tb: &Testbed) {
     unit_image(tb, "audita", "/var/lib/portables/audita.raw", false);
     unit_image(tb, "auditb", "/var/lib/portables/auditb.raw", true);
     let sha256 = tb.ok("sha256sum /var/lib/portables/audita.raw | cut -d' ' -f1").trim().to_string();
-    let since = tb.ok("date +%s").trim().to_string();
+    let since = tb.ok("date +%s.%N").trim().to_string();
 
     // Root, straight; then root from a shell whose argv[0] is hostile:
     // newlines that look like fields, control characters, 5000 bytes.
@@ -178,7 +178,7 @@ fn machine_and_fleet(tb: &Testbed) {
     tb.ok("rm -rf /var/lib/machines/auditm* /srv/audit /tmp/auditm; mkdir -p /tmp/auditm/usr/lib /srv/audit; \
          echo ID=test > /tmp/auditm/usr/lib/os-release");
     unit_image(tb, "auditf", "/srv/audit/auditf.raw", false);
-    let since = tb.ok("date +%s").trim().to_string();
+    let since = tb.ok("date +%s.%N").trim().to_string();
     tb.ok("machine import-fs /tmp/auditm auditm && sh -c 'machine clone auditm auditm2' && machine rename auditm2 auditm3 \
          && machine read-only auditm3 && machine read-only auditm3 no && machine export-tar auditm /tmp/auditm.tar \
          && machine remove auditm3 auditm && rm /tmp/auditm.tar");

@@ -380,7 +380,7 @@ pub(crate) fn assert_gone(tb: &Testbed, machine: &str) {
 fn machine_cli(tb: &Testbed) {
     prepare(tb);
     let before = mounts(tb);
-    let since = tb.ok("date +%s").trim().to_string();
+    let since = tb.ok("date +%s.%N").trim().to_string();
     let out = tb.ok("machine start f28 --property=MemoryMax=512M --property=TasksMax=200 --property=CPUQuota=50%");
     assert_eq!(out.trim(), "Machine f28 is running (wharf-f28.service); its init reported ready.");
     let listed = tb.ok("machinectl list --no-legend");
