@@ -24,6 +24,7 @@
 //! `pick` then takes that range, which must be free by 1 and 2.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -176,14 +177,37 @@ impl Drop for HeldRange {
 
 /// Takes `base` if it is free; `Ok(None)` when another launcher holds it.
 fn try_lock(base: u32) -> Result<Option<HeldRange>, RangeError> {
-    let path = Path::new(LOCK_DIR).join(base.to_string());
+    try_lock_in(Path::new(LOCK_DIR), base)
+}
+
+fn try_lock_in(dir: &Path, base: u32) -> Result<Option<HeldRange>, RangeError> {
+    let path = dir.join(base.to_string());
     let fail = |source| RangeError::Lock { base, path: path.clone(), source };
-    std::fs::create_dir_all(LOCK_DIR).map_err(fail)?;
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(fail)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(HeldRange { base, lock: Some(lock), path })),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, errno)) => Err(fail(errno.into())),
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    loop {
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(fail)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, errno)) => return Err(fail(errno.into())),
+        };
+        // The holder we waited for may have unlinked the file between our
+        // open and our lock: a lock on that orphaned inode holds nothing,
+        // since the next launcher creates a new file. Only a lock on the
+        // file still at the path counts.
+        if still_at(&lock, &path).map_err(fail)? {
+            return Ok(Some(HeldRange { base, lock: Some(lock), path }));
+        }
+    }
+}
+
+/// Whether `file` is the file at `path` now.
+fn still_at(file: &File, path: &Path) -> std::io::Result<bool> {
+    let open = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == open.dev() && now.ino() == open.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -270,6 +294,24 @@ pub fn pick(name: &str) -> Result<HeldRange, RangeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_is_held_once_and_free_again_after_its_holder() {
+        let dir = std::env::temp_dir().join(format!("wharf-uid-range-test-{}", std::process::id()));
+        let held = try_lock_in(&dir, 1_835_008).unwrap().expect("a free range");
+        assert!(try_lock_in(&dir, 1_835_008).unwrap().is_none(), "held twice");
+        // A waiter that opened the file before the holder let go locks an
+        // inode no longer at the path once it is free: that holds nothing.
+        let waiter = File::open(dir.join("1835008")).unwrap();
+        drop(held);
+        let waiter = Flock::lock(waiter, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e).unwrap();
+        assert!(!still_at(&waiter, &dir.join("1835008")).unwrap(), "an unlinked file counted as the range's");
+        let again = try_lock_in(&dir, 1_835_008).unwrap().expect("free after its holder");
+        assert!(still_at(again.lock.as_ref().unwrap(), &again.path).unwrap());
+        assert!(try_lock_in(&dir, 1_835_008).unwrap().is_none(), "held twice after a release");
+        drop((waiter, again));
+        std::fs::remove_dir(&dir).unwrap();
+    }
 
     #[test]
     fn parses_private_users() {
