@@ -30,6 +30,8 @@ pub enum Copy {
     Symlink,
     /// Symlinked profile drop-ins; units copied from file images, linked from directory images.
     Auto,
+    /// Symlinked profile drop-ins; units always copied.
+    Mixed,
 }
 
 impl Copy {
@@ -38,6 +40,7 @@ impl Copy {
             Copy::Copy => "copy",
             Copy::Symlink => "symlink",
             Copy::Auto => "auto",
+            Copy::Mixed => "mixed",
         }
     }
 }

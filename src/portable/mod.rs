@@ -68,7 +68,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("'{0}' is not a copy mode (copy, symlink, auto)")]
+    #[error("'{0}' is not a copy mode (copy, symlink, auto, mixed)")]
     InvalidCopyMode(String),
     #[error("image '{0}': cannot be attached from this path (it must be absolute, without quotes or newlines)")]
     InvalidImagePath(String),

@@ -33,6 +33,9 @@ pub enum CopyMode {
     /// Profile drop-ins as symlinks (profile updates apply), units copied
     /// from file images and linked from directory images.
     Auto,
+    /// Profile drop-ins as symlinks, units always copied: a directory
+    /// image's unit files can change under a link, a copy cannot.
+    Mixed,
 }
 
 impl FromStr for CopyMode {
@@ -42,6 +45,7 @@ impl FromStr for CopyMode {
             "copy" => Ok(CopyMode::Copy),
             "symlink" => Ok(CopyMode::Symlink),
             "auto" | "" => Ok(CopyMode::Auto),
+            "mixed" => Ok(CopyMode::Mixed),
             other => Err(Error::InvalidCopyMode(other.to_string())),
         }
     }
@@ -165,7 +169,9 @@ pub fn plan_attach(
                         format!("{}\n{contents}", marker(&source.image_str())),
                         0o644,
                     ),
-                    CopyMode::Symlink | CopyMode::Auto => tx.symlink(dropins.join(PROFILE_DROPIN), profile_file),
+                    CopyMode::Symlink | CopyMode::Auto | CopyMode::Mixed => {
+                        tx.symlink(dropins.join(PROFILE_DROPIN), profile_file)
+                    }
                 }
             } else {
                 // A profile without a drop-in for this unit type: drop a stale one.
@@ -179,7 +185,7 @@ pub fn plan_attach(
             let link = match options.copy {
                 CopyMode::Symlink => true,
                 CopyMode::Auto => !source.kind.is_file(),
-                CopyMode::Copy => false,
+                CopyMode::Copy | CopyMode::Mixed => false,
             };
             if link {
                 tx.symlink(path, in_directory_image(&source.image, &unit.path));
@@ -518,6 +524,20 @@ mod tests {
         );
         let symlinked = host.options(CopyMode::Symlink, false, false);
         assert!(matches!(host.attach(&[raw_source], &symlinked), Err(Error::SymlinkNeedsDirectory(_))));
+    }
+
+    #[test]
+    fn mixed_copies_the_units_of_a_directory_image_and_links_the_profile() {
+        let host = Host::new("mixed");
+        let source =
+            Source { image: "/srv/foobar".into(), kind: ImageKind::Directory, units: vec![unit("foobar.service")] };
+        host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Mixed, false, false)).unwrap();
+        let unit = host.root.join("etc/systemd/system/foobar.service");
+        assert!(!unit.symlink_metadata().unwrap().is_symlink(), "the unit file is a copy");
+        assert!(host.read("etc/systemd/system/foobar.service").starts_with("# Drop-in created by wharf"));
+        let profile = host.root.join("etc/systemd/system/foobar.service.d/10-profile.conf");
+        assert!(profile.symlink_metadata().unwrap().is_symlink(), "the profile drop-in is a link");
+        assert_eq!("mixed".parse::<CopyMode>().unwrap(), CopyMode::Mixed);
     }
 
     #[test]
