@@ -158,8 +158,11 @@ pub mod flags {
     pub const NO_BLOCK: u64 = 1 << 4;
     /// Leave systemd's reload to the caller (portablectl's --no-reload).
     pub const NO_RELOAD: u64 = 1 << 5;
+    /// Detach: remove the services' state, cache, logs, configuration and
+    /// runtime directories too (portablectl's --clean).
+    pub const CLEAN: u64 = 1 << 6;
     /// Every flag this version understands; others are refused.
-    pub const ALL: u64 = RUNTIME | FORCE | ENABLE | NOW | NO_BLOCK | NO_RELOAD;
+    pub const ALL: u64 = RUNTIME | FORCE | ENABLE | NOW | NO_BLOCK | NO_RELOAD | CLEAN;
 }
 
 /// Client side of `org.wharf1.Manager`: the daemon itself.

@@ -136,6 +136,10 @@ pub enum Command {
         /// Remove the files only: do not reload systemd (not with --now).
         #[arg(long)]
         no_reload: bool,
+        /// Remove the services' state, cache, logs, configuration and runtime
+        /// directories too; only directories named after the image or the unit.
+        #[arg(long)]
+        clean: bool,
         /// Accepted as portablectl does: wharf finds a runtime attachment wherever it is.
         #[arg(long)]
         runtime: bool,
@@ -214,12 +218,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             emit_operation(format, cli.output.quiet, &result, "Started")?;
         }
-        Command::Detach { images, batch, now, force, no_reload, .. } => {
+        Command::Detach { images, batch, now, force, no_reload, clean, .. } => {
             let (pool, cwd) = (Pool::portables(), current_dir()?);
-            let flags = [(now, flags::NOW), (force, flags::FORCE), (no_reload, flags::NO_RELOAD)]
-                .iter()
-                .filter(|(set, _)| *set)
-                .fold(0, |all, (_, flag)| all | flag);
+            let flags =
+                [(now, flags::NOW), (force, flags::FORCE), (no_reload, flags::NO_RELOAD), (clean, flags::CLEAN)]
+                    .iter()
+                    .filter(|(set, _)| *set)
+                    .fold(0, |all, (_, flag)| all | flag);
             let result = if batch {
                 let images: Vec<String> = images.iter().map(|i| pool.argument_for_daemon(i, &cwd)).collect();
                 bounded(&bus, portable.detach_images(&images, flags)).await?

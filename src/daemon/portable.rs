@@ -343,6 +343,7 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         | Error::AttachedOtherwise { .. }
         | Error::DuplicateUnit { .. }
         | Error::AlreadyAttached { .. } => BusError::Conflict(message),
+        Error::ForeignDirectory { .. } => BusError::BadImage(message),
         Error::NotAttached(_) | Error::NoUnitsMatch { .. } => BusError::NoSuchImage(message),
         Error::Attached(_) | Error::Running { .. } | Error::ReadOnly(_) => BusError::Busy(message),
         Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } => BusError::Failed(message),

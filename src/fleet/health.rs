@@ -188,12 +188,20 @@ async fn attempt(systemd: &Systemd, target: Target<'_>, command: &[String], left
     let mut bytes = vec![0u8; 4096];
     let n = nix::unistd::read(&read, &mut bytes).unwrap_or(0);
     let said = said(&bytes[..n]);
-    let how = if started.elapsed() >= left {
+    let how = how_it_failed(status, started.elapsed() >= left);
+    Err(if said.is_empty() { how } else { format!("{how}: {said}") })
+}
+
+/// Why an attempt failed, from its status (128 + N: killed by signal N)
+/// and whether its time had run out when it ended. A command that exited
+/// by itself gave its answer, however long systemd took to report it (a
+/// loaded host can take longer than the whole timeout).
+fn how_it_failed(status: i32, time_ran_out: bool) -> String {
+    if time_ran_out && status > 128 {
         "it was still running when its time was up".to_string()
     } else {
         format!("status {status}")
-    };
-    Err(if said.is_empty() { how } else { format!("{how}: {said}") })
+    }
 }
 
 /// The first line a command wrote on its standard error, as plain
@@ -207,6 +215,14 @@ fn said(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_exited_is_its_status_even_if_reported_late() {
+        assert_eq!(how_it_failed(1, true), "status 1");
+        assert_eq!(how_it_failed(1, false), "status 1");
+        assert_eq!(how_it_failed(143, true), "it was still running when its time was up");
+        assert_eq!(how_it_failed(137, false), "status 137");
+    }
 
     fn words(list: &[&str]) -> Vec<String> {
         list.iter().map(|w| w.to_string()).collect()

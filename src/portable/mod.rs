@@ -103,6 +103,10 @@ pub enum Error {
     Attached(String),
     #[error("unit '{unit}' of image '{image}' is {state}; stop it first or use --now")]
     Running { unit: String, image: String, state: String },
+    #[error(
+        "not cleaning '{unit}' of image '{image}': its {setting}={directory} is not the image's (it must be named after the image or the unit)"
+    )]
+    ForeignDirectory { unit: String, image: String, setting: &'static str, directory: String },
     #[error("image '{0}' is read-only")]
     ReadOnly(String),
     #[error(

@@ -51,6 +51,8 @@ pub struct Actions {
     pub no_block: bool,
     /// Files only: systemd loads them at a reload someone else makes.
     pub no_reload: bool,
+    /// Detach removes the services' directories as well.
+    pub clean: bool,
 }
 
 impl Actions {
@@ -63,6 +65,7 @@ impl Actions {
             now: flags & NOW != 0,
             no_block: flags & NO_BLOCK != 0,
             no_reload: flags & NO_RELOAD != 0,
+            clean: flags & CLEAN != 0,
         }
     }
 
@@ -490,13 +493,18 @@ async fn detach_requests(
     .await?;
 
     let active = active_units(systemd, &units).await?;
+    // --clean needs the units down: --force alone leaves them running.
     if let Some((unit, state)) = active.first()
         && !actions.now
-        && !actions.force
+        && (!actions.force || actions.clean)
     {
         let image = owners.get(unit).cloned().unwrap_or_default();
         return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
     }
+    let cleaned = if actions.clean { cleanable(systemd, &units, &owners).await? } else { Vec::new() };
+    // Loaded until cleaned: a stopped unit whose file is gone is otherwise
+    // unloaded, and systemd would not know its directories any more.
+    systemd.pin(&cleaned).await?;
     // --force without --now: they go on running without their files, as
     // under portablectl, until they stop.
     let stopped: Vec<String> =
@@ -510,16 +518,66 @@ async fn detach_requests(
         tx.on_rollback(UnitsOnRollback { restart: stopped.clone(), ..UnitsOnRollback::default() });
         let changes = change.apply(tx).await?;
         change.stop(&stopped).await?;
+        // Still loaded with their directories: systemd sees the removed
+        // unit files only at the reload below. Removing the directories
+        // cannot be undone, so it comes after every step that can fail
+        // for the detach itself.
+        change.systemd().clean(&cleaned).await?;
         if !actions.no_reload {
             change.reload().await?;
         }
         Ok(changes)
     }
     .await;
-    let changes = conclude(change, result, "detach").await?;
+    let concluded = conclude(change, result, "detach").await;
+    if let Err(e) = systemd.unpin(&cleaned).await {
+        tracing::warn!(units = ?cleaned, "cannot release the units cleaned: {e}");
+    }
+    let changes = concluded?;
     let images: std::collections::BTreeSet<&String> = owners.values().collect();
     tracing::info!(?images, units = ?units, "detached");
     Ok(Outcome { changes, units, restarted: stopped })
+}
+
+/// The services among `units` whose directories `--clean` removes, once
+/// each is known to name only directories of its own image: a hostile
+/// image's `StateDirectory=systemd` must not cost the host /var/lib/systemd.
+async fn cleanable(
+    systemd: &impl UnitManager,
+    units: &[String],
+    owners: &HashMap<String, String>,
+) -> Result<Vec<String>> {
+    let mut services = Vec::new();
+    // A template has no directories until an instance of it is loaded.
+    for unit in units.iter().filter(|u| u.ends_with(".service") && !u.contains("@.")) {
+        let image = owners.get(unit).cloned().unwrap_or_default();
+        let prefix = image_name(Path::new(&image)).map(|n| n.prefix().to_string()).unwrap_or_default();
+        for (setting, directory) in systemd.service_directories(unit).await? {
+            if !directory_of(&directory, &prefix, unit) {
+                return Err(Error::ForeignDirectory { unit: unit.clone(), image, setting, directory });
+            }
+        }
+        services.push(unit.clone());
+    }
+    Ok(services)
+}
+
+/// Whether `directory` (relative, as in `StateDirectory=`) is named after
+/// the image (`prefix`) or the unit: its first component is the name, or
+/// the name followed by `-`, `.`, `@` or `_` and more.
+pub fn directory_of(directory: &str, prefix: &str, unit: &str) -> bool {
+    let mut components = directory.split('/').filter(|c| !c.is_empty());
+    let Some(first) = components.next() else { return false };
+    if directory.starts_with('/') || directory.split('/').any(|c| c == ".." || c == ".") {
+        return false;
+    }
+    let stem = unit.rsplit_once('.').map_or(unit, |(stem, _)| stem);
+    let stem = stem.split_once('@').map_or(stem, |(stem, _)| stem);
+    let named_after = |name: &str| {
+        !name.is_empty()
+            && first.strip_prefix(name).is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.', '@', '_']))
+    };
+    named_after(prefix) || named_after(stem)
 }
 
 fn report_kept(plans: &[DetachUnit]) {
@@ -759,8 +817,15 @@ mod tests {
         zbus::block_on(attach(host, systemd, vec![request], "default", CopyMode::Copy, actions, Box::new(|_, _| {})))
     }
 
-    const ENABLE_NOW: Actions =
-        Actions { runtime: false, force: false, enable: true, now: true, no_block: false, no_reload: false };
+    const ENABLE_NOW: Actions = Actions {
+        runtime: false,
+        force: false,
+        enable: true,
+        now: true,
+        no_block: false,
+        no_reload: false,
+        clean: false,
+    };
 
     #[test]
     fn an_attach_whose_reload_fails_leaves_nothing() {
@@ -888,6 +953,70 @@ mod tests {
         zbus::block_on(detach(&host, &systemd, "foobar", &[], now)).unwrap();
         assert_eq!(files(&host), ["etc/systemd/system/multi-user.target.wants"]);
         std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// --clean: the service's own directories are removed after its stop
+    /// and before the reload; a directory named after neither the image
+    /// nor the unit refuses the detach before anything changes.
+    #[test]
+    fn detach_clean_removes_only_the_images_directories() {
+        let host = host("clean", UNIT);
+        let systemd = FakeManager::default();
+        attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
+        let attached = files(&host);
+        let clean = Actions { now: true, clean: true, ..Actions::default() };
+        systemd.directories.lock().unwrap().insert(
+            "foobar.service".into(),
+            vec![("StateDirectory", "foobar".into()), ("ConfigurationDirectory", "systemd".into())],
+        );
+        let calls = systemd.calls().len();
+        let error = zbus::block_on(detach(&host, &systemd, "foobar", &[], clean)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "not cleaning 'foobar.service' of image '{}': its ConfigurationDirectory=systemd is not the \
+                 image's (it must be named after the image or the unit)",
+                host.root.join("var/lib/portables/foobar").display()
+            )
+        );
+        assert_eq!(files(&host), attached);
+        assert_eq!(systemd.calls().len(), calls, "nothing was stopped");
+        assert_eq!(systemd.running(), ["foobar.service"]);
+
+        systemd.directories.lock().unwrap().insert(
+            "foobar.service".into(),
+            vec![("StateDirectory", "foobar".into()), ("LogsDirectory", "foobar-logs/sub".into())],
+        );
+        zbus::block_on(detach(&host, &systemd, "foobar", &[], clean)).unwrap();
+        assert!(
+            systemd.calls().ends_with(
+                &["stop foobar.service", "clean foobar.service", "reload", "unpin foobar.service"].map(String::from)
+            ),
+            "{:?}",
+            systemd.calls()
+        );
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    #[test]
+    fn only_directories_named_after_the_image_or_unit_are_its_own() {
+        for (directory, own) in [
+            ("foobar", true),
+            ("foobar/sub", true),
+            ("foobar-web", true),
+            ("foobar_x", true),
+            ("web", true),
+            ("web.d", true),
+            ("systemd", false),
+            ("foobarx", false),
+            ("", false),
+            ("/foobar", false),
+            ("foobar/../systemd", false),
+            ("./foobar", false),
+        ] {
+            assert_eq!(directory_of(directory, "foobar", "web@1.service"), own, "{directory}");
+        }
+        assert!(directory_of("x", "", "x.service"), "the unit's own name, with no image prefix");
     }
 
     /// A detach whose reload fails twice: the files and the running unit

@@ -26,6 +26,13 @@ pub trait UnitManager {
     async fn start(&self, units: &[String], wait: bool) -> Result<()>;
     async fn stop(&self, units: &[String], wait: bool) -> Result<()>;
     async fn restart(&self, units: &[String], wait: bool) -> Result<()>;
+    /// A service's directories (see [`Systemd::service_directories`]).
+    async fn service_directories(&self, unit: &str) -> Result<Vec<(&'static str, String)>>;
+    /// Removes stopped units' directories (see [`Systemd::clean`]).
+    async fn clean(&self, units: &[String]) -> Result<()>;
+    /// Keeps units loaded (see [`Systemd::pin`]) until `unpin`.
+    async fn pin(&self, units: &[String]) -> Result<()>;
+    async fn unpin(&self, units: &[String]) -> Result<()>;
     /// Waits until every unit's active state satisfies `condition`, for at
     /// most `timeout` (see [`Systemd::wait_for`]).
     async fn wait_for(
@@ -66,6 +73,18 @@ impl UnitManager for Systemd {
     }
     async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
         Systemd::restart(self, units, wait).await
+    }
+    async fn service_directories(&self, unit: &str) -> Result<Vec<(&'static str, String)>> {
+        Systemd::service_directories(self, unit).await
+    }
+    async fn clean(&self, units: &[String]) -> Result<()> {
+        Systemd::clean(self, units).await
+    }
+    async fn pin(&self, units: &[String]) -> Result<()> {
+        Systemd::pin(self, units).await
+    }
+    async fn unpin(&self, units: &[String]) -> Result<()> {
+        Systemd::unpin(self, units).await
     }
     async fn wait_for(
         &self,
@@ -111,6 +130,18 @@ impl<T: UnitManager> UnitManager for &T {
     async fn restart(&self, units: &[String], wait: bool) -> Result<()> {
         (**self).restart(units, wait).await
     }
+    async fn service_directories(&self, unit: &str) -> Result<Vec<(&'static str, String)>> {
+        (**self).service_directories(unit).await
+    }
+    async fn clean(&self, units: &[String]) -> Result<()> {
+        (**self).clean(units).await
+    }
+    async fn pin(&self, units: &[String]) -> Result<()> {
+        (**self).pin(units).await
+    }
+    async fn unpin(&self, units: &[String]) -> Result<()> {
+        (**self).unpin(units).await
+    }
     async fn wait_for(
         &self,
         units: &[String],
@@ -152,6 +183,8 @@ pub mod fake {
         /// while it held a journal are kept in `journaled`.
         pub journal_dir: Mutex<Option<PathBuf>>,
         pub journaled: Mutex<Vec<String>>,
+        /// What `service_directories` answers, by unit.
+        pub directories: Mutex<HashMap<String, Vec<(&'static str, String)>>>,
     }
 
     impl FakeManager {
@@ -282,6 +315,27 @@ pub mod fake {
             }
             self.running.lock().unwrap().extend(units.iter().cloned());
             self.call("restart", units)
+        }
+        async fn service_directories(&self, unit: &str) -> Result<Vec<(&'static str, String)>> {
+            Ok(self.directories.lock().unwrap().get(unit).cloned().unwrap_or_default())
+        }
+        async fn clean(&self, units: &[String]) -> Result<()> {
+            if units.is_empty() {
+                return Ok(());
+            }
+            self.call("clean", units)
+        }
+        async fn pin(&self, units: &[String]) -> Result<()> {
+            if units.is_empty() {
+                return Ok(());
+            }
+            self.call("pin", units)
+        }
+        async fn unpin(&self, units: &[String]) -> Result<()> {
+            if units.is_empty() {
+                return Ok(());
+            }
+            self.call("unpin", units)
         }
         /// A unit made to fail "wait" has failed; the others are as they run.
         async fn wait_for(

@@ -140,6 +140,16 @@ pub mod condition {
         }
     }
 
+    /// Out of `maintenance`, where systemd keeps a unit while it removes its
+    /// directories; failed means the removal failed.
+    pub fn cleaned(state: &str) -> Verdict {
+        match state {
+            "inactive" => Verdict::Done,
+            "failed" => Verdict::Fail,
+            _ => Verdict::Wait,
+        }
+    }
+
     /// Anything but failed; for watching started units for a while.
     pub fn not_failed(state: &str) -> Verdict {
         if state == "failed" { Verdict::Fail } else { Verdict::Wait }
@@ -329,6 +339,58 @@ impl Systemd {
             .into_iter()
             .map(|(name, _description, load_state, active_state, ..)| UnitState { name, load_state, active_state })
             .collect())
+    }
+
+    /// The directories a service's unit names in `StateDirectory=`,
+    /// `CacheDirectory=`, `LogsDirectory=`, `ConfigurationDirectory=` and
+    /// `RuntimeDirectory=`, as systemd loaded them (drop-ins included):
+    /// (setting, directory) pairs.
+    pub async fn service_directories(&self, unit: &str) -> Result<Vec<(&'static str, String)>> {
+        let what = format!("reading the directories of {unit}");
+        let service = zbus_systemd::systemd1::ServiceProxy::builder(self.connection())
+            .path(unit_path(unit))
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(call(what.clone()))?;
+        let mut found = Vec::new();
+        let settings = [
+            ("StateDirectory", self.bounded(what.clone(), service.state_directory()).await?),
+            ("CacheDirectory", self.bounded(what.clone(), service.cache_directory()).await?),
+            ("LogsDirectory", self.bounded(what.clone(), service.logs_directory()).await?),
+            ("ConfigurationDirectory", self.bounded(what.clone(), service.configuration_directory()).await?),
+            ("RuntimeDirectory", self.bounded(what, service.runtime_directory()).await?),
+        ];
+        for (setting, directories) in settings {
+            found.extend(directories.into_iter().map(|d| (setting, d)));
+        }
+        Ok(found)
+    }
+
+    /// Keeps units loaded, as they are now, until [`Systemd::unpin`]: a
+    /// stopped unit whose file is gone stays loaded with its old settings
+    /// (systemd drops such a reference when wharfd leaves the bus).
+    pub async fn pin(&self, units: &[String]) -> Result<()> {
+        for unit in units {
+            self.bounded(format!("keeping {unit} loaded"), self.manager.ref_unit(unit.clone())).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn unpin(&self, units: &[String]) -> Result<()> {
+        for unit in units {
+            self.bounded(format!("releasing {unit}"), self.manager.unref_unit(unit.clone())).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the directories of stopped units (`systemctl clean
+    /// --what=all`) and waits until systemd has done so.
+    pub async fn clean(&self, units: &[String]) -> Result<()> {
+        for unit in units {
+            self.bounded(format!("cleaning {unit}"), self.manager.clean_unit(unit.clone(), vec!["all".into()])).await?;
+        }
+        self.wait_for(units, condition::cleaned, "cleaned", Deadlines::get().job).await
     }
 
     /// Starts units; when `wait`, until their jobs are done and then for

@@ -13,7 +13,7 @@ use crate::testbed::{Out, Testbed, images};
 
 /// The raw format the portable tests attach.
 const RAW: &str = "squashfs";
-use crate::{Shared, exclusive_trial};
+use crate::{Shared, exclusive_trial, trial};
 
 pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
@@ -37,6 +37,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::runtime_attach_and_remove", runtime_and_remove),
         exclusive_trial(shared, "portable::same_image_side_by_side_with_portablectl", side_by_side),
         exclusive_trial(shared, "portable::portablectl_names_and_options_of_attach_and_detach", portablectl_options),
+        trial(shared, "portable::detach_clean_removes_the_services_own_directories_only", detach_clean),
     ]
 }
 
@@ -763,4 +764,73 @@ fn completion(tb: &Testbed) {
     assert_eq!(complete("attach -p ''"), ["default", "nonetwork", "strict", "trusted"]);
     assert_eq!(complete("reattach --profile trusted foobar_"), ["foobar_6", "foobar_8.raw", "foobar_8.raw.xz"]);
     tb.ok("portable detach foobar_6 && rm /root/complete-portable.sh");
+}
+
+/// `detach --clean` removes the state, logs and configuration directories
+/// a service names, once it is stopped; a hostile image whose service names
+/// a host directory (`StateDirectory=systemd`) is refused before anything
+/// changes, and /var/lib/systemd stays. Its own names (cleanme*), so it
+/// shares the testbed.
+fn detach_clean(tb: &Testbed) {
+    let image = |name: &str, directories: &str, mount_points: &[&str]| {
+        let tree = tb.host_path(&format!("/tmp/{name}-tree"));
+        let _ = std::fs::remove_dir_all(&tree);
+        images::foobar_as(&tree, name, "foobar-hello.service").unwrap();
+        let unit = tree.join(format!("usr/lib/systemd/system/{name}.service"));
+        let text = std::fs::read_to_string(&unit).unwrap().replace(
+            "Type=oneshot\n",
+            &format!(
+                "Type=oneshot\nRemainAfterExit=yes\n{directories}ExecStartPost=/usr/bin/busybox sh -c \
+                 'echo kept > /var/lib/{name}/data'\n"
+            ),
+        );
+        std::fs::write(&unit, text).unwrap();
+        // Mount points for the directories: a squashfs cannot grow them.
+        for dir in mount_points {
+            std::fs::create_dir_all(tree.join(dir)).unwrap();
+        }
+        let out = tb.host_path(&format!("/var/lib/portables/{name}.raw"));
+        images::squashfs(&tree, &out).unwrap();
+        std::fs::remove_dir_all(&tree).unwrap();
+    };
+    tb.ok("portable detach --now cleanme 2>/dev/null; portable detach --now cleanmebad 2>/dev/null; \
+           rm -rf /var/lib/cleanme* /var/log/cleanme* /etc/cleanme*; true");
+    image(
+        "cleanme",
+        "StateDirectory=cleanme\nLogsDirectory=cleanme-logs\nConfigurationDirectory=cleanme\n",
+        &["var/lib/cleanme", "var/log/cleanme-logs", "etc/cleanme"],
+    );
+    let attached = tb.sh("portable attach --now cleanme");
+    assert!(attached.success(), "{attached}\n{}", tb.sh("journalctl -u cleanme.service -n 20 --no-pager").stdout);
+    assert_eq!(tb.ok("cat /var/lib/cleanme/data").trim(), "kept");
+    assert!(tb.sh("test -d /var/log/cleanme-logs && test -d /etc/cleanme").success());
+
+    // Plain detach keeps them, as portablectl's.
+    tb.ok("portable detach --now cleanme && portable attach --now cleanme");
+    assert_eq!(tb.ok("cat /var/lib/cleanme/data").trim(), "kept");
+    // --clean without --now, while it runs: refused, nothing changed.
+    let refused = tb.fails("portable detach --clean cleanme");
+    assert!(refused.stderr.contains("is active; stop it first or use --now"), "{refused}");
+    assert_eq!(tb.ok("systemctl is-active cleanme.service").trim(), "active");
+    let out = tb.ok("portable detach --now --clean cleanme");
+    assert!(out.contains("Removed /etc/systemd/system/cleanme.service"), "{out}");
+    let left = tb.ok("ls -d /var/lib/cleanme /var/log/cleanme-logs /etc/cleanme 2>/dev/null; true");
+    assert_eq!(left.trim(), "", "directories left by --clean");
+    assert_eq!(tb.ok("portable is-attached cleanme; true").trim(), "detached");
+
+    // The attack: the image's service claims a host directory.
+    image("cleanmebad", "StateDirectory=systemd cleanmebad\n", &["var/lib/systemd", "var/lib/cleanmebad"]);
+    tb.ok("portable attach --now cleanmebad");
+    let units = tb.ok("ls /etc/systemd/system | grep cleanmebad");
+    let refused = tb.fails("portable detach --now --clean cleanmebad");
+    assert_eq!(
+        refused.stderr.trim(),
+        "portable: not cleaning 'cleanmebad.service' of image '/var/lib/portables/cleanmebad.raw': its \
+         StateDirectory=systemd is not the image's (it must be named after the image or the unit)"
+    );
+    assert_eq!(tb.ok("systemctl is-active cleanmebad.service").trim(), "active", "refused before the stop");
+    assert_eq!(tb.ok("ls /etc/systemd/system | grep cleanmebad"), units, "nothing detached");
+    assert!(tb.sh("test -d /var/lib/systemd && test -d /var/lib/cleanmebad").success());
+    tb.ok("portable detach --now cleanmebad");
+    tb.ok("rm -rf /var/lib/cleanme* /var/lib/portables/cleanme.raw /var/lib/portables/cleanmebad.raw");
 }
