@@ -461,6 +461,7 @@ async fn run_steps<'a, M: UnitManager>(
     let mut unapplied = Some(tx);
     let mut reloaded = false;
     let mut machines_started = false;
+    let mut machines_stopped = false;
     let machines_here = || machines.ok_or_else(|| Error::Machine("machines are not managed here".into()));
     for step in &plan.steps {
         // Journaled before any machine or unit stops, so that recovery
@@ -483,29 +484,12 @@ async fn run_steps<'a, M: UnitManager>(
                     blocking(move || store.remove(&name)).await.map(drop).map_err(|e| e.to_string())
                 });
             }
-            Step::StopMachine { machine } => {
-                let machines = machines_here()?;
-                let name = machine.clone();
-                change.undo_with("starting a machine it stopped", true, move || async move {
-                    let systemd = machines.systemd.undoing();
-                    let request = StartRequest::with_settings(&name, MACHINE_READY_TIMEOUT);
-                    machines
-                        .machines
-                        .start(&systemd, machines.machined, request)
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                });
-                machines
-                    .machines
-                    .signal_init(
-                        machines.systemd,
-                        machines.machined,
-                        machine,
-                        crate::machine::ops::poweroff_signal(),
-                        Some(MACHINE_STOP_TIMEOUT),
-                    )
-                    .await?;
+            Step::StopMachine { .. } => {
+                // All of them at once, as starts are.
+                if !machines_stopped {
+                    machines_stopped = true;
+                    stop_machines(change, machines_here()?, plan).await?;
+                }
             }
             Step::Stop { units } => change.stop(units).await?,
             Step::Restart { units } => {
@@ -545,6 +529,46 @@ async fn run_steps<'a, M: UnitManager>(
         reload_and_set_limits(change, machines, plan, wanted_machines).await?;
     }
     Ok(())
+}
+
+/// Powers off every machine the plan stops, side by side, each waited on
+/// until its unit is gone. Each has its undo (a start) before it is asked
+/// to stop, so that a failure or a kill midway starts it again; every one
+/// that did not stop is named in the error.
+async fn stop_machines<'a, M: UnitManager>(
+    change: &mut Executor<'a, M>,
+    machines: &'a MachineContext<'a>,
+    plan: &Plan,
+) -> Result<()> {
+    let names: Vec<&String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| if let Step::StopMachine { machine } = s { Some(machine) } else { None })
+        .collect();
+    for name in &names {
+        let name = name.to_string();
+        change.undo_with("starting a machine it stopped", true, move || async move {
+            let systemd = machines.systemd.undoing();
+            let request = StartRequest::with_settings(&name, MACHINE_READY_TIMEOUT);
+            machines.machines.start(&systemd, machines.machined, request).await.map(drop).map_err(|e| e.to_string())
+        });
+    }
+    let stops = names.iter().map(|name| {
+        machines.machines.signal_init(
+            machines.systemd,
+            machines.machined,
+            name,
+            crate::machine::ops::poweroff_signal(),
+            Some(MACHINE_STOP_TIMEOUT),
+        )
+    });
+    let mut failures: Vec<Error> =
+        futures_util::future::join_all(stops).await.into_iter().filter_map(|r| r.err().map(Error::from)).collect();
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        _ => Err(Error::Machine(failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))),
+    }
 }
 
 /// Boots every machine the plan starts, side by side, and waits until each
