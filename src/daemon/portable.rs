@@ -66,6 +66,12 @@ fn check_flags(flags: u64) -> Result<Actions, BusError> {
     Ok(Actions::from_flags(flags))
 }
 
+/// A detach that removes the services' directories says so in its entry:
+/// what it removed cannot be put back.
+fn cleaning(audit: Call, flags: u64) -> Call {
+    if flags & flags::CLEAN != 0 { audit.field("WHARF_CLEAN", "yes") } else { audit }
+}
+
 fn copy_mode(word: &str) -> Result<CopyMode, BusError> {
     word.parse().map_err(|e: Error| BusError::from(e))
 }
@@ -213,6 +219,7 @@ impl PortableInterface {
     ) -> Result<OperationResult, BusError> {
         let change = self.begin_change(connection, &header, "detaching an image").await?;
         let audit = Call::new(Kind::Detach, change.caller.clone()).image_now(&self.host.pool, &image).await;
+        let audit = cleaning(audit, flags);
         let actions = audit.check(check_flags(flags))?;
         let result = ops::detach(&self.host, &change.systemd, &image, &prefixes, actions).await;
         audit.finish(&result).await;
@@ -231,6 +238,7 @@ impl PortableInterface {
         let change = self.begin_change(connection, &header, "detaching images").await?;
         let audit =
             images.iter().fold(Call::new(Kind::Detach, change.caller.clone()), |a, i| a.image(&self.host.pool, i));
+        let audit = cleaning(audit, flags);
         let actions = audit.check(check_flags(flags))?;
         if images.is_empty() {
             return audit.check(Err(BusError::InvalidArgument("no images to detach".into())));

@@ -812,7 +812,11 @@ fn detach_clean(tb: &Testbed) {
     let refused = tb.fails("portable detach --clean cleanme");
     assert!(refused.stderr.contains("is active; stop it first or use --now"), "{refused}");
     assert_eq!(tb.ok("systemctl is-active cleanme.service").trim(), "active");
+    let since = tb.ok("date +%s.%N").trim().to_string();
     let out = tb.ok("portable detach --now --clean cleanme");
+    let entries = crate::audit::history(tb, &format!("portable history --json --since=@{since} cleanme"), 1);
+    assert_eq!(crate::audit::kinds(&entries), ["detach:done"]);
+    assert_eq!(crate::audit::values(&entries[0], "CLEAN"), ["yes"], "the entry says what cannot be put back");
     assert!(out.contains("Removed /etc/systemd/system/cleanme.service"), "{out}");
     let left = tb.ok("ls -d /var/lib/cleanme /var/log/cleanme-logs /etc/cleanme 2>/dev/null; true");
     assert_eq!(left.trim(), "", "directories left by --clean");
