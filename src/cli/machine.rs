@@ -23,8 +23,25 @@ use crate::image::Pool;
 pub struct Cli {
     #[command(flatten)]
     pub output: OutputArgs,
+    /// Before the command, as machinectl takes it (`machine -a clean`):
+    /// the command's own --all.
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Moves an --all given before the command into the command.
+    fn move_all_into_command(&mut self) {
+        if self.all {
+            match &mut self.command {
+                Command::ListImages { all } | Command::Clean { all } | Command::List { all } => *all = true,
+                Command::ShowImage { select, .. } | Command::Show { select, .. } => select.all = true,
+                _ => {}
+            }
+        }
+    }
 }
 
 // Parsed once per run and matched at once: the size of `Start` costs nothing.
@@ -467,7 +484,8 @@ pub fn main() -> ExitCode {
     super::run_tool("machine", json, run(cli))
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
+    cli.move_all_into_command();
     let format = Format::new(&cli.output);
     let bus = system_bus().await?;
     let machine = within(MachineProxy::new(&bus)).await?;
@@ -1173,6 +1191,23 @@ fn shell_environment(term: Option<String>, setenv: Vec<String>) -> Result<Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_before_the_command_is_the_commands_own() {
+        let parse = |args: &[&str]| {
+            let mut cli = super::Cli::try_parse_from(args).unwrap();
+            cli.move_all_into_command();
+            cli.command
+        };
+        assert!(matches!(parse(&["machine", "-a", "clean"]), Command::Clean { all: true }));
+        assert!(matches!(parse(&["machine", "clean"]), Command::Clean { all: false }));
+        assert!(matches!(parse(&["machine", "--all", "list"]), Command::List { all: true }));
+        assert!(matches!(parse(&["machine", "-a", "list-images"]), Command::ListImages { all: true }));
+        assert!(matches!(
+            parse(&["machine", "-a", "show", "f28"]),
+            Command::Show { select: ShowArgs { all: true, .. }, .. }
+        ));
+    }
 
     #[test]
     fn shell_takes_setenv_before_and_after_the_name() {
