@@ -16,7 +16,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "fleet::apply_detaches_only_its_own_images_unless_pruning", removal),
         exclusive_trial(shared, "fleet::bad_fleet_files_change_nothing", bad_files),
         exclusive_trial(shared, "fleet::check_mode_writes_no_decompressed_image", xz_check),
-        exclusive_trial(shared, "fleet::machines_are_imported_started_and_limited", machines),
+        exclusive_trial(shared, "fleet::machines_are_imported_started_limited_and_health_gated", machines),
         exclusive_trial(shared, "fleet::a_killed_apply_is_put_back_with_its_units_and_machines", killed_apply),
     ]
 }
@@ -288,6 +288,27 @@ fn machines(tb: &Testbed) {
 
     fleet_file(tb, &machine_entry("256M", false));
     assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. stop machine fleetm\nApplied.\n");
+
+    // A health-gated start: the command runs inside the machine; while it
+    // fails, the start is put back (the machine is stopped again).
+    let healthy = machine_entry("256M", true).replace(
+        "started = true\n",
+        "started = true\nhealth = [\"/bin/sh\", \"-c\", \"test -e /etc/healthy\"]\nhealth-timeout = \"3s\"\n",
+    );
+    fleet_file(tb, &healthy);
+    let out = tb.fails("portable apply /srv/fleet/host.toml");
+    assert_eq!(
+        out.stderr.trim(),
+        "portable: machine fleetm: its health command did not succeed within 3 s (status 1); \
+         everything this apply changed was put back"
+    );
+    assert!(!tb.ok("machinectl list --no-legend").contains("fleetm"), "the unhealthy start was put back");
+    tb.ok("touch /var/lib/machines/fleetm/etc/healthy");
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. start machine fleetm\nApplied.\n");
+    assert_eq!(tb.ok("machine shell fleetm systemctl is-system-running").trim(), "running");
+    fleet_file(tb, &machine_entry("256M", false));
+    assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. stop machine fleetm\nApplied.\n");
+    tb.ok("rm /var/lib/machines/fleetm/etc/healthy");
 
     // Enabled and disabled by links in the transaction, as systemctl makes them.
     let enabled = |on: bool| {
