@@ -531,6 +531,16 @@ async fn run_steps<'a, M: UnitManager>(
     Ok(())
 }
 
+/// The failures of machines handled side by side, as one error: the one,
+/// or every one named.
+fn one_error(mut failures: Vec<Error>) -> Result<()> {
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        _ => Err(Error::Machine(failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))),
+    }
+}
+
 /// Powers off every machine the plan stops, side by side, each waited on
 /// until its unit is gone. Each has its undo (a start) before it is asked
 /// to stop, so that a failure or a kill midway starts it again; every one
@@ -562,13 +572,9 @@ async fn stop_machines<'a, M: UnitManager>(
             Some(MACHINE_STOP_TIMEOUT),
         )
     });
-    let mut failures: Vec<Error> =
+    let failures: Vec<Error> =
         futures_util::future::join_all(stops).await.into_iter().filter_map(|r| r.err().map(Error::from)).collect();
-    match failures.len() {
-        0 => Ok(()),
-        1 => Err(failures.remove(0)),
-        _ => Err(Error::Machine(failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))),
-    }
+    one_error(failures)
 }
 
 /// Boots every machine the plan starts, side by side, and waits until each
@@ -614,11 +620,7 @@ async fn start_machines<'a, M: UnitManager>(
             Err(e) => failures.push(e.into()),
         }
     }
-    match failures.len() {
-        0 => Ok(()),
-        1 => Err(failures.remove(0)),
-        _ => Err(Error::Machine(failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))),
-    }
+    one_error(failures)
 }
 
 /// A started machine's health command, inside it, when its entry has one.
