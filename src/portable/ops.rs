@@ -520,8 +520,8 @@ async fn detach_requests(
         change.stop(&stopped).await?;
         // Still loaded with their directories: systemd sees the removed
         // unit files only at the reload below. Removing the directories
-        // cannot be undone, so it comes after every step that can fail
-        // for the detach itself.
+        // cannot be undone, so it is the last step before that reload
+        // (which it must precede: after it, systemd knows no directories).
         change.systemd().clean(&cleaned).await?;
         if !actions.no_reload {
             change.reload().await?;
@@ -566,8 +566,7 @@ async fn cleanable(
 /// the image (`prefix`) or the unit: its first component is the name, or
 /// the name followed by `-`, `.`, `@` or `_` and more.
 pub fn directory_of(directory: &str, prefix: &str, unit: &str) -> bool {
-    let mut components = directory.split('/').filter(|c| !c.is_empty());
-    let Some(first) = components.next() else { return false };
+    let Some(first) = directory.split('/').find(|c| !c.is_empty()) else { return false };
     if directory.starts_with('/') || directory.split('/').any(|c| c == ".." || c == ".") {
         return false;
     }

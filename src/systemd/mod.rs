@@ -371,8 +371,14 @@ impl Systemd {
     /// stopped unit whose file is gone stays loaded with its old settings
     /// (systemd drops such a reference when wharfd leaves the bus).
     pub async fn pin(&self, units: &[String]) -> Result<()> {
-        for unit in units {
-            self.bounded(format!("keeping {unit} loaded"), self.manager.ref_unit(unit.clone())).await?;
+        for (done, unit) in units.iter().enumerate() {
+            if let Err(e) = self.bounded(format!("keeping {unit} loaded"), self.manager.ref_unit(unit.clone())).await {
+                // All or none: the ones already pinned are released.
+                if let Err(release) = self.unpin(&units[..done]).await {
+                    tracing::warn!("cannot release units kept loaded: {release}");
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
