@@ -820,7 +820,10 @@ impl Tmux {
         );
         let path = tb.host_path(&format!("/srv/tmux-{session}.sh"));
         std::fs::write(&path, script).unwrap();
-        let tmux = Tmux { socket: format!("wharf-{}", tb.pid1()), session };
+        // A server per session: a server whose last session was just killed
+        // is still exiting, and a new session sent to its socket is lost
+        // ("server exited unexpectedly").
+        let tmux = Tmux { socket: format!("wharf-{}-{session}", tb.pid1()), session };
         tmux.run(&["new-session", "-d", "-s", session, "-x", "160", "-y", "50", &format!("sh {}", path.display())]);
         tmux
     }
@@ -891,8 +894,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ =
-            std::process::Command::new("tmux").args(["-L", &self.socket, "kill-session", "-t", self.session]).output();
+        let _ = std::process::Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
     }
 }
 
