@@ -183,6 +183,8 @@ pub trait Portable {
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
     /// Marks an image read-only, or writable again.
     fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
+    /// Downloads an image into the portable pool; returns its path.
+    fn pull_image(&self, url: &str, name: &str, verify: &str, read_only: bool) -> zbus::Result<String>;
     /// Inspects an image the caller opened and passes as `fd`; `image` is its
     /// path, for messages. Unit texts are included when `cat` is true.
     fn inspect_image(&self, image: &str, fd: zbus::Fd<'_>, prefixes: &[String], cat: bool) -> zbus::Result<ImageInfo>;
@@ -301,6 +303,9 @@ pub trait Machine {
     fn import_raw(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
     /// Imports the directory tree open as `fd`; returns the image's path.
     fn import_fs(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
+    /// Downloads an image (`format`: raw or tar) checked as `verify` says
+    /// (no, checksum, signature); returns the image's path.
+    fn pull_image(&self, url: &str, name: &str, format: &str, verify: &str, read_only: bool) -> zbus::Result<String>;
     /// Writes a directory image as a tar archive to `fd`.
     fn export_tar(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
     /// Writes a raw image to `fd`.

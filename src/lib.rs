@@ -8,6 +8,7 @@
 //!   file systems, GPT disk images, xz-compressed ones) without mounting them;
 //! - [`portable`]: attaching an image's units to the host, the drop-ins and
 //!   profiles that sandbox them, and detaching them again;
+//! - [`pull`]: getting images from web servers, verified;
 //! - [`api`]: the D-Bus contract between `wharfd` and its clients;
 //! - [`daemon`]: `wharfd` itself;
 //! - [`cli`]: the command lines of `portable` and `machine`.
@@ -24,5 +25,6 @@ pub mod image;
 pub mod logging;
 pub mod machine;
 pub mod portable;
+pub mod pull;
 pub mod systemd;
 pub mod transaction;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Some(Command::Enter(enter)) => return wharf::machine::enter::main(enter),
         Some(Command::NetworkCleanup { machine }) => return wharf::machine::network::host::cleanup_main(&machine),
         Some(Command::Files(files)) => return wharf::machine::files::main(files),
+        Some(Command::Fetch(fetch)) => return wharf::pull::fetch::main(fetch),
         None => {}
     }
     wharf::logging::init_daemon();

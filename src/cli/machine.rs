@@ -131,18 +131,22 @@ pub enum Command {
     },
     /// Import a tar archive (plain, xz, gzip or zstd) as a directory image.
     ImportTar {
-        /// The archive.
+        /// The archive; - reads standard input.
         file: PathBuf,
         /// Image name; by default the file name without its suffixes.
         name: Option<String>,
     },
     /// Import a raw disk or file system image (plain, xz, gzip or zstd).
     ImportRaw {
-        /// The image: squashfs, ext4, erofs or GPT.
+        /// The image: squashfs, ext4, erofs or GPT; - reads standard input.
         file: PathBuf,
         /// Image name; by default the file name without its suffixes.
         name: Option<String>,
     },
+    /// Download a raw image (plain, xz, gzip or zstd) and verify it.
+    PullRaw(super::pull::PullArgs),
+    /// Download a tar archive (plain, xz, gzip or zstd) as a directory image, and verify it.
+    PullTar(super::pull::PullArgs),
     /// Import a directory tree as a directory image.
     ImportFs {
         /// The tree, copied with its owners, modes, times and extended attributes.
@@ -417,6 +421,21 @@ fn default_name(file: &Path) -> String {
     SUFFIXES.iter().find_map(|suffix| name.strip_suffix(suffix)).unwrap_or(&name).to_string()
 }
 
+/// The input of an import and the image's name: `-` is standard input,
+/// for which a name must be given.
+fn import_input(file: &Path, name: Option<String>) -> Result<(std::fs::File, String), CliError> {
+    if file == Path::new("-") {
+        let name = name.ok_or_else(|| CliError::Usage("an import from standard input needs an image name".into()))?;
+        let stdin = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| CliError::Usage(format!("standard input: {e}")))?;
+        return Ok((std::fs::File::from(stdin), name));
+    }
+    let name = name.unwrap_or_else(|| default_name(file));
+    Ok((open_input(file)?, name))
+}
+
 fn open_input(path: &Path) -> Result<std::fs::File, CliError> {
     std::fs::File::open(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
@@ -526,16 +545,20 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::ImportTar { file, name } => {
-            let name = name.unwrap_or_else(|| default_name(&file));
-            let input = open_input(&file)?;
+            let (input, name) = import_input(&file, name)?;
             let path = with_progress(&bus, show, machine.import_tar(input.as_fd().into(), &name)).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::ImportRaw { file, name } => {
-            let name = name.unwrap_or_else(|| default_name(&file));
-            let input = open_input(&file)?;
+            let (input, name) = import_input(&file, name)?;
             let path = with_progress(&bus, show, machine.import_raw(input.as_fd().into(), &name)).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
+        }
+        Command::PullRaw(ref pull) | Command::PullTar(ref pull) => {
+            let kind = if matches!(cli.command, Command::PullTar(_)) { "tar" } else { "raw" };
+            let call = machine.pull_image(&pull.url, pull.name_for_daemon(), kind, &pull.verify, pull.read_only);
+            let path = with_progress(&bus, show, call).await?;
+            emit_path(format, cli.output.quiet, "Pulled", &path)?;
         }
         Command::ImportFs { directory, name } => {
             let name = name.unwrap_or_else(|| default_name(&directory));

@@ -8,6 +8,7 @@ pub mod output;
 pub mod portable;
 pub mod progress;
 pub mod properties;
+pub mod pull;
 pub mod terminal;
 pub mod wharfd;
 

@@ -167,6 +167,8 @@ pub enum Command {
     Apply(super::fleet::ApplyArgs),
     /// Who changed what and when: wharfd's audit entries in the journal, oldest first.
     History(super::history::HistoryArgs),
+    /// Download an image (raw, or a tar archive of a tree) into /var/lib/portables, and verify it.
+    Pull(super::pull::PullArgs),
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
         /// The image: a name in the search path, or a path.
@@ -268,6 +270,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Apply(args) => return super::fleet::apply(&bus, args, format, cli.output.quiet).await,
         Command::History(args) => super::history::run(args, crate::audit::Domain::Portable, format)?,
+        Command::Pull(pull) => {
+            let show = !cli.output.quiet && !format.is_json();
+            let call = portable.pull_image(&pull.url, pull.name_for_daemon(), &pull.verify, pull.read_only);
+            let path = super::progress::with_progress(&bus, show, call).await?;
+            if !cli.output.quiet || format.is_json() {
+                format.emit(&serde_json::json!({ "path": path }), |_| format!("Pulled {path}."))?;
+            }
+        }
         Command::ReadOnly { image, read_only } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             bounded(&bus, portable.mark_read_only(&image, read_only)).await?;

@@ -34,4 +34,7 @@ pub enum Command {
     /// `machine bind`, `copy-to`, `copy-from`).
     #[command(hide = true)]
     Files(crate::machine::files::FilesArgs),
+    /// Download one URL to standard output (the sandboxed half of a pull).
+    #[command(hide = true)]
+    Fetch(crate::pull::fetch::FetchArgs),
 }

@@ -280,6 +280,29 @@ impl MachineInterface {
         .map(|p| p.display().to_string())
     }
 
+    /// Downloads an image from `url` (`format`: `raw` or `tar`), checked as
+    /// `verify` says (`no`, `checksum`, `signature`; empty: `signature`),
+    /// into the machine pool as `name` (empty: from the URL). Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
+    async fn pull_image(
+        &self,
+        url: String,
+        name: String,
+        format: String,
+        verify: String,
+        read_only: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let (format, kind) = match format.as_str() {
+            "raw" => (super::pull::Format::Raw, "pull-raw"),
+            "tar" => (super::pull::Format::Tar, "pull-tar"),
+            other => return Err(BusError::InvalidArgument(format!("no image format '{other}' (raw or tar)"))),
+        };
+        let request = super::pull::Request { url, name, format, verify, read_only, kind };
+        super::pull::pull(&self.daemon, &self.store, connection, &header, request).await
+    }
+
     /// Imports the directory tree the caller opened and passes as `fd`. Root only.
     async fn import_fs(
         &self,
@@ -987,5 +1010,12 @@ fn store_bus_error(error: &Error, message: String) -> BusError {
         Error::Limit { .. } | Error::Cancelled(_) => BusError::Failed(message),
         Error::Invalid { .. } => BusError::BadImage(message),
         Error::Io { .. } => BusError::Failed(message),
+        Error::Pull { source, .. } => match source {
+            crate::pull::Error::Argument(_) => BusError::InvalidArgument(message),
+            crate::pull::Error::Sums { .. }
+            | crate::pull::Error::Signature { .. }
+            | crate::pull::Error::Mismatch { .. } => BusError::BadImage(message),
+            crate::pull::Error::Fetch { .. } | crate::pull::Error::Setup(_) => BusError::Failed(message),
+        },
     }
 }

@@ -7,6 +7,7 @@ mod fleet;
 mod machine;
 mod manager;
 mod portable;
+mod pull;
 mod transfer;
 pub(crate) mod watchdog;
 

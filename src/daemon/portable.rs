@@ -300,6 +300,24 @@ impl PortableInterface {
         Ok(result?.display().to_string())
     }
 
+    /// Downloads an image (raw, or a tar archive made a directory) from
+    /// `url` into /var/lib/portables as `name` (empty: from the URL),
+    /// checked as `verify` says. Root only.
+    async fn pull_image(
+        &self,
+        url: String,
+        name: String,
+        verify: String,
+        read_only: bool,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let store = crate::machine::store::Store { pool: self.host.pool.clone(), cancel: None };
+        let format = super::pull::Format::Any;
+        let request = super::pull::Request { url, name, format, verify, read_only, kind: "pull" };
+        super::pull::pull(&self.daemon, &store, connection, &header, request).await
+    }
+
     /// Marks an image read-only (or writable again). Root only.
     async fn mark_read_only(
         &self,

@@ -46,6 +46,12 @@ pub enum Error {
         #[source]
         source: super::quota::Error,
     },
+    #[error("cannot pull '{name}': {source}")]
+    Pull {
+        name: String,
+        #[source]
+        source: crate::pull::Error,
+    },
     #[error("machine image '{name}': {source}")]
     Locked {
         name: String,
@@ -139,6 +145,7 @@ struct NewImageLocks {
 }
 
 /// A temporary path in `dir` that is removed when dropped unless kept.
+#[derive(Debug)]
 struct Temp {
     path: PathBuf,
     keep: bool,
@@ -183,6 +190,28 @@ impl Drop for Temp {
     }
 }
 
+/// An image built under a temporary name (and holding its name's locks),
+/// not yet under its own: dropped, it is removed.
+#[derive(Debug)]
+pub struct Staged {
+    temp: Temp,
+    target: PathBuf,
+    name: String,
+}
+
+impl Staged {
+    /// What the image is (a directory, or the kind of a raw image).
+    pub fn kind(&self) -> Result<ImageKind> {
+        Ok(ImageKind::detect(&self.temp.path)?)
+    }
+
+    /// Gives the image its name; returns its path.
+    pub fn commit(self) -> Result<PathBuf> {
+        self.temp.commit(&self.target, &self.name)?;
+        Ok(self.target)
+    }
+}
+
 impl Store {
     pub fn machines() -> Store {
         Store { pool: Pool::machines(), cancel: None }
@@ -217,7 +246,7 @@ impl Store {
     }
 
     /// Refuses a new name that is invalid or taken anywhere in the search path.
-    fn check_free(&self, machine: &str) -> Result<()> {
+    pub fn check_free(&self, machine: &str) -> Result<()> {
         name::validate(machine)?;
         for dir in self.pool.dirs() {
             for candidate in [dir.join(machine), dir.join(format!("{machine}.raw"))] {
@@ -417,7 +446,20 @@ impl Store {
     }
 
     fn import_tar_cancellable(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
+        let target = self.stage_tar(input, machine, progress)?.commit()?;
+        tracing::info!(image = %target.display(), "imported a tar archive");
+        Ok(target)
+    }
+
+    /// Unpacks a (possibly compressed) tar archive under a temporary name;
+    /// the image gets its name when the result is committed. The input is
+    /// closed when this returns.
+    pub fn stage_tar(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<Staged> {
         let (reader, temp) = self.begin_import(input, machine, progress, "a tar archive")?;
+        self.unpack_staged(reader, temp, machine)
+    }
+
+    fn unpack_staged(&self, reader: Box<dyn Read + Send + '_>, temp: Temp, machine: &str) -> Result<Staged> {
         fs::create_dir(&temp.path).map_err(io_error(machine, &temp.path))?;
         super::archive::unpack(reader, &temp.path).map_err(|e| Error::Invalid {
             name: machine.to_string(),
@@ -426,9 +468,7 @@ impl Store {
         fix_root_mode(machine, &temp.path)?;
         let target = self.target(machine, ImageKind::Directory);
         self.check_cancel(machine)?;
-        temp.commit(&target, machine)?;
-        tracing::info!(image = %target.display(), "imported a tar archive");
-        Ok(target)
+        Ok(Staged { temp, target, name: machine.to_string() })
     }
 
     /// Imports a (possibly compressed) raw disk or file system image.
@@ -438,7 +478,34 @@ impl Store {
     }
 
     fn import_raw_cancellable(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
-        let (mut reader, temp) = self.begin_import(input, machine, progress, "a raw image")?;
+        let staged = self.stage_raw(input, machine, progress)?;
+        let kind = staged.kind()?;
+        let target = staged.commit()?;
+        tracing::info!(image = %target.display(), %kind, "imported a raw image");
+        Ok(target)
+    }
+
+    /// Decompresses a raw image under a temporary name, as [`Self::stage_tar`].
+    pub fn stage_raw(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<Staged> {
+        let (reader, temp) = self.begin_import(input, machine, progress, "a raw image")?;
+        self.write_staged(reader, temp, machine)
+    }
+
+    /// A tar archive or a raw image, whichever the data is, as
+    /// [`Self::stage_tar`]; read once, so the input may be a pipe.
+    pub fn stage_any(&self, input: File, machine: &str, progress: Progress<'_>) -> Result<Staged> {
+        let (mut reader, temp) = self.begin_import(input, machine, progress, "an image")?;
+        let mut head = Vec::with_capacity(512);
+        (&mut reader).take(512).read_to_end(&mut head).map_err(|e| Error::Invalid {
+            name: machine.to_string(),
+            reason: format!("cannot decompress the image: {e}"),
+        })?;
+        let is_tar = is_tar_header(&head);
+        let reader: Box<dyn Read + Send + '_> = Box::new(io::Cursor::new(head).chain(reader));
+        if is_tar { self.unpack_staged(reader, temp, machine) } else { self.write_staged(reader, temp, machine) }
+    }
+
+    fn write_staged(&self, mut reader: Box<dyn Read + Send + '_>, temp: Temp, machine: &str) -> Result<Staged> {
         let mut file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
         crate::fs::copy_sparse(&mut reader, &mut file).map_err(|e| match e {
             crate::fs::CopyError::Read(e) => {
@@ -460,9 +527,7 @@ impl Store {
         }
         let target = self.target(machine, kind);
         self.check_cancel(machine)?;
-        temp.commit(&target, machine)?;
-        tracing::info!(image = %target.display(), %kind, "imported a raw image");
-        Ok(target)
+        Ok(Staged { temp, target, name: machine.to_string() })
     }
 
     /// Imports a tar archive or a raw image (plain or compressed), whichever
@@ -481,7 +546,7 @@ impl Store {
             }
         }
         (&input).seek(std::io::SeekFrom::Start(0)).map_err(io_error(machine, Path::new("input")))?;
-        if filled >= 262 && &head[257..262] == b"ustar" {
+        if is_tar_header(&head[..filled]) {
             self.import_tar(input, machine, progress)
         } else {
             self.import_raw(input, machine, progress)
@@ -577,6 +642,11 @@ impl Store {
 /// A tar archive of a tree made in a private temporary directory records
 /// its top as 0700; a container booted from it has dbus and logind stuck.
 /// Give the root of an OS tree the mode every root has, and say so.
+/// A tar archive has `ustar` at byte 257 of its first header.
+fn is_tar_header(head: &[u8]) -> bool {
+    head.len() >= 262 && &head[257..262] == b"ustar"
+}
+
 fn fix_root_mode(machine: &str, root: &Path) -> Result<()> {
     let mode = fs::metadata(root).map_err(io_error(machine, root))?.permissions().mode() & 0o7777;
     if mode != 0o755 {

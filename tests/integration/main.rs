@@ -21,6 +21,7 @@ mod many;
 mod network;
 mod packaging;
 mod portable;
+mod pull;
 mod security;
 mod store;
 
@@ -137,6 +138,7 @@ fn main() -> ExitCode {
     trials.extend(portable::trials(&shared));
     trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
+    trials.extend(pull::trials(&shared));
     trials.extend(machine::trials(&shared));
     trials.extend(network::trials(&shared));
     trials.extend(confinement::trials(&shared));

@@ -66,22 +66,44 @@ impl Release {
 
     /// Packages of the testbed root: systemd as PID 1 with dbus,
     /// systemd-container for machined and the reference portablectl/machinectl,
-    /// python3 so that Ansible can manage testbeds as hosts, and nftables
-    /// for the port forwarding and masquerading of machines on veth and zones.
+    /// python3 so that Ansible can manage testbeds as hosts (and serve
+    /// images over HTTP to pulls), nftables for the port forwarding and
+    /// masquerading of machines on veth and zones, libcurl for wharfd's
+    /// fetcher, and gpg for the pull tests' throwaway signing keys.
     pub fn packages(self) -> &'static [&'static str] {
-        // The same names on both releases, for now; each release's root
-        // is still cached apart (its key includes the release).
-        &[
-            "systemd",
-            "systemd-sysv",
-            "dbus",
-            "systemd-container",
-            "iproute2",
-            "util-linux",
-            "kmod",
-            "python3",
-            "nftables",
-        ]
+        // Each release's root is cached apart (its key includes the release).
+        match self {
+            Release::Bookworm => &[
+                "systemd",
+                "systemd-sysv",
+                "dbus",
+                "systemd-container",
+                "iproute2",
+                "util-linux",
+                "kmod",
+                "python3",
+                "nftables",
+                "libcurl4",
+                "gpg",
+                "gpg-agent",
+                "gpgv",
+            ],
+            Release::Trixie => &[
+                "systemd",
+                "systemd-sysv",
+                "dbus",
+                "systemd-container",
+                "iproute2",
+                "util-linux",
+                "kmod",
+                "python3",
+                "nftables",
+                "libcurl4t64",
+                "gpg",
+                "gpg-agent",
+                "gpgv",
+            ],
+        }
     }
 }
 

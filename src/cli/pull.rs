@@ -1,0 +1,26 @@
+//! The options `machine pull-raw`, `machine pull-tar` and `portable pull`
+//! share, as importctl's pull verbs take them.
+
+/// Where an image comes from and how it is checked.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PullArgs {
+    /// The image's http:// or https:// URL.
+    pub url: String,
+    /// Image name; by default the URL's file name without its suffixes.
+    pub name: Option<String>,
+    /// What must hold before the image is kept: no (nothing), checksum (its
+    /// SHA-256 is the one SHA256SUMS or FILE.sha256 beside it lists) or
+    /// signature (and that file is signed by a key of the import keyring).
+    #[arg(long, value_name = "MODE", default_value = "signature", value_parser = ["no", "checksum", "signature"])]
+    pub verify: String,
+    /// Mark the image read-only once it is pulled.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+impl PullArgs {
+    /// The name as wharfd takes it: empty for the one from the URL.
+    pub fn name_for_daemon(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+}

@@ -1,0 +1,406 @@
+//! Pulls, for both `org.wharf1.Machine` and `org.wharf1.Portable`: the
+//! fetcher units that download, the checks of `SHA256SUMS` and its
+//! signature, and the pipe through which the image streams into the store.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+use zbus::Connection;
+use zbus::message::Header;
+
+use super::auth::require_root;
+use super::manager::{heartbeat, progress_reporter};
+use super::{Daemon, failed};
+use crate::api::BusError;
+use crate::audit::{Call, Kind};
+use crate::machine::store::{Error as StoreError, Progress, Staged, Store};
+use crate::pull::fetch::{Failure, Report};
+use crate::pull::{Error, Source, Verify, signature, sums};
+use crate::systemd::{Deadlines, Systemd};
+
+/// A `SHA256SUMS` or a signature is small; a server that sends more is
+/// not sending one.
+const SMALL_FILE_LIMIT: u64 = 1 << 20;
+/// Where gpgv gets a private directory for the files it checks.
+const SCRATCH: &str = "/run/wharf";
+
+/// What the data is to become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// A raw disk or file system image (`pull-raw`).
+    Raw,
+    /// A tar archive, unpacked into a directory image (`pull-tar`).
+    Tar,
+    /// Whichever of the two the data is (`portable pull`).
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub url: String,
+    /// The image name; empty: from the URL's file name.
+    pub name: String,
+    pub format: Format,
+    pub verify: String,
+    pub read_only: bool,
+    /// `pull-raw`, `pull-tar` or `pull`, as list-transfers shows it.
+    pub kind: &'static str,
+}
+
+/// Runs a pull for a root caller: checked, downloaded, verified and given
+/// its name, or refused with nothing left behind. Returns the image's path.
+pub(crate) async fn pull(
+    daemon: &Arc<Daemon>,
+    store: &Store,
+    connection: &Connection,
+    header: &Header<'_>,
+    request: Request,
+) -> Result<String, BusError> {
+    let caller = require_root(connection, header, "pulling an image").await?;
+    let source = Source::parse(&request.url);
+    let name = match (&source, request.name.is_empty()) {
+        (Ok(source), true) => source.local_name(),
+        _ => request.name.clone(),
+    };
+    let audit = Call::new(Kind::Import, caller).image(&store.pool, &name).field("WHARF_URL", request.url.clone());
+    let registration = daemon.transfers.register(request.kind, &name, &request.url);
+    let _heartbeat = heartbeat(connection, header);
+    let mut progress = registration.track(progress_reporter(connection, header, &format!("pull {name}")));
+    let store = store.clone().with_cancel(registration.cancel_flag());
+    let result = async {
+        let source = source.map_err(|e| pulling(&name, e))?;
+        let verify: Verify = request.verify.parse().map_err(|e| pulling(&name, e))?;
+        {
+            let (store, name) = (store.clone(), name.clone());
+            daemon.blocking(move || store.check_free(&name)).await?;
+        }
+        let systemd = Systemd::new(connection).await.map_err(failed)?;
+        let expected = expected_digest(daemon, &systemd, &source, verify).await.map_err(|e| pulling(&name, e))?;
+        let fetcher = Fetcher::start(&systemd, source.url()).await.map_err(|e| pulling(&name, e))?;
+        let unit = fetcher.unit.clone();
+        let received = {
+            let (store, name, url, format) = (store.clone(), name.clone(), request.url.clone(), request.format);
+            daemon.blocking(move || receive(&store, fetcher, &name, &url, format, expected, &mut progress)).await
+        };
+        // Gone already when the download ended; stopped if it did not.
+        if let Err(e) = systemd.stop(std::slice::from_ref(&unit), false).await {
+            tracing::debug!(unit, "the fetcher was gone: {e}");
+        }
+        let path = received?;
+        if request.read_only {
+            let (pool, name) = (store.pool.clone(), name.clone());
+            daemon.blocking(move || super::portable::mark_read_only(&pool, &name, true)).await?;
+        }
+        tracing::info!(image = %path.display(), url = request.url, %verify, "pulled");
+        Ok::<PathBuf, BusError>(path)
+    }
+    .await;
+    tracing::debug!(id = registration.id(), name, ok = result.is_ok(), "transfer ended");
+    audit.finish(&result).await;
+    Ok(result?.display().to_string())
+}
+
+fn pulling(name: &str, source: Error) -> BusError {
+    BusError::from(StoreError::Pull { name: name.to_string(), source })
+}
+
+/// The digest the image must have, and the file that says so; `None` for
+/// `--verify=no`. With `--verify=signature`, that file's signature is
+/// checked first.
+async fn expected_digest(
+    daemon: &Arc<Daemon>,
+    systemd: &Systemd,
+    source: &Source,
+    verify: Verify,
+) -> Result<Option<([u8; 32], String)>, Error> {
+    if verify == Verify::No {
+        return Ok(None);
+    }
+    // Before anything is downloaded: a host without a keyring cannot check.
+    let keyring = match verify {
+        Verify::Signature => {
+            Some(signature::keyring().map_err(|reason| Error::Signature { url: source.url().into(), reason })?)
+        }
+        _ => None,
+    };
+    let candidates = [source.beside("SHA256SUMS"), source.with_suffix(".sha256")];
+    let (sums_url, sums) = first_found(daemon, systemd, "no list of digests", &candidates).await?;
+    if let Some(keyring) = keyring {
+        let signatures = [format!("{sums_url}.gpg"), format!("{sums_url}.asc")];
+        let (signature_url, signature) = first_found(daemon, systemd, "no signature of it", &signatures).await?;
+        let data = sums.clone();
+        let checked = daemon
+            .blocking(move || signature::verify(&keyring, &data, &signature, std::path::Path::new(SCRATCH)))
+            .await;
+        checked.map_err(|reason| Error::Signature { url: signature_url, reason })?;
+    }
+    let digest = if sums_url.ends_with(".sha256") {
+        sums::digest_in_sha256_file(&sums, source.file_name())
+    } else {
+        sums::digest_of(&sums, source.file_name())
+    };
+    let digest = digest.map_err(|reason| Error::Sums { url: sums_url.clone(), reason })?;
+    Ok(Some((digest, sums_url)))
+}
+
+/// The first of `urls` the server has, with its contents; else the error
+/// says the server has `missing`.
+async fn first_found(
+    daemon: &Arc<Daemon>,
+    systemd: &Systemd,
+    missing: &str,
+    urls: &[String],
+) -> Result<(String, Vec<u8>), Error> {
+    for url in urls {
+        match fetch_small(daemon, systemd, url).await {
+            Ok(data) => return Ok((url.clone(), data)),
+            Err(reason) if reason.is_not_found() => continue,
+            Err(reason) => return Err(Error::Fetch { url: url.clone(), reason }),
+        }
+    }
+    Err(Error::Setup(format!("the server has {missing} (neither {})", urls.join(" nor "))))
+}
+
+async fn fetch_small(daemon: &Arc<Daemon>, systemd: &Systemd, url: &str) -> Result<Vec<u8>, Failure> {
+    let fetcher = Fetcher::start(systemd, url).await.map_err(|e| match e {
+        Error::Fetch { reason, .. } => reason,
+        other => Failure::Start(other.to_string()),
+    })?;
+    let unit = fetcher.unit.clone();
+    let read = daemon.blocking(move || fetcher.read_all(SMALL_FILE_LIMIT)).await;
+    if let Err(e) = systemd.stop(std::slice::from_ref(&unit), false).await {
+        tracing::debug!(unit, "the fetcher was gone: {e}");
+    }
+    read
+}
+
+/// A `wharfd fetch` in a transient unit of its own, its output on a pipe.
+struct Fetcher {
+    unit: String,
+    body: File,
+    /// Its reports, read to their end (the fetcher's) by a thread.
+    reports: std::thread::JoinHandle<Vec<Report>>,
+    size: Arc<AtomicU64>,
+}
+
+impl Fetcher {
+    async fn start(systemd: &Systemd, url: &str) -> Result<Fetcher, Error> {
+        use std::sync::atomic::AtomicU32;
+        static SERIAL: AtomicU32 = AtomicU32::new(0);
+        let start_failed = |reason: String| Error::Fetch { url: url.to_string(), reason: Failure::Start(reason) };
+        let unit = format!("wharf-fetch-{}-{}.service", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
+        let (body, body_end) = pipe().map_err(|e| start_failed(e.to_string()))?;
+        let (reports, reports_end) = pipe().map_err(|e| start_failed(e.to_string()))?;
+        let exe = std::env::current_exe().map_err(|e| start_failed(e.to_string()))?;
+        let argv = vec![exe.to_string_lossy().into_owned(), "fetch".into(), url.to_string()];
+        let descriptor = |fd: File| crate::systemd::descriptor(std::os::fd::OwnedFd::from(fd).into());
+        let mut properties = vec![
+            ("Description".into(), crate::systemd::text(&format!("wharf download of {url}"))),
+            ("Type".into(), crate::systemd::text("exec")),
+            ("CollectMode".into(), crate::systemd::text("inactive-or-failed")),
+            ("ExecStartEx".into(), crate::systemd::exec_start_literal(&argv)),
+            ("StandardOutputFileDescriptor".into(), descriptor(body_end).map_err(|e| start_failed(e.to_string()))?),
+            ("StandardErrorFileDescriptor".into(), descriptor(reports_end).map_err(|e| start_failed(e.to_string()))?),
+        ];
+        properties.extend(sandbox());
+        systemd
+            .start_transient(&unit, properties, Deadlines::get().job)
+            .await
+            .map_err(|e| start_failed(e.to_string()))?;
+        let size = Arc::new(AtomicU64::new(0));
+        let told = size.clone();
+        let reports = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            for line in BufReader::new(reports).lines() {
+                let Ok(line) = line else { break };
+                match Report::parse(&line) {
+                    Some(report) => {
+                        if let Report::Size(size) = report {
+                            told.store(size, Ordering::Relaxed);
+                        }
+                        all.push(report);
+                    }
+                    None => tracing::warn!("the fetcher said: {line}"),
+                }
+            }
+            all
+        });
+        Ok(Fetcher { unit, body, reports, size })
+    }
+
+    /// The whole file, at most `limit` bytes of it.
+    fn read_all(self, limit: u64) -> Result<Vec<u8>, Failure> {
+        let mut data = Vec::new();
+        let read = (&self.body).take(limit + 1).read_to_end(&mut data);
+        drop(self.body);
+        let reports = self.reports.join().unwrap_or_default();
+        crate::pull::fetch::outcome(&reports, data.len() as u64)?;
+        read.map_err(|e| Failure::Transfer(format!("cannot read the download: {e}")))?;
+        if data.len() as u64 > limit {
+            return Err(Failure::TooLarge(limit));
+        }
+        Ok(data)
+    }
+}
+
+/// What the fetcher's unit may do: reach the network and write to its
+/// pipes, as a user of its own with no capabilities; nothing on the host
+/// is writable to it and no device is there.
+fn sandbox() -> Vec<(String, zbus::OwnedVariant)> {
+    let variant =
+        |value: zbus::Variant<'_>| zbus::OwnedVariant::try_from(value).expect("plain values hold no descriptor");
+    let yes = |name: &str| (name.to_string(), variant(true.into()));
+    let families: Vec<String> = ["AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"].map(String::from).into();
+    vec![
+        yes("DynamicUser"),
+        yes("NoNewPrivileges"),
+        yes("PrivateTmp"),
+        yes("PrivateDevices"),
+        yes("LockPersonality"),
+        yes("RestrictRealtime"),
+        yes("MemoryDenyWriteExecute"),
+        ("ProtectSystem".into(), crate::systemd::text("strict")),
+        ("ProtectHome".into(), crate::systemd::text("yes")),
+        ("CapabilityBoundingSet".into(), variant(0u64.into())),
+        // (allow-list, families)
+        ("RestrictAddressFamilies".into(), variant((true, families).into())),
+        ("MemoryMax".into(), variant((512u64 << 20).into())),
+    ]
+}
+
+fn pipe() -> std::io::Result<(File, File)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    Ok((File::from(read), File::from(write)))
+}
+
+/// The download streamed into the store: hashed on the way, built under a
+/// temporary name, and given its name only once the fetcher said the file
+/// was complete and its digest is the expected one.
+fn receive(
+    store: &Store,
+    fetcher: Fetcher,
+    name: &str,
+    url: &str,
+    format: Format,
+    expected: Option<([u8; 32], String)>,
+    progress: Progress<'_>,
+) -> Result<PathBuf, BusError> {
+    let (store_end, tee_end) = pipe().map_err(failed)?;
+    let stop = AtomicBool::new(false);
+    let Fetcher { body, reports, size, .. } = fetcher;
+    let (staged, teed) = std::thread::scope(|scope| {
+        let tee = scope.spawn(|| tee(body, tee_end, &size, &stop, store.cancel.as_deref(), progress));
+        let staged = stage(store, store_end, name, format);
+        // A refused stage needs no more of an unchecked download. A checked
+        // one is read to its end all the same: that the file is not the
+        // one its SHA256SUMS lists says more than what it failed as.
+        if staged.is_err() && expected.is_none() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        (staged, tee.join().unwrap_or_else(|_| Err(std::io::Error::other("the download's reader failed"))))
+    });
+    let fetch_failed = |reason| pulling(name, Error::Fetch { url: url.to_string(), reason });
+    let teed = match teed {
+        Ok(teed) => teed,
+        Err(e) => {
+            return Err(staged
+                .err()
+                .map(BusError::from)
+                .unwrap_or_else(|| fetch_failed(Failure::Transfer(e.to_string()))));
+        }
+    };
+    if teed.abandoned {
+        // Refused or cancelled: the stage says which. (The fetcher's
+        // reports end only with it, and the caller stops it.)
+        let cancelled = store.cancel.as_deref().is_some_and(|c| c.load(Ordering::SeqCst));
+        return Err(match staged {
+            Err(e) if !cancelled => e.into(),
+            _ => StoreError::Cancelled(name.to_string()).into(),
+        });
+    }
+    // The whole body came: the fetcher is ending, and its reports with it.
+    let reports = reports.join().unwrap_or_default();
+    // The download's own failure explains a failed stage (a 404 is an
+    // empty image).
+    crate::pull::fetch::outcome(&reports, teed.bytes).map_err(fetch_failed)?;
+    if let Some((expected, sums)) = expected
+        && teed.digest != expected
+    {
+        return Err(pulling(
+            name,
+            Error::Mismatch {
+                url: url.to_string(),
+                sums,
+                got: crate::pull::hex(&teed.digest),
+                expected: crate::pull::hex(&expected),
+            },
+        ));
+    }
+    Ok(staged?.commit()?)
+}
+
+fn stage(store: &Store, input: File, name: &str, format: Format) -> Result<Staged, StoreError> {
+    let mut quiet = |_: u64, _: u64| {};
+    match format {
+        Format::Raw => store.stage_raw(input, name, &mut quiet),
+        Format::Tar => store.stage_tar(input, name, &mut quiet),
+        Format::Any => store.stage_any(input, name, &mut quiet),
+    }
+}
+
+struct Teed {
+    digest: [u8; 32],
+    bytes: u64,
+    /// The reading stopped before the end (the stage was refused, or the
+    /// pull cancelled).
+    abandoned: bool,
+}
+
+/// Copies the download to the store's pipe, hashing every byte. When the
+/// store stops reading early (an image ends before its file does) the rest
+/// is still read and hashed: the digest is of the whole file.
+fn tee(
+    mut body: File,
+    into: File,
+    size: &AtomicU64,
+    stop: &AtomicBool,
+    cancel: Option<&AtomicBool>,
+    progress: Progress<'_>,
+) -> std::io::Result<Teed> {
+    let mut hasher = Sha256::new();
+    let mut into = Some(into);
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        if stop.load(Ordering::SeqCst) || cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return Ok(Teed { digest: hasher.finalize().into(), bytes, abandoned: true });
+        }
+        // Waited for a little at a time, so that a stalled server does not
+        // hold up a cancel or a refusal.
+        let mut ready = [nix::poll::PollFd::new(body.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut ready, nix::poll::PollTimeout::from(200u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            _ => {}
+        }
+        let n = match body.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+        progress(bytes, size.load(Ordering::Relaxed));
+        if let Some(pipe) = &mut into
+            && pipe.write_all(&buffer[..n]).is_err()
+        {
+            into = None;
+        }
+    }
+    Ok(Teed { digest: hasher.finalize().into(), bytes, abandoned: false })
+}

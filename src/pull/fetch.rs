@@ -1,0 +1,211 @@
+//! `wharfd fetch URL`: one download, in a sandboxed unit of its own (see
+//! `daemon::pull`). The body goes to standard output as it arrives;
+//! standard error carries what wharfd needs to know, one report a line:
+//! `size N` once the length is known, then `done N` after the last byte or
+//! `failed STATUS REASON` (STATUS: the HTTP status, or 0). A fetcher that
+//! ends without `done` did not deliver the whole file, whatever its output.
+
+use std::fmt;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A server that sends nothing for this long has stalled.
+pub const STALL: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_REDIRECTS: u32 = 8;
+
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// The http:// or https:// URL to download.
+    pub url: String,
+}
+
+/// Why a download did not deliver its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The server answered with this HTTP status.
+    Http(u32),
+    /// The network, the server or TLS failed, as libcurl says it.
+    Transfer(String),
+    /// The fetcher ended without saying the file was complete.
+    Ended,
+    /// More than a small file (a SHA256SUMS, a signature) may be.
+    TooLarge(u64),
+    /// The fetcher could not be started.
+    Start(String),
+}
+
+impl Failure {
+    /// Whether the file is not there (so another name may be tried).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Failure::Http(404 | 410))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Http(404) => f.write_str("the server has no such file (HTTP 404)"),
+            Failure::Http(status) => write!(f, "the server answered HTTP {status}"),
+            Failure::Transfer(reason) => f.write_str(reason),
+            Failure::Ended => f.write_str("the download ended before the file was complete"),
+            Failure::TooLarge(limit) => write!(f, "is larger than {limit} bytes, more than such a file may be"),
+            Failure::Start(reason) => write!(f, "cannot start the download: {reason}"),
+        }
+    }
+}
+
+/// One line of a fetcher's reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Size(u64),
+    Done(u64),
+    Failed(u32, String),
+}
+
+impl Report {
+    pub fn parse(line: &str) -> Option<Report> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "size" => rest.trim().parse().ok().map(Report::Size),
+            "done" => rest.trim().parse().ok().map(Report::Done),
+            "failed" => {
+                let (status, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(Report::Failed(status.parse().unwrap_or(0), reason.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    fn line(&self) -> String {
+        match self {
+            Report::Size(size) => format!("size {size}\n"),
+            Report::Done(bytes) => format!("done {bytes}\n"),
+            Report::Failed(status, reason) => format!("failed {status} {}\n", reason.replace('\n', " ")),
+        }
+    }
+}
+
+/// How a download ended, from every report its fetcher made and the bytes
+/// that came through the pipe.
+pub fn outcome(reports: &[Report], received: u64) -> Result<(), Failure> {
+    for report in reports {
+        match report {
+            Report::Failed(status, _) if (400..600).contains(status) => return Err(Failure::Http(*status)),
+            Report::Failed(_, reason) => return Err(Failure::Transfer(reason.clone())),
+            Report::Done(sent) if *sent == received => return Ok(()),
+            Report::Done(_) | Report::Size(_) => {}
+        }
+    }
+    Err(Failure::Ended)
+}
+
+pub fn main(args: FetchArgs) -> ExitCode {
+    let report = |report: Report| {
+        // Nothing else can be told if standard error is gone.
+        let _ = std::io::stderr().write_all(report.line().as_bytes());
+    };
+    match fetch(&args.url, &report) {
+        Ok(bytes) => {
+            report(Report::Done(bytes));
+            ExitCode::SUCCESS
+        }
+        Err((status, reason)) => {
+            report(Report::Failed(status, reason));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Downloads `url` to standard output; the bytes sent, or (HTTP status or
+/// 0, reason).
+fn fetch(url: &str, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
+    let setup = |e: curl::Error| (0, describe(&e));
+    let mut output =
+        std::io::stdout().as_fd().try_clone_to_owned().map(std::fs::File::from).map_err(|e| (0, e.to_string()))?;
+    let mut easy = curl::easy::Easy::new();
+    easy.url(url).map_err(setup)?;
+    easy.follow_location(true).map_err(setup)?;
+    easy.max_redirections(MAX_REDIRECTS).map_err(setup)?;
+    easy.fail_on_error(true).map_err(setup)?;
+    easy.connect_timeout(CONNECT_TIMEOUT).map_err(setup)?;
+    // A stall, not a slow link, is what ends a download.
+    easy.low_speed_limit(1).map_err(setup)?;
+    easy.low_speed_time(STALL).map_err(setup)?;
+    easy.useragent(concat!("wharf/", env!("CARGO_PKG_VERSION"))).map_err(setup)?;
+    easy.progress(true).map_err(setup)?;
+    let mut sent = 0u64;
+    let mut size_told = false;
+    let performed = {
+        let mut transfer = easy.transfer();
+        transfer
+            .write_function(|data| match output.write_all(data) {
+                Ok(()) => {
+                    sent += data.len() as u64;
+                    Ok(data.len())
+                }
+                // Fewer bytes taken than given: libcurl stops with a write error.
+                Err(_) => Ok(0),
+            })
+            .map_err(setup)?;
+        transfer
+            .progress_function(|total, _, _, _| {
+                if !size_told && total > 0.0 {
+                    size_told = true;
+                    report(Report::Size(total as u64));
+                }
+                true
+            })
+            .map_err(setup)?;
+        transfer.perform()
+    };
+    match performed {
+        Ok(()) => Ok(sent),
+        Err(e) if e.is_http_returned_error() => {
+            let status = easy.response_code().unwrap_or(0);
+            Err((status, describe(&e)))
+        }
+        Err(e) if e.is_write_error() => Err((0, "wharfd stopped reading the download".into())),
+        Err(e) if e.is_operation_timedout() && sent > 0 => {
+            Err((0, format!("the server sent nothing for {} s after {sent} bytes", STALL.as_secs())))
+        }
+        Err(e) => Err((0, describe(&e))),
+    }
+}
+
+/// libcurl's own words for an error: the detailed ones when it has them.
+fn describe(error: &curl::Error) -> String {
+    let detail = error.extra_description().unwrap_or_default().trim().to_string();
+    if detail.is_empty() { error.description().to_string() } else { detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_read_back_as_written() {
+        for report in [Report::Size(1 << 30), Report::Done(7), Report::Failed(404, "Not Found".into())] {
+            assert_eq!(Report::parse(report.line().trim_end()), Some(report));
+        }
+        // A reason never takes more than its line.
+        let line = Report::Failed(0, "a\nb".into()).line();
+        assert_eq!(line, "failed 0 a b\n");
+        assert_eq!(Report::parse("thread 'main' panicked"), None);
+    }
+
+    #[test]
+    fn only_a_done_with_every_byte_is_a_complete_download() {
+        assert_eq!(outcome(&[Report::Size(10), Report::Done(10)], 10), Ok(()));
+        // The fetcher was killed, or its pipe lost bytes.
+        assert_eq!(outcome(&[Report::Size(10)], 10), Err(Failure::Ended));
+        assert_eq!(outcome(&[Report::Done(10)], 9), Err(Failure::Ended));
+        assert_eq!(outcome(&[], 0), Err(Failure::Ended));
+        assert_eq!(outcome(&[Report::Failed(404, "x".into())], 0), Err(Failure::Http(404)));
+        assert!(Failure::Http(404).is_not_found());
+        let refused = outcome(&[Report::Failed(0, "Failed to connect to 127.0.0.1 port 9".into())], 0);
+        assert_eq!(refused, Err(Failure::Transfer("Failed to connect to 127.0.0.1 port 9".into())));
+    }
+}
