@@ -94,6 +94,10 @@ impl MachineInterface {
         let audit = Call::new(kind, caller).image(&self.store.pool, name);
         let registration = transfer.map(|(kind, remote)| self.daemon.transfers.register(kind, name, &remote));
         let _heartbeat = heartbeat(connection, header);
+        let _watch = match &registration {
+            Some(registration) => transfer::cancel_when_caller_leaves(connection, header, registration).await,
+            None => None,
+        };
         let reporter = progress_reporter(connection, header, what);
         let (mut progress, store): (Box<dyn FnMut(u64, u64) + Send>, Store) = match &registration {
             Some(registration) => {

@@ -70,6 +70,7 @@ pub(crate) async fn pull(
     let audit = Call::new(Kind::Import, caller).image(&store.pool, &name).field("WHARF_URL", request.url.clone());
     let registration = daemon.transfers.register(request.kind, &name, &request.url);
     let _heartbeat = heartbeat(connection, header);
+    let _watch = super::transfer::cancel_when_caller_leaves(connection, header, &registration).await;
     let mut progress = registration.track(progress_reporter(connection, header, &format!("pull {name}")));
     let store = store.clone().with_cancel(registration.cancel_flag());
     let result = async {

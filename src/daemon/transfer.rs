@@ -107,6 +107,36 @@ impl Registration {
     }
 }
 
+/// Cancels a transfer once the caller of `header`'s call leaves the bus
+/// (its client was interrupted, or died): nobody would get the image's
+/// name, so what it built goes. Watches until the returned task is
+/// dropped. Must be called on the executor.
+pub(crate) async fn cancel_when_caller_leaves(
+    connection: &zbus::Connection,
+    header: &zbus::message::Header<'_>,
+    registration: &Registration,
+) -> Option<zruntime::Task<(), zruntime::Shared>> {
+    use futures_util::StreamExt;
+    let caller = header.sender()?.to_owned();
+    let dbus = zbus::fdo::DBusProxy::new(connection).await.ok()?;
+    // Subscribed first, so that a caller leaving before the check is seen.
+    let mut changes = dbus.receive_name_owner_changed_with_args(&[(0, caller.as_str())]).await.ok()?;
+    let cancel = registration.cancel_flag();
+    let (id, local) = (registration.id, registration.transfer.local.clone());
+    let still_there = dbus.name_has_owner(caller.clone().into()).await.unwrap_or(true);
+    Some(zruntime::spawn(async move {
+        if still_there {
+            while let Some(change) = changes.next().await {
+                if change.args().is_ok_and(|args| args.new_owner().is_none()) {
+                    break;
+                }
+            }
+        }
+        tracing::info!(id, local, "the caller of a transfer left; cancelling it");
+        cancel.store(true, Ordering::SeqCst);
+    }))
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.id);

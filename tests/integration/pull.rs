@@ -234,6 +234,37 @@ fn pulls(tb: &Testbed) {
     tb.ok("for i in $(seq 300); do [ -z \"$(systemctl list-units --all --no-legend --plain 'wharf-fetch-*')\" ] && exit 0; sleep 0.1; done; exit 1");
     nothing_left(tb, "stalled");
 
+    // A client interrupted (^C) takes its transfer with it: a pull, and an
+    // import from a pipe that never ends.
+    for (unit, command, listed, name) in [
+        (
+            "wharf-test-pull-interrupted",
+            format!("machine pull-raw --verify=no {STALLED_SERVER}/stalled.raw.xz stalled"),
+            "pull-raw.*stalled",
+            "stalled",
+        ),
+        (
+            "wharf-test-import-interrupted",
+            "sh -c 'sleep 600 | machine import-raw - never'".to_string(),
+            "import-raw.*never",
+            "never",
+        ),
+    ] {
+        tb.ok(&format!("systemd-run --unit={unit} {command}"));
+        tb.ok(&format!(
+            "for i in $(seq 300); do machine list-transfers | grep -q '{listed}' && exit 0; sleep 0.1; done; exit 1"
+        ));
+        tb.ok(&format!("systemctl kill -s INT {unit}"));
+        tb.ok(&format!(
+            "for i in $(seq 300); do machine list-transfers | grep -q '{listed}' || exit 0; sleep 0.1; done; exit 1"
+        ));
+        tb.ok(&format!("for i in $(seq 300); do [ -z \"$(systemctl list-units --all --no-legend --plain 'wharf-fetch-*')\" ] && exit 0; sleep 0.1; done; exit 1"));
+        tb.sh(&format!("systemctl stop {unit}; systemctl reset-failed {unit}"));
+        nothing_left(tb, name);
+    }
+    let said = tb.ok("journalctl -q -o cat -u wharfd | grep -c 'the caller of a transfer left; cancelling it'");
+    assert_eq!(said.trim(), "2", "wharfd's journal counts the interrupted transfers");
+
     // Imports read standard input when the file is -.
     let out = tb.ok("cat /srv/www/pulled.raw.xz | machine import-raw - stdinimg");
     assert_eq!(out.trim(), "Imported /var/lib/machines/stdinimg.raw.");
