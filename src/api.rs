@@ -184,7 +184,7 @@ pub trait Portable {
     /// Marks an image read-only, or writable again.
     fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
     /// Downloads an image into the portable pool; returns its path.
-    fn pull_image(&self, url: &str, name: &str, verify: &str, read_only: bool) -> zbus::Result<String>;
+    fn pull_image(&self, url: &str, name: &str, verify: &str, flags: u64) -> zbus::Result<String>;
     /// Inspects an image the caller opened and passes as `fd`; `image` is its
     /// path, for messages. Unit texts are included when `cat` is true.
     fn inspect_image(&self, image: &str, fd: zbus::Fd<'_>, prefixes: &[String], cat: bool) -> zbus::Result<ImageInfo>;
@@ -284,6 +284,16 @@ pub struct MachineInfo {
     pub cgroup: Vec<String>,
 }
 
+/// Flags of `PullImage` (both interfaces).
+pub mod pull_flags {
+    /// Mark the image read-only once pulled.
+    pub const READ_ONLY: u64 = 1 << 0;
+    /// Replace an image of that name in the pool's home (not one that is
+    /// read-only, in use, or elsewhere in the search path).
+    pub const FORCE: u64 = 1 << 1;
+    pub const ALL: u64 = READ_ONLY | FORCE;
+}
+
 /// Client side of `org.wharf1.Machine`.
 #[zbus::proxy(interface = "org.wharf1.Machine", default_service = "org.wharf1", default_path = "/org/wharf1")]
 pub trait Machine {
@@ -305,7 +315,7 @@ pub trait Machine {
     fn import_fs(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
     /// Downloads an image (`format`: raw or tar) checked as `verify` says
     /// (no, checksum, signature); returns the image's path.
-    fn pull_image(&self, url: &str, name: &str, format: &str, verify: &str, read_only: bool) -> zbus::Result<String>;
+    fn pull_image(&self, url: &str, name: &str, format: &str, verify: &str, flags: u64) -> zbus::Result<String>;
     /// Writes a directory image as a tar archive to `fd`.
     fn export_tar(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
     /// Writes a raw image to `fd`.

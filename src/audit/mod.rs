@@ -362,11 +362,25 @@ impl ImageFacts {
 type DigestKey = (u64, u64, u64, i64, i64, i64, i64);
 static DIGESTS: LazyLock<Mutex<HashMap<DigestKey, String>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
+/// The identity of a file's contents as [`DIGESTS`] keys it.
+fn digest_key(meta: &std::fs::Metadata) -> DigestKey {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec())
+}
+
+/// Records the digest of an image wharf has just written (and hashed on
+/// the way), so that its audit entry does not read it all again.
+pub fn remember_digest(path: &Path, sha256: String) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    if let Ok(mut digests) = DIGESTS.lock() {
+        digests.insert(digest_key(&meta), sha256);
+    }
+}
+
 /// The facts of the image at `path`, read now (blocking: may hash it). An
 /// xz image's digest is the one its pool copy records, when that copy was
 /// made from this path (attach has just checked the bytes against it).
 pub fn image_facts(pool: &Pool, path: &Path) -> Option<ImageFacts> {
-    use std::os::unix::fs::MetadataExt;
     let path = std::path::absolute(path).ok()?;
     let file = std::fs::File::open(&path).ok()?;
     let kind = ImageKind::detect_open(&file, &path).ok()?;
@@ -380,8 +394,7 @@ pub fn image_facts(pool: &Pool, path: &Path) -> Option<ImageFacts> {
                 .and_then(|target| crate::image::xz::source_of(&pool.home().join(target)))
                 .filter(|r| r.path == path.display().to_string() && !r.sha256.is_empty())
                 .map(|r| r.sha256);
-            let key =
-                (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec());
+            let key = digest_key(&meta);
             match recorded {
                 Some(sha256) => Some(sha256),
                 None => {

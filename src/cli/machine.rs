@@ -556,7 +556,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::PullRaw(ref pull) | Command::PullTar(ref pull) => {
             let kind = if matches!(cli.command, Command::PullTar(_)) { "tar" } else { "raw" };
-            let call = machine.pull_image(&pull.url, pull.name_for_daemon(), kind, &pull.verify, pull.read_only);
+            let call = machine.pull_image(&pull.url, pull.name_for_daemon(), kind, &pull.verify, pull.flags());
             let path = with_progress(&bus, show, call).await?;
             emit_path(format, cli.output.quiet, "Pulled", &path)?;
         }

@@ -272,7 +272,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::History(args) => super::history::run(args, crate::audit::Domain::Portable, format)?,
         Command::Pull(pull) => {
             let show = !cli.output.quiet && !format.is_json();
-            let call = portable.pull_image(&pull.url, pull.name_for_daemon(), &pull.verify, pull.read_only);
+            let call = portable.pull_image(&pull.url, pull.name_for_daemon(), &pull.verify, pull.flags());
             let path = super::progress::with_progress(&bus, show, call).await?;
             if !cli.output.quiet || format.is_json() {
                 format.emit(&serde_json::json!({ "path": path }), |_| format!("Pulled {path}."))?;

@@ -16,9 +16,19 @@ pub struct PullArgs {
     /// Mark the image read-only once it is pulled.
     #[arg(long)]
     pub read_only: bool,
+    /// Replace an image of that name, once the new one is verified (not a
+    /// read-only one, one in use, or one outside the pool's first directory).
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl PullArgs {
+    /// The flags of PullImage.
+    pub fn flags(&self) -> u64 {
+        use crate::api::pull_flags;
+        (if self.read_only { pull_flags::READ_ONLY } else { 0 }) | (if self.force { pull_flags::FORCE } else { 0 })
+    }
+
     /// The name as wharfd takes it: empty for the one from the URL.
     pub fn name_for_daemon(&self) -> &str {
         self.name.as_deref().unwrap_or("")

@@ -294,7 +294,7 @@ impl MachineInterface {
         name: String,
         format: String,
         verify: String,
-        read_only: bool,
+        flags: u64,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
@@ -303,7 +303,7 @@ impl MachineInterface {
             "tar" => (super::pull::Format::Tar, "pull-tar"),
             other => return Err(BusError::InvalidArgument(format!("no image format '{other}' (raw or tar)"))),
         };
-        let request = super::pull::Request { url, name, format, verify, read_only, kind };
+        let request = super::pull::Request { url, name, format, verify, flags, kind };
         super::pull::pull(&self.daemon, &self.store, connection, &header, request).await
     }
 

@@ -105,6 +105,7 @@ async fn serve(options: Options) -> Result<(), Error> {
     let recovered = zruntime::unblock(move || {
         let recovered = crate::transaction::recover(journal, &unit_dirs);
         crate::machine::store::Store::machines().remove_leftovers();
+        crate::machine::store::Store::portables().remove_leftovers();
         let partial = crate::image::xz::remove_partial(crate::image::Pool::portables().home());
         if partial > 0 {
             tracing::warn!("removed {partial} partial decompression(s) left by a crash");

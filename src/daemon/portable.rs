@@ -308,13 +308,13 @@ impl PortableInterface {
         url: String,
         name: String,
         verify: String,
-        read_only: bool,
+        flags: u64,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        let store = crate::machine::store::Store { pool: self.host.pool.clone(), cancel: None };
+        let store = crate::machine::store::Store::portables();
         let format = super::pull::Format::Any;
-        let request = super::pull::Request { url, name, format, verify, read_only, kind: "pull" };
+        let request = super::pull::Request { url, name, format, verify, flags, kind: "pull" };
         super::pull::pull(&self.daemon, &store, connection, &header, request).await
     }
 

@@ -16,7 +16,7 @@ use zbus::message::Header;
 use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
-use crate::api::BusError;
+use crate::api::{BusError, pull_flags};
 use crate::audit::{Call, Kind};
 use crate::machine::store::{Error as StoreError, Progress, Staged, Store};
 use crate::pull::fetch::{Failure, Report};
@@ -47,7 +47,8 @@ pub(crate) struct Request {
     pub name: String,
     pub format: Format,
     pub verify: String,
-    pub read_only: bool,
+    /// [`crate::api::pull_flags`].
+    pub flags: u64,
     /// `pull-raw`, `pull-tar` or `pull`, as list-transfers shows it.
     pub kind: &'static str,
 }
@@ -72,13 +73,22 @@ pub(crate) async fn pull(
     let _heartbeat = heartbeat(connection, header);
     let _watch = super::transfer::cancel_when_caller_leaves(connection, header, &registration).await;
     let mut progress = registration.track(progress_reporter(connection, header, &format!("pull {name}")));
+    let force = request.flags & pull_flags::FORCE != 0;
     let store = store.clone().with_cancel(registration.cancel_flag());
+    let store = if force { store.replacing() } else { store };
     let result = async {
+        if request.flags & !pull_flags::ALL != 0 {
+            return Err(BusError::InvalidArgument(format!("unknown flags {:#x}", request.flags & !pull_flags::ALL)));
+        }
         let source = source.map_err(|e| pulling(&name, e))?;
         let verify: Verify = request.verify.parse().map_err(|e| pulling(&name, e))?;
         {
             let (store, name) = (store.clone(), name.clone());
-            daemon.blocking(move || store.check_free(&name)).await?;
+            // Before anything is downloaded: the name must be free, or
+            // (forced) hold only what may be replaced.
+            daemon
+                .blocking(move || if force { store.replaceable(&name).map(drop) } else { store.check_free(&name) })
+                .await?;
         }
         let systemd = Systemd::new(connection).await.map_err(failed)?;
         let expected = expected_digest(daemon, &systemd, &source, verify).await.map_err(|e| pulling(&name, e))?;
@@ -93,7 +103,7 @@ pub(crate) async fn pull(
             tracing::debug!(unit, "the fetcher was gone: {e}");
         }
         let path = received?;
-        if request.read_only {
+        if request.flags & pull_flags::READ_ONLY != 0 {
             let (pool, name) = (store.pool.clone(), name.clone());
             daemon.blocking(move || super::portable::mark_read_only(&pool, &name, true)).await?;
         }

@@ -67,6 +67,34 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
 
 /// Prefix of the temporary names imports and clones are built under.
 pub const TEMP_PREFIX: &str = ".#wharf-import-";
+/// Prefix of the name an image a forced import replaces has while the new
+/// one is put in its place: `PREFIX-PID-SERIAL-FILENAME`.
+pub const ASIDE_PREFIX: &str = ".#wharf-replaced-";
+
+fn aside_path(image: &Path) -> PathBuf {
+    use std::sync::atomic::AtomicU64;
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+    let file_name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    image.with_file_name(format!("{ASIDE_PREFIX}{}-{serial}-{file_name}", std::process::id()))
+}
+
+/// The file name an aside had: what follows its PID and serial.
+fn aside_origin(aside_name: &str) -> Option<&str> {
+    let rest = aside_name.strip_prefix(ASIDE_PREFIX)?;
+    let mut parts = rest.splitn(3, '-');
+    let (_pid, _serial) = (parts.next()?, parts.next()?);
+    parts.next().filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// Moves images set aside back to their names (a replacement failed).
+fn put_back(asides: &[(PathBuf, PathBuf)]) {
+    for (old, aside) in asides.iter().rev() {
+        if let Err(e) = fs::rename(aside, old) {
+            tracing::error!(image = %old.display(), aside = %aside.display(), "cannot put a replaced image back: {e}");
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -75,6 +103,9 @@ pub struct Store {
     /// (`machine cancel-transfer`): its next read or write fails, and what
     /// it built is removed.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// An import may replace an image of its name in the pool's home
+    /// (`--force`), once it is complete.
+    pub replace: bool,
 }
 
 /// A reader or writer of a transfer that fails once it is cancelled. A
@@ -151,6 +182,8 @@ struct Temp {
     keep: bool,
     /// Held until the image is under its name (or gone).
     _locks: Option<NewImageLocks>,
+    /// Images of the name the commit replaces.
+    replacing: Vec<PathBuf>,
 }
 
 impl Temp {
@@ -159,7 +192,7 @@ impl Temp {
         static SERIAL: AtomicU64 = AtomicU64::new(0);
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{TEMP_PREFIX}{name}-{}-{serial}", std::process::id()));
-        Temp { path, keep: false, _locks: None }
+        Temp { path, keep: false, _locks: None, replacing: Vec::new() }
     }
 
     fn holding(mut self, locks: NewImageLocks) -> Temp {
@@ -167,11 +200,37 @@ impl Temp {
         self
     }
 
-    /// Renames the temporary to `target`; from then on it is no longer removed.
+    /// Renames the temporary to `target`; from then on it is no longer
+    /// removed. The images it replaces are moved aside first and removed
+    /// once it is in place: a crash in between leaves an aside that
+    /// [`Store::remove_leftovers`] puts back, or removes if the new image
+    /// made it.
     fn commit(mut self, target: &Path, name: &str) -> Result<()> {
-        fs::rename(&self.path, target).map_err(io_error(name, target))?;
+        let mut asides = Vec::new();
+        for old in std::mem::take(&mut self.replacing) {
+            let aside = aside_path(&old);
+            if let Err(e) = fs::rename(&old, &aside) {
+                put_back(&asides);
+                return Err(io_error(name, &old)(e));
+            }
+            asides.push((old, aside));
+        }
+        if let Some((_, aside)) = asides.first() {
+            crate::fs::sync_parent(aside).map_err(io_error(name, aside))?;
+        }
+        if let Err(e) = fs::rename(&self.path, target) {
+            put_back(&asides);
+            return Err(io_error(name, target)(e));
+        }
         crate::fs::sync_parent(target).map_err(io_error(name, target))?;
         self.keep = true;
+        for (old, aside) in asides {
+            let removed = if aside.is_dir() { fs::remove_dir_all(&aside) } else { fs::remove_file(&aside) };
+            match removed {
+                Ok(()) => tracing::info!(image = %old.display(), "replaced"),
+                Err(e) => tracing::error!(path = %aside.display(), "cannot remove a replaced image: {e}"),
+            }
+        }
         Ok(())
     }
 }
@@ -197,6 +256,22 @@ pub struct Staged {
     temp: Temp,
     target: PathBuf,
     name: String,
+    /// SHA-256 of a raw image's bytes, as written.
+    digest: Option<String>,
+}
+
+/// A reader that hashes what it gives.
+struct Hashing<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
 }
 
 impl Staged {
@@ -208,13 +283,27 @@ impl Staged {
     /// Gives the image its name; returns its path.
     pub fn commit(self) -> Result<PathBuf> {
         self.temp.commit(&self.target, &self.name)?;
+        if let Some(digest) = self.digest {
+            crate::audit::remember_digest(&self.target, digest);
+        }
         Ok(self.target)
     }
 }
 
 impl Store {
     pub fn machines() -> Store {
-        Store { pool: Pool::machines(), cancel: None }
+        Store { pool: Pool::machines(), cancel: None, replace: false }
+    }
+
+    /// The portable image pool, as `portable pull` fills it.
+    pub fn portables() -> Store {
+        Store { pool: Pool::portables(), cancel: None, replace: false }
+    }
+
+    /// This store, for imports that replace an image of their name.
+    pub fn replacing(mut self) -> Store {
+        self.replace = true;
+        self
     }
 
     /// This store, for one transfer that `cancel` stops.
@@ -256,6 +345,27 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The images of `machine` a forced import replaces: those in the
+    /// pool's home. One elsewhere in the search path is refused (it would
+    /// hide the new image, or be hidden by it), as is a read-only one.
+    pub fn replaceable(&self, machine: &str) -> Result<Vec<PathBuf>> {
+        name::validate(machine)?;
+        let mut replacing = Vec::new();
+        for dir in self.pool.dirs() {
+            for candidate in [dir.join(machine), dir.join(format!("{machine}.raw"))] {
+                let Ok(meta) = candidate.symlink_metadata() else { continue };
+                if dir.as_path() != self.pool.home() {
+                    return Err(Error::Exists { name: machine.to_string(), path: candidate });
+                }
+                if readonly::is_read_only(&candidate, &meta) {
+                    return Err(Error::ReadOnly(machine.to_string()));
+                }
+                replacing.push(candidate);
+            }
+        }
+        Ok(replacing)
     }
 
     /// Locks a new name as machined does, and the places an image of that
@@ -428,14 +538,17 @@ impl Store {
         progress: Progress<'a>,
         what: &str,
     ) -> Result<(Box<dyn Read + Send + 'a>, Temp)> {
-        self.check_free(machine)?;
+        let replacing =
+            if self.replace { self.replaceable(machine)? } else { self.check_free(machine).map(|()| Vec::new())? };
         let total = input.metadata().map(|m| m.len()).unwrap_or(0);
         let input = Cancellable { inner: input, cancel: self.cancel.clone() };
         let counted = Counting::new(input, move |done| progress(done, total));
         let (compression, reader) = compress::decoder(counted).map_err(io_error(machine, Path::new("input")))?;
         tracing::debug!(compression = compression.as_str(), "importing {what}");
         let locks = self.lock_new(machine)?;
-        Ok((reader, Temp::new(self.home(machine)?, machine).holding(locks)))
+        let mut temp = Temp::new(self.home(machine)?, machine).holding(locks);
+        temp.replacing = replacing;
+        Ok((reader, temp))
     }
 
     /// Imports a (possibly compressed) tar archive of an OS tree as a
@@ -468,7 +581,7 @@ impl Store {
         fix_root_mode(machine, &temp.path)?;
         let target = self.target(machine, ImageKind::Directory);
         self.check_cancel(machine)?;
-        Ok(Staged { temp, target, name: machine.to_string() })
+        Ok(Staged { temp, target, name: machine.to_string(), digest: None })
     }
 
     /// Imports a (possibly compressed) raw disk or file system image.
@@ -505,8 +618,11 @@ impl Store {
         if is_tar { self.unpack_staged(reader, temp, machine) } else { self.write_staged(reader, temp, machine) }
     }
 
-    fn write_staged(&self, mut reader: Box<dyn Read + Send + '_>, temp: Temp, machine: &str) -> Result<Staged> {
+    fn write_staged(&self, reader: Box<dyn Read + Send + '_>, temp: Temp, machine: &str) -> Result<Staged> {
         let mut file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
+        // Hashed on the way: the audit entry of the import records the
+        // image's digest, which reading 1 GiB again would cost seconds.
+        let mut reader = Hashing { inner: reader, hasher: sha2::Sha256::default() };
         crate::fs::copy_sparse(&mut reader, &mut file).map_err(|e| match e {
             crate::fs::CopyError::Read(e) => {
                 Error::Invalid { name: machine.to_string(), reason: format!("cannot decompress the image: {e}") }
@@ -527,7 +643,8 @@ impl Store {
         }
         let target = self.target(machine, kind);
         self.check_cancel(machine)?;
-        Ok(Staged { temp, target, name: machine.to_string() })
+        let digest = crate::pull::hex(&sha2::Digest::finalize(reader.hasher));
+        Ok(Staged { temp, target, name: machine.to_string(), digest: Some(digest) })
     }
 
     /// Imports a tar archive or a raw image (plain or compressed), whichever
@@ -629,24 +746,51 @@ impl Store {
     /// Removes what interrupted imports left (their hidden temporaries).
     pub fn remove_leftovers(&self) {
         let Ok(entries) = fs::read_dir(self.pool.home()) else { return };
+        let mut asides = Vec::new();
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(origin) = aside_origin(&file_name) {
+                asides.push((entry.path(), self.pool.home().join(origin)));
+                continue;
+            }
+            if file_name.starts_with(TEMP_PREFIX) {
                 let path = entry.path();
                 tracing::warn!(path = %path.display(), "removing what an interrupted import left");
                 let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
             }
         }
+        // An image set aside by a forced import: the new image made it if
+        // one of its name is there (then the old one goes), else the old
+        // one is put back. Decided for all before any is moved.
+        let made = |origin: &Path| {
+            let name = origin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = name.strip_suffix(".raw").unwrap_or(&name).to_string();
+            let home = self.pool.home();
+            home.join(&name).symlink_metadata().is_ok() || home.join(format!("{name}.raw")).symlink_metadata().is_ok()
+        };
+        let decided: Vec<_> = asides.into_iter().map(|(aside, origin)| (made(&origin), aside, origin)).collect();
+        for (made, aside, origin) in decided {
+            if made {
+                tracing::warn!(path = %aside.display(), "removing an image a forced import replaced");
+                let _ = if aside.is_dir() { fs::remove_dir_all(&aside) } else { fs::remove_file(&aside) };
+            } else {
+                tracing::warn!(image = %origin.display(), "putting back an image an interrupted forced import set aside");
+                if let Err(e) = fs::rename(&aside, &origin) {
+                    tracing::error!(path = %aside.display(), "cannot put an image back: {e}");
+                }
+            }
+        }
     }
 }
 
-/// A tar archive of a tree made in a private temporary directory records
-/// its top as 0700; a container booted from it has dbus and logind stuck.
-/// Give the root of an OS tree the mode every root has, and say so.
 /// A tar archive has `ustar` at byte 257 of its first header.
 fn is_tar_header(head: &[u8]) -> bool {
     head.len() >= 262 && &head[257..262] == b"ustar"
 }
 
+/// A tar archive of a tree made in a private temporary directory records
+/// its top as 0700; a container booted from it has dbus and logind stuck.
+/// Give the root of an OS tree the mode every root has, and say so.
 fn fix_root_mode(machine: &str, root: &Path) -> Result<()> {
     let mode = fs::metadata(root).map_err(io_error(machine, root))?.permissions().mode() & 0o7777;
     if mode != 0o755 {
@@ -688,13 +832,20 @@ mod tests {
         let root = std::env::temp_dir().join(format!("wharf-store-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("var/lib/machines")).unwrap();
-        (Store { pool: Pool::under(&root, "machines"), cancel: None }, root)
+        (Store { pool: Pool::under(&root, "machines"), cancel: None, replace: false }, root)
     }
 
     fn os_tree(dir: &Path) {
         fs::create_dir_all(dir.join("usr/lib/systemd")).unwrap();
         fs::write(dir.join("usr/lib/os-release"), "ID=test\n").unwrap();
         fs::write(dir.join("usr/lib/systemd/systemd"), "#!/bin/sh\n").unwrap();
+    }
+
+    /// What ImageKind takes for a squashfs image.
+    fn squashfs_bytes() -> Vec<u8> {
+        let mut bytes = vec![0u8; 8192];
+        bytes[..4].copy_from_slice(b"hsqs");
+        bytes
     }
 
     fn listing(dir: &Path) -> Vec<String> {
@@ -733,6 +884,30 @@ mod tests {
         assert!(matches!(store.import_fs(&source, "one", &mut |_, _| {}), Err(Error::Exists { .. })));
         assert!(matches!(store.clone_image("one", "bad name", false, &mut |_, _| {}), Err(Error::Name(_))));
         assert_eq!(listing(&home), ["one", "two"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_forced_import_replaces_and_a_crash_in_between_is_undone() {
+        let (store, root) = store("replace");
+        let home = store.pool.home().to_path_buf();
+        fs::create_dir_all(home.join("old")).unwrap();
+        fs::write(home.join("old/version"), "1").unwrap();
+        // Not forced: refused; forced: the directory becomes a raw image.
+        let raw = || File::open(root.join("img.raw")).unwrap();
+        fs::write(root.join("img.raw"), squashfs_bytes()).unwrap();
+        assert!(matches!(store.import_raw(raw(), "old", &mut |_, _| {}), Err(Error::Exists { .. })));
+        let path = store.clone().replacing().import_raw(raw(), "old", &mut |_, _| {}).unwrap();
+        assert_eq!(path, home.join("old.raw"));
+        assert_eq!(listing(&home), ["old.raw"]);
+        // A crash after the old image went aside, before the new one came:
+        // put back. After the new one came: the aside goes.
+        fs::create_dir(home.join(format!("{ASIDE_PREFIX}1-0-keep"))).unwrap();
+        fs::write(home.join(format!("{ASIDE_PREFIX}1-1-old")), "stale").unwrap();
+        store.remove_leftovers();
+        assert_eq!(listing(&home), ["keep", "old.raw"]);
+        assert_eq!(aside_origin(".#wharf-replaced-12-3-my-image.raw"), Some("my-image.raw"));
+        assert_eq!(aside_origin(".#wharf-replaced-12-3-"), None);
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -46,8 +46,26 @@ fn nothing_left(tb: &Testbed, name: &str) {
     ));
     assert_eq!(left.trim(), "", "{name} left in a pool");
     assert_eq!(tb.ok("ls -A /run/wharf | grep '^\\.#wharf-verify-' || true").trim(), "", "a scratch directory left");
-    let units = tb.ok("systemctl list-units --all --no-legend --plain 'wharf-fetch-*' || true");
-    assert_eq!(units.trim(), "", "a fetcher unit left");
+    wait_no_fetcher(tb);
+}
+
+/// A pull refused in one line containing `reason`, which left the image
+/// there was before as it was.
+#[track_caller]
+fn refused_keeping(tb: &Testbed, command: &str, reason: &str) {
+    let before = tb.ok("sha256sum /var/lib/machines/pulled.raw");
+    let out = tb.fails(command);
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{command}: {out}");
+    assert!(out.stderr.contains(reason), "{command}: wanted {reason:?}: {out}");
+    assert_eq!(tb.ok("sha256sum /var/lib/machines/pulled.raw"), before, "{command} changed the image");
+    wait_no_fetcher(tb);
+}
+
+/// Waits until no fetcher unit is loaded (one that was stopped goes a
+/// moment after its pull returned).
+#[track_caller]
+fn wait_no_fetcher(tb: &Testbed) {
+    tb.ok("for i in $(seq 300); do [ -z \"$(systemctl list-units --all --no-legend --plain 'wharf-fetch-*')\" ] && exit 0; sleep 0.1; done; exit 1");
 }
 
 /// A pull that fails with one line containing `reason`, and leaves nothing.
@@ -68,6 +86,8 @@ fn pulls(tb: &Testbed) {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::copy(images::f28_tarball().unwrap(), www.join("pf28.tar.xz")).unwrap();
     images::foobar(&www.join("pulled.raw.xz"), "xz", "3").unwrap();
+    std::fs::create_dir_all(www.join("v4")).unwrap();
+    images::foobar(&www.join("v4/pulled.raw.xz"), "xz", "4").unwrap();
     make_key(tb, "/srv/gpg-good", "good");
     make_key(tb, "/srv/gpg-other", "other");
     tb.ok("mkdir -p /etc/wharf && GNUPGHOME=/srv/gpg-good gpg --batch --export > /etc/wharf/import-pubring.pgp");
@@ -124,7 +144,24 @@ fn pulls(tb: &Testbed) {
     assert!(tb.ok("machine list-images --json").contains(r#""name":"pulled.raw","path":"/var/lib/machines/pulled.raw","kind":"squashfs","state":"stopped","read_only":true"#));
     let out = tb.fails(&format!("machine pull-raw --verify=no {SERVER}/pulled.raw.xz"));
     assert!(out.stderr.contains("exists already"), "{out}");
-    tb.ok("machine read-only pulled no && machine remove pulled");
+    // --force replaces it once the new one is complete, but never a
+    // read-only one.
+    let newer = format!("{SERVER}/v4/pulled.raw.xz");
+    refused_keeping(tb, &format!("machine pull-raw --verify=no --force {newer}"), "is read-only");
+    tb.ok("machine read-only pulled no");
+    let out = tb.ok(&format!("machine pull-raw --verify=no --force {newer}"));
+    assert_eq!(out.trim(), "Pulled /var/lib/machines/pulled.raw.");
+    run_host(
+        std::process::Command::new("sh").arg("-c").arg(format!(
+            "xz -dc {} | cmp - {}",
+            www.join("v4/pulled.raw.xz").display(),
+            tb.host_path("/var/lib/machines/pulled.raw").display()
+        )),
+        "comparing the replaced image",
+    )
+    .unwrap();
+    assert_eq!(tb.ok("ls -A /var/lib/machines | grep -c '^\\.#wharf-' || true").trim(), "0", "asides left");
+    tb.ok("machine remove pulled");
 
     // Into the portable pool, by checksum from a FILE.sha256.
     let out = tb.ok(&format!("portable pull --verify=checksum {SERVER}/single/pulled.raw.xz pullp_1"));
@@ -231,7 +268,7 @@ fn pulls(tb: &Testbed) {
     let said = tb.ok("journalctl -q -o cat -u wharf-test-pull-stalled");
     assert!(said.contains("the transfer was cancelled"), "{said}");
     tb.sh("systemctl reset-failed wharf-test-pull-stalled");
-    tb.ok("for i in $(seq 300); do [ -z \"$(systemctl list-units --all --no-legend --plain 'wharf-fetch-*')\" ] && exit 0; sleep 0.1; done; exit 1");
+    wait_no_fetcher(tb);
     nothing_left(tb, "stalled");
 
     // A client interrupted (^C) takes its transfer with it: a pull, and an
@@ -258,7 +295,7 @@ fn pulls(tb: &Testbed) {
         tb.ok(&format!(
             "for i in $(seq 300); do machine list-transfers | grep -q '{listed}' || exit 0; sleep 0.1; done; exit 1"
         ));
-        tb.ok(&format!("for i in $(seq 300); do [ -z \"$(systemctl list-units --all --no-legend --plain 'wharf-fetch-*')\" ] && exit 0; sleep 0.1; done; exit 1"));
+        wait_no_fetcher(tb);
         tb.sh(&format!("systemctl stop {unit}; systemctl reset-failed {unit}"));
         nothing_left(tb, name);
     }
