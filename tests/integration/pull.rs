@@ -61,6 +61,21 @@ fn refused_keeping(tb: &Testbed, command: &str, reason: &str) {
     wait_no_fetcher(tb);
 }
 
+/// /var/lib/machines/pulled.raw is the testbed's `served` decompressed
+/// (compared on the host: the testbed has no xz).
+#[track_caller]
+fn assert_pulled_is(tb: &Testbed, served: &str) {
+    run_host(
+        std::process::Command::new("sh").arg("-c").arg(format!(
+            "xz -dc {} | cmp - {}",
+            tb.host_path(served).display(),
+            tb.host_path("/var/lib/machines/pulled.raw").display()
+        )),
+        "comparing the pulled image with what was served",
+    )
+    .unwrap();
+}
+
 /// Waits until no fetcher unit is loaded (one that was stopped goes a
 /// moment after its pull returned).
 #[track_caller]
@@ -132,15 +147,7 @@ fn pulls(tb: &Testbed) {
     // A raw image: the bytes the server has, decompressed; --read-only holds.
     let out = tb.ok(&format!("machine pull-raw --read-only --json {SERVER}/pulled.raw.xz"));
     assert_eq!(out.trim(), r#"{"path":"/var/lib/machines/pulled.raw"}"#);
-    run_host(
-        std::process::Command::new("sh").arg("-c").arg(format!(
-            "xz -dc {} | cmp - {}",
-            www.join("pulled.raw.xz").display(),
-            tb.host_path("/var/lib/machines/pulled.raw").display()
-        )),
-        "comparing the pulled image",
-    )
-    .unwrap();
+    assert_pulled_is(tb, "/srv/www/pulled.raw.xz");
     assert!(tb.ok("machine list-images --json").contains(r#""name":"pulled.raw","path":"/var/lib/machines/pulled.raw","kind":"squashfs","state":"stopped","read_only":true"#));
     let out = tb.fails(&format!("machine pull-raw --verify=no {SERVER}/pulled.raw.xz"));
     assert!(out.stderr.contains("exists already"), "{out}");
@@ -151,15 +158,7 @@ fn pulls(tb: &Testbed) {
     tb.ok("machine read-only pulled no");
     let out = tb.ok(&format!("machine pull-raw --verify=no --force {newer}"));
     assert_eq!(out.trim(), "Pulled /var/lib/machines/pulled.raw.");
-    run_host(
-        std::process::Command::new("sh").arg("-c").arg(format!(
-            "xz -dc {} | cmp - {}",
-            www.join("v4/pulled.raw.xz").display(),
-            tb.host_path("/var/lib/machines/pulled.raw").display()
-        )),
-        "comparing the replaced image",
-    )
-    .unwrap();
+    assert_pulled_is(tb, "/srv/www/v4/pulled.raw.xz");
     assert_eq!(tb.ok("ls -A /var/lib/machines | grep -c '^\\.#wharf-' || true").trim(), "0", "asides left");
     tb.ok("machine remove pulled");
 

@@ -128,10 +128,10 @@ pub fn debootstrap(release: &str, packages: &[&str], dir: &Path) -> Result<()> {
 pub fn root_tarball(release: Release) -> Result<PathBuf> {
     let packages = release.packages();
     let mut parts = vec![release.name(), TESTBED_CUSTOMISATION];
-    parts.extend_from_slice(packages);
+    parts.extend_from_slice(&packages);
     let name = format!("testbed-{}-{}", release.name(), key(&parts));
     cached_tree(&name, |dir| {
-        debootstrap(release.name(), packages, dir)?;
+        debootstrap(release.name(), &packages, dir)?;
         customise(dir)
     })
 }

@@ -70,40 +70,29 @@ impl Release {
     /// images over HTTP to pulls), nftables for the port forwarding and
     /// masquerading of machines on veth and zones, libcurl for wharfd's
     /// fetcher, and gpg for the pull tests' throwaway signing keys.
-    pub fn packages(self) -> &'static [&'static str] {
+    pub fn packages(self) -> Vec<&'static str> {
         // Each release's root is cached apart (its key includes the release).
-        match self {
-            Release::Bookworm => &[
-                "systemd",
-                "systemd-sysv",
-                "dbus",
-                "systemd-container",
-                "iproute2",
-                "util-linux",
-                "kmod",
-                "python3",
-                "nftables",
-                "libcurl4",
-                "gpg",
-                "gpg-agent",
-                "gpgv",
-            ],
-            Release::Trixie => &[
-                "systemd",
-                "systemd-sysv",
-                "dbus",
-                "systemd-container",
-                "iproute2",
-                "util-linux",
-                "kmod",
-                "python3",
-                "nftables",
-                "libcurl4t64",
-                "gpg",
-                "gpg-agent",
-                "gpgv",
-            ],
-        }
+        let libcurl = match self {
+            Release::Bookworm => "libcurl4",
+            // The 64-bit time_t transition renamed it.
+            Release::Trixie => "libcurl4t64",
+        };
+        let mut packages = vec![
+            "systemd",
+            "systemd-sysv",
+            "dbus",
+            "systemd-container",
+            "iproute2",
+            "util-linux",
+            "kmod",
+            "python3",
+            "nftables",
+            "gpg",
+            "gpg-agent",
+            "gpgv",
+        ];
+        packages.push(libcurl);
+        packages
     }
 }
 
