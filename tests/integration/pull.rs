@@ -138,6 +138,10 @@ fn pulls(tb: &Testbed) {
     // A tree, verified by signature (the default), boots.
     let out = tb.ok(&format!("machine pull-tar {SERVER}/pf28.tar.xz"));
     assert_eq!(out.trim(), "Pulled /var/lib/machines/pf28.");
+    // Its audit entry says where it came from.
+    tb.ok(&format!(
+        "for i in $(seq 100); do machine history --json pf28 | grep -qF '\"URL\":[\"{SERVER}/pf28.tar.xz\"]' && exit 0; sleep 0.1; done; exit 1"
+    ));
     tb.ok("machine start pf28");
     tb.ok("for i in $(seq 300); do [ \"$(systemctl -M pf28 is-system-running 2>/dev/null)\" = running ] && exit 0; sleep 0.1; done; exit 1");
     tb.ok("machine poweroff pf28");
@@ -148,6 +152,13 @@ fn pulls(tb: &Testbed) {
     let out = tb.ok(&format!("machine pull-raw --read-only --json {SERVER}/pulled.raw.xz"));
     assert_eq!(out.trim(), r#"{"path":"/var/lib/machines/pulled.raw"}"#);
     assert_pulled_is(tb, "/srv/www/pulled.raw.xz");
+    // The digest its audit entry records is the image's, hashed as it was written.
+    let digest = tb.ok("sha256sum /var/lib/machines/pulled.raw | cut -d' ' -f1");
+    tb.ok(&format!(
+        "for i in $(seq 100); do machine history --json pulled | grep -qF '\"IMAGE_SHA256\":[\"{}\"]' && exit 0; sleep 0.1; done; \
+         machine history --json pulled; exit 1",
+        digest.trim()
+    ));
     assert!(tb.ok("machine list-images --json").contains(r#""name":"pulled.raw","path":"/var/lib/machines/pulled.raw","kind":"squashfs","state":"stopped","read_only":true"#));
     let out = tb.fails(&format!("machine pull-raw --verify=no {SERVER}/pulled.raw.xz"));
     assert!(out.stderr.contains("exists already"), "{out}");
