@@ -26,6 +26,8 @@ use crate::systemd::{Deadlines, Systemd};
 /// A `SHA256SUMS` or a signature is small; a server that sends more is
 /// not sending one.
 const SMALL_FILE_LIMIT: u64 = 1 << 20;
+/// More than a fetcher's reports (a few short lines) ever take.
+const REPORTS_LIMIT: u64 = 64 << 10;
 /// Where gpgv gets a private directory for the files it checks.
 const SCRATCH: &str = "/run/wharf";
 
@@ -98,10 +100,7 @@ pub(crate) async fn pull(
             let (store, name, url, format) = (store.clone(), name.clone(), request.url.clone(), request.format);
             daemon.blocking(move || receive(&store, fetcher, &name, &url, format, expected, &mut progress)).await
         };
-        // Gone already when the download ended; stopped if it did not.
-        if let Err(e) = systemd.stop(std::slice::from_ref(&unit), false).await {
-            tracing::debug!(unit, "the fetcher was gone: {e}");
-        }
+        stop_fetcher(&systemd, &unit).await;
         let path = received?;
         if request.flags & pull_flags::READ_ONLY != 0 {
             let (pool, name) = (store.pool.clone(), name.clone());
@@ -184,10 +183,16 @@ async fn fetch_small(daemon: &Arc<Daemon>, systemd: &Systemd, url: &str) -> Resu
     })?;
     let unit = fetcher.unit.clone();
     let read = daemon.blocking(move || fetcher.read_all(SMALL_FILE_LIMIT)).await;
-    if let Err(e) = systemd.stop(std::slice::from_ref(&unit), false).await {
+    stop_fetcher(systemd, &unit).await;
+    read
+}
+
+/// Stops a fetcher's unit: gone already when its download ended, still
+/// running when the pull stopped reading first.
+async fn stop_fetcher(systemd: &Systemd, unit: &str) {
+    if let Err(e) = systemd.stop(&[unit.to_string()], false).await {
         tracing::debug!(unit, "the fetcher was gone: {e}");
     }
-    read
 }
 
 /// A `wharfd fetch` in a transient unit of its own, its output on a pipe.
@@ -225,22 +230,7 @@ impl Fetcher {
             .map_err(|e| start_failed(e.to_string()))?;
         let size = Arc::new(AtomicU64::new(0));
         let told = size.clone();
-        let reports = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            for line in BufReader::new(reports).lines() {
-                let Ok(line) = line else { break };
-                match Report::parse(&line) {
-                    Some(report) => {
-                        if let Report::Size(size) = report {
-                            told.store(size, Ordering::Relaxed);
-                        }
-                        all.push(report);
-                    }
-                    None => tracing::warn!("the fetcher said: {line}"),
-                }
-            }
-            all
-        });
+        let reports = std::thread::spawn(move || read_reports(reports, &told));
         Ok(Fetcher { unit, body, reports, size })
     }
 
@@ -282,6 +272,28 @@ fn sandbox() -> Vec<(String, zbus::OwnedVariant)> {
         ("RestrictAddressFamilies".into(), variant((true, families).into())),
         ("MemoryMax".into(), variant((512u64 << 20).into())),
     ]
+}
+
+/// A fetcher's reports, read to their end (the fetcher's); the size it
+/// tells goes to `size` as soon as it comes. The fetcher talks to a server
+/// wharf does not trust: what it says is read only up to what a real
+/// fetcher ever says, so that one subverted cannot fill wharfd's memory or
+/// journal.
+fn read_reports(reports: impl Read, size: &AtomicU64) -> Vec<Report> {
+    let mut all = Vec::new();
+    for line in BufReader::new(reports.take(REPORTS_LIMIT)).lines() {
+        let Ok(line) = line else { break };
+        match Report::parse(&line) {
+            Some(report) => {
+                if let Report::Size(told) = report {
+                    size.store(told, Ordering::Relaxed);
+                }
+                all.push(report);
+            }
+            None => tracing::warn!("the fetcher said: {line}"),
+        }
+    }
+    all
 }
 
 fn pipe() -> std::io::Result<(File, File)> {
@@ -414,4 +426,21 @@ fn tee(
         }
     }
     Ok(Teed { digest: hasher.finalize().into(), bytes, abandoned: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetchers_reports_are_read_within_their_bound() {
+        let size = AtomicU64::new(0);
+        let reports = read_reports(&b"size 10\nnoise\ndone 10\n"[..], &size);
+        assert_eq!(reports, [Report::Size(10), Report::Done(10)]);
+        assert_eq!(size.load(Ordering::Relaxed), 10);
+        // A subverted fetcher that never stops talking is read no further
+        // than the bound, and what it said after it does not count.
+        let endless = std::io::repeat(b'x').take(REPORTS_LIMIT * 4).chain(&b"\ndone 10\n"[..]);
+        assert!(read_reports(endless, &size).is_empty());
+    }
 }
