@@ -126,8 +126,11 @@ pub struct OperationResult {
     pub changes: Vec<ChangeRecord>,
     /// Units attached (attach, reattach) or detached (detach).
     pub units: Vec<String>,
-    /// Units started (attach --now), stopped (detach --now) or restarted (reattach).
+    /// Units started (attach --now), stopped (detach --now), or restarted
+    /// (and, with --now, started) by reattach.
     pub restarted: Vec<String>,
+    /// The other images reattach replaced (the old versions); empty otherwise.
+    pub replaced: Vec<String>,
 }
 
 impl From<crate::portable::ops::Outcome> for OperationResult {
@@ -140,6 +143,7 @@ impl From<crate::portable::ops::Outcome> for OperationResult {
                 .collect(),
             units: outcome.units,
             restarted: outcome.restarted,
+            replaced: outcome.replaced,
         }
     }
 }
@@ -161,8 +165,11 @@ pub mod flags {
     /// Detach: remove the services' state, cache, logs, configuration and
     /// runtime directories too (portablectl's --clean).
     pub const CLEAN: u64 = 1 << 6;
+    /// Plan only: check everything a real run checks, report the file
+    /// changes and the units it would start, stop or restart, change nothing.
+    pub const CHECK: u64 = 1 << 7;
     /// Every flag this version understands; others are refused.
-    pub const ALL: u64 = RUNTIME | FORCE | ENABLE | NOW | NO_BLOCK | NO_RELOAD | CLEAN;
+    pub const ALL: u64 = RUNTIME | FORCE | ENABLE | NOW | NO_BLOCK | NO_RELOAD | CLEAN | CHECK;
 }
 
 /// Client side of `org.wharf1.Manager`: the daemon itself.
@@ -311,6 +318,8 @@ pub trait Machine {
     fn import_tar(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
     /// Imports a raw image read from `fd`; returns the image's path.
     fn import_raw(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
+    /// Imports a tar archive or a raw image, told apart by content; returns the image's path.
+    fn import_image(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
     /// Imports the directory tree open as `fd`; returns the image's path.
     fn import_fs(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
     /// Downloads an image (`format`: raw or tar) checked as `verify` says

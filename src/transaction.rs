@@ -274,6 +274,34 @@ impl Transaction {
         self.steps.retain(|step| !step.finds_done());
     }
 
+    /// The changes [`Transaction::apply`] would report, in its order and
+    /// words, without touching the host: a plan for `--check`.
+    pub fn preview(&self) -> Vec<Change> {
+        let change = |kind: &str, path: &Path, source: String| Change {
+            kind: kind.to_string(),
+            path: path.display().to_string(),
+            source,
+        };
+        let mut made: Vec<&Path> = Vec::new();
+        let mut changes = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::MakeDir(path) if path.is_dir() || made.contains(&path.as_path()) => {}
+                Step::MakeDir(path) => {
+                    made.push(path);
+                    changes.push(change("mkdir", path, String::new()));
+                }
+                Step::Write { path, .. } => changes.push(change("write", path, String::new())),
+                Step::Symlink { path, target } => changes.push(change("symlink", path, target.display().to_string())),
+                Step::Remove(path) if path.symlink_metadata().is_ok() => {
+                    changes.push(change("unlink", path, String::new()))
+                }
+                Step::Remove(_) => {}
+            }
+        }
+        changes
+    }
+
     pub fn on_rollback(&mut self, units: UnitsOnRollback) {
         self.on_rollback = units;
     }

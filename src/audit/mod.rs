@@ -742,6 +742,7 @@ mod tests {
             }],
             units: vec!["app.service".into()],
             restarted: vec![],
+            replaced: vec![],
         };
         let fields = call.entry::<_, BusError>(&Ok(outcome));
         assert_eq!(fields.get("MESSAGE_ID"), Some(Kind::Attach.message_id()));

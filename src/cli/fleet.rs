@@ -36,7 +36,33 @@ struct ApplyView<'a> {
     changed: bool,
     /// Whether the plan was carried out.
     applied: bool,
-    plan: &'a Plan,
+    plan: PlanView<'a>,
+}
+
+/// The plan's steps with their fields, each with its line of text as the
+/// plain output prints it: a tool showing the plan need not word it again.
+#[derive(Debug)]
+struct PlanView<'a>(&'a Plan);
+
+impl serde::Serialize for PlanView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let steps = self
+            .0
+            .steps
+            .iter()
+            .map(|step| {
+                let mut fields = serde_json::to_value(step).map_err(serde::ser::Error::custom)?;
+                if let Some(object) = fields.as_object_mut() {
+                    object.insert("text".to_string(), step.to_string().into());
+                }
+                Ok(fields)
+            })
+            .collect::<Result<Vec<serde_json::Value>, S::Error>>()?;
+        let mut plan = serializer.serialize_struct("Plan", 1)?;
+        plan.serialize_field("steps", &steps)?;
+        plan.end()
+    }
 }
 
 pub async fn apply(bus: &zbus::Connection, args: ApplyArgs, format: Format, quiet: bool) -> Result<ExitCode, CliError> {
@@ -49,10 +75,11 @@ pub async fn apply(bus: &zbus::Connection, args: ApplyArgs, format: Format, quie
     // In the daemon's order, which is the order the steps run in.
     let steps = steps.into_iter().map(Step::try_from).collect::<Result<Vec<_>, _>>();
     let plan = Plan { steps: steps.map_err(|e| CliError::Output(std::io::Error::other(e)))? };
-    let view = ApplyView { file: file.display().to_string(), changed: !plan.is_empty(), applied, plan: &plan };
+    let view =
+        ApplyView { file: file.display().to_string(), changed: !plan.is_empty(), applied, plan: PlanView(&plan) };
     if !quiet || format.is_json() {
         format.emit(&view, |view| {
-            let mut text = view.plan.to_string();
+            let mut text = view.plan.0.to_string();
             if view.applied {
                 text.push_str("Applied.");
             } else if view.changed {

@@ -143,6 +143,14 @@ pub enum Command {
         /// Image name; by default the file name without its suffixes.
         name: Option<String>,
     },
+    /// Import a tar archive or a raw image, told apart by their contents
+    /// (plain, xz, gzip or zstd): what import-tar or import-raw would do.
+    Import {
+        /// The archive or image; - reads standard input.
+        file: PathBuf,
+        /// Image name; by default the file name without its suffixes.
+        name: Option<String>,
+    },
     /// Download a raw image (plain, xz, gzip or zstd) and verify it.
     PullRaw(super::pull::PullArgs),
     /// Download a tar archive (plain, xz, gzip or zstd) as a directory image, and verify it.
@@ -305,6 +313,10 @@ pub enum Command {
         /// (only for machines wharf starts).
         #[arg(long)]
         save: bool,
+        /// Change nothing: check the limits as a real run would and print
+        /// them as wharf keeps them (MemoryMax=512M as 536870912).
+        #[arg(long)]
+        check: bool,
     },
     /// Start machines at boot (through machines.target).
     Enable {
@@ -554,6 +566,11 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             let path = with_progress(&bus, show, machine.import_raw(input.as_fd().into(), &name)).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
+        Command::Import { file, name } => {
+            let (input, name) = import_input(&file, name)?;
+            let path = with_progress(&bus, show, machine.import_image(input.as_fd().into(), &name)).await?;
+            emit_path(format, cli.output.quiet, "Imported", &path)?;
+        }
         Command::PullRaw(ref pull) | Command::PullTar(ref pull) => {
             let kind = if matches!(cli.command, Command::PullTar(_)) { "tar" } else { "raw" };
             let call = machine.pull_image(&pull.url, pull.name_for_daemon(), kind, &pull.verify, pull.flags());
@@ -723,7 +740,8 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
                 properties::MACHINE_ORDER,
             );
             props.extend(info.limits.iter().map(|(k, v)| (k.clone(), properties::PropValue::Str(v.clone()))));
-            print_properties(format, &props, &select.selection(), &format!("machine '{name}'"))?;
+            let keeping = if format.is_json() { kept_settings(&bus, &name).await? } else { Default::default() };
+            print_properties(format, &props, &select.selection(), &format!("machine '{name}'"), keeping)?;
         }
         Command::ShowImage { name, select } => {
             let path = machined_image(&bus, &name).await?;
@@ -731,24 +749,56 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
                 machined_properties(&bus, path, "org.freedesktop.machine1.Image").await?,
                 properties::IMAGE_ORDER,
             );
-            print_properties(format, &props, &select.selection(), &format!("image '{name}'"))?;
+            print_properties(format, &props, &select.selection(), &format!("image '{name}'"), Default::default())?;
         }
         Command::ImageStatus { names } => {
             let mut records = Vec::new();
             for name in &names {
                 let path = machined_image(&bus, name).await?;
                 let props = machined_properties(&bus, path, "org.freedesktop.machine1.Image").await?;
-                records.push(
-                    props
-                        .into_iter()
-                        .filter_map(|(k, v)| properties::format_value(&k, &v).map(|v| (k, v)))
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                );
+                let record: std::collections::BTreeMap<_, _> =
+                    props.into_iter().filter_map(|(k, v)| properties::format_value(&k, &v).map(|v| (k, v))).collect();
+                let keeping = if format.is_json() { kept_settings(&bus, name).await? } else { Default::default() };
+                records.push((record, keeping));
             }
-            format.emit(&records, |records| records.iter().map(image_status_text).collect::<Vec<_>>().join("\n"))?;
+            let documents: Vec<serde_json::Map<String, serde_json::Value>> = records
+                .iter()
+                .map(|(record, keeping)| {
+                    let mut document: serde_json::Map<_, _> =
+                        record.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+                    document.extend(keeping.clone());
+                    document
+                })
+                .collect();
+            format.emit(&documents, |_| {
+                records.iter().map(|(record, _)| image_status_text(record)).collect::<Vec<_>>().join("\n")
+            })?;
         }
-        Command::SetProperty { name, properties, save } => {
-            bounded(&bus, machine.set_machine_properties(&name, &properties, save)).await?;
+        Command::SetProperty { name, properties, save, check } => {
+            // Parsed here first: a refusal is the same with --check as without.
+            let parsed = properties
+                .iter()
+                .map(|p| crate::machine::property::Property::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CliError::Usage(format!("machine '{name}': {e}")))?;
+            if check {
+                if !save {
+                    // Live limits need a running machine; wharfd says if it is not.
+                    within(machine.get_machine(&name)).await?;
+                }
+            } else {
+                bounded(&bus, machine.set_machine_properties(&name, &properties, save)).await?;
+            }
+            let limits: serde_json::Map<String, serde_json::Value> =
+                parsed.iter().map(|p| (p.limit.name().to_string(), p.value_text().into())).collect();
+            let record = serde_json::json!({ "machine": name, "limits": limits, "save": save, "check": check });
+            if format.is_json() {
+                format.emit(&record, |_| String::new())?;
+            } else if check && !cli.output.quiet {
+                let words: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+                let kept = if save { ", and kept for later starts" } else { "" };
+                println!("Would set {} on machine {name}{kept}.\n(check: nothing was changed)", words.join(" "));
+            }
         }
         Command::Enable { names } => {
             for name in names {
@@ -882,10 +932,34 @@ async fn machined_image(bus: &zbus::Connection, name: &str) -> Result<zbus::Owne
         Err(CliError::Daemon(crate::api::BusError::ZBus(zbus::Error::MethodError(error, _, _))))
             if error.as_str().ends_with(".NoSuchImage") =>
         {
-            Err(CliError::Usage(format!("image '{name}' not found in the search path")))
+            Err(CliError::Daemon(crate::api::BusError::NoSuchImage(format!(
+                "image '{name}' not found in the search path"
+            ))))
         }
         other => other,
     }
+}
+
+/// What wharf keeps of a machine for its next starts, for `--json` of
+/// `show` and `image-status`: `SavedLimits` (its settings file's limits, as
+/// wharf shows them) and `Enabled` (started at boot).
+async fn kept_settings(
+    bus: &zbus::Connection,
+    name: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, CliError> {
+    use crate::machine::config::{CONFIG_DIR, MachineConfig};
+    let config = MachineConfig::load(Path::new(CONFIG_DIR), name)
+        .map_err(|e| CliError::Usage(format!("machine '{name}': {e}")))?;
+    let saved: serde_json::Map<String, serde_json::Value> =
+        config.limits.iter().map(|p| (p.limit.name().to_string(), p.value_text().into())).collect();
+    let boot_unit = crate::machine::ops::boot_unit(name);
+    let systemd = crate::systemd::Systemd::new(bus).await.map_err(|e| CliError::Usage(e.to_string()))?;
+    let state = systemd.unit_file_state(&boot_unit).await.map_err(|e| CliError::Usage(e.to_string()))?;
+    let enabled = state.starts_with("enabled");
+    Ok(serde_json::Map::from_iter([
+        ("SavedLimits".to_string(), serde_json::Value::Object(saved)),
+        ("Enabled".to_string(), enabled.into()),
+    ]))
 }
 
 /// Prints what `show`/`show-image` selected of `props` (of `what`): lines,
@@ -895,6 +969,7 @@ fn print_properties(
     props: &[(String, properties::PropValue)],
     selection: &properties::Selection,
     what: &str,
+    json_extra: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), CliError> {
     let lines = properties::render(props, selection)
         .map_err(|unknown| CliError::Usage(format!("{what} has no property '{unknown}'")))?;
@@ -904,6 +979,7 @@ fn print_properties(
             .unwrap_or_default()
             .into_iter()
             .filter_map(|line| line.split_once('=').map(|(k, v)| (k.to_string(), v.to_string().into())))
+            .chain(json_extra.into_iter().filter(|(k, _)| selection.names.is_empty() || selection.names.contains(k)))
             .collect();
         return format.emit(&record, |_| String::new());
     }

@@ -11,6 +11,7 @@ use super::progress::{bounded, with_progress, within};
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::{ImageInfo, OperationResult, PartitionInfo, PortableProxy, UnitInfo, flags};
 use crate::image::Pool;
+use crate::portable::ops::Host;
 
 /// Attach, detach and inspect portable service images.
 #[derive(Debug, Parser)]
@@ -76,6 +77,10 @@ pub struct AttachArgs {
     /// Write the files only: do not reload systemd (not with --now).
     #[arg(long)]
     pub no_reload: bool,
+    /// Change nothing: check as a real run would, and print the files it
+    /// would change and the units it would start or restart.
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl AttachArgs {
@@ -87,6 +92,7 @@ impl AttachArgs {
             (self.no_block, flags::NO_BLOCK),
             (self.force, flags::FORCE),
             (self.no_reload, flags::NO_RELOAD),
+            (self.check, flags::CHECK),
         ]
         .iter()
         .filter(|(set, _)| *set)
@@ -140,6 +146,10 @@ pub enum Command {
         /// directories too; only directories named after the image or the unit.
         #[arg(long)]
         clean: bool,
+        /// Change nothing: check as a real run would, and print the files it
+        /// would remove and the units it would stop.
+        #[arg(long)]
+        check: bool,
         /// Accepted as portablectl does: wharf finds a runtime attachment wherever it is.
         #[arg(long)]
         runtime: bool,
@@ -218,15 +228,20 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let call = portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags());
                 with_progress(&bus, show, call).await?
             };
-            emit_operation(format, cli.output.quiet, &result, "Started")?;
+            emit_operation(format, cli.output.quiet, &result, Verb::Start, attach.check)?;
         }
-        Command::Detach { images, batch, now, force, no_reload, clean, .. } => {
+        Command::Detach { images, batch, now, force, no_reload, clean, check, .. } => {
             let (pool, cwd) = (Pool::portables(), current_dir()?);
-            let flags =
-                [(now, flags::NOW), (force, flags::FORCE), (no_reload, flags::NO_RELOAD), (clean, flags::CLEAN)]
-                    .iter()
-                    .filter(|(set, _)| *set)
-                    .fold(0, |all, (_, flag)| all | flag);
+            let flags = [
+                (now, flags::NOW),
+                (force, flags::FORCE),
+                (no_reload, flags::NO_RELOAD),
+                (clean, flags::CLEAN),
+                (check, flags::CHECK),
+            ]
+            .iter()
+            .filter(|(set, _)| *set)
+            .fold(0, |all, (_, flag)| all | flag);
             let result = if batch {
                 let images: Vec<String> = images.iter().map(|i| pool.argument_for_daemon(i, &cwd)).collect();
                 bounded(&bus, portable.detach_images(&images, flags)).await?
@@ -235,7 +250,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let image = pool.argument_for_daemon(image, &cwd);
                 bounded(&bus, portable.detach_image(&image, prefixes, flags)).await?
             };
-            emit_operation(format, cli.output.quiet, &result, "Stopped")?;
+            emit_operation(format, cli.output.quiet, &result, Verb::Stop, check)?;
         }
         Command::Reattach { attach } => {
             let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
@@ -243,15 +258,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let show = !cli.output.quiet && !format.is_json();
             let call = portable.reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags());
             let result = with_progress(&bus, show, call).await?;
-            emit_operation(format, cli.output.quiet, &result, "Restarted")?;
+            emit_operation(format, cli.output.quiet, &result, Verb::Restart, attach.check)?;
         }
         Command::IsAttached { image } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             let (path, state) = within(portable.get_image_state(&image)).await?;
             let attached = state != "detached";
-            if !cli.output.quiet {
-                let record = serde_json::json!({ "image": path, "state": state, "attached": attached });
-                format.emit(&record, |_| state.clone())?;
+            if format.is_json() {
+                // The details are read here, as the caller may read them:
+                // unit files and systemd's states are the host's public facts.
+                let status = async {
+                    let systemd = crate::systemd::Systemd::new(&bus).await?;
+                    crate::portable::status::status(&Host::system(), &systemd, &path, &state).await
+                };
+                let status = status.await.map_err(|e: crate::portable::Error| CliError::Daemon(e.into()))?;
+                format.emit(&status, |_| String::new())?;
+            } else if !cli.output.quiet {
+                println!("{state}");
             }
             return Ok(if attached { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
@@ -383,32 +406,74 @@ fn inspect_text(info: &ImageInfo, cat: bool) -> String {
     out
 }
 
-/// Prints what an operation changed, as portablectl does, or as JSON.
-fn emit_operation(format: Format, quiet: bool, result: &OperationResult, verb: &str) -> Result<(), CliError> {
+/// What an operation does to the units it reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// `--json` of attach, detach and reattach: what changed (or, with
+/// `--check`, what would change).
+#[derive(Debug, serde::Serialize)]
+struct OperationView<'a> {
+    #[serde(flatten)]
+    result: &'a OperationResult,
+    check: bool,
+}
+
+/// Prints what an operation changed (or, planned with `--check`, would
+/// change), as portablectl does, or as JSON.
+fn emit_operation(
+    format: Format,
+    quiet: bool,
+    result: &OperationResult,
+    verb: Verb,
+    check: bool,
+) -> Result<(), CliError> {
     if quiet && !format.is_json() {
         return Ok(());
     }
-    format.emit(result, |result| {
+    format.emit(&OperationView { result, check }, |view| {
+        let result = view.result;
+        let would = |done: &str, planned: &str| if check { planned.to_string() } else { done.to_string() };
         let mut lines: Vec<String> = result
             .changes
             .iter()
             .map(|change| match change.kind.as_str() {
-                "mkdir" => format!("Created directory {}.", change.path),
-                "write" => format!("Written {}.", change.path),
-                "symlink" => format!("Created symlink {} \u{2192} {}.", change.path, change.source),
-                "unlink" => format!("Removed {}.", change.path),
+                "mkdir" => format!("{} {}.", would("Created directory", "Would create directory"), change.path),
+                "write" => format!("{} {}.", would("Written", "Would write"), change.path),
+                "symlink" => format!(
+                    "{} {} \u{2192} {}.",
+                    would("Created symlink", "Would create symlink"),
+                    change.path,
+                    change.source
+                ),
+                "unlink" => format!("{} {}.", would("Removed", "Would remove"), change.path),
                 other => format!("{other} {}.", change.path),
             })
             .collect();
-        if result.changes.is_empty() && verb == "Started" {
+        if result.changes.is_empty() && verb == Verb::Start {
             lines.push(format!("Attached already, exactly so: nothing to do ({}).", result.units.join(", ")));
         }
-        let units = result.restarted.iter().map(|unit| format!("{verb} {unit}."));
+        let word = match (verb, check) {
+            (Verb::Start, false) => "Started",
+            (Verb::Stop, false) => "Stopped",
+            (Verb::Restart, false) => "Restarted",
+            (Verb::Start, true) => "Would start",
+            (Verb::Stop, true) => "Would stop",
+            (Verb::Restart, true) => "Would restart",
+        };
+        let units = result.restarted.iter().map(|unit| format!("{word} {unit}."));
         // Units are stopped before their files go, and started after they come.
-        if verb == "Stopped" {
+        if verb == Verb::Stop {
             lines.splice(0..0, units);
         } else {
             lines.extend(units);
+        }
+        if check {
+            lines.push("(check: nothing was changed)".to_string());
         }
         lines.join("\n")
     })

@@ -284,6 +284,23 @@ impl MachineInterface {
         .map(|p| p.display().to_string())
     }
 
+    /// Imports a tar archive or a raw image, told apart by content (plain,
+    /// xz, gzip or zstd), passed as `fd`. Root only.
+    async fn import_image(
+        &self,
+        fd: zbus::OwnedFd,
+        name: String,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let input = file_from(fd);
+        let (local, remote) = (name.clone(), transfer::describe_fd(&input));
+        let work = move |store: &Store, progress: Progress<'_>| store.import_any(input, &name, progress);
+        self.transfer_work(connection, &header, "importing an image", (Kind::Import, "import"), &local, remote, work)
+            .await
+            .map(|p| p.display().to_string())
+    }
+
     /// Downloads an image from `url` (`format`: `raw` or `tar`), checked as
     /// `verify` says (`no`, `checksum`, `signature`; empty: `signature`),
     /// into the machine pool as `name` (empty: from the URL). Root only.

@@ -72,6 +72,13 @@ fn cleaning(audit: Call, flags: u64) -> Call {
     if flags & flags::CLEAN != 0 { audit.field("WHARF_CLEAN", "yes") } else { audit }
 }
 
+/// A change's audit entry; a plan (`CHECK`) changed nothing and has none.
+async fn record(audit: Call, flags: u64, result: &Result<ops::Outcome, Error>) {
+    if flags & flags::CHECK == 0 {
+        audit.finish(result).await;
+    }
+}
+
 fn copy_mode(word: &str) -> Result<CopyMode, BusError> {
     word.parse().map_err(|e: Error| BusError::from(e))
 }
@@ -180,7 +187,7 @@ impl PortableInterface {
         let requests = vec![ImageRequest { image, prefixes }];
         let profile = profile_or_default(&profile);
         let result = ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await;
-        audit.profile(profile).finish(&result).await;
+        record(audit.profile(profile), flags, &result).await;
         Ok(result?.into())
     }
 
@@ -203,7 +210,7 @@ impl PortableInterface {
         let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
         let profile = profile_or_default(&profile);
         let result = ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await;
-        audit.profile(profile).finish(&result).await;
+        record(audit.profile(profile), flags, &result).await;
         Ok(result?.into())
     }
 
@@ -222,7 +229,7 @@ impl PortableInterface {
         let audit = cleaning(audit, flags);
         let actions = audit.check(check_flags(flags))?;
         let result = ops::detach(&self.host, &change.systemd, &image, &prefixes, actions).await;
-        audit.finish(&result).await;
+        record(audit, flags, &result).await;
         Ok(result?.into())
     }
 
@@ -244,7 +251,7 @@ impl PortableInterface {
             return audit.check(Err(BusError::InvalidArgument("no images to detach".into())));
         }
         let result = ops::detach_batch(&self.host, &change.systemd, images, actions).await;
-        audit.finish(&result).await;
+        record(audit, flags, &result).await;
         Ok(result?.into())
     }
 
@@ -268,7 +275,7 @@ impl PortableInterface {
         let request = ImageRequest { image, prefixes };
         let profile = profile_or_default(&profile);
         let result = ops::reattach(&self.host, &change.systemd, request, profile, copy, actions, progress).await;
-        audit.profile(profile).finish(&result).await;
+        record(audit.profile(profile), flags, &result).await;
         Ok(result?.into())
     }
 

@@ -282,7 +282,7 @@ fn resolve(
             services: source
                 .units
                 .iter()
-                .filter(|u| u.is_service() && !u.name.contains("@.") && stays_up(&u.contents))
+                .filter(|u| u.is_service() && !u.name.contains("@.") && crate::portable::status::stays_up(&u.contents))
                 .map(|u| u.name.clone())
                 .collect(),
             units,
@@ -297,18 +297,6 @@ fn resolve(
         }
     }
     Ok((resolved, sources))
-}
-
-/// Whether a service keeps running once started: not a oneshot that
-/// finishes (those are tasks, started by timers or other units, and would
-/// be "not running" after every apply).
-fn stays_up(unit: &str) -> bool {
-    let setting = |key: &str| {
-        unit.lines().rev().find_map(|line| line.trim().strip_prefix(key).map(|v| v.trim().to_ascii_lowercase()))
-    };
-    let oneshot = setting("Type=").is_some_and(|t| t == "oneshot");
-    let remains = setting("RemainAfterExit=").is_some_and(|v| matches!(v.as_str(), "yes" | "true" | "1" | "on"));
-    !oneshot || remains
 }
 
 /// A pin's refusal in the fleet's words.
@@ -1147,13 +1135,5 @@ mod tests {
         assert_eq!(error.to_string(), "machines are not managed here");
         assert!(systemd.calls().is_empty());
         std::fs::remove_dir_all(&host.root).unwrap();
-    }
-
-    #[test]
-    fn oneshots_are_tasks_unless_they_remain() {
-        assert!(stays_up("[Service]\nExecStart=/x\n"));
-        assert!(!stays_up("[Service]\nType=oneshot\nExecStart=/x\n"));
-        assert!(stays_up("[Service]\nType=oneshot\nRemainAfterExit=yes\n"));
-        assert!(stays_up("[Service]\nType=notify\n"));
     }
 }

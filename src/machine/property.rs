@@ -151,6 +151,13 @@ impl Property {
     }
 }
 
+impl Property {
+    /// The value as `show` prints it and the settings file keeps it.
+    pub fn value_text(&self) -> String {
+        format_value(self.limit, &self.value)
+    }
+}
+
 impl fmt::Display for Property {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}={}", self.limit.name(), format_value(self.limit, &self.value))

@@ -7,6 +7,7 @@ pub mod install;
 pub mod ops;
 pub mod plan;
 pub mod profile;
+pub mod status;
 
 pub use attachments::{Attachment, Attachments};
 

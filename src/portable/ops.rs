@@ -53,6 +53,8 @@ pub struct Actions {
     pub no_reload: bool,
     /// Detach removes the services' directories as well.
     pub clean: bool,
+    /// Plan only: nothing on the host changes (`--check`).
+    pub check: bool,
 }
 
 impl Actions {
@@ -66,6 +68,7 @@ impl Actions {
             no_block: flags & NO_BLOCK != 0,
             no_reload: flags & NO_RELOAD != 0,
             clean: flags & CLEAN != 0,
+            check: flags & CHECK != 0,
         }
     }
 
@@ -93,6 +96,8 @@ pub struct Outcome {
     pub units: Vec<String>,
     /// Units started, stopped or restarted on the way.
     pub restarted: Vec<String>,
+    /// The other images a reattach replaced (the old versions).
+    pub replaced: Vec<String>,
 }
 
 /// Runs blocking file work off the async executor.
@@ -199,6 +204,12 @@ fn read_source_as(
     Ok(Source { image: path, kind, units })
 }
 
+/// The source of a request: read (an xz image decompressed into the pool),
+/// or for a plan only previewed, with nothing written.
+fn source_for(host: &Host, request: &ImageRequest, progress: &mut ProgressFn, check: bool) -> Result<Source> {
+    if check { preview_source(host, request, progress) } else { read_source(host, request, progress) }
+}
+
 /// Whether attach drop-ins bind the host's os-release themselves: only for
 /// a systemd that does not provide it.
 pub async fn binds_os_release(systemd: &impl UnitManager) -> Result<bool> {
@@ -226,7 +237,8 @@ pub async fn attach(
     let bind_os_release = binds_os_release(systemd).await?;
     let (tx, units, unchanged) = blocking(move || -> Result<_> {
         let host = planning_host;
-        let sources = requests.iter().map(|r| read_source(&host, r, &mut progress)).collect::<Result<Vec<_>>>()?;
+        let sources =
+            requests.iter().map(|r| source_for(&host, r, &mut progress, actions.check)).collect::<Result<Vec<_>>>()?;
         let options = AttachOptions {
             profile: Profile::find(&host.root, &profile)?,
             copy,
@@ -269,13 +281,17 @@ pub async fn attach(
         Ok((tx, units, unchanged))
     })
     .await?;
+    let started = if actions.now { startable(&units) } else { Vec::new() };
+    if actions.check {
+        let changes = if unchanged { Vec::new() } else { tx.preview() };
+        return Ok(Outcome { changes, units, restarted: started, replaced: Vec::new() });
+    }
     if unchanged {
         tracing::info!(units = ?units, "attached already, exactly so: nothing to do");
-        if actions.now {
-            systemd.start(&startable(&units), !actions.no_block).await?;
+        if !started.is_empty() {
+            systemd.start(&started, !actions.no_block).await?;
         }
-        let restarted = if actions.now { startable(&units) } else { Vec::new() };
-        return Ok(Outcome { changes: Vec::new(), units, restarted });
+        return Ok(Outcome { changes: Vec::new(), units, restarted: started, replaced: Vec::new() });
     }
 
     let mut change = Executor::new(systemd);
@@ -285,16 +301,13 @@ pub async fn attach(
         if !actions.no_reload {
             change.reload().await?;
         }
-        if actions.now {
-            change.start(&startable(&units), !actions.no_block).await?;
-        }
+        change.start(&started, !actions.no_block).await?;
         Ok(changes)
     }
     .await;
     let changes = conclude(change, result, "attach").await?;
     tracing::info!(units = ?units, "attached");
-    let restarted = if actions.now { startable(&units) } else { Vec::new() };
-    Ok(Outcome { changes, units, restarted })
+    Ok(Outcome { changes, units, restarted: started, replaced: Vec::new() })
 }
 
 /// Commits a change whose steps all worked, or undoes one that failed: the
@@ -502,6 +515,10 @@ async fn detach_requests(
         return Err(Error::Running { unit: unit.clone(), image, state: state.clone() });
     }
     let cleaned = if actions.clean { cleanable(systemd, &units, &owners).await? } else { Vec::new() };
+    if actions.check {
+        let stopping = if actions.now { active.into_iter().map(|(unit, _)| unit).collect() } else { Vec::new() };
+        return Ok(Outcome { changes: tx.preview(), units, restarted: stopping, replaced: Vec::new() });
+    }
     // Loaded until cleaned: a stopped unit whose file is gone is otherwise
     // unloaded, and systemd would not know its directories any more.
     systemd.pin(&cleaned).await?;
@@ -536,7 +553,7 @@ async fn detach_requests(
     let changes = concluded?;
     let images: std::collections::BTreeSet<&String> = owners.values().collect();
     tracing::info!(?images, units = ?units, "detached");
-    Ok(Outcome { changes, units, restarted: stopped })
+    Ok(Outcome { changes, units, restarted: stopped, replaced: Vec::new() })
 }
 
 /// The services among `units` whose directories `--clean` removes, once
@@ -606,16 +623,16 @@ pub async fn reattach(
     let bind_os_release = binds_os_release(systemd).await?;
     let planned = blocking(move || -> Result<_> {
         let host = planning_host;
-        let source = read_source(&host, &request, &mut progress)?;
+        let source = source_for(&host, &request, &mut progress, actions.check)?;
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let new_prefix = image_name(&source.image)?.prefix().to_string();
         // The old version: whatever image holds units of the same names, or
-        // an attached image with the same name prefix.
+        // an attached image with the same name prefix; or this image itself,
+        // attached with other settings (its units restart in the new sandbox).
         let old_images: Vec<String> = {
             let mut images: Vec<String> = existing
                 .0
                 .iter()
-                .filter(|a| a.image != source.image_str())
                 .filter(|a| {
                     source.units.iter().any(|u| u.name == a.unit)
                         || image_name(Path::new(&a.image)).is_ok_and(|n| n.prefix() == new_prefix)
@@ -650,10 +667,11 @@ pub async fn reattach(
         if actions.enable {
             add_enable_steps(&unit_dir(&host.root, runtime), std::slice::from_ref(&source), &mut tx)?;
         }
-        Ok((tx, units, old, dropped))
+        let replaced: Vec<String> = old_images.iter().filter(|i| **i != source.image_str()).cloned().collect();
+        Ok((tx, units, old, dropped, replaced))
     })
     .await?;
-    let (tx, units, old, dropped) = planned;
+    let (tx, units, old, dropped, replaced) = planned;
     let old_units: Vec<String> = old.iter().map(|a| a.unit.clone()).collect();
     let dropped_units: Vec<String> = dropped.iter().map(|d| d.unit.clone()).collect();
 
@@ -669,6 +687,9 @@ pub async fn reattach(
     let newly_started: Vec<String> =
         if actions.now { startable(&units).into_iter().filter(|u| !restart.contains(u)).collect() } else { Vec::new() };
 
+    if actions.check {
+        return Ok(Outcome { changes: tx.preview(), units, restarted: [restart, newly_started].concat(), replaced });
+    }
     // Journaled before any unit is touched: a recovery after a crash stops
     // what the new version started and restarts the old version's units.
     let mut tx = tx;
@@ -694,7 +715,7 @@ pub async fn reattach(
     .await;
     let changes = conclude(change, result, "reattach").await?;
     tracing::info!(units = ?units, restarted = ?restart, "reattached");
-    Ok(Outcome { changes, units, restarted: restart })
+    Ok(Outcome { changes, units, restarted: [restart, newly_started].concat(), replaced })
 }
 
 /// The state of every image attached on the host, keyed by image path.
@@ -824,7 +845,39 @@ mod tests {
         no_block: false,
         no_reload: false,
         clean: false,
+        check: false,
     };
+
+    /// A planned attach and detach (`--check`) touch neither the files nor
+    /// systemd, and report exactly the changes the real ones then make.
+    #[test]
+    fn a_check_changes_nothing_and_foretells_the_real_changes() {
+        let host = host("check", UNIT);
+        let systemd = FakeManager::default();
+        let planned = attach_foobar(&host, &systemd, Actions { check: true, ..ENABLE_NOW }).unwrap();
+        assert_eq!(files(&host), Vec::<String>::new());
+        assert_eq!(systemd.calls(), Vec::<String>::new());
+        assert_eq!(planned.restarted, ["foobar.service"]);
+        let done = attach_foobar(&host, &systemd, ENABLE_NOW).unwrap();
+        assert_eq!(planned.changes, done.changes);
+        assert!(
+            done.changes
+                .iter()
+                .any(|c| c.kind == "symlink" && c.path.ends_with("multi-user.target.wants/foobar.service"))
+        );
+
+        let attached = files(&host);
+        let calls = systemd.calls().len();
+        let detach_check = Actions { check: true, now: true, ..Actions::default() };
+        let planned = zbus::block_on(detach(&host, &systemd, "foobar", &[], detach_check)).unwrap();
+        assert_eq!(files(&host), attached);
+        assert_eq!(systemd.calls().len(), calls, "{:?}", systemd.calls());
+        let done = zbus::block_on(detach(&host, &systemd, "foobar", &[], Actions { now: true, ..Actions::default() }))
+            .unwrap();
+        assert_eq!(planned.changes, done.changes);
+        assert_eq!(planned.restarted, done.restarted);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
 
     #[test]
     fn an_attach_whose_reload_fails_leaves_nothing() {

@@ -329,6 +329,14 @@ impl Systemd {
             .collect())
     }
 
+    /// A unit file's enablement (`enabled`, `disabled`, `static`, ...), as
+    /// `systemctl is-enabled` says; it knows instances of templates too,
+    /// which listing unit files by name does not.
+    pub async fn unit_file_state(&self, unit: &str) -> Result<String> {
+        self.bounded(format!("reading the enablement of {unit}"), self.manager.get_unit_file_state(unit.to_string()))
+            .await
+    }
+
     /// Load and active states of several units in one call.
     pub async fn unit_states(&self, units: &[String]) -> Result<Vec<UnitState>> {
         if units.is_empty() {

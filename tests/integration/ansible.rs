@@ -32,6 +32,7 @@ pub fn trials(_shared: &Arc<Shared>) -> Vec<Trial> {
         fleet_trial(&fleet, "ansible::portable_module_rolls_out_one_host_at_a_time", portable_rollout),
         fleet_trial(&fleet, "ansible::apply_module_checks_diffs_and_stops_a_failed_rollout", apply_rollout),
         fleet_trial(&fleet, "ansible::machine_module_imports_starts_with_limits_and_stops", machine_module),
+        fleet_trial(&fleet, "ansible::check_mode_asks_wharf_for_plans_and_refusals", wharf_decides),
     ]
 }
 
@@ -103,6 +104,16 @@ fn place_images(dir: &Path, hosts: &[Testbed]) -> Result<(), String> {
     let text = std::fs::read_to_string(&unit).map_err(|e| e.to_string())?;
     std::fs::write(&unit, text.replace("/usr/bin/busybox httpd", "/usr/bin/missing httpd"))
         .map_err(|e| e.to_string())?;
+    // A unit whose [Install] has only Also=: enabling it enables
+    // alsoer.service, and it stays "indirect" itself.
+    let alsoer = dir.join("alsoer");
+    images::foobar_as(&alsoer, "alsoer", "foobar.service").map_err(|e| e.to_string())?;
+    std::fs::write(
+        alsoer.join("usr/lib/systemd/system/alsoer-group.service"),
+        "[Unit]\nDescription=alsoer and friends\n[Service]\nType=oneshot\nRemainAfterExit=yes\n\
+         ExecStart=/usr/bin/busybox true\n[Install]\nAlso=alsoer.service\n",
+    )
+    .map_err(|e| e.to_string())?;
     for tb in hosts {
         let target = tb.host_path("/srv/images");
         std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
@@ -337,6 +348,7 @@ const ROLLOUT: &str = r#"
       wharf.wharf.portable:
         image: "{{ image }}"
         runtime: "{{ runtime | default(false) }}"
+        profile: "{{ profile | default('default') }}"
         state: running
         enabled: true
 "#;
@@ -380,11 +392,14 @@ fn portable_rollout(rig: &Rig) {
         let diff = &result["diff"];
         assert_eq!(diff["before"]["attached_image"], "/srv/images/foobar_1.raw", "{host}: {check}");
         assert_eq!(diff["after"]["attached_image"], "/srv/images/foobar_2.raw", "{host}: {check}");
+        // wharf's own plan (reattach --check), in the kinds a real run reports.
         let changes = diff["after"]["changes"].as_array().expect("changes in the diff");
         assert!(
-            changes.iter().any(|c| c["kind"] == "attach" && c["path"] == "/etc/systemd/system/foobar.service"),
+            changes.iter().any(|c| c["kind"] == "write" && c["path"] == "/etc/systemd/system/foobar.service"),
             "{host}: {check}"
         );
+        assert_eq!(result["action"], "reattach", "{host}: {check}");
+        assert_eq!(result["replaced"], "/srv/images/foobar_1.raw", "{host}: {check}");
     }
     let after: Vec<Foobar> = rig.hosts.iter().map(foobar).collect();
     assert_eq!(after, before, "check mode changed a host");
@@ -403,6 +418,27 @@ fn portable_rollout(rig: &Rig) {
         assert!(written.contains(&"/etc/systemd/system/foobar.service.d/20-portable.conf"), "{host}: {upgrade}");
     }
     assert_eq!(rollout("2", &[]).succeeded().changed(), [0, 0, 0]);
+
+    // Another profile for the attached image: changed, and foobar.service
+    // runs again, now with the trusted profile; then nothing more to do.
+    let host2 = rig.host("host2");
+    let pid = foobar(host2).pid;
+    let trusted = rollout("2", &["--limit", "host2", "-e", "profile=trusted"]);
+    assert_eq!(trusted.succeeded().stats()["host2"], (1, 0), "{trusted}");
+    let (_, _, result) = trusted.task("foobar runs the image")[0];
+    assert_eq!(result["action"], "refresh", "{trusted}");
+    let dropins = host2.ok("systemctl show -p DropInPaths --value foobar.service");
+    let profile = host2.ok("readlink -f /etc/systemd/system/foobar.service.d/10-profile.conf");
+    assert!(profile.trim().ends_with("/profiles/trusted/service.conf"), "{profile} ({dropins})");
+    let now = assert_runs(host2, "2");
+    assert_ne!(now.pid, pid, "foobar.service was not restarted in its new sandbox");
+    let status: Value = serde_json::from_str(&host2.ok("portable is-attached --json foobar_2.raw")).unwrap();
+    assert_eq!(status["profile"], "trusted", "{status}");
+    let again = rollout("2", &["--limit", "host2", "-e", "profile=trusted"]);
+    assert_eq!(again.succeeded().stats()["host2"], (0, 0), "{again}");
+    let back = rollout("2", &["--limit", "host2"]);
+    assert_eq!(back.succeeded().stats()["host2"], (1, 0), "{back}");
+    assert_runs(host2, "2");
 
     // Moved below /run on host1 (a detach and an attach), running on.
     let moved = rollout("2", &["--limit", "host1", "-e", "runtime=true"]);
@@ -628,5 +664,81 @@ fn machine_module(rig: &Rig) {
     assert!(!tb.ok("machine list --json").contains("\"f28\""), "f28 still runs");
     assert_eq!(tb.ok("machine list-images --json").trim(), "[]", "the image is still there");
     assert_eq!(tb.sh("systemctl is-enabled wharf-machine@f28.service").stdout.trim(), "disabled");
+    tb.ok(reset);
+}
+
+const ALSO: &str = r#"
+- name: alsoer
+  hosts: host1
+  gather_facts: false
+  tasks:
+    - name: alsoer is attached and enabled
+      wharf.wharf.portable: {image: /srv/images/alsoer, state: attached, enabled: true}
+"#;
+
+/// A fleet file with a machine, planned in check mode.
+const FLEET_MACHINE: &str = "[[machine]]\nname = \"f28\"\nsource = \"/srv/images/f28.tar\"\nstarted = true\n\
+                             enabled = true\n[machine.limits]\nMemoryMax = \"512M\"\n";
+
+const BAD_LIMIT: &str = r#"
+- name: The f28 machine
+  hosts: host1
+  gather_facts: false
+  tasks:
+    - name: f28 with a weight wharf refuses
+      wharf.wharf.machine: {name: f28, state: present, limits: {CPUWeight: 0}}
+"#;
+
+/// What the modules used to work out themselves, wharf now answers: an
+/// Also=-only unit is not one to enable (so `enabled: true` is idempotent),
+/// a fleet file's machine steps come with wharf's words, and a limit wharf
+/// refuses fails in check mode with wharf's message.
+fn wharf_decides(rig: &Rig) {
+    let tb = rig.host("host1");
+    let ansible = &rig.ansible;
+    let reset = "portable detach --now alsoer 2>/dev/null; machine remove f28 2>/dev/null; \
+                 rm -f /etc/wharf/machines/f28.toml /srv/images/f28.tar; true";
+    tb.ok(reset);
+    let tarball = images::f28_tarball().expect("the f28 image");
+    std::fs::copy(&tarball, tb.host_path("/srv/images/f28.tar")).unwrap();
+
+    let first = ansible.playbook("also", ALSO, &[]);
+    assert_eq!(first.succeeded().stats()["host1"], (1, 0), "{first}");
+    assert_eq!(tb.ok("systemctl is-enabled alsoer.service").trim(), "enabled", "{first}");
+    let status: Value = serde_json::from_str(&tb.ok("portable is-attached --json alsoer")).unwrap();
+    let group = status["units"].as_array().unwrap().iter().find(|u| u["name"] == "alsoer-group.service").cloned();
+    assert_eq!(group.as_ref().map(|u| &u["installable"]), Some(&Value::from(false)), "{status}");
+    let again = ansible.playbook("also", ALSO, &[]);
+    assert_eq!(again.succeeded().stats()["host1"], (0, 0), "a second run changes nothing: {again}");
+
+    // Plan lines and the diff of a machine entry are wharf's own.
+    ansible.write("files/fleet-machine.toml", FLEET_MACHINE);
+    let vars = "version=machine";
+    let check = ansible.playbook("apply-machine", APPLY, &["-e", vars, "--limit", "host1", "--check", "--diff"]);
+    assert_eq!(check.succeeded().stats()["host1"], (1, 0), "{check}");
+    let (_, _, result) = check.task("the host is as the fleet file says")[0];
+    let lines: Vec<&str> = result["plan_lines"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(
+        lines,
+        [
+            "import machine f28 from /srv/images/f28.tar",
+            "enable machine f28",
+            "set limits of machine f28: MemoryMax=536870912",
+            "start machine f28"
+        ],
+        "{check}"
+    );
+    let prepared = result["diff"]["prepared"].as_str().unwrap_or_default();
+    assert!(prepared.contains("  1. import machine f28 from /srv/images/f28.tar\n"), "{check}");
+    assert!(!prepared.contains('{'), "a step printed as a dictionary: {check}");
+    assert_eq!(tb.ok("machine list-images --json").trim(), "[]", "check mode imported the machine");
+
+    // A limit wharf refuses fails in check mode already, in wharf's words.
+    let bad = ansible.playbook("bad-limit", BAD_LIMIT, &["--check"]);
+    assert_ne!(bad.code, Some(0), "{bad}");
+    let (_, status, result) = bad.task("f28 with a weight wharf refuses")[0];
+    assert_eq!(status, "failed", "{bad}");
+    let message = result["msg"].as_str().unwrap_or_default();
+    assert!(message.contains("CPUWeight: '0' is not a weight from 1 to 10000"), "{bad}");
     tb.ok(reset);
 }

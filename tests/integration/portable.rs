@@ -26,6 +26,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::now_and_enable_start_and_stop_with_attach", now_and_enable),
         exclusive_trial(shared, "portable::reattach_restarts_running_units_on_the_new_version", reattach_running),
         exclusive_trial(shared, "portable::failed_reattach_leaves_the_old_version_running", failed_reattach),
+        exclusive_trial(shared, "portable::check_plans_exactly_what_a_run_does_and_changes_nothing", check_plans),
         exclusive_trial(shared, "portable::host_units_are_not_overwritten_without_force", conflicts),
         exclusive_trial(shared, "portable::bad_requests_fail_in_one_line_and_leave_nothing", bad_requests),
         exclusive_trial(shared, "portable::profiles_sandbox_the_service", profiles),
@@ -207,6 +208,89 @@ fn reattach_running(tb: &Testbed) {
     assert_eq!(tb.ok("portable is-attached foobar_2.raw").trim(), "running");
 
     tb.ok("portable detach --now foobar_2.raw");
+    assert_no_foobar_units(tb);
+}
+
+/// The `changes` of an operation's `--json`, as (kind, path, source).
+fn changes_of(json: &str) -> Vec<(String, String, String)> {
+    let doc: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let field = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+    doc["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (field(c, "kind"), field(c, "path"), field(c, "source")))
+        .collect()
+}
+
+/// `--check` of attach, reattach and detach: wharf's own plan, in the
+/// words of a real run, checked as a real run checks, with nothing changed
+/// (no file, no unit, no audit entry); `is-attached --json` then tells the
+/// profile and each unit's states.
+fn check_plans(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar_1.raw", RAW, "1");
+    pool_image(tb, "foobar_2.raw", RAW, "2");
+    let before = tb.unit_files("foobar* *.wants");
+    let since = tb.ok("date +%s.%N").trim().to_string();
+    tb.ok("portable attach --check --profile trusted foobar_1.raw");
+    let planned = tb.ok("portable attach --check --json --enable --now foobar_1.raw");
+    assert_eq!(tb.unit_files("foobar* *.wants"), before, "attach --check changed files");
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "inactive");
+    let words = tb.ok("portable attach --check --enable --now foobar_1.raw");
+    assert!(words.contains("Would write /etc/systemd/system/foobar.service.\n"), "{words}");
+    assert!(words.contains("Would start foobar.service.\n(check: nothing was changed)"), "{words}");
+    let done = tb.ok("portable attach --json --enable --now foobar_1.raw");
+    assert_eq!(changes_of(&planned), changes_of(&done), "{planned}\n{done}");
+    // Plans leave no audit entry: the first one is the real attach's
+    // (journald keeps wharfd's entries in the order they were sent).
+    let entries = crate::audit::history(tb, &format!("portable history --json --since=@{since} foobar_1.raw"), 1);
+    assert_eq!(entries[0]["fields"]["PROFILE"][0], "default", "{entries:?}");
+
+    let status: serde_json::Value = serde_json::from_str(&tb.ok("portable is-attached --json foobar_1.raw")).unwrap();
+    assert_eq!((&status["profile"], &status["runtime"]), (&"default".into(), &false.into()), "{status}");
+    let unit = status["units"].as_array().unwrap().iter().find(|u| u["name"] == "foobar.service").unwrap().clone();
+    assert_eq!(
+        (&unit["active_state"], &unit["installable"], &unit["stays_up"]),
+        (&"active".into(), &true.into(), &true.into())
+    );
+    assert!(unit["unit_file_state"].as_str().unwrap().starts_with("enabled"), "{status}");
+
+    // The same image with another profile: a reattach of itself, which
+    // restarts what runs; planned, nothing moves.
+    let pid = show(tb, "foobar.service", "MainPID");
+    let attached = tb.unit_files("foobar* *.wants");
+    let planned: serde_json::Value =
+        serde_json::from_str(&tb.ok("portable reattach --check --json --profile trusted foobar_1.raw")).unwrap();
+    assert_eq!(planned["restarted"], serde_json::json!(["foobar.service"]), "{planned}");
+    assert_eq!(planned["replaced"], serde_json::json!([]), "{planned}");
+    assert_eq!(planned["check"], true, "{planned}");
+    assert_eq!(
+        (tb.unit_files("foobar* *.wants"), show(tb, "foobar.service", "MainPID")),
+        (attached.clone(), pid.clone())
+    );
+    // Another version: the plan names the one it replaces.
+    let upgrade: serde_json::Value =
+        serde_json::from_str(&tb.ok("portable reattach --check --json foobar_2.raw")).unwrap();
+    assert_eq!(upgrade["replaced"], serde_json::json!(["/var/lib/portables/foobar_1.raw"]), "{upgrade}");
+    tb.ok("portable reattach --profile trusted foobar_1.raw");
+    assert_ne!(show(tb, "foobar.service", "MainPID"), pid, "not restarted in its new sandbox");
+    let status: serde_json::Value = serde_json::from_str(&tb.ok("portable is-attached --json foobar_1.raw")).unwrap();
+    assert_eq!(status["profile"], "trusted", "{status}");
+
+    // A plan is refused as the run would be: running units without --now,
+    // and (the attack) by anyone but root, who may not even learn the plan.
+    let refused = tb.fails("portable detach --check foobar_1.raw");
+    assert!(refused.stderr.contains("foobar.service' of image") && refused.stderr.contains("is active"), "{refused}");
+    let out = tb.sh_nobody("portable attach --check foobar_2.raw");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("needs root"), "{out}");
+    let files = tb.unit_files("foobar* *.wants");
+    let planned = tb.ok("portable detach --check --json --now foobar_1.raw");
+    assert_eq!(tb.unit_files("foobar* *.wants"), files);
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    let done = tb.ok("portable detach --json --now foobar_1.raw");
+    assert_eq!(changes_of(&planned), changes_of(&done), "{planned}\n{done}");
     assert_no_foobar_units(tb);
 }
 

@@ -70,9 +70,15 @@ plan:
   description: The plan, as C(portable apply --json) gives it.
   returned: always
   type: dict
-  sample: {steps: [{action: reattach, from: /srv/foobar_1.raw, image: /srv/foobar_2.raw, profile: default, runtime: false}]}
+  sample: {steps: [{action: reattach, from: /srv/foobar_1.raw, image: /srv/foobar_2.raw, profile: default, runtime: false,
+                    text: "reattach /srv/foobar_1.raw -> /srv/foobar_2.raw (profile default)"}]}
+src:
+  description: The fleet file on the controller, as O(src) named it.
+  returned: when O(src) was given
+  type: str
+  sample: fleet/web1.toml
 plan_lines:
-  description: The plan's steps in words, as C(portable apply) prints them.
+  description: The plan's steps in words, as C(portable apply) prints them (each step's C(text)).
   returned: always
   type: list
   elements: str
@@ -80,27 +86,10 @@ plan_lines:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.wharf.wharf.plugins.module_utils.wharf import Wharf
+from ansible_collections.wharf.wharf.plugins.module_utils.wharf import Wharf, require
 
 # Exit status of `portable apply --check` when the host differs from the file.
 CHANGES_PENDING = 2
-
-
-def step_text(step):
-    """One step in the words of `portable apply`."""
-    action = step.get("action", "?")
-    how = "(profile %s%s)" % (step.get("profile"), ", runtime" if step.get("runtime") else "")
-    if "units" in step:
-        return "%s %s" % (action, " ".join(step["units"]))
-    if action == "detach":
-        return "detach %s" % step["image"]
-    if action == "attach":
-        return "attach %s %s" % (step["image"], how)
-    if action == "reattach":
-        return "reattach %s -> %s %s" % (step["from"], step["image"], how)
-    if action == "refresh":
-        return "refresh %s %s (settings changed)" % (step["image"], how)
-    return "%s %s" % (action, step)
 
 
 def main():
@@ -121,9 +110,10 @@ def main():
     cli = Wharf(module, "portable")
     args = ["apply"] + (["--check"] if module.check_mode else []) + (["--prune"] if p["prune"] else [])
     ok = (0, CHANGES_PENDING) if module.check_mode else (0,)
-    done = cli.run(args + [p["path"]], ok=ok)
-
-    lines = [step_text(step) for step in done["plan"]["steps"]]
+    done = require(module, cli.run(args + [p["path"]], ok=ok), ("changed", "applied", "file", "plan"), "portable apply --json")
+    steps = require(module, done["plan"], ("steps",), "portable apply --json")["steps"]
+    # Each step carries its words, as `portable apply` prints them.
+    lines = [require(module, step, ("action", "text"), "a step of portable apply --json")["text"] for step in steps]
     result = dict(
         changed=bool(done["changed"]),
         applied=bool(done["applied"]),

@@ -12,8 +12,7 @@ description:
     systemd-machined) with wharf's C(machine) tool, as C(machinectl) would.
   - The image is imported from O(source) when the machine pool has none of
     that name; whether O(source) is a tar archive or a raw disk or file system
-    image is told from its content (plain, xz or gzip compressed; a zstd file
-    is told by its name).
+    image is told by wharf from its content (plain, xz, gzip or zstd compressed).
   - Resource limits are set with C(machine set-property --save), so they apply
     at once to a running machine and are kept for every later start.
 author: wharf authors (!UNKNOWN)
@@ -25,11 +24,11 @@ options:
   source:
     description:
       - A file on the target to import the image from when it is missing.
-      - A tar archive becomes a directory image (C(machine import-tar)), anything
-        else a raw image (C(machine import-raw)).
+      - A tar archive becomes a directory image, anything else a raw image
+        (C(machine import), which tells them apart by content).
     type: path
   source_type:
-    description: How to import O(source); V(auto) looks at its content.
+    description: How to import O(source) (C(machine import-tar) or C(import-raw)); V(auto) lets wharf look at its content.
     type: str
     choices: [auto, tar, raw]
     default: auto
@@ -104,6 +103,13 @@ imported:
   description: Whether the image was imported from O(source) (would be, in check mode).
   returned: always
   type: bool
+source_type:
+  description:
+    - How the image was imported, V(tar) (a directory image) or V(raw).
+    - In check mode with O(source_type=auto), V(auto): wharf reads the file only when it imports it.
+  returned: when the image was imported (or would be)
+  type: str
+  sample: tar
 state:
   description: The machine afterwards, V(running), V(stopped) or V(absent).
   returned: always
@@ -129,116 +135,17 @@ ready:
   type: bool
 """
 
-import lzma
 import os
-import re
-import zlib
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.wharf.wharf.plugins.module_utils.wharf import Wharf, systemctl_show
-
-CONFIG_DIR = "/etc/wharf/machines"
-MEMORY = ("MemoryMax", "MemoryHigh", "MemoryLow", "MemorySwapMax")
-LIMITS = MEMORY + ("CPUQuota", "CPUWeight", "TasksMax", "IOWeight", "AllowedCPUs")
-SIZE_SHIFTS = {"K": 10, "M": 20, "G": 30, "T": 40, "B": 0}
+from ansible_collections.wharf.wharf.plugins.module_utils.wharf import Wharf, require
 
 
-def limit_name(key):
-    for name in LIMITS:
-        if name.lower() == key.strip().lower():
-            return name
-    raise ValueError("unknown limit '%s' (known: %s)" % (key, ", ".join(LIMITS)))
-
-
-def cpu_set(text):
-    cpus = set()
-    for part in re.split(r"[, ]+", text.strip()):
-        if not part:
-            continue
-        low, high = part.partition("-")[::2]
-        low, high = int(low), int(high or low)
-        if low > high:
-            raise ValueError(part)
-        cpus.update(range(low, high + 1))
-    ranges, ordered = [], sorted(cpus)
-    i = 0
-    while i < len(ordered):
-        start = ordered[i]
-        while i + 1 < len(ordered) and ordered[i + 1] == ordered[i] + 1:
-            i += 1
-        ranges.append(str(start) if ordered[i] == start else "%d-%d" % (start, ordered[i]))
-        i += 1
-    return ",".join(ranges)
-
-
-def canonical(name, value):
-    """A limit's value as wharf shows and saves it (what `machine show`
-    prints), so that given and current values compare: 512M -> 536870912."""
-    text = str(value).strip()
-    if text in ("infinity", "[not set]") or (text == "" and name == "AllowedCPUs"):
-        return text
-    try:
-        if name in MEMORY:
-            shift = SIZE_SHIFTS.get(text[-1:].upper())
-            return str(int(text[:-1]) << shift) if shift is not None else str(int(text))
-        if name == "CPUQuota":
-            if not text.endswith("%") or int(text[:-1]) <= 0:
-                raise ValueError(text)
-            return "%d%%" % int(text[:-1])
-        if name == "AllowedCPUs":
-            return cpu_set(text)
-        return str(int(text))
-    except ValueError:
-        raise ValueError("%s: '%s' is not a value wharf takes" % (name, value))
-
-
-def saved_limits(name):
-    """The limits kept in the machine's settings file, canonical."""
-    path = os.path.join(CONFIG_DIR, name + ".toml")
-    try:
-        with open(path, "rb") as config:
-            text = config.read().decode()
-    except FileNotFoundError:
-        return {}
-    try:
-        import tomllib
-
-        table = tomllib.loads(text).get("limits", {})
-    except ImportError:
-        # Python before 3.11: the [limits] table is flat `Key = value` lines.
-        table, section = {}, None
-        for line in text.splitlines():
-            line = line.strip()
-            if line.startswith("["):
-                section = line.strip("[] ")
-            elif section == "limits" and "=" in line:
-                key, value = line.partition("=")[::2]
-                table[key.strip()] = value.strip().strip('"')
-    limits = {}
-    for key, value in table.items():
-        try:
-            limits[limit_name(key)] = canonical(limit_name(key), value)
-        except ValueError:
-            continue
-    return limits
-
-
-def sniff(path):
-    """tar or raw, from the content of a plain, xz or gzip file."""
-    with open(path, "rb") as source:
-        head = source.read(1 << 16)
-    try:
-        if head.startswith(b"\xfd7zXZ\x00"):
-            head = lzma.LZMADecompressor().decompress(head, 4096)
-        elif head.startswith(b"\x1f\x8b"):
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 4096)
-        elif head.startswith(b"\x28\xb5\x2f\xfd"):
-            # No zstd in Python's standard library: the name tells.
-            return "tar" if ".tar" in os.path.basename(path) else "raw"
-    except (lzma.LZMAError, zlib.error):
-        return "raw"
-    # POSIX and GNU tar headers carry "ustar" at offset 257.
-    return "tar" if head[257:262] == b"ustar" else "raw"
+def error_kind(doc):
+    """The kind of a wharf error printed with --json (no-such-image, ...)."""
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return doc["error"].get("kind")
+    return None
 
 
 def main():
@@ -258,26 +165,32 @@ def main():
     name, check = p["name"], module.check_mode
     cli = Wharf(module, "machine")
 
-    try:
-        wanted = {limit_name(k): canonical(limit_name(k), v) for k, v in p["limits"].items()}
-    except ValueError as e:
-        module.fail_json(msg=str(e))
+    # wharf's own reading of the limits: canonical values, or its refusal.
+    wanted = {}
+    if p["limits"]:
+        assignments = ["%s=%s" % (k, v) for k, v in sorted(p["limits"].items())]
+        planned = cli.run(["set-property", "--check", "--save", name] + assignments)
+        wanted = require(module, planned, ("limits",), "machine set-property --check --json")["limits"]
 
-    images = cli.run(["list-images"])
-    # A raw image is listed with its file name (f28.raw), a directory by its own.
-    image = next((i["path"] for i in images or [] if i["name"] in (name, name + ".raw")), None)
-    machines = cli.run(["list"])
-    running = any(m["name"] == name for m in machines or [])
-    boot_unit = "wharf-machine@%s.service" % name
-    enabled = systemctl_show(module, [boot_unit], ["UnitFileState"])[boot_unit].get("UnitFileState", "")
-    enabled = enabled.startswith("enabled")
-    saved = saved_limits(name)
-    live = {}
-    if running:
-        live = cli.run(["show", name])
+    # The image and what wharf keeps for it (its saved limits, whether it boots).
+    rc, found, error = cli.try_run(["image-status", name])
+    if rc == 0:
+        found = require(module, (found or [None])[0], ("Path", "SavedLimits", "Enabled"), "machine image-status --json")
+        image, saved, enabled = found["Path"], found["SavedLimits"], bool(found["Enabled"])
+    elif error_kind(found) == "no-such-image":
+        image, saved, enabled = None, {}, False
+    else:
+        cli.fail(["image-status", name], rc, "", error)
+    machines = cli.run(["list"]) or []
+    running = any(m.get("name") == name for m in machines)
+    live = cli.run(["show", name]) if running else {}
+    if image is None and running:
+        # Running from an image elsewhere (nspawn's own): what wharf keeps is still its.
+        enabled = bool(live.get("Enabled"))
+        saved = live.get("SavedLimits", {})
 
     def view(image, running, enabled, saved, live):
-        state = "absent" if image is None else "running" if running else "stopped"
+        state = "absent" if image is None and not running else "running" if running else "stopped"
         shown = {"image": image, "state": state, "enabled": enabled, "limits": {k: saved.get(k) for k in wanted}}
         if running:
             shown["live_limits"] = {k: live.get(k) for k in wanted}
@@ -304,12 +217,14 @@ def main():
             module.fail_json(msg="machine image '%s' is not in the pool and no source is given to import it" % name)
         if not os.path.isfile(p["source"]):
             module.fail_json(msg="source %s: no such file" % p["source"])
-        kind = p["source_type"] if p["source_type"] != "auto" else sniff(p["source"])
-        result.update(changed=True, imported=True, source_type=kind)
-        image = os.path.join("/var/lib/machines", name)
+        verb = "import" if p["source_type"] == "auto" else "import-" + p["source_type"]
+        result.update(changed=True, imported=True, source_type=p["source_type"])
+        image = "/var/lib/machines/%s (to be imported)" % name
         if not check:
-            done = cli.run(["import-" + kind, p["source"], name])
+            done = require(module, cli.run([verb, p["source"], name]), ("path",), "machine %s --json" % verb)
             image = done["path"]
+            # What wharf made of it: a raw image is a file, a tar archive a directory.
+            result["source_type"] = "tar" if os.path.isdir(image) else "raw"
 
     if p["enabled"] is not None and p["enabled"] != enabled:
         result["changed"] = True
@@ -332,7 +247,7 @@ def main():
         result["changed"] = True
         running, live = True, dict(wanted)
         if not check:
-            started = cli.run(["start", "--timeout", str(p["timeout"]), name])
+            started = require(module, cli.run(["start", "--timeout", str(p["timeout"]), name]), ("unit", "ready"), "machine start --json")
             result.update(unit=started["unit"], ready=started["ready"])
             if not started["ready"]:
                 module.warn("machine %s started, but its init did not report ready within %ds" % (name, p["timeout"]))

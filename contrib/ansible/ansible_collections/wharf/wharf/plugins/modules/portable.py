@@ -17,8 +17,14 @@ description:
     which restarts what ran and puts the old version back if the new one fails
     to start.
   - Every change goes through C(portable --json); unit files are never written
-    by this module. Enabling, starting and stopping units that are already
-    attached is done with C(systemctl), as for any other unit.
+    by this module, and what it knows of the image (its profile, its units and
+    their states, whether a unit can be enabled or keeps running) comes from
+    C(portable is-attached --json). Enabling and disabling units that are
+    already attached is done with C(systemctl), as for any other unit; units
+    that should run are started by C(portable attach --now), which waits
+    until they run.
+  - When the image is attached with another profile, V(attached) and
+    V(running) reattach it with the new one, restarting what runs.
 author: wharf authors (!UNKNOWN)
 options:
   image:
@@ -57,8 +63,9 @@ options:
     default: []
 notes:
   - Check mode and diff mode are supported. In diff mode the file changes are
-    the ones wharf reports; in check mode, where wharf changes nothing, they are
-    predicted per unit (the unit file and its drop-in directory).
+    the ones wharf reports; in check mode they are wharf's own plan (C(portable
+    attach), C(reattach) or C(detach) with C(--check)), which is checked as a
+    real run would be and changes nothing.
   - C(changed) is true only when a unit file or a unit's state changed.
 requirements:
   - wharf (the C(portable) tool and C(wharfd)) on the target, run as root.
@@ -90,7 +97,9 @@ image:
   type: str
   sample: /srv/images/foobar_2.raw
 action:
-  description: What happened to the image's files (V(none), V(attach), V(reattach), V(refresh), V(detach)).
+  description:
+    - What happened to the image's files (V(none), V(attach), V(reattach), V(refresh), V(detach)).
+    - V(refresh) is the same image with another profile, or moved between C(/etc) and C(/run).
   returned: always
   type: str
   sample: reattach
@@ -112,11 +121,17 @@ units:
   sample: [foobar-hello.service, foobar.service]
 changes:
   description:
-    - The file changes, as C(portable --json) reports them (kind, path, source).
-    - In check mode, the predicted ones (kind V(attach) or V(detach), per unit).
+    - The file changes, as C(portable --json) reports them (kind V(mkdir),
+      V(write), V(symlink) or V(unlink), path, source).
+    - In check mode, the ones wharf's plan would make, in the same kinds.
   returned: always
   type: list
   elements: dict
+planned_move:
+  description: In check mode, how a move between C(/etc) and C(/run) would be done (its attach cannot be planned while the image is attached).
+  returned: in check mode, when the image would move
+  type: str
+  sample: detach, then attach below /run
 started:
   description: Units started (or restarted by a reattach).
   returned: always
@@ -139,287 +154,149 @@ disabled_units:
   elements: str
 """
 
-import os
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.wharf.wharf.plugins.module_utils.wharf import Wharf, systemctl, systemctl_show
+from ansible_collections.wharf.wharf.plugins.module_utils.wharf import Wharf, require, systemctl
 
-# Where wharf finds sandbox profiles, earlier ones first.
-PROFILE_DIRS = ("/etc/wharf/profiles", "/run/wharf/profiles", "/usr/lib/wharf/profiles")
-PORTABLE_DROPIN = "20-portable.conf"
-PROFILE_DROPIN = "10-profile.conf"
-MARKER_HEAD = "# Drop-in created by wharf for image '"
-MARKER_TAIL = "', do not edit."
-SHOWN = ("LoadState", "ActiveState", "UnitFileState", "DropInPaths", "FragmentPath")
+STATUS_KEYS = ("image", "state", "attached", "profile", "runtime", "units")
+OPERATION_KEYS = ("changes", "units", "restarted", "replaced")
+UP = ("active", "activating", "reloading")
 
 
-def name_prefix(path):
-    """wharf's default unit prefix of an image: its file name without .raw or
-    .raw.xz, up to the first '_' (foobar_2.raw -> foobar)."""
-    name = os.path.basename(path.rstrip("/"))
-    for suffix in (".raw.xz", ".raw"):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    head, sep = name.partition("_")[:2]
-    return head if sep and head else name
+class Portable:
+    """wharf's `portable` tool, asked for what the module needs to know."""
 
-
-def setting(contents, key):
-    """The last value of `key=` in a unit file, lower-cased."""
-    value = None
-    for line in contents.splitlines():
-        line = line.strip()
-        if line.startswith(key + "="):
-            value = line[len(key) + 1 :].strip().lower()
-    return value
-
-
-def stays_up(unit):
-    """Whether a unit keeps running once started: anything but a oneshot
-    service that does not remain after exit (as wharf's fleet apply says)."""
-    if not unit["name"].endswith(".service"):
-        return True
-    oneshot = setting(unit["contents"], "Type") == "oneshot"
-    remains = setting(unit["contents"], "RemainAfterExit") in ("yes", "true", "1", "on")
-    return not oneshot or remains
-
-
-def marker_image(path):
-    """The image a wharf drop-in was written for, from its first line."""
-    try:
-        with open(path) as dropin:
-            first = dropin.readline().rstrip("\n")
-    except OSError:
-        return None
-    if first.startswith(MARKER_HEAD) and first.endswith(MARKER_TAIL):
-        return first[len(MARKER_HEAD) : -len(MARKER_TAIL)] or None
-    return None
-
-
-def dropin(shown, name):
-    for path in shown.get("DropInPaths", "").split():
-        if os.path.basename(path) == name:
-            return path
-    return None
-
-
-def profile_file(profile, unit):
-    unit_type = unit.rsplit(".", 1)[-1]
-    for base in PROFILE_DIRS:
-        if os.path.isdir(os.path.join(base, profile)):
-            path = os.path.join(base, profile, unit_type + ".conf")
-            return path if os.path.isfile(path) else None
-    return None
-
-
-def profile_matches(module, shown, unit, profile):
-    """Whether the profile drop-in of an attached unit is the one `profile` gives."""
-    current = dropin(shown, PROFILE_DROPIN)
-    wanted = profile_file(profile, unit)
-    if current is None or wanted is None:
-        return current is None and wanted is None
-    if os.path.islink(current):
-        return os.path.realpath(current) == os.path.realpath(wanted)
-    # A copied profile (copy mode): compare what it says, without wharf's marker.
-    try:
-        with open(current) as have, open(wanted) as want:
-            lines = have.read().splitlines(True)
-            if lines and lines[0].startswith(MARKER_HEAD):
-                lines = lines[1:]
-            return "".join(lines) == want.read()
-    except OSError as e:
-        module.fail_json(msg="cannot compare %s with profile %s: %s" % (current, profile, e))
-
-
-class Host:
-    """The image and its units as they are on the host now."""
-
-    def __init__(self, module, cli, image, prefixes):
+    def __init__(self, module):
         self.module = module
-        self.cli = cli
-        self.other_state = None
-        # Whether the attached image has the profile asked for (when attached).
-        self.profile_same = True
-        rc, info, error = cli.try_run(["inspect", "--cat", image] + prefixes)
-        self.found = rc == 0
-        self.inspect_error = error
-        self.info = info if self.found else {"units": [], "path": image}
-        self.units = [unit for unit in self.info["units"] if "@." not in unit["name"]]
-        rc, attached, error = cli.try_run(["is-attached", image])
-        if attached is None:
-            if not self.found:
-                # Neither on disk nor attached under this name.
-                self.path, self.state = image, "detached"
-            else:
-                cli.fail(["is-attached", image], rc, "", error)
-        else:
-            self.path, self.state = attached["image"], attached["state"]
-        if self.found and not self.info["path"].startswith("/"):
-            self.info["path"] = self.path
-        self.refresh_units()
+        self.cli = Wharf(module, "portable")
 
-    def refresh_units(self):
-        names = [unit["name"] for unit in self.units]
-        self.shown = systemctl_show(self.module, names, SHOWN)
+    def status(self, image):
+        """`portable is-attached --json`: the image as attached, unit by unit."""
+        rc, doc, error = self.cli.try_run(["is-attached", image])
+        if rc not in (0, 1) or not isinstance(doc, dict) or "error" in doc:
+            self.cli.fail(["is-attached", image], rc, "", error)
+        return require(self.module, doc, STATUS_KEYS, "portable is-attached --json %s" % image)
 
-    def attached_units(self):
-        """Units on the host that wharf attached from this image."""
-        mine = []
-        for name, shown in self.shown.items():
-            marker = dropin(shown, PORTABLE_DROPIN)
-            if marker and marker_image(marker) == self.path:
-                mine.append(name)
-        return mine
+    def operation(self, verb, args):
+        """attach, reattach or detach (with --check in check mode): what
+        it changed, or would change, in wharf's own words."""
+        check = ["--check"] if self.module.check_mode else []
+        done = self.cli.run([verb] + check + args)
+        return require(self.module, done, OPERATION_KEYS, "portable %s --json" % verb)
 
-    def other_version(self):
-        """The other attached image holding these units or sharing the name
-        prefix (as `portable reattach` finds it): (path, wharf's state)."""
-        for name, shown in sorted(self.shown.items()):
-            marker = dropin(shown, PORTABLE_DROPIN)
-            image = marker_image(marker) if marker else None
-            if image and image != self.path:
-                attached = self.cli.run(["is-attached", image], ok=(0, 1))
-                return image, attached["state"]
-        prefix = name_prefix(self.path)
-        listed = self.cli.run(["list"])
-        for entry in listed or []:
-            if entry["path"] != self.path and entry["state"] != "detached" and name_prefix(entry["path"]) == prefix:
-                return entry["path"], entry["state"]
-        return None, None
-
-    def active(self, names):
-        return [n for n in names if self.shown.get(n, {}).get("ActiveState") in ("active", "activating", "reloading")]
-
-    def enabled(self, names):
-        return [n for n in names if self.shown.get(n, {}).get("UnitFileState", "").startswith("enabled")]
-
-    def snapshot(self, other=None):
-        """The state for diff mode; the units' states are the host's,
-        whichever image holds them now."""
-        names = [unit["name"] for unit in self.units]
-        attached_image = self.path if self.state != "detached" else other
-        return {
-            "image": self.path,
-            "state": self.state,
-            "attached_image": attached_image,
-            "active_units": sorted(self.active(names)) if attached_image else [],
-            "enabled_units": sorted(self.enabled(names)) if attached_image else [],
-        }
+    def try_operation(self, verb, args):
+        rc, done, error = self.cli.try_run([verb] + args)
+        if rc == 0:
+            return require(self.module, done, OPERATION_KEYS, "portable %s --json" % verb), None
+        message = done["error"].get("message") if isinstance(done, dict) and isinstance(done.get("error"), dict) else None
+        return None, message or error or "portable %s exited with status %d" % (verb, rc)
 
 
-def unit_dir(runtime):
-    return "/run/systemd/system" if runtime else "/etc/systemd/system"
+def active(status):
+    return sorted(u["name"] for u in status["units"] if u["active_state"] in UP)
 
 
-def predicted(kind, units, runtime, source):
-    """File changes check mode foresees, per unit: wharf has no dry run of
-    attach, so these name each unit file, not every drop-in."""
-    return [{"kind": kind, "path": os.path.join(unit_dir(runtime), unit), "source": source} for unit in units]
+def enabled(status):
+    return sorted(u["name"] for u in status["units"] if u["unit_file_state"].startswith("enabled"))
 
 
-def runtime_suffix(runtime):
-    return "-runtime" if runtime else ""
+def snapshot(status, attached_image=None):
+    """The state for diff mode; the units' states are the host's, whichever
+    image holds them now."""
+    attached_image = status["image"] if status["attached"] else attached_image
+    return {
+        "image": status["image"],
+        "state": status["state"],
+        "attached_image": attached_image,
+        "active_units": active(status) if status["attached"] else [],
+        "enabled_units": enabled(status) if status["attached"] else [],
+    }
 
 
-def detach(module, cli, host, result):
+def detach(module, wharf, status, result):
     """state=detached."""
-    before = host.snapshot()
+    before = snapshot(status)
     after = dict(before)
-    if host.state != "detached":
-        attached = host.attached_units()
-        result.update(changed=True, action="detach", stopped=host.active(attached))
-        result["disabled_units"] = host.enabled(attached)
-        if module.check_mode:
-            result["changes"] = predicted("detach", attached, host.state.endswith("-runtime"), host.path)
-        else:
-            done = cli.run(["detach", "--now", host.path])
-            result["changes"] = done["changes"]
+    if status["attached"]:
+        done = wharf.operation("detach", ["--now", status["image"]])
+        result.update(
+            changed=True,
+            action="detach",
+            changes=done["changes"],
+            stopped=done["restarted"],
+            disabled_units=enabled(status),
+        )
         after = dict(before, state="detached", attached_image=None, active_units=[], enabled_units=[])
-    result.update(image=host.path, state="detached")
+    result.update(image=status["image"], state="detached", units=[u["name"] for u in status["units"]])
     finish(module, result, before, after)
 
 
-def file_step(module, cli, host, result):
-    """Attaches, reattaches (another version, or this one with other
-    settings) or leaves the image's files; returns the units it started."""
-    p = module.params
-    names = [u["name"] for u in host.units]
-    want_running = p["state"] == "running"
-    settings = ["--profile", p["profile"]] + (["--runtime"] if p["runtime"] else [])
-    image = [p["image"]] + p["prefixes"]
-    action = result["action"]
-    if action == "none":
-        return set()
-    result["changed"] = True
-    if action == "attach":
-        flags = (["--enable"] if p["enabled"] else []) + (["--now"] if want_running else [])
-        if module.check_mode:
-            result["changes"] = predicted("attach", names, p["runtime"], host.path)
-            return set(names) if want_running else set()
-        done = cli.run(["attach"] + flags + settings + image)
-        result["changes"] = done["changes"]
-        return set(done["restarted"])
-
-    running_before = host.active(names)
-    enabled_before = host.enabled(names)
-    replaced = result.get("replaced", host.path)
-    runtime_before = (host.other_state if action == "reattach" else host.state).endswith("-runtime")
-    move = runtime_before != p["runtime"]
-    if module.check_mode:
-        result["changes"] = predicted("detach", names, runtime_before, replaced) + predicted(
-            "attach", names, p["runtime"], host.path
-        )
-        return set(names) if want_running else set(running_before)
-
-    started = set()
-    if action == "reattach" or not host.profile_same:
-        # reattach restarts what ran and, if that fails, puts the old
-        # version back. It attaches where the old version was (/etc or
-        # /run); a move comes after.
-        flags = (["--enable"] if p["enabled"] else []) + (["--now"] if want_running else [])
-        place = ["--runtime"] if runtime_before else []
-        done = cli.run(["reattach"] + flags + ["--profile", p["profile"]] + place + image)
-        result["changes"] = done["changes"]
-        started = set(done["restarted"])
-        if action == "refresh":
-            # wharf restarts what ran from the image it replaces; the same
-            # image with another profile replaces none, and its services
-            # would go on in the old sandbox.
-            stale = [u for u in running_before if u not in started]
-            if stale:
-                settle(module, "restart", stale)
-                started |= set(stale)
-    if move:
-        started |= move_image(module, cli, host, result, runtime_before, running_before, enabled_before)
-    return started
+def place_flags(runtime):
+    return ["--runtime"] if runtime else []
 
 
-def move_image(module, cli, host, result, runtime_before, running_before, enabled_before):
+def move(module, wharf, status, result, flags):
     """Moves the attached image between /etc and /run: a detach and an
     attach, keeping what ran and what was enabled unless told otherwise.
     If the attach fails, the image is attached again where it was."""
     p = module.params
-    enable = p["enabled"] if p["enabled"] is not None else bool(enabled_before)
-    run = p["state"] == "running" or bool(running_before)
-    flags = (["--enable"] if enable else []) + (["--now"] if run else [])
     image = [p["image"]] + p["prefixes"]
-    gone = cli.run(["detach", "--now", host.path])
-    settings = ["--profile", p["profile"]]
-    rc, done, error = cli.try_run(["attach"] + flags + settings + (["--runtime"] if p["runtime"] else []) + image)
-    if rc != 0:
-        back = (["--enable"] if enabled_before else []) + (["--now"] if running_before else [])
-        back += ["--runtime"] if runtime_before else []
-        rc_back, _ignored, error_back = cli.try_run(["attach"] + back + settings + image)
-        where = "/run" if runtime_before else "/etc"
-        if rc_back == 0:
-            again = "attached it below %s again" % where
-        else:
-            again = "attaching it below %s again failed too: %s" % (where, error_back)
-        module.fail_json(msg="%s; %s" % (error, again), changes=result["changes"] + gone["changes"])
-    result["changes"] = result["changes"] + gone["changes"] + done["changes"]
+    profile = ["--profile", p["profile"]]
+    gone = wharf.operation("detach", ["--now", status["image"]])
+    result["changes"] += gone["changes"]
+    if module.check_mode:
+        # Attached still, so the attach cannot be planned: it would write
+        # the same units below the other directory.
+        result["planned_move"] = "detach, then attach below %s" % ("/run" if p["runtime"] else "/etc")
+        return set(active(status)) if p["state"] != "running" else set(u["name"] for u in status["units"])
+    done, error = wharf.try_operation("attach", flags + profile + place_flags(p["runtime"]) + image)
+    if done is None:
+        back = (["--enable"] if enabled(status) else []) + (["--now"] if active(status) else [])
+        _again, error_back = wharf.try_operation("attach", back + profile + place_flags(status["runtime"]) + image)
+        where = "/run" if status["runtime"] else "/etc"
+        again = "attached it below %s again" % where if error_back is None else (
+            "attaching it below %s again failed too: %s" % (where, error_back)
+        )
+        module.fail_json(msg="%s; %s" % (error, again), changes=result["changes"])
+    result["changes"] += done["changes"]
     return set(done["restarted"])
+
+
+def file_step(module, wharf, status, result):
+    """Attaches, reattaches (another version, or this one with another
+    profile), moves, or leaves the image's files; returns the units it
+    started or restarted, and the image it replaced."""
+    p = module.params
+    image = [p["image"]] + p["prefixes"]
+    profile = ["--profile", p["profile"]]
+    now = ["--now"] if p["state"] == "running" else []
+    enable = ["--enable"] if p["enabled"] else []
+    if not status["attached"]:
+        # reattach finds the other version attached (by units or name
+        # prefix) and replaces it, restarting what ran; with none, it attaches.
+        done = wharf.operation("reattach", enable + now + profile + place_flags(p["runtime"]) + image)
+        result.update(changed=True, changes=done["changes"], units=done["units"])
+        if done["replaced"]:
+            result.update(action="reattach", replaced=done["replaced"][0])
+            old = wharf.status(done["replaced"][0])
+            if old["runtime"] != p["runtime"]:
+                # reattach attached where the old version was.
+                moved = wharf.status(p["image"]) if not module.check_mode else dict(old, image=status["image"])
+                return set(done["restarted"]) | move(module, wharf, moved, result, enable + now)
+        else:
+            result["action"] = "attach"
+        return set(done["restarted"])
+    if status["runtime"] != p["runtime"]:
+        result.update(changed=True, action="refresh")
+        keep = (["--enable"] if enabled(status) or p["enabled"] else []) + (["--now"] if active(status) or now else [])
+        return move(module, wharf, status, result, keep)
+    if status["profile"] != p["profile"]:
+        # The same image with another profile: reattach restarts what runs
+        # in the new sandbox.
+        result.update(changed=True, action="refresh")
+        done = wharf.operation("reattach", enable + now + profile + place_flags(status["runtime"]) + image)
+        result["changes"] = done["changes"]
+        return set(done["restarted"])
+    return set()
 
 
 def main():
@@ -436,8 +313,8 @@ def main():
     )
     p = module.params
     check = module.check_mode
-    cli = Wharf(module, "portable")
-    host = Host(module, cli, p["image"], p["prefixes"])
+    wharf = Portable(module)
+    status = wharf.status(p["image"])
     result = dict(
         changed=False,
         action="none",
@@ -446,107 +323,92 @@ def main():
         stopped=[],
         enabled_units=[],
         disabled_units=[],
-        units=[unit["name"] for unit in host.units],
+        units=[u["name"] for u in status["units"]],
     )
-
     if p["state"] == "detached":
-        detach(module, cli, host, result)
-    if not host.found:
-        module.fail_json(msg=host.inspect_error or "image %s not found" % p["image"])
+        detach(module, wharf, status, result)
 
-    names = [u["name"] for u in host.units]
-    installable = [u["name"] for u in host.units if "[Install]" in u["contents"]]
-    stay_up = [u["name"] for u in host.units if stays_up(u)]
-    if host.state == "detached":
-        other, host.other_state = host.other_version()
-        if other:
-            result.update(action="reattach", replaced=other)
-        else:
-            result["action"] = "attach"
-        before = host.snapshot(other)
-    else:
-        same_place = host.state.endswith("-runtime") == p["runtime"]
-        host.profile_same = all(
-            profile_matches(module, host.shown[name], name, p["profile"]) for name in host.attached_units()
-        )
-        result["action"] = "none" if same_place and host.profile_same else "refresh"
-        before = host.snapshot()
-
-    started = file_step(module, cli, host, result)
+    before = snapshot(status)
+    started = file_step(module, wharf, status, result)
+    if result.get("replaced"):
+        before = snapshot(status, attached_image=result["replaced"])
+        if not status["attached"]:
+            replaced = wharf.status(result["replaced"])
+            before.update(active_units=active(replaced), enabled_units=enabled(replaced))
     if check:
-        # What the host will be once the file step is done.
-        enabled = set(host.enabled(names)) if result["action"] != "attach" else set()
-        if p["enabled"] and result["action"] != "none":
-            enabled |= set(installable)
-        active = (set(host.active(names)) if result["action"] != "attach" else set()) | (started & set(stay_up))
+        planned = predicted(module, wharf, status, result, started)
     else:
-        if result["action"] != "none":
-            # Read the host again: the file step may have enabled, started or restarted units.
-            host = Host(module, cli, p["image"], p["prefixes"])
-        enabled, active = set(host.enabled(names)), set(host.active(names))
-    if p["enabled"] and result["action"] != "none":
-        result["enabled_units"] = sorted(set(installable) - set(before["enabled_units"]))
+        status = wharf.status(p["image"])
+        result["units"] = [u["name"] for u in status["units"]]
+        planned = None
 
     # Enablement and running, for what the file step did not settle.
-    runtime = ["--runtime"] if p["runtime"] else []
-    if p["enabled"] is True:
-        todo = [u for u in installable if u not in enabled]
-        if todo:
-            result.update(changed=True, enabled_units=sorted(set(result["enabled_units"]) | set(todo)))
-            enabled |= set(todo)
-            if not check:
+    runtime = place_flags(p["runtime"])
+    if not check:
+        installable = [u["name"] for u in status["units"] if u["installable"] and not u["template"]]
+        on = enabled(status)
+        if p["enabled"] is True:
+            todo = [u for u in installable if u not in on]
+            if todo:
+                result["changed"] = True
+                result["enabled_units"] = sorted(set(result["enabled_units"]) | set(todo))
                 systemctl(module, "enable", *runtime, "--", *todo)
-    elif p["enabled"] is False and enabled:
-        result.update(changed=True, disabled_units=sorted(enabled))
-        if not check:
-            systemctl(module, "disable", *runtime, "--", *sorted(enabled))
-        enabled = set()
-    if p["state"] == "running":
-        todo = [u for u in stay_up if u not in active]
-        if todo:
-            result["changed"] = True
-            started |= set(todo)
-            active |= set(todo)
-            if not check:
-                settle(module, "start", todo)
-    result["started"] = sorted(started)
-
-    if check:
-        suffix = runtime_suffix(p["runtime"])
-        state = "running" if active else "enabled" if enabled else "attached"
-        after = dict(
-            before,
-            image=host.path,
-            state=host.state if result["action"] == "none" and not result["changed"] else state + suffix,
-            attached_image=host.path,
-            active_units=sorted(active),
-            enabled_units=sorted(enabled),
-        )
-    else:
+        elif p["enabled"] is False and on:
+            result.update(changed=True, disabled_units=on)
+            systemctl(module, "disable", *runtime, "--", *on)
+        if p["state"] == "running":
+            down = [u["name"] for u in status["units"] if u["stays_up"] and not u["template"] and u["active_state"] not in UP]
+            if down:
+                # wharf starts them and waits until they run (or says which failed).
+                done = wharf.operation("attach", ["--now", "--profile", p["profile"]] + runtime + [p["image"]] + p["prefixes"])
+                result["changed"] = True
+                started |= set(done["restarted"])
         if result["changed"]:
-            host = Host(module, cli, p["image"], p["prefixes"])
-        after = host.snapshot()
-    result.update(image=host.path, state=after["state"])
+            status = wharf.status(p["image"])
+        after = snapshot(status)
+    else:
+        after = planned
+    result["started"] = sorted(started)
+    result.update(image=status["image"], state=after["state"])
     finish(module, result, before, after)
 
 
-def settle(module, verb, units):
-    """Starts (or restarts) units and watches them for a moment: the start
-    job of a simple service is done once systemd has forked, so one whose
-    binary is missing still "starts" and fails right after."""
-    systemctl(module, verb, "--", *units)
-    checks = 5
-    while checks:
-        checks -= 1
-        shown = systemctl_show(module, units, ("ActiveState", "Result"))
-        failed = [u for u in units if shown[u].get("ActiveState") == "failed"]
-        if failed:
-            module.fail_json(
-                msg="%s failed right after it was started (result: %s); see journalctl -u %s"
-                % (failed[0], shown[failed[0]].get("Result"), failed[0]),
-                started=units,
-            )
-        time.sleep(0.1)
+def predicted(module, wharf, status, result, started):
+    """Check mode: the host once the task is done, from wharf's plan."""
+    p = module.params
+    units = result["units"] if result["action"] in ("attach", "reattach") else [u["name"] for u in status["units"]]
+    by_name = dict((u["name"], u) for u in status["units"])
+    on = set(enabled(status)) if status["attached"] else set()
+    up = set(active(status)) if status["attached"] else set()
+    if result.get("replaced"):
+        replaced = wharf.status(result["replaced"])
+        on, up = set(enabled(replaced)) & set(units), set(active(replaced)) & set(units)
+    if p["enabled"] is True:
+        todo = sorted(
+            u for u in units if u not in on and by_name.get(u, {"installable": True})["installable"] and "@." not in u
+        )
+        if todo:
+            result.update(changed=True, enabled_units=todo)
+            on |= set(todo)
+    elif p["enabled"] is False and on:
+        result.update(changed=True, disabled_units=sorted(on))
+        on = set()
+    up |= started
+    if p["state"] == "running":
+        todo = [u for u in units if u not in up and by_name.get(u, {"stays_up": True})["stays_up"] and "@." not in u]
+        if todo:
+            result["changed"] = True
+            started |= set(todo)
+            up |= set(todo)
+    suffix = "-runtime" if p["runtime"] else ""
+    state = "running" if up else "enabled" if on else "attached"
+    return {
+        "image": status["image"],
+        "state": status["state"] if not result["changed"] else state + suffix,
+        "attached_image": status["image"],
+        "active_units": sorted(up),
+        "enabled_units": sorted(on),
+    }
 
 
 def finish(module, result, before, after):
