@@ -800,14 +800,15 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
                 println!("Would set {} on machine {name}{kept}.\n(check: nothing was changed)", words.join(" "));
             }
         }
-        Command::Enable { names } => {
+        Command::Enable { ref names } | Command::Disable { ref names } => {
+            let enable = matches!(cli.command, Command::Enable { .. });
             for name in names {
-                bounded(&bus, machine.enable_machine(&name, true)).await?;
+                bounded(&bus, machine.enable_machine(name, enable)).await?;
             }
-        }
-        Command::Disable { names } => {
-            for name in names {
-                bounded(&bus, machine.enable_machine(&name, false)).await?;
+            if format.is_json() {
+                let records: Vec<_> =
+                    names.iter().map(|name| serde_json::json!({ "machine": name, "enabled": enable })).collect();
+                format.emit(&records, |_| String::new())?;
             }
         }
         Command::Bind { name, source, destination, read_only, mkdir } => {

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 
 """What the wharf modules share: running wharf's CLI with --json, and
-reading units' state from systemctl.
+systemctl for enabling and disabling units.
 
 The modules ask wharf (its `--check` plans, its `--json` documents) rather
 than work out wharf's answers themselves, so what they read of its documents
@@ -190,28 +190,6 @@ def _line(text):
 
 def _dotted(version):
     return ".".join(str(part) for part in version)
-
-
-def systemctl_show(module, units, properties):
-    """`systemctl show` of units: {unit: {property: value}}."""
-    units = list(units)
-    if not units:
-        return {}
-    systemctl = module.get_bin_path("systemctl", required=True)
-    argv = [systemctl, "show", "--no-pager", "-p", ",".join(["Id"] + list(properties)), "--"] + units
-    rc, out, err = module.run_command(argv)
-    if rc != 0:
-        module.fail_json(msg="systemctl show: %s" % err.strip(), rc=rc, cmd=argv)
-    shown = {}
-    # One block per unit, in the order asked, separated by empty lines.
-    blocks = [block for block in out.split("\n\n") if block.strip()]
-    for unit, block in zip(units, blocks):
-        values = {}
-        for line in block.splitlines():
-            key, value = line.partition("=")[::2]
-            values[key] = value
-        shown[unit] = values
-    return shown
 
 
 def systemctl(module, *args):

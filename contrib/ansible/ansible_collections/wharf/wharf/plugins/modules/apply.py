@@ -16,6 +16,9 @@ description:
   - C(changed) is whether the plan had steps. In check mode C(portable apply --check)
     plans and changes nothing. In diff mode the plan is shown.
 author: wharf authors (!UNKNOWN)
+extends_documentation_fragment:
+  - wharf.wharf.attributes
+  - wharf.wharf.attributes.action
 options:
   path:
     description:
@@ -36,7 +39,6 @@ options:
     default: false
 notes:
   - Exactly one of O(path) and O(src) is required.
-  - Supports check mode and diff mode.
 requirements:
   - wharf (the C(portable) tool and C(wharfd)) on the target, run as root.
 """

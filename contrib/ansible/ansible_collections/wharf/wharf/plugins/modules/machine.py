@@ -16,6 +16,8 @@ description:
   - Resource limits are set with C(machine set-property --save), so they apply
     at once to a running machine and are kept for every later start.
 author: wharf authors (!UNKNOWN)
+extends_documentation_fragment:
+  - wharf.wharf.attributes
 options:
   name:
     description: The machine's name, which is also its image's name in the pool (C(/var/lib/machines), ...).
@@ -106,7 +108,7 @@ imported:
 source_type:
   description:
     - How the image was imported, V(tar) (a directory image) or V(raw).
-    - In check mode with O(source_type=auto), V(auto): wharf reads the file only when it imports it.
+    - "In check mode with O(source_type=auto), V(auto): wharf reads the file only when it imports it."
   returned: when the image was imported (or would be)
   type: str
   sample: tar

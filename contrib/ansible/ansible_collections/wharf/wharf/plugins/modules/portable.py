@@ -26,6 +26,8 @@ description:
   - When the image is attached with another profile, V(attached) and
     V(running) reattach it with the new one, restarting what runs.
 author: wharf authors (!UNKNOWN)
+extends_documentation_fragment:
+  - wharf.wharf.attributes
 options:
   image:
     description:
