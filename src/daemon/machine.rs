@@ -56,6 +56,25 @@ impl MachineInterface {
         self.audited_work(connection, header, what, subject, None, work).await
     }
 
+    /// An import of `fd` as the image `name` by one of the store's
+    /// importers, as a transfer of `kind` (`import-tar`, ...).
+    async fn import_with(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        fd: zbus::OwnedFd,
+        name: String,
+        kind: &str,
+        import: fn(&Store, std::fs::File, &str, Progress<'_>) -> Result<std::path::PathBuf, Error>,
+    ) -> Result<String, BusError> {
+        let input = file_from(fd);
+        let (local, remote) = (name.clone(), transfer::describe_fd(&input));
+        let work = move |store: &Store, progress: Progress<'_>| import(store, input, &name, progress);
+        self.transfer_work(connection, header, "importing an image", (Kind::Import, kind), &local, remote, work)
+            .await
+            .map(|p| p.display().to_string())
+    }
+
     /// [`Self::store_work`] for an import or export (`kind`, e.g.
     /// `import-tar`, from or to `remote`): registered while it runs, so that
     /// `list-transfers` lists it and `cancel-transfer` stops it.
@@ -244,20 +263,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        let input = file_from(fd);
-        let (local, remote) = (name.clone(), transfer::describe_fd(&input));
-        let work = move |store: &Store, progress: Progress<'_>| store.import_tar(input, &name, progress);
-        self.transfer_work(
-            connection,
-            &header,
-            "importing an image",
-            (Kind::Import, "import-tar"),
-            &local,
-            remote,
-            work,
-        )
-        .await
-        .map(|p| p.display().to_string())
+        self.import_with(connection, &header, fd, name, "import-tar", Store::import_tar).await
     }
 
     /// Imports a raw image (plain, xz, gzip or zstd) passed as `fd`. Root only.
@@ -268,20 +274,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        let input = file_from(fd);
-        let (local, remote) = (name.clone(), transfer::describe_fd(&input));
-        let work = move |store: &Store, progress: Progress<'_>| store.import_raw(input, &name, progress);
-        self.transfer_work(
-            connection,
-            &header,
-            "importing an image",
-            (Kind::Import, "import-raw"),
-            &local,
-            remote,
-            work,
-        )
-        .await
-        .map(|p| p.display().to_string())
+        self.import_with(connection, &header, fd, name, "import-raw", Store::import_raw).await
     }
 
     /// Imports a tar archive or a raw image, told apart by content (plain,
@@ -293,12 +286,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        let input = file_from(fd);
-        let (local, remote) = (name.clone(), transfer::describe_fd(&input));
-        let work = move |store: &Store, progress: Progress<'_>| store.import_any(input, &name, progress);
-        self.transfer_work(connection, &header, "importing an image", (Kind::Import, "import"), &local, remote, work)
-            .await
-            .map(|p| p.display().to_string())
+        self.import_with(connection, &header, fd, name, "import", Store::import_any).await
     }
 
     /// Downloads an image from `url` (`format`: `raw` or `tar`), checked as
