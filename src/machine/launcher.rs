@@ -615,6 +615,30 @@ impl Running {
     }
 }
 
+/// The signals the supervisor blocks: all but those a fault raises (and
+/// SIGKILL and SIGSTOP, which cannot be). A signal for the machine's
+/// processes reaches the supervisor too: machined before systemd 257 kills
+/// "all" of a machine by signalling its whole unit, the supervisor with it,
+/// and most signals (SIGUSR2, which asks the container's systemd for a
+/// state dump, SIGRTMIN+n, ...) would end it by default, and the machine
+/// with it. Blocked, they stay pending and harmless; the four it acts on
+/// are read from its signalfd. The container's init starts with none blocked.
+fn supervisor_mask() -> SigSet {
+    let mut mask = SigSet::all();
+    for fault in [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+        Signal::SIGTRAP,
+        Signal::SIGSYS,
+        Signal::SIGABRT,
+    ] {
+        mask.remove(fault);
+    }
+    mask
+}
+
 fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -> Result<Outcome, Reason> {
     // Signals arrive through a signalfd: blocked from now on, so none is
     // lost between here and the loop, and the children unblock them.
@@ -622,7 +646,7 @@ fn supervise(name: &MachineName, image: &Image, init: &str, args: &LaunchArgs) -
     for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         signals.add(signal);
     }
-    signals.thread_block().map_err(sys_err("blocking signals"))?;
+    supervisor_mask().thread_block().map_err(sys_err("blocking signals"))?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(sys_err("creating a signalfd"))?;
     // The init is the outer child's child: when that exits, the init is

@@ -450,8 +450,19 @@ fn machine_cli(tb: &Testbed) {
     let refused = tb.fails("machine remove f28");
     assert_eq!(refused.stderr.trim(), "machine: machine 'f28' is running; stop it before removing its image");
 
-    // A signal its systemd only answers with a dump to its journal.
+    // A signal its systemd only answers with a dump to its journal. Sent to
+    // "all", it reaches the launcher too (machined of systemd 252 signals
+    // the whole unit), which must keep it pending, blocked, not die of it.
+    let launcher = tb.ok("systemctl show -p MainPID --value wharf-f28.service").trim().to_string();
     tb.ok("machine kill --signal=SIGUSR2 f28");
+    let status = tb.ok(&format!("cat /proc/{launcher}/status"));
+    let mask = |field: &str| {
+        let hex = status.lines().find_map(|l| l.strip_prefix(field)).unwrap_or_default().trim().to_string();
+        u64::from_str_radix(&hex, 16).unwrap_or_else(|e| panic!("{field} {hex}: {e}\n{status}"))
+    };
+    let usr2 = 1u64 << (12 - 1);
+    assert!(mask("SigBlk:") & usr2 != 0 && mask("ShdPnd:") & usr2 != 0, "SIGUSR2 not held by the launcher: {status}");
+    assert_eq!(tb.ok("machine shell f28 true"), "", "the machine did not survive SIGUSR2 to all");
 
     // Poweroff: SIGRTMIN+4 to its init, and waits until nothing is left.
     tb.ok("machine poweroff f28");
