@@ -954,8 +954,10 @@ async fn kept_settings(
     let saved: serde_json::Map<String, serde_json::Value> =
         config.limits.iter().map(|p| (p.limit.name().to_string(), p.value_text().into())).collect();
     let boot_unit = crate::machine::ops::boot_unit(name);
-    let systemd = crate::systemd::Systemd::new(bus).await.map_err(|e| CliError::Usage(e.to_string()))?;
-    let state = systemd.unit_file_state(&boot_unit).await.map_err(|e| CliError::Usage(e.to_string()))?;
+    // systemd's failures are not the user's: reported as wharfd reports them.
+    let failed = |e: crate::systemd::Error| CliError::Daemon(crate::api::BusError::Failed(e.to_string()));
+    let systemd = crate::systemd::Systemd::new(bus).await.map_err(failed)?;
+    let state = systemd.unit_file_state(&boot_unit).await.map_err(failed)?;
     let enabled = state.starts_with("enabled");
     Ok(serde_json::Map::from_iter([
         ("SavedLimits".to_string(), serde_json::Value::Object(saved)),
