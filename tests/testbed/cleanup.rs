@@ -97,6 +97,20 @@ fn owner_alive(work: &Path) -> bool {
     pid.parse().ok().and_then(start_time).as_deref() == Some(started)
 }
 
+/// How long a work directory without an owner may be one that a concurrent
+/// run has just made and not yet written its owner into.
+const CLAIM_WINDOW: Duration = Duration::from_secs(300);
+
+/// A work directory made moments ago with no owner yet: a concurrent run
+/// (the other release's suite, starting at the same time) is claiming it.
+/// One whose harness died before writing the owner is reaped later.
+fn being_claimed(work: &Path) -> bool {
+    !work.join("owner").exists()
+        && fs::metadata(work)
+            .and_then(|m| m.modified())
+            .is_ok_and(|made| made.elapsed().is_ok_and(|age| age < CLAIM_WINDOW))
+}
+
 /// Tears down testbeds whose harness died without doing so.
 pub fn reap_stale_runs() {
     let Ok(entries) = fs::read_dir(WORK_BASE) else {
@@ -104,7 +118,7 @@ pub fn reap_stale_runs() {
     };
     for entry in entries.flatten() {
         let work = entry.path();
-        if !work.is_dir() || owner_alive(&work) {
+        if !work.is_dir() || owner_alive(&work) || being_claimed(&work) {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
