@@ -32,6 +32,36 @@ pub struct ImageEntry {
     pub modified_usec: u64,
 }
 
+/// One image in the portable search path (or attached from elsewhere), as
+/// `portable list` shows it: an [`ImageEntry`] and who attached it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PortableImageEntry {
+    pub name: String,
+    pub path: String,
+    pub kind: String,
+    pub state: String,
+    /// `wharf` or `portablectl` (systemd-portabled) when attached, else empty.
+    pub attached_by: String,
+    pub read_only: bool,
+    pub size: u64,
+    pub modified_usec: u64,
+}
+
+impl PortableImageEntry {
+    /// The columns it shares with machine images.
+    pub fn entry(&self) -> ImageEntry {
+        ImageEntry {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            kind: self.kind.clone(),
+            state: self.state.clone(),
+            read_only: self.read_only,
+            size: self.size,
+            modified_usec: self.modified_usec,
+        }
+    }
+}
+
 /// What `inspect` reports about an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ImageInfo {
@@ -186,8 +216,12 @@ pub trait Manager {
 /// Client side of `org.wharf1.Portable`.
 #[zbus::proxy(interface = "org.wharf1.Portable", default_service = "org.wharf1", default_path = "/org/wharf1")]
 pub trait Portable {
-    /// Every image in the portable search path, with its attachment state.
-    fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
+    /// Every image in the portable search path, with its attachment state
+    /// and who attached it, and every image attached from elsewhere.
+    fn list_images(&self) -> zbus::Result<Vec<PortableImageEntry>>;
+    /// Sets the size limit of an image, or with an empty name of the pool
+    /// (`u64::MAX`: no limit); btrfs only.
+    fn set_image_limit(&self, image: &str, limit: u64) -> zbus::Result<()>;
     /// Marks an image read-only, or writable again.
     fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
     /// Downloads an image into the portable pool; returns its path.

@@ -125,27 +125,41 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], legend: bool) -> String {
 
 /// The image table of `portable list` and `machine list-images`.
 pub fn images_table(images: &[ImageEntry], with_path: bool, legend: bool) -> String {
+    images_table_by(images, None, with_path, legend)
+}
+
+/// [`images_table`] with a column saying who attached each image (`by`, in
+/// the same order as `images`), before the path.
+pub fn images_table_by(images: &[ImageEntry], by: Option<&[String]>, with_path: bool, legend: bool) -> String {
     if images.is_empty() {
         return if legend { "No images.".to_string() } else { String::new() };
     }
-    let rows: Vec<Vec<String>> = images
+    let mut rows: Vec<Vec<String>> = images
         .iter()
         .map(|image| {
-            let mut row = vec![
+            vec![
                 image.name.clone(),
                 image.kind.clone(),
                 if image.read_only { "yes" } else { "no" }.to_string(),
                 if image.size > 0 { human_size(image.size) } else { "-".to_string() },
                 image.state.clone(),
-            ];
-            if with_path {
-                row.push(image.path.clone());
-            }
-            row
+            ]
         })
         .collect();
-    let headers = ["NAME", "KIND", "RO", "SIZE", "STATE", "PATH"];
-    table(&headers[..if with_path { 6 } else { 5 }], &rows, legend)
+    let mut headers = vec!["NAME", "KIND", "RO", "SIZE", "STATE"];
+    if let Some(by) = by {
+        headers.push("BY");
+        for (row, by) in rows.iter_mut().zip(by) {
+            row.push(if by.is_empty() { "-".to_string() } else { by.clone() });
+        }
+    }
+    if with_path {
+        headers.push("PATH");
+        for (row, image) in rows.iter_mut().zip(images) {
+            row.push(image.path.clone());
+        }
+    }
+    table(&headers, &rows, legend)
 }
 
 /// Sizes as people read them: 1.5K, 230.0M, 2.1G.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::output::{Format, OutputArgs, images_table};
+use super::output::{Format, OutputArgs, images_table_by};
 use super::progress::{bounded, with_progress, within};
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::{ImageInfo, OperationResult, PartitionInfo, PortableProxy, UnitInfo, flags};
@@ -27,7 +27,7 @@ pub struct Cli {
 pub enum Copy {
     /// Copies of the unit files and profile drop-ins.
     Copy,
-    /// Symlinks: units into a directory image, drop-ins to the profile.
+    /// Symlinks: units into a directory image (a file image's are copied), drop-ins to the profile.
     Symlink,
     /// Symlinked profile drop-ins; units copied from file images, linked from directory images.
     Auto,
@@ -179,6 +179,15 @@ pub enum Command {
     History(super::history::HistoryArgs),
     /// Download an image (raw, or a tar archive of a tree) into /var/lib/portables, and verify it.
     Pull(super::pull::PullArgs),
+    /// Set the size limit of an image, or without IMAGE of all images in
+    /// /var/lib/portables together, where the file system allows it (btrfs
+    /// quota groups, as portablectl set-limit).
+    SetLimit {
+        /// [IMAGE] BYTES: the image (none: the pool), then bytes with an
+        /// optional K, M, G, T, P or E (1.5G), or '-' for no limit.
+        #[arg(num_args = 1..=2, required = true, value_name = "[IMAGE] BYTES", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Mark an image read-only (the default) or writable.
     ReadOnly {
         /// The image: a name in the search path, or a path.
@@ -210,7 +219,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match command {
         Command::List => {
             let images = within(portable.list_images()).await?;
-            format.emit(&images, |images| images_table(images, true, format.legend()))?;
+            format.emit(&images, |images| {
+                let entries: Vec<_> = images.iter().map(|i| i.entry()).collect();
+                let by: Vec<String> = images.iter().map(|i| i.attached_by.clone()).collect();
+                images_table_by(&entries, Some(&by), true, format.legend())
+            })?;
         }
         Command::Inspect { .. } => {} // done above
         Command::Attach { attach, batch } => {
@@ -299,6 +312,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let path = super::progress::with_progress(&bus, show, call).await?;
             if !cli.output.quiet || format.is_json() {
                 format.emit(&serde_json::json!({ "path": path }), |_| format!("Pulled {path}."))?;
+            }
+        }
+        Command::SetLimit { args } => {
+            let (image, size) = match &args[..] {
+                [size] => (None, size),
+                [image, size] => (Some(image.as_str()), size),
+                _ => unreachable!("clap takes one or two"),
+            };
+            let limit = crate::machine::quota::parse_size(size).map_err(|e| CliError::Usage(e.to_string()))?;
+            bounded(&bus, portable.set_image_limit(image.unwrap_or(""), limit.unwrap_or(u64::MAX))).await?;
+            if format.is_json() {
+                format.emit(&serde_json::json!({ "image": image, "limit": limit }), |_| String::new())?;
             }
         }
         Command::ReadOnly { image, read_only } => {

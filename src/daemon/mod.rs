@@ -101,7 +101,17 @@ async fn serve(options: Options) -> Result<(), Error> {
     // Finish what a crash interrupted before taking any call: a half-done
     // attach or detach is rolled back (or a half-done commit completed).
     let journal = Path::new(crate::transaction::JOURNAL_DIR);
-    let unit_dirs = [std::path::PathBuf::from("/etc/systemd/system"), std::path::PathBuf::from("/run/systemd/system")];
+    // Everywhere a transaction writes: the unit directories, portabled's
+    // (the mirrors portablectl reads) and the search path's links.
+    let unit_dirs = [
+        "/etc/systemd/system",
+        "/run/systemd/system",
+        "/etc/systemd/system.attached",
+        "/run/systemd/system.attached",
+        "/etc/portables",
+        "/run/portables",
+    ]
+    .map(std::path::PathBuf::from);
     let recovered = zruntime::unblock(move || {
         let recovered = crate::transaction::recover(journal, &unit_dirs);
         crate::machine::store::Store::machines().remove_leftovers();

@@ -9,7 +9,7 @@ use zbus::message::Header;
 use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
-use crate::api::{BusError, ImageEntry, ImageInfo, OperationResult, flags};
+use crate::api::{BusError, ImageInfo, OperationResult, PortableImageEntry, flags};
 use crate::audit::{Call, Caller, Domain, Kind};
 use crate::image::{Pool, readonly};
 use crate::portable::ops::{self, Actions, Host, ImageRequest};
@@ -89,17 +89,51 @@ fn profile_or_default(profile: &str) -> &str {
 
 #[zbus::interface(name = "org.wharf1.Portable")]
 impl PortableInterface {
-    /// Every image in the portable search path, with its attachment state.
-    async fn list_images(&self, #[zbus(connection)] connection: &Connection) -> Result<Vec<ImageEntry>, BusError> {
+    /// Sets the size limit of an image (`image` empty: of the pool's
+    /// /var/lib/portables) to `limit` bytes (`u64::MAX`: none), on btrfs,
+    /// as portablectl set-limit. Root only.
+    async fn set_image_limit(
+        &self,
+        image: String,
+        limit: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), BusError> {
+        require_root(connection, &header, "setting a size limit").await?;
+        let store = crate::machine::store::Store::portables();
+        let limit = (limit != u64::MAX).then_some(limit);
+        self.daemon.blocking(move || store.set_limit(Some(image.as_str()).filter(|n| !n.is_empty()), limit)).await?;
+        Ok(())
+    }
+
+    /// Every image in the portable search path, with its attachment state
+    /// and who attached it (wharf or portablectl), and every image attached
+    /// from elsewhere.
+    async fn list_images(
+        &self,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<PortableImageEntry>, BusError> {
         let _busy = self.daemon.busy();
         let systemd = self.systemd(connection).await?;
         let states = ops::states(&self.host, &systemd).await?;
         let pool = self.host.pool.clone();
         let attached: Vec<String> = states.keys().cloned().collect();
-        let (entries, states) = self
+        let host = self.host.clone();
+        let (entries, states, theirs) = self
             .daemon
-            .blocking(move || -> Result<_, crate::image::Error> {
+            .blocking(move || -> Result<_, Error> {
+                let theirs = ops::attached_by_portabled(&host)?;
                 let mut entries = pool.list()?;
+                // A link in the search path to an image listed anyway (one
+                // in the pool, or one attached from elsewhere) is that image,
+                // listed once, under its own path.
+                let listed: std::collections::HashSet<std::path::PathBuf> =
+                    entries.iter().map(|e| e.path.clone()).chain(attached.iter().map(Into::into)).collect();
+                entries.retain(|entry| {
+                    let Ok(target) = std::fs::read_link(&entry.path) else { return true };
+                    let target = entry.path.parent().map_or(target.clone(), |dir| dir.join(&target));
+                    !listed.contains(&target)
+                });
                 let states = ops::with_sources(states);
                 // Attached by path, from outside the search path: listed too.
                 for path in attached {
@@ -124,7 +158,7 @@ impl PortableInterface {
                         _ => tracing::warn!(path = %path.display(), "an attached image has no valid image name"),
                     }
                 }
-                Ok((entries, states))
+                Ok((entries, states, theirs))
             })
             .await?;
         Ok(entries
@@ -132,8 +166,16 @@ impl PortableInterface {
             .map(|entry| {
                 let path = entry.path.display().to_string();
                 let state = states.get(&path).copied().unwrap_or(State::Detached);
-                ImageEntry {
+                let attached_by = if theirs.contains(&path) {
+                    "portablectl"
+                } else if state == State::Detached {
+                    ""
+                } else {
+                    "wharf"
+                };
+                PortableImageEntry {
                     state: state.to_string(),
+                    attached_by: attached_by.to_string(),
                     name: entry.name.to_string(),
                     kind: entry.kind.to_string(),
                     read_only: entry.read_only,
@@ -364,15 +406,15 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         // conflict or a bad image for the caller to fix and retry.
         Error::PartiallyRolledBack { .. } => BusError::Failed(message),
         Error::Image(image) => super::image_bus_error(image, message),
-        Error::Profile(_)
-        | Error::InvalidCopyMode(_)
-        | Error::InvalidImagePath(_)
-        | Error::SymlinkNeedsDirectory(_)
-        | Error::NoReloadWithNow => BusError::InvalidArgument(message),
+        Error::Profile(_) | Error::InvalidCopyMode(_) | Error::InvalidImagePath(_) | Error::NoReloadWithNow => {
+            BusError::InvalidArgument(message)
+        }
         Error::NoUnits(_) | Error::Install(_) | Error::HostExec { .. } => BusError::BadImage(message),
         Error::UnitExists { .. }
         | Error::Shadowed { .. }
         | Error::AttachedFrom { .. }
+        | Error::AttachedByPortabled { .. }
+        | Error::PortabledAttachment(_)
         | Error::AttachedOtherwise { .. }
         | Error::DuplicateUnit { .. }
         | Error::AlreadyAttached { .. } => BusError::Conflict(message),

@@ -189,7 +189,17 @@ pub fn inspect_with(path: &Path, file: File, requested: &[String], reading: &Rea
     let kind = ImageKind::detect_open(&file, path)?;
     let mut opened = open_with(path, file, kind, reading)?;
     let os_release = read_os_release(path, opened.tree.as_mut())?;
-    let prefixes = choose_prefixes(path, &name, requested, &os_release)?;
+    // Looking is not attaching: as portablectl's inspect, any prefix shows
+    // what it matches; only attach holds it to PORTABLE_PREFIXES=.
+    let prefixes = if requested.is_empty() {
+        choose_prefixes(path, &name, requested, &os_release)?
+    } else {
+        let valid = |prefix: &String| -> Result<String> {
+            validate_prefix(prefix)?;
+            Ok(prefix.clone())
+        };
+        requested.iter().map(valid).collect::<Result<Vec<_>>>()?
+    };
     let units = find_units(opened.tree.as_mut(), &prefixes)
         .map_err(|source| Error::Unit { image: path.to_path_buf(), source })?;
     Ok(Inspection {

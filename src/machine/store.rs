@@ -450,6 +450,8 @@ impl Store {
     /// writable directory (all its images together); `limit` `None`
     /// lifts it. Returns the path limited.
     pub fn set_limit(&self, machine: Option<&str>, limit: Option<u64>) -> Result<PathBuf> {
+        // The same store serves `portable set-limit`.
+        let noun = if self.pool.home().ends_with("portables") { "portable" } else { "machine" };
         let (what, path) = match machine {
             Some(machine) => {
                 let path = self.locate(machine)?;
@@ -457,9 +459,9 @@ impl Store {
                 if readonly::is_read_only(&path, &meta) {
                     return Err(Error::ReadOnly(machine.to_string()));
                 }
-                (format!("machine image '{machine}'"), path)
+                (format!("{noun} image '{machine}'"), path)
             }
-            None => ("the machine image pool".to_string(), self.pool.home().to_path_buf()),
+            None => (format!("the {noun} image pool"), self.pool.home().to_path_buf()),
         };
         super::quota::set_limit(&path, limit).map_err(|source| Error::Limit { what, source })?;
         tracing::info!(path = %path.display(), ?limit, "size limit set");

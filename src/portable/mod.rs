@@ -6,6 +6,7 @@ pub mod dropin;
 pub mod install;
 pub mod ops;
 pub mod plan;
+pub mod portabled;
 pub mod profile;
 pub mod status;
 
@@ -75,8 +76,6 @@ pub enum Error {
     InvalidImagePath(String),
     #[error("image '{0}': no unit files match its prefixes")]
     NoUnits(String),
-    #[error("image '{0}': --copy=symlink needs a directory image; a file image's units must be copied")]
-    SymlinkNeedsDirectory(String),
     #[error("unit '{unit}' is in both '{first}' and '{second}'")]
     DuplicateUnit { unit: String, first: String, second: String },
     #[error("unit '{unit}' exists on the host already ({}); use --force to attach over it", path.display())]
@@ -85,6 +84,13 @@ pub enum Error {
     Shadowed { unit: String, path: PathBuf },
     #[error("unit '{unit}' is already attached from image '{image}'; use reattach to replace it")]
     AttachedFrom { unit: String, image: String },
+    #[error(
+        "unit '{unit}' is attached by portablectl from image '{image}' ({}); detach it with portablectl first",
+        path.display()
+    )]
+    AttachedByPortabled { unit: String, image: String, path: PathBuf },
+    #[error("image '{0}' was attached by portablectl, not by wharf; detach or reattach it with portablectl")]
+    PortabledAttachment(String),
     #[error("unit '{unit}' of image '{image}' is already attached {how}")]
     AttachedOtherwise { unit: String, image: String, how: &'static str },
     #[error("image '{0}' is not attached")]

@@ -10,6 +10,7 @@ use super::install;
 use super::plan::{
     AttachOptions, CopyMode, DetachUnit, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
 };
+use super::portabled;
 use super::profile::Profile;
 use super::{Error, State};
 use crate::executor::Executor;
@@ -264,6 +265,14 @@ pub async fn attach(
         for source in sources.iter().filter(|s| existing.of(&s.image_str()).next().is_some()) {
             attached_already += 1;
             let own = |path: &Path| {
+                // portablectl's view of the attachment is not part of it: an
+                // attachment made before wharf wrote mirrors gets its mirror
+                // by being attached again.
+                let mirrored =
+                    [false, true].iter().any(|&rt| path.starts_with(portabled::attached_dir(&host.root, rt)));
+                if mirrored {
+                    return false;
+                }
                 let names = [path.file_name(), path.parent().and_then(|p| p.file_name())];
                 source.units.iter().any(|unit| {
                     let dropins = format!("{}.d", unit.name);
@@ -373,6 +382,21 @@ pub(crate) fn add_unlink_steps(root: &Path, units: &[String], tx: &mut Transacti
 fn attachments_of(host: &Host, image: &str) -> Result<(String, Vec<Attachment>)> {
     let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
     attachments_among(host, existing, image)
+}
+
+/// `error`, unless it says `image` is not attached and portabled attached
+/// it: then that it is portabled's to detach.
+fn theirs_or(host: &Host, image: &str, error: Error) -> Error {
+    if !matches!(error, Error::NotAttached(_)) {
+        return error;
+    }
+    match portabled::scan(&host.root) {
+        Ok(theirs) => match attachments_among(host, Attachments(theirs), image) {
+            Ok((path, _)) => Error::PortabledAttachment(path),
+            Err(_) => error,
+        },
+        Err(source) => Error::Io { path: portabled::attached_dir(&host.root, false), source },
+    }
 }
 
 /// [`attachments_of`] among attachments scanned already. An attachment is
@@ -486,7 +510,8 @@ async fn detach_requests(
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut attachments: Vec<Attachment> = Vec::new();
         for request in &images {
-            let (path, found) = attachments_among(&host, existing.clone(), &request.image)?;
+            let (path, found) = attachments_among(&host, existing.clone(), &request.image)
+                .map_err(|error| theirs_or(&host, &request.image, error))?;
             let found = matching_prefixes(found, &path, &request.prefixes)?;
             for attachment in found {
                 if owners.insert(attachment.unit.clone(), path.clone()).is_none() {
@@ -501,6 +526,16 @@ async fn detach_requests(
         // Links first: none ever points to a unit already removed.
         add_unlink_steps(&host.root, &units, &mut tx);
         add_detach_steps(&plans, &mut tx);
+        // The search-path link portablectl reads goes with the image's last unit.
+        let mut images: Vec<&String> = owners.values().collect();
+        images.sort();
+        images.dedup();
+        for image in images {
+            let staying = existing.of(image).any(|a| !owners.contains_key(&a.unit));
+            if let Some(link) = portabled::image_link(&host.root, Path::new(image)).filter(|_| !staying) {
+                tx.remove(link);
+            }
+        }
         Ok((owners, units, tx))
     })
     .await?;
@@ -721,9 +756,14 @@ pub async fn reattach(
 /// The state of every image attached on the host, keyed by image path.
 pub async fn states(host: &Host, systemd: &impl UnitManager) -> Result<HashMap<String, State>> {
     let scan_root = host.root.clone();
-    let attachments = blocking(move || Attachments::scan(&scan_root))
-        .await
-        .map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    // portabled's attachments count too: `list` shows every attached image.
+    let attachments = blocking(move || -> std::io::Result<Attachments> {
+        let mut all = Attachments::scan(&scan_root)?;
+        all.0.extend(portabled::scan(&scan_root)?);
+        Ok(all)
+    })
+    .await
+    .map_err(|source| Error::Io { path: host.root.clone(), source })?;
     let units: Vec<String> = attachments.0.iter().map(|a| a.unit.clone()).collect();
     let active: Vec<String> = active_units(systemd, &units).await?.into_iter().map(|(u, _)| u).collect();
     let enabled = enabled_units(systemd, &units).await?;
@@ -743,6 +783,12 @@ pub async fn states(host: &Host, systemd: &impl UnitManager) -> Result<HashMap<S
     Ok(states)
 }
 
+/// The images portabled attached, by path.
+pub fn attached_by_portabled(host: &Host) -> Result<std::collections::BTreeSet<String>> {
+    let theirs = portabled::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    Ok(theirs.into_iter().map(|a| a.image).collect())
+}
+
 /// `states` plus, for each attached decompressed copy, the `.raw.xz` it
 /// was made from, in the same state (a user names the file they have).
 pub fn with_sources(mut states: HashMap<String, State>) -> HashMap<String, State> {
@@ -760,7 +806,12 @@ pub fn with_sources(mut states: HashMap<String, State>) -> HashMap<String, State
 pub async fn state(host: &Host, systemd: &impl UnitManager, image: &str) -> Result<(String, State)> {
     let lookup_host = host.clone();
     let name = image.to_string();
-    match blocking(move || attachments_of(&lookup_host, &name)).await {
+    let found = blocking(move || attachments_of(&lookup_host, &name).map_err(|e| theirs_or(&lookup_host, &name, e)));
+    match found.await {
+        Err(Error::PortabledAttachment(path)) => {
+            let state = states(host, systemd).await?.get(&path).copied().unwrap_or(State::Detached);
+            Ok((path, state))
+        }
         Ok((path, _)) => {
             let state = states(host, systemd).await?.get(&path).copied().unwrap_or(State::Detached);
             Ok((path, state))
@@ -776,7 +827,12 @@ pub fn remove(host: &Host, image: &str) -> Result<PathBuf> {
     let path = std::path::absolute(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
     let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
     let image_str = path.display().to_string();
-    if existing.of(&image_str).next().is_some() {
+    let theirs = portabled::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
+    // A link in the search path (portabled makes them, and so does wharf)
+    // is attached when what it points to is.
+    let target = std::fs::canonicalize(&path).ok();
+    let attached = |a: &Attachment| a.image == image_str || target.as_deref() == Some(Path::new(&a.image));
+    if existing.0.iter().chain(&theirs).any(attached) {
         return Err(Error::Attached(image_str));
     }
     let meta = std::fs::symlink_metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?;

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use super::Error;
 use super::attachments::{Attachment, Attachments, PERSISTENT_UNIT_DIR, RUNTIME_UNIT_DIR};
 use super::dropin::{PORTABLE_DROPIN, PROFILE_DROPIN, marker, parse_marker};
+use super::portabled::{Holder, add_image_link, add_mirror_steps};
 use super::profile::{PROFILE_DIRS, Profile};
 use crate::image::ImageKind;
 use crate::image::units::UnitFile;
@@ -135,9 +136,6 @@ pub fn plan_attach(
         if source.units.is_empty() {
             return Err(Error::NoUnits(image));
         }
-        if options.copy == CopyMode::Symlink && source.kind.is_file() {
-            return Err(Error::SymlinkNeedsDirectory(image));
-        }
         if options.profile.name != TRUSTED_PROFILE {
             for unit in &source.units {
                 if let Some(line) = host_exec_line(&unit.name, &unit.contents) {
@@ -183,7 +181,9 @@ pub fn plan_attach(
         for unit in &source.units {
             let path = dest.join(&unit.name);
             let link = match options.copy {
-                CopyMode::Symlink => true,
+                // A file image's units cannot be linked to: copied, as
+                // portablectl does.
+                CopyMode::Symlink => !source.kind.is_file(),
                 CopyMode::Auto => !source.kind.is_file(),
                 CopyMode::Copy | CopyMode::Mixed => false,
             };
@@ -193,6 +193,21 @@ pub fn plan_attach(
                 tx.write(path, format!("{}\n{}", marker(&source.image_str()), unit.contents), 0o644);
             }
         }
+    }
+    // What portablectl reads, once wharf's own files are in place; never
+    // over a unit file there that is not wharf's mirror (--force let wharf
+    // attach over it, not replace it).
+    for source in sources {
+        for unit in &source.units {
+            let holder = super::portabled::holder(root, &unit.name).map_err(|source| Error::Io {
+                path: super::portabled::attached_dir(root, options.runtime).join(&unit.name),
+                source,
+            })?;
+            if matches!(holder, None | Some(Holder::Mirror { .. })) {
+                add_mirror_steps(root, options.runtime, &source.image_str(), &unit.name, &dest, tx);
+            }
+        }
+        add_image_link(root, &source.image, options.runtime, tx);
     }
     Ok(names)
 }
@@ -245,6 +260,19 @@ fn check_conflict(
     existing: &Attachments,
     replacing: &[String],
 ) -> Result<(), Error> {
+    // portabled's attachments first: attaching over one would hide it from
+    // systemd while portablectl still counts it as attached.
+    let holder = super::portabled::holder(root, unit)
+        .map_err(|source| Error::Io { path: super::portabled::attached_dir(root, false).join(unit), source })?;
+    match holder {
+        Some(Holder::Portabled { image, path }) => {
+            return Err(Error::AttachedByPortabled { unit: unit.to_string(), image, path });
+        }
+        Some(Holder::Other { path }) if !options.force => {
+            return Err(Error::UnitExists { unit: unit.to_string(), path });
+        }
+        Some(Holder::Other { .. } | Holder::Mirror { .. }) | None => {}
+    }
     if let Some(current) = existing.0.iter().find(|a| a.unit == unit) {
         if replacing.contains(&current.image) {
             return Ok(());
@@ -295,7 +323,11 @@ pub fn plan_detach_unit(root: &Path, attachment: &Attachment) -> Result<DetachUn
     let dir = unit_dir(root, attachment.runtime);
     let unit_path = dir.join(&attachment.unit);
     let dropins = dir.join(format!("{}.d", attachment.unit));
-    let mut remove = Vec::new();
+    // The mirror portablectl reads goes first, so it never names a unit
+    // that has gone.
+    let mut remove = super::portabled::mirror_files(root, attachment.runtime, &attachment.unit).map_err(|source| {
+        Error::Io { path: super::portabled::attached_dir(root, attachment.runtime).join(&attachment.unit), source }
+    })?;
     let mut kept = Vec::new();
 
     let ours = |path: &Path| -> Result<bool, Error> { written_by_wharf(root, path, &attachment.image) };
@@ -522,8 +554,12 @@ mod tests {
         assert!(
             host.read("etc/systemd/system/other.service.d/10-profile.conf").starts_with("# Drop-in created by wharf")
         );
+        // --copy=symlink of a file image copies its units, as portablectl's, and links the profile.
         let symlinked = host.options(CopyMode::Symlink, false, false);
-        assert!(matches!(host.attach(&[raw_source], &symlinked), Err(Error::SymlinkNeedsDirectory(_))));
+        let linked = raw("/x/linked.raw", &["linked.service"]);
+        host.attach(&[linked], &symlinked).unwrap();
+        assert!(host.read("etc/systemd/system/linked.service").starts_with("# Drop-in created by wharf"));
+        assert!(host.root.join("etc/systemd/system/linked.service.d/10-profile.conf").is_symlink());
     }
 
     #[test]
@@ -576,6 +612,38 @@ mod tests {
     }
 
     #[test]
+    fn portabled_attachments_are_refused_even_with_force() {
+        let host = Host::new("portabled");
+        let attached = host.root.join("etc/systemd/system.attached");
+        std::fs::create_dir_all(attached.join("foobar.service.d")).unwrap();
+        std::fs::write(attached.join("foobar.service"), "[Service]\n").unwrap();
+        std::fs::write(
+            attached.join("foobar.service.d/20-portable.conf"),
+            "# Drop-in created for image '/var/lib/portables/foobar.raw', do not edit.\n",
+        )
+        .unwrap();
+        let error = host
+            .attach(&[raw("/p/foobar.raw", &["foobar.service"])], &host.options(CopyMode::Auto, false, true))
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "unit 'foobar.service' is attached by portablectl from image '/var/lib/portables/foobar.raw' ({}); \
+                 detach it with portablectl first",
+                attached.join("foobar.service").display()
+            )
+        );
+        assert!(!host.root.join("etc/systemd/system/foobar.service").exists());
+        // A unit file there without portabled's marker is the host's: --force attaches over it.
+        std::fs::remove_file(attached.join("foobar.service.d/20-portable.conf")).unwrap();
+        let refused =
+            host.attach(&[raw("/p/foobar.raw", &["foobar.service"])], &host.options(CopyMode::Auto, false, false));
+        assert!(matches!(refused, Err(Error::UnitExists { .. })), "{refused:?}");
+        host.attach(&[raw("/p/foobar.raw", &["foobar.service"])], &host.options(CopyMode::Auto, false, true)).unwrap();
+        assert_eq!(std::fs::read_to_string(attached.join("foobar.service")).unwrap(), "[Service]\n", "not replaced");
+    }
+
+    #[test]
     fn detach_removes_only_what_wharf_wrote() {
         let host = Host::new("detach");
         let source = raw("/p/foobar.raw", &["foobar.service"]);
@@ -585,9 +653,13 @@ mod tests {
         let attachment = attached.of("/p/foobar.raw").next().unwrap();
         let plan = plan_detach_unit(&host.root, attachment).unwrap();
         let dir = host.root.join("etc/systemd/system");
+        let mirror = host.root.join("etc/systemd/system.attached");
         assert_eq!(
             plan.remove,
             [
+                mirror.join("foobar.service"),
+                mirror.join("foobar.service.d/20-portable.conf"),
+                mirror.join("foobar.service.d"),
                 dir.join("foobar.service"),
                 dir.join("foobar.service.d/10-profile.conf"),
                 dir.join("foobar.service.d/20-portable.conf")
@@ -595,6 +667,15 @@ mod tests {
         );
         // The admin's drop-in keeps the directory.
         assert!(plan.kept.is_empty());
+
+        // portabled's entry of the same name is never wharf's to remove.
+        std::fs::write(
+            mirror.join("foobar.service.d/20-portable.conf"),
+            "# Drop-in created for image '/p/foobar.raw', do not edit.\n",
+        )
+        .unwrap();
+        let plan = plan_detach_unit(&host.root, attachment).unwrap();
+        assert!(!plan.remove.iter().any(|p| p.starts_with(&mirror)), "{:?}", plan.remove);
 
         // A unit file someone replaced by hand is kept.
         std::fs::write(dir.join("foobar.service"), "[Service]\nExecStart=/mine\n").unwrap();

@@ -21,6 +21,7 @@ mod many;
 mod network;
 mod packaging;
 mod portable;
+mod portablectl;
 mod pull;
 mod security;
 mod store;
@@ -136,6 +137,7 @@ fn main() -> ExitCode {
     trials.extend(images::trials(&shared));
     trials.extend(packaging::trials(&shared));
     trials.extend(portable::trials(&shared));
+    trials.extend(portablectl::trials(&shared));
     trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(pull::trials(&shared));

@@ -320,7 +320,8 @@ fn sandboxed_pools(tb: &Testbed) {
     std::fs::create_dir_all(&made).unwrap();
     images::foobar(&made.join("portable.raw"), "squashfs", "1").unwrap();
     images::foobar(&made.join("machine"), "dir", "1").unwrap();
-    tb.ok("mkdir /etc/portables /run/portables /etc/machines /run/machines && systemctl stop wharfd.service");
+    // wharfd makes /etc/portables and /run/portables itself, at every start.
+    tb.ok("mkdir /etc/machines /run/machines && systemctl stop wharfd.service");
     for dir in ["/etc/portables", "/run/portables"] {
         let image = format!("{dir}/sandbox-pool.raw");
         tb.ok(&format!("cp /srv/sandbox-pool/portable.raw {image}"));
@@ -339,5 +340,5 @@ fn sandboxed_pools(tb: &Testbed) {
              && machine remove sandbox-renamed && test ! -e {dir}/sandbox-renamed"
         ));
     }
-    tb.ok("rmdir /etc/portables /run/portables /etc/machines /run/machines && rm -r /srv/sandbox-pool");
+    tb.ok("rmdir /etc/machines /run/machines && rm -r /srv/sandbox-pool");
 }

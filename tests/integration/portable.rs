@@ -38,6 +38,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::runtime_attach_and_remove", runtime_and_remove),
         exclusive_trial(shared, "portable::same_image_side_by_side_with_portablectl", side_by_side),
         exclusive_trial(shared, "portable::portablectl_names_and_options_of_attach_and_detach", portablectl_options),
+        exclusive_trial(shared, "portable::portablectl_and_wharf_see_and_spare_each_others_attachments", interop),
         trial(shared, "portable::detach_clean_removes_the_services_own_directories_only", detach_clean),
     ]
 }
@@ -47,7 +48,9 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
 fn clean_slate(tb: &Testbed) {
     tb.ok("systemctl stop 'foobar*' alpha beta gamma 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
          rm -rf /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
-         /var/lib/portables/* /var/lib/wharf/transactions/*; systemctl daemon-reload; systemctl reset-failed; true");
+         /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/portables/foobar* \
+         /run/portables/foobar* /var/lib/portables/* /var/lib/wharf/transactions/*; \
+         systemctl daemon-reload; systemctl reset-failed; true");
 }
 
 /// Builds foobar in `format` with `version` as `/var/lib/portables/<name>`.
@@ -60,7 +63,9 @@ fn pool_image(tb: &Testbed, name: &str, format: &str, version: &str) {
 /// Nothing of foobar is left among the host's units.
 #[track_caller]
 fn assert_no_foobar_units(tb: &Testbed) {
-    let left = tb.ok("ls -d /etc/systemd/system/foobar* /run/systemd/system/foobar* 2>/dev/null || true");
+    let left = tb
+        .ok("ls -d /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system.attached/foobar* \
+         /run/systemd/system.attached/foobar* /etc/portables/foobar* /run/portables/foobar* 2>/dev/null || true");
     assert_eq!(left.trim(), "", "files left behind");
 }
 
@@ -370,10 +375,6 @@ fn bad_requests(tb: &Testbed) {
         (
             "portable attach foobar.raw nomatch",
             "portable: image '/var/lib/portables/foobar.raw': prefix 'nomatch' is not among the image's PORTABLE_PREFIXES (foobar)",
-        ),
-        (
-            "portable attach --copy=symlink foobar.raw",
-            "portable: image '/var/lib/portables/foobar.raw': --copy=symlink needs a directory image",
         ),
         ("portable detach foobar.raw", "portable: image '/var/lib/portables/foobar.raw' is not attached"),
         ("portable attach /etc/hostname", "portable: image '/etc/hostname': not an image"),
@@ -821,6 +822,104 @@ fn portablectl_options(tb: &Testbed) {
     }
     completion(tb);
     tb.ok("rm -rf /srv/p13");
+}
+
+/// portabled and wharf on one host: each lists the other's attachments,
+/// with who made them, and neither attaches over, detaches or removes the
+/// other's. wharf's attachments reach portablectl through the mirrors it
+/// writes where portabled looks; systemd still runs wharf's files alone.
+fn interop(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar_1.raw", RAW, "1");
+    let other = tb.host_path("/var/lib/portables/other_1");
+    images::foobar_as(&other, "other", "foobar.service").unwrap();
+    // Its own port, beside foobar's.
+    let unit = other.join("usr/lib/systemd/system/other.service");
+    std::fs::write(&unit, std::fs::read_to_string(&unit).unwrap().replace(":8080", ":8083")).unwrap();
+
+    // wharf's attachment, as portablectl sees it.
+    tb.ok("portable attach --now foobar_1.raw");
+    assert_eq!(tb.ok("portablectl is-attached foobar_1").trim(), "running");
+    let listed = tb.ok("portablectl list --no-legend");
+    assert!(listed.lines().any(|l| l.starts_with("foobar_1 ") && l.trim_end().ends_with("running")), "{listed}");
+    // What systemd runs is wharf's unit with wharf's drop-ins, no more.
+    assert_eq!(show(tb, "foobar.service", "FragmentPath"), "/etc/systemd/system/foobar.service");
+    assert_eq!(
+        show(tb, "foobar.service", "DropInPaths"),
+        "/etc/systemd/system/foobar.service.d/10-profile.conf /etc/systemd/system/foobar.service.d/20-portable.conf"
+    );
+    // portablectl does not attach over it, nor detach it while it runs.
+    let files = tb.unit_files("foobar*");
+    assert!(files.contains("/etc/systemd/system.attached/foobar.service"), "{files}");
+    let over = tb.fails("portablectl attach foobar_1");
+    assert!(over.stderr.contains("exists on the host already"), "{over}");
+    let away = tb.fails("portablectl detach foobar_1");
+    assert!(away.stderr.contains("is active, can't detach"), "{away}");
+    assert_eq!(tb.unit_files("foobar*"), files, "portablectl changed wharf's attachment");
+
+    // portabled's attachment, as wharf sees it...
+    tb.ok("portablectl attach --now other_1");
+    let listed = tb.ok("portable list --no-legend");
+    // STATE, BY and PATH, the last three columns.
+    let tail = |name: &str| -> Vec<String> {
+        let line = listed.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words[words.len().saturating_sub(3)..].iter().map(|w| w.to_string()).collect()
+    };
+    assert_eq!(tail("other_1 "), ["running", "portablectl", "/var/lib/portables/other_1"], "{listed}");
+    assert_eq!(tail("foobar_1.raw "), ["running", "wharf", "/var/lib/portables/foobar_1.raw"], "{listed}");
+    let json: serde_json::Value = serde_json::from_str(&tb.ok("portable --json list")).unwrap();
+    let by: Vec<(String, String)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap().to_string(), i["attached_by"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(by, [("foobar_1.raw".to_string(), "wharf".to_string()), ("other_1".into(), "portablectl".into())]);
+    assert_eq!(tb.ok("portable is-attached other_1").trim(), "running");
+    // ...and spares: each refusal one line naming the reason, nothing changed.
+    let theirs = tb.ok("cd /etc/systemd/system.attached && find other* | sort");
+    let attached_by_them = "was attached by portablectl, not by wharf; detach or reattach it with portablectl";
+    let over_theirs = "unit 'other.service' is attached by portablectl from image '/var/lib/portables/other_1' \
+                       (/etc/systemd/system.attached/other.service); detach it with portablectl first";
+    for (command, reason) in [
+        ("portable detach other_1", attached_by_them),
+        ("portable detach --now --force other_1", attached_by_them),
+        ("portable attach other_1", over_theirs),
+        ("portable attach --force other_1", over_theirs),
+        ("portable reattach other_1", over_theirs),
+        // (portabled links even an image of the search path into /etc/portables, which comes first)
+        ("portable remove other_1", "image '/etc/portables/other_1' is attached; detach it first"),
+    ] {
+        let out = tb.fails(command);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{command}: {out}");
+        assert!(out.stderr.contains(reason), "{command}: {out}");
+    }
+    assert_eq!(tb.ok("cd /etc/systemd/system.attached && find other* | sort"), theirs);
+    assert_eq!(tb.ok("ls /etc/systemd/system | grep -c ^other || true").trim(), "0");
+    assert_eq!(show(tb, "other.service", "ActiveState"), "active");
+
+    // Each detaches its own; nothing of either is left.
+    tb.ok("portablectl detach --now other_1");
+    tb.ok("portable detach --now foobar_1.raw");
+    assert_no_foobar_units(tb);
+    assert_eq!(tb.ok("portablectl is-attached foobar_1").trim(), "detached");
+
+    // By path, from outside the search path: wharf links the image into
+    // /etc/portables as portabled does, and lists it once, by its path.
+    let outside = tb.host_path("/srv/p13i/foobar_3.raw");
+    images::foobar(&outside, RAW, "3").unwrap();
+    tb.ok("portable attach /srv/p13i/foobar_3.raw");
+    assert_eq!(tb.ok("readlink /etc/portables/foobar_3.raw").trim(), "/srv/p13i/foobar_3.raw");
+    let listed = tb.ok("portablectl list --no-legend");
+    assert!(listed.lines().any(|l| l.starts_with("foobar_3 ") && l.trim_end().ends_with("attached")), "{listed}");
+    let listed = tb.ok("portable list --no-legend");
+    assert_eq!(listed.matches("foobar_3.raw ").count(), 1, "{listed}");
+    let line = listed.lines().find(|l| l.starts_with("foobar_3.raw ")).unwrap_or_default();
+    assert!(line.split_whitespace().collect::<Vec<_>>().ends_with(&["attached", "wharf", "/srv/p13i/foobar_3.raw"]));
+    tb.ok("portable detach /srv/p13i/foobar_3.raw");
+    assert_no_foobar_units(tb);
+    tb.ok("rm -rf /srv/p13i /var/lib/portables/other_1");
 }
 
 /// bash, with the installed completion sourced, completes image names

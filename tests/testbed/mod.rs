@@ -292,9 +292,12 @@ impl Testbed {
     /// inode). No times: putting a file back changes its directory's mtime,
     /// and across a minute boundary `ls -l` made that a difference.
     pub fn unit_files(&self, glob: &str) -> String {
+        // Also portabled's directory, where wharf mirrors its attachments.
         self.ok(&format!(
-            "cd /etc/systemd/system && find {glob} \\( -type d -printf '%M %u:%g %i %p\\n' \\) \\
-               -o -printf '%M %u:%g %i %p %s %l\\n' | sort"
+            "for dir in /etc/systemd/system /etc/systemd/system.attached; do [ -d $dir ] || continue; cd $dir; \\
+               for f in {glob}; do [ -e \"$f\" ] || [ -L \"$f\" ] || continue; \\
+                 find \"$f\" \\( -type d -printf \"%M %u:%g %i $dir/%p\\n\" \\) \\
+                   -o -printf \"%M %u:%g %i $dir/%p %s %l\\n\"; done; done | sort"
         ))
     }
 
