@@ -4,20 +4,25 @@
 //! the client and from wharfd alike, never with Rust's "(os error N)"; the
 //! bytes of a junk file never reach the terminal. ^C (SIGINT) or SIGTERM of
 //! an import or pull whose input stalls cancels it in wharfd: one line,
-//! exit status 128 + the signal, nothing left. A client killed outright
-//! (SIGKILL) takes its transfer with it too.
+//! exit status 128 + the signal, nothing left. A second ^C leaves at once,
+//! and a client killed outright (SIGKILL) takes its transfer with it too.
 
 use std::sync::Arc;
 
 use libtest_mimic::Trial;
 
 use crate::testbed::{Testbed, images};
-use crate::{Shared, trial};
+use crate::{Shared, exclusive_trial, trial};
 
 pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
     vec![
         trial(shared, "interrupt::errors_say_the_words_and_never_print_a_files_bytes", errors_in_words),
-        trial(shared, "interrupt::a_transfer_ends_with_its_client_leaving_nothing", transfers_end_with_their_client),
+        // Exclusive: it stops wharfd for a moment.
+        exclusive_trial(
+            shared,
+            "interrupt::a_transfer_ends_with_its_client_leaving_nothing",
+            transfers_end_with_their_client,
+        ),
     ]
 }
 
@@ -108,6 +113,7 @@ fn nothing_left(tb: &Testbed, name: &str) {
 /// SIGINT and SIGTERM at their defaults (a script's background job starts
 /// with SIGINT ignored), waits until wharfd lists its transfer of `name`,
 /// sends it `signal`, and returns its exit status and what it printed.
+/// After SIGKILL it waits until wharfd's transfer is gone.
 fn interrupted(tb: &Testbed, command: &str, name: &str, signal: &str) -> String {
     tb.ok(&format!(
         "set -e; d=$(mktemp -d); mkfifo $d/in; sleep 600 > $d/in & writer=$!; \
@@ -173,6 +179,29 @@ fn transfers_end_with_their_client(tb: &Testbed) {
     assert_eq!(out, "listed yes, exit 137\n", "SIGKILL");
     tb.ok("for i in $(seq 300); do ls -A /var/lib/machines | grep -qF intrkill || exit 0; sleep 0.1; done; exit 1");
     nothing_left(tb, "intrkill");
+
+    // A second ^C does not wait for wharfd: with wharfd stopped (SIGSTOP)
+    // once the client asked it to cancel, the client leaves at once, and
+    // wharfd, let go on, cancels the transfer of the caller that left.
+    let out = tb.ok(
+        "set -e; d=$(mktemp -d); mkfifo $d/in; sleep 600 > $d/in & writer=$!; \
+         busctl monitor --match \"type='method_call',member='CancelOwnTransfers'\" > $d/monitor 2>&1 & monitor=$!; \
+         env --default-signal=INT,TERM machine import-raw - intrtwice < $d/in > $d/out 2> $d/err & client=$!; \
+         for i in $(seq 300); do machine list-transfers --no-legend | grep -qF ' intrtwice ' && break; sleep 0.1; done; \
+         wharfd=$(systemctl show -p MainPID --value wharfd); kill -STOP $wharfd; \
+         kill -INT $client; asked=no; \
+         for i in $(seq 300); do grep -q CancelOwnTransfers $d/monitor && asked=yes && break; sleep 0.1; done; \
+         kill -INT $client; status=0; wait $client || status=$?; kill -CONT $wharfd; kill $monitor; \
+         for i in $(seq 300); do machine list-transfers --no-legend | grep -qF ' intrtwice ' || break; sleep 0.1; done; \
+         kill $writer; echo \"asked $asked, exit $status\"; cat $d/out $d/err; rm -r $d",
+    );
+    assert_eq!(
+        out,
+        "asked yes, exit 130\nmachine: import of 'intrtwice' abandoned; wharfd cancels it and removes what it built\n",
+        "a second ^C"
+    );
+    tb.ok("for i in $(seq 300); do ls -A /var/lib/machines | grep -qF intrtwice || exit 0; sleep 0.1; done; exit 1");
+    nothing_left(tb, "intrtwice");
 
     tb.ok("systemctl stop wharf-test-interrupt-stalled");
 }
