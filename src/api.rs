@@ -211,6 +211,10 @@ pub trait Manager {
     /// Progress of the caller's long operation: what, bytes done, bytes in all (0: unknown).
     #[zbus(signal)]
     fn progress(&self, what: String, done: u64, total: u64) -> zbus::Result<()>;
+    /// Cancels the transfers (imports, exports, pulls) the caller started
+    /// and that still run; returns their ids. Their calls then fail with
+    /// `Cancelled`, with nothing left behind.
+    fn cancel_own_transfers(&self) -> zbus::Result<Vec<u32>>;
 }
 
 /// Client side of `org.wharf1.Portable`.
@@ -267,10 +271,8 @@ pub trait Portable {
 
 /// Errors wharfd returns, as `org.wharf1.Error.*`. The description is always
 /// one line that names the object and the reason; clients print it as is.
-#[derive(Debug, zbus::DBusError)]
-#[zbus(prefix = "org.wharf1.Error", impl_display = false)]
+#[derive(Debug)]
 pub enum BusError {
-    #[zbus(error)]
     ZBus(zbus::Error),
     /// The caller may not do this (only root may change state).
     AccessDenied(String),
@@ -284,17 +286,152 @@ pub enum BusError {
     Conflict(String),
     /// The object is in use (running unit, attached image).
     Busy(String),
+    /// A transfer was cancelled (`CancelTransfer`, `CancelOwnTransfers`, or
+    /// its caller left the bus); what it built was removed.
+    Cancelled(String),
     /// Anything else, with its reason.
     Failed(String),
 }
+
+/// Prefix of the names of wharfd's own errors.
+const ERROR_PREFIX: &str = "org.wharf1.Error.";
+
+impl BusError {
+    fn message(&self) -> Option<&str> {
+        match self {
+            BusError::ZBus(_) => None,
+            BusError::AccessDenied(m)
+            | BusError::NoSuchImage(m)
+            | BusError::BadImage(m)
+            | BusError::InvalidArgument(m)
+            | BusError::Conflict(m)
+            | BusError::Busy(m)
+            | BusError::Cancelled(m)
+            | BusError::Failed(m) => Some(m),
+        }
+    }
+}
+
+// By hand rather than derived: the reply is the one place where every
+// message wharfd sends a caller passes, so the text rules
+// ([`user_text`]) are applied there once, whatever built the message.
+impl zbus::DBusError for BusError {
+    fn name(&self) -> zbus::names::ErrorName<'_> {
+        zbus::names::ErrorName::from_static_str_unchecked(match self {
+            BusError::ZBus(_) => "org.freedesktop.zbus.Error",
+            BusError::AccessDenied(_) => "org.wharf1.Error.AccessDenied",
+            BusError::NoSuchImage(_) => "org.wharf1.Error.NoSuchImage",
+            BusError::BadImage(_) => "org.wharf1.Error.BadImage",
+            BusError::InvalidArgument(_) => "org.wharf1.Error.InvalidArgument",
+            BusError::Conflict(_) => "org.wharf1.Error.Conflict",
+            BusError::Busy(_) => "org.wharf1.Error.Busy",
+            BusError::Cancelled(_) => "org.wharf1.Error.Cancelled",
+            BusError::Failed(_) => "org.wharf1.Error.Failed",
+        })
+    }
+
+    fn description(&self) -> Option<&str> {
+        match self {
+            BusError::ZBus(zbus::Error::MethodError(_, description, _)) => description.as_deref(),
+            BusError::ZBus(_) => None,
+            other => other.message(),
+        }
+    }
+
+    fn create_reply(&self, call: &zbus::message::Header<'_>) -> zbus::Result<zbus::message::Message> {
+        let text = match self {
+            BusError::ZBus(e) => {
+                zbus::DBusError::description(self).map(str::to_string).unwrap_or_else(|| e.to_string())
+            }
+            other => other.message().unwrap_or_default().to_string(),
+        };
+        zbus::message::Message::error(call, self.name()).build(&(user_text(&text),))
+    }
+}
+
+impl From<zbus::Error> for BusError {
+    fn from(error: zbus::Error) -> Self {
+        let (name, description) = match &error {
+            zbus::Error::MethodError(name, description, _) => (name.as_str(), description.clone()),
+            _ => return BusError::ZBus(error),
+        };
+        let message = description.unwrap_or_default();
+        match name.strip_prefix(ERROR_PREFIX) {
+            Some("AccessDenied") => BusError::AccessDenied(message),
+            Some("NoSuchImage") => BusError::NoSuchImage(message),
+            Some("BadImage") => BusError::BadImage(message),
+            Some("InvalidArgument") => BusError::InvalidArgument(message),
+            Some("Conflict") => BusError::Conflict(message),
+            Some("Busy") => BusError::Busy(message),
+            Some("Cancelled") => BusError::Cancelled(message),
+            Some("Failed") => BusError::Failed(message),
+            _ => BusError::ZBus(error),
+        }
+    }
+}
+
+impl std::error::Error for BusError {}
 
 impl std::fmt::Display for BusError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BusError::ZBus(e) => write!(f, "{e}"),
-            other => f.write_str(zbus::DBusError::description(other).unwrap_or("unknown error")),
+            other => f.write_str(other.message().unwrap_or("unknown error")),
         }
     }
+}
+
+/// An error message as a person is shown it: one line (blanks folded),
+/// without the `(os error N)` Rust adds after the system's own words (the
+/// words say it: "No such file or directory"), and with control
+/// characters, which a file's bytes may have put in it, escaped (`\x1b`)
+/// so that they never reach a terminal as they are.
+pub fn user_text(message: &str) -> String {
+    let words = without_os_error_numbers(message);
+    let folded = words.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut text = String::with_capacity(folded.len());
+    for c in folded.chars() {
+        if c.is_control() || is_bidi_control(c) {
+            let code = u32::from(c);
+            if code < 0x80 {
+                text.push_str(&format!("\\x{code:02x}"));
+            } else {
+                text.push_str(&format!("\\u{{{code:x}}}"));
+            }
+        } else {
+            text.push(c);
+        }
+    }
+    text
+}
+
+/// Characters that reorder the text around them on a terminal, so that a
+/// message could show something other than what it says.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `message` without each ` (os error N)`, the number std's `io::Error`
+/// shows after the system's description.
+fn without_os_error_numbers(message: &str) -> String {
+    const MARK: &str = "(os error ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let digits = after.strip_prefix('-').unwrap_or(after);
+        let number_len = digits.bytes().take_while(u8::is_ascii_digit).count();
+        let sign_len = after.len() - digits.len();
+        if number_len > 0 && digits[number_len..].starts_with(')') {
+            out.push_str(rest[..at].trim_end_matches(' '));
+            rest = &after[sign_len + number_len + 1..];
+        } else {
+            out.push_str(&rest[..at + MARK.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A running machine, as `machine list` and `status` show it.
@@ -497,4 +634,75 @@ pub trait Fleet {
     /// Returns whether the plan was carried out, and its steps in the order
     /// they run (or would run).
     fn apply(&self, text: &str, file: &str, flags: u64) -> zbus::Result<(bool, Vec<PlanStep>)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_see_the_words_without_the_os_error_number() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let message = format!("cannot open /srv/x.raw: {io}");
+        assert!(message.ends_with("(os error 2)"), "{message}");
+        assert_eq!(user_text(&message), "cannot open /srv/x.raw: No such file or directory");
+        // Wherever it is, and each of them.
+        assert_eq!(
+            user_text("a: Permission denied (os error 13); b: Is a directory (os error 21)"),
+            "a: Permission denied; b: Is a directory"
+        );
+        // Only the exact form: anything else is someone's text.
+        for kept in ["(os error )", "(os error x)", "(os error 2", "(os errors 2)", "(os error -)"] {
+            assert_eq!(user_text(kept), kept);
+        }
+        assert_eq!(user_text("(os error -5)"), "");
+    }
+
+    #[test]
+    fn user_text_is_one_line_with_control_characters_escaped() {
+        assert_eq!(user_text("a\n  b\tc "), "a b c");
+        assert_eq!(user_text("name '\x1b[2Jgone\x07' \0\x7f"), "name '\\x1b[2Jgone\\x07' \\x00\\x7f");
+        assert_eq!(user_text("C1 \u{9b}31m"), "C1 \\u{9b}31m");
+        assert_eq!(user_text("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+        // Bytes of a file that are no UTF-8 arrive as U+FFFD, printable.
+        let junk = String::from_utf8_lossy(b"hsqs\xff\xfe\x1b\x00");
+        assert_eq!(user_text(&junk), "hsqs\u{fffd}\u{fffd}\\x1b\\x00");
+        assert!(user_text("Äpfel: 'Grüße'") == "Äpfel: 'Grüße'");
+    }
+
+    #[test]
+    fn wharfd_errors_keep_their_kind_and_message_across_the_bus() {
+        for (error, name) in [
+            (BusError::NoSuchImage("x".into()), "org.wharf1.Error.NoSuchImage"),
+            (BusError::Cancelled("x".into()), "org.wharf1.Error.Cancelled"),
+            (BusError::Failed("x".into()), "org.wharf1.Error.Failed"),
+        ] {
+            assert_eq!(zbus::DBusError::name(&error).as_str(), name);
+            let wire = zbus::Error::MethodError(
+                zbus::names::OwnedErrorName::try_from(name).unwrap(),
+                Some("machine image 'x': the transfer was cancelled".into()),
+                zbus::message::Message::method_call("/", "M").build(&()).unwrap(),
+            );
+            let back = BusError::from(wire);
+            assert_eq!(zbus::DBusError::name(&back).as_str(), name);
+            assert_eq!(back.to_string(), "machine image 'x': the transfer was cancelled");
+        }
+        let foreign = zbus::Error::MethodError(
+            zbus::names::OwnedErrorName::try_from("org.freedesktop.DBus.Error.ServiceUnknown").unwrap(),
+            Some("no".into()),
+            zbus::message::Message::method_call("/", "M").build(&()).unwrap(),
+        );
+        assert!(matches!(BusError::from(foreign), BusError::ZBus(_)));
+    }
+
+    #[test]
+    fn what_wharfd_replies_follows_the_text_rules() {
+        let call = zbus::message::Message::method_call("/org/wharf1", "ImportRaw").build(&()).unwrap();
+        let io = std::io::Error::from_raw_os_error(2);
+        let error = BusError::NoSuchImage(format!("cannot open '/srv/\x1b]0;x': {io}"));
+        let reply = zbus::DBusError::create_reply(&error, &call.header()).unwrap();
+        assert_eq!(reply.header().error_name().map(|n| n.as_str()), Some("org.wharf1.Error.NoSuchImage"));
+        let text: String = reply.body().deserialize().unwrap();
+        assert_eq!(text, "cannot open '/srv/\\x1b]0;x': No such file or directory");
+    }
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 
 use super::output::{Format, OutputArgs, human_size, images_table, table};
-use super::progress::{bounded, with_progress, within};
+use super::progress::{Transfer, bounded, transfer, with_progress, within};
 use super::properties;
 use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
 use crate::api::MachineProxy;
@@ -558,29 +558,34 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::ImportTar { file, name } => {
             let (input, name) = import_input(&file, name)?;
-            let path = with_progress(&bus, show, machine.import_tar(input.as_fd().into(), &name)).await?;
+            let call = machine.import_tar(input.as_fd().into(), &name);
+            let path = transfer(&bus, show, transfer_of("import", &name), call).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::ImportRaw { file, name } => {
             let (input, name) = import_input(&file, name)?;
-            let path = with_progress(&bus, show, machine.import_raw(input.as_fd().into(), &name)).await?;
+            let call = machine.import_raw(input.as_fd().into(), &name);
+            let path = transfer(&bus, show, transfer_of("import", &name), call).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::Import { file, name } => {
             let (input, name) = import_input(&file, name)?;
-            let path = with_progress(&bus, show, machine.import_image(input.as_fd().into(), &name)).await?;
+            let call = machine.import_image(input.as_fd().into(), &name);
+            let path = transfer(&bus, show, transfer_of("import", &name), call).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::PullRaw(ref pull) | Command::PullTar(ref pull) => {
             let kind = if matches!(cli.command, Command::PullTar(_)) { "tar" } else { "raw" };
             let call = machine.pull_image(&pull.url, pull.name_for_daemon(), kind, &pull.verify, pull.flags());
-            let path = with_progress(&bus, show, call).await?;
+            let what = Transfer { tool: "machine", verb: "pull", name: pull.local_name(), scratch: None };
+            let path = transfer(&bus, show, what, call).await?;
             emit_path(format, cli.output.quiet, "Pulled", &path)?;
         }
         Command::ImportFs { directory, name } => {
             let name = name.unwrap_or_else(|| default_name(&directory));
             let input = open_input(&directory)?;
-            let path = with_progress(&bus, show, machine.import_fs(input.as_fd().into(), &name)).await?;
+            let call = machine.import_fs(input.as_fd().into(), &name);
+            let path = transfer(&bus, show, transfer_of("import", &name), call).await?;
             emit_path(format, cli.output.quiet, "Imported", &path)?;
         }
         Command::Start {
@@ -1195,8 +1200,14 @@ async fn export(
             machine.export_tar(name, fd.into(), compression).await
         }
     };
-    let result = with_progress(bus, show, call).await;
+    let what = Transfer { tool: "machine", verb: "export", name: name.to_string(), scratch: Some(target.temp.clone()) };
+    let result = transfer(bus, show, what, call).await;
     target.finish(result)
+}
+
+/// A transfer (`verb`: import, export) of `name`, as an interrupted one is reported.
+fn transfer_of(verb: &'static str, name: &str) -> Transfer {
+    Transfer { tool: "machine", verb, name: name.to_string(), scratch: None }
 }
 
 /// A signal by name (`SIGTERM`, `TERM`, `SIGRTMIN+4`) or number.

@@ -31,6 +31,10 @@ pub enum CliError {
     /// No answer and no sign of life from wharfd within the client's deadline.
     #[error("wharfd did not answer within {0} s; see what it is doing with: journalctl -u wharfd")]
     Timeout(u64),
+    /// A transfer this client started was stopped by a signal (^C): wharfd
+    /// cancelled it and removed what it had built.
+    #[error("{verb} of '{name}' cancelled; nothing was left")]
+    Interrupted { verb: &'static str, name: String, signal: i32 },
 }
 
 impl From<zbus::Error> for CliError {
@@ -66,7 +70,7 @@ where
                 println!("{document}");
             }
             eprintln!("{tool}: {message}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(error.exit_status())
         }
     }
 }
@@ -83,6 +87,7 @@ impl CliError {
             CliError::Usage(_) => "usage",
             CliError::Output(_) => "output",
             CliError::Timeout(_) => "timeout",
+            CliError::Interrupted { .. } => "cancelled",
             CliError::Daemon(error) => match error {
                 BusError::ZBus(_) => "bus",
                 BusError::AccessDenied(_) => "access-denied",
@@ -91,16 +96,34 @@ impl CliError {
                 BusError::InvalidArgument(_) => "invalid-argument",
                 BusError::Conflict(_) => "conflict",
                 BusError::Busy(_) => "busy",
+                BusError::Cancelled(_) => "cancelled",
                 BusError::Failed(_) => "failed",
             },
         }
     }
+
+    /// The exit status for this error: 128 + the signal for a transfer a
+    /// signal cancelled (130 for ^C), as a shell reports a command the
+    /// signal killed; [`EXIT_FAILURE`] otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            CliError::Interrupted { signal, .. } => exit_status_for_signal(*signal),
+            _ => EXIT_FAILURE,
+        }
+    }
 }
 
-/// Errors are promised to be one line; a description from elsewhere (a
-/// kernel message, a D-Bus peer) is folded to keep that promise.
+/// 128 + `signal`, as a shell reports a command killed by it.
+pub(crate) fn exit_status_for_signal(signal: i32) -> u8 {
+    u8::try_from(128 + signal.clamp(1, 127)).unwrap_or(EXIT_FAILURE)
+}
+
+/// Errors are promised to be one line of words; a description from
+/// elsewhere (a kernel message, a D-Bus peer, an older wharfd, the
+/// client's own I/O) gets the same text rules wharfd's replies get: folded,
+/// no `(os error N)`, control characters escaped.
 pub(crate) fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::api::user_text(message)
 }
 
 pub(crate) async fn system_bus() -> Result<zbus::Connection, CliError> {
@@ -149,5 +172,23 @@ mod tests {
     #[test]
     fn errors_are_folded_to_one_line() {
         assert_eq!(one_line("a\n  b\tc "), "a b c");
+    }
+
+    #[test]
+    fn client_errors_say_the_words_and_escape_junk() {
+        let missing = std::io::Error::from_raw_os_error(2);
+        let error = CliError::Usage(format!("cannot open 'foo\x1b[31m.raw': {missing}"));
+        assert_eq!(one_line(&error.to_string()), "cannot open 'foo\\x1b[31m.raw': No such file or directory");
+        assert_eq!(error.exit_status(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn an_interrupted_transfer_says_what_was_left_and_exits_as_killed() {
+        let error = CliError::Interrupted { verb: "import", name: "foo".into(), signal: nix::libc::SIGINT };
+        assert_eq!(error.to_string(), "import of 'foo' cancelled; nothing was left");
+        assert_eq!((error.kind(), error.exit_status()), ("cancelled", 130));
+        let error = CliError::Interrupted { verb: "pull", name: "f28".into(), signal: nix::libc::SIGTERM };
+        assert_eq!(error.exit_status(), 143);
+        assert_eq!(CliError::Daemon(BusError::Cancelled("x".into())).kind(), "cancelled");
     }
 }

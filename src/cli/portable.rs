@@ -309,7 +309,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pull(pull) => {
             let show = !cli.output.quiet && !format.is_json();
             let call = portable.pull_image(&pull.url, pull.name_for_daemon(), &pull.verify, pull.flags());
-            let path = super::progress::with_progress(&bus, show, call).await?;
+            let what =
+                super::progress::Transfer { tool: "portable", verb: "pull", name: pull.local_name(), scratch: None };
+            let path = super::progress::transfer(&bus, show, what, call).await?;
             if !cli.output.quiet || format.is_json() {
                 format.emit(&serde_json::json!({ "path": path }), |_| format!("Pulled {path}."))?;
             }

@@ -33,4 +33,12 @@ impl PullArgs {
     pub fn name_for_daemon(&self) -> &str {
         self.name.as_deref().unwrap_or("")
     }
+
+    /// The image's name as wharfd will take it, for messages: the one given,
+    /// else the URL's file name without its suffixes (the URL, if it has none).
+    pub fn local_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            crate::pull::Source::parse(&self.url).map(|source| source.local_name()).unwrap_or_else(|_| self.url.clone())
+        })
+    }
 }

@@ -111,10 +111,11 @@ impl MachineInterface {
     {
         let caller = require_root(connection, header, what).await?;
         let audit = Call::new(kind, caller).image(&self.store.pool, name);
-        let registration = transfer.map(|(kind, remote)| self.daemon.transfers.register(kind, name, &remote));
+        let registration = transfer
+            .map(|(kind, remote)| self.daemon.transfers.register(kind, name, &remote, &transfer::caller_of(header)));
         let _heartbeat = heartbeat(connection, header);
         let _watch = match &registration {
-            Some(registration) => transfer::cancel_when_caller_leaves(connection, header, registration).await,
+            Some(registration) => transfer::cancel_when_caller_leaves(connection, registration).await,
             None => None,
         };
         let reporter = progress_reporter(connection, header, what);
@@ -1016,7 +1017,8 @@ fn store_bus_error(error: &Error, message: String) -> BusError {
         Error::Exists { .. } => BusError::Conflict(message),
         Error::ReadOnly(_) | Error::Locked { .. } | Error::Busy(_) => BusError::Busy(message),
         Error::Limit { source: crate::machine::quota::Error::Size(_), .. } => BusError::InvalidArgument(message),
-        Error::Limit { .. } | Error::Cancelled(_) => BusError::Failed(message),
+        Error::Cancelled(_) => BusError::Cancelled(message),
+        Error::Limit { .. } => BusError::Failed(message),
         Error::Invalid { .. } => BusError::BadImage(message),
         Error::Io { .. } => BusError::Failed(message),
         Error::Pull { source, .. } => match source {

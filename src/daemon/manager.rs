@@ -12,7 +12,15 @@ use zbus::object_server::SignalEmitter;
 use crate::api::OBJECT_PATH;
 
 #[derive(Debug)]
-pub(crate) struct ManagerInterface;
+pub(crate) struct ManagerInterface {
+    daemon: Arc<super::Daemon>,
+}
+
+impl ManagerInterface {
+    pub(crate) fn new(daemon: Arc<super::Daemon>) -> Self {
+        ManagerInterface { daemon }
+    }
+}
 
 #[zbus::interface(name = "org.wharf1.Manager")]
 impl ManagerInterface {
@@ -29,6 +37,13 @@ impl ManagerInterface {
     /// tell a long operation from a wharfd that stopped answering.
     #[zbus(signal)]
     pub(crate) async fn progress(emitter: &SignalEmitter<'_>, what: &str, done: u64, total: u64) -> zbus::Result<()>;
+
+    /// Cancels the transfers the caller started that still run (what an
+    /// interrupted client asks); returns their ids. Anyone may call it: it
+    /// reaches only the caller's own transfers, by its unique bus name.
+    async fn cancel_own_transfers(&self, #[zbus(header)] header: Header<'_>) -> Vec<u32> {
+        self.daemon.transfers.cancel_started_by(&super::transfer::caller_of(&header))
+    }
 }
 
 /// How often progress is reported at most.

@@ -144,7 +144,7 @@ async fn serve(options: Options) -> Result<(), Error> {
     // activated wharfd) is dispatched, where an object server set up on an
     // open connection may not yet listen and would lose it for good.
     let connection = bus_builder()
-        .serve_at(OBJECT_PATH, manager::ManagerInterface)
+        .serve_at(OBJECT_PATH, manager::ManagerInterface::new(daemon.clone()))
         .serve_at(OBJECT_PATH, portable::PortableInterface::new(daemon.clone()))
         .serve_at(OBJECT_PATH, machine::MachineInterface::new(daemon.clone()))
         .serve_at(OBJECT_PATH, fleet::FleetInterface::new(daemon.clone()))

@@ -71,9 +71,10 @@ pub(crate) async fn pull(
         _ => request.name.clone(),
     };
     let audit = Call::new(Kind::Import, caller).image(&store.pool, &name).field("WHARF_URL", request.url.clone());
-    let registration = daemon.transfers.register(request.kind, &name, &request.url);
+    let registration =
+        daemon.transfers.register(request.kind, &name, &request.url, &super::transfer::caller_of(header));
     let _heartbeat = heartbeat(connection, header);
-    let _watch = super::transfer::cancel_when_caller_leaves(connection, header, &registration).await;
+    let _watch = super::transfer::cancel_when_caller_leaves(connection, &registration).await;
     let mut progress = registration.track(progress_reporter(connection, header, &format!("pull {name}")));
     let force = request.flags & pull_flags::FORCE != 0;
     let store = store.clone().with_cancel(registration.cancel_flag());

@@ -1,6 +1,8 @@
-//! The transfers wharfd runs (imports and exports now, pulls later), as
-//! `machine list-transfers` lists them and `cancel-transfer` stops them.
-//! A transfer is registered for as long as its call runs.
+//! The transfers wharfd runs (imports, exports, pulls), as `machine
+//! list-transfers` lists them and `cancel-transfer` stops them. A transfer
+//! is registered for as long as its call runs, with the unique bus name of
+//! its caller: an interrupted client cancels its own (`CancelOwnTransfers`),
+//! and one that leaves the bus takes its transfers with it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -13,6 +15,8 @@ struct Transfer {
     kind: String,
     local: String,
     remote: String,
+    /// The unique bus name of the caller; empty when it had none.
+    caller: String,
     done: AtomicU64,
     total: AtomicU64,
     cancel: Arc<AtomicBool>,
@@ -35,20 +39,21 @@ pub(crate) struct Registration {
 
 impl Transfers {
     /// Registers a transfer of `kind` between `local` (the image) and
-    /// `remote` (a file or URL).
-    pub(crate) fn register(&self, kind: &str, local: &str, remote: &str) -> Registration {
+    /// `remote` (a file or URL), for `caller` (a unique bus name).
+    pub(crate) fn register(&self, kind: &str, local: &str, remote: &str, caller: &str) -> Registration {
         // Ids start at 1 and are not reused while wharfd runs.
         let id = self.next.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
         let transfer = Arc::new(Transfer {
             kind: kind.to_string(),
             local: local.to_string(),
             remote: remote.to_string(),
+            caller: caller.to_string(),
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             cancel: Arc::new(AtomicBool::new(false)),
         });
         self.lock().insert(id, transfer.clone());
-        tracing::debug!(id, kind, local, remote, "transfer registered");
+        tracing::debug!(id, kind, local, remote, caller, "transfer registered");
         Registration { id, transfer, running: self.running.clone() }
     }
 
@@ -81,6 +86,28 @@ impl Transfers {
         tracing::info!(id, kind = transfer.kind, local = transfer.local, "transfer cancelled");
         Ok(())
     }
+
+    /// Asks every transfer `caller` started to stop; returns their ids
+    /// (none for a caller with no unique name, or with no transfer).
+    pub(crate) fn cancel_started_by(&self, caller: &str) -> Vec<u32> {
+        if caller.is_empty() {
+            return Vec::new();
+        }
+        let transfers = self.lock();
+        let mine: Vec<u32> = transfers.iter().filter(|(_, t)| t.caller == caller).map(|(id, _)| *id).collect();
+        for id in &mine {
+            let transfer = &transfers[id];
+            transfer.cancel.store(true, Ordering::SeqCst);
+            tracing::info!(
+                id,
+                kind = transfer.kind,
+                local = transfer.local,
+                caller,
+                "transfer cancelled by its caller"
+            );
+        }
+        mine
+    }
 }
 
 impl Registration {
@@ -107,17 +134,21 @@ impl Registration {
     }
 }
 
-/// Cancels a transfer once the caller of `header`'s call leaves the bus
-/// (its client was interrupted, or died): nobody would get the image's
-/// name, so what it built goes. Watches until the returned task is
-/// dropped. Must be called on the executor.
+/// The unique bus name of the caller of `header`'s call; empty if none.
+pub(crate) fn caller_of(header: &zbus::message::Header<'_>) -> String {
+    header.sender().map(|sender| sender.to_string()).unwrap_or_default()
+}
+
+/// Cancels a transfer once its caller leaves the bus (its client was
+/// killed, or died): nobody would get the image's name, so what it built
+/// goes. Watches until the returned task is dropped. Must be called on the
+/// executor.
 pub(crate) async fn cancel_when_caller_leaves(
     connection: &zbus::Connection,
-    header: &zbus::message::Header<'_>,
     registration: &Registration,
 ) -> Option<zruntime::Task<(), zruntime::Shared>> {
     use futures_util::StreamExt;
-    let caller = header.sender()?.to_owned();
+    let caller = zbus::names::UniqueName::try_from(registration.transfer.caller.clone()).ok()?;
     let dbus = zbus::fdo::DBusProxy::new(connection).await.ok()?;
     // Subscribed first, so that a caller leaving before the check is seen.
     let mut changes = dbus.receive_name_owner_changed_with_args(&[(0, caller.as_str())]).await.ok()?;
@@ -132,7 +163,7 @@ pub(crate) async fn cancel_when_caller_leaves(
                 }
             }
         }
-        tracing::info!(id, local, "the caller of a transfer left; cancelling it");
+        tracing::info!(id, local, %caller, "the caller of a transfer left; cancelling it");
         cancel.store(true, Ordering::SeqCst);
     }))
 }
@@ -160,8 +191,8 @@ mod tests {
     #[test]
     fn transfers_are_listed_while_registered_and_cancelled_by_id() {
         let transfers = Transfers::default();
-        let first = transfers.register("import-tar", "f28", "/srv/f28.tar.xz");
-        let second = transfers.register("export-raw", "disk", "/srv/disk.raw");
+        let first = transfers.register("import-tar", "f28", "/srv/f28.tar.xz", ":1.7");
+        let second = transfers.register("export-raw", "disk", "/srv/disk.raw", ":1.8");
         assert_eq!((first.id(), second.id()), (1, 2));
         let mut progress = second.track(|_, _| {});
         progress(25, 100);
@@ -180,6 +211,23 @@ mod tests {
         drop(second);
         assert!(transfers.list().is_empty());
         // Ids are not reused.
-        assert_eq!(transfers.register("import-raw", "x", "").id(), 3);
+        assert_eq!(transfers.register("import-raw", "x", "", ":1.9").id(), 3);
+    }
+
+    #[test]
+    fn a_caller_cancels_only_the_transfers_it_started() {
+        let transfers = Transfers::default();
+        let mine = transfers.register("import-raw", "a", "pipe:[1]", ":1.40");
+        let other = transfers.register("pull-raw", "b", "http://x/b.raw", ":1.41");
+        let also_mine = transfers.register("export-tar", "c", "/srv/c.tar", ":1.40");
+        let anonymous = transfers.register("import-tar", "d", "", "");
+        assert_eq!(transfers.cancel_started_by(":1.40"), [mine.id(), also_mine.id()]);
+        assert!(mine.cancel_flag().load(Ordering::SeqCst) && also_mine.cancel_flag().load(Ordering::SeqCst));
+        assert!(!other.cancel_flag().load(Ordering::SeqCst) && !anonymous.cancel_flag().load(Ordering::SeqCst));
+        // Nobody is the caller of a transfer whose caller had no name.
+        assert!(transfers.cancel_started_by("").is_empty());
+        assert!(transfers.cancel_started_by(":1.99").is_empty());
+        drop((mine, also_mine));
+        assert!(transfers.cancel_started_by(":1.40").is_empty());
     }
 }

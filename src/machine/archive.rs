@@ -242,7 +242,16 @@ impl<W: Write> TreeWriter<'_, W> {
 /// the crate's, which keeps entries inside `root`. Directories come last,
 /// as in `Archive::unpack`, so that a read-only directory does not stop its
 /// own contents from being written, deepest first so that their times stay.
-pub fn unpack(reader: impl Read, root: &Path) -> io::Result<()> {
+pub fn unpack(mut reader: impl Read, root: &Path) -> io::Result<()> {
+    // Data that is no archive at all is said to be so: the tar reader's
+    // own words for it quote the bytes of its first block ("numeric field
+    // did not have utf-8 text: ...").
+    let mut first = [0u8; 512];
+    let filled = read_up_to(&mut reader, &mut first)?;
+    if filled == first.len() && !is_header(&first) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the data is not a tar archive"));
+    }
+    let reader = io::Cursor::new(first[..filled].to_vec()).chain(reader);
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -279,6 +288,34 @@ pub fn unpack(reader: impl Read, root: &Path) -> io::Result<()> {
         finish(&root_fd, &path, &xattrs, mtime)?;
     }
     Ok(())
+}
+
+/// Reads until `buffer` is full or the data ends; returns how much came.
+fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Whether a 512-byte block is a tar header as the tar reader checks one:
+/// its checksum field (octal, up to a NUL, blanks around) is the sum of
+/// its bytes with that field taken as blanks. An all-zero block (the end
+/// of an empty archive) passes too.
+fn is_header(block: &[u8; 512]) -> bool {
+    if block.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let sum: u32 = block[..148].iter().chain(&block[156..]).map(|&b| u32::from(b)).sum::<u32>() + 8 * 32;
+    let field = &block[148..156];
+    let field = &field[..field.iter().position(|&b| b == 0).unwrap_or(field.len())];
+    std::str::from_utf8(field).ok().and_then(|text| u32::from_str_radix(text.trim(), 8).ok()) == Some(sum)
 }
 
 /// The extended attributes an entry's PAX header carries that an import sets.
@@ -488,6 +525,43 @@ mod tests {
         }
         lines.sort();
         lines
+    }
+
+    #[test]
+    fn data_that_is_no_archive_is_said_to_be_so_without_its_bytes() {
+        let mut archive = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut archive);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(2);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            builder.append_data(&mut header, "a", &b"hi"[..]).unwrap();
+            builder.finish().unwrap();
+        }
+        assert!(is_header(archive[..512].try_into().unwrap()));
+        assert!(is_header(&[0u8; 512]));
+        // A squashfs superblock, and a block whose name and checksum hold
+        // terminal escapes.
+        let mut junk = [0u8; 512];
+        junk[..4].copy_from_slice(b"hsqs");
+        junk[148..156].copy_from_slice(b"\x1b[5m\x9b\xff\x00 ");
+        assert!(!is_header(&junk));
+        let mut changed = archive.clone();
+        changed[0] ^= 1;
+        assert!(!is_header(changed[..512].try_into().unwrap()));
+        let root = std::env::temp_dir().join(format!("wharf-archive-junk-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let error = unpack(&junk[..], &root).unwrap_err().to_string();
+        assert_eq!(error, "the data is not a tar archive");
+        // Shorter than a block: the tar reader's say.
+        assert!(unpack(&b"short"[..], &root).is_err());
+        unpack(archive.as_slice(), &root).unwrap();
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"hi");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod deadline;
 mod fleet;
 mod foundation;
 mod images;
+mod interrupt;
 mod machine;
 mod many;
 mod network;
@@ -141,6 +142,7 @@ fn main() -> ExitCode {
     trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(pull::trials(&shared));
+    trials.extend(interrupt::trials(&shared));
     trials.extend(machine::trials(&shared));
     trials.extend(network::trials(&shared));
     trials.extend(confinement::trials(&shared));

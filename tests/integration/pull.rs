@@ -322,7 +322,7 @@ fn pulls(tb: &Testbed) {
 
 /// A server (`PORT short|stall`) that promises 100000 bytes and sends 10,
 /// then closes (short) or sends nothing more (stall).
-const SHORT_SERVER_PY: &str = r#"
+pub const SHORT_SERVER_PY: &str = r#"
 import http.server, sys, time
 port, how = int(sys.argv[1]), sys.argv[2]
 class Short(http.server.BaseHTTPRequestHandler):
