@@ -260,7 +260,7 @@ impl PortableInterface {
     }
 
     /// [`Self::attach_image`] with extension images (names or paths)
-    /// stacked on the image, in order (portablectl's `--extension`). Root only.
+    /// stacked on the image, in order (as portablectl's extension option). Root only.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn attach_image_with_extensions(
         &self,

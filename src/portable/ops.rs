@@ -487,7 +487,13 @@ fn matching_extensions(
     if extensions.is_empty() {
         return Ok(found);
     }
-    let matchers: Vec<_> = extensions.iter().map(|e| path_matcher(host, e).1).collect();
+    let (located, matchers): (Vec<_>, Vec<_>) = extensions
+        .iter()
+        .map(|e| {
+            let (located, matcher) = path_matcher(host, e);
+            (located.unwrap_or_else(|| e.clone()), matcher)
+        })
+        .unzip();
     let names = |matcher: &dyn Fn(&str) -> bool, path: &str| {
         matcher(path) || crate::image::xz::source_of(Path::new(path)).is_some_and(|record| matcher(&record.path))
     };
@@ -512,7 +518,7 @@ fn matching_extensions(
         return Err(Error::OtherExtensions {
             image: image.to_string(),
             attached: list(&attached_with),
-            wanted: list(extensions),
+            wanted: list(&located),
         });
     }
     Ok(matching)
@@ -1599,7 +1605,7 @@ mod tests {
             zbus::block_on(detach_with_extensions(&host, &systemd, request(extensions), Actions::default()))
         };
         let error = detach_with(&["foobar"]).unwrap_err();
-        assert_eq!(error.to_string(), format!("image '{image}' is attached with extensions '{ext}', not 'foobar'"));
+        assert_eq!(error.to_string(), format!("image '{image}' is attached with extensions '{ext}', not '{image}'"));
         detach_with(&["foobar-ext"]).unwrap();
         assert_eq!(files(&host), Vec::<String>::new(), "the link into the extension is wharf's too");
 

@@ -1052,7 +1052,12 @@ fn extensions(tb: &Testbed) {
     assert!(tb.wait_exec(&pid, "busybox"));
     assert_eq!(tb.ok(&format!("cat /proc/{pid}/root/usr/share/foobar-extdir/greeting")), "hello from foobar-extdir\n");
     tb.ok("systemctl stop foobar-ext.service");
-    tb.ok(&format!("portablectl detach {by_path} {POOL}/foobar_2.raw"));
+    // Named with other extensions, portablectl does not find it either...
+    let other = tb.sh(&format!("portablectl detach --extension {POOL}/foobar-extdir {POOL}/foobar_2.raw"));
+    assert!(!other.success(), "portablectl detach with other extensions: {other}");
+    assert!(tb.sh("test -e /etc/systemd/system.attached/foobar-ext.service").success(), "{other}");
+    // ...and without any, it does, as wharf does.
+    tb.ok(&format!("portablectl detach {POOL}/foobar_2.raw"));
     tb.ok("rm -f /etc/portables/foobar*");
     nothing_left(tb, "portablectl detach");
 
@@ -1114,9 +1119,15 @@ fn extensions(tb: &Testbed) {
         assert!(line.contains(expected), "{what}: {refused}");
         nothing_left(tb, what);
         if compare {
+            // portablectl 252 says "... extension-release metadata does not
+            // match the root's" or "... lacks extension-release data, refusing."
             let reference =
                 tb.fails(&format!("portablectl attach --extension {POOL}/foobar-bad.raw {POOL}/foobar_2.raw"));
-            eprintln!("portablectl, {what}: {}", reference.stderr.trim());
+            let said = reference.stderr.trim();
+            assert!(
+                said.contains("foobar-bad.raw") && said.contains("extension-release"),
+                "portablectl, {what}: {said}"
+            );
             tb.ok("rm -f /etc/portables/foobar*");
             nothing_left(tb, &format!("portablectl, {what}"));
         }
