@@ -1017,6 +1017,16 @@ fn extensions(tb: &Testbed) {
     assert!(inspected.contains("Extensions:\n    /var/lib/portables/foobar-ext.raw\n"), "{inspected}");
     assert!(inspected.contains("    foobar-extdir.service\n"), "{inspected}");
 
+    // Reattached with one extension fewer: its unit goes, the others stack only the one left.
+    tb.ok("portable reattach --extension foobar-ext.raw foobar_2.raw");
+    assert!(tb.sh("test -e /etc/systemd/system/foobar-extdir.service").code == Some(1), "the dropped extension's unit");
+    let dropin = tb.ok("cat /etc/systemd/system/foobar.service.d/20-portable.conf");
+    assert!(dropin.contains(&format!("ExtensionImages={POOL}/foobar-ext.raw\n")), "{dropin}");
+    assert!(!dropin.contains("ExtensionDirectories="), "{dropin}");
+    assert_eq!(tb.ok("portable is-attached --extension foobar-ext.raw foobar_2.raw").trim(), "attached");
+    tb.ok(&format!("portable reattach {both} foobar_2.raw"));
+    assert_eq!(tb.ok(&format!("portable is-attached {both} foobar_2.raw")).trim(), "attached");
+
     tb.ok("systemctl start foobar-ext.service");
     let pid = show(tb, "foobar-ext.service", "MainPID");
     assert!(tb.wait_exec(&pid, "busybox"), "foobar-ext.service never exec'd busybox");
