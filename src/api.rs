@@ -242,6 +242,17 @@ pub trait Portable {
         copy_mode: &str,
         flags: u64,
     ) -> zbus::Result<OperationResult>;
+    /// [`Self::attach_image`] with extension images stacked on it, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_image_with_extensions(
+        &self,
+        image: &str,
+        prefixes: &[String],
+        extensions: &[String],
+        profile: &str,
+        copy_mode: &str,
+        flags: u64,
+    ) -> zbus::Result<OperationResult>;
     /// Attaches several images, each with its own prefixes, in one transaction and one reload.
     fn attach_images(
         &self,
@@ -252,6 +263,14 @@ pub trait Portable {
     ) -> zbus::Result<OperationResult>;
     /// Detaches an image.
     fn detach_image(&self, image: &str, prefixes: &[String], flags: u64) -> zbus::Result<OperationResult>;
+    /// Detaches an image attached with exactly these extensions.
+    fn detach_image_with_extensions(
+        &self,
+        image: &str,
+        prefixes: &[String],
+        extensions: &[String],
+        flags: u64,
+    ) -> zbus::Result<OperationResult>;
     /// Detaches several images in one transaction and one reload.
     fn detach_images(&self, images: &[String], flags: u64) -> zbus::Result<OperationResult>;
     /// Replaces the attached version of an image by this one.
@@ -263,8 +282,21 @@ pub trait Portable {
         copy_mode: &str,
         flags: u64,
     ) -> zbus::Result<OperationResult>;
+    /// [`Self::reattach_image`], the new version with these extensions.
+    #[allow(clippy::too_many_arguments)]
+    fn reattach_image_with_extensions(
+        &self,
+        image: &str,
+        prefixes: &[String],
+        extensions: &[String],
+        profile: &str,
+        copy_mode: &str,
+        flags: u64,
+    ) -> zbus::Result<OperationResult>;
     /// The image's path and state (detached, attached, running, ...).
     fn get_image_state(&self, image: &str) -> zbus::Result<(String, String)>;
+    /// The image's path and state as attached with exactly these extensions.
+    fn get_image_state_with_extensions(&self, image: &str, extensions: &[String]) -> zbus::Result<(String, String)>;
     /// Deletes an image from the pool; refused while attached or read-only.
     fn remove_image(&self, image: &str) -> zbus::Result<String>;
 }

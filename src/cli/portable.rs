@@ -81,6 +81,10 @@ pub struct AttachArgs {
     /// would change and the units it would start or restart.
     #[arg(long)]
     pub check: bool,
+    /// An extension image (a name in the search path, or a path) to stack on
+    /// the image, as systemd's ExtensionImages= does; repeatable, in order.
+    #[arg(long = "extension", value_name = "IMAGE")]
+    pub extensions: Vec<String>,
 }
 
 impl AttachArgs {
@@ -114,6 +118,10 @@ pub enum Command {
         /// Print the unit files' contents too.
         #[arg(long)]
         cat: bool,
+        /// An extension image stacked on the image: checked as systemd checks
+        /// it, its matching units listed too; repeatable, in order.
+        #[arg(long = "extension", value_name = "IMAGE")]
+        extensions: Vec<String>,
     },
     /// Attach an image's units to the host, with a sandbox profile.
     Attach {
@@ -156,6 +164,10 @@ pub enum Command {
         /// Accepted as portablectl does: the units' enablement links always go with them.
         #[arg(long)]
         enable: bool,
+        /// Only the attachment of the image with exactly these extension
+        /// images, in order (without: whatever extensions it has).
+        #[arg(long = "extension", value_name = "IMAGE")]
+        extensions: Vec<String>,
     },
     /// Replace the attached version of an image by this one, restarting what ran.
     Reattach {
@@ -166,6 +178,10 @@ pub enum Command {
     IsAttached {
         /// The image: a name in the search path, or a path.
         image: String,
+        /// Attached with exactly these extension images, in order (without:
+        /// with whatever extensions).
+        #[arg(long = "extension", value_name = "IMAGE")]
+        extensions: Vec<String>,
     },
     /// Delete images from the pool (refused while attached or read-only).
     Remove {
@@ -209,9 +225,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let format = Format::new(&cli.output);
     let command = cli.command.unwrap_or(Command::List);
     // Inspect reads in this process and needs the bus only for erofs.
-    if let Command::Inspect { image, prefixes, cat } = &command {
-        let info = inspect(image, prefixes, *cat).await?;
-        format.emit(&InspectView::from(&info), |_| inspect_text(&info, *cat))?;
+    if let Command::Inspect { image, prefixes, cat, extensions } = &command {
+        let (info, extensions) = inspect(image, prefixes, *cat, extensions).await?;
+        let view = InspectView { extensions: &extensions, ..InspectView::from(&info) };
+        format.emit(&view, |_| inspect_text(&info, &extensions, *cat))?;
         return Ok(ExitCode::SUCCESS);
     }
     let bus = system_bus().await?;
@@ -231,19 +248,38 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let cwd = current_dir()?;
             let copy = attach.copy.as_str();
             let show = !cli.output.quiet && !format.is_json();
+            let extensions: Vec<String> = attach.extensions.iter().map(|e| pool.argument_for_daemon(e, &cwd)).collect();
             let result = if batch {
+                if !extensions.is_empty() {
+                    return Err(CliError::Usage(
+                        "--extension stacks on one image: it cannot be combined with --batch".into(),
+                    ));
+                }
                 let images: Vec<String> = attach.args.iter().map(|a| pool.argument_for_daemon(a, &cwd)).collect();
                 with_progress(&bus, show, portable.attach_images(&images, &attach.profile, copy, attach.flags()))
                     .await?
             } else {
                 let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
                 let image = pool.argument_for_daemon(image, &cwd);
-                let call = portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags());
-                with_progress(&bus, show, call).await?
+                // The call without extensions is the one every wharfd knows.
+                if extensions.is_empty() {
+                    let call = portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags());
+                    with_progress(&bus, show, call).await?
+                } else {
+                    let call = portable.attach_image_with_extensions(
+                        &image,
+                        prefixes,
+                        &extensions,
+                        &attach.profile,
+                        copy,
+                        attach.flags(),
+                    );
+                    with_progress(&bus, show, call).await?
+                }
             };
             emit_operation(format, cli.output.quiet, &result, Verb::Start, attach.check)?;
         }
-        Command::Detach { images, batch, now, force, no_reload, clean, check, .. } => {
+        Command::Detach { images, batch, now, force, no_reload, clean, check, extensions, .. } => {
             let (pool, cwd) = (Pool::portables(), current_dir()?);
             let flags = [
                 (now, flags::NOW),
@@ -255,27 +291,50 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             .iter()
             .filter(|(set, _)| *set)
             .fold(0, |all, (_, flag)| all | flag);
+            let extensions: Vec<String> = extensions.iter().map(|e| pool.argument_for_daemon(e, &cwd)).collect();
             let result = if batch {
+                if !extensions.is_empty() {
+                    return Err(CliError::Usage(
+                        "--extension names one image's attachment: it cannot be combined with --batch".into(),
+                    ));
+                }
                 let images: Vec<String> = images.iter().map(|i| pool.argument_for_daemon(i, &cwd)).collect();
                 bounded(&bus, portable.detach_images(&images, flags)).await?
             } else {
                 let (image, prefixes) = images.split_first().expect("clap requires an image");
                 let image = pool.argument_for_daemon(image, &cwd);
-                bounded(&bus, portable.detach_image(&image, prefixes, flags)).await?
+                if extensions.is_empty() {
+                    bounded(&bus, portable.detach_image(&image, prefixes, flags)).await?
+                } else {
+                    bounded(&bus, portable.detach_image_with_extensions(&image, prefixes, &extensions, flags)).await?
+                }
             };
             emit_operation(format, cli.output.quiet, &result, Verb::Stop, check)?;
         }
         Command::Reattach { attach } => {
             let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
-            let image = Pool::portables().argument_for_daemon(image, &current_dir()?);
+            let (pool, cwd) = (Pool::portables(), current_dir()?);
+            let image = pool.argument_for_daemon(image, &cwd);
+            let extensions: Vec<String> = attach.extensions.iter().map(|e| pool.argument_for_daemon(e, &cwd)).collect();
             let show = !cli.output.quiet && !format.is_json();
-            let call = portable.reattach_image(&image, prefixes, &attach.profile, attach.copy.as_str(), attach.flags());
-            let result = with_progress(&bus, show, call).await?;
+            let (profile, copy, flags) = (&attach.profile, attach.copy.as_str(), attach.flags());
+            let result = if extensions.is_empty() {
+                with_progress(&bus, show, portable.reattach_image(&image, prefixes, profile, copy, flags)).await?
+            } else {
+                let call = portable.reattach_image_with_extensions(&image, prefixes, &extensions, profile, copy, flags);
+                with_progress(&bus, show, call).await?
+            };
             emit_operation(format, cli.output.quiet, &result, Verb::Restart, attach.check)?;
         }
-        Command::IsAttached { image } => {
-            let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
-            let (path, state) = within(portable.get_image_state(&image)).await?;
+        Command::IsAttached { image, extensions } => {
+            let (pool, cwd) = (Pool::portables(), current_dir()?);
+            let image = pool.argument_for_daemon(&image, &cwd);
+            let extensions: Vec<String> = extensions.iter().map(|e| pool.argument_for_daemon(e, &cwd)).collect();
+            let (path, state) = if extensions.is_empty() {
+                within(portable.get_image_state(&image)).await?
+            } else {
+                within(portable.get_image_state_with_extensions(&image, &extensions)).await?
+            };
             let attached = state != "detached";
             if format.is_json() {
                 // The details are read here, as the caller may read them:
@@ -342,19 +401,69 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 /// and xz decompressed into memory up to a cap. Only an image that must be
 /// mounted (erofs) goes to wharfd, and only for root; anyone else is told
 /// in one line why not.
-async fn inspect(image: &str, prefixes: &[String], cat: bool) -> Result<ImageInfo, CliError> {
+///
+/// Extensions are read here too, with the same rights: checked against the
+/// image's os-release as systemd checks them, their units listed with the
+/// image's. (wharfd's InspectImage takes no extensions: an erofs extension
+/// is refused here, as an erofs image is for anyone but root.)
+async fn inspect(
+    image: &str,
+    prefixes: &[String],
+    cat: bool,
+    extensions: &[String],
+) -> Result<(ImageInfo, Vec<String>), CliError> {
     use crate::image::inspect::{Reading, inspect_with};
-    let (path, file) = open_image(&Pool::portables(), image)?;
+    let pool = Pool::portables();
+    let (path, file) = open_image(&pool, image)?;
     let for_daemon = file.try_clone().map_err(|e| CliError::Usage(format!("image '{path}': {e}")))?;
-    match inspect_with(std::path::Path::new(&path), file, prefixes, &Reading::unprivileged()) {
-        Ok(inspection) => Ok(ImageInfo::from_inspection(inspection, cat)),
+    let mut info = match inspect_with(std::path::Path::new(&path), file, prefixes, &Reading::unprivileged()) {
+        Ok(inspection) => ImageInfo::from_inspection(inspection, cat),
         Err(crate::image::Error::NeedsPrivilege { .. }) if rustix::process::geteuid().is_root() => {
             let bus = system_bus().await?;
             let portable = within(PortableProxy::new(&bus)).await?;
-            bounded(&bus, portable.inspect_image(&path, for_daemon.as_fd().into(), prefixes, cat)).await
+            bounded(&bus, portable.inspect_image(&path, for_daemon.as_fd().into(), prefixes, cat)).await?
         }
-        Err(e) => Err(image_error(&e)),
+        Err(e) => return Err(image_error(&e)),
+    };
+    let os_release = crate::image::OsRelease(info.os_release.clone());
+    let mut units: Vec<crate::image::units::UnitFile> = info
+        .units
+        .iter()
+        .map(|u| crate::image::units::UnitFile {
+            name: u.name.clone(),
+            path: u.path.clone(),
+            contents: u.contents.clone(),
+        })
+        .collect();
+    let mut paths = Vec::new();
+    for extension in extensions {
+        let (ext_path, ext_file) = open_image(&pool, extension)?;
+        let ext = std::path::Path::new(&ext_path);
+        let read = || -> crate::image::Result<Vec<crate::image::units::UnitFile>> {
+            let kind = crate::image::ImageKind::detect_open(&ext_file, ext)?;
+            let file =
+                ext_file.try_clone().map_err(|source| crate::image::Error::Io { path: ext.to_path_buf(), source })?;
+            crate::image::extension::read_extension(
+                std::path::Path::new(&path),
+                &os_release,
+                &info.prefixes,
+                ext,
+                file,
+                kind,
+                &Reading::unprivileged(),
+            )
+        };
+        let found = read().map_err(|e| image_error(&e))?;
+        crate::image::extension::merge_units(&mut units, found);
+        paths.push(ext_path);
     }
+    if !extensions.is_empty() {
+        info.units = units
+            .into_iter()
+            .map(|u| UnitInfo { name: u.name, path: u.path, contents: if cat { u.contents } else { String::new() } })
+            .collect();
+    }
+    Ok((info, paths))
 }
 
 /// An image error of the client's own reading, as wharfd would have said
@@ -381,6 +490,8 @@ struct InspectView<'a> {
     prefixes: &'a [String],
     units: &'a [UnitInfo],
     partitions: &'a [PartitionInfo],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    extensions: &'a [String],
 }
 
 impl<'a> From<&'a ImageInfo> for InspectView<'a> {
@@ -394,15 +505,22 @@ impl<'a> From<&'a ImageInfo> for InspectView<'a> {
             prefixes: &info.prefixes,
             units: &info.units,
             partitions: &info.partitions,
+            extensions: &[],
         }
     }
 }
 
-fn inspect_text(info: &ImageInfo, cat: bool) -> String {
+fn inspect_text(info: &ImageInfo, extensions: &[String], cat: bool) -> String {
     let os = crate::image::OsRelease(info.os_release.clone());
     let mut out = format!("Image:\n    {}\nKind:\n    {}\n", info.path, info.kind);
     if let Some(pretty) = os.pretty_name() {
         out.push_str(&format!("Portable Service:\n    {pretty}\n"));
+    }
+    if !extensions.is_empty() {
+        out.push_str("Extensions:\n");
+        for extension in extensions {
+            out.push_str(&format!("    {extension}\n"));
+        }
     }
     if !info.partitions.is_empty() {
         out.push_str("Partitions:\n");

@@ -235,7 +235,10 @@ pub(crate) fn image_bus_error(error: &crate::image::Error, message: String) -> B
         | E::NoRootPartition { .. }
         | E::Unit { .. }
         | E::TooLarge { .. }
-        | E::WrongDigest { .. } => BusError::BadImage(message),
+        | E::WrongDigest { .. }
+        | E::NoExtensionRelease { .. }
+        | E::ExtensionRelease { .. }
+        | E::ExtensionMismatch { .. } => BusError::BadImage(message),
         E::DigestOfDirectory(_) => BusError::InvalidArgument(message),
         E::NeedsPrivilege { .. } => BusError::AccessDenied(message),
         E::XzTargetExists { .. } => BusError::Conflict(message),

@@ -87,6 +87,81 @@ fn profile_or_default(profile: &str) -> &str {
     if profile.is_empty() { crate::portable::profile::DEFAULT_PROFILE } else { profile }
 }
 
+/// The audit entry of a call that stacks or names extensions says which.
+fn with_extensions(audit: Call, extensions: &[String]) -> Call {
+    if extensions.is_empty() { audit } else { audit.field("WHARF_EXTENSIONS", extensions.join(" ")) }
+}
+
+impl PortableInterface {
+    async fn attach_one(
+        &self,
+        request: ImageRequest,
+        profile: String,
+        copy_mode: String,
+        flags: u64,
+        connection: &Connection,
+        header: &Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        let change = self.begin_change(connection, header, "attaching an image").await?;
+        let audit = Call::new(Kind::Attach, change.caller.clone()).image(&self.host.pool, &request.image);
+        let audit = with_extensions(audit, &request.extensions);
+        let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
+        let progress = Box::new(progress_reporter(connection, header, &format!("decompress {}", request.image)));
+        let profile = profile_or_default(&profile);
+        let result = ops::attach(&self.host, &change.systemd, vec![request], profile, copy, actions, progress).await;
+        record(audit.profile(profile), flags, &result).await;
+        Ok(result?.into())
+    }
+
+    async fn detach_one(
+        &self,
+        request: ImageRequest,
+        flags: u64,
+        connection: &Connection,
+        header: &Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        let change = self.begin_change(connection, header, "detaching an image").await?;
+        let audit = Call::new(Kind::Detach, change.caller.clone()).image_now(&self.host.pool, &request.image).await;
+        let audit = with_extensions(cleaning(audit, flags), &request.extensions);
+        let actions = audit.check(check_flags(flags))?;
+        let result = ops::detach_with_extensions(&self.host, &change.systemd, request, actions).await;
+        record(audit, flags, &result).await;
+        Ok(result?.into())
+    }
+
+    async fn reattach_one(
+        &self,
+        request: ImageRequest,
+        profile: String,
+        copy_mode: String,
+        flags: u64,
+        connection: &Connection,
+        header: &Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        let change = self.begin_change(connection, header, "reattaching an image").await?;
+        let audit = Call::new(Kind::Reattach, change.caller.clone()).image(&self.host.pool, &request.image);
+        let audit = with_extensions(audit, &request.extensions);
+        let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
+        let progress = Box::new(progress_reporter(connection, header, &format!("decompress {}", request.image)));
+        let profile = profile_or_default(&profile);
+        let result = ops::reattach(&self.host, &change.systemd, request, profile, copy, actions, progress).await;
+        record(audit.profile(profile), flags, &result).await;
+        Ok(result?.into())
+    }
+
+    async fn image_state(
+        &self,
+        image: String,
+        extensions: Vec<String>,
+        connection: &Connection,
+    ) -> Result<(String, String), BusError> {
+        let _busy = self.daemon.busy();
+        let systemd = self.systemd(connection).await?;
+        let (path, state) = ops::state_with_extensions(&self.host, &systemd, &image, &extensions).await?;
+        Ok((path, state.to_string()))
+    }
+}
+
 #[zbus::interface(name = "org.wharf1.Portable")]
 impl PortableInterface {
     /// Sets the size limit of an image (`image` empty: of the pool's
@@ -222,15 +297,26 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let change = self.begin_change(connection, &header, "attaching an image").await?;
-        let audit = Call::new(Kind::Attach, change.caller.clone()).image(&self.host.pool, &image);
-        let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
-        let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
-        let requests = vec![ImageRequest { image, prefixes }];
-        let profile = profile_or_default(&profile);
-        let result = ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await;
-        record(audit.profile(profile), flags, &result).await;
-        Ok(result?.into())
+        let request = ImageRequest { image, prefixes, ..Default::default() };
+        self.attach_one(request, profile, copy_mode, flags, connection, &header).await
+    }
+
+    /// [`Self::attach_image`] with extension images (names or paths)
+    /// stacked on the image, in order (as portablectl's extension option). Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
+    async fn attach_image_with_extensions(
+        &self,
+        image: String,
+        prefixes: Vec<String>,
+        extensions: Vec<String>,
+        profile: String,
+        copy_mode: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        let request = ImageRequest { image, prefixes, extensions };
+        self.attach_one(request, profile, copy_mode, flags, connection, &header).await
     }
 
     /// Attaches several images (each with its own prefixes) in one
@@ -249,7 +335,10 @@ impl PortableInterface {
             images.iter().fold(Call::new(Kind::Attach, change.caller.clone()), |a, i| a.image(&self.host.pool, i));
         let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
-        let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
+        let requests = images
+            .into_iter()
+            .map(|image| ImageRequest { image, prefixes: Vec::new(), ..Default::default() })
+            .collect();
         let profile = profile_or_default(&profile);
         let result = ops::attach(&self.host, &change.systemd, requests, profile, copy, actions, progress).await;
         record(audit.profile(profile), flags, &result).await;
@@ -266,13 +355,23 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let change = self.begin_change(connection, &header, "detaching an image").await?;
-        let audit = Call::new(Kind::Detach, change.caller.clone()).image_now(&self.host.pool, &image).await;
-        let audit = cleaning(audit, flags);
-        let actions = audit.check(check_flags(flags))?;
-        let result = ops::detach(&self.host, &change.systemd, &image, &prefixes, actions).await;
-        record(audit, flags, &result).await;
-        Ok(result?.into())
+        let request = ImageRequest { image, prefixes, ..Default::default() };
+        self.detach_one(request, flags, connection, &header).await
+    }
+
+    /// [`Self::detach_image`] of an image attached with exactly these
+    /// extensions (empty: with any). Root only.
+    async fn detach_image_with_extensions(
+        &self,
+        image: String,
+        prefixes: Vec<String>,
+        extensions: Vec<String>,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        let request = ImageRequest { image, prefixes, extensions };
+        self.detach_one(request, flags, connection, &header).await
     }
 
     /// Detaches several images in one transaction with one reload: all or
@@ -310,15 +409,25 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let change = self.begin_change(connection, &header, "reattaching an image").await?;
-        let audit = Call::new(Kind::Reattach, change.caller.clone()).image(&self.host.pool, &image);
-        let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
-        let progress = Box::new(progress_reporter(connection, &header, &format!("decompress {image}")));
-        let request = ImageRequest { image, prefixes };
-        let profile = profile_or_default(&profile);
-        let result = ops::reattach(&self.host, &change.systemd, request, profile, copy, actions, progress).await;
-        record(audit.profile(profile), flags, &result).await;
-        Ok(result?.into())
+        let request = ImageRequest { image, prefixes, ..Default::default() };
+        self.reattach_one(request, profile, copy_mode, flags, connection, &header).await
+    }
+
+    /// [`Self::reattach_image`], the new version with these extensions. Root only.
+    #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
+    async fn reattach_image_with_extensions(
+        &self,
+        image: String,
+        prefixes: Vec<String>,
+        extensions: Vec<String>,
+        profile: String,
+        copy_mode: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OperationResult, BusError> {
+        let request = ImageRequest { image, prefixes, extensions };
+        self.reattach_one(request, profile, copy_mode, flags, connection, &header).await
     }
 
     /// The image's path and state.
@@ -327,10 +436,18 @@ impl PortableInterface {
         image: String,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<(String, String), BusError> {
-        let _busy = self.daemon.busy();
-        let systemd = self.systemd(connection).await?;
-        let (path, state) = ops::state(&self.host, &systemd, &image).await?;
-        Ok((path, state.to_string()))
+        self.image_state(image, Vec::new(), connection).await
+    }
+
+    /// The image's path and state as attached with exactly these
+    /// extensions (detached when attached with others; empty: with any).
+    async fn get_image_state_with_extensions(
+        &self,
+        image: String,
+        extensions: Vec<String>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(String, String), BusError> {
+        self.image_state(image, extensions, connection).await
     }
 
     /// Deletes an image; refused while attached or read-only. Root only.
@@ -406,9 +523,13 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         // conflict or a bad image for the caller to fix and retry.
         Error::PartiallyRolledBack { .. } => BusError::Failed(message),
         Error::Image(image) => super::image_bus_error(image, message),
-        Error::Profile(_) | Error::InvalidCopyMode(_) | Error::InvalidImagePath(_) | Error::NoReloadWithNow => {
-            BusError::InvalidArgument(message)
-        }
+        Error::Profile(_)
+        | Error::InvalidCopyMode(_)
+        | Error::InvalidImagePath(_)
+        | Error::NoReloadWithNow
+        | Error::InvalidExtensionPath { .. }
+        | Error::DuplicateExtension { .. } => BusError::InvalidArgument(message),
+        Error::ExtensionDirectoriesUnsupported(..) => BusError::Failed(message),
         Error::NoUnits(_) | Error::Install(_) | Error::HostExec { .. } => BusError::BadImage(message),
         Error::UnitExists { .. }
         | Error::Shadowed { .. }
@@ -419,8 +540,12 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         | Error::DuplicateUnit { .. }
         | Error::AlreadyAttached { .. } => BusError::Conflict(message),
         Error::ForeignDirectory { .. } => BusError::BadImage(message),
-        Error::NotAttached(_) | Error::NoUnitsMatch { .. } => BusError::NoSuchImage(message),
-        Error::Attached(_) | Error::Running { .. } | Error::ReadOnly(_) => BusError::Busy(message),
+        Error::NotAttached(_) | Error::NoUnitsMatch { .. } | Error::OtherExtensions { .. } => {
+            BusError::NoSuchImage(message)
+        }
+        Error::Attached(_) | Error::AttachedAsExtension { .. } | Error::Running { .. } | Error::ReadOnly(_) => {
+            BusError::Busy(message)
+        }
         Error::Systemd(_) | Error::Transaction(_) | Error::Io { .. } => BusError::Failed(message),
     }
 }

@@ -235,7 +235,11 @@ fn resolve(
             Some(source) => source,
             None => {
                 let before = super::cache::Identity::of_file(&located);
-                let request = ImageRequest { image: located.display().to_string(), prefixes: want.prefixes.clone() };
+                let request = ImageRequest {
+                    image: located.display().to_string(),
+                    prefixes: want.prefixes.clone(),
+                    ..Default::default()
+                };
                 // Check mode writes nothing, not even a decompressed xz image.
                 let source = match pin {
                     // The file as shipped (an xz image compressed), as sha256sum

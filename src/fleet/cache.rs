@@ -134,6 +134,8 @@ impl ImageCache {
                 .iter()
                 .map(|u| UnitFile { name: u.name.clone(), path: u.path.clone(), contents: u.contents.clone() })
                 .collect(),
+            // Fleet files stack no extensions.
+            extensions: Vec::new(),
         })
     }
 
@@ -244,6 +246,7 @@ mod tests {
                 path: "/usr/lib/systemd/system/foobar.service".into(),
                 contents: "[Service]\nExecStart=/x\n".into(),
             }],
+            extensions: Vec::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod dir;
 pub mod ext4;
+pub mod extension;
 pub mod gpt;
 pub mod inspect;
 pub mod kind;
@@ -80,6 +81,16 @@ pub enum Error {
     WrongDigest { image: PathBuf, found: String, wanted: String },
     #[error("image '{}': a sha256 can only be checked for image files, not directories", .0.display())]
     DigestOfDirectory(PathBuf),
+    #[error("extension '{}': no {wanted} ({found})", extension.display())]
+    NoExtensionRelease { extension: PathBuf, wanted: String, found: String },
+    #[error("extension '{}': {source}", extension.display())]
+    ExtensionRelease {
+        extension: PathBuf,
+        #[source]
+        source: tree::TreeError,
+    },
+    #[error("extension '{}' does not match image '{}': {reason}", extension.display(), image.display())]
+    ExtensionMismatch { extension: PathBuf, image: PathBuf, reason: Box<extension::Mismatch> },
     #[error("image '{}': '{}' already exists and was not decompressed from this image; remove or rename one of them", image.display(), target.display())]
     XzTargetExists { image: PathBuf, target: PathBuf },
 }

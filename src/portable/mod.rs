@@ -74,6 +74,16 @@ pub enum Error {
     InvalidCopyMode(String),
     #[error("image '{0}': cannot be attached from this path (it must be absolute, without quotes or newlines)")]
     InvalidImagePath(String),
+    #[error(
+        "image '{image}': extension path '{path}' cannot be written into ExtensionImages= (it must be absolute, without whitespace, ':', '%', quotes or '\\')"
+    )]
+    InvalidExtensionPath { image: String, path: String },
+    #[error("image '{image}': extension '{extension}' is given twice, or is the image itself")]
+    DuplicateExtension { image: String, extension: String },
+    #[error("extension directory '{0}' needs systemd {min} or later (ExtensionDirectories=); this host runs systemd {1}", min = plan::SYSTEMD_EXTENSION_DIRECTORIES)]
+    ExtensionDirectoriesUnsupported(String, u32),
+    #[error("image '{image}' is attached with extensions {attached}, not {wanted}")]
+    OtherExtensions { image: String, attached: String, wanted: String },
     #[error("image '{0}': no unit files match its prefixes")]
     NoUnits(String),
     #[error("unit '{unit}' is in both '{first}' and '{second}'")]
@@ -108,6 +118,8 @@ pub enum Error {
     NoReloadWithNow,
     #[error("image '{0}' is attached; detach it first")]
     Attached(String),
+    #[error("image '{extension}' is attached as an extension of image '{image}'; detach that first")]
+    AttachedAsExtension { extension: String, image: String },
     #[error("unit '{unit}' of image '{image}' is {state}; stop it first or use --now")]
     Running { unit: String, image: String, state: String },
     #[error(

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use super::attachments::{Attachment, Attachments};
 use super::install;
 use super::plan::{
-    AttachOptions, CopyMode, DetachUnit, Source, add_detach_steps, plan_attach, plan_detach_unit, unit_dir,
+    AttachOptions, CopyMode, DetachUnit, Extension, SYSTEMD_EXTENSION_DIRECTORIES, Source, add_detach_steps,
+    attached_extensions, plan_attach, plan_detach_unit, unit_dir,
 };
 use super::portabled;
 use super::profile::Profile;
@@ -82,11 +83,13 @@ impl Actions {
     }
 }
 
-/// One image asked for, with its prefixes (empty: the image's own).
-#[derive(Debug, Clone)]
+/// One image asked for, with its prefixes (empty: the image's own) and the
+/// extension images to stack on it (`--extension`), each a name or a path.
+#[derive(Debug, Clone, Default)]
 pub struct ImageRequest {
     pub image: String,
     pub prefixes: Vec<String>,
+    pub extensions: Vec<String>,
 }
 
 /// What an operation did.
@@ -144,22 +147,30 @@ enum XzHandling {
     Anonymous,
 }
 
-fn read_source_as(
+/// An image located, opened once and recognised.
+struct Located {
+    path: PathBuf,
+    file: std::fs::File,
+    kind: ImageKind,
+}
+
+/// Locates `image` and opens it: what is recognised, hashed and read is
+/// this one file, whatever happens to the path meanwhile. An xz image is
+/// decompressed as `xz` says, and is then the raw file it decompressed to.
+fn locate_open(
     host: &Host,
-    request: &ImageRequest,
+    image: &str,
     progress: &mut ProgressFn,
     xz: XzHandling,
     pin: Option<&str>,
-) -> Result<Source> {
+) -> Result<Located> {
     use crate::image::xz;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
-    let located = host.pool.locate(&request.image, None)?;
+    let located = host.pool.locate(image, None)?;
     let mut path = std::path::absolute(&located).map_err(io(&located))?;
-    // Opened once: what is recognised, hashed and read is this one file,
-    // whatever happens to the path meanwhile.
     let mut file = std::fs::File::open(&path).map_err(io(&path))?;
     let mut kind = ImageKind::detect_open(&file, &path)?;
     match kind {
@@ -196,13 +207,38 @@ fn read_source_as(
             }
         }
     }
+    Ok(Located { path, file, kind })
+}
+
+fn read_source_as(
+    host: &Host,
+    request: &ImageRequest,
+    progress: &mut ProgressFn,
+    xz: XzHandling,
+    pin: Option<&str>,
+) -> Result<Source> {
+    use crate::image::extension::{merge_units, read_extension};
+    let Located { path, file, kind } = locate_open(host, &request.image, progress, xz, pin)?;
     let name = image_name(&path)?;
     let mut opened = open(&path, file, kind)?;
     let os_release = read_os_release(&path, opened.tree.as_mut())?;
     let prefixes = choose_prefixes(&path, &name, &request.prefixes, &os_release)?;
-    let units = find_units(opened.tree.as_mut(), &prefixes)
+    let mut units = find_units(opened.tree.as_mut(), &prefixes)
         .map_err(|source| crate::image::Error::Unit { image: path.clone(), source })?;
-    Ok(Source { image: path, kind, units })
+    drop(opened);
+    let mut extensions: Vec<Extension> = Vec::new();
+    for wanted in &request.extensions {
+        let ext = locate_open(host, wanted, progress, xz, None)?;
+        if ext.path == path || extensions.iter().any(|e| e.image == ext.path) {
+            let extension = ext.path.display().to_string();
+            return Err(Error::DuplicateExtension { image: path.display().to_string(), extension });
+        }
+        let reading = crate::image::inspect::Reading::privileged();
+        let found = read_extension(&path, &os_release, &prefixes, &ext.path, ext.file, ext.kind, &reading)?;
+        let added = merge_units(&mut units, found);
+        extensions.push(Extension { image: ext.path, kind: ext.kind, units: added });
+    }
+    Ok(Source { image: path, kind, units, extensions })
 }
 
 /// The source of a request: read (an xz image decompressed into the pool),
@@ -215,6 +251,28 @@ fn source_for(host: &Host, request: &ImageRequest, progress: &mut ProgressFn, ch
 /// a systemd that does not provide it.
 pub async fn binds_os_release(systemd: &impl UnitManager) -> Result<bool> {
     Ok(systemd.version().await? < crate::portable::plan::SYSTEMD_PROVIDES_HOST_OS_RELEASE)
+}
+
+/// Refuses directory extensions when systemd cannot stack them
+/// (`ExtensionDirectories=` is newer than `ExtensionImages=`).
+async fn check_extension_support(host: &Host, systemd: &impl UnitManager, requests: &[ImageRequest]) -> Result<()> {
+    if requests.iter().all(|r| r.extensions.is_empty()) {
+        return Ok(());
+    }
+    let version = systemd.version().await?;
+    if version >= SYSTEMD_EXTENSION_DIRECTORIES {
+        return Ok(());
+    }
+    for request in requests {
+        for extension in &request.extensions {
+            // One that cannot be located is named by the read that follows.
+            let Ok(path) = host.pool.locate(extension, None) else { continue };
+            if path.is_dir() {
+                return Err(Error::ExtensionDirectoriesUnsupported(path.display().to_string(), version));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Units that can be started or enabled on their own (not templates).
@@ -233,6 +291,7 @@ pub async fn attach(
     mut progress: ProgressFn,
 ) -> Result<Outcome> {
     actions.check()?;
+    check_extension_support(host, systemd, &requests).await?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
@@ -404,15 +463,7 @@ fn theirs_or(host: &Host, image: &str, error: Error) -> Error {
 /// in the search path, by its file name with or without `.raw`, and, for a
 /// decompressed copy, by the `.raw.xz` it was made from (path or file name).
 fn attachments_among(host: &Host, existing: Attachments, image: &str) -> Result<(String, Vec<Attachment>)> {
-    let located =
-        host.pool.locate(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
-    let names_it = |path: &str| {
-        Some(path) == located.as_deref() || path == image || {
-            let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            !image.contains('/')
-                && (name == image || ["", ".raw", ".raw.xz"].iter().any(|suffix| name == format!("{image}{suffix}")))
-        }
-    };
+    let (located, names_it) = path_matcher(host, image);
     let mut sources: HashMap<String, Option<String>> = HashMap::new();
     let mut matches = |a: &Attachment| {
         names_it(&a.image)
@@ -420,13 +471,81 @@ fn attachments_among(host: &Host, existing: Attachments, image: &str) -> Result<
                 .entry(a.image.clone())
                 .or_insert_with(|| crate::image::xz::source_of(Path::new(&a.image)).map(|record| record.path))
                 .as_deref()
-                .is_some_and(names_it)
+                .is_some_and(&names_it)
     };
     let found: Vec<Attachment> = existing.0.into_iter().filter(|a| matches(a)).collect();
     match found.first() {
         Some(first) => Ok((first.image.clone(), found)),
         None => Err(Error::NotAttached(located.unwrap_or_else(|| image.to_string()))),
     }
+}
+
+/// The path `image` (a name or a path) locates in the search path, if any,
+/// and whether an attached path is what `image` names: that path, `image`
+/// itself, or (for a bare name) a file of that name, with or without `.raw`.
+fn path_matcher(host: &Host, image: &str) -> (Option<String>, impl Fn(&str) -> bool + use<>) {
+    let located =
+        host.pool.locate(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
+    let (wanted, image) = (located.clone(), image.to_string());
+    let names_it = move |path: &str| {
+        Some(path) == wanted.as_deref() || path == image || {
+            let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            !image.contains('/')
+                && (name == image || ["", ".raw", ".raw.xz"].iter().any(|suffix| name == format!("{image}{suffix}")))
+        }
+    };
+    (located, names_it)
+}
+
+/// The attachments among `found` (of `image`) made with exactly
+/// `extensions`, in that order, each named as an image is (a path, a name
+/// in the search path, a file name, or the `.raw.xz` a copy was made
+/// from); without `extensions`, all of them. None matching is an error
+/// that says which extensions the image is attached with.
+fn matching_extensions(
+    host: &Host,
+    found: Vec<Attachment>,
+    image: &str,
+    extensions: &[String],
+) -> Result<Vec<Attachment>> {
+    if extensions.is_empty() {
+        return Ok(found);
+    }
+    let (located, matchers): (Vec<_>, Vec<_>) = extensions
+        .iter()
+        .map(|e| {
+            let (located, matcher) = path_matcher(host, e);
+            (located.unwrap_or_else(|| e.clone()), matcher)
+        })
+        .unzip();
+    let names = |matcher: &dyn Fn(&str) -> bool, path: &str| {
+        matcher(path) || crate::image::xz::source_of(Path::new(path)).is_some_and(|record| matcher(&record.path))
+    };
+    let mut matching = Vec::new();
+    let mut attached_with = Vec::new();
+    for attachment in found {
+        let attached = attached_extensions(&host.root, &attachment)?;
+        if attached.len() == matchers.len() && attached.iter().zip(&matchers).all(|(path, m)| names(m, path)) {
+            matching.push(attachment);
+        } else {
+            attached_with = attached;
+        }
+    }
+    if matching.is_empty() {
+        let list = |paths: &[String]| {
+            if paths.is_empty() {
+                "(none)".to_string()
+            } else {
+                paths.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", ")
+            }
+        };
+        return Err(Error::OtherExtensions {
+            image: image.to_string(),
+            attached: list(&attached_with),
+            wanted: list(&located),
+        });
+    }
+    Ok(matching)
 }
 
 /// The attachments among `found` whose units match `prefixes` (all of
@@ -472,13 +591,19 @@ pub async fn detach(
     prefixes: &[String],
     actions: Actions,
 ) -> Result<Outcome> {
-    detach_requests(
-        host,
-        systemd,
-        vec![ImageRequest { image: image.to_string(), prefixes: prefixes.to_vec() }],
-        actions,
-    )
-    .await
+    let request = ImageRequest { image: image.to_string(), prefixes: prefixes.to_vec(), ..Default::default() };
+    detach_requests(host, systemd, vec![request], actions).await
+}
+
+/// [`detach`] of an image attached with `extensions` (empty: with any):
+/// an attachment with other extensions is not found.
+pub async fn detach_with_extensions(
+    host: &Host,
+    systemd: &impl UnitManager,
+    request: ImageRequest,
+    actions: Actions,
+) -> Result<Outcome> {
+    detach_requests(host, systemd, vec![request], actions).await
 }
 
 /// Detaches several images with one transaction and one reload: all or
@@ -492,7 +617,8 @@ pub async fn detach_batch(
     images: Vec<String>,
     actions: Actions,
 ) -> Result<Outcome> {
-    let requests = images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new() }).collect();
+    let requests =
+        images.into_iter().map(|image| ImageRequest { image, prefixes: Vec::new(), ..Default::default() }).collect();
     detach_requests(host, systemd, requests, actions).await
 }
 
@@ -512,6 +638,7 @@ async fn detach_requests(
         for request in &images {
             let (path, found) = attachments_among(&host, existing.clone(), &request.image)
                 .map_err(|error| theirs_or(&host, &request.image, error))?;
+            let found = matching_extensions(&host, found, &path, &request.extensions)?;
             let found = matching_prefixes(found, &path, &request.prefixes)?;
             for attachment in found {
                 if owners.insert(attachment.unit.clone(), path.clone()).is_none() {
@@ -653,6 +780,7 @@ pub async fn reattach(
     mut progress: ProgressFn,
 ) -> Result<Outcome> {
     actions.check()?;
+    check_extension_support(host, systemd, std::slice::from_ref(&request)).await?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
@@ -804,9 +932,27 @@ pub fn with_sources(mut states: HashMap<String, State>) -> HashMap<String, State
 
 /// The state of one image (detached when nothing of it is attached).
 pub async fn state(host: &Host, systemd: &impl UnitManager, image: &str) -> Result<(String, State)> {
+    state_with_extensions(host, systemd, image, &[]).await
+}
+
+/// The state of one image attached with `extensions` (empty: with any):
+/// detached when it is attached only with other extensions.
+pub async fn state_with_extensions(
+    host: &Host,
+    systemd: &impl UnitManager,
+    image: &str,
+    extensions: &[String],
+) -> Result<(String, State)> {
     let lookup_host = host.clone();
-    let name = image.to_string();
-    let found = blocking(move || attachments_of(&lookup_host, &name).map_err(|e| theirs_or(&lookup_host, &name, e)));
+    let (name, extensions) = (image.to_string(), extensions.to_vec());
+    let found = blocking(move || {
+        let (path, found) = attachments_of(&lookup_host, &name).map_err(|e| theirs_or(&lookup_host, &name, e))?;
+        match matching_extensions(&lookup_host, found, &path, &extensions) {
+            Ok(found) => Ok((path, found)),
+            Err(Error::OtherExtensions { .. }) => Err(Error::NotAttached(path)),
+            Err(e) => Err(e),
+        }
+    });
     match found.await {
         Err(Error::PortabledAttachment(path)) => {
             let state = states(host, systemd).await?.get(&path).copied().unwrap_or(State::Detached);
@@ -834,6 +980,12 @@ pub fn remove(host: &Host, image: &str) -> Result<PathBuf> {
     let attached = |a: &Attachment| a.image == image_str || target.as_deref() == Some(Path::new(&a.image));
     if existing.0.iter().chain(&theirs).any(attached) {
         return Err(Error::Attached(image_str));
+    }
+    // An extension stacked on an attached image is in use as much as it.
+    for attachment in &existing.0 {
+        if attached_extensions(&host.root, attachment)?.contains(&image_str) {
+            return Err(Error::AttachedAsExtension { extension: image_str, image: attachment.image.clone() });
+        }
     }
     let meta = std::fs::symlink_metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
     if readonly::is_read_only(&path, &meta) {
@@ -889,7 +1041,7 @@ mod tests {
     }
 
     fn attach_foobar(host: &Host, systemd: &FakeManager, actions: Actions) -> Result<Outcome> {
-        let request = ImageRequest { image: "foobar".into(), prefixes: Vec::new() };
+        let request = ImageRequest { image: "foobar".into(), prefixes: Vec::new(), ..Default::default() };
         zbus::block_on(attach(host, systemd, vec![request], "default", CopyMode::Copy, actions, Box::new(|_, _| {})))
     }
 
@@ -1158,7 +1310,11 @@ mod tests {
         std::fs::write(other.join("usr/lib/os-release"), "ID=other\nPORTABLE_PREFIXES=other\n").unwrap();
         std::fs::write(other.join("usr/lib/systemd/system/other.service"), UNIT).unwrap();
         let systemd = FakeManager::default();
-        let requests = ["foobar", "other"].map(|image| ImageRequest { image: image.into(), prefixes: Vec::new() });
+        let requests = ["foobar", "other"].map(|image| ImageRequest {
+            image: image.into(),
+            prefixes: Vec::new(),
+            ..Default::default()
+        });
         zbus::block_on(attach(
             &host,
             &systemd,
@@ -1255,7 +1411,7 @@ mod tests {
                 .collect();
             systemd.calls.lock().unwrap().clear();
             systemd.fail("reload", reload_failures);
-            let request = ImageRequest { image: "foobar_2".into(), prefixes: Vec::new() };
+            let request = ImageRequest { image: "foobar_2".into(), prefixes: Vec::new(), ..Default::default() };
             let error = zbus::block_on(reattach(
                 &host,
                 &systemd,
@@ -1300,7 +1456,7 @@ mod tests {
         assert_eq!(again.units, ["foobar.service"]);
         assert!(systemd.calls().is_empty(), "{:?}", systemd.calls());
 
-        let request = ImageRequest { image: "foobar".into(), prefixes: Vec::new() };
+        let request = ImageRequest { image: "foobar".into(), prefixes: Vec::new(), ..Default::default() };
         let strict = zbus::block_on(attach(
             &host,
             &systemd,
@@ -1406,7 +1562,11 @@ mod tests {
         let systemd = FakeManager::default();
         attach_foobar(&host, &systemd, Actions::default()).unwrap();
         let batch = |copy| {
-            let requests = ["foobar", "other"].map(|image| ImageRequest { image: image.into(), prefixes: Vec::new() });
+            let requests = ["foobar", "other"].map(|image| ImageRequest {
+                image: image.into(),
+                prefixes: Vec::new(),
+                ..Default::default()
+            });
             zbus::block_on(attach(
                 &host,
                 &systemd,
@@ -1425,6 +1585,105 @@ mod tests {
         let done = batch(CopyMode::Copy).unwrap();
         assert!(done.changes.iter().all(|c| c.path.contains("other")), "{:?}", done.changes);
         assert!(files(&host).contains(&"etc/systemd/system/other.service".to_string()));
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// A directory extension stacked on foobar: its unit is attached with
+    /// the image's and linked into the extension, the drop-in stacks it,
+    /// detach and state find the attachment by its extensions, and an
+    /// extension made for another image is refused with nothing written.
+    #[test]
+    fn extensions_are_stacked_found_by_their_names_and_checked() {
+        let host = host("extensions", UNIT);
+        let pool = host.root.join("var/lib/portables");
+        let extension = |name: &str, release_for: &str, release: &str| {
+            let dir = pool.join(name);
+            std::fs::create_dir_all(dir.join("usr/lib/extension-release.d")).unwrap();
+            std::fs::create_dir_all(dir.join("usr/lib/systemd/system")).unwrap();
+            let file = format!("usr/lib/extension-release.d/extension-release.{release_for}");
+            std::fs::write(dir.join(file), release).unwrap();
+            std::fs::write(dir.join("usr/lib/systemd/system/foobar-more.service"), UNIT).unwrap();
+            // The image's own unit of the same name wins.
+            std::fs::write(dir.join("usr/lib/systemd/system/foobar.service"), "[Service]\nExecStart=/ext\n").unwrap();
+        };
+        extension("foobar-ext", "foobar-ext", "ID=foobar\n");
+        let systemd = FakeManager::default();
+        let request = |extensions: &[&str]| ImageRequest {
+            image: "foobar".into(),
+            extensions: extensions.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        };
+        let attach_with = |extensions: &[&str]| {
+            let requests = vec![request(extensions)];
+            zbus::block_on(attach(
+                &host,
+                &systemd,
+                requests,
+                "default",
+                CopyMode::Auto,
+                Actions::default(),
+                Box::new(|_, _| {}),
+            ))
+        };
+        let done = attach_with(&["foobar-ext"]).unwrap();
+        assert_eq!(done.units, ["foobar-more.service", "foobar.service"]);
+        let dir = host.root.join("etc/systemd/system");
+        let (image, ext) = (pool.join("foobar").display().to_string(), pool.join("foobar-ext").display().to_string());
+        let dropin = std::fs::read_to_string(dir.join("foobar-more.service.d/20-portable.conf")).unwrap();
+        assert!(
+            dropin.starts_with(&format!(
+                "# Drop-in created by wharf for image '{image}:{ext}', do not edit.\n[Service]\n\
+                 RootDirectory={image}\nExtensionDirectories={ext}\n"
+            )),
+            "{dropin}"
+        );
+        assert!(dropin.ends_with("LogExtraFields=PORTABLE_EXTENSION=foobar-ext\n"), "{dropin}");
+        let link = |unit: &str| std::fs::read_link(dir.join(unit)).unwrap();
+        assert_eq!(link("foobar-more.service"), pool.join("foobar-ext/usr/lib/systemd/system/foobar-more.service"));
+        assert_eq!(link("foobar.service"), pool.join("foobar/usr/lib/systemd/system/foobar.service"));
+
+        let state = |extensions: &[&str]| {
+            let extensions: Vec<String> = extensions.iter().map(|e| e.to_string()).collect();
+            zbus::block_on(state_with_extensions(&host, &systemd, "foobar", &extensions)).unwrap().1
+        };
+        assert_eq!(state(&["foobar-ext"]), State::Attached);
+        assert_eq!(state(&[ext.as_str()]), State::Attached);
+        assert_eq!(state(&[]), State::Attached);
+        assert_eq!(state(&["foobar-other"]), State::Detached);
+        let error = remove(&host, "foobar-ext").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("image '{ext}' is attached as an extension of image '{image}'; detach that first")
+        );
+
+        let detach_with = |extensions: &[&str]| {
+            zbus::block_on(detach_with_extensions(&host, &systemd, request(extensions), Actions::default()))
+        };
+        let error = detach_with(&["foobar"]).unwrap_err();
+        assert_eq!(error.to_string(), format!("image '{image}' is attached with extensions '{ext}', not '{image}'"));
+        detach_with(&["foobar-ext"]).unwrap();
+        assert_eq!(files(&host), Vec::<String>::new(), "the link into the extension is wharf's too");
+
+        // Made for another OS: refused, nothing written, systemd not asked.
+        extension("foobar-bad", "foobar-bad", "ID=debian\n");
+        let calls = systemd.calls().len();
+        let error = attach_with(&["foobar-bad"]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "extension '{}' does not match image '{image}': its extension-release says ID=debian, the image's \
+                 os-release ID=foobar",
+                pool.join("foobar-bad").display()
+            )
+        );
+        // Named for another image.
+        extension("foobar-odd", "other", "ID=foobar\n");
+        let error = attach_with(&["foobar-odd"]).unwrap_err();
+        assert!(error.to_string().ends_with("(it has extension-release.other)"), "{error}");
+        let error = attach_with(&["foobar-ext", "foobar-ext"]).unwrap_err();
+        assert!(matches!(error, Error::DuplicateExtension { .. }), "{error}");
+        assert_eq!(files(&host), Vec::<String>::new());
+        assert_eq!(systemd.calls().len(), calls);
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 }

@@ -8,7 +8,9 @@ use std::str::FromStr;
 
 use super::Error;
 use super::attachments::{Attachment, Attachments, PERSISTENT_UNIT_DIR, RUNTIME_UNIT_DIR};
-use super::dropin::{PORTABLE_DROPIN, PROFILE_DROPIN, marker, parse_marker};
+use super::dropin::{
+    PORTABLE_DROPIN, PROFILE_DROPIN, marker_with_extensions, parse_marker, parse_marker_with_extensions,
+};
 use super::portabled::{Holder, add_image_link, add_mirror_steps};
 use super::profile::{PROFILE_DIRS, Profile};
 use crate::image::ImageKind;
@@ -58,12 +60,42 @@ pub struct Source {
     /// Absolute path of the image on the host (after any decompression).
     pub image: PathBuf,
     pub kind: ImageKind,
+    /// Its units and those of its extensions.
     pub units: Vec<UnitFile>,
+    /// Extension images stacked on it, in order (`--extension`).
+    pub extensions: Vec<Extension>,
+}
+
+/// An extension image stacked on a [`Source`].
+#[derive(Debug, Clone)]
+pub struct Extension {
+    /// Absolute path on the host (after any decompression).
+    pub image: PathBuf,
+    pub kind: ImageKind,
+    /// The names of the source's units that come from this extension.
+    pub units: Vec<String>,
 }
 
 impl Source {
     pub fn image_str(&self) -> String {
         self.image.display().to_string()
+    }
+
+    pub fn extension_strs(&self) -> Vec<String> {
+        self.extensions.iter().map(|e| e.image.display().to_string()).collect()
+    }
+
+    /// The first line of every file written for this source.
+    fn marker(&self) -> String {
+        marker_with_extensions(&self.image_str(), &self.extension_strs())
+    }
+
+    /// The image a unit was read from, and its kind: an extension's, or the image's own.
+    fn origin(&self, unit: &UnitFile) -> (&Path, ImageKind) {
+        self.extensions
+            .iter()
+            .find(|e| e.units.contains(&unit.name))
+            .map_or((self.image.as_path(), self.kind), |e| (e.image.as_path(), e.kind))
     }
 
     /// The value of `PORTABLE=`: the image's file name.
@@ -96,11 +128,26 @@ pub fn unit_dir(root: &Path, runtime: bool) -> PathBuf {
 /// The `20-portable.conf` drop-in tying `unit` to its image.
 pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool) -> String {
     let image = source.image_str();
-    let mut text = format!("{}\n", marker(&image));
+    let mut text = format!("{}\n", source.marker());
     if unit.is_service() {
         let root = if source.kind.is_file() { "RootImage" } else { "RootDirectory" };
         let name = source.portable_name();
-        text.push_str(&format!("[Service]\n{root}={image}\nEnvironment=PORTABLE={name}\n"));
+        text.push_str(&format!("[Service]\n{root}={image}\n"));
+        // Stacked in the order given, as systemd stacks each list.
+        let list = |files: bool| -> Vec<String> {
+            source
+                .extensions
+                .iter()
+                .filter(|e| e.kind.is_file() == files)
+                .map(|e| e.image.display().to_string())
+                .collect()
+        };
+        for (setting, paths) in [("ExtensionImages", list(true)), ("ExtensionDirectories", list(false))] {
+            if !paths.is_empty() {
+                text.push_str(&format!("{setting}={}\n", paths.join(" ")));
+            }
+        }
+        text.push_str(&format!("Environment=PORTABLE={name}\n"));
         if bind_os_release {
             text.push_str("BindReadOnlyPaths=/etc/os-release:/run/host/os-release\n");
         }
@@ -110,9 +157,16 @@ pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool) 
         text.push_str(&format!(
             "LogExtraFields=PORTABLE={name}\nLogExtraFields=PORTABLE_NAME_AND_VERSION={versioned}\n"
         ));
+        for extension in &source.extensions {
+            let file = extension.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            text.push_str(&format!("LogExtraFields=PORTABLE_EXTENSION={file}\n"));
+        }
     }
     text
 }
+
+/// The first systemd version that knows `ExtensionDirectories=`.
+pub const SYSTEMD_EXTENSION_DIRECTORIES: u32 = 251;
 
 /// Adds to `tx` the steps that attach `sources`, and returns the unit names
 /// attached. `existing` is what is attached now; units of the images in
@@ -135,6 +189,15 @@ pub fn plan_attach(
         }
         if source.units.is_empty() {
             return Err(Error::NoUnits(image));
+        }
+        if !source.extensions.is_empty() && !crate::image::extension::valid_setting_path(&source.image) {
+            return Err(Error::InvalidExtensionPath { image: image.clone(), path: image });
+        }
+        for extension in &source.extensions {
+            let path = extension.image.display().to_string();
+            if !crate::image::extension::valid_setting_path(&extension.image) {
+                return Err(Error::InvalidExtensionPath { image, path });
+            }
         }
         if options.profile.name != TRUSTED_PROFILE {
             for unit in &source.units {
@@ -162,11 +225,9 @@ pub fn plan_attach(
             tx.write(dropins.join(PORTABLE_DROPIN), portable_dropin(source, unit, options.bind_os_release), 0o644);
             if let Some((profile_file, contents)) = options.profile.contents_for(&unit.name)? {
                 match options.copy {
-                    CopyMode::Copy => tx.write(
-                        dropins.join(PROFILE_DROPIN),
-                        format!("{}\n{contents}", marker(&source.image_str())),
-                        0o644,
-                    ),
+                    CopyMode::Copy => {
+                        tx.write(dropins.join(PROFILE_DROPIN), format!("{}\n{contents}", source.marker()), 0o644)
+                    }
                     CopyMode::Symlink | CopyMode::Auto | CopyMode::Mixed => {
                         tx.symlink(dropins.join(PROFILE_DROPIN), profile_file)
                     }
@@ -180,17 +241,17 @@ pub fn plan_attach(
     for source in sources {
         for unit in &source.units {
             let path = dest.join(&unit.name);
+            let (origin, kind) = source.origin(unit);
             let link = match options.copy {
                 // A file image's units cannot be linked to: copied, as
                 // portablectl does.
-                CopyMode::Symlink => !source.kind.is_file(),
-                CopyMode::Auto => !source.kind.is_file(),
+                CopyMode::Symlink | CopyMode::Auto => !kind.is_file(),
                 CopyMode::Copy | CopyMode::Mixed => false,
             };
             if link {
-                tx.symlink(path, in_directory_image(&source.image, &unit.path));
+                tx.symlink(path, in_directory_image(origin, &unit.path));
             } else {
-                tx.write(path, format!("{}\n{}", marker(&source.image_str()), unit.contents), 0o644);
+                tx.write(path, format!("{}\n{}", source.marker(), unit.contents), 0o644);
             }
         }
     }
@@ -330,7 +391,9 @@ pub fn plan_detach_unit(root: &Path, attachment: &Attachment) -> Result<DetachUn
     })?;
     let mut kept = Vec::new();
 
-    let ours = |path: &Path| -> Result<bool, Error> { written_by_wharf(root, path, &attachment.image) };
+    // Units linked into a directory extension point into it, not the image.
+    let extensions = attached_extensions(root, attachment)?;
+    let ours = |path: &Path| -> Result<bool, Error> { written_by_wharf(root, path, &attachment.image, &extensions) };
     if unit_path.symlink_metadata().is_ok() {
         if ours(&unit_path)? {
             remove.push(unit_path);
@@ -364,13 +427,28 @@ pub fn plan_detach_unit(root: &Path, attachment: &Attachment) -> Result<DetachUn
     Ok(DetachUnit { unit: attachment.unit.clone(), runtime: attachment.runtime, remove, kept })
 }
 
-/// Whether a file next to an attached unit was written by wharf for `image`:
-/// it carries the marker, or it is a symlink into the image or to a profile.
-fn written_by_wharf(root: &Path, path: &Path, image: &str) -> Result<bool, Error> {
+/// The extensions an attached unit's marker names (none for a unit
+/// attached without), read from its `20-portable.conf`.
+pub fn attached_extensions(root: &Path, attachment: &Attachment) -> Result<Vec<String>, Error> {
+    let dropin = unit_dir(root, attachment.runtime).join(format!("{}.d", attachment.unit)).join(PORTABLE_DROPIN);
+    let text = match std::fs::read_to_string(&dropin) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Io { path: dropin, source }),
+    };
+    Ok(parse_marker_with_extensions(&text)
+        .map(|(_, extensions)| extensions.into_iter().map(str::to_string).collect())
+        .unwrap_or_default())
+}
+
+/// Whether a file next to an attached unit was written by wharf for `image`
+/// (with `extensions`): it carries the marker, or it is a symlink into the
+/// image, into one of its extensions or to a profile.
+fn written_by_wharf(root: &Path, path: &Path, image: &str, extensions: &[String]) -> Result<bool, Error> {
     let meta = path.symlink_metadata().map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-        let into_image = target.starts_with(image);
+        let into_image = target.starts_with(image) || extensions.iter().any(|e| target.starts_with(e));
         let to_profile = PROFILE_DIRS
             .iter()
             .any(|dir| target.starts_with(Path::new("/").join(dir)) || target.starts_with(root.join(dir)));
@@ -503,7 +581,12 @@ mod tests {
     }
 
     fn raw(image: &str, units: &[&str]) -> Source {
-        Source { image: image.into(), kind: ImageKind::Squashfs, units: units.iter().map(|u| unit(u)).collect() }
+        Source {
+            image: image.into(),
+            kind: ImageKind::Squashfs,
+            units: units.iter().map(|u| unit(u)).collect(),
+            extensions: Vec::new(),
+        }
     }
 
     #[test]
@@ -538,8 +621,12 @@ mod tests {
     #[test]
     fn directory_images_get_root_directory_and_links() {
         let host = Host::new("dir");
-        let source =
-            Source { image: "/srv/foobar".into(), kind: ImageKind::Directory, units: vec![unit("foobar.service")] };
+        let source = Source {
+            image: "/srv/foobar".into(),
+            kind: ImageKind::Directory,
+            units: vec![unit("foobar.service")],
+            extensions: Vec::new(),
+        };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Auto, true, false)).unwrap();
         assert!(
             host.read("run/systemd/system/foobar.service.d/20-portable.conf").contains("\nRootDirectory=/srv/foobar\n")
@@ -565,8 +652,12 @@ mod tests {
     #[test]
     fn mixed_copies_the_units_of_a_directory_image_and_links_the_profile() {
         let host = Host::new("mixed");
-        let source =
-            Source { image: "/srv/foobar".into(), kind: ImageKind::Directory, units: vec![unit("foobar.service")] };
+        let source = Source {
+            image: "/srv/foobar".into(),
+            kind: ImageKind::Directory,
+            units: vec![unit("foobar.service")],
+            extensions: Vec::new(),
+        };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Mixed, false, false)).unwrap();
         let unit = host.root.join("etc/systemd/system/foobar.service");
         assert!(!unit.symlink_metadata().unwrap().is_symlink(), "the unit file is a copy");
@@ -683,5 +774,48 @@ mod tests {
         let plan = plan_detach_unit(&host.root, attachment).unwrap();
         assert_eq!(plan.kept, [dir.join("foobar.service")]);
         assert_eq!(plan.remove.last().unwrap(), &dir.join("foobar.service.d"));
+    }
+
+    #[test]
+    fn extensions_are_stacked_in_the_dropin_and_their_paths_checked() {
+        let host = Host::new("extensions");
+        let mut source = raw("/p/foobar.raw", &["foobar.service", "foobar-ext.service"]);
+        source.extensions = vec![
+            Extension {
+                image: "/p/foobar-ext.raw".into(),
+                kind: ImageKind::Squashfs,
+                units: vec!["foobar-ext.service".into()],
+            },
+            Extension { image: "/p/more".into(), kind: ImageKind::Directory, units: Vec::new() },
+            Extension { image: "/p/last.raw".into(), kind: ImageKind::Erofs, units: Vec::new() },
+        ];
+        let dropin = portable_dropin(&source, &source.units[0], false);
+        assert_eq!(
+            dropin,
+            "# Drop-in created by wharf for image '/p/foobar.raw:/p/foobar-ext.raw:/p/more:/p/last.raw', do not edit.\n\
+             [Service]\nRootImage=/p/foobar.raw\nExtensionImages=/p/foobar-ext.raw /p/last.raw\n\
+             ExtensionDirectories=/p/more\nEnvironment=PORTABLE=foobar.raw\nLogExtraFields=PORTABLE=foobar.raw\n\
+             LogExtraFields=PORTABLE_NAME_AND_VERSION=foobar\nLogExtraFields=PORTABLE_EXTENSION=foobar-ext.raw\n\
+             LogExtraFields=PORTABLE_EXTENSION=more\nLogExtraFields=PORTABLE_EXTENSION=last.raw\n"
+        );
+        // A unit of a file extension cannot be linked: it is copied.
+        let symlink = host.options(CopyMode::Symlink, false, false);
+        let mut dir_source = source.clone();
+        (dir_source.image, dir_source.kind) = ("/p/foobar".into(), ImageKind::Directory);
+        host.attach(std::slice::from_ref(&dir_source), &symlink).unwrap();
+        let units = host.root.join("etc/systemd/system");
+        assert!(units.join("foobar.service").is_symlink(), "the directory image's unit is linked");
+        assert!(!units.join("foobar-ext.service").is_symlink(), "the file extension's unit is copied");
+        for entry in std::fs::read_dir(host.root.join("etc/systemd/system")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.unwrap();
+        }
+        // A path that would not read back from ExtensionImages= as written.
+        source.extensions[1].image = "/p/two words".into();
+        let error =
+            host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Copy, false, false)).unwrap_err();
+        assert!(error.to_string().contains("extension path '/p/two words' cannot be written"), "{error}");
+        let written: Vec<_> = std::fs::read_dir(host.root.join("etc/systemd/system")).unwrap().collect();
+        assert!(written.is_empty(), "a refused attach wrote {written:?}");
     }
 }

@@ -40,6 +40,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::portablectl_names_and_options_of_attach_and_detach", portablectl_options),
         exclusive_trial(shared, "portable::portablectl_and_wharf_see_and_spare_each_others_attachments", interop),
         trial(shared, "portable::detach_clean_removes_the_services_own_directories_only", detach_clean),
+        exclusive_trial(shared, "portable::extensions_stack_on_the_image_and_bad_ones_are_refused", extensions),
     ]
 }
 
@@ -1020,4 +1021,243 @@ fn detach_clean(tb: &Testbed) {
     assert!(tb.sh("test -d /var/lib/systemd && test -d /var/lib/cleanmebad").success());
     tb.ok("portable detach --now cleanmebad");
     tb.ok("rm -rf /var/lib/cleanme* /var/lib/portables/cleanme.raw /var/lib/portables/cleanmebad.raw");
+}
+
+/// `--extension`: a squashfs and a directory extension stacked on foobar
+/// (ExtensionImages=, ExtensionDirectories=), their units attached with the
+/// image's and running with the extensions' files visible; found again by
+/// is-attached and detach with the same extensions. Then extensions that
+/// systemd would not merge, and hostile ones: each refused in one line
+/// naming it, with nothing left; portablectl accepts and refuses the same.
+fn extensions(tb: &Testbed) {
+    use std::path::Path;
+    use std::process::Command;
+    const POOL: &str = "/var/lib/portables";
+    const SERVICE: &str = "[Unit]\nDescription=from an extension\n[Service]\nExecStart=/usr/bin/busybox sleep 600\n";
+    fn squash(dir: &Path, out: &Path) {
+        let built = Command::new("mksquashfs")
+            .arg(dir)
+            .arg(out)
+            .args(["-noappend", "-quiet", "-all-root", "-no-progress"])
+            .output()
+            .expect("mksquashfs");
+        assert!(built.status.success(), "mksquashfs: {built:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    /// An extension tree: its release file (named for `release_for`, if
+    /// any), a greeting and one unit.
+    fn stage(dir: &Path, release_for: Option<&str>, release: &str, unit: &str) {
+        let _ = std::fs::remove_dir_all(dir);
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let releases = dir.join("usr/lib/extension-release.d");
+        std::fs::create_dir_all(&releases).unwrap();
+        if let Some(release_for) = release_for {
+            std::fs::write(releases.join(format!("extension-release.{release_for}")), release).unwrap();
+        }
+        std::fs::create_dir_all(dir.join(format!("usr/share/{name}"))).unwrap();
+        std::fs::write(dir.join(format!("usr/share/{name}/greeting")), format!("hello from {name}\n")).unwrap();
+        std::fs::create_dir_all(dir.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(dir.join(format!("usr/lib/systemd/system/{unit}")), SERVICE).unwrap();
+    }
+    #[track_caller]
+    fn nothing_left(tb: &Testbed, what: &str) {
+        assert_no_foobar_units(tb);
+        let attached =
+            tb.ok("ls /etc/systemd/system.attached /run/systemd/system.attached 2>/dev/null | grep foobar; true");
+        assert_eq!(attached.trim(), "", "{what}: portablectl's files left");
+        let mounts = tb.ok("grep -c /var/lib/portables /proc/self/mountinfo; true");
+        assert_eq!(mounts.trim(), "0", "{what}: mounts left");
+        // systemd lets go of a stopped service's loop devices on its own time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !tb.loop_devices(POOL).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{what}: loop devices left: {:?}", tb.loop_devices(POOL));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    clean_slate(tb);
+    let pool = tb.host_path(POOL);
+    // The base, version 2, with a sysext level: SYSEXT_LEVEL= then decides.
+    let base = pool.join("foobar_2");
+    images::foobar(&base, "dir", "2").unwrap();
+    let os_release = base.join("usr/lib/os-release");
+    let text = std::fs::read_to_string(&os_release).unwrap();
+    std::fs::write(&os_release, format!("{text}SYSEXT_LEVEL=1.0\n")).unwrap();
+    squash(&base, &pool.join("foobar_2.raw"));
+    let good = "ID=foobar\nSYSEXT_LEVEL=1.0\n";
+    stage(&pool.join("foobar-ext"), Some("foobar-ext"), good, "foobar-ext.service");
+    squash(&pool.join("foobar-ext"), &pool.join("foobar-ext.raw"));
+    stage(&pool.join("foobar-extdir"), Some("foobar-extdir"), "ID=_any\n", "foobar-extdir.service");
+
+    let both = "--extension foobar-ext.raw --extension foobar-extdir";
+    let out = tb.ok(&format!("portable attach {both} foobar_2.raw"));
+    for unit in ["foobar.service", "foobar-ext.service", "foobar-extdir.service"] {
+        assert!(out.contains(&format!("/etc/systemd/system/{unit}.")), "{unit}: {out}");
+    }
+    let dropin = tb.ok("cat /etc/systemd/system/foobar-ext.service.d/20-portable.conf");
+    assert!(
+        dropin.starts_with(&format!(
+            "# Drop-in created by wharf for image '{POOL}/foobar_2.raw:{POOL}/foobar-ext.raw:{POOL}/foobar-extdir', \
+             do not edit.\n[Service]\nRootImage={POOL}/foobar_2.raw\nExtensionImages={POOL}/foobar-ext.raw\n\
+             ExtensionDirectories={POOL}/foobar-extdir\n"
+        )),
+        "{dropin}"
+    );
+    // A directory extension's unit is linked into it, as a directory image's is.
+    assert_eq!(
+        tb.ok("readlink /etc/systemd/system/foobar-extdir.service").trim(),
+        format!("{POOL}/foobar-extdir/usr/lib/systemd/system/foobar-extdir.service")
+    );
+    assert_eq!(tb.ok(&format!("portable is-attached {both} foobar_2.raw")).trim(), "attached");
+    assert_eq!(tb.ok("portable is-attached foobar_2.raw").trim(), "attached");
+    let other = tb.sh("portable is-attached --extension foobar-ext.raw foobar_2.raw");
+    assert_eq!((other.code, other.stdout.trim()), (Some(1), "detached"), "{other}");
+    let inspected = tb.ok(&format!("portable inspect {both} foobar_2.raw"));
+    assert!(inspected.contains("Extensions:\n    /var/lib/portables/foobar-ext.raw\n"), "{inspected}");
+    assert!(inspected.contains("    foobar-extdir.service\n"), "{inspected}");
+
+    // Reattached with one extension fewer: its unit goes, the others stack only the one left.
+    tb.ok("portable reattach --extension foobar-ext.raw foobar_2.raw");
+    assert!(tb.sh("test -e /etc/systemd/system/foobar-extdir.service").code == Some(1), "the dropped extension's unit");
+    let dropin = tb.ok("cat /etc/systemd/system/foobar.service.d/20-portable.conf");
+    assert!(dropin.contains(&format!("ExtensionImages={POOL}/foobar-ext.raw\n")), "{dropin}");
+    assert!(!dropin.contains("ExtensionDirectories="), "{dropin}");
+    assert_eq!(tb.ok("portable is-attached --extension foobar-ext.raw foobar_2.raw").trim(), "attached");
+    tb.ok(&format!("portable reattach {both} foobar_2.raw"));
+    assert_eq!(tb.ok(&format!("portable is-attached {both} foobar_2.raw")).trim(), "attached");
+
+    tb.ok("systemctl start foobar-ext.service");
+    let pid = show(tb, "foobar-ext.service", "MainPID");
+    assert!(tb.wait_exec(&pid, "busybox"), "foobar-ext.service never exec'd busybox");
+    let seen = tb.ok(&format!(
+        "cat /proc/{pid}/root/usr/share/foobar-ext/greeting /proc/{pid}/root/usr/share/foobar-extdir/greeting \
+         /proc/{pid}/root/usr/lib/os-release"
+    ));
+    assert!(seen.starts_with("hello from foobar-ext\nhello from foobar-extdir\n"), "{seen}");
+    assert!(seen.contains("VERSION_ID=2\n"), "the base image is below the extensions: {seen}");
+    assert_eq!(tb.ok(&format!("portable is-attached {both} foobar_2.raw")).trim(), "running");
+
+    // Named with other extensions, the attachment is not found.
+    let refused = tb.fails("portable detach --now --extension foobar-extdir foobar_2.raw");
+    assert_eq!(
+        refused.stderr.trim(),
+        format!(
+            "portable: image '{POOL}/foobar_2.raw' is attached with extensions '{POOL}/foobar-ext.raw', \
+             '{POOL}/foobar-extdir', not '{POOL}/foobar-extdir'"
+        )
+    );
+    assert_eq!(show(tb, "foobar-ext.service", "ActiveState"), "active");
+    // The extension is in use: not removed.
+    let refused = tb.fails("portable remove foobar-ext.raw");
+    assert!(refused.stderr.contains("is attached as an extension of image"), "{refused}");
+    tb.ok(&format!("portable detach --now {both} foobar_2.raw"));
+    nothing_left(tb, "detach");
+
+    // The reference, on the same images: attached, runs, detached.
+    let by_path = format!("--extension {POOL}/foobar-ext.raw --extension {POOL}/foobar-extdir");
+    tb.ok(&format!("portablectl attach {by_path} {POOL}/foobar_2.raw"));
+    tb.ok("systemctl start foobar-ext.service");
+    let pid = show(tb, "foobar-ext.service", "MainPID");
+    assert!(tb.wait_exec(&pid, "busybox"));
+    assert_eq!(tb.ok(&format!("cat /proc/{pid}/root/usr/share/foobar-extdir/greeting")), "hello from foobar-extdir\n");
+    tb.ok("systemctl stop foobar-ext.service");
+    // Named with other extensions, portablectl does not find it either.
+    let other = tb.sh(&format!("portablectl detach --extension {POOL}/foobar-extdir {POOL}/foobar_2.raw"));
+    assert!(!other.success(), "portablectl detach with other extensions: {other}");
+    assert!(tb.sh("test -e /etc/systemd/system.attached/foobar-ext.service").success(), "{other}");
+    // Named without any, portablectl 252 finds it, as wharf does; a later
+    // one (257) only when named with all of them (man portable(1)).
+    let version: u32 = tb.ok("systemctl --version").split_whitespace().nth(1).unwrap().parse().unwrap();
+    let unnamed = tb.sh(&format!("portablectl detach {POOL}/foobar_2.raw"));
+    assert_eq!(unnamed.success(), version < 257, "portablectl {version} detach without --extension: {unnamed}");
+    if !unnamed.success() {
+        tb.ok(&format!("portablectl detach {by_path} {POOL}/foobar_2.raw"));
+    }
+    tb.ok("rm -f /etc/portables/foobar*");
+    nothing_left(tb, "portablectl detach");
+
+    // Extensions systemd would not merge: refused by both, nothing left.
+    let bad_raw = pool.join("foobar-bad.raw");
+    let bad_dir = pool.join("foobar-bad");
+    let host_release = pool.join("matching-release");
+    std::fs::write(&host_release, good).unwrap();
+    // (what, the image its release file is named for, its text, what else, compared with portablectl)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, Box<dyn Fn(&Path)>, bool);
+    let cases: Vec<Case> = vec![
+        ("wrong ID", Some("foobar-bad"), "ID=debian\nSYSEXT_LEVEL=1.0\n", Box::new(|_| {}), true),
+        ("wrong SYSEXT_LEVEL", Some("foobar-bad"), "ID=foobar\nSYSEXT_LEVEL=2.0\n", Box::new(|_| {}), true),
+        ("no extension-release", None, "", Box::new(|_| {}), true),
+        ("an extension-release for another image", Some("other"), good, Box::new(|_| {}), true),
+        (
+            "an extension-release linked to a matching host file",
+            None,
+            "",
+            Box::new(|dir: &Path| {
+                std::os::unix::fs::symlink(
+                    "/var/lib/portables/matching-release",
+                    dir.join("usr/lib/extension-release.d/extension-release.foobar-bad"),
+                )
+                .unwrap()
+            }),
+            true,
+        ),
+        (
+            "a unit linked to a host file",
+            Some("foobar-bad"),
+            good,
+            Box::new(|dir: &Path| {
+                std::os::unix::fs::symlink(
+                    "/etc/systemd/system/foobar-ext.service",
+                    dir.join("usr/lib/systemd/system/foobar-evil.service"),
+                )
+                .unwrap()
+            }),
+            false,
+        ),
+    ];
+    let expected = [
+        "does not match image '/var/lib/portables/foobar_2.raw': its extension-release says ID=debian, the image's os-release ID=foobar",
+        "does not match image '/var/lib/portables/foobar_2.raw': its extension-release says SYSEXT_LEVEL=2.0, the image's os-release SYSEXT_LEVEL=1.0",
+        ": no usr/lib/extension-release.d/extension-release.foobar-bad (usr/lib/extension-release.d is empty)",
+        ": no usr/lib/extension-release.d/extension-release.foobar-bad (it has extension-release.other)",
+        ": no usr/lib/extension-release.d/extension-release.foobar-bad (it is a symlink that leads nowhere inside the extension)",
+        ": unit file 'foobar-evil.service' is a symlink to '/etc/systemd/system/foobar-ext.service', which leaves the image",
+    ];
+    for ((what, release_for, release, build, compare), expected) in cases.into_iter().zip(expected) {
+        stage(&bad_dir, release_for, release, "foobar-bad.service");
+        build(&bad_dir);
+        squash(&bad_dir, &bad_raw);
+        let refused = tb.fails("portable attach --extension foobar-bad.raw foobar_2.raw");
+        let line = refused.stderr.trim();
+        assert_eq!(refused.stderr.lines().count(), 1, "{what}: {refused}");
+        assert!(line.contains(&format!("'{POOL}/foobar-bad.raw'")), "{what}: not named: {refused}");
+        assert!(line.contains(expected), "{what}: {refused}");
+        nothing_left(tb, what);
+        if compare {
+            // portablectl 252 says "... extension-release metadata does not
+            // match the root's" or "... lacks extension-release data, refusing."
+            let reference =
+                tb.fails(&format!("portablectl attach --extension {POOL}/foobar-bad.raw {POOL}/foobar_2.raw"));
+            let said = reference.stderr.trim();
+            assert!(
+                said.contains("foobar-bad.raw") && said.contains("extension-release"),
+                "portablectl, {what}: {said}"
+            );
+            tb.ok("rm -f /etc/portables/foobar*");
+            nothing_left(tb, &format!("portablectl, {what}"));
+        }
+    }
+    // A FIFO where the release file is: never opened (an open would block).
+    stage(&bad_dir, None, "", "foobar-bad.service");
+    let fifo = bad_dir.join("usr/lib/extension-release.d/extension-release.foobar-bad");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let refused = tb.fails("portable attach --extension foobar-bad foobar_2.raw");
+    assert_eq!(
+        refused.stderr.trim(),
+        format!(
+            "portable: extension '{POOL}/foobar-bad': /usr/lib/extension-release.d/extension-release.foobar-bad: not a regular file"
+        )
+    );
+    nothing_left(tb, "a FIFO");
+    tb.ok("rm -rf /var/lib/portables/*");
 }
