@@ -22,6 +22,7 @@ mod network;
 mod packaging;
 mod portable;
 mod pull;
+mod schema;
 mod security;
 mod store;
 
@@ -148,6 +149,7 @@ fn main() -> ExitCode {
     trials.extend(audit::trials(&shared));
     trials.extend(deadline::trials(&shared));
     trials.extend(security::trials(&shared));
+    trials.extend(schema::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");
