@@ -18,6 +18,9 @@ use std::fs;
 use std::path::Path;
 use std::process::ExitCode;
 
+#[path = "json_schema.rs"]
+mod json_schema;
+
 use clap::{Arg, Command, CommandFactory};
 use clap_complete::Shell;
 use clap_mangen::Man;
@@ -69,6 +72,62 @@ const PROFILES: &[(&str, &str)] = &[
     ("nonetwork", include_str!("../units/profiles/nonetwork/service.conf")),
     ("strict", include_str!("../units/profiles/strict/service.conf")),
     ("trusted", include_str!("../units/profiles/trusted/service.conf")),
+];
+
+/// The schemas of the tools' `--json` documents (see contrib/json_schema.rs),
+/// built in so that a change to one makes the pages again; a test checks
+/// that these are exactly the files of man/json/.
+const SCHEMAS: &[(&str, &str)] = &[
+    ("error", include_str!("../man/json/error.json")),
+    ("machine-apply", include_str!("../man/json/machine-apply.json")),
+    ("machine-bind", include_str!("../man/json/machine-bind.json")),
+    ("machine-cancel-transfer", include_str!("../man/json/machine-cancel-transfer.json")),
+    ("machine-clean", include_str!("../man/json/machine-clean.json")),
+    ("machine-clone", include_str!("../man/json/machine-clone.json")),
+    ("machine-copy-from", include_str!("../man/json/machine-copy-from.json")),
+    ("machine-copy-to", include_str!("../man/json/machine-copy-to.json")),
+    ("machine-disable", include_str!("../man/json/machine-disable.json")),
+    ("machine-enable", include_str!("../man/json/machine-enable.json")),
+    ("machine-export-raw", include_str!("../man/json/machine-export-raw.json")),
+    ("machine-export-tar", include_str!("../man/json/machine-export-tar.json")),
+    ("machine-history", include_str!("../man/json/machine-history.json")),
+    ("machine-image-status", include_str!("../man/json/machine-image-status.json")),
+    ("machine-import", include_str!("../man/json/machine-import.json")),
+    ("machine-import-fs", include_str!("../man/json/machine-import-fs.json")),
+    ("machine-import-raw", include_str!("../man/json/machine-import-raw.json")),
+    ("machine-import-tar", include_str!("../man/json/machine-import-tar.json")),
+    ("machine-kill", include_str!("../man/json/machine-kill.json")),
+    ("machine-list", include_str!("../man/json/machine-list.json")),
+    ("machine-list-images", include_str!("../man/json/machine-list-images.json")),
+    ("machine-list-transfers", include_str!("../man/json/machine-list-transfers.json")),
+    ("machine-login", include_str!("../man/json/machine-login.json")),
+    ("machine-poweroff", include_str!("../man/json/machine-poweroff.json")),
+    ("machine-pull-raw", include_str!("../man/json/machine-pull-raw.json")),
+    ("machine-pull-tar", include_str!("../man/json/machine-pull-tar.json")),
+    ("machine-read-only", include_str!("../man/json/machine-read-only.json")),
+    ("machine-reboot", include_str!("../man/json/machine-reboot.json")),
+    ("machine-remove", include_str!("../man/json/machine-remove.json")),
+    ("machine-rename", include_str!("../man/json/machine-rename.json")),
+    ("machine-set-limit", include_str!("../man/json/machine-set-limit.json")),
+    ("machine-set-property", include_str!("../man/json/machine-set-property.json")),
+    ("machine-shell", include_str!("../man/json/machine-shell.json")),
+    ("machine-show", include_str!("../man/json/machine-show.json")),
+    ("machine-show-image", include_str!("../man/json/machine-show-image.json")),
+    ("machine-start", include_str!("../man/json/machine-start.json")),
+    ("machine-status", include_str!("../man/json/machine-status.json")),
+    ("machine-terminate", include_str!("../man/json/machine-terminate.json")),
+    ("portable-apply", include_str!("../man/json/portable-apply.json")),
+    ("portable-attach", include_str!("../man/json/portable-attach.json")),
+    ("portable-detach", include_str!("../man/json/portable-detach.json")),
+    ("portable-history", include_str!("../man/json/portable-history.json")),
+    ("portable-inspect", include_str!("../man/json/portable-inspect.json")),
+    ("portable-is-attached", include_str!("../man/json/portable-is-attached.json")),
+    ("portable-list", include_str!("../man/json/portable-list.json")),
+    ("portable-pull", include_str!("../man/json/portable-pull.json")),
+    ("portable-read-only", include_str!("../man/json/portable-read-only.json")),
+    ("portable-reattach", include_str!("../man/json/portable-reattach.json")),
+    ("portable-remove", include_str!("../man/json/portable-remove.json")),
+    ("portable-set-limit", include_str!("../man/json/portable-set-limit.json")),
 ];
 
 /// The commands people type, which get shell completions (wharfd is started
@@ -217,7 +276,9 @@ complete -F _wharf_portable -o bashdefault -o default portable
 /// Fills a template's directives:
 /// - `@title`: the `.TH` line;
 /// - `@name`, `@synopsis`, `@options`, `@commands`: from the page's command;
-/// - `@profile NAME`: the settings of a shipped profile, as an example block.
+/// - `@profile NAME`: the settings of a shipped profile, as an example block;
+/// - `@json`: what each command prints with `--json`, from its schema in
+///   `man/json/` (every command of the page's must have one).
 ///
 /// Comment lines before `@title` are notes for the template's editors and
 /// are left out.
@@ -257,6 +318,7 @@ fn render_page(page: &Page) -> Result<String, String> {
             "options" => render(|w| man(needs_command()?, page).render_options_section(w).map_err(io))?,
             "commands" => commands_section(needs_command()?)?,
             "profile" => profile_block(argument)?,
+            "json" => json_section(needs_command()?, &built_in_schemas()?)?,
             _ => return Err(format!("unknown directive @{word}")),
         };
         out.push_str(&fragment);
@@ -458,4 +520,281 @@ fn profile_block(name: &str) -> Result<String, String> {
     roff.control("EE", []);
     roff.control("RE", []);
     Ok(roff_fragment(&roff))
+}
+
+fn built_in_schemas() -> Result<Vec<json_schema::CommandSchema>, String> {
+    SCHEMAS
+        .iter()
+        .map(|(stem, text)| json_schema::parse(stem, text).map_err(|e| format!("man/json/{stem}.json: {e}")))
+        .collect()
+}
+
+/// `@json`: for each command of the page's tool, in the order of COMMANDS,
+/// what it prints with `--json`, from its schema; then the error document.
+/// A command without a schema, or a schema of no command, is an error: the
+/// page documents exactly the commands there are.
+fn json_section(command: &Command, schemas: &[json_schema::CommandSchema]) -> Result<String, String> {
+    let tool = command.get_name();
+    let names: Vec<&str> = visible_subcommands(command).map(Command::get_name).collect();
+    if let Some(stray) = schemas.iter().find(|s| s.tool == tool && !names.contains(&s.command.as_str())) {
+        return Err(format!("man/json/{tool}-{}.json is the schema of no {tool} command", stray.command));
+    }
+    let mut out = String::new();
+    let find = |tool: &str, name: &str| schemas.iter().find(|s| s.tool == tool && s.command == name);
+    for name in names {
+        let schema = find(tool, name).ok_or(format!("{tool} {name} has no schema (man/json/{tool}-{name}.json)"))?;
+        out.push_str(&schema_entry(name, &schema.schema));
+    }
+    let error = find("", "error").ok_or("there is no man/json/error.json")?;
+    out.push_str(&schema_entry("error", &error.schema));
+    Ok(out)
+}
+
+/// One command's document: its heading, what it is, and its keys, nested
+/// as the document nests them.
+fn schema_entry(heading: &str, schema: &serde_json::Value) -> String {
+    let mut roff = Roff::new();
+    roff.control("SS", [heading]);
+    let keys = keys_of(schema);
+    let mut text = sentence(description(schema));
+    if !is_interactive(schema) {
+        let phrase = type_phrase(schema);
+        let article = if phrase.starts_with(['a', 'e', 'i', 'o', 'u']) { "An" } else { "A" };
+        text.push_str(&format!(" {article} {phrase}{}", if keys.is_empty() { "." } else { ":" }));
+    }
+    roff.text([roman(text)]);
+    let mut out = roff_fragment(&roff);
+    out.push_str(&keys);
+    out
+}
+
+fn is_interactive(schema: &serde_json::Value) -> bool {
+    schema.get("interactive").and_then(serde_json::Value::as_bool).unwrap_or(false)
+}
+
+fn description(schema: &serde_json::Value) -> &str {
+    schema.get("description").and_then(serde_json::Value::as_str).unwrap_or_default()
+}
+
+/// The keys `schema` describes: an object's, or those of the objects an
+/// array holds or an object maps to, one tagged paragraph each; empty for
+/// anything else.
+fn keys_of(schema: &serde_json::Value) -> String {
+    let Some(object) = innermost_object(schema) else {
+        return String::new();
+    };
+    let required: Vec<&str> = object
+        .get("required")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let mut out = String::new();
+    let properties = object.get("properties").and_then(serde_json::Value::as_object);
+    for (key, property) in properties.into_iter().flatten() {
+        let mut phrase = type_phrase(property);
+        if !required.contains(&key.as_str()) {
+            phrase.push_str(", optional");
+        }
+        let mut roff = Roff::new();
+        roff.control("TP", []);
+        roff.text([italic(key.as_str()), roman(format!(" ({phrase})"))]);
+        let mut text = vec![roman(sentence(description(property)))];
+        if let Some(choices) = property.get("enum").and_then(serde_json::Value::as_array) {
+            text.push(roman(" One of "));
+            let choices: Vec<String> =
+                choices.iter().map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).collect();
+            for (i, choice) in choices.iter().enumerate() {
+                if i > 0 {
+                    text.push(roman(if i + 1 == choices.len() { " or " } else { ", " }));
+                }
+                text.push(bold(choice.as_str()));
+            }
+            text.push(roman("."));
+        }
+        roff.text(text);
+        out.push_str(&roff_fragment(&roff));
+        let nested = keys_of(property);
+        if !nested.is_empty() {
+            out.push_str(".RS\n");
+            out.push_str(&nested);
+            out.push_str(".RE\n");
+        }
+    }
+    // The keys an object has beside its named ones (machined's properties).
+    if properties.is_some_and(|p| !p.is_empty())
+        && let Some(other) = object.get("additionalProperties").filter(|a| a.is_object())
+    {
+        let mut roff = Roff::new();
+        roff.control("TP", []);
+        roff.text([roman("Other keys"), roman(format!(" ({}, optional)", type_phrase(other)))]);
+        roff.text([roman(sentence(description(other)))]);
+        out.push_str(&roff_fragment(&roff));
+    }
+    out
+}
+
+/// The object whose keys a value of `schema` has: itself, or what its
+/// array holds, or (a map without named keys) its values, as deep as that goes.
+fn innermost_object(schema: &serde_json::Value) -> Option<&serde_json::Map<String, serde_json::Value>> {
+    let types = json_schema::types(schema).unwrap_or_default();
+    if types.contains(&"array") {
+        return schema.get("items").and_then(innermost_object);
+    }
+    if !types.contains(&"object") {
+        return None;
+    }
+    let object = schema.as_object()?;
+    let named = object.get("properties").and_then(serde_json::Value::as_object).is_some_and(|p| !p.is_empty());
+    match object.get("additionalProperties") {
+        Some(values @ serde_json::Value::Object(_)) if !named => innermost_object(values),
+        _ if named => Some(object),
+        _ => None,
+    }
+}
+
+/// What a value is, in words: `string`, `integer or null`, `array of
+/// objects`, `object of arrays of strings`.
+fn type_phrase(schema: &serde_json::Value) -> String {
+    let types = json_schema::types(schema).unwrap_or_default();
+    let mut words: Vec<String> = types.iter().filter(|t| **t != "null").map(|t| noun(schema, t, false)).collect();
+    if words.is_empty() {
+        words.push("value".to_string());
+    }
+    if types.contains(&"null") {
+        words.push("null".to_string());
+    }
+    words.join(" or ")
+}
+
+/// A type's name for `schema`, in the plural for what an array holds.
+fn noun(schema: &serde_json::Value, name: &str, plural: bool) -> String {
+    let s = if plural { "s" } else { "" };
+    let inner = |key: &str| {
+        schema.get(key).filter(|v| v.is_object()).map(|inner| {
+            let types = json_schema::types(inner).unwrap_or_default();
+            types.first().map(|t| noun(inner, t, true)).unwrap_or_else(|| "values".to_string())
+        })
+    };
+    let named = schema.get("properties").and_then(serde_json::Value::as_object).is_some_and(|p| !p.is_empty());
+    match name {
+        "array" => format!("array{s} of {}", inner("items").unwrap_or_else(|| "values".to_string())),
+        "object" if !named => match inner("additionalProperties") {
+            Some(values) => format!("object{s} of {values}"),
+            None => format!("object{s}"),
+        },
+        "boolean" => format!("boolean{s}"),
+        other => format!("{other}{s}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema(stem: &str, value: serde_json::Value) -> json_schema::CommandSchema {
+        json_schema::parse(stem, &value.to_string()).unwrap()
+    }
+
+    fn tool() -> Command {
+        Command::new("tool").subcommand(Command::new("list")).subcommand(Command::new("login"))
+    }
+
+    fn error() -> json_schema::CommandSchema {
+        schema(
+            "error",
+            json!({"type": "object", "description": "A failure", "required": ["error"], "additionalProperties": false,
+                   "properties": {"error": {"type": "object", "description": "Its kind", "additionalProperties": false,
+                                            "properties": {"kind": {"type": "string", "enum": ["a", "b", "c"], "description": "Which"}}}}}),
+        )
+    }
+
+    fn list() -> serde_json::Value {
+        json!({"type": "array", "description": "The images", "items": {
+        "type": "object", "description": "An image", "required": ["name"], "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "description": "Its name"},
+            "profile": {"type": ["string", "null"], "description": "Its profile"},
+            "units": {"type": "array", "description": "Its units", "items": {"type": "string", "description": "A unit"}},
+            "limits": {"type": "object", "description": "Its limits",
+                       "additionalProperties": {"type": "string", "description": "A limit"}},
+            "os": {"type": "object", "description": "Its OS", "additionalProperties": false,
+                   "properties": {"id": {"type": "string", "description": "Its ID"}}}
+        }}})
+    }
+
+    /// Each command under its own heading, each key with its type (and
+    /// whether it may be missing), nested keys indented, enums listed.
+    #[test]
+    fn schemas_render_as_nested_key_lists() {
+        let schemas = [
+            schema("tool-list", list()),
+            schema("tool-login", json!({"description": "No JSON: a terminal", "interactive": true})),
+            error(),
+        ];
+        let page = json_section(&tool(), &schemas).unwrap();
+        for expected in [
+            ".SS list\nThe images. An array of objects:\n",
+            ".TP\n\\fIname\\fR (string)\nIts name.\n",
+            ".TP\n\\fIprofile\\fR (string or null, optional)\nIts profile.\n",
+            ".TP\n\\fIunits\\fR (array of strings, optional)\n",
+            ".TP\n\\fIlimits\\fR (object of strings, optional)\n",
+            ".TP\n\\fIos\\fR (object, optional)\nIts OS.\n.RS\n.TP\n\\fIid\\fR (string, optional)\nIts ID.\n.RE\n",
+            ".SS login\nNo JSON: a terminal.\n",
+            ".SS error\nA failure. An object:\n",
+            "Which. One of \\fBa\\fR, \\fBb\\fR or \\fBc\\fR.\n",
+        ] {
+            assert!(page.contains(expected), "{expected:?} not in:\n{page}");
+        }
+        assert!(page.find(".SS list").unwrap() < page.find(".SS login").unwrap());
+    }
+
+    #[test]
+    fn every_command_has_exactly_one_schema() {
+        let without_login = [schema("tool-list", list()), error()];
+        assert_eq!(
+            json_section(&tool(), &without_login).unwrap_err(),
+            "tool login has no schema (man/json/tool-login.json)"
+        );
+        let stray = [
+            schema("tool-list", list()),
+            schema("tool-login", json!({"description": "x", "interactive": true})),
+            schema("tool-gone", list()),
+            error(),
+        ];
+        assert_eq!(
+            json_section(&tool(), &stray).unwrap_err(),
+            "man/json/tool-gone.json is the schema of no tool command"
+        );
+    }
+
+    #[test]
+    fn the_built_in_schemas_are_those_of_man_json() {
+        let files: Vec<(String, String)> = json_schema::load_dir(&json_schema::schema_dir())
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.tool, s.command))
+            .collect();
+        let built_in: Vec<(String, String)> =
+            built_in_schemas().unwrap().into_iter().map(|s| (s.tool, s.command)).collect();
+        let sorted = |mut list: Vec<(String, String)>| {
+            list.sort();
+            list
+        };
+        assert_eq!(sorted(built_in), sorted(files), "SCHEMAS in contrib/gen.rs lists the files of man/json/");
+    }
+
+    /// The shipped pages: every command of both tools has its schema, and
+    /// the pages render.
+    #[test]
+    fn the_pages_document_every_commands_json() {
+        for page in PAGES {
+            let text = render_page(page).unwrap_or_else(|e| panic!("{}: {e}", page.name));
+            if page.name == "portable" || page.name == "machine" {
+                assert!(text.contains(".SS list\n") && text.contains(".SS error\n"), "{}", page.name);
+            }
+        }
+    }
 }

@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand};
 
 use std::io::Write;
 
-use super::output::{Format, OutputArgs, human_size, images_table, table};
+use super::output::{Format, OutputArgs, ReadOnlyView, human_size, images_table, per_name_record, table};
 use super::progress::{Transfer, bounded, transfer, with_progress, within};
 use super::properties;
-use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
+use super::{CliError, current_dir, parse_bool, system_bus};
 use crate::api::MachineProxy;
 use crate::compress::Compression;
 use crate::image::Pool;
@@ -499,13 +499,76 @@ fn report_failure(error: &CliError) {
 
 /// Success when every call worked; otherwise each failure reported on a
 /// line of its own, and failure. The others were carried out all the same.
-fn all_or_report(results: Vec<Result<(), CliError>>) -> ExitCode {
+/// With `--json`, one document: a record per name (`done` gives what was
+/// done to it), the failed ones with their error.
+fn all_or_report(
+    format: Format,
+    names: &[String],
+    results: Vec<Result<(), CliError>>,
+    done: impl Fn(&str) -> serde_json::Value,
+) -> Result<ExitCode, CliError> {
     let mut failed = false;
     for error in results.iter().filter_map(|r| r.as_ref().err()) {
         report_failure(error);
         failed = true;
     }
-    if failed { ExitCode::from(super::EXIT_FAILURE) } else { ExitCode::SUCCESS }
+    if format.is_json() {
+        let records: Vec<serde_json::Value> = names
+            .iter()
+            .zip(results)
+            .map(|(name, result)| per_name_record(name, &result.map(|()| done(name))))
+            .collect();
+        format.emit(&records, |_| String::new())?;
+    }
+    Ok(if failed { ExitCode::from(super::EXIT_FAILURE) } else { ExitCode::SUCCESS })
+}
+
+/// A running machine with `--json` (`list`, `status`): wharfd's record, in
+/// its order, its limits an object of names and values, as `show` gives
+/// them (`Limits`, `SavedLimits`) and `set-property` takes them.
+#[derive(serde::Serialize)]
+struct MachineView<'a> {
+    name: &'a str,
+    class: &'a str,
+    service: &'a str,
+    unit: &'a str,
+    leader: u32,
+    root_directory: &'a str,
+    state: &'a str,
+    status: &'a str,
+    limits: serde_json::Value,
+    since_usec: u64,
+    os: &'a str,
+    addresses: &'a [String],
+    cgroup: &'a [String],
+    #[serde(skip)]
+    info: &'a crate::api::MachineInfo,
+}
+
+impl<'a> MachineView<'a> {
+    fn new(m: &'a crate::api::MachineInfo) -> Self {
+        MachineView {
+            name: &m.name,
+            class: &m.class,
+            service: &m.service,
+            unit: &m.unit,
+            leader: m.leader,
+            root_directory: &m.root_directory,
+            state: &m.state,
+            status: &m.status,
+            limits: limits_object(&m.limits),
+            since_usec: m.since_usec,
+            os: &m.os,
+            addresses: &m.addresses,
+            cgroup: &m.cgroup,
+            info: m,
+        }
+    }
+}
+
+/// Limits as `--json` gives them everywhere: `{"MemoryMax": "536870912"}`.
+fn limits_object(limits: &[(String, String)]) -> serde_json::Value {
+    serde_json::Value::Object(limits.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect())
 }
 
 pub fn main() -> ExitCode {
@@ -535,7 +598,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
         Command::ReadOnly { image, read_only } => {
             let image = Pool::machines().argument_for_daemon(&image, &current_dir()?);
             bounded(&bus, machine.mark_read_only(&image, read_only)).await?;
-            format.emit(&ReadOnlyResult { image, read_only }, |_| String::new())?;
+            format.emit(&ReadOnlyView::new(&Pool::machines(), &image, read_only)?, |_| String::new())?;
         }
         Command::Clone { name, new_name, read_only } => {
             let path = with_progress(&bus, show, machine.clone_image(&name, &new_name, read_only)).await?;
@@ -550,7 +613,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             for name in names {
                 removed.push(bounded(&bus, machine.remove_image(&name)).await?);
             }
-            if !cli.output.quiet {
+            if !cli.output.quiet || format.is_json() {
                 format.emit(&removed, |removed| {
                     removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n")
                 })?;
@@ -651,34 +714,32 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             })
             .await;
             let mut failed = false;
+            let mut records = Vec::new();
+            let mut lines = Vec::new();
             for (name, result) in names.iter().zip(started) {
-                let (unit, ready, already) = match result {
-                    Ok(started) => started,
-                    Err(e) => {
-                        failed = true;
-                        report_failure(&e);
-                        continue;
-                    }
-                };
-                let mut record = serde_json::json!({ "machine": name, "unit": unit, "ready": ready });
-                if already {
-                    record["already_running"] = true.into();
+                let result = result.map(|(unit, ready, already)| {
+                    lines.push(if already {
+                        format!("Machine {name} is running already ({unit}).")
+                    } else if ready {
+                        format!("Machine {name} is running ({unit}); its init reported ready.")
+                    } else if no_block {
+                        format!("Machine {name} is starting ({unit}).")
+                    } else {
+                        format!("Machine {name} is starting ({unit}); its init did not report ready within {timeout}s.")
+                    });
+                    serde_json::json!({ "unit": unit, "ready": ready, "already_running": already })
+                });
+                if let Err(e) = &result {
+                    failed = true;
+                    report_failure(e);
                 }
-                if !cli.output.quiet || format.is_json() {
-                    format.emit(&record, |_| {
-                        if already {
-                            format!("Machine {name} is running already ({unit}).")
-                        } else if ready {
-                            format!("Machine {name} is running ({unit}); its init reported ready.")
-                        } else if no_block {
-                            format!("Machine {name} is starting ({unit}).")
-                        } else {
-                            format!(
-                                "Machine {name} is starting ({unit}); its init did not report ready within {timeout}s."
-                            )
-                        }
-                    })?;
-                }
+                records.push(per_name_record(name, &result));
+            }
+            // One document for all of them, the failed ones with their error.
+            if format.is_json() {
+                format.emit(&records, |_| String::new())?;
+            } else if !cli.output.quiet && !lines.is_empty() {
+                println!("{}", lines.join("\n"));
             }
             if failed {
                 return Ok(ExitCode::from(super::EXIT_FAILURE));
@@ -687,27 +748,40 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
         Command::Poweroff { names, no_block } => {
             let signal = crate::machine::init::poweroff_signal();
             let done = at_once(&names, |name| bounded(&bus, machine.signal_machine(name, signal, !no_block))).await;
-            return Ok(all_or_report(done));
+            return all_or_report(
+                format,
+                &names,
+                done,
+                |_| serde_json::json!({ "signal": signal, "waited": !no_block }),
+            );
         }
         Command::Reboot { names } => {
             let signal = crate::machine::init::REBOOT_SIGNAL;
             let done = at_once(&names, |name| bounded(&bus, machine.signal_machine(name, signal, false))).await;
-            return Ok(all_or_report(done));
+            return all_or_report(format, &names, done, |_| serde_json::json!({ "signal": signal }));
         }
         Command::Terminate { names } => {
             let done = at_once(&names, |name| bounded(&bus, machine.terminate_machine(name))).await;
-            return Ok(all_or_report(done));
+            return all_or_report(format, &names, done, |_| serde_json::json!({}));
         }
         Command::Kill { names, signal, kill_whom } => {
             let signal = signal_number(&signal)?;
-            for name in names {
-                bounded(&bus, machine.kill_machine(&name, &kill_whom, signal)).await?;
+            for name in &names {
+                bounded(&bus, machine.kill_machine(name, &kill_whom, signal)).await?;
+            }
+            if format.is_json() {
+                let records: Vec<_> = names
+                    .iter()
+                    .map(|name| serde_json::json!({ "name": name, "signal": signal, "kill_whom": kill_whom }))
+                    .collect();
+                format.emit(&records, |_| String::new())?;
             }
         }
         Command::List { all } => {
             let mut machines = within(machine.list_machines()).await?;
             machines.retain(|m| all || m.name != ".host");
-            format.emit(&machines, |machines| {
+            let views: Vec<MachineView> = machines.iter().map(MachineView::new).collect();
+            format.emit(&views, |_| {
                 if machines.is_empty() {
                     return if format.legend() { "No machines.".to_string() } else { String::new() };
                 }
@@ -726,7 +800,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
                 info.addresses.truncate(max);
                 info.addresses.push("…".to_string());
             }
-            format.emit(&info, status_text)?;
+            format.emit(&MachineView::new(&info), |view| status_text(view.info))?;
             if !format.is_json() && lines > 0 {
                 // As machinectl status: the unit's last journal lines, read
                 // with the caller's own rights (none when it may not read them).
@@ -745,7 +819,12 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
                 properties::MACHINE_ORDER,
             );
             props.extend(info.limits.iter().map(|(k, v)| (k.clone(), properties::PropValue::Str(v.clone()))));
-            let keeping = if format.is_json() { kept_settings(&bus, &name).await? } else { Default::default() };
+            let mut keeping = if format.is_json() { kept_settings(&bus, &name).await? } else { Default::default() };
+            if format.is_json() {
+                // Beside machinectl's flat properties, the limits in the
+                // shape of SavedLimits and of status's limits.
+                keeping.insert("Limits".to_string(), limits_object(&info.limits));
+            }
             print_properties(format, &props, &select.selection(), &format!("machine '{name}'"), keeping)?;
         }
         Command::ShowImage { name, select } => {
@@ -796,7 +875,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             }
             let limits: serde_json::Map<String, serde_json::Value> =
                 parsed.iter().map(|p| (p.limit.name().to_string(), p.value_text().into())).collect();
-            let record = serde_json::json!({ "machine": name, "limits": limits, "save": save, "check": check });
+            let record = serde_json::json!({ "name": name, "limits": limits, "save": save, "check": check });
             if format.is_json() {
                 format.emit(&record, |_| String::new())?;
             } else if check && !cli.output.quiet {
@@ -812,7 +891,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             }
             if format.is_json() {
                 let records: Vec<_> =
-                    names.iter().map(|name| serde_json::json!({ "machine": name, "enabled": enable })).collect();
+                    names.iter().map(|name| serde_json::json!({ "name": name, "enabled": enable })).collect();
                 format.emit(&records, |_| String::new())?;
             }
         }
@@ -820,7 +899,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             let source = host_path(&source)?;
             let destination = destination.unwrap_or_else(|| source.clone());
             bounded(&bus, machine.bind_mount_machine(&name, &source, &destination, read_only, mkdir)).await?;
-            let record = serde_json::json!({ "machine": name, "source": source, "destination": destination, "read_only": read_only });
+            let record = serde_json::json!({ "name": name, "source": source, "destination": destination, "read_only": read_only });
             if !cli.output.quiet || format.is_json() {
                 format.emit(&record, |_| format!("Bound {source} to {destination} in machine {name}."))?;
             }
@@ -829,7 +908,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             let source = host_path(&source)?;
             let destination = destination.unwrap_or_else(|| source.clone());
             bounded(&bus, machine.copy_to_machine(&name, &source, &destination)).await?;
-            let record = serde_json::json!({ "machine": name, "source": source, "destination": destination });
+            let record = serde_json::json!({ "name": name, "source": source, "destination": destination });
             if !cli.output.quiet || format.is_json() {
                 format.emit(&record, |_| format!("Copied {source} to {destination} in machine {name}."))?;
             }
@@ -837,7 +916,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
         Command::CopyFrom { name, source, destination } => {
             let destination = host_path(destination.as_deref().unwrap_or(Path::new(&source)))?;
             bounded(&bus, machine.copy_from_machine(&name, &source, &destination)).await?;
-            let record = serde_json::json!({ "machine": name, "source": source, "destination": destination });
+            let record = serde_json::json!({ "name": name, "source": source, "destination": destination });
             if !cli.output.quiet || format.is_json() {
                 format.emit(&record, |_| format!("Copied {source} in machine {name} to {destination}."))?;
             }
@@ -859,14 +938,14 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             let limit = crate::machine::quota::parse_size(size).map_err(|e| CliError::Usage(e.to_string()))?;
             bounded(&bus, machine.set_image_limit(name.unwrap_or(""), limit.unwrap_or(u64::MAX))).await?;
             if format.is_json() {
-                format.emit(&serde_json::json!({ "image": name, "limit": limit }), |_| String::new())?;
+                format.emit(&serde_json::json!({ "name": name, "limit": limit }), |_| String::new())?;
             }
         }
         Command::Clean { all } => {
             let removed = bounded(&bus, machine.clean_images(all)).await?;
             if !cli.output.quiet || format.is_json() {
                 let records: Vec<_> =
-                    removed.iter().map(|(name, freed)| serde_json::json!({ "image": name, "freed": freed })).collect();
+                    removed.iter().map(|(name, freed)| serde_json::json!({ "name": name, "freed": freed })).collect();
                 format.emit(&records, |_| clean_text(&removed))?;
             }
         }
@@ -876,17 +955,23 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::CancelTransfer { ids } => {
             let ids = ids.iter().map(|id| parse_transfer_id(id)).collect::<Result<Vec<_>, _>>()?;
-            for id in ids {
-                bounded(&bus, machine.cancel_transfer(id)).await?;
+            for id in &ids {
+                bounded(&bus, machine.cancel_transfer(*id)).await?;
+            }
+            if format.is_json() {
+                let records: Vec<_> = ids.iter().map(|id| serde_json::json!({ "id": id })).collect();
+                format.emit(&records, |_| String::new())?;
             }
         }
         Command::ExportTar { name, file } => {
+            let written = host_path(&file)?;
             export(&bus, &machine, show, &name, &file, false).await?;
-            emit_path(format, cli.output.quiet, "Exported to", &file.display().to_string())?;
+            emit_path(format, cli.output.quiet, "Exported to", &written)?;
         }
         Command::ExportRaw { name, file } => {
+            let written = host_path(&file)?;
             export(&bus, &machine, show, &name, &file, true).await?;
-            emit_path(format, cli.output.quiet, "Exported to", &file.display().to_string())?;
+            emit_path(format, cli.output.quiet, "Exported to", &written)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -147,13 +147,6 @@ pub(crate) fn parse_bool(word: &str) -> Result<bool, String> {
     }
 }
 
-/// What `read-only` reports with `--json`.
-#[derive(Debug, serde::Serialize)]
-pub(crate) struct ReadOnlyResult {
-    pub image: String,
-    pub read_only: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

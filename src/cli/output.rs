@@ -89,6 +89,41 @@ impl Format {
     }
 }
 
+/// `read-only --json` of both tools: the image named as `list` and
+/// `list-images` name it (its file name) and its path.
+#[derive(Debug, Serialize)]
+pub struct ReadOnlyView {
+    pub name: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+impl ReadOnlyView {
+    /// `argument` as the daemon took it (a name in `pool`, or a path).
+    pub fn new(pool: &crate::image::Pool, argument: &str, read_only: bool) -> Result<ReadOnlyView, CliError> {
+        let cwd = super::current_dir()?;
+        let path = pool.locate(argument, Some(&cwd)).map_err(|e| CliError::Usage(e.to_string()))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(ReadOnlyView { name, path: path.display().to_string(), read_only })
+    }
+}
+
+/// What a command on several machines gives with `--json` for each: its
+/// `name` and what was done, or the error it failed with, in the shape a
+/// whole command's error has.
+pub fn per_name_record(name: &str, result: &Result<serde_json::Value, CliError>) -> serde_json::Value {
+    let mut record = match result {
+        Ok(serde_json::Value::Object(fields)) => fields.clone(),
+        Ok(_) => serde_json::Map::new(),
+        Err(error) => serde_json::Map::from_iter([(
+            "error".to_string(),
+            serde_json::json!({ "kind": error.kind(), "message": super::one_line(&error.to_string()) }),
+        )]),
+    };
+    record.insert("name".to_string(), name.into());
+    serde_json::Value::Object(record)
+}
+
 /// Lays out rows under headers (printed if `legend`), each column as wide
 /// as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>], legend: bool) -> String {
@@ -196,6 +231,19 @@ mod tests {
         assert_eq!(
             table(&["NAME", "KIND", "STATE"], &rows, true),
             "NAME       KIND      STATE\nfoobar.raw squashfs  attached\nx          directory detached"
+        );
+    }
+
+    /// A machine of several: what was done, or its error as a whole
+    /// command's error document has it, beside its name.
+    #[test]
+    fn per_name_records_carry_the_name_and_the_error() {
+        let done = per_name_record("f28", &Ok(serde_json::json!({ "signal": 2 })));
+        assert_eq!(done, serde_json::json!({ "name": "f28", "signal": 2 }));
+        let failed = per_name_record("f29", &Err(CliError::Usage("machine 'f29'\n is not running".into())));
+        assert_eq!(
+            failed,
+            serde_json::json!({ "name": "f29", "error": { "kind": "usage", "message": "machine 'f29' is not running" } })
         );
     }
 

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::output::{Format, OutputArgs, images_table_by};
+use super::output::{Format, OutputArgs, ReadOnlyView, images_table_by};
 use super::progress::{bounded, with_progress, within};
-use super::{CliError, ReadOnlyResult, current_dir, parse_bool, system_bus};
+use super::{CliError, current_dir, parse_bool, system_bus};
 use crate::api::{ImageInfo, OperationResult, PartitionInfo, PortableProxy, UnitInfo, flags};
 use crate::image::Pool;
 use crate::portable::ops::Host;
@@ -344,7 +344,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     crate::portable::status::status(&Host::system(), &systemd, &path, &state).await
                 };
                 let status = status.await.map_err(|e: crate::portable::Error| CliError::Daemon(e.into()))?;
-                format.emit(&status, |_| String::new())?;
+                format.emit(&AttachedView::new(&status), |_| String::new())?;
             } else if !cli.output.quiet {
                 println!("{state}");
             }
@@ -357,7 +357,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let image = Pool::portables().argument_for_daemon(&image, &cwd);
                 removed.push(bounded(&bus, portable.remove_image(&image)).await?);
             }
-            if !cli.output.quiet {
+            if !cli.output.quiet || format.is_json() {
                 format.emit(&removed, |removed| {
                     removed.iter().map(|p| format!("Removed {p}.")).collect::<Vec<_>>().join("\n")
                 })?;
@@ -384,13 +384,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let limit = crate::machine::quota::parse_size(size).map_err(|e| CliError::Usage(e.to_string()))?;
             bounded(&bus, portable.set_image_limit(image.unwrap_or(""), limit.unwrap_or(u64::MAX))).await?;
             if format.is_json() {
-                format.emit(&serde_json::json!({ "image": image, "limit": limit }), |_| String::new())?;
+                format.emit(&serde_json::json!({ "name": image, "limit": limit }), |_| String::new())?;
             }
         }
         Command::ReadOnly { image, read_only } => {
             let image = Pool::portables().argument_for_daemon(&image, &current_dir()?);
             bounded(&bus, portable.mark_read_only(&image, read_only)).await?;
-            format.emit(&ReadOnlyResult { image, read_only }, |_| String::new())?;
+            format.emit(&ReadOnlyView::new(&Pool::portables(), &image, read_only)?, |_| String::new())?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -477,6 +477,25 @@ fn open_image(pool: &Pool, arg: &str) -> Result<(String, std::fs::File), CliErro
     let path = pool.locate(arg, Some(&current_dir()?)).map_err(|e| image_error(&e))?;
     let file = std::fs::File::open(&path).map_err(|e| CliError::Usage(format!("image '{}': {e}", path.display())))?;
     Ok((path.display().to_string(), file))
+}
+
+/// `is-attached --json`: the image named as `list` and `inspect` name it
+/// (`name`, `path`), then its attachment (whose `image`, the path, stays
+/// for the scripts that read it).
+#[derive(Debug, serde::Serialize)]
+struct AttachedView<'a> {
+    name: String,
+    path: &'a str,
+    #[serde(flatten)]
+    status: &'a crate::portable::status::ImageStatus,
+}
+
+impl<'a> AttachedView<'a> {
+    fn new(status: &'a crate::portable::status::ImageStatus) -> Self {
+        let path = status.image.as_str();
+        let name = std::path::Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        AttachedView { name, path, status }
+    }
 }
 
 /// `inspect --json`: the record, with os-release as an object.

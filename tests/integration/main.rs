@@ -24,6 +24,7 @@ mod packaging;
 mod portable;
 mod portablectl;
 mod pull;
+mod schema;
 mod security;
 mod store;
 
@@ -152,6 +153,7 @@ fn main() -> ExitCode {
     trials.extend(audit::trials(&shared));
     trials.extend(deadline::trials(&shared));
     trials.extend(security::trials(&shared));
+    trials.extend(schema::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");

@@ -249,7 +249,10 @@ def main():
         result["changed"] = True
         running, live = True, dict(wanted)
         if not check:
-            started = require(module, cli.run(["start", "--timeout", str(p["timeout"]), name]), ("unit", "ready"), "machine start --json")
+            started = cli.run(["start", "--timeout", str(p["timeout"]), name])
+            # One document: a record per machine named (older wharf printed the record itself).
+            started = (started or [None])[0] if isinstance(started, list) else started
+            started = require(module, started, ("unit", "ready"), "machine start --json")
             result.update(unit=started["unit"], ready=started["ready"])
             if not started["ready"]:
                 module.warn("machine %s started, but its init did not report ready within %ds" % (name, p["timeout"]))
