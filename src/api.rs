@@ -242,16 +242,16 @@ pub trait Portable {
         copy_mode: &str,
         flags: u64,
     ) -> zbus::Result<OperationResult>;
-    /// [`Self::attach_image`] with extension images stacked on it, in order.
-    #[allow(clippy::too_many_arguments)]
-    fn attach_image_with_extensions(
+    /// [`Self::attach_image`] with options: `extensions` (`as`, images
+    /// stacked on it, in order) and `image-policy` (`s`, systemd's syntax).
+    fn attach_image_with_options(
         &self,
         image: &str,
         prefixes: &[String],
-        extensions: &[String],
         profile: &str,
         copy_mode: &str,
         flags: u64,
+        options: &std::collections::HashMap<&str, zbus::Variant<'_>>,
     ) -> zbus::Result<OperationResult>;
     /// Attaches several images, each with its own prefixes, in one transaction and one reload.
     fn attach_images(
@@ -282,16 +282,15 @@ pub trait Portable {
         copy_mode: &str,
         flags: u64,
     ) -> zbus::Result<OperationResult>;
-    /// [`Self::reattach_image`], the new version with these extensions.
-    #[allow(clippy::too_many_arguments)]
-    fn reattach_image_with_extensions(
+    /// [`Self::reattach_image`] with the options of [`Self::attach_image_with_options`].
+    fn reattach_image_with_options(
         &self,
         image: &str,
         prefixes: &[String],
-        extensions: &[String],
         profile: &str,
         copy_mode: &str,
         flags: u64,
+        options: &std::collections::HashMap<&str, zbus::Variant<'_>>,
     ) -> zbus::Result<OperationResult>;
     /// The image's path and state (detached, attached, running, ...).
     fn get_image_state(&self, image: &str) -> zbus::Result<(String, String)>;

@@ -85,9 +85,28 @@ pub struct AttachArgs {
     /// the image, as systemd's ExtensionImages= does; repeatable, in order.
     #[arg(long = "extension", value_name = "IMAGE")]
     pub extensions: Vec<String>,
+    /// The image policy (systemd.image-policy(7)) the image must satisfy:
+    /// checked now, and written as RootImagePolicy= so that systemd checks it
+    /// at every start (a file swapped in later that does not satisfy it is
+    /// refused). File images only; systemd 254 or later.
+    #[arg(long, value_name = "POLICY")]
+    pub image_policy: Option<String>,
 }
 
 impl AttachArgs {
+    /// The options of the calls that take them, or `None` when there are
+    /// none: the plain calls are the ones every wharfd knows.
+    fn options(&self, extensions: &[String]) -> Option<std::collections::HashMap<&'static str, zbus::Variant<'static>>> {
+        let mut options = std::collections::HashMap::new();
+        if !extensions.is_empty() {
+            options.insert("extensions", zbus::Variant::from(extensions.to_vec()));
+        }
+        if let Some(policy) = &self.image_policy {
+            options.insert("image-policy", zbus::Variant::from(policy.clone()));
+        }
+        (!options.is_empty()).then_some(options)
+    }
+
     fn flags(&self) -> u64 {
         [
             (self.runtime, flags::RUNTIME),
@@ -261,20 +280,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             } else {
                 let (image, prefixes) = attach.args.split_first().expect("clap requires an image");
                 let image = pool.argument_for_daemon(image, &cwd);
-                // The call without extensions is the one every wharfd knows.
-                if extensions.is_empty() {
-                    let call = portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags());
-                    with_progress(&bus, show, call).await?
-                } else {
-                    let call = portable.attach_image_with_extensions(
-                        &image,
-                        prefixes,
-                        &extensions,
-                        &attach.profile,
-                        copy,
-                        attach.flags(),
-                    );
-                    with_progress(&bus, show, call).await?
+                match attach.options(&extensions) {
+                    None => {
+                        let call = portable.attach_image(&image, prefixes, &attach.profile, copy, attach.flags());
+                        with_progress(&bus, show, call).await?
+                    }
+                    Some(options) => {
+                        let call =
+                            portable.attach_image_with_options(&image, prefixes, &attach.profile, copy, attach.flags(), &options);
+                        with_progress(&bus, show, call).await?
+                    }
                 }
             };
             emit_operation(format, cli.output.quiet, &result, Verb::Start, attach.check)?;
@@ -318,11 +333,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let extensions: Vec<String> = attach.extensions.iter().map(|e| pool.argument_for_daemon(e, &cwd)).collect();
             let show = !cli.output.quiet && !format.is_json();
             let (profile, copy, flags) = (&attach.profile, attach.copy.as_str(), attach.flags());
-            let result = if extensions.is_empty() {
-                with_progress(&bus, show, portable.reattach_image(&image, prefixes, profile, copy, flags)).await?
-            } else {
-                let call = portable.reattach_image_with_extensions(&image, prefixes, &extensions, profile, copy, flags);
-                with_progress(&bus, show, call).await?
+            let result = match attach.options(&extensions) {
+                None => with_progress(&bus, show, portable.reattach_image(&image, prefixes, profile, copy, flags)).await?,
+                Some(options) => {
+                    let call = portable.reattach_image_with_options(&image, prefixes, profile, copy, flags, &options);
+                    with_progress(&bus, show, call).await?
+                }
             };
             emit_operation(format, cli.output.quiet, &result, Verb::Restart, attach.check)?;
         }
@@ -474,7 +490,7 @@ fn image_error(error: &crate::image::Error) -> CliError {
 
 /// Finds an image as the user named it and opens it with the user's rights.
 fn open_image(pool: &Pool, arg: &str) -> Result<(String, std::fs::File), CliError> {
-    let path = pool.locate(arg, Some(&current_dir()?)).map_err(|e| image_error(&e))?;
+    let path = pool.locate_image(arg, Some(&current_dir()?)).map_err(|e| image_error(&e))?;
     let file = std::fs::File::open(&path).map_err(|e| CliError::Usage(format!("image '{}': {e}", path.display())))?;
     Ok((path.display().to_string(), file))
 }

@@ -1,10 +1,12 @@
 //! `org.wharf1.Portable`: portable service images.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use zbus::Connection;
 use zbus::message::Header;
+use zbus::OwnedVariant;
 
 use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
@@ -301,21 +303,23 @@ impl PortableInterface {
         self.attach_one(request, profile, copy_mode, flags, connection, &header).await
     }
 
-    /// [`Self::attach_image`] with extension images (names or paths)
-    /// stacked on the image, in order (as portablectl's extension option). Root only.
+    /// [`Self::attach_image`] with options: `extensions` (`as`: extension
+    /// images, names or paths, stacked on the image in order, as
+    /// portablectl's extension option) and `image-policy` (`s`: the policy
+    /// the image must satisfy and the attachment is pinned to). Root only.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
-    async fn attach_image_with_extensions(
+    async fn attach_image_with_options(
         &self,
         image: String,
         prefixes: Vec<String>,
-        extensions: Vec<String>,
         profile: String,
         copy_mode: String,
         flags: u64,
+        options: HashMap<String, OwnedVariant>,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let request = ImageRequest { image, prefixes, extensions };
+        let request = request_with_options(image, prefixes, options)?;
         self.attach_one(request, profile, copy_mode, flags, connection, &header).await
     }
 
@@ -370,7 +374,7 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let request = ImageRequest { image, prefixes, extensions };
+        let request = ImageRequest { image, prefixes, extensions, ..Default::default() };
         self.detach_one(request, flags, connection, &header).await
     }
 
@@ -413,20 +417,21 @@ impl PortableInterface {
         self.reattach_one(request, profile, copy_mode, flags, connection, &header).await
     }
 
-    /// [`Self::reattach_image`], the new version with these extensions. Root only.
+    /// [`Self::reattach_image`] with the options of
+    /// [`Self::attach_image_with_options`]. Root only.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
-    async fn reattach_image_with_extensions(
+    async fn reattach_image_with_options(
         &self,
         image: String,
         prefixes: Vec<String>,
-        extensions: Vec<String>,
         profile: String,
         copy_mode: String,
         flags: u64,
+        options: HashMap<String, OwnedVariant>,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let request = ImageRequest { image, prefixes, extensions };
+        let request = request_with_options(image, prefixes, options)?;
         self.reattach_one(request, profile, copy_mode, flags, connection, &header).await
     }
 
@@ -515,6 +520,25 @@ impl From<Error> for BusError {
     }
 }
 
+/// An attach request with the options of `AttachImageWithOptions`; an
+/// unknown option, or one of the wrong type, is refused in one line.
+fn request_with_options(
+    image: String,
+    prefixes: Vec<String>,
+    options: HashMap<String, OwnedVariant>,
+) -> Result<ImageRequest, BusError> {
+    let mut request = ImageRequest { image, prefixes, ..Default::default() };
+    for (key, value) in options {
+        let wrong = |wanted: &str| BusError::InvalidArgument(format!("option '{key}' must be {wanted}"));
+        match key.as_str() {
+            "extensions" => request.extensions = Vec::<String>::try_from(value).map_err(|_| wrong("a list of strings"))?,
+            "image-policy" => request.image_policy = Some(String::try_from(value).map_err(|_| wrong("a string"))?),
+            _ => return Err(BusError::InvalidArgument(format!("unknown option '{key}' (known: extensions, image-policy)"))),
+        }
+    }
+    Ok(request)
+}
+
 /// The D-Bus error for a portable error, carrying `message`.
 pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
     match error {
@@ -529,7 +553,9 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         | Error::NoReloadWithNow
         | Error::InvalidExtensionPath { .. }
         | Error::DuplicateExtension { .. } => BusError::InvalidArgument(message),
-        Error::ExtensionDirectoriesUnsupported(..) => BusError::Failed(message),
+        Error::ExtensionDirectoriesUnsupported(..) | Error::ImagePolicyUnsupported(_) => BusError::Failed(message),
+        Error::ImagePolicy(_) | Error::ImagePolicyOnDirectory(_) => BusError::InvalidArgument(message),
+        Error::ImagePolicyRefuses { .. } => BusError::BadImage(message),
         Error::NoUnits(_) | Error::Install(_) | Error::HostExec { .. } => BusError::BadImage(message),
         Error::UnitExists { .. }
         | Error::Shadowed { .. }

@@ -136,6 +136,7 @@ impl ImageCache {
                 .collect(),
             // Fleet files stack no extensions.
             extensions: Vec::new(),
+            image_policy: None,
         })
     }
 
@@ -247,6 +248,7 @@ mod tests {
                 contents: "[Service]\nExecStart=/x\n".into(),
             }],
             extensions: Vec::new(),
+            image_policy: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod loop_device;
 pub mod mount;
 pub mod name;
 pub mod os_release;
+pub mod policy;
 pub mod pool;
 pub mod readonly;
 mod served;

@@ -151,6 +151,20 @@ impl Pool {
         Err(Error::NotFound(arg.to_string(), self.describe()))
     }
 
+    /// [`Pool::locate`], and where that finds a link in a directory of the
+    /// search path, the image it links to: portabled links images attached
+    /// from elsewhere into /etc/portables, and so does wharf, and the
+    /// attachment is the image's, under its own path. (Not for removing:
+    /// `remove` of a link removes the link.)
+    pub fn locate_image(&self, arg: &str, cwd: Option<&Path>) -> Result<PathBuf> {
+        let path = self.locate(arg, cwd)?;
+        let linked = path.parent().is_some_and(|dir| self.dirs.iter().any(|d| d == dir)) && path.is_symlink();
+        if linked {
+            return std::fs::canonicalize(&path).map_err(Error::io(&path));
+        }
+        Ok(path)
+    }
+
     /// What a client sends the daemon for an image argument typed in `cwd`:
     /// the argument itself when it is a name the daemon will find in the
     /// search path, else an absolute path (the daemon's working directory is `/`).
@@ -310,6 +324,11 @@ mod tests {
         let missing = pool.locate("nope", here).unwrap_err().to_string();
         assert!(missing.starts_with("image 'nope' not found in the search path ("), "{missing}");
         assert!(pool.locate("../x", here).is_err());
+        // A link in the search path leads to its image.
+        std::os::unix::fs::symlink(cwd.join("local.raw"), root.join("run/portables/linked.raw")).unwrap();
+        assert_eq!(pool.locate("linked", here).unwrap(), root.join("run/portables/linked.raw"));
+        assert_eq!(pool.locate_image("linked", here).unwrap(), std::fs::canonicalize(cwd.join("local.raw")).unwrap());
+        std::fs::remove_file(root.join("run/portables/linked.raw")).unwrap();
 
         assert_eq!(pool.argument_for_daemon("foo", &cwd), "foo");
         assert_eq!(pool.argument_for_daemon("local.raw", &cwd), cwd.join("local.raw").display().to_string());

@@ -101,6 +101,14 @@ pub enum Error {
     AttachedByPortabled { unit: String, image: String, path: PathBuf },
     #[error("image '{0}' was attached by portablectl, not by wharf; detach or reattach it with portablectl")]
     PortabledAttachment(String),
+    #[error(transparent)]
+    ImagePolicy(#[from] crate::image::policy::Error),
+    #[error("image '{0}': an image policy applies to file images; a directory image has no partitions")]
+    ImagePolicyOnDirectory(String),
+    #[error("image '{image}' does not satisfy the image policy '{policy}': {why}")]
+    ImagePolicyRefuses { image: String, policy: String, why: String },
+    #[error("--image-policy needs systemd 254 or later (RootImagePolicy=); this is systemd {0}")]
+    ImagePolicyUnsupported(u32),
     #[error("unit '{unit}' of image '{image}' is already attached {how}")]
     AttachedOtherwise { unit: String, image: String, how: &'static str },
     #[error("image '{0}' is not attached")]

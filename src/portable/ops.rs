@@ -90,6 +90,8 @@ pub struct ImageRequest {
     pub image: String,
     pub prefixes: Vec<String>,
     pub extensions: Vec<String>,
+    /// The image policy it must satisfy, and is pinned to when attached.
+    pub image_policy: Option<String>,
 }
 
 /// What an operation did.
@@ -169,7 +171,7 @@ fn locate_open(
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
-    let located = host.pool.locate(image, None)?;
+    let located = host.pool.locate_image(image, None)?;
     let mut path = std::path::absolute(&located).map_err(io(&located))?;
     let mut file = std::fs::File::open(&path).map_err(io(&path))?;
     let mut kind = ImageKind::detect_open(&file, &path)?;
@@ -225,6 +227,10 @@ fn read_source_as(
     let prefixes = choose_prefixes(&path, &name, &request.prefixes, &os_release)?;
     let mut units = find_units(opened.tree.as_mut(), &prefixes)
         .map_err(|source| crate::image::Error::Unit { image: path.clone(), source })?;
+    let image_policy = match &request.image_policy {
+        Some(text) => Some(check_image_policy(&path, kind, &opened.partitions, text)?),
+        None => None,
+    };
     drop(opened);
     let mut extensions: Vec<Extension> = Vec::new();
     for wanted in &request.extensions {
@@ -238,8 +244,66 @@ fn read_source_as(
         let added = merge_units(&mut units, found);
         extensions.push(Extension { image: ext.path, kind: ext.kind, units: added });
     }
-    Ok(Source { image: path, kind, units, extensions })
+    Ok(Source { image: path, kind, units, extensions, image_policy })
 }
+
+/// Checks an image against a policy as systemd would when it dissects the
+/// image for the service, and returns the policy to pin it to. A file
+/// system image is one root partition without protection; a GPT image's
+/// partitions are checked by their designators, a root or usr partition
+/// with a verity partition beside it as `verity` (with a signature
+/// partition, `signed`).
+fn check_image_policy(
+    path: &Path,
+    kind: ImageKind,
+    partitions: &[crate::image::inspect::Partition],
+    text: &str,
+) -> Result<String> {
+    use crate::image::policy::{DESIGNATORS, ImagePolicy};
+    let policy = ImagePolicy::parse(text)?;
+    let image = path.display().to_string();
+    if !kind.is_file() {
+        return Err(Error::ImagePolicyOnDirectory(image));
+    }
+    let refused = |why: String| Error::ImagePolicyRefuses { image: image.clone(), policy: text.to_string(), why };
+    if partitions.is_empty() {
+        if let Some(why) = policy.refuses("root", "unprotected", Some(kind.to_string().as_str())) {
+            return Err(refused(why));
+        }
+        return Ok(policy.as_str().to_string());
+    }
+    let has = |role: &str| partitions.iter().any(|p| p.role == role);
+    for partition in partitions {
+        let role = partition.role.as_str();
+        if !DESIGNATORS.contains(&role) || role.ends_with("-verity") || role.ends_with("-verity-sig") {
+            continue;
+        }
+        let protection = match (has(&format!("{role}-verity")), has(&format!("{role}-verity-sig"))) {
+            (true, true) => "signed",
+            (true, false) => "verity",
+            _ => "unprotected",
+        };
+        if let Some(why) = policy.refuses(role, protection, None) {
+            return Err(refused(why));
+        }
+    }
+    Ok(policy.as_str().to_string())
+}
+
+/// Refuses an image policy where systemd cannot pin to it.
+async fn check_image_policy_support(systemd: &impl UnitManager, requests: &[ImageRequest]) -> Result<()> {
+    if requests.iter().all(|r| r.image_policy.is_none()) {
+        return Ok(());
+    }
+    let version = systemd.version().await?;
+    if version < SYSTEMD_ROOT_IMAGE_POLICY {
+        return Err(Error::ImagePolicyUnsupported(version));
+    }
+    Ok(())
+}
+
+/// The first systemd with `RootImagePolicy=`.
+pub const SYSTEMD_ROOT_IMAGE_POLICY: u32 = 254;
 
 /// The source of a request: read (an xz image decompressed into the pool),
 /// or for a plan only previewed, with nothing written.
@@ -266,7 +330,7 @@ async fn check_extension_support(host: &Host, systemd: &impl UnitManager, reques
     for request in requests {
         for extension in &request.extensions {
             // One that cannot be located is named by the read that follows.
-            let Ok(path) = host.pool.locate(extension, None) else { continue };
+            let Ok(path) = host.pool.locate_image(extension, None) else { continue };
             if path.is_dir() {
                 return Err(Error::ExtensionDirectoriesUnsupported(path.display().to_string(), version));
             }
@@ -292,6 +356,7 @@ pub async fn attach(
 ) -> Result<Outcome> {
     actions.check()?;
     check_extension_support(host, systemd, &requests).await?;
+    check_image_policy_support(systemd, &requests).await?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
@@ -485,7 +550,7 @@ fn attachments_among(host: &Host, existing: Attachments, image: &str) -> Result<
 /// itself, or (for a bare name) a file of that name, with or without `.raw`.
 fn path_matcher(host: &Host, image: &str) -> (Option<String>, impl Fn(&str) -> bool + use<>) {
     let located =
-        host.pool.locate(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
+        host.pool.locate_image(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
     let (wanted, image) = (located.clone(), image.to_string());
     let names_it = move |path: &str| {
         Some(path) == wanted.as_deref() || path == image || {
@@ -781,6 +846,7 @@ pub async fn reattach(
 ) -> Result<Outcome> {
     actions.check()?;
     check_extension_support(host, systemd, std::slice::from_ref(&request)).await?;
+    check_image_policy_support(systemd, std::slice::from_ref(&request)).await?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;

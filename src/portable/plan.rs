@@ -64,6 +64,8 @@ pub struct Source {
     pub units: Vec<UnitFile>,
     /// Extension images stacked on it, in order (`--extension`).
     pub extensions: Vec<Extension>,
+    /// The image policy it satisfies and is pinned to (`--image-policy`).
+    pub image_policy: Option<String>,
 }
 
 /// An extension image stacked on a [`Source`].
@@ -133,6 +135,9 @@ pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool) 
         let root = if source.kind.is_file() { "RootImage" } else { "RootDirectory" };
         let name = source.portable_name();
         text.push_str(&format!("[Service]\n{root}={image}\n"));
+        if let Some(policy) = &source.image_policy {
+            text.push_str(&format!("RootImagePolicy={policy}\n"));
+        }
         // Stacked in the order given, as systemd stacks each list.
         let list = |files: bool| -> Vec<String> {
             source
@@ -586,6 +591,7 @@ mod tests {
             kind: ImageKind::Squashfs,
             units: units.iter().map(|u| unit(u)).collect(),
             extensions: Vec::new(),
+            image_policy: None,
         }
     }
 
@@ -626,6 +632,7 @@ mod tests {
             kind: ImageKind::Directory,
             units: vec![unit("foobar.service")],
             extensions: Vec::new(),
+            image_policy: None,
         };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Auto, true, false)).unwrap();
         assert!(
@@ -657,6 +664,7 @@ mod tests {
             kind: ImageKind::Directory,
             units: vec![unit("foobar.service")],
             extensions: Vec::new(),
+            image_policy: None,
         };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Mixed, false, false)).unwrap();
         let unit = host.root.join("etc/systemd/system/foobar.service");

@@ -192,6 +192,9 @@ pub fn parse_version(version: &str) -> u32 {
 }
 
 /// A string property of a transient unit.
+/// systemd's answer to a clean of a unit whose directories are gone already.
+const NOTHING_TO_CLEAN: &str = "org.freedesktop.systemd1.NothingToClean";
+
 pub fn text(text: &str) -> zbus::OwnedVariant {
     zbus::OwnedVariant::try_from(zbus::Variant::from(text)).expect("a string holds no descriptor")
 }
@@ -400,11 +403,22 @@ impl Systemd {
 
     /// Removes the directories of stopped units (`systemctl clean
     /// --what=all`) and waits until systemd has done so.
+    /// A unit with nothing left to clean is clean: systemd says so with an
+    /// error of its own, which is no failure.
     pub async fn clean(&self, units: &[String]) -> Result<()> {
+        let mut cleaning = Vec::new();
         for unit in units {
-            self.bounded(format!("cleaning {unit}"), self.manager.clean_unit(unit.clone(), vec!["all".into()])).await?;
+            let call = async {
+                match self.manager.clean_unit(unit.clone(), vec!["all".into()]).await {
+                    Err(zbus::Error::MethodError(name, ..)) if name.as_str() == NOTHING_TO_CLEAN => Ok(false),
+                    other => other.map(|()| true),
+                }
+            };
+            if self.bounded(format!("cleaning {unit}"), call).await? {
+                cleaning.push(unit.clone());
+            }
         }
-        self.wait_for(units, condition::cleaned, "cleaned", Deadlines::get().job).await
+        self.wait_for(&cleaning, condition::cleaned, "cleaned", Deadlines::get().job).await
     }
 
     /// Starts units; when `wait`, until their jobs are done and then for

@@ -96,7 +96,7 @@ fn unprivileged_callers(tb: &Testbed) {
 
     tb.ok("portable read-only guarded.raw");
     assert_eq!(tb.ok("stat -c %a /var/lib/portables/guarded.raw").trim(), "444");
-    assert!(tb.ok("portable list --json").contains(r#""name":"guarded.raw","path":"/var/lib/portables/guarded.raw","kind":"squashfs","state":"detached","read_only":true"#));
+    assert!(tb.ok("portable list --json").contains(r#""name":"guarded.raw","path":"/var/lib/portables/guarded.raw","kind":"squashfs","state":"detached","attached_by":"","read_only":true"#));
     tb.ok("portable read-only guarded.raw no");
     assert_eq!(tb.ok("stat -c %a /var/lib/portables/guarded.raw").trim(), "644");
 

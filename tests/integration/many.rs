@@ -20,7 +20,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
 
 fn reset(tb: &Testbed) {
     tb.ok("systemctl stop 'foobar*' 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
-         rm -rf /etc/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* /var/lib/wharf/fleet.json \
+         rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* /var/lib/wharf/fleet.json \
          /srv/many; mkdir -p /srv/many; systemctl daemon-reload; systemctl reset-failed; true");
 }
 

@@ -223,7 +223,7 @@ fn reset(tb: &Testbed) {
            /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* \
            /etc/systemd/system.attached/*.wants/foobar* /run/systemd/system.attached/*.wants/foobar* \
            /run/systemd/system/*.wants/foobar* /etc/portables/foobar* /run/portables/foobar*; \
-         chattr -i /var/lib/portables/foobar_d 2>/dev/null; chmod -R u+w /var/lib/portables 2>/dev/null; \
+         for i in /var/lib/portables/*; do portable read-only \"$i\" no >/dev/null 2>&1; done; \
          rm -rf /var/lib/portables/*; cp -a {PRISTINE}/. /var/lib/portables/; \
          systemctl daemon-reload; systemctl reset-failed; true"
     ));
@@ -269,8 +269,14 @@ fn host_state(tb: &Testbed) -> String {
             get("RootDirectory")
         ));
     }
-    // Each image: its mode and whether it is immutable (lsattr's fifth flag).
-    state.push(tb.ok("cd /var/lib/portables && for i in *; do \
-           echo \"$i $(stat -c %a \"$i\") $(lsattr -d \"$i\" 2>/dev/null | cut -c5)\"; done"));
+    // Each image of the pool, and whether it is marked read-only (as wharf
+    // reads it: the immutable flag of a directory, a file's mode).
+    let listed: serde_json::Value = serde_json::from_str(&tb.ok("portable --json list")).unwrap();
+    for image in listed.as_array().unwrap() {
+        let path = image["path"].as_str().unwrap_or_default();
+        if let Some(name) = path.strip_prefix("/var/lib/portables/") {
+            state.push(format!("{name} read-only={}", image["read_only"]));
+        }
+    }
     state.join("; ").replace('\n', ", ")
 }
