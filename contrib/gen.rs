@@ -164,21 +164,33 @@ fn write_man_pages(out: &Path) -> Result<(), String> {
 }
 
 /// Completions named as each shell looks them up: bash by the command's
-/// name, zsh as `_NAME`, fish as `NAME.fish`.
+/// name, zsh as `_NAME`, fish as `NAME.fish`. Each is clap's completion
+/// (verbs, options, their fixed values) with the names it cannot know added:
+/// those of images, machines, transfers and profiles, asked of `portable` and
+/// `machine` themselves (as machinectl's completion asks machinectl) where
+/// `NAMES` says a word is one.
 fn write_completions(out: &Path) -> Result<(), String> {
     fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     for mut command in completed_commands() {
         let name = command.get_name().to_string();
+        let names = NAMES.iter().find(|names| names.tool == name).ok_or(format!("{name}: no entry in NAMES"))?;
+        names.check(&command)?;
         for (shell, file) in
             [(Shell::Bash, name.clone()), (Shell::Zsh, format!("_{name}")), (Shell::Fish, format!("{name}.fish"))]
         {
             let mut text = Vec::new();
             clap_complete::generate(shell, &mut command, &name, &mut text);
-            if shell == Shell::Bash {
-                text.extend_from_slice(BASH_REPLY_NAMES.as_bytes());
-                let names = if name == "machine" { MACHINE_BASH_NAMES } else { PORTABLE_BASH_NAMES };
-                text.extend_from_slice(names.as_bytes());
-            }
+            let clap = String::from_utf8(text).map_err(|e| format!("clap's {shell} completion of {name}: {e}"))?;
+            let text = match shell {
+                Shell::Bash => format!("{clap}{BASH_REPLY_NAMES}{}{}", names.posix_functions(), names.bash()),
+                Shell::Zsh => names.zsh(&clap)?,
+                _ if !clap.contains(&format!("function __fish_{name}_using_subcommand\n")) => {
+                    return Err(format!(
+                        "clap's fish completion of {name} no longer has __fish_{name}_using_subcommand"
+                    ));
+                }
+                _ => format!("{clap}{}", names.fish(&command)),
+            };
             let path = out.join(file);
             fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         }
@@ -186,91 +198,452 @@ fn write_completions(out: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The kinds of names a word can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Images in the portable search path.
+    Images,
+    /// Portable images that are attached (or partly).
+    Attached,
+    /// Sandbox profiles: the directories in the profile directories, as
+    /// wharfd finds them.
+    Profiles,
+    /// Running machines.
+    Machines,
+    /// Machine images.
+    MachineImages,
+    /// wharfd's imports and exports.
+    Transfers,
+    /// The limits `set-property` takes, as `NAME=`.
+    Properties,
+}
+
+const SOURCES: [Source; 7] = [
+    Source::Images,
+    Source::Attached,
+    Source::Profiles,
+    Source::Machines,
+    Source::MachineImages,
+    Source::Transfers,
+    Source::Properties,
+];
+
+impl Source {
+    fn key(self) -> &'static str {
+        match self {
+            Source::Images => "images",
+            Source::Attached => "attached",
+            Source::Profiles => "profiles",
+            Source::Machines => "machines",
+            Source::MachineImages => "machine-images",
+            Source::Transfers => "transfers",
+            Source::Properties => "properties",
+        }
+    }
+
+    /// A pipeline that prints the names, one a line. It is written in
+    /// the words bash, zsh and fish share, so that every shell runs the
+    /// same one: a command, its arguments in single quotes, `|` and
+    /// `2>/dev/null`.
+    fn command(self) -> String {
+        let first_column = "--no-legend --no-pager 2>/dev/null | awk '{print $1}'";
+        match self {
+            Source::Images => format!("portable list {first_column}"),
+            Source::Attached => {
+                "portable list --no-legend --no-pager 2>/dev/null | awk '$5 != \"detached\" {print $1}'".to_string()
+            }
+            Source::Profiles => {
+                let dirs: Vec<String> =
+                    wharf::portable::profile::PROFILE_DIRS.iter().map(|dir| format!("/{dir}")).collect();
+                format!(
+                    "find -L {} -mindepth 1 -maxdepth 1 -type d -printf '%f\\n' 2>/dev/null | sort -u",
+                    dirs.join(" ")
+                )
+            }
+            Source::Machines => format!("machine list {first_column}"),
+            Source::MachineImages => format!("machine list-images {first_column}"),
+            Source::Transfers => format!("machine list-transfers {first_column}"),
+            Source::Properties => {
+                let limits: Vec<&str> = wharf::machine::property::LIMITS.iter().map(|limit| limit.name()).collect();
+                format!("printf '%s=\\n' {}", limits.join(" "))
+            }
+        }
+    }
+
+    /// A path does as well as a name here, so file names complete too.
+    fn or_path(self) -> bool {
+        matches!(self, Source::Images | Source::Attached | Source::MachineImages)
+    }
+
+    /// The names are the start of a word (`MemoryMax=`), not all of it:
+    /// no space after them.
+    fn is_prefix(self) -> bool {
+        self == Source::Properties
+    }
+}
+
+/// Where a command's words are names: the one table the three shells'
+/// completions are made from, so that they complete the same.
+struct Names {
+    tool: &'static str,
+    /// Options whose value is a name.
+    values: &'static [(&'static [&'static str], Source)],
+    /// Verbs, the names their first argument is, and those the ones after it are.
+    verbs: &'static [(&'static [&'static str], Source, Source)],
+}
+
+const NAMES: [Names; 2] = [
+    Names {
+        tool: "portable",
+        values: &[(&["--profile", "-p"], Source::Profiles)],
+        verbs: &[
+            (&["inspect", "attach", "reattach", "is-attached", "read-only", "remove"], Source::Images, Source::Images),
+            (&["detach"], Source::Attached, Source::Attached),
+        ],
+    },
+    Names {
+        tool: "machine",
+        values: &[],
+        verbs: &[
+            (
+                &[
+                    "status",
+                    "show",
+                    "poweroff",
+                    "reboot",
+                    "terminate",
+                    "kill",
+                    "login",
+                    "shell",
+                    "bind",
+                    "copy-to",
+                    "copy-from",
+                ],
+                Source::Machines,
+                Source::Machines,
+            ),
+            (&["set-property"], Source::Machines, Source::Properties),
+            (
+                &[
+                    "show-image",
+                    "image-status",
+                    "clone",
+                    "rename",
+                    "remove",
+                    "read-only",
+                    "start",
+                    "enable",
+                    "disable",
+                    "export-tar",
+                    "export-raw",
+                    "set-limit",
+                ],
+                Source::MachineImages,
+                Source::MachineImages,
+            ),
+            (&["cancel-transfer"], Source::Transfers, Source::Transfers),
+        ],
+    },
+];
+
+impl Names {
+    /// Every verb and option the table names is one of the command's: a
+    /// verb renamed in the CLI would otherwise lose its names silently.
+    fn check(&self, command: &Command) -> Result<(), String> {
+        for verb in self.verbs.iter().flat_map(|(verbs, _, _)| verbs.iter()) {
+            if command.find_subcommand(verb).is_none() {
+                return Err(format!("NAMES: {} has no verb {verb}", self.tool));
+            }
+        }
+        let arguments = || command.get_subcommands().flat_map(Command::get_arguments).chain(command.get_arguments());
+        for option in self.values.iter().flat_map(|(options, _)| options.iter()) {
+            let known = arguments().any(|arg| takes(arg, &[option]));
+            if !known {
+                return Err(format!("NAMES: {} has no option {option}", self.tool));
+            }
+        }
+        Ok(())
+    }
+
+    /// The function prefix of this tool's helpers, `_wharf_portable`.
+    fn prefix(&self) -> String {
+        format!("_wharf_{}", self.tool.replace('-', "_"))
+    }
+
+    fn sources(&self) -> Vec<Source> {
+        let used = |source: &Source| {
+            self.values.iter().any(|(_, value)| value == source)
+                || self.verbs.iter().any(|(_, first, rest)| first == source || rest == source)
+        };
+        SOURCES.iter().copied().filter(used).collect()
+    }
+
+    /// The branches of the helpers' three `case`s, as (patterns, then): a
+    /// source's names, an option's source, a verb's. `or` joins patterns;
+    /// `either(first, rest)` echoes `first` for a verb's first argument
+    /// (`$n` is 0) and `rest` for the others.
+    fn branches(&self, or: &str, either: impl Fn(&str, &str) -> String) -> [Vec<(String, String)>; 3] {
+        let names = self.sources().into_iter().map(|s| (s.key().to_string(), s.command())).collect();
+        let values = self.values.iter().map(|(options, s)| (options.join(or), format!("echo {}", s.key()))).collect();
+        let verbs = self
+            .verbs
+            .iter()
+            .map(|(verbs, first, rest)| {
+                let then =
+                    if first == rest { format!("echo {}", first.key()) } else { either(first.key(), rest.key()) };
+                (verbs.join(or), then)
+            })
+            .collect();
+        [names, values, verbs]
+    }
+
+    /// A bash and zsh pattern of the keys of the sources `keep` keeps (`''`
+    /// when none, which no source's key matches).
+    fn pattern(&self, keep: impl Fn(Source) -> bool) -> String {
+        let keys: Vec<&str> = self.sources().into_iter().filter(|s| keep(*s)).map(Source::key).collect();
+        if keys.is_empty() { "''".to_string() } else { keys.join("|") }
+    }
+
+    /// A `case` on `word`, the same in bash and zsh, of (patterns, then) branches.
+    fn posix_case(word: &str, branches: Vec<(String, String)>) -> String {
+        let mut text = format!("    case \"{word}\" in\n");
+        for (patterns, then) in branches {
+            text.push_str(&format!("        {patterns}) {then} ;;\n"));
+        }
+        text.push_str("    esac\n");
+        text
+    }
+
+    /// The helpers bash and zsh share, in the syntax both read:
+    /// `PREFIX_names SOURCE` prints the names of a source;
+    /// `PREFIX_value OPTION` the source of an option's value, if a name;
+    /// `PREFIX_source WORD...` the source of the word after those given
+    /// (the command's name first), if any.
+    fn posix_functions(&self) -> String {
+        let prefix = self.prefix();
+        let [names, values, verbs] =
+            self.branches("|", |first, rest| format!("if [ \"$n\" = 0 ]; then echo {first}; else echo {rest}; fi"));
+        let names = Self::posix_case("$1", names);
+        let values = Self::posix_case("$1", values);
+        let verbs = Self::posix_case("$verb", verbs);
+        format!(
+            r#"
+{prefix}_names() {{
+{names}}}
+
+{prefix}_value() {{
+{values}}}
+
+{prefix}_source() {{
+    local prev="" word verb="" n=0
+    shift
+    for word in "$@"; do
+        if [ -z "$({prefix}_value "$prev")" ]; then
+            case "$word" in
+                -*) ;;
+                *) if [ -z "$verb" ]; then verb="$word"; else n=$((n + 1)); fi ;;
+            esac
+        fi
+        prev="$word"
+    done
+    if [ -n "$prev" ] && [ -n "$({prefix}_value "$prev")" ]; then
+        {prefix}_value "$prev"
+        return 0
+    fi
+{verbs}}}
+"#
+        )
+    }
+
+    /// bash: clap's `_TOOL`, wrapped. Names that must be names replace
+    /// clap's replies; others join them, less clap's `<NAME>` placeholders.
+    fn bash(&self) -> String {
+        let prefix = self.prefix();
+        let tool = self.tool;
+        format!(
+            r#"
+{prefix}() {{
+    _{tool} "$@"
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" source
+    [[ "$cur" == -* ]] && return 0
+    source="$({prefix}_source "${{COMP_WORDS[@]:0:COMP_CWORD}}")"
+    [[ -z "$source" ]] && return 0
+    case "$source" in
+        {only}) COMPREPLY=() ;;
+    esac
+    case "$source" in
+        {nospace}) compopt -o nospace 2>/dev/null ;;
+    esac
+    _wharf_reply_names "$({prefix}_names "$source")" "$cur"
+}}
+
+complete -F {prefix} -o bashdefault -o default {tool}
+"#,
+            only = self.pattern(|s| !s.or_path()),
+            nospace = self.pattern(Source::is_prefix),
+        )
+    }
+
+    /// zsh: clap's `_TOOL` is kept as `PREFIX_clap` and `_TOOL` becomes a
+    /// wrapper that adds the names, then lets clap's add options and
+    /// files (only where a path does as well as a name). The wrapper goes
+    /// before clap's last lines, which call `_TOOL` when compinit
+    /// autoloads the file, or register it when the file is sourced.
+    fn zsh(&self, clap: &str) -> Result<String, String> {
+        let prefix = self.prefix();
+        let tool = self.tool;
+        let tail = format!("if [ \"$funcstack[1]\" = \"_{tool}\" ]; then");
+        let at = clap.rfind(&tail).ok_or(format!("clap's zsh completion of {tool} no longer ends in `{tail}`"))?;
+        if !clap.contains(&format!("\n_{tool}() {{\n")) {
+            return Err(format!("clap's zsh completion of {tool} defines no _{tool}"));
+        }
+        let wrapper = format!(
+            r#"{functions}
+functions[{prefix}_clap]=$functions[_{tool}]
+
+_{tool}() {{
+    local cur="$words[CURRENT]" source="" suffix=" "
+    local -a names
+    if [[ "$cur" == --*=* ]]; then
+        source="$({prefix}_value "${{cur%%=*}}")"
+        [[ -n "$source" ]] && compset -P '*='
+    elif [[ "$cur" != -* ]]; then
+        source="$({prefix}_source "${{(@)words[1,CURRENT-1]}}")"
+    fi
+    if [[ -n "$source" ]]; then
+        [[ "$source" == ({nospace}) ]] && suffix=""
+        names=("${{(@f)$({prefix}_names "$source")}}")
+        compadd -S "$suffix" -- "${{(@)names:#}}"
+        [[ "$source" == ({only}) ]] && return 0
+    fi
+    {prefix}_clap "$@"
+}}
+
+"#,
+            functions = self.posix_functions(),
+            only = self.pattern(|s| !s.or_path()),
+            nospace = self.pattern(Source::is_prefix),
+        );
+        Ok(format!("{}{wrapper}{}", &clap[..at], &clap[at..]))
+    }
+
+    /// fish: a rule a source, after clap's, whose condition is that the
+    /// word being completed is one of its names; `-f` where only names do.
+    fn fish(&self, command: &Command) -> String {
+        let prefix = self.prefix();
+        let tool = self.tool;
+        let case = |branches: Vec<(String, String)>| -> String {
+            let mut text = String::new();
+            for (patterns, then) in branches {
+                text.push_str(&format!("        case {patterns}\n            {then}\n"));
+            }
+            text
+        };
+        let [names, values, verbs] =
+            self.branches(" ", |first, rest| format!("if test $n = 0; echo {first}; else; echo {rest}; end"));
+        let (names, values, verbs) = (case(names), case(values), case(verbs));
+        let files = |source: Source| if source.or_path() { "" } else { " -f" };
+        let mut rules = String::new();
+        let verb_sources: Vec<Source> = self.verbs.iter().flat_map(|(_, first, rest)| [*first, *rest]).collect();
+        for source in self.sources().into_iter().filter(|source| verb_sources.contains(source)) {
+            let key = source.key();
+            rules.push_str(&format!(
+                "complete -c {tool} -n '{prefix}_next {key}'{} -a '({prefix}_names {key})'\n",
+                files(source)
+            ));
+        }
+        // fish completes the value of an option that takes one from that
+        // option's rules alone: one more rule for it, for the verbs it has.
+        for (options, source) in self.values {
+            let mut flags = String::new();
+            for option in *options {
+                match option.strip_prefix("--") {
+                    Some(long) => flags.push_str(&format!(" -l {long}")),
+                    None => flags.push_str(&format!(" -s {}", option.trim_start_matches('-'))),
+                }
+            }
+            let verbs: Vec<&str> = command
+                .get_subcommands()
+                .filter(|verb| verb.get_arguments().any(|arg| takes(arg, options)))
+                .map(Command::get_name)
+                .collect();
+            rules.push_str(&format!(
+                "complete -c {tool} -n '__fish_{tool}_using_subcommand {}'{flags} -r{} -a '({prefix}_names {})'\n",
+                verbs.join(" "),
+                files(*source),
+                source.key()
+            ));
+        }
+        format!(
+            r#"
+function {prefix}_names
+    switch $argv[1]
+{names}    end
+end
+
+function {prefix}_value
+    switch $argv[1]
+{values}    end
+end
+
+function {prefix}_source
+    set -l prev ''
+    set -l verb ''
+    set -l n 0
+    set -e argv[1]
+    for word in $argv
+        if test -z "$({prefix}_value $prev)"; and not string match -q -- '-*' $word
+            if test -z "$verb"
+                set verb $word
+            else
+                set n (math $n + 1)
+            end
+        end
+        set prev $word
+    end
+    set -l value ({prefix}_value $prev)
+    if test -n "$value"
+        echo $value
+        return
+    end
+    switch $verb
+{verbs}    end
+end
+
+# Whether the word being completed is one of the names of source $argv[1].
+function {prefix}_next
+    string match -q -- '-*' "$(commandline -ct)"; and return 1
+    test "$({prefix}_source (commandline -opc))" = $argv[1]
+end
+
+{rules}"#
+        )
+    }
+}
+
+/// Whether `arg` is one of `options` (`--long`, `-s`).
+fn takes(arg: &Arg, options: &[&str]) -> bool {
+    options.iter().any(|option| match option.strip_prefix("--") {
+        Some(long) => arg.get_long() == Some(long),
+        None => option.strip_prefix('-').and_then(|short| short.chars().next()) == arg.get_short(),
+    })
+}
+
 /// Shared by both bash completions: clap's replies without its `<NAME>`
-/// placeholders, then the names (`$1`) that match the word (`$2`).
+/// placeholders, then the names (`$1`, one a line) that start with the word
+/// (`$2`). Not `compgen -W`, which expands the words it is given: a name is
+/// never run as shell code.
 const BASH_REPLY_NAMES: &str = r#"
 _wharf_reply_names() {
     local kept=() word
     for word in "${COMPREPLY[@]}"; do
         [[ "$word" == \<* ]] || kept+=("$word")
     done
-    COMPREPLY=("${kept[@]}" $(compgen -W "$1" -- "$2"))
+    while IFS= read -r word; do
+        [[ -n "$word" && "$word" == "$2"* ]] && kept+=("$word")
+    done <<< "$1"
+    COMPREPLY=("${kept[@]}")
 }
-"#;
-
-/// What clap's bash completion cannot know: the names of running
-/// machines, of images and of transfers, asked of `machine` itself (as
-/// machinectl's completion asks machinectl) where a verb takes one. It
-/// wraps clap's `_machine`, dropping its `<NAME>` placeholders.
-const MACHINE_BASH_NAMES: &str = r#"
-_wharf_machine_column() {
-    machine "$@" --no-legend --no-pager 2>/dev/null | while read -r first _; do printf '%s\n' "$first"; done
-}
-
-_wharf_machine() {
-    _machine "$@"
-    local cur="${COMP_WORDS[COMP_CWORD]}" verb="" i
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        if [[ "${COMP_WORDS[i]}" != -* ]]; then
-            verb="${COMP_WORDS[i]}"
-            break
-        fi
-    done
-    [[ -z "$verb" || "$cur" == -* ]] && return 0
-    local names=""
-    case "$verb" in
-        status|show|poweroff|reboot|terminate|kill|login|shell|bind|copy-to|copy-from|set-property)
-            names="$(_wharf_machine_column list)" ;;
-        show-image|image-status|clone|rename|remove|read-only|start|enable|disable|export-tar|export-raw|set-limit)
-            names="$(_wharf_machine_column list-images)" ;;
-        cancel-transfer)
-            names="$(_wharf_machine_column list-transfers)" ;;
-        *) return 0 ;;
-    esac
-    _wharf_reply_names "$names" "$cur"
-}
-
-complete -F _wharf_machine -o bashdefault -o default machine
-"#;
-
-/// The same for `portable`: image names from the search path where a verb
-/// takes an image, attached images for detach, and profile names (those of
-/// the profile directories, as wharfd finds them) for `--profile`.
-const PORTABLE_BASH_NAMES: &str = r#"
-_wharf_portable_images() {
-    portable list --no-legend --no-pager 2>/dev/null | while read -r name _ _ _ state _; do
-        [[ -z "$1" || "$state" != detached ]] && printf '%s\n' "$name"
-    done
-}
-
-_wharf_portable() {
-    _portable "$@"
-    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" verb="" i
-    if [[ "$prev" == --profile || "$prev" == -p ]]; then
-        local dir profiles=""
-        for dir in /etc/wharf/profiles /run/wharf/profiles /usr/lib/wharf/profiles; do
-            [[ -d "$dir" ]] && profiles="$profiles $(cd "$dir" && ls -1)"
-        done
-        COMPREPLY=($(compgen -W "$profiles" -- "$cur"))
-        return 0
-    fi
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        if [[ "${COMP_WORDS[i]}" != -* && "${COMP_WORDS[i-1]}" != --profile && "${COMP_WORDS[i-1]}" != -p ]]; then
-            verb="${COMP_WORDS[i]}"
-            break
-        fi
-    done
-    [[ -z "$verb" || "$cur" == -* ]] && return 0
-    local names=""
-    case "$verb" in
-        inspect|attach|reattach|is-attached|read-only|remove) names="$(_wharf_portable_images)" ;;
-        detach) names="$(_wharf_portable_images attached)" ;;
-        *) return 0 ;;
-    esac
-    _wharf_reply_names "$names" "$cur"
-}
-
-complete -F _wharf_portable -o bashdefault -o default portable
 "#;
 
 /// Fills a template's directives:

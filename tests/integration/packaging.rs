@@ -21,6 +21,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         Trial::test("packaging::meson_installs_every_file_with_its_mode", installed_tree),
         Trial::test("packaging::man_pages_format_without_warnings_and_document_every_command", man_pages),
         Trial::test("packaging::bash_loads_the_completions", completions),
+        trial(shared, "packaging::zsh_and_fish_complete_names", zsh_and_fish_complete_names),
         Trial::test("packaging::meson_defaults_follow_systemd_pc", meson_defaults),
         trial(shared, "packaging::systemd_analyze_verifies_the_installed_unit", unit_verifies),
         trial(shared, "packaging::wharfd_runs_sandboxed", wharfd_sandboxed),
@@ -163,6 +164,153 @@ fn completions() -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// A portable image whose name is shell code: completing it must offer the
+/// name, never run it (it would leave `zcomp-owned` in the working
+/// directory).
+const HOSTILE: &str = "zcomp_$(touch${IFS}zcomp-owned)";
+
+/// Drives zsh's completion as a user's Tab does, without a terminal: an
+/// interactive zsh on a pseudo-terminal (zpty) gets the line and a Tab;
+/// every match that reaches compadd is printed as `<zcomp>MATCH` on a
+/// line of its own, the
+/// rest (the echoed line, any error) as it comes. Debian's zsh does not
+/// look in /usr/share/zsh/site-functions, where wharf installs (as upstream
+/// zsh does), so the init puts it first in fpath.
+const ZSH_INIT: &str = r#"PROMPT=
+fpath=(/usr/share/zsh/site-functions $fpath)
+autoload -U compinit && compinit -u -D
+bindkey '^I' complete-word
+zstyle ':completion:*' insert-tab false
+comppostfuncs=(exit)
+compadd() {
+    if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then
+        builtin compadd "$@"
+        return
+    fi
+    local -a __zcomp_hits
+    builtin compadd -O __zcomp_hits "$@"
+    (( $#__zcomp_hits )) && print -rl -- '' "<zcomp>"${^__zcomp_hits}
+    builtin compadd "$@"
+}
+print -r -- '<zcomp-ready>'
+"#;
+
+const ZSH_DRIVER: &str = r#"zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z 'source /root/zcomp-init.zsh'
+zpty -r -m z line '*<zcomp-ready>*' || exit 3
+zpty -w z "$1"$'\t'
+while zpty -r z line; do print -rn -- "$line"; done | tr -d '\r'
+"#;
+
+/// zsh and fish complete the names bash does (contrib/gen.rs makes all
+/// three from one table): images where a verb takes an image, attached
+/// ones for detach, profiles for --profile, machine images, set-property's
+/// limits, and files where a path does as well; clap's verbs and options
+/// still complete. Every completion file loads in its shell without a word
+/// on stderr. An image named with shell code is completed as that name and
+/// never run, in bash, zsh and fish. Its own names (zcomp*), so it shares
+/// the testbed.
+fn zsh_and_fish_complete_names(tb: &Testbed) {
+    let clean = "portable detach zcompa >/dev/null 2>&1; rm -rf /var/lib/portables/zcomp* /var/lib/machines/zcompm \
+                 /root/zcomp /root/zcomp-init.zsh /root/zcomp.zsh /root/zcomp-bash.sh; true";
+    tb.ok(clean);
+    for name in ["zcompa", "zcompb", HOSTILE] {
+        let image = tb.host_path(&format!("/var/lib/portables/{name}"));
+        images::foobar_as(&image, name, "foobar-hello.service").unwrap();
+    }
+    tb.ok("portable attach zcompa && mkdir -p /var/lib/machines/zcompm/etc /root/zcomp/files \
+           && touch /root/zcomp/files/zcompdisk.raw");
+    let listed = tb.ok("portable list --no-legend");
+    assert!(listed.lines().any(|line| line.starts_with(&format!("{HOSTILE} "))), "{listed}");
+    let images = tb.ok("machine list-images --no-legend");
+    assert!(images.lines().any(|line| line.starts_with("zcompm ")), "{images}");
+
+    for tool in ["portable", "machine"] {
+        for load in [
+            format!("bash -c 'set -e; . /usr/share/bash-completion/completions/{tool}; complete -p {tool}'"),
+            format!(
+                "fish -c 'source /usr/share/fish/vendor_completions.d/{tool}.fish; functions -q _wharf_{tool}_source'"
+            ),
+            format!(
+                "zsh -f -c 'autoload -U compinit && compinit -u -D && source /usr/share/zsh/site-functions/_{tool} \
+                 && (( $+functions[_wharf_{tool}_source] && $+functions[_wharf_{tool}_clap] ))'"
+            ),
+        ] {
+            let out = tb.sh(&load);
+            assert!(out.success() && out.stderr.is_empty(), "{out}");
+        }
+    }
+
+    std::fs::write(tb.host_path("/root/zcomp-init.zsh"), ZSH_INIT).unwrap();
+    std::fs::write(tb.host_path("/root/zcomp.zsh"), ZSH_DRIVER).unwrap();
+    std::fs::write(
+        tb.host_path("/root/zcomp-bash.sh"),
+        "tool=$1; shift; . /usr/share/bash-completion/completions/$tool\n\
+         COMP_WORDS=(\"$@\"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=()\n\
+         _wharf_$tool $tool \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n\
+         printf '%s\\n' \"${COMPREPLY[@]}\"\n",
+    )
+    .unwrap();
+    let sorted = |words: Vec<String>| {
+        let mut words: Vec<String> = words.into_iter().filter(|word| !word.is_empty()).collect();
+        words.sort();
+        words
+    };
+    // The line is completed in /root/zcomp, as typed there; single quotes
+    // keep the hostile name away from the shell that runs the command.
+    let fish = |line: &str| {
+        let out = tb.ok(&format!("cd /root/zcomp && fish -c 'complete -C \"{line}\"'"));
+        sorted(out.lines().map(|line| line.split('\t').next().unwrap_or_default().to_string()).collect())
+    };
+    let zsh = |line: &str| {
+        let out = tb.ok(&format!("cd /root/zcomp && timeout 30 zsh /root/zcomp.zsh '{line}'"));
+        let (matches, rest): (Vec<&str>, Vec<&str>) = out.lines().partition(|line| line.contains("<zcomp>"));
+        let rest = rest.join("\n");
+        assert!(!rest.contains("_portable:") && !rest.contains("_machine:") && !rest.contains("_wharf_"), "{rest}");
+        // The echo of the line may precede a match on its line.
+        sorted(matches.iter().filter_map(|line| line.split_once("<zcomp>")).map(|(_, word)| word.to_string()).collect())
+    };
+    let bash = |words: &str| {
+        let out = tb.ok(&format!("cd /root/zcomp && bash /root/zcomp-bash.sh {words}"));
+        sorted(out.lines().map(str::to_string).collect())
+    };
+
+    let images = sorted(vec![HOSTILE.to_string(), "zcompa".to_string(), "zcompb".to_string()]);
+    let limits = ["MemoryHigh=", "MemoryLow=", "MemoryMax=", "MemorySwapMax="];
+    for (line, expected) in [
+        ("portable inspect zc", images.clone()),
+        ("portable reattach --profile trusted zc", images.clone()),
+        ("portable detach zc", vec!["zcompa".to_string()]),
+        ("portable attach --profile str", vec!["strict".to_string()]),
+        ("portable inspect --ca", vec!["--cat".to_string()]),
+        ("portable det", vec!["detach".to_string()]),
+        ("machine show-image zcomp", vec!["zcompm".to_string()]),
+        ("machine start zcomp", vec!["zcompm".to_string()]),
+        ("machine status zcomp", vec![]),
+        ("machine status files/zc", vec![]),
+        ("machine set-property zcompm Memory", limits.map(str::to_string).to_vec()),
+    ] {
+        assert_eq!(fish(line), expected, "fish completing '{line}'");
+        assert_eq!(zsh(line), expected, "zsh completing '{line}'");
+    }
+    for shell in [&fish as &dyn Fn(&str) -> Vec<String>, &zsh] {
+        let profiles = shell("portable attach -p ");
+        for profile in ["default", "nonetwork", "strict", "trusted"] {
+            assert!(profiles.contains(&profile.to_string()), "{profiles:?}");
+        }
+        // A path does as well as an image's name: files complete too
+        // (zsh's matches are the file names, below the typed directory).
+        let files = shell("portable inspect files/zc");
+        assert!(files.len() == 1 && files[0].ends_with("zcompdisk.raw"), "{files:?}");
+    }
+    assert_eq!(zsh("portable attach --profile=str"), ["strict"]);
+    assert_eq!(bash("portable portable inspect zc"), images);
+    assert_eq!(bash("machine machine set-property zcompm Memory"), limits);
+    tb.ok("test ! -e /root/zcomp/zcomp-owned");
+    tb.ok(clean);
 }
 
 /// A build with meson's defaults installs below /usr, units and tmpfiles

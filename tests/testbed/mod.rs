@@ -69,7 +69,8 @@ impl Release {
     /// python3 so that Ansible can manage testbeds as hosts (and serve
     /// images over HTTP to pulls), nftables for the port forwarding and
     /// masquerading of machines on veth and zones, libcurl for wharfd's
-    /// fetcher, and gpg for the pull tests' throwaway signing keys.
+    /// fetcher, gpg for the pull tests' throwaway signing keys, and zsh and
+    /// fish to run the completions wharf installs for them.
     pub fn packages(self) -> Vec<&'static str> {
         // Each release's root is cached apart (its key includes the release).
         let libcurl = match self {
@@ -90,6 +91,8 @@ impl Release {
             "gpg",
             "gpg-agent",
             "gpgv",
+            "zsh",
+            "fish",
         ];
         packages.push(libcurl);
         packages
