@@ -930,12 +930,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             return shell(&machine, &name, command, setenv, uid).await;
         }
         Command::SetLimit { args } => {
-            let (name, size) = match &args[..] {
-                [size] => (None, size),
-                [name, size] => (Some(name.as_str()), size),
-                _ => unreachable!("clap takes one or two"),
-            };
-            let limit = crate::machine::quota::parse_size(size).map_err(|e| CliError::Usage(e.to_string()))?;
+            let (name, limit) = super::limit_arguments(&args)?;
             bounded(&bus, machine.set_image_limit(name.unwrap_or(""), limit.unwrap_or(u64::MAX))).await?;
             if format.is_json() {
                 format.emit(&serde_json::json!({ "name": name, "limit": limit }), |_| String::new())?;

@@ -138,6 +138,18 @@ pub(crate) fn current_dir() -> Result<std::path::PathBuf, CliError> {
     std::env::current_dir().map_err(|e| CliError::Usage(format!("cannot read the working directory: {e}")))
 }
 
+/// `set-limit [NAME] BYTES` as portablectl and machinectl take it: the
+/// image (none: the pool) and the limit (none: `-`).
+pub(crate) fn limit_arguments(args: &[String]) -> Result<(Option<&str>, Option<u64>), CliError> {
+    let (name, size) = match args {
+        [size] => (None, size),
+        [name, size] => (Some(name.as_str()), size),
+        _ => return Err(CliError::Usage("set-limit takes [NAME] BYTES".into())),
+    };
+    let limit = crate::machine::quota::parse_size(size).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok((name, limit))
+}
+
 /// Booleans as systemd spells them.
 pub(crate) fn parse_bool(word: &str) -> Result<bool, String> {
     match word.to_ascii_lowercase().as_str() {

@@ -96,7 +96,10 @@ pub struct AttachArgs {
 impl AttachArgs {
     /// The options of the calls that take them, or `None` when there are
     /// none: the plain calls are the ones every wharfd knows.
-    fn options(&self, extensions: &[String]) -> Option<std::collections::HashMap<&'static str, zbus::Variant<'static>>> {
+    fn options(
+        &self,
+        extensions: &[String],
+    ) -> Option<std::collections::HashMap<&'static str, zbus::Variant<'static>>> {
         let mut options = std::collections::HashMap::new();
         if !extensions.is_empty() {
             options.insert("extensions", zbus::Variant::from(extensions.to_vec()));
@@ -286,8 +289,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         with_progress(&bus, show, call).await?
                     }
                     Some(options) => {
-                        let call =
-                            portable.attach_image_with_options(&image, prefixes, &attach.profile, copy, attach.flags(), &options);
+                        let call = portable.attach_image_with_options(
+                            &image,
+                            prefixes,
+                            &attach.profile,
+                            copy,
+                            attach.flags(),
+                            &options,
+                        );
                         with_progress(&bus, show, call).await?
                     }
                 }
@@ -334,7 +343,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let show = !cli.output.quiet && !format.is_json();
             let (profile, copy, flags) = (&attach.profile, attach.copy.as_str(), attach.flags());
             let result = match attach.options(&extensions) {
-                None => with_progress(&bus, show, portable.reattach_image(&image, prefixes, profile, copy, flags)).await?,
+                None => {
+                    with_progress(&bus, show, portable.reattach_image(&image, prefixes, profile, copy, flags)).await?
+                }
                 Some(options) => {
                     let call = portable.reattach_image_with_options(&image, prefixes, profile, copy, flags, &options);
                     with_progress(&bus, show, call).await?
@@ -392,12 +403,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::SetLimit { args } => {
-            let (image, size) = match &args[..] {
-                [size] => (None, size),
-                [image, size] => (Some(image.as_str()), size),
-                _ => unreachable!("clap takes one or two"),
-            };
-            let limit = crate::machine::quota::parse_size(size).map_err(|e| CliError::Usage(e.to_string()))?;
+            let (image, limit) = super::limit_arguments(&args)?;
             bounded(&bus, portable.set_image_limit(image.unwrap_or(""), limit.unwrap_or(u64::MAX))).await?;
             if format.is_json() {
                 format.emit(&serde_json::json!({ "name": image, "limit": limit }), |_| String::new())?;

@@ -392,10 +392,7 @@ impl MachineInterface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
         require_root(connection, &header, "setting a size limit").await?;
-        let store = self.store.clone();
-        let limit = (limit != u64::MAX).then_some(limit);
-        self.daemon.blocking(move || store.set_limit(Some(name.as_str()).filter(|n| !n.is_empty()), limit)).await?;
-        Ok(())
+        set_store_limit(&self.daemon, self.store.clone(), name, limit).await
     }
 
     /// Removes the hidden images (or all) that are not read-only; refused
@@ -1029,4 +1026,17 @@ fn store_bus_error(error: &Error, message: String) -> BusError {
             crate::pull::Error::Fetch { .. } | crate::pull::Error::Setup(_) => BusError::Failed(message),
         },
     }
+}
+
+/// `SetImageLimit` of the machine and the portable interfaces: the limit of
+/// image `name` in `store` (empty: of the store's pool), `u64::MAX` for none.
+pub(crate) async fn set_store_limit(
+    daemon: &Arc<Daemon>,
+    store: crate::machine::store::Store,
+    name: String,
+    limit: u64,
+) -> Result<(), BusError> {
+    let limit = (limit != u64::MAX).then_some(limit);
+    daemon.blocking(move || store.set_limit(Some(name.as_str()).filter(|n| !n.is_empty()), limit)).await?;
+    Ok(())
 }

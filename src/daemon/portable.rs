@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use zbus::Connection;
-use zbus::message::Header;
 use zbus::OwnedVariant;
+use zbus::message::Header;
 
 use super::auth::require_root;
 use super::manager::{heartbeat, progress_reporter};
@@ -178,9 +178,7 @@ impl PortableInterface {
     ) -> Result<(), BusError> {
         require_root(connection, &header, "setting a size limit").await?;
         let store = crate::machine::store::Store::portables();
-        let limit = (limit != u64::MAX).then_some(limit);
-        self.daemon.blocking(move || store.set_limit(Some(image.as_str()).filter(|n| !n.is_empty()), limit)).await?;
-        Ok(())
+        super::machine::set_store_limit(&self.daemon, store, image, limit).await
     }
 
     /// Every image in the portable search path, with its attachment state
@@ -531,9 +529,15 @@ fn request_with_options(
     for (key, value) in options {
         let wrong = |wanted: &str| BusError::InvalidArgument(format!("option '{key}' must be {wanted}"));
         match key.as_str() {
-            "extensions" => request.extensions = Vec::<String>::try_from(value).map_err(|_| wrong("a list of strings"))?,
+            "extensions" => {
+                request.extensions = Vec::<String>::try_from(value).map_err(|_| wrong("a list of strings"))?
+            }
             "image-policy" => request.image_policy = Some(String::try_from(value).map_err(|_| wrong("a string"))?),
-            _ => return Err(BusError::InvalidArgument(format!("unknown option '{key}' (known: extensions, image-policy)"))),
+            _ => {
+                return Err(BusError::InvalidArgument(format!(
+                    "unknown option '{key}' (known: extensions, image-policy)"
+                )));
+            }
         }
     }
     Ok(request)
@@ -554,7 +558,9 @@ pub(crate) fn portable_bus_error(error: &Error, message: String) -> BusError {
         | Error::InvalidExtensionPath { .. }
         | Error::DuplicateExtension { .. } => BusError::InvalidArgument(message),
         Error::ExtensionDirectoriesUnsupported(..) | Error::ImagePolicyUnsupported(_) => BusError::Failed(message),
-        Error::ImagePolicy(_) | Error::ImagePolicyOnDirectory(_) => BusError::InvalidArgument(message),
+        Error::ImagePolicy(_) | Error::ImagePolicyOnDirectory(_) | Error::ImagePolicyFileSystems { .. } => {
+            BusError::InvalidArgument(message)
+        }
         Error::ImagePolicyRefuses { .. } => BusError::BadImage(message),
         Error::NoUnits(_) | Error::Install(_) | Error::HostExec { .. } => BusError::BadImage(message),
         Error::UnitExists { .. }

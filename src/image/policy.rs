@@ -109,6 +109,12 @@ impl ImagePolicy {
         Ok(ImagePolicy { text: text.to_string(), rules, default })
     }
 
+    /// Whether a rule names file systems, which only systemd 258 and later
+    /// read (an older one ignores the whole setting).
+    pub fn names_file_systems(&self) -> bool {
+        self.rules.values().chain([&self.default]).flatten().any(|f| FILE_SYSTEMS.contains(&f.as_str()))
+    }
+
     /// The policy as given, for `RootImagePolicy=`.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -134,10 +140,9 @@ impl ImagePolicy {
         let listed: Vec<&str> =
             flags.iter().map(String::as_str).filter(|f| FILE_SYSTEMS.contains(f)).collect::<Vec<_>>();
         match fs {
-            Some(fs) if !listed.is_empty() && !listed.contains(&fs) => Some(format!(
-                "its {designator} partition is {fs}, the policy allows only {}",
-                listed.join("+")
-            )),
+            Some(fs) if !listed.is_empty() && !listed.contains(&fs) => {
+                Some(format!("its {designator} partition is {fs}, the policy allows only {}", listed.join("+")))
+            }
             _ => None,
         }
     }
@@ -175,6 +180,8 @@ mod tests {
         }
         assert!(ImagePolicy::parse("-").unwrap().refuses("root", "unprotected", None).is_some());
         assert!(ImagePolicy::parse("~").unwrap().refuses_absence("usr").is_none());
+        assert!(policy.names_file_systems());
+        assert!(!ImagePolicy::parse("root=verity:=absent").unwrap().names_file_systems());
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub enum Error {
     ImagePolicyRefuses { image: String, policy: String, why: String },
     #[error("--image-policy needs systemd 254 or later (RootImagePolicy=); this is systemd {0}")]
     ImagePolicyUnsupported(u32),
+    #[error(
+        "image policy '{policy}' names file systems, which systemd reads only from 258 on; this is systemd {version}, which would ignore the policy"
+    )]
+    ImagePolicyFileSystems { policy: String, version: u32 },
     #[error("unit '{unit}' of image '{image}' is already attached {how}")]
     AttachedOtherwise { unit: String, image: String, how: &'static str },
     #[error("image '{0}' is not attached")]

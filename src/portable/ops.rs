@@ -299,8 +299,17 @@ async fn check_image_policy_support(systemd: &impl UnitManager, requests: &[Imag
     if version < SYSTEMD_ROOT_IMAGE_POLICY {
         return Err(Error::ImagePolicyUnsupported(version));
     }
+    for text in requests.iter().filter_map(|r| r.image_policy.as_deref()) {
+        let policy = crate::image::policy::ImagePolicy::parse(text)?;
+        if policy.names_file_systems() && version < SYSTEMD_IMAGE_POLICY_FILE_SYSTEMS {
+            return Err(Error::ImagePolicyFileSystems { policy: text.to_string(), version });
+        }
+    }
     Ok(())
 }
+
+/// The first systemd whose image policies name file systems.
+pub const SYSTEMD_IMAGE_POLICY_FILE_SYSTEMS: u32 = 258;
 
 /// The first systemd with `RootImagePolicy=`.
 pub const SYSTEMD_ROOT_IMAGE_POLICY: u32 = 254;
@@ -549,8 +558,12 @@ fn attachments_among(host: &Host, existing: Attachments, image: &str) -> Result<
 /// and whether an attached path is what `image` names: that path, `image`
 /// itself, or (for a bare name) a file of that name, with or without `.raw`.
 fn path_matcher(host: &Host, image: &str) -> (Option<String>, impl Fn(&str) -> bool + use<>) {
-    let located =
-        host.pool.locate_image(image, None).ok().and_then(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string());
+    let located = host
+        .pool
+        .locate_image(image, None)
+        .ok()
+        .and_then(|p| std::path::absolute(p).ok())
+        .map(|p| p.display().to_string());
     let (wanted, image) = (located.clone(), image.to_string());
     let names_it = move |path: &str| {
         Some(path) == wanted.as_deref() || path == image || {

@@ -86,7 +86,7 @@ impl Rig {
     fn reset_foobar(&self) {
         for tb in &self.hosts {
             tb.ok("systemctl stop 'foobar*' 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
-                 rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
+                 rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/portables/foobar* /run/portables/foobar* /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
                  /var/lib/wharf/fleet.json; systemctl daemon-reload; systemctl reset-failed; true");
         }
     }

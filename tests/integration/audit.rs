@@ -80,7 +80,7 @@ pub fn kinds(entries: &[Value]) -> Vec<String> {
 }
 
 fn portable_changes(tb: &Testbed) {
-    tb.ok("systemctl stop audita.service auditb.service 2>/dev/null; rm -rf /etc/systemd/system.attached/audit[ab]* /run/systemd/system.attached/audit[ab]* /etc/systemd/system/audit[ab]* \
+    tb.ok("systemctl stop audita.service auditb.service 2>/dev/null; rm -rf /etc/systemd/system.attached/audit[ab]* /run/systemd/system.attached/audit[ab]* /etc/portables/audit[ab]* /run/portables/audit[ab]* /etc/systemd/system/audit[ab]* \
          /var/lib/portables/audit[ab]*; systemctl daemon-reload; true");
     unit_image(tb, "audita", "/var/lib/portables/audita.raw", false);
     unit_image(tb, "auditb", "/var/lib/portables/auditb.raw", true);

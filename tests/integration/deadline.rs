@@ -40,7 +40,7 @@ fn stress_name(i: usize) -> String {
 }
 
 fn stress_reset(tb: &Testbed) {
-    tb.ok("systemctl stop 'st[0-9]*' 2>/dev/null; rm -rf /etc/systemd/system.attached/st[0-9]* /run/systemd/system.attached/st[0-9]* /etc/systemd/system/st[0-9]* /srv/stress \
+    tb.ok("systemctl stop 'st[0-9]*' 2>/dev/null; rm -rf /etc/systemd/system.attached/st[0-9]* /run/systemd/system.attached/st[0-9]* /etc/portables/st[0-9]* /run/portables/st[0-9]* /etc/systemd/system/st[0-9]* /srv/stress \
          /var/lib/wharf/fleet.json; systemctl daemon-reload; systemctl reset-failed; mkdir -p /srv/stress; true");
 }
 
@@ -285,7 +285,7 @@ fn unconfigure_wharfd(tb: &Testbed) {
 }
 
 fn foobar_reset(tb: &Testbed) {
-    tb.ok("systemctl stop 'foobar*' 2>/dev/null; rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/systemd/system/foobar* /var/lib/portables/* \
+    tb.ok("systemctl stop 'foobar*' 2>/dev/null; rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/portables/foobar* /run/portables/foobar* /etc/systemd/system/foobar* /var/lib/portables/* \
          /var/lib/wharf/transactions/*; systemctl daemon-reload; systemctl reset-failed; true");
 }
 

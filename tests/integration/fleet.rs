@@ -23,7 +23,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
 
 fn reset(tb: &Testbed) {
     tb.ok("systemctl stop 'foobar*' 2>/dev/null; systemctl disable foobar.service 2>/dev/null; \
-         rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
+         rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/portables/foobar* /run/portables/foobar* /etc/systemd/system/foobar* /run/systemd/system/foobar* /etc/systemd/system/*.wants/foobar* \
          /var/lib/portables/* /var/lib/wharf/fleet.json /srv/fleet; mkdir -p /srv/fleet; systemctl daemon-reload; \
          systemctl reset-failed; true");
 }

@@ -39,6 +39,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::same_image_side_by_side_with_portablectl", side_by_side),
         exclusive_trial(shared, "portable::portablectl_names_and_options_of_attach_and_detach", portablectl_options),
         exclusive_trial(shared, "portable::portablectl_and_wharf_see_and_spare_each_others_attachments", interop),
+        exclusive_trial(shared, "portable::an_image_policy_is_checked_and_pinned", image_policy),
         trial(shared, "portable::detach_clean_removes_the_services_own_directories_only", detach_clean),
         exclusive_trial(shared, "portable::extensions_stack_on_the_image_and_bad_ones_are_refused", extensions),
     ]
@@ -471,7 +472,7 @@ fn batch_attach(tb: &Testbed) {
 /// the pool, none attached.
 fn batch_images(tb: &Testbed, count: usize) -> Vec<String> {
     tb.ok("systemctl stop 'bd*.service' 2>/dev/null; chattr -i /etc/systemd/system/bd*.service.d 2>/dev/null; \
-         rm -rf /etc/systemd/system.attached/bd* /run/systemd/system.attached/bd* /etc/systemd/system/bd* /etc/systemd/system/*.wants/bd* /var/lib/portables/bd*; \
+         rm -rf /etc/systemd/system.attached/bd* /run/systemd/system.attached/bd* /etc/portables/bd* /run/portables/bd* /etc/systemd/system/bd* /etc/systemd/system/*.wants/bd* /var/lib/portables/bd*; \
          systemctl daemon-reload; true");
     let names: Vec<String> = (0..count).map(|i| format!("bd{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
@@ -924,6 +925,65 @@ fn interop(tb: &Testbed) {
     tb.ok("portable detach /srv/p13i/foobar_3.raw");
     assert_no_foobar_units(tb);
     tb.ok("rm -rf /srv/p13i /var/lib/portables/other_1");
+}
+
+/// `--image-policy`: the image is checked against the policy before
+/// anything is written, and the attachment is pinned to it
+/// (`RootImagePolicy=`), so that an image of another kind swapped in under
+/// the attachment is refused by systemd at the next start. systemd before
+/// 254 has no `RootImagePolicy=`: refused in one line there.
+fn image_policy(tb: &Testbed) {
+    clean_slate(tb);
+    pool_image(tb, "foobar_1.raw", "squashfs", "1");
+    let version: u32 = tb.ok("systemctl --version").split_whitespace().nth(1).unwrap().parse().unwrap();
+    let refused = |command: &str, reason: &str| {
+        let out = tb.fails(command);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{command}: {out}");
+        assert!(out.stderr.contains(reason), "{command}: wanted {reason:?}: {out}");
+        assert_no_foobar_units(tb);
+    };
+    if version < 254 {
+        refused(
+            "portable attach --image-policy=root=unprotected foobar_1.raw",
+            &format!("--image-policy needs systemd 254 or later (RootImagePolicy=); this is systemd {version}"),
+        );
+        return;
+    }
+    refused(
+        "portable attach --image-policy=root=bogus foobar_1.raw",
+        "image policy 'root=bogus': 'bogus' is not a partition policy flag",
+    );
+    refused(
+        "portable attach --image-policy=root=verity foobar_1.raw",
+        "does not satisfy the image policy 'root=verity': its root partition is unprotected, the policy allows verity",
+    );
+    if version < 258 {
+        // It would be ignored whole: refused rather than silently unpinned.
+        refused(
+            "portable attach --image-policy=root=unprotected+squashfs foobar_1.raw",
+            "names file systems, which systemd reads only from 258 on",
+        );
+    } else {
+        refused(
+            "portable attach --image-policy=root=unprotected+ext4 foobar_1.raw",
+            "its root partition is squashfs, the policy allows only ext4",
+        );
+    }
+    pool_image(tb, "foobar_d", "dir", "2");
+    refused("portable attach --image-policy=* foobar_d", "an image policy applies to file images");
+
+    // Pinned: systemd holds the service to the policy at every start.
+    let policy = "root=unprotected:=absent";
+    tb.ok(&format!("portable attach --now --image-policy={policy} foobar_1.raw"));
+    let dropin = tb.ok("cat /etc/systemd/system/foobar.service.d/20-portable.conf");
+    assert!(dropin.contains(&format!("RootImagePolicy={policy}\n")), "{dropin}");
+    let pinned = show(tb, "foobar.service", "RootImagePolicy");
+    assert!(pinned.starts_with("root=unprotected") && !pinned.contains("verity"), "systemd did not take it: {pinned}");
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    tb.ok("systemctl stop foobar.service");
+    tb.ok("portable detach foobar_1.raw");
+    assert_no_foobar_units(tb);
+    tb.ok("rm -rf /var/lib/portables/foobar_1.raw /var/lib/portables/foobar_d");
 }
 
 /// bash, with the installed completion sourced, completes image names

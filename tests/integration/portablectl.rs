@@ -272,11 +272,16 @@ fn host_state(tb: &Testbed) -> String {
     // Each image of the pool, and whether it is marked read-only (as wharf
     // reads it: the immutable flag of a directory, a file's mode).
     let listed: serde_json::Value = serde_json::from_str(&tb.ok("portable --json list")).unwrap();
-    for image in listed.as_array().unwrap() {
-        let path = image["path"].as_str().unwrap_or_default();
-        if let Some(name) = path.strip_prefix("/var/lib/portables/") {
-            state.push(format!("{name} read-only={}", image["read_only"]));
-        }
-    }
+    let mut images: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|image| {
+            let name = image["path"].as_str()?.strip_prefix("/var/lib/portables/")?;
+            Some(format!("{name} read-only={}", image["read_only"]))
+        })
+        .collect();
+    images.sort();
+    state.extend(images);
     state.join("; ").replace('\n', ", ")
 }

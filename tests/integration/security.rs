@@ -206,7 +206,7 @@ fn same_size_xz(tb: &Testbed, a: &str, b: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn clean_foobar(tb: &Testbed) {
-    tb.ok("systemctl stop 'foobar*' 2>/dev/null; rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/systemd/system/foobar* /run/systemd/system/foobar* \
+    tb.ok("systemctl stop 'foobar*' 2>/dev/null; rm -rf /etc/systemd/system.attached/foobar* /run/systemd/system.attached/foobar* /etc/portables/foobar* /run/portables/foobar* /etc/systemd/system/foobar* /run/systemd/system/foobar* \
          /var/lib/portables/foobar*; systemctl daemon-reload; systemctl reset-failed; true");
 }
 

@@ -298,9 +298,10 @@ impl Testbed {
         // Also portabled's directory, where wharf mirrors its attachments.
         self.ok(&format!(
             "for dir in /etc/systemd/system /etc/systemd/system.attached; do [ -d $dir ] || continue; cd $dir; \\
+               prefix=; [ $dir = /etc/systemd/system ] || prefix=$dir/; \\
                for f in {glob}; do [ -e \"$f\" ] || [ -L \"$f\" ] || continue; \\
-                 find \"$f\" \\( -type d -printf \"%M %u:%g %i $dir/%p\\n\" \\) \\
-                   -o -printf \"%M %u:%g %i $dir/%p %s %l\\n\"; done; done | sort"
+                 find \"$f\" \\( -type d -printf \"%M %u:%g %i $prefix%p\\n\" \\) \\
+                   -o -printf \"%M %u:%g %i $prefix%p %s %l\\n\"; done; done | sort"
         ))
     }
 
