@@ -91,6 +91,10 @@ pub struct AttachArgs {
     /// refused). File images only; systemd 254 or later.
     #[arg(long, value_name = "POLICY")]
     pub image_policy: Option<String>,
+    /// Accepted as portablectl accepts it anywhere; it changes only what
+    /// inspect prints.
+    #[arg(long)]
+    pub cat: bool,
 }
 
 impl AttachArgs {

@@ -98,6 +98,7 @@ const fn differs(setup: &'static [&'static str], args: &'static str, difference:
 
 const CASES: &[Case] = &[
     same(&[], "attach foobar_1"),
+    same(&[], "attach --cat foobar_1"),
     differs(&[], "attach foobar_1.raw", Difference::Superset),
     same(&[], "attach /var/lib/portables/foobar_1.raw"),
     same(&[], "attach foobar_1 foobar"),
