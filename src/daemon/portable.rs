@@ -190,14 +190,12 @@ impl PortableInterface {
     ) -> Result<Vec<PortableImageEntry>, BusError> {
         let _busy = self.daemon.busy();
         let systemd = self.systemd(connection).await?;
-        let states = ops::states(&self.host, &systemd).await?;
+        let (states, theirs) = ops::states_and_portabled(&self.host, &systemd).await?;
         let pool = self.host.pool.clone();
         let attached: Vec<String> = states.keys().cloned().collect();
-        let host = self.host.clone();
-        let (entries, states, theirs) = self
+        let (entries, states) = self
             .daemon
             .blocking(move || -> Result<_, Error> {
-                let theirs = ops::attached_by_portabled(&host)?;
                 let mut entries = pool.list()?;
                 // A link in the search path to an image listed anyway (one
                 // in the pool, or one attached from elsewhere) is that image,
@@ -233,7 +231,7 @@ impl PortableInterface {
                         _ => tracing::warn!(path = %path.display(), "an attached image has no valid image name"),
                     }
                 }
-                Ok((entries, states, theirs))
+                Ok((entries, states))
             })
             .await?;
         Ok(entries

@@ -962,12 +962,23 @@ pub async fn reattach(
 
 /// The state of every image attached on the host, keyed by image path.
 pub async fn states(host: &Host, systemd: &impl UnitManager) -> Result<HashMap<String, State>> {
+    Ok(states_and_portabled(host, systemd).await?.0)
+}
+
+/// [`states`], and the images of those that portabled attached, from one
+/// scan of the unit directories.
+pub async fn states_and_portabled(
+    host: &Host,
+    systemd: &impl UnitManager,
+) -> Result<(HashMap<String, State>, std::collections::BTreeSet<String>)> {
     let scan_root = host.root.clone();
     // portabled's attachments count too: `list` shows every attached image.
-    let attachments = blocking(move || -> std::io::Result<Attachments> {
+    let (attachments, portabled_images) = blocking(move || -> std::io::Result<_> {
         let mut all = Attachments::scan(&scan_root)?;
-        all.0.extend(portabled::scan(&scan_root)?);
-        Ok(all)
+        let theirs = portabled::scan(&scan_root)?;
+        let images = theirs.iter().map(|a| a.image.clone()).collect();
+        all.0.extend(theirs);
+        Ok((all, images))
     })
     .await
     .map_err(|source| Error::Io { path: host.root.clone(), source })?;
@@ -987,13 +998,7 @@ pub async fn states(host: &Host, systemd: &impl UnitManager) -> Result<HashMap<S
         let entry = states.entry(attachment.image.clone()).or_insert(state);
         *entry = (*entry).max(state);
     }
-    Ok(states)
-}
-
-/// The images portabled attached, by path.
-pub fn attached_by_portabled(host: &Host) -> Result<std::collections::BTreeSet<String>> {
-    let theirs = portabled::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
-    Ok(theirs.into_iter().map(|a| a.image).collect())
+    Ok((states, portabled_images))
 }
 
 /// `states` plus, for each attached decompressed copy, the `.raw.xz` it
