@@ -3,6 +3,7 @@
 //! has been idle for a while; the bus starts it again on the next call.
 
 mod auth;
+mod commit;
 mod fleet;
 mod machine;
 mod manager;
@@ -45,6 +46,8 @@ pub(crate) struct Daemon {
     /// Held by every operation that changes portable attachments: they
     /// plan against the host as it is, so they must not interleave.
     pub(crate) portable_lock: zruntime::lock::Mutex<()>,
+    /// Attaches and detaches waiting for that lock, applied together.
+    pub(crate) commits: commit::Commits,
     /// Imports and exports in flight (`machine list-transfers`).
     pub(crate) transfers: transfer::Transfers,
 }

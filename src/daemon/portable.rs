@@ -9,6 +9,7 @@ use zbus::OwnedVariant;
 use zbus::message::Header;
 
 use super::auth::require_root;
+use super::commit::Operation;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
 use crate::api::{BusError, ImageInfo, OperationResult, PortableImageEntry, flags};
@@ -43,20 +44,44 @@ impl PortableInterface {
         header: &Header<'_>,
         what: &str,
     ) -> Result<Change<'_>, BusError> {
+        let grouped = self.begin_grouped_change(connection, header, what).await?;
+        let exclusive = self.daemon.change_lock(what).await?;
+        Ok(Change { grouped, _exclusive: exclusive })
+    }
+
+    /// [`Self::begin_change`] of a change that takes the lock itself, with
+    /// the others waiting for it ([`super::commit`]).
+    async fn begin_grouped_change(
+        &self,
+        connection: &Connection,
+        header: &Header<'_>,
+        what: &str,
+    ) -> Result<GroupedChange, BusError> {
         let caller = require_root(connection, header, what).await?;
         let busy = self.daemon.busy();
         let heartbeat = heartbeat(connection, header);
-        let exclusive = self.daemon.change_lock(what).await?;
         let systemd = self.systemd(connection).await?;
-        Ok(Change { _busy: busy, _heartbeat: heartbeat, _exclusive: exclusive, systemd, caller })
+        Ok(GroupedChange { _busy: busy, _heartbeat: heartbeat, systemd, caller })
     }
 }
 
 /// A state-changing call in progress; see [`PortableInterface::begin_change`].
 struct Change<'a> {
+    grouped: GroupedChange,
+    _exclusive: zruntime::lock::MutexGuard<'a, ()>,
+}
+
+impl std::ops::Deref for Change<'_> {
+    type Target = GroupedChange;
+    fn deref(&self) -> &GroupedChange {
+        &self.grouped
+    }
+}
+
+/// A state-changing call that may be applied with others.
+struct GroupedChange {
     _busy: super::BusyGuard,
     _heartbeat: Option<zruntime::Task<(), zruntime::Shared>>,
-    _exclusive: zruntime::lock::MutexGuard<'a, ()>,
     systemd: Systemd,
     caller: Caller,
 }
@@ -104,14 +129,19 @@ impl PortableInterface {
         connection: &Connection,
         header: &Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let change = self.begin_change(connection, header, "attaching an image").await?;
+        let what = "attaching an image";
+        let change = self.begin_grouped_change(connection, header, what).await?;
         let audit = Call::new(Kind::Attach, change.caller.clone()).image(&self.host.pool, &request.image);
         let audit = with_extensions(audit, &request.extensions);
         let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
         let progress = Box::new(progress_reporter(connection, header, &format!("decompress {}", request.image)));
-        let profile = profile_or_default(&profile);
-        let result = ops::attach(&self.host, &change.systemd, vec![request], profile, copy, actions, progress).await;
-        record(audit.profile(profile), flags, &result).await;
+        let profile = profile_or_default(&profile).to_string();
+        let operation = Operation::Attach { profile: profile.clone(), copy, actions };
+        let commits = &self.daemon.commits;
+        let result =
+            commits.submit(&self.daemon, &self.host, &change.systemd, what, operation, request, progress).await;
+        let result = result?;
+        record(audit.profile(&profile), flags, &result).await;
         Ok(result?.into())
     }
 
@@ -122,11 +152,16 @@ impl PortableInterface {
         connection: &Connection,
         header: &Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let change = self.begin_change(connection, header, "detaching an image").await?;
+        let what = "detaching an image";
+        let change = self.begin_grouped_change(connection, header, what).await?;
         let audit = Call::new(Kind::Detach, change.caller.clone()).image_now(&self.host.pool, &request.image).await;
         let audit = with_extensions(cleaning(audit, flags), &request.extensions);
         let actions = audit.check(check_flags(flags))?;
-        let result = ops::detach_with_extensions(&self.host, &change.systemd, request, actions).await;
+        let operation = Operation::Detach { actions };
+        let nothing: ops::ProgressFn = Box::new(|_, _| {});
+        let commits = &self.daemon.commits;
+        let result = commits.submit(&self.daemon, &self.host, &change.systemd, what, operation, request, nothing).await;
+        let result = result?;
         record(audit, flags, &result).await;
         Ok(result?.into())
     }

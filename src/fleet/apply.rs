@@ -394,6 +394,7 @@ async fn execute(
     wanted_machines: &MachineWants,
 ) -> Result<()> {
     let bind_os_release = crate::portable::ops::binds_os_release(systemd).await?;
+    let pin = crate::portable::ops::pin_level(systemd).await?;
     let (file_host, file_plan, file_resolved, file_snapshot) =
         (host.clone(), plan.clone(), resolved.to_vec(), snapshot.clone());
     let config_dir = machines.map(|m| m.machines.config_dir.clone());
@@ -404,6 +405,7 @@ async fn execute(
         build_transaction(
             &file_host,
             bind_os_release,
+            pin,
             &file_plan,
             &file_resolved,
             sources,
@@ -755,6 +757,7 @@ fn add_machine_enable_steps(root: &Path, machine: &str, tx: &mut Transaction) ->
 fn build_transaction(
     host: &Host,
     bind_os_release: bool,
+    pin: crate::image::policy::PinLevel,
     plan: &Plan,
     resolved: &[ResolvedPortable],
     sources: Vec<Source>,
@@ -820,6 +823,10 @@ fn build_transaction(
                     runtime: want.want.runtime,
                     force: false,
                     bind_os_release,
+                    // Written only where the plan has a step: a no-op pass
+                    // leaves an unpinned attachment as it is.
+                    pin,
+                    keep_unpinned: false,
                 };
                 plan_attach(&host.root, std::slice::from_ref(source), &options, &existing, &replacing, &mut tx)?;
                 for service in &want.services {

@@ -79,6 +79,9 @@ struct Entry {
     image_file: Option<Identity>,
     kind: ImageKind,
     units: Vec<CachedUnit>,
+    /// The policy derived from the image as read (none for a directory).
+    #[serde(default)]
+    derived_policy: Option<crate::image::policy::DerivedPolicy>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +124,10 @@ impl ImageCache {
         if Identity::of_file(path)? != entry.file {
             return None;
         }
+        // Kept by a wharf that derived no policies: read once more.
+        if entry.kind.is_file() && entry.derived_policy.is_none() {
+            return None;
+        }
         if let Some(pooled) = &entry.image_file
             && Identity::of_file(&entry.image).as_ref() != Some(pooled)
         {
@@ -137,6 +144,8 @@ impl ImageCache {
             // Fleet files stack no extensions.
             extensions: Vec::new(),
             image_policy: None,
+            derived_policy: entry.derived_policy.clone(),
+            derived_extension_policy: None,
         })
     }
 
@@ -197,6 +206,7 @@ impl ImageCache {
                 .iter()
                 .map(|u| CachedUnit { name: u.name.clone(), path: u.path.clone(), contents: u.contents.clone() })
                 .collect(),
+            derived_policy: source.derived_policy.clone(),
         };
         if self.entries.get(path) != Some(&entry) {
             self.entries.insert(path.to_path_buf(), entry);
@@ -249,6 +259,8 @@ mod tests {
             }],
             extensions: Vec::new(),
             image_policy: None,
+            derived_policy: Some(crate::image::policy::DerivedPolicy::of_file_system("squashfs")),
+            derived_extension_policy: None,
         }
     }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::inspect::Partition;
 use super::kind::MAGIC_PROBE_LEN;
+use super::policy::{DerivedPolicy, PartitionContent};
 use super::slice::{FileSlice, file_len};
 use super::squashfs::SquashfsTree;
 use super::tree::{EntryType, Tree, TreeError};
@@ -375,6 +376,41 @@ pub fn layout(image: &Path, file: &Arc<File>) -> Result<Layout> {
     let read_only = flags[chosen] & FLAG_READ_ONLY != 0;
     Ok(Layout { partitions, chosen, fs, read_only })
 }
+
+/// The image policy a GPT disk image satisfies as it is: its partitions
+/// for this machine's architecture (or for none), each with what it holds
+/// (LUKS, or the file system its magic names).
+pub fn derived_policy(image: &Path, file: &File) -> Result<DerivedPolicy> {
+    let file = Arc::new(file.try_clone().map_err(Error::io(image))?);
+    let layout = layout(image, &file)?;
+    let arch = host_architecture();
+    let mut found: Vec<(&str, Option<ImageKind>, bool)> = Vec::new();
+    for part in &layout.partitions {
+        if part.architecture.as_deref().is_some_and(|a| a != arch) {
+            continue;
+        }
+        let mut head = vec![0u8; MAGIC_PROBE_LEN.min(part.size as usize)];
+        FileSlice::new(file.clone(), part.offset, part.size).read_exact_at(&mut head, 0).map_err(Error::io(image))?;
+        found.push((part.role.as_str(), ImageKind::from_magic(&head), head.starts_with(LUKS_MAGIC)));
+    }
+    let contents: Vec<(&str, PartitionContent<'_>)> = found
+        .iter()
+        .map(|&(role, kind, luks)| {
+            let content = match kind {
+                _ if luks => PartitionContent::Encrypted,
+                Some(kind @ (ImageKind::Squashfs | ImageKind::Ext4 | ImageKind::Erofs)) => {
+                    PartitionContent::FileSystem(Some(kind.as_str()))
+                }
+                _ => PartitionContent::FileSystem(None),
+            };
+            (role, content)
+        })
+        .collect();
+    Ok(DerivedPolicy::of_partitions(&contents))
+}
+
+/// The first bytes of a LUKS header.
+const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
 
 /// Opens a GPT disk image: its partitions, and the tree of the root (or
 /// /usr) partition for this machine's architecture.

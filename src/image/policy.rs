@@ -4,8 +4,16 @@
 //! before anything is written, and pins the attachment to it
 //! (`RootImagePolicy=`), so that systemd refuses a file swapped in later
 //! that does not satisfy it.
+//!
+//! Without `--image-policy=`, an attachment is pinned to a policy derived
+//! from the image as it is when attached ([`DerivedPolicy`]), as systemd
+//! 260's portabled pins: each partition the image has, with the protection
+//! (and, where systemd reads them, the file system) it has, and every other
+//! partition absent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
 
 /// The partition designators systemd defines, architecture-agnostic.
 pub const DESIGNATORS: &[&str] = &[
@@ -155,6 +163,155 @@ impl ImagePolicy {
     }
 }
 
+/// Partitions a service's image may carry that systemd does not mount for
+/// it (its default policy for `RootImage=` leaves them unused).
+const NOT_MOUNTED_FOR_SERVICES: &[&str] = &["esp", "xbootldr", "swap"];
+
+/// What a partition of an image holds, as far as a policy can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionContent<'a> {
+    /// LUKS: encrypted, whatever is inside.
+    Encrypted,
+    /// A file system, named when it is recognised (`squashfs`, `ext4`, ...).
+    FileSystem(Option<&'a str>),
+}
+
+/// How much of a derived policy the host's systemd reads, by version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PinLevel {
+    /// No `RootImagePolicy=` (before 254): nothing is pinned.
+    #[default]
+    Off,
+    /// Partitions and their protection (254 to 257).
+    Protection,
+    /// And their file systems (258 and later).
+    FileSystems,
+}
+
+impl PinLevel {
+    pub fn for_systemd(version: u32) -> PinLevel {
+        match version {
+            v if v >= FILE_SYSTEMS_SINCE => PinLevel::FileSystems,
+            v if v >= ROOT_IMAGE_POLICY_SINCE => PinLevel::Protection,
+            _ => PinLevel::Off,
+        }
+    }
+}
+
+/// The first systemd with `RootImagePolicy=`.
+pub const ROOT_IMAGE_POLICY_SINCE: u32 = 254;
+/// The first systemd whose image policies name file systems.
+pub const FILE_SYSTEMS_SINCE: u32 = 258;
+
+/// The policy an image satisfies exactly as it is: per designator it has,
+/// the protection found (and file system), every other designator absent.
+/// Verity and signature partitions are not listed: systemd derives their
+/// policy from their data partition's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DerivedPolicy {
+    /// Designator → the use and protection flags allowed, and the file
+    /// systems (empty: any).
+    rules: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+}
+
+impl DerivedPolicy {
+    /// A bare file system image: systemd takes it as the root partition.
+    pub fn of_file_system(fs: &str) -> DerivedPolicy {
+        let fs = FILE_SYSTEMS.contains(&fs).then(|| fs.to_string()).into_iter().collect();
+        let rules = BTreeMap::from([("root".to_string(), (BTreeSet::from(["unprotected".to_string()]), fs))]);
+        DerivedPolicy { rules }
+    }
+
+    /// A partitioned image: `partitions` are its (role, content) pairs, the
+    /// roles as [`DESIGNATORS`] names them (others are skipped).
+    pub fn of_partitions(partitions: &[(&str, PartitionContent<'_>)]) -> DerivedPolicy {
+        let has = |role: &str| partitions.iter().any(|(r, _)| *r == role);
+        let mut rules = BTreeMap::new();
+        for &(role, content) in partitions {
+            if !DESIGNATORS.contains(&role) || role.ends_with("-verity") || role.ends_with("-verity-sig") {
+                continue;
+            }
+            let (flag, fs) = if NOT_MOUNTED_FOR_SERVICES.contains(&role) {
+                ("unused", None)
+            } else {
+                match content {
+                    PartitionContent::Encrypted => ("encrypted", None),
+                    PartitionContent::FileSystem(fs) => {
+                        let protection = match (has(&format!("{role}-verity")), has(&format!("{role}-verity-sig"))) {
+                            (true, true) => "signed",
+                            (true, false) => "verity",
+                            _ => "unprotected",
+                        };
+                        (protection, fs.filter(|fs| FILE_SYSTEMS.contains(fs)))
+                    }
+                }
+            };
+            let rule = rules.entry(role.to_string()).or_insert_with(|| (BTreeSet::new(), BTreeSet::new()));
+            rule.0.insert(flag.to_string());
+            rule.1.extend(fs.map(str::to_string));
+        }
+        DerivedPolicy { rules }
+    }
+
+    /// A policy that each of `policies` satisfies (for extension images,
+    /// which share one `ExtensionImagePolicy=`): a designator some lack may
+    /// be absent, and a file system is named only where every image that
+    /// has the designator names one.
+    pub fn union(policies: &[DerivedPolicy]) -> Option<DerivedPolicy> {
+        let (first, rest) = policies.split_first()?;
+        let mut rules = first.rules.clone();
+        for policy in rest {
+            for (designator, (flags, fs)) in &policy.rules {
+                match rules.get_mut(designator) {
+                    Some(rule) => {
+                        rule.0.extend(flags.iter().cloned());
+                        if rule.1.is_empty() || fs.is_empty() {
+                            rule.1.clear();
+                        } else {
+                            rule.1.extend(fs.iter().cloned());
+                        }
+                    }
+                    None => {
+                        let mut flags = flags.clone();
+                        flags.insert("absent".into());
+                        rules.insert(designator.clone(), (flags, fs.clone()));
+                    }
+                }
+            }
+            for (designator, rule) in rules.iter_mut() {
+                if !policy.rules.contains_key(designator) {
+                    rule.0.insert("absent".into());
+                }
+            }
+        }
+        Some(DerivedPolicy { rules })
+    }
+
+    /// The policy in systemd's syntax, as much of it as `level` reads;
+    /// `None` at [`PinLevel::Off`].
+    pub fn render(&self, level: PinLevel) -> Option<String> {
+        if level == PinLevel::Off {
+            return None;
+        }
+        let order = |flag: &String| USE_FLAGS.iter().position(|f| f == flag).unwrap_or(usize::MAX);
+        let mut parts: Vec<String> = DESIGNATORS
+            .iter()
+            .filter_map(|designator| {
+                let (flags, fs) = self.rules.get(*designator)?;
+                let mut flags: Vec<&String> = flags.iter().collect();
+                flags.sort_by_key(|f| order(f));
+                let mut words: Vec<&str> = flags.into_iter().map(String::as_str).collect();
+                if level == PinLevel::FileSystems {
+                    words.extend(fs.iter().map(String::as_str));
+                }
+                Some(format!("{designator}={}", words.join("+")))
+            })
+            .collect();
+        parts.push("=absent".to_string());
+        Some(parts.join(":"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +357,57 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_derived_policy_pins_what_the_image_has() {
+        use PartitionContent::*;
+        let squashfs = DerivedPolicy::of_file_system("squashfs");
+        assert_eq!(squashfs.render(PinLevel::Off), None);
+        assert_eq!(squashfs.render(PinLevel::Protection).unwrap(), "root=unprotected:=absent");
+        assert_eq!(squashfs.render(PinLevel::FileSystems).unwrap(), "root=unprotected+squashfs:=absent");
+
+        let signed = DerivedPolicy::of_partitions(&[
+            ("esp", FileSystem(Some("vfat"))),
+            ("root", FileSystem(Some("erofs"))),
+            ("root-verity", FileSystem(None)),
+            ("root-verity-sig", FileSystem(None)),
+            ("home", Encrypted),
+            ("other", FileSystem(Some("ext4"))),
+        ]);
+        assert_eq!(
+            signed.render(PinLevel::FileSystems).unwrap(),
+            "root=signed+erofs:home=encrypted:esp=unused:=absent",
+            "verity partitions follow their data partition; the ESP stays unused"
+        );
+        let verity =
+            DerivedPolicy::of_partitions(&[("usr", FileSystem(Some("btrfs"))), ("usr-verity", FileSystem(None))]);
+        assert_eq!(verity.render(PinLevel::Protection).unwrap(), "usr=verity:=absent");
+
+        // Each derived policy satisfies its image, as wharf checks images.
+        let parsed = ImagePolicy::parse(&signed.render(PinLevel::FileSystems).unwrap()).unwrap();
+        assert_eq!(parsed.refuses("root", "signed", Some("erofs")), None);
+        assert!(parsed.refuses("root", "verity", Some("erofs")).is_some(), "a swapped image with less protection");
+        assert!(parsed.refuses("root", "signed", Some("ext4")).is_some(), "or another file system");
+        assert!(parsed.refuses("usr", "unprotected", None).is_some(), "or a partition more");
+        assert!(parsed.refuses_absence("root").is_some(), "or one less");
+    }
+
+    #[test]
+    fn extensions_share_a_policy_each_satisfies() {
+        use PartitionContent::*;
+        let squashfs = DerivedPolicy::of_file_system("squashfs");
+        let erofs = DerivedPolicy::of_file_system("erofs");
+        let gpt = DerivedPolicy::of_partitions(&[("usr", FileSystem(None)), ("usr-verity", FileSystem(None))]);
+        assert_eq!(DerivedPolicy::union(&[]), None);
+        assert_eq!(DerivedPolicy::union(std::slice::from_ref(&squashfs)).unwrap(), squashfs);
+        assert_eq!(
+            DerivedPolicy::union(&[squashfs.clone(), erofs]).unwrap().render(PinLevel::FileSystems).unwrap(),
+            "root=unprotected+erofs+squashfs:=absent"
+        );
+        assert_eq!(
+            DerivedPolicy::union(&[squashfs, gpt]).unwrap().render(PinLevel::FileSystems).unwrap(),
+            "root=unprotected+absent+squashfs:usr=verity+absent:=absent"
+        );
     }
 }

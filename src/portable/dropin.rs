@@ -9,6 +9,25 @@ pub const PROFILE_DROPIN: &str = "10-profile.conf";
 /// File name of the drop-in with settings a fleet file gives the services.
 pub const SETTINGS_DROPIN: &str = "30-settings.conf";
 
+/// The most of a drop-in wharf reads: drop-ins are small, and a unit
+/// directory is no place for a large file.
+const DROPIN_MAX: u64 = 64 * 1024;
+
+/// A drop-in's text: none when it is missing or not a regular file (these
+/// directories are root's, but a unit directory is no place for a FIFO).
+pub fn read_dropin(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    match path.symlink_metadata() {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(DROPIN_MAX).read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
 const MARKER_HEAD: &str = "# Drop-in created by wharf for image '";
 const MARKER_TAIL: &str = "', do not edit.";
 

@@ -16,6 +16,7 @@ use super::profile::Profile;
 use super::{Error, State};
 use crate::executor::Executor;
 use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
+use crate::image::policy::PinLevel;
 use crate::image::units::find_units;
 use crate::image::{ImageKind, Pool, readonly};
 use crate::systemd::manager::UnitManager;
@@ -44,7 +45,7 @@ impl Host {
 }
 
 /// What attach, detach and reattach are asked to do beyond the files.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Actions {
     pub runtime: bool,
     pub force: bool,
@@ -222,6 +223,11 @@ fn read_source_as(
     use crate::image::extension::{merge_units, read_extension};
     let Located { path, file, kind } = locate_open(host, &request.image, progress, xz, pin)?;
     let name = image_name(&path)?;
+    // Derived from the descriptor whose bytes are read (and were hashed).
+    let derived_policy = match request.image_policy {
+        Some(_) => None,
+        None => derive_image_policy(&path, kind, &file)?,
+    };
     let mut opened = open(&path, file, kind)?;
     let os_release = read_os_release(&path, opened.tree.as_mut())?;
     let prefixes = choose_prefixes(&path, &name, &request.prefixes, &os_release)?;
@@ -233,18 +239,37 @@ fn read_source_as(
     };
     drop(opened);
     let mut extensions: Vec<Extension> = Vec::new();
+    let mut extension_policies = Vec::new();
     for wanted in &request.extensions {
         let ext = locate_open(host, wanted, progress, xz, None)?;
         if ext.path == path || extensions.iter().any(|e| e.image == ext.path) {
             let extension = ext.path.display().to_string();
             return Err(Error::DuplicateExtension { image: path.display().to_string(), extension });
         }
+        extension_policies.extend(derive_image_policy(&ext.path, ext.kind, &ext.file)?);
         let reading = crate::image::inspect::Reading::privileged();
         let found = read_extension(&path, &os_release, &prefixes, &ext.path, ext.file, ext.kind, &reading)?;
         let added = merge_units(&mut units, found);
         extensions.push(Extension { image: ext.path, kind: ext.kind, units: added });
     }
-    Ok(Source { image: path, kind, units, extensions, image_policy })
+    let derived_extension_policy = crate::image::policy::DerivedPolicy::union(&extension_policies);
+    Ok(Source { image: path, kind, units, extensions, image_policy, derived_policy, derived_extension_policy })
+}
+
+/// The image policy a file image satisfies as it is, which its attachment
+/// is pinned to when no policy is given; none for a directory, which
+/// systemd does not dissect.
+fn derive_image_policy(
+    path: &Path,
+    kind: ImageKind,
+    file: &std::fs::File,
+) -> Result<Option<crate::image::policy::DerivedPolicy>> {
+    use crate::image::policy::DerivedPolicy;
+    Ok(match kind {
+        ImageKind::Squashfs | ImageKind::Ext4 | ImageKind::Erofs => Some(DerivedPolicy::of_file_system(kind.as_str())),
+        ImageKind::Gpt => Some(crate::image::gpt::derived_policy(path, file)?),
+        ImageKind::Directory | ImageKind::Xz => None,
+    })
 }
 
 /// Checks an image against a policy as systemd would when it dissects the
@@ -292,27 +317,27 @@ fn check_image_policy(
 
 /// Refuses an image policy where systemd cannot pin to it.
 async fn check_image_policy_support(systemd: &impl UnitManager, requests: &[ImageRequest]) -> Result<()> {
+    use crate::image::policy::{FILE_SYSTEMS_SINCE, ROOT_IMAGE_POLICY_SINCE};
     if requests.iter().all(|r| r.image_policy.is_none()) {
         return Ok(());
     }
     let version = systemd.version().await?;
-    if version < SYSTEMD_ROOT_IMAGE_POLICY {
+    if version < ROOT_IMAGE_POLICY_SINCE {
         return Err(Error::ImagePolicyUnsupported(version));
     }
     for text in requests.iter().filter_map(|r| r.image_policy.as_deref()) {
         let policy = crate::image::policy::ImagePolicy::parse(text)?;
-        if policy.names_file_systems() && version < SYSTEMD_IMAGE_POLICY_FILE_SYSTEMS {
+        if policy.names_file_systems() && version < FILE_SYSTEMS_SINCE {
             return Err(Error::ImagePolicyFileSystems { policy: text.to_string(), version });
         }
     }
     Ok(())
 }
 
-/// The first systemd whose image policies name file systems.
-pub const SYSTEMD_IMAGE_POLICY_FILE_SYSTEMS: u32 = 258;
-
-/// The first systemd with `RootImagePolicy=`.
-pub const SYSTEMD_ROOT_IMAGE_POLICY: u32 = 254;
+/// How much of a derived image policy the host's systemd reads.
+pub async fn pin_level(systemd: &impl UnitManager) -> Result<PinLevel> {
+    Ok(PinLevel::for_systemd(systemd.version().await?))
+}
 
 /// The source of a request: read (an xz image decompressed into the pool),
 /// or for a plan only previewed, with nothing written.
@@ -361,24 +386,99 @@ pub async fn attach(
     profile: &str,
     copy: CopyMode,
     actions: Actions,
-    mut progress: ProgressFn,
+    progress: ProgressFn,
 ) -> Result<Outcome> {
+    Ok(attach_owned(host, systemd, requests, profile, copy, actions, progress).await?.0)
+}
+
+/// [`attach`] of requests from several callers in one transaction with one
+/// reload, all or none: an outcome per request, with its own units and
+/// changes.
+pub async fn attach_each(
+    host: &Host,
+    systemd: &impl UnitManager,
+    requests: Vec<ImageRequest>,
+    profile: &str,
+    copy: CopyMode,
+    actions: Actions,
+    progress: ProgressFn,
+) -> Result<Vec<Outcome>> {
+    let (outcome, owned) = attach_owned(host, systemd, requests, profile, copy, actions, progress).await?;
+    Ok(split_outcome(outcome, &owned))
+}
+
+/// The units one request of a batch attached or detached, and its image.
+struct Owned {
+    image: String,
+    units: Vec<String>,
+}
+
+/// One outcome per request of a batch: its units, the units it started or
+/// stopped, and the changes of files of its units (or of its image's
+/// search-path link); a change of none of them (a directory all share) is
+/// the first request's.
+fn split_outcome(outcome: Outcome, owned: &[Owned]) -> Vec<Outcome> {
+    let owner_of = |path: &Path| {
+        let of_unit = |unit: &String| {
+            let dropins = format!("{unit}.d");
+            path.components().any(|c| c.as_os_str() == unit.as_str() || c.as_os_str() == dropins.as_str())
+        };
+        owned
+            .iter()
+            .position(|o| o.units.iter().any(of_unit))
+            .or_else(|| owned.iter().position(|o| Path::new(&o.image).file_name() == path.file_name()))
+            .unwrap_or(0)
+    };
+    let mut outcomes: Vec<Outcome> = owned
+        .iter()
+        .map(|o| Outcome {
+            changes: Vec::new(),
+            units: o.units.clone(),
+            restarted: outcome.restarted.iter().filter(|u| o.units.contains(u)).cloned().collect(),
+            replaced: Vec::new(),
+        })
+        .collect();
+    if outcomes.is_empty() {
+        return vec![outcome];
+    }
+    for change in outcome.changes {
+        outcomes[owner_of(Path::new(&change.path))].changes.push(change);
+    }
+    outcomes
+}
+
+async fn attach_owned(
+    host: &Host,
+    systemd: &impl UnitManager,
+    requests: Vec<ImageRequest>,
+    profile: &str,
+    copy: CopyMode,
+    actions: Actions,
+    mut progress: ProgressFn,
+) -> Result<(Outcome, Vec<Owned>)> {
     actions.check()?;
     check_extension_support(host, systemd, &requests).await?;
     check_image_policy_support(systemd, &requests).await?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
-    let (tx, units, unchanged) = blocking(move || -> Result<_> {
+    let pin = pin_level(systemd).await?;
+    let (tx, units, unchanged, owned) = blocking(move || -> Result<_> {
         let host = planning_host;
         let sources =
             requests.iter().map(|r| source_for(&host, r, &mut progress, actions.check)).collect::<Result<Vec<_>>>()?;
+        let owned: Vec<Owned> = sources
+            .iter()
+            .map(|s| Owned { image: s.image_str(), units: s.units.iter().map(|u| u.name.clone()).collect() })
+            .collect();
         let options = AttachOptions {
             profile: Profile::find(&host.root, &profile)?,
             copy,
             runtime: actions.runtime,
             force: actions.force,
             bind_os_release,
+            pin,
+            keep_unpinned: true,
         };
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let mut tx = Transaction::new(&host.journal_dir);
@@ -420,20 +520,20 @@ pub async fn attach(
         if attached_already > 0 {
             tx.skip_unchanged();
         }
-        Ok((tx, units, unchanged))
+        Ok((tx, units, unchanged, owned))
     })
     .await?;
     let started = if actions.now { startable(&units) } else { Vec::new() };
     if actions.check {
         let changes = if unchanged { Vec::new() } else { tx.preview() };
-        return Ok(Outcome { changes, units, restarted: started, replaced: Vec::new() });
+        return Ok((Outcome { changes, units, restarted: started, replaced: Vec::new() }, owned));
     }
     if unchanged {
         tracing::info!(units = ?units, "attached already, exactly so: nothing to do");
         if !started.is_empty() {
             systemd.start(&started, !actions.no_block).await?;
         }
-        return Ok(Outcome { changes: Vec::new(), units, restarted: started, replaced: Vec::new() });
+        return Ok((Outcome { changes: Vec::new(), units, restarted: started, replaced: Vec::new() }, owned));
     }
 
     let mut change = Executor::new(systemd);
@@ -449,7 +549,7 @@ pub async fn attach(
     .await;
     let changes = conclude(change, result, "attach").await?;
     tracing::info!(units = ?units, "attached");
-    Ok(Outcome { changes, units, restarted: started, replaced: Vec::new() })
+    Ok((Outcome { changes, units, restarted: started, replaced: Vec::new() }, owned))
 }
 
 /// Commits a change whose steps all worked, or undoes one that failed: the
@@ -700,24 +800,47 @@ pub async fn detach_batch(
     detach_requests(host, systemd, requests, actions).await
 }
 
+/// [`detach_batch`] of requests from several callers (each with its own
+/// prefixes): an outcome per request, with its own units and changes.
+pub async fn detach_each(
+    host: &Host,
+    systemd: &impl UnitManager,
+    requests: Vec<ImageRequest>,
+    actions: Actions,
+) -> Result<Vec<Outcome>> {
+    let (outcome, owned) = detach_owned(host, systemd, requests, actions).await?;
+    Ok(split_outcome(outcome, &owned))
+}
+
 async fn detach_requests(
     host: &Host,
     systemd: &impl UnitManager,
     images: Vec<ImageRequest>,
     actions: Actions,
 ) -> Result<Outcome> {
+    Ok(detach_owned(host, systemd, images, actions).await?.0)
+}
+
+async fn detach_owned(
+    host: &Host,
+    systemd: &impl UnitManager,
+    images: Vec<ImageRequest>,
+    actions: Actions,
+) -> Result<(Outcome, Vec<Owned>)> {
     actions.check()?;
     let plan_host = host.clone();
-    let (owners, units, tx) = blocking(move || -> Result<_> {
+    let (owners, units, tx, owned) = blocking(move || -> Result<_> {
         let host = plan_host;
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut attachments: Vec<Attachment> = Vec::new();
+        let mut owned: Vec<Owned> = Vec::new();
         for request in &images {
             let (path, found) = attachments_among(&host, existing.clone(), &request.image)
                 .map_err(|error| theirs_or(&host, &request.image, error))?;
             let found = matching_extensions(&host, found, &path, &request.extensions)?;
             let found = matching_prefixes(found, &path, &request.prefixes)?;
+            owned.push(Owned { image: path.clone(), units: found.iter().map(|a| a.unit.clone()).collect() });
             for attachment in found {
                 if owners.insert(attachment.unit.clone(), path.clone()).is_none() {
                     attachments.push(attachment);
@@ -741,7 +864,7 @@ async fn detach_requests(
                 tx.remove(link);
             }
         }
-        Ok((owners, units, tx))
+        Ok((owners, units, tx, owned))
     })
     .await?;
 
@@ -757,7 +880,7 @@ async fn detach_requests(
     let cleaned = if actions.clean { cleanable(systemd, &units, &owners).await? } else { Vec::new() };
     if actions.check {
         let stopping = if actions.now { active.into_iter().map(|(unit, _)| unit).collect() } else { Vec::new() };
-        return Ok(Outcome { changes: tx.preview(), units, restarted: stopping, replaced: Vec::new() });
+        return Ok((Outcome { changes: tx.preview(), units, restarted: stopping, replaced: Vec::new() }, owned));
     }
     // Loaded until cleaned: a stopped unit whose file is gone is otherwise
     // unloaded, and systemd would not know its directories any more.
@@ -793,7 +916,7 @@ async fn detach_requests(
     let changes = concluded?;
     let images: std::collections::BTreeSet<&String> = owners.values().collect();
     tracing::info!(?images, units = ?units, "detached");
-    Ok(Outcome { changes, units, restarted: stopped, replaced: Vec::new() })
+    Ok((Outcome { changes, units, restarted: stopped, replaced: Vec::new() }, owned))
 }
 
 /// The services among `units` whose directories `--clean` removes, once
@@ -863,6 +986,7 @@ pub async fn reattach(
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
+    let pin = pin_level(systemd).await?;
     let planned = blocking(move || -> Result<_> {
         let host = planning_host;
         let source = source_for(&host, &request, &mut progress, actions.check)?;
@@ -893,6 +1017,9 @@ pub async fn reattach(
             runtime,
             force: actions.force,
             bind_os_release,
+            // A reattach pins an attachment made unpinned.
+            pin,
+            keep_unpinned: false,
         };
         let mut tx = Transaction::new(&host.journal_dir);
         // Old units the new image does not bring go, disabled first; the
@@ -1139,6 +1266,50 @@ mod tests {
         clean: false,
         check: false,
     };
+
+    /// Requests applied together (group commit) share one transaction and
+    /// one reload, and each gets an outcome of its own units and changes.
+    #[test]
+    fn requests_applied_together_get_their_own_outcomes() {
+        let host = host("each", UNIT);
+        let other = host.root.join("var/lib/portables/barbaz");
+        std::fs::create_dir_all(other.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(other.join("usr/lib/os-release"), "ID=barbaz\nPORTABLE_PREFIXES=barbaz\n").unwrap();
+        std::fs::write(other.join("usr/lib/systemd/system/barbaz.service"), UNIT).unwrap();
+        let systemd = FakeManager::default();
+        let requests: Vec<ImageRequest> = ["foobar", "barbaz"]
+            .iter()
+            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
+            .collect();
+        let outcomes = zbus::block_on(attach_each(
+            &host,
+            &systemd,
+            requests.clone(),
+            "default",
+            CopyMode::Copy,
+            ENABLE_NOW,
+            Box::new(|_, _| {}),
+        ))
+        .unwrap();
+        let reloads = || systemd.calls().iter().filter(|c| c.starts_with("reload")).count();
+        assert_eq!(reloads(), 1, "{:?}", systemd.calls());
+        for (outcome, own) in outcomes.iter().zip(["foobar.service", "barbaz.service"]) {
+            assert_eq!(outcome.units, [own]);
+            assert_eq!(outcome.restarted, [own]);
+            assert!(!outcome.changes.is_empty());
+            for change in &outcome.changes {
+                assert!(change.path.contains(own) || !change.path.contains(".service"), "{own}: {change:?}");
+            }
+        }
+        let detached =
+            zbus::block_on(detach_each(&host, &systemd, requests, Actions { now: true, ..Actions::default() }))
+                .unwrap();
+        assert_eq!(reloads(), 2);
+        assert_eq!(detached[1].units, ["barbaz.service"]);
+        assert!(detached[1].changes.iter().all(|c| c.path.contains("barbaz")), "{:?}", detached[1].changes);
+        assert_eq!(files(&host).iter().filter(|f| f.contains(".service")).count(), 0, "{:?}", files(&host));
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
 
     /// A planned attach and detach (`--check`) touch neither the files nor
     /// systemd, and report exactly the changes the real ones then make.

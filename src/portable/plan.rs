@@ -9,11 +9,12 @@ use std::str::FromStr;
 use super::Error;
 use super::attachments::{Attachment, Attachments, PERSISTENT_UNIT_DIR, RUNTIME_UNIT_DIR};
 use super::dropin::{
-    PORTABLE_DROPIN, PROFILE_DROPIN, marker_with_extensions, parse_marker, parse_marker_with_extensions,
+    PORTABLE_DROPIN, PROFILE_DROPIN, marker_with_extensions, parse_marker, parse_marker_with_extensions, read_dropin,
 };
 use super::portabled::{Holder, add_image_link, add_mirror_steps};
 use super::profile::{PROFILE_DIRS, Profile};
 use crate::image::ImageKind;
+use crate::image::policy::{DerivedPolicy, PinLevel};
 use crate::image::units::UnitFile;
 use crate::transaction::Transaction;
 
@@ -66,6 +67,20 @@ pub struct Source {
     pub extensions: Vec<Extension>,
     /// The image policy it satisfies and is pinned to (`--image-policy`).
     pub image_policy: Option<String>,
+    /// Without `--image-policy`, the policy the image satisfies as it is,
+    /// and the one its file extension images share: pinned where systemd
+    /// reads them (`AttachOptions::pin`).
+    pub derived_policy: Option<DerivedPolicy>,
+    pub derived_extension_policy: Option<DerivedPolicy>,
+}
+
+/// The policies a source's services are pinned to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    /// `RootImagePolicy=`
+    pub root: Option<String>,
+    /// `ExtensionImagePolicy=`
+    pub extensions: Option<String>,
 }
 
 /// An extension image stacked on a [`Source`].
@@ -117,6 +132,12 @@ pub struct AttachOptions {
     /// RootImage=/RootDirectory= service themselves, and refuse a second
     /// mount there (EEXIST).
     pub bind_os_release: bool,
+    /// How much of a derived image policy the host's systemd reads.
+    pub pin: PinLevel,
+    /// An attachment made unpinned (before wharf pinned) stays so when
+    /// attached again exactly as it is: only a reattach pins it, so that
+    /// an idempotent attach is still a no-op after an upgrade of wharf.
+    pub keep_unpinned: bool,
 }
 
 /// The first systemd version that provides /run/host/os-release itself.
@@ -127,17 +148,45 @@ pub fn unit_dir(root: &Path, runtime: bool) -> PathBuf {
     root.join(if runtime { RUNTIME_UNIT_DIR } else { PERSISTENT_UNIT_DIR })
 }
 
+/// What `source`'s services are pinned to: the policy given, or the one
+/// derived from the image; nothing for an attachment of the same image in
+/// `dest` that is unpinned and is to stay so (`keep_unpinned`).
+pub fn pins_for(source: &Source, dest: &Path, options: &AttachOptions) -> Result<Pins, Error> {
+    let derived = Pins {
+        root: source.derived_policy.as_ref().and_then(|p| p.render(options.pin)),
+        extensions: source.derived_extension_policy.as_ref().and_then(|p| p.render(options.pin)),
+    };
+    let pins = Pins { root: source.image_policy.clone().or(derived.root), extensions: derived.extensions };
+    if source.image_policy.is_none() && options.keep_unpinned && attached_unpinned(source, dest)? {
+        return Ok(Pins::default());
+    }
+    Ok(pins)
+}
+
+/// Whether a service of `source` is attached in `dest` from this very image
+/// (its drop-in carries the image's marker) without `RootImagePolicy=`.
+fn attached_unpinned(source: &Source, dest: &Path) -> Result<bool, Error> {
+    let marker = source.marker();
+    for unit in source.units.iter().filter(|u| u.is_service()) {
+        let path = dest.join(format!("{}.d", unit.name)).join(PORTABLE_DROPIN);
+        let text = read_dropin(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        if text.is_some_and(|text| {
+            text.lines().next() == Some(marker.as_str()) && !text.lines().any(|l| l.starts_with("RootImagePolicy="))
+        }) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The `20-portable.conf` drop-in tying `unit` to its image.
-pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool) -> String {
+pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool, pins: &Pins) -> String {
     let image = source.image_str();
     let mut text = format!("{}\n", source.marker());
     if unit.is_service() {
         let root = if source.kind.is_file() { "RootImage" } else { "RootDirectory" };
         let name = source.portable_name();
         text.push_str(&format!("[Service]\n{root}={image}\n"));
-        if let Some(policy) = &source.image_policy {
-            text.push_str(&format!("RootImagePolicy={policy}\n"));
-        }
         // Stacked in the order given, as systemd stacks each list.
         let list = |files: bool| -> Vec<String> {
             source
@@ -151,6 +200,12 @@ pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool) 
             if !paths.is_empty() {
                 text.push_str(&format!("{setting}={}\n", paths.join(" ")));
             }
+        }
+        if let Some(policy) = &pins.root {
+            text.push_str(&format!("RootImagePolicy={policy}\n"));
+        }
+        if let Some(policy) = pins.extensions.as_ref().filter(|_| source.extensions.iter().any(|e| e.kind.is_file())) {
+            text.push_str(&format!("ExtensionImagePolicy={policy}\n"));
         }
         text.push_str(&format!("Environment=PORTABLE={name}\n"));
         if bind_os_release {
@@ -224,10 +279,15 @@ pub fn plan_attach(
 
     // Drop-ins first, unit files last: systemd never sees a unit without its sandbox.
     for source in sources {
+        let pins = pins_for(source, &dest, options)?;
         for unit in &source.units {
             let dropins = dest.join(format!("{}.d", unit.name));
             tx.make_dir(&dropins);
-            tx.write(dropins.join(PORTABLE_DROPIN), portable_dropin(source, unit, options.bind_os_release), 0o644);
+            tx.write(
+                dropins.join(PORTABLE_DROPIN),
+                portable_dropin(source, unit, options.bind_os_release, &pins),
+                0o644,
+            );
             if let Some((profile_file, contents)) = options.profile.contents_for(&unit.name)? {
                 match options.copy {
                     CopyMode::Copy => {
@@ -506,6 +566,8 @@ mod tests {
                 runtime,
                 force,
                 bind_os_release: true,
+                pin: PinLevel::Off,
+                keep_unpinned: true,
             }
         }
 
@@ -592,6 +654,8 @@ mod tests {
             units: units.iter().map(|u| unit(u)).collect(),
             extensions: Vec::new(),
             image_policy: None,
+            derived_policy: None,
+            derived_extension_policy: None,
         }
     }
 
@@ -633,6 +697,8 @@ mod tests {
             units: vec![unit("foobar.service")],
             extensions: Vec::new(),
             image_policy: None,
+            derived_policy: None,
+            derived_extension_policy: None,
         };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Auto, true, false)).unwrap();
         assert!(
@@ -665,6 +731,8 @@ mod tests {
             units: vec![unit("foobar.service")],
             extensions: Vec::new(),
             image_policy: None,
+            derived_policy: None,
+            derived_extension_policy: None,
         };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Mixed, false, false)).unwrap();
         let unit = host.root.join("etc/systemd/system/foobar.service");
@@ -785,6 +853,44 @@ mod tests {
     }
 
     #[test]
+    fn an_attachment_is_pinned_to_its_image_and_an_unpinned_one_stays_so() {
+        let host = Host::new("pins");
+        let mut source = raw("/p/foobar.raw", &["foobar.service", "foobar.socket"]);
+        source.derived_policy = Some(DerivedPolicy::of_file_system("squashfs"));
+        let dropin = "etc/systemd/system/foobar.service.d/20-portable.conf";
+        // Unpinned where systemd cannot read a policy, as attachments were before.
+        host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Copy, false, false)).unwrap();
+        assert!(!host.read(dropin).contains("ImagePolicy"), "{}", host.read(dropin));
+        // Attached again as it is, it stays unpinned; a reattach pins it.
+        let protection = AttachOptions { pin: PinLevel::Protection, ..host.options(CopyMode::Copy, false, false) };
+        let pins = pins_for(&source, &host.root.join("etc/systemd/system"), &protection).unwrap();
+        assert_eq!(pins, Pins::default());
+        let reattach = AttachOptions { keep_unpinned: false, ..protection.clone() };
+        let existing = Attachments::scan(&host.root).unwrap();
+        let mut tx = Transaction::new(&host.root.join("journal"));
+        let replacing = vec![source.image_str()];
+        plan_attach(&host.root, std::slice::from_ref(&source), &reattach, &existing, &replacing, &mut tx).unwrap();
+        tx.apply().unwrap();
+        tx.commit().unwrap();
+        assert!(host.read(dropin).contains("\nRootImagePolicy=root=unprotected:=absent\n"), "{}", host.read(dropin));
+        let socket = host.read("etc/systemd/system/foobar.socket.d/20-portable.conf");
+        assert!(!socket.contains("ImagePolicy"), "only services have images: {socket}");
+        // Pinned now, it is pinned when attached again; a given policy wins.
+        let pins = pins_for(&source, &host.root.join("etc/systemd/system"), &protection).unwrap();
+        assert_eq!(pins.root.as_deref(), Some("root=unprotected:=absent"));
+        source.image_policy = Some("root=unprotected+verity".into());
+        let pins = pins_for(&source, &host.root.join("etc/systemd/system"), &protection).unwrap();
+        assert_eq!(pins.root.as_deref(), Some("root=unprotected+verity"));
+        // File extensions share a derived policy of their own.
+        source.derived_extension_policy = Some(DerivedPolicy::of_file_system("erofs"));
+        source.extensions =
+            vec![Extension { image: "/p/foobar-ext.raw".into(), kind: ImageKind::Erofs, units: Vec::new() }];
+        let pins = Pins { root: None, extensions: Some("root=unprotected:=absent".into()) };
+        let text = portable_dropin(&source, &source.units[0], false, &pins);
+        assert!(text.contains("\nExtensionImagePolicy=root=unprotected:=absent\n"), "{text}");
+    }
+
+    #[test]
     fn extensions_are_stacked_in_the_dropin_and_their_paths_checked() {
         let host = Host::new("extensions");
         let mut source = raw("/p/foobar.raw", &["foobar.service", "foobar-ext.service"]);
@@ -797,7 +903,7 @@ mod tests {
             Extension { image: "/p/more".into(), kind: ImageKind::Directory, units: Vec::new() },
             Extension { image: "/p/last.raw".into(), kind: ImageKind::Erofs, units: Vec::new() },
         ];
-        let dropin = portable_dropin(&source, &source.units[0], false);
+        let dropin = portable_dropin(&source, &source.units[0], false, &Pins::default());
         assert_eq!(
             dropin,
             "# Drop-in created by wharf for image '/p/foobar.raw:/p/foobar-ext.raw:/p/more:/p/last.raw', do not edit.\n\

@@ -16,11 +16,10 @@
 //! path also gets the link portabled makes for such images, in
 //! `/etc/portables` (or `/run/portables`), so that `portablectl list` finds it.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::Attachment;
-use super::dropin::PORTABLE_DROPIN;
+use super::dropin::{PORTABLE_DROPIN, read_dropin};
 use crate::transaction::Transaction;
 
 /// portabled's persistent attachments...
@@ -32,9 +31,6 @@ const MARKER_HEAD: &str = "# Drop-in created for image '";
 const MARKER_TAIL: &str = "', do not edit.";
 /// The second line of a mirror: what tells wharf's mirror from portabled's own entry.
 const MIRROR_NOTE: &str = "# A mirror written by wharf, which attached this unit in ";
-
-/// portabled's drop-ins are a few lines; a bigger file is not one.
-const DROPIN_MAX: u64 = 64 * 1024;
 
 /// The directory of portabled's attachments below `root`.
 pub fn attached_dir(root: &Path, runtime: bool) -> PathBuf {
@@ -93,20 +89,6 @@ pub fn holder(root: &Path, unit: &str) -> std::io::Result<Option<Holder>> {
         return Ok(Some(holder));
     }
     Ok(None)
-}
-
-/// A drop-in's text: none when it is missing or not a regular file (these
-/// directories are root's, but a unit directory is no place for a FIFO).
-fn read_dropin(path: &Path) -> std::io::Result<Option<String>> {
-    match path.symlink_metadata() {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut text = String::new();
-    std::fs::File::open(path)?.take(DROPIN_MAX).read_to_string(&mut text)?;
-    Ok(Some(text))
 }
 
 /// Every attachment portabled made below `root` (wharf's mirrors left out),

@@ -297,11 +297,15 @@ fn machines(tb: &Testbed) {
     );
     fleet_file(tb, &healthy);
     let out = tb.fails("portable apply /srv/fleet/host.toml");
-    assert_eq!(
-        out.stderr.trim(),
-        "portable: machine fleetm: its health command did not succeed within 3 s (status 1); \
-         everything this apply changed was put back"
-    );
+    // On a loaded machine the last try may still be running at the deadline.
+    let said = |why: &str| {
+        format!(
+            "portable: machine fleetm: its health command did not succeed within 3 s ({why}); \
+             everything this apply changed was put back"
+        )
+    };
+    let reasons = [said("status 1"), said("it was still running when its time was up")];
+    assert!(reasons.contains(&out.stderr.trim().to_string()), "{out}");
     assert!(!tb.ok("machinectl list --no-legend").contains("fleetm"), "the unhealthy start was put back");
     tb.ok("touch /var/lib/machines/fleetm/etc/healthy");
     assert_eq!(tb.ok("portable apply /srv/fleet/host.toml"), "  1. start machine fleetm\nApplied.\n");

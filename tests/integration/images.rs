@@ -21,7 +21,9 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         trial(shared, "images::gpt_partitions_are_reported", gpt_partitions),
         trial(shared, "images::nobody_inspects_squashfs_without_a_loop_device", nobody_inspects_squashfs),
         trial(shared, "images::erofs_mounts_leave_nothing_behind", erofs_leaves_nothing_behind),
-        trial(shared, "images::bad_images_are_refused_in_one_line", bad_images),
+        // Alone: it checks that nothing is left in the pool and no mount of
+        // wharfd's is in flight, which another trial's erofs read would be.
+        exclusive_trial(shared, "images::bad_images_are_refused_in_one_line", bad_images),
     ]
 }
 
@@ -174,7 +176,7 @@ fn inspect_xz(tb: &Testbed) {
 }
 
 /// The GPT type of a root partition for this machine, and for another one.
-fn root_types() -> (&'static str, &'static str) {
+pub fn root_types() -> (&'static str, &'static str) {
     const X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
     const ARM64: &str = "b921b045-1df0-41c3-af44-4c6f280d3fae";
     if std::env::consts::ARCH == "aarch64" { (ARM64, X86_64) } else { (X86_64, ARM64) }
@@ -201,12 +203,12 @@ fn dps_types() -> (&'static str, &'static str, &'static str) {
     }
 }
 
-const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
 /// A GPT disk image at `out` with one partition per `(type, label, content)`
 /// (content: a file to copy in, or `None` for 64 KiB of zeros), made with
 /// sfdisk on the host.
-fn gpt_disk(out: &Path, partitions: &[(&str, &str, Option<&Path>)]) {
+pub fn gpt_disk(out: &Path, partitions: &[(&str, &str, Option<&Path>)]) {
     let mut script = String::from("label: gpt\n");
     let mut start = 2048u64;
     let mut layout = Vec::new();

@@ -32,6 +32,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::profiles_sandbox_the_service", profiles),
         exclusive_trial(shared, "portable::only_root_may_attach_detach_and_remove", unprivileged),
         exclusive_trial(shared, "portable::batch_attach_reloads_once", batch_attach),
+        exclusive_trial(shared, "portable::concurrent_changes_share_one_reload_and_fail_alone", group_commit),
         exclusive_trial(shared, "portable::batch_detach_of_many_images_reloads_once", batch_detach),
         exclusive_trial(shared, "portable::bad_batch_detach_fails_whole_and_changes_nothing", bad_batch_detach),
         exclusive_trial(shared, "portable::failed_batch_detach_rolls_back_every_image", failed_batch_detach),
@@ -465,6 +466,110 @@ fn batch_attach(tb: &Testbed) {
     assert!(refused.stderr.contains("'no-such-image' not found"), "{refused}");
     assert_eq!(tb.ok("ls /etc/systemd/system | grep -c -E 'alpha|beta' || true").trim(), "0");
     tb.ok("rm -rf /var/lib/portables/alpha /var/lib/portables/beta /var/lib/portables/gamma");
+}
+
+/// Group commit: attaches that arrive while another change holds wharfd's
+/// change lock are applied together, with one reload of systemd, and each
+/// caller gets its own result; among detaches applied together, one that
+/// cannot be done fails alone and the others are done; reads answer while
+/// the lock is held. The change holding the lock is an `attach --now` of a
+/// unit whose start waits for a host unit the test releases, once the
+/// journal says that every request waits.
+fn group_commit(tb: &Testbed) {
+    let reset = "systemctl stop gate.service 'grp*.service' 2>/dev/null; \
+         rm -rf /run/gate-open /var/tmp/grp /etc/systemd/system/gate.service /etc/systemd/system/grp* \
+         /etc/systemd/system.attached/grp* /etc/systemd/system/*.wants/grp* /etc/portables/grp* /var/lib/portables/grp*; \
+         systemctl daemon-reload; systemctl reset-failed; true";
+    clean_slate(tb);
+    tb.ok(reset);
+    std::fs::write(
+        tb.host_path("/etc/systemd/system/gate.service"),
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'until [ -e /run/gate-open ]; do sleep 0.1; done'\n",
+    )
+    .unwrap();
+    let gate = tb.host_path("/var/lib/portables/grpgate");
+    images::foobar_as(&gate, "grpgate", "foobar-hello.service").unwrap();
+    std::fs::write(
+        gate.join("usr/lib/systemd/system/grpgate.service"),
+        "[Unit]\nWants=gate.service\nAfter=gate.service\n[Service]\nType=oneshot\nRemainAfterExit=yes\n\
+         ExecStart=/usr/bin/busybox true\n",
+    )
+    .unwrap();
+    let names: Vec<String> = (1..=7).map(|i| format!("grp{i}")).collect();
+    for name in &names {
+        images::foobar_as(&tb.host_path(&format!("/var/lib/portables/{name}")), name, "foobar-hello.service").unwrap();
+    }
+    tb.ok("systemctl daemon-reload && mkdir -p /var/tmp/grp");
+    // Until the journal after cursor $1 says that $2 requests wait.
+    std::fs::write(
+        tb.host_path("/var/tmp/grp/waiting.sh"),
+        "until [ \"$(journalctl -q --after-cursor=\"$1\" -o cat | grep -c 'waiting behind another change')\" \\
+         -ge \"$2\" ]; do sleep 0.1; done\n",
+    )
+    .unwrap();
+    // Runs `verb` of each image at once behind the gate; returns when all
+    // ended, with the time the gate opened.
+    let behind_the_gate = |verb: &str, images: &[String]| -> String {
+        let calls: String = images
+            .iter()
+            .map(|i| format!("(set +e; portable {verb} {i} > /var/tmp/grp/{i}.out 2>&1; echo $? > /var/tmp/grp/{i}.rc) & "))
+            .collect();
+        let script = format!(
+            "set -e; rm -f /run/gate-open; systemctl stop gate.service; \
+             portable attach --now grpgate > /var/tmp/grp/gate.out 2>&1 & gate=$!; \
+             timeout 60 sh -c 'until [ \"$(systemctl show -P ActiveState gate.service)\" = activating ]; do sleep 0.1; done' \
+             || {{ echo the gate never held the lock; cat /var/tmp/grp/gate.out; exit 1; }}; \
+             timeout 10 portable list > /dev/null; timeout 10 portable is-attached grpgate > /dev/null; \
+             cursor=$(journalctl -n1 --show-cursor -q -o cat | sed -n 's/^-- cursor: //p'); \
+             {calls} \
+             timeout 60 sh /var/tmp/grp/waiting.sh \"$cursor\" {n} \
+             || {{ echo not all waited; journalctl -q --after-cursor=\"$cursor\"; tail -n +1 /var/tmp/grp/*.out; exit 1; }}; \
+             since=$(date +%s.%N); touch /run/gate-open; wait $gate; wait; echo $since",
+            n = images.len()
+        );
+        tb.ok(&script).trim().to_string()
+    };
+    let result = |image: &str| -> (String, String) {
+        (
+            tb.ok(&format!("cat /var/tmp/grp/{image}.rc")).trim().to_string(),
+            tb.ok(&format!("cat /var/tmp/grp/{image}.out")),
+        )
+    };
+
+    let attached = &names[..6];
+    let since = behind_the_gate("attach", attached);
+    for name in attached {
+        let (rc, out) = result(name);
+        assert_eq!(rc, "0", "{name}: {out}");
+        assert!(out.contains(&format!(" /etc/systemd/system/{name}.service")), "{name}: {out}");
+        let others = attached.iter().filter(|o| *o != name);
+        for other in others {
+            assert!(!out.contains(&format!("/{other}.service")), "{name} was told of {other}'s changes: {out}");
+        }
+    }
+    assert_eq!(reloads_since(tb, &since), 1, "one reload for the six attaches");
+    let grouped = tb.ok(&format!(
+        "journalctl -q --since @{since} -o cat | grep -c 'applying changes that arrived together' || true"
+    ));
+    assert_eq!(grouped.trim(), "1", "applied as one group");
+    for name in attached {
+        tb.ok(&format!("systemctl start {name}.service"));
+    }
+
+    // grp7 is not attached: its detach fails, alone, in one line.
+    tb.ok("systemctl stop 'grp[0-9].service' grpgate.service && portable detach grpgate");
+    behind_the_gate("detach", &names);
+    for name in attached {
+        let (rc, out) = result(name);
+        assert_eq!(rc, "0", "{name}: {out}");
+        assert!(tb.sh(&format!("test -e /etc/systemd/system/{name}.service")).code == Some(1), "{name} is left");
+    }
+    let (rc, out) = result("grp7");
+    assert_ne!(rc, "0", "{out}");
+    assert_eq!(out.trim_end().lines().count(), 1, "{out}");
+    assert!(out.contains("grp7") && out.contains("not attached"), "{out}");
+    tb.ok("systemctl stop grpgate.service && portable detach grpgate");
+    tb.ok(reset);
 }
 
 /// The images of the batch detach tests: `count` directory images with
@@ -931,7 +1036,9 @@ fn interop(tb: &Testbed) {
 /// anything is written, and the attachment is pinned to it
 /// (`RootImagePolicy=`), so that an image of another kind swapped in under
 /// the attachment is refused by systemd at the next start. systemd before
-/// 254 has no `RootImagePolicy=`: refused in one line there.
+/// 254 has no `RootImagePolicy=`: refused in one line there. Without the
+/// option, an attachment is pinned to the policy the image satisfies as it
+/// is, and an unpinned one stays so until a reattach.
 fn image_policy(tb: &Testbed) {
     clean_slate(tb);
     pool_image(tb, "foobar_1.raw", "squashfs", "1");
@@ -942,11 +1049,17 @@ fn image_policy(tb: &Testbed) {
         assert!(out.stderr.contains(reason), "{command}: wanted {reason:?}: {out}");
         assert_no_foobar_units(tb);
     };
+    let dropin = || tb.ok("cat /etc/systemd/system/foobar.service.d/20-portable.conf");
     if version < 254 {
         refused(
             "portable attach --image-policy=root=unprotected foobar_1.raw",
             &format!("--image-policy needs systemd 254 or later (RootImagePolicy=); this is systemd {version}"),
         );
+        // Nothing to pin to: attached unpinned, as it always was.
+        tb.ok("portable attach foobar_1.raw");
+        assert!(!dropin().contains("ImagePolicy"), "{}", dropin());
+        tb.ok("portable detach foobar_1.raw");
+        assert_no_foobar_units(tb);
         return;
     }
     refused(
@@ -975,12 +1088,60 @@ fn image_policy(tb: &Testbed) {
     // Pinned: systemd holds the service to the policy at every start.
     let policy = "root=unprotected:=absent";
     tb.ok(&format!("portable attach --now --image-policy={policy} foobar_1.raw"));
-    let dropin = tb.ok("cat /etc/systemd/system/foobar.service.d/20-portable.conf");
-    assert!(dropin.contains(&format!("RootImagePolicy={policy}\n")), "{dropin}");
+    assert!(dropin().contains(&format!("RootImagePolicy={policy}\n")), "{}", dropin());
     let pinned = show(tb, "foobar.service", "RootImagePolicy");
     assert!(pinned.starts_with("root=unprotected") && !pinned.contains("verity"), "systemd did not take it: {pinned}");
     assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
     tb.ok("systemctl stop foobar.service");
+    tb.ok("portable detach foobar_1.raw");
+    assert_no_foobar_units(tb);
+
+    // Without the option, pinned to the image as it is (as portabled 260
+    // pins): its one unprotected root partition, every other one absent.
+    let derived = if version >= 258 { "root=unprotected+squashfs:=absent" } else { "root=unprotected:=absent" };
+    tb.ok("portable attach --now foobar_1.raw");
+    assert!(dropin().contains(&format!("RootImagePolicy={derived}\n")), "{}", dropin());
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    tb.ok("systemctl stop foobar.service");
+    // A GPT image with an ESP beside the same root, swapped in under the
+    // attachment: systemd refuses it, and so does attaching it again as it
+    // is; a reattach pins the new file, which then runs.
+    let root = tb.host_path("/var/tmp/pin-root.squashfs");
+    images::foobar(&root, "squashfs", "1").unwrap();
+    let swapped = tb.host_path("/var/lib/portables/.foobar_1.swap");
+    super::images::gpt_disk(
+        &swapped,
+        &[(super::images::ESP, "esp", None), (super::images::root_types().0, "root", Some(&root))],
+    );
+    std::fs::remove_file(&root).unwrap();
+    tb.ok("mv /var/lib/portables/.foobar_1.swap /var/lib/portables/foobar_1.raw");
+    // A simple service fails after its fork, setting up its namespace.
+    tb.ok("systemctl start foobar.service");
+    let failed = tb.sh("timeout 30 sh -c 'until systemctl is-failed -q foobar.service; do sleep 0.1; done'");
+    assert!(failed.success(), "systemd ran a swapped image past its pin: {failed}");
+    assert_eq!(show(tb, "foobar.service", "ExecMainStatus"), "226", "refused at the NAMESPACE step");
+    tb.ok("systemctl reset-failed foobar.service");
+    let again = tb.fails("portable attach foobar_1.raw");
+    assert!(again.stderr.contains("attached already"), "{again}");
+    tb.ok("portable reattach foobar_1.raw");
+    assert!(dropin().contains("RootImagePolicy=root=unprotected:esp=unused:=absent\n"), "{}", dropin());
+    tb.ok("systemctl start foobar.service");
+    assert_eq!(show(tb, "foobar.service", "ActiveState"), "active");
+    tb.ok("systemctl stop foobar.service");
+    tb.ok("portable detach foobar_1.raw");
+
+    // An attachment an older wharf made unpinned (as this one still does
+    // on systemd before 254) stays as it is when attached again as it is,
+    // so that an idempotent attach is a no-op after an upgrade; a reattach
+    // pins it. Made by removing the pin, which is all that differs.
+    tb.ok("portable attach foobar_1.raw");
+    tb.ok("sed -i '/^RootImagePolicy=/d' /etc/systemd/system/foobar*.d/20-portable.conf && systemctl daemon-reload");
+    let unpinned = dropin();
+    assert!(!unpinned.contains("ImagePolicy"), "{unpinned}");
+    tb.ok("portable attach foobar_1.raw");
+    assert_eq!(dropin(), unpinned, "attached again as it is, it changed");
+    tb.ok("portable reattach foobar_1.raw");
+    assert!(dropin().contains("RootImagePolicy=root=unprotected:esp=unused:=absent\n"), "{}", dropin());
     tb.ok("portable detach foobar_1.raw");
     assert_no_foobar_units(tb);
     tb.ok("rm -rf /var/lib/portables/foobar_1.raw /var/lib/portables/foobar_d");
