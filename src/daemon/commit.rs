@@ -11,7 +11,7 @@
 //! put back as it was for it alone.
 
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::Daemon;
 use crate::api::BusError;
@@ -73,9 +73,7 @@ impl Commits {
         host: &Host,
         systemd: &Systemd,
         what: &str,
-        operation: Operation,
-        request: ImageRequest,
-        progress: ProgressFn,
+        (operation, request, progress): (Operation, ImageRequest, ProgressFn),
     ) -> Result<Result<Outcome, Error>, BusError> {
         let (reply, result) = sync_channel(1);
         let id = self.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -126,11 +124,9 @@ impl Commits {
     }
 }
 
+/// The result a group's leader sent, if it did yet.
 fn ready(result: &Receiver<Result<Outcome, Error>>) -> Option<Result<Outcome, Error>> {
-    match result.try_recv() {
-        Ok(done) => Some(done),
-        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-    }
+    result.try_recv().ok()
 }
 
 /// Applies the waiting requests in the order they came, each group of

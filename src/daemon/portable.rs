@@ -138,8 +138,8 @@ impl PortableInterface {
         let profile = profile_or_default(&profile).to_string();
         let operation = Operation::Attach { profile: profile.clone(), copy, actions };
         let commits = &self.daemon.commits;
-        let result =
-            commits.submit(&self.daemon, &self.host, &change.systemd, what, operation, request, progress).await;
+        let submitted = (operation, request, progress as ops::ProgressFn);
+        let result = commits.submit(&self.daemon, &self.host, &change.systemd, what, submitted).await;
         let result = result?;
         record(audit.profile(&profile), flags, &result).await;
         Ok(result?.into())
@@ -160,7 +160,8 @@ impl PortableInterface {
         let operation = Operation::Detach { actions };
         let nothing: ops::ProgressFn = Box::new(|_, _| {});
         let commits = &self.daemon.commits;
-        let result = commits.submit(&self.daemon, &self.host, &change.systemd, what, operation, request, nothing).await;
+        let result =
+            commits.submit(&self.daemon, &self.host, &change.systemd, what, (operation, request, nothing)).await;
         let result = result?;
         record(audit, flags, &result).await;
         Ok(result?.into())

@@ -512,7 +512,9 @@ fn group_commit(tb: &Testbed) {
     let behind_the_gate = |verb: &str, images: &[String]| -> String {
         let calls: String = images
             .iter()
-            .map(|i| format!("(set +e; portable {verb} {i} > /var/tmp/grp/{i}.out 2>&1; echo $? > /var/tmp/grp/{i}.rc) & "))
+            .map(|i| {
+                format!("(set +e; portable {verb} {i} > /var/tmp/grp/{i}.out 2>&1; echo $? > /var/tmp/grp/{i}.rc) & ")
+            })
             .collect();
         let script = format!(
             "set -e; rm -f /run/gate-open; systemctl stop gate.service; \
