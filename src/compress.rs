@@ -1,4 +1,4 @@
-//! Compressed streams as images and archives come: xz, gzip, zstd or none,
+//! Compressed streams as images and archives come: xz, gzip, zstd, bzip2 or none,
 //! recognised by their magic bytes (never by file name) when reading, and
 //! chosen by file name suffix when writing an export.
 
@@ -11,11 +11,15 @@ pub enum Compression {
     Xz,
     Gzip,
     Zstd,
+    Bzip2,
 }
 
 const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+/// `BZh` and the block size digit, 1 to 9: the three letters alone begin
+/// plain text too often to be taken for a stream.
+const BZIP2_MAGIC: &[u8] = b"BZh";
 
 impl Compression {
     /// Recognises a compressed stream from its first bytes.
@@ -26,12 +30,14 @@ impl Compression {
             Compression::Gzip
         } else if head.starts_with(ZSTD_MAGIC) {
             Compression::Zstd
+        } else if head.starts_with(BZIP2_MAGIC) && matches!(head.get(3), Some(b'1'..=b'9')) {
+            Compression::Bzip2
         } else {
             Compression::None
         }
     }
 
-    /// The compression an export to `file_name` gets: `.xz`, `.gz`, `.zst`, else none.
+    /// The compression an export to `file_name` gets: `.xz`, `.gz`, `.zst`, `.bz2`, else none.
     pub fn from_suffix(file_name: &str) -> Compression {
         if file_name.ends_with(".xz") {
             Compression::Xz
@@ -39,6 +45,8 @@ impl Compression {
             Compression::Gzip
         } else if file_name.ends_with(".zst") || file_name.ends_with(".zstd") {
             Compression::Zstd
+        } else if file_name.ends_with(".bz2") || file_name.ends_with(".tbz2") {
+            Compression::Bzip2
         } else {
             Compression::None
         }
@@ -50,6 +58,7 @@ impl Compression {
             Compression::Xz => "xz",
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
         }
     }
 }
@@ -66,6 +75,8 @@ pub fn decoder<'a, R: Read + Send + 'a>(input: R) -> io::Result<(Compression, Bo
         Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_stream(buffered, xz_stream_decoder()?)),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        // Every stream of a concatenation, as pbzip2 and `cat a.bz2 b.bz2` make.
+        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
     };
     Ok((kind, reader))
 }
@@ -123,6 +134,12 @@ impl<W: Write + Send> Finish for flate2::write::GzEncoder<W> {
     }
 }
 
+impl<W: Write + Send> Finish for bzip2::write::BzEncoder<W> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        (*self).finish()?.flush()
+    }
+}
+
 impl<W: Write + Send> Finish for zstd::stream::write::Encoder<'static, W> {
     fn finish(self: Box<Self>) -> io::Result<()> {
         (*self).finish()?.flush()
@@ -145,6 +162,7 @@ pub fn encoder<W: Write + Send + 'static>(kind: Compression, output: W) -> io::R
         }
         Compression::Gzip => Box::new(flate2::write::GzEncoder::new(output, flate2::Compression::default())),
         Compression::Zstd => Box::new(zstd::stream::write::Encoder::new(output, 3)?),
+        Compression::Bzip2 => Box::new(bzip2::write::BzEncoder::new(output, bzip2::Compression::best())),
     })
 }
 
@@ -183,7 +201,7 @@ mod tests {
     #[test]
     fn round_trips_every_kind() {
         let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        for kind in [Compression::None, Compression::Xz, Compression::Gzip, Compression::Zstd] {
+        for kind in [Compression::None, Compression::Xz, Compression::Gzip, Compression::Zstd, Compression::Bzip2] {
             let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
             impl Write for Shared {
@@ -212,6 +230,7 @@ mod tests {
         assert_eq!(Compression::from_suffix("f28.tar.xz"), Compression::Xz);
         assert_eq!(Compression::from_suffix("f28.tgz"), Compression::Gzip);
         assert_eq!(Compression::from_suffix("f28.raw.zst"), Compression::Zstd);
+        assert_eq!(Compression::from_suffix("f28.tar.bz2"), Compression::Bzip2);
         assert_eq!(Compression::from_suffix("f28.tar"), Compression::None);
     }
 
@@ -220,6 +239,53 @@ mod tests {
         let mut bad = XZ_MAGIC.to_vec();
         bad.extend_from_slice(&[0u8; 64]);
         let (_, mut reader) = decoder(&bad[..]).unwrap();
+        assert!(reader.read_to_end(&mut Vec::new()).is_err());
+    }
+
+    fn bzip2_of(data: &[u8]) -> Vec<u8> {
+        let mut writer = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        writer.write_all(data).unwrap();
+        writer.finish().unwrap()
+    }
+
+    #[test]
+    fn bzip2_is_told_by_its_magic_and_block_size() {
+        let stream = bzip2_of(b"an image");
+        assert!(stream.starts_with(b"BZh"));
+        assert_eq!(Compression::from_magic(&stream), Compression::Bzip2);
+        for size in b'1'..=b'9' {
+            assert_eq!(Compression::from_magic(&[b'B', b'Z', b'h', size, 0x31]), Compression::Bzip2);
+        }
+        // Text that begins with the letters is no stream, nor is a head too
+        // short to hold the block size.
+        assert_eq!(Compression::from_magic(b"BZh is not a stream"), Compression::None);
+        assert_eq!(Compression::from_magic(b"BZh0"), Compression::None);
+        assert_eq!(Compression::from_magic(b"BZh"), Compression::None);
+    }
+
+    #[test]
+    fn bzip2_decodes_concatenated_streams() {
+        let mut both = bzip2_of(b"first ");
+        both.extend(bzip2_of(b"second"));
+        let (kind, mut reader) = decoder(&both[..]).unwrap();
+        assert_eq!(kind, Compression::Bzip2);
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"first second");
+    }
+
+    #[test]
+    fn truncated_and_corrupt_bzip2_are_errors() {
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes()).collect();
+        let stream = bzip2_of(&data);
+        // Cut short: the end of stream marker and its CRC never come.
+        let (_, mut reader) = decoder(&stream[..stream.len() / 2]).unwrap();
+        assert!(reader.read_to_end(&mut Vec::new()).is_err());
+        // A changed byte in the middle of a block.
+        let mut changed = stream.clone();
+        let middle = changed.len() / 2;
+        changed[middle] ^= 0x55;
+        let (_, mut reader) = decoder(&changed[..]).unwrap();
         assert!(reader.read_to_end(&mut Vec::new()).is_err());
     }
 }

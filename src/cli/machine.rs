@@ -129,14 +129,14 @@ pub enum Command {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
-    /// Import a tar archive (plain, xz, gzip or zstd) as a directory image.
+    /// Import a tar archive (plain, xz, gzip, zstd or bzip2) as a directory image.
     ImportTar {
         /// The archive; - reads standard input.
         file: PathBuf,
         /// Image name; by default the file name without its suffixes.
         name: Option<String>,
     },
-    /// Import a raw disk or file system image (plain, xz, gzip or zstd).
+    /// Import a raw disk or file system image (plain, xz, gzip, zstd or bzip2).
     ImportRaw {
         /// The image: squashfs, ext4, erofs or GPT; - reads standard input.
         file: PathBuf,
@@ -144,16 +144,16 @@ pub enum Command {
         name: Option<String>,
     },
     /// Import a tar archive or a raw image, told apart by their contents
-    /// (plain, xz, gzip or zstd): what import-tar or import-raw would do.
+    /// (plain, xz, gzip, zstd or bzip2): what import-tar or import-raw would do.
     Import {
         /// The archive or image; - reads standard input.
         file: PathBuf,
         /// Image name; by default the file name without its suffixes.
         name: Option<String>,
     },
-    /// Download a raw image (plain, xz, gzip or zstd) and verify it.
+    /// Download a raw image (plain, xz, gzip, zstd or bzip2) and verify it.
     PullRaw(super::pull::PullArgs),
-    /// Download a tar archive (plain, xz, gzip or zstd) as a directory image, and verify it.
+    /// Download a tar archive (plain, xz, gzip, zstd or bzip2) as a directory image, and verify it.
     PullTar(super::pull::PullArgs),
     /// Import a directory tree as a directory image.
     ImportFs {
@@ -162,14 +162,14 @@ pub enum Command {
         /// Image name; by default the directory's name.
         name: Option<String>,
     },
-    /// Export a directory image as a tar archive (.xz, .gz, .zst compress it).
+    /// Export a directory image as a tar archive (.xz, .gz, .zst, .bz2 compress it).
     ExportTar {
         /// The directory image to export.
         name: String,
         /// The archive to write; a file of that name is replaced once the export is complete.
         file: PathBuf,
     },
-    /// Export a raw image (.xz, .gz, .zst compress it).
+    /// Export a raw image (.xz, .gz, .zst, .bz2 compress it).
     ExportRaw {
         /// The raw image to export.
         name: String,
@@ -427,8 +427,8 @@ impl ShowArgs {
 fn default_name(file: &Path) -> String {
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     const SUFFIXES: &[&str] = &[
-        ".tar.xz", ".tar.gz", ".tar.zst", ".tgz", ".tar", ".raw.xz", ".raw.gz", ".raw.zst", ".raw", ".xz", ".gz",
-        ".zst",
+        ".tar.xz", ".tar.gz", ".tar.zst", ".tar.bz2", ".tgz", ".tar", ".raw.xz", ".raw.gz", ".raw.zst", ".raw.bz2",
+        ".raw", ".xz", ".gz", ".zst", ".bz2",
     ];
     SUFFIXES.iter().find_map(|suffix| name.strip_suffix(suffix)).unwrap_or(&name).to_string()
 }
@@ -1562,6 +1562,7 @@ mod tests {
     fn imported_files_name_their_image() {
         assert_eq!(default_name(Path::new("/srv/f28.tar.xz")), "f28");
         assert_eq!(default_name(Path::new("debian.raw.zst")), "debian");
+        assert_eq!(default_name(Path::new("debian.raw.bz2")), "debian");
         assert_eq!(default_name(Path::new("tree")), "tree");
     }
 }

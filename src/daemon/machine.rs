@@ -158,7 +158,8 @@ fn compression(word: &str) -> Result<Compression, BusError> {
         "xz" => Ok(Compression::Xz),
         "gzip" => Ok(Compression::Gzip),
         "zstd" => Ok(Compression::Zstd),
-        other => Err(BusError::InvalidArgument(format!("unknown compression '{other}' (none, xz, gzip, zstd)"))),
+        "bzip2" => Ok(Compression::Bzip2),
+        other => Err(BusError::InvalidArgument(format!("unknown compression '{other}' (none, xz, gzip, zstd, bzip2)"))),
     }
 }
 

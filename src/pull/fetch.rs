@@ -171,7 +171,56 @@ fn fetch(url: &str, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
         Err(e) if e.is_operation_timedout() && sent > 0 => {
             Err((0, format!("the server sent nothing for {} s after {sent} bytes", STALL.as_secs())))
         }
+        Err(e) if e.is_peer_failed_verification() || e.is_ssl_cacert() || e.is_ssl_certproblem() => {
+            // The host that failed, which a redirect may have changed.
+            let failed_at = easy.effective_url().ok().flatten().unwrap_or(url).to_string();
+            Err((0, certificate_failure(host_of(&failed_at), &describe(&e))))
+        }
+        Err(e) if e.is_ssl_cacert_badfile() => Err((0, format!("cannot read the system's CA store: {}", describe(&e)))),
+        Err(e) if e.is_ssl_connect_error() => {
+            let failed_at = easy.effective_url().ok().flatten().unwrap_or(url).to_string();
+            Err((0, format!("the TLS handshake with {} failed: {}", host_of(&failed_at), describe(&e))))
+        }
         Err(e) => Err((0, describe(&e))),
+    }
+}
+
+/// Where the system's certificate authorities are, as Debian's libcurl is
+/// built to read them (`update-ca-certificates` writes both).
+pub const CA_STORE: &str = "/etc/ssl/certs";
+
+/// The host (and port) part of a URL.
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+}
+
+/// What a certificate that libcurl refused means for the user, from the
+/// TLS library's words for it (OpenSSL's, GnuTLS's): the host it was
+/// for, and why, without libcurl's error codes.
+fn certificate_failure(host: &str, detail: &str) -> String {
+    let lower = detail.to_ascii_lowercase();
+    const PROBLEM: &str = "ssl certificate problem: ";
+    let said = if lower.starts_with(PROBLEM) { &detail[PROBLEM.len()..] } else { detail };
+    let why = said.to_ascii_lowercase();
+    if lower.contains("subject name") || lower.contains("does not match") || lower.contains("mismatch") {
+        format!("the TLS certificate of {host} could not be verified: it is for another host name")
+    } else if why.contains("expired") {
+        format!("the TLS certificate of {host} could not be verified: it has expired")
+    } else if why.contains("not yet valid") {
+        format!("the TLS certificate of {host} could not be verified: it is not valid yet")
+    } else if why.contains("issuer")
+        || why.contains("self-signed")
+        || why.contains("self signed")
+        || why.contains("unknown ca")
+    {
+        format!(
+            "the TLS certificate of {host} could not be verified: no certificate authority in the system's CA store \
+             ({CA_STORE}) vouches for it"
+        )
+    } else {
+        format!("the TLS certificate of {host} could not be verified: {said}")
     }
 }
 
@@ -207,5 +256,41 @@ mod tests {
         assert!(Failure::Http(404).is_not_found());
         let refused = outcome(&[Report::Failed(0, "Failed to connect to 127.0.0.1 port 9".into())], 0);
         assert_eq!(refused, Err(Failure::Transfer("Failed to connect to 127.0.0.1 port 9".into())));
+    }
+
+    #[test]
+    fn hosts_are_named_without_path_or_credentials() {
+        assert_eq!(host_of("https://127.0.0.1:8645/a/b.raw?x=1"), "127.0.0.1:8645");
+        assert_eq!(host_of("https://user:pw@mirror.example/f28.tar.xz"), "mirror.example");
+        assert_eq!(host_of("https://[::1]:443"), "[::1]:443");
+    }
+
+    #[test]
+    fn refused_certificates_say_why_in_plain_words() {
+        let host = "127.0.0.1:8645";
+        // OpenSSL's words (bookworm's and trixie's libcurl), as libcurl passes them.
+        let unknown = certificate_failure(host, "SSL certificate problem: unable to get local issuer certificate");
+        assert_eq!(
+            unknown,
+            "the TLS certificate of 127.0.0.1:8645 could not be verified: no certificate authority in the \
+             system's CA store (/etc/ssl/certs) vouches for it"
+        );
+        let own = certificate_failure(host, "SSL certificate problem: self-signed certificate");
+        assert_eq!(own, unknown);
+        let other = certificate_failure(
+            "localhost:8645",
+            "SSL: no alternative certificate subject name matches target host name 'localhost'",
+        );
+        assert_eq!(other, "the TLS certificate of localhost:8645 could not be verified: it is for another host name");
+        // GnuTLS's.
+        let gnutls = certificate_failure(host, "server verification failed: certificate has expired");
+        assert!(gnutls.ends_with("it has expired"), "{gnutls}");
+        let unknown_words = certificate_failure(host, "SSL certificate problem: invalid CA certificate");
+        assert!(unknown_words.ends_with(": invalid CA certificate"), "{unknown_words}");
+        let openssl_host_check = certificate_failure(host, "SSL certificate problem: Hostname mismatch");
+        assert!(openssl_host_check.ends_with("it is for another host name"), "{openssl_host_check}");
+        for said in [unknown, other, gnutls, unknown_words, openssl_host_check] {
+            assert!(!said.contains("curl") && !said.contains("60") && !said.contains('\n'), "{said}");
+        }
     }
 }

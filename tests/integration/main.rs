@@ -15,6 +15,7 @@ mod crash;
 mod deadline;
 mod fleet;
 mod foundation;
+mod https;
 mod images;
 mod interrupt;
 mod machine;
@@ -143,6 +144,7 @@ fn main() -> ExitCode {
     trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(pull::trials(&shared));
+    trials.extend(https::trials(&shared));
     trials.extend(interrupt::trials(&shared));
     trials.extend(machine::trials(&shared));
     trials.extend(network::trials(&shared));

@@ -22,7 +22,7 @@ const SHORT_SERVER: &str = "http://127.0.0.1:8643";
 const STALLED_SERVER: &str = "http://127.0.0.1:8644";
 
 /// A key pair in its own GnuPG home, made without a passphrase.
-fn make_key(tb: &Testbed, home: &str, who: &str) {
+pub(crate) fn make_key(tb: &Testbed, home: &str, who: &str) {
     tb.ok(&format!(
         "mkdir -p -m 700 {home} && GNUPGHOME={home} gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
          --quick-gen-key '{who} <{who}@wharf.test>' ed25519 sign never"
@@ -30,7 +30,7 @@ fn make_key(tb: &Testbed, home: &str, who: &str) {
 }
 
 /// Signs `file` (detached, binary) with the key in `home`, as `file.gpg`.
-fn sign(tb: &Testbed, home: &str, file: &str) {
+pub(crate) fn sign(tb: &Testbed, home: &str, file: &str) {
     tb.ok(&format!(
         "GNUPGHOME={home} gpg --batch --quiet --yes --pinentry-mode loopback --passphrase '' \
          --detach-sign --output {file}.gpg {file}"
@@ -40,7 +40,7 @@ fn sign(tb: &Testbed, home: &str, file: &str) {
 /// Nothing of a pull of `name` is left: no image, no temporary, no scratch
 /// directory of a signature check, no fetcher unit.
 #[track_caller]
-fn nothing_left(tb: &Testbed, name: &str) {
+pub(crate) fn nothing_left(tb: &Testbed, name: &str) {
     let left = tb.ok(&format!(
         "ls -A /var/lib/machines /var/lib/portables 2>/dev/null | grep -e '^{name}$' -e '^{name}.raw$' -e '^\\.#wharf-import-{name}-' || true"
     ));
@@ -79,13 +79,13 @@ fn assert_pulled_is(tb: &Testbed, served: &str) {
 /// Waits until no fetcher unit is loaded (one that was stopped goes a
 /// moment after its pull returned).
 #[track_caller]
-fn wait_no_fetcher(tb: &Testbed) {
+pub(crate) fn wait_no_fetcher(tb: &Testbed) {
     tb.ok("for i in $(seq 300); do [ -z \"$(systemctl list-units --all --no-legend --plain 'wharf-fetch-*')\" ] && exit 0; sleep 0.1; done; exit 1");
 }
 
 /// A pull that fails with one line containing `reason`, and leaves nothing.
 #[track_caller]
-fn refused(tb: &Testbed, command: &str, name: &str, reason: &str) {
+pub(crate) fn refused(tb: &Testbed, command: &str, name: &str, reason: &str) {
     let out = tb.fails(command);
     let message = out.stderr.trim_end();
     assert_eq!(message.lines().count(), 1, "{command}: {out}");

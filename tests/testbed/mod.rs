@@ -69,7 +69,9 @@ impl Release {
     /// python3 so that Ansible can manage testbeds as hosts (and serve
     /// images over HTTP to pulls), nftables for the port forwarding and
     /// masquerading of machines on veth and zones, libcurl for wharfd's
-    /// fetcher, gpg for the pull tests' throwaway signing keys, and zsh and
+    /// fetcher, gpg for the pull tests' throwaway signing keys, openssl and
+    /// ca-certificates for their throwaway certificate authority (made with
+    /// the one, put in the system's CA store with the other), and zsh and
     /// fish to run the completions wharf installs for them.
     pub fn packages(self) -> Vec<&'static str> {
         // Each release's root is cached apart (its key includes the release).
@@ -91,6 +93,8 @@ impl Release {
             "gpg",
             "gpg-agent",
             "gpgv",
+            "openssl",
+            "ca-certificates",
             "zsh",
             "fish",
         ];
