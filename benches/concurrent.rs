@@ -18,12 +18,11 @@
 #[path = "../tests/testbed/mod.rs"]
 mod testbed;
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use testbed::bench::{Table, median, runs};
-use testbed::{BootOptions, Release, Testbed, images};
+use testbed::{Testbed, images};
 
 const CLIENTS: usize = 20;
 const ROUNDS: usize = 5;
@@ -68,9 +67,7 @@ fn client_script(c: usize, log: &str) -> String {
 }
 
 fn run(table: &mut Table) -> Result<(), String> {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_wharfd")).parent().ok_or("no binary directory")?.to_path_buf();
-    let release = Release::from_env().map_err(|e| e.to_string())?;
-    let tb = Testbed::boot(&BootOptions { release, bin_dir, label: "bench".into() }).map_err(|e| e.to_string())?;
+    let tb = testbed::bench::boot()?;
     let pool = tb.host_path("/var/lib/portables");
     std::fs::create_dir_all(&pool).map_err(|e| e.to_string())?;
     for c in 0..CLIENTS {

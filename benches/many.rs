@@ -15,12 +15,11 @@
 #[path = "../tests/testbed/mod.rs"]
 mod testbed;
 
-use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use testbed::bench::{Table, Timed, alternate, median, runs};
-use testbed::{BootOptions, Release, Testbed, images, run_host};
+use testbed::{Testbed, images, run_host};
 
 const MACHINES: usize = 8;
 const PORTABLES: usize = 100;
@@ -56,9 +55,7 @@ fn wait_gone(names: &[String]) -> String {
 }
 
 fn run(table: &mut Table) -> Result<(), String> {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_wharfd")).parent().ok_or("no binary directory")?.to_path_buf();
-    let release = Release::from_env().map_err(|e| e.to_string())?;
-    let tb = Testbed::boot(&BootOptions { release, bin_dir, label: "bench".into() }).map_err(|e| e.to_string())?;
+    let tb = testbed::bench::boot()?;
     let names = names();
     let tarball = images::f28_tarball().map_err(|e| e.to_string())?;
     let first = tb.host_path("/var/lib/machines/w1");

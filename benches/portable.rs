@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use testbed::bench::{Table, Timed, alternate, runs};
-use testbed::{BootOptions, Release, Testbed, images};
+use testbed::images;
 
 fn main() -> ExitCode {
     let mut table = Table::new("portable benchmarks (medians of alternating runs in one testbed)");
@@ -30,9 +30,7 @@ fn main() -> ExitCode {
 }
 
 fn run(table: &mut Table) -> Result<(), String> {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_wharfd")).parent().ok_or("no binary directory")?.to_path_buf();
-    let release = Release::from_env().map_err(|e| e.to_string())?;
-    let tb = Testbed::boot(&BootOptions { release, bin_dir, label: "bench".into() }).map_err(|e| e.to_string())?;
+    let tb = testbed::bench::boot()?;
     let pool = tb.host_path("/var/lib/portables");
     std::fs::create_dir_all(&pool).map_err(|e| e.to_string())?;
     images::foobar(&pool.join("foobar.raw"), "squashfs", "1").map_err(|e| e.to_string())?;

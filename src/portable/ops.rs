@@ -1232,6 +1232,14 @@ mod tests {
         Host { pool: Pool::under(&root, "portables"), journal_dir: root.join("var/lib/wharf/transactions"), root }
     }
 
+    /// A second directory image in the pool, `name`, with one service.
+    fn add_image(host: &Host, name: &str) {
+        let image = host.root.join("var/lib/portables").join(name);
+        std::fs::create_dir_all(image.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(image.join("usr/lib/os-release"), format!("ID={name}\nPORTABLE_PREFIXES={name}\n")).unwrap();
+        std::fs::write(image.join(format!("usr/lib/systemd/system/{name}.service")), UNIT).unwrap();
+    }
+
     /// Everything under the host's unit directories and journal.
     fn files(host: &Host) -> Vec<String> {
         let mut out = Vec::new();
@@ -1272,10 +1280,7 @@ mod tests {
     #[test]
     fn requests_applied_together_get_their_own_outcomes() {
         let host = host("each", UNIT);
-        let other = host.root.join("var/lib/portables/barbaz");
-        std::fs::create_dir_all(other.join("usr/lib/systemd/system")).unwrap();
-        std::fs::write(other.join("usr/lib/os-release"), "ID=barbaz\nPORTABLE_PREFIXES=barbaz\n").unwrap();
-        std::fs::write(other.join("usr/lib/systemd/system/barbaz.service"), UNIT).unwrap();
+        add_image(&host, "barbaz");
         let systemd = FakeManager::default();
         let requests: Vec<ImageRequest> = ["foobar", "barbaz"]
             .iter()
@@ -1560,10 +1565,7 @@ mod tests {
     #[test]
     fn a_batch_detach_reloads_once_and_is_all_or_none() {
         let host = host("batch", UNIT);
-        let other = host.root.join("var/lib/portables/other");
-        std::fs::create_dir_all(other.join("usr/lib/systemd/system")).unwrap();
-        std::fs::write(other.join("usr/lib/os-release"), "ID=other\nPORTABLE_PREFIXES=other\n").unwrap();
-        std::fs::write(other.join("usr/lib/systemd/system/other.service"), UNIT).unwrap();
+        add_image(&host, "other");
         let systemd = FakeManager::default();
         let requests = ["foobar", "other"].map(|image| ImageRequest {
             image: image.into(),

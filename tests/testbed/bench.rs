@@ -5,7 +5,18 @@
 
 use std::time::Duration;
 
-use super::Testbed;
+use super::{BootOptions, Release, Testbed};
+
+/// The testbed a benchmark runs in: the release `WHARF_TESTBED_RELEASE`
+/// names, with the binaries cargo built for the benchmark.
+pub fn boot() -> Result<Testbed, String> {
+    // Set for benchmarks (and tests), not for the examples that share this file.
+    let wharfd = option_env!("CARGO_BIN_EXE_wharfd").ok_or("not built as a benchmark: no wharfd binary")?;
+    let bin_dir = std::path::Path::new(wharfd).parent().ok_or("no binary directory")?;
+    let release = Release::from_env().map_err(|e| e.to_string())?;
+    Testbed::boot(&BootOptions { release, bin_dir: bin_dir.to_path_buf(), label: "bench".into() })
+        .map_err(|e| e.to_string())
+}
 
 /// A benchmark's exit status, after printing its table: 0 when every
 /// target was met, 1 when one was missed or the benchmark could not run
