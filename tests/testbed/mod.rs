@@ -70,7 +70,9 @@ impl Release {
     /// images over HTTP to pulls), nftables for the port forwarding and
     /// masquerading of machines on veth and zones, libcurl for wharfd's
     /// fetcher, gpg for the pull tests' throwaway signing keys, and zsh and
-    /// fish to run the completions wharf installs for them.
+    /// fish to run the completions wharf installs for them, and polkitd
+    /// (with JavaScript rules, and pkttyagent) to authorize callers other
+    /// than root: every trial runs with polkit there, as on most hosts.
     pub fn packages(self) -> Vec<&'static str> {
         // Each release's root is cached apart (its key includes the release).
         let libcurl = match self {
@@ -93,6 +95,7 @@ impl Release {
             "gpgv",
             "zsh",
             "fish",
+            "polkitd",
         ];
         packages.push(libcurl);
         packages
