@@ -261,6 +261,10 @@ macro_rules! changes {
         $( $(#[$doc:meta])* fn $name:ident($member:literal $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; )*
     }) => {
         impl $proxy<'_> {
+            /// The D-Bus names of these methods, for the tests.
+            #[cfg(test)]
+            const CHANGES: &'static [&'static str] = &[$($member),*];
+
             $(
                 $(#[$doc])*
                 #[allow(clippy::too_many_arguments)]
@@ -740,6 +744,28 @@ changes! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_change_asks_polkit_about_its_action_and_the_rest_do_not() {
+        // The client's list of changes (those that may ask for a password)
+        // is the daemon's list of methods with a polkit action.
+        for (interface, changes) in [
+            ("org.wharf1.Portable", PortableProxy::CHANGES),
+            ("org.wharf1.Machine", MachineProxy::CHANGES),
+            ("org.wharf1.Fleet", FleetProxy::CHANGES),
+        ] {
+            for member in changes {
+                assert!(crate::daemon::auth::action_for(interface, member).is_some(), "{interface}.{member}");
+            }
+            let xml = include_str!("../dbus/org.wharf1.xml");
+            let start = xml.find(&format!("<interface name=\"{interface}\"")).unwrap();
+            let body = &xml[start..start + xml[start..].find("</interface>").unwrap()];
+            for method in body.split("<method name=\"").skip(1).map(|rest| &rest[..rest.find('"').unwrap()]) {
+                let asks = crate::daemon::auth::action_for(interface, method).is_some();
+                assert_eq!(changes.contains(&method), asks, "{interface}.{method}");
+            }
+        }
+    }
 
     #[test]
     fn users_see_the_words_without_the_os_error_number() {
