@@ -6,6 +6,8 @@
 //! proxies. `dbus/org.wharf1.xml` documents the same interfaces for people and
 //! is checked against the live daemon by the integration tests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::{Deserialize, Serialize};
 use zbus::Type;
 
@@ -217,87 +219,151 @@ pub trait Manager {
     fn cancel_own_transfers(&self) -> zbus::Result<Vec<u32>>;
 }
 
+/// Whether the calls that change state say the caller waits for an
+/// interactive authorization (`ALLOW_INTERACTIVE_AUTHORIZATION`): then
+/// polkit may have the caller's agent ask for a password. Off until a
+/// client turns it on, as `portable` and `machine` do without
+/// `--no-ask-password`; one setting for the process, as systemd's tools
+/// have it for their bus.
+static INTERACTIVE_AUTHORIZATION: AtomicBool = AtomicBool::new(false);
+
+pub fn allow_interactive_authorization(allow: bool) {
+    INTERACTIVE_AUTHORIZATION.store(allow, Ordering::Relaxed);
+}
+
+/// The flags of a call that changes state.
+fn change_flags() -> zbus::proxy::MethodFlags {
+    if INTERACTIVE_AUTHORIZATION.load(Ordering::Relaxed) {
+        zbus::proxy::MethodFlags::ALLOW_INTERACTIVE_AUTH
+    } else {
+        zbus::proxy::MethodFlags::empty()
+    }
+}
+
+async fn change<B, R>(proxy: &zbus::Proxy<'_>, member: &'static str, body: &B) -> zbus::Result<R>
+where
+    B: serde::Serialize + zbus::DynamicType,
+    R: for<'d> zbus::wire::DynamicDeserialize<'d>,
+{
+    // Without NO_REPLY_EXPECTED the reply is always there.
+    proxy
+        .call_with_flags(member, change_flags(), body)
+        .await?
+        .ok_or_else(|| zbus::Error::Failure(format!("{member}: no reply")))
+}
+
+/// The methods of a proxy that change state, written here rather than in
+/// its `#[zbus::proxy]` trait: the macro fixes a method's flags when it
+/// is compiled, and whether a call may ask for a password is the user's
+/// choice (`--no-ask-password`), made when it runs.
+macro_rules! changes {
+    ($proxy:ident {
+        $( $(#[$doc:meta])* fn $name:ident($member:literal $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; )*
+    }) => {
+        impl $proxy<'_> {
+            /// The D-Bus names of these methods, for the tests.
+            #[cfg(test)]
+            const CHANGES: &'static [&'static str] = &[$($member),*];
+
+            $(
+                $(#[$doc])*
+                #[allow(clippy::too_many_arguments)]
+                pub async fn $name(&self $(, $arg: $ty)*) -> zbus::Result<$ret> {
+                    change(self.inner(), $member, &($($arg,)*)).await
+                }
+            )*
+        }
+    };
+}
+
 /// Client side of `org.wharf1.Portable`.
 #[zbus::proxy(interface = "org.wharf1.Portable", default_service = "org.wharf1", default_path = "/org/wharf1")]
 pub trait Portable {
     /// Every image in the portable search path, with its attachment state
     /// and who attached it, and every image attached from elsewhere.
     fn list_images(&self) -> zbus::Result<Vec<PortableImageEntry>>;
-    /// Sets the size limit of an image, or with an empty name of the pool
-    /// (`u64::MAX`: no limit); btrfs only.
-    fn set_image_limit(&self, image: &str, limit: u64) -> zbus::Result<()>;
-    /// Marks an image read-only, or writable again.
-    fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
-    /// Downloads an image into the portable pool; returns its path.
-    fn pull_image(&self, url: &str, name: &str, verify: &str, flags: u64) -> zbus::Result<String>;
     /// Inspects an image the caller opened and passes as `fd`; `image` is its
     /// path, for messages. Unit texts are included when `cat` is true.
     fn inspect_image(&self, image: &str, fd: zbus::Fd<'_>, prefixes: &[String], cat: bool) -> zbus::Result<ImageInfo>;
-    /// Attaches an image's units (those matching `prefixes`, or its own).
-    fn attach_image(
-        &self,
-        image: &str,
-        prefixes: &[String],
-        profile: &str,
-        copy_mode: &str,
-        flags: u64,
-    ) -> zbus::Result<OperationResult>;
-    /// [`Self::attach_image`] with options: `extensions` (`as`, images
-    /// stacked on it, in order) and `image-policy` (`s`, systemd's syntax).
-    fn attach_image_with_options(
-        &self,
-        image: &str,
-        prefixes: &[String],
-        profile: &str,
-        copy_mode: &str,
-        flags: u64,
-        options: &std::collections::HashMap<&str, zbus::Variant<'_>>,
-    ) -> zbus::Result<OperationResult>;
-    /// Attaches several images, each with its own prefixes, in one transaction and one reload.
-    fn attach_images(
-        &self,
-        images: &[String],
-        profile: &str,
-        copy_mode: &str,
-        flags: u64,
-    ) -> zbus::Result<OperationResult>;
-    /// Detaches an image.
-    fn detach_image(&self, image: &str, prefixes: &[String], flags: u64) -> zbus::Result<OperationResult>;
-    /// Detaches an image attached with exactly these extensions.
-    fn detach_image_with_extensions(
-        &self,
-        image: &str,
-        prefixes: &[String],
-        extensions: &[String],
-        flags: u64,
-    ) -> zbus::Result<OperationResult>;
-    /// Detaches several images in one transaction and one reload.
-    fn detach_images(&self, images: &[String], flags: u64) -> zbus::Result<OperationResult>;
-    /// Replaces the attached version of an image by this one.
-    fn reattach_image(
-        &self,
-        image: &str,
-        prefixes: &[String],
-        profile: &str,
-        copy_mode: &str,
-        flags: u64,
-    ) -> zbus::Result<OperationResult>;
-    /// [`Self::reattach_image`] with the options of [`Self::attach_image_with_options`].
-    fn reattach_image_with_options(
-        &self,
-        image: &str,
-        prefixes: &[String],
-        profile: &str,
-        copy_mode: &str,
-        flags: u64,
-        options: &std::collections::HashMap<&str, zbus::Variant<'_>>,
-    ) -> zbus::Result<OperationResult>;
     /// The image's path and state (detached, attached, running, ...).
     fn get_image_state(&self, image: &str) -> zbus::Result<(String, String)>;
     /// The image's path and state as attached with exactly these extensions.
     fn get_image_state_with_extensions(&self, image: &str, extensions: &[String]) -> zbus::Result<(String, String)>;
-    /// Deletes an image from the pool; refused while attached or read-only.
-    fn remove_image(&self, image: &str) -> zbus::Result<String>;
+}
+
+changes! {
+    PortableProxy {
+        /// Sets the size limit of an image, or with an empty name of the pool
+        /// (`u64::MAX`: no limit); btrfs only.
+        fn set_image_limit("SetImageLimit", image: &str, limit: u64) -> ();
+        /// Marks an image read-only, or writable again.
+        fn mark_read_only("MarkReadOnly", image: &str, read_only: bool) -> ();
+        /// Downloads an image into the portable pool; returns its path.
+        fn pull_image("PullImage", url: &str, name: &str, verify: &str, flags: u64) -> String;
+        /// Attaches an image's units (those matching `prefixes`, or its own).
+        fn attach_image(
+            "AttachImage",
+            image: &str,
+            prefixes: &[String],
+            profile: &str,
+            copy_mode: &str,
+            flags: u64,
+        ) -> OperationResult;
+        /// [`Self::attach_image`] with options: `extensions` (`as`, images
+        /// stacked on it, in order) and `image-policy` (`s`, systemd's syntax).
+        fn attach_image_with_options(
+            "AttachImageWithOptions",
+            image: &str,
+            prefixes: &[String],
+            profile: &str,
+            copy_mode: &str,
+            flags: u64,
+            options: &std::collections::HashMap<&str,
+            zbus::Variant<'_>>,
+        ) -> OperationResult;
+        /// Attaches several images, each with its own prefixes, in one transaction and one reload.
+        fn attach_images(
+            "AttachImages",
+            images: &[String],
+            profile: &str,
+            copy_mode: &str,
+            flags: u64,
+        ) -> OperationResult;
+        /// Detaches an image.
+        fn detach_image("DetachImage", image: &str, prefixes: &[String], flags: u64) -> OperationResult;
+        /// Detaches an image attached with exactly these extensions.
+        fn detach_image_with_extensions(
+            "DetachImageWithExtensions",
+            image: &str,
+            prefixes: &[String],
+            extensions: &[String],
+            flags: u64,
+        ) -> OperationResult;
+        /// Detaches several images in one transaction and one reload.
+        fn detach_images("DetachImages", images: &[String], flags: u64) -> OperationResult;
+        /// Replaces the attached version of an image by this one.
+        fn reattach_image(
+            "ReattachImage",
+            image: &str,
+            prefixes: &[String],
+            profile: &str,
+            copy_mode: &str,
+            flags: u64,
+        ) -> OperationResult;
+        /// [`Self::reattach_image`] with the options of [`Self::attach_image_with_options`].
+        fn reattach_image_with_options(
+            "ReattachImageWithOptions",
+            image: &str,
+            prefixes: &[String],
+            profile: &str,
+            copy_mode: &str,
+            flags: u64,
+            options: &std::collections::HashMap<&str,
+            zbus::Variant<'_>>,
+        ) -> OperationResult;
+        /// Deletes an image from the pool; refused while attached or read-only.
+        fn remove_image("RemoveImage", image: &str) -> String;
+    }
 }
 
 /// Errors wharfd returns, as `org.wharf1.Error.*`. The description is always
@@ -305,7 +371,7 @@ pub trait Portable {
 #[derive(Debug)]
 pub enum BusError {
     ZBus(zbus::Error),
-    /// The caller may not do this (only root may change state).
+    /// The caller may not do this (root, or whom polkit authorizes, may change state).
     AccessDenied(String),
     /// No image by that name or path.
     NoSuchImage(String),
@@ -508,104 +574,108 @@ pub mod pull_flags {
 pub trait Machine {
     /// Every image in the machine search path, running or stopped.
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
-    /// Marks an image read-only, or writable again.
-    fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
-    /// Copies an image under a new name; returns the new image's path.
-    fn clone_image(&self, name: &str, new_name: &str, read_only: bool) -> zbus::Result<String>;
-    /// Renames an image; returns its new path.
-    fn rename_image(&self, name: &str, new_name: &str) -> zbus::Result<String>;
-    /// Deletes an image; returns the path it had.
-    fn remove_image(&self, name: &str) -> zbus::Result<String>;
-    /// Imports a tar archive read from `fd`; returns the image's path.
-    fn import_tar(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
-    /// Imports a raw image read from `fd`; returns the image's path.
-    fn import_raw(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
-    /// Imports a tar archive or a raw image, told apart by content; returns the image's path.
-    fn import_image(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
-    /// Imports the directory tree open as `fd`; returns the image's path.
-    fn import_fs(&self, fd: zbus::Fd<'_>, name: &str) -> zbus::Result<String>;
-    /// Downloads an image (`format`: raw or tar) checked as `verify` says
-    /// (no, checksum, signature); returns the image's path.
-    fn pull_image(&self, url: &str, name: &str, format: &str, verify: &str, flags: u64) -> zbus::Result<String>;
-    /// Writes a directory image as a tar archive to `fd`.
-    fn export_tar(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
-    /// Writes a raw image to `fd`.
-    fn export_raw(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
-    /// Boots a machine; returns its unit and whether its init reported ready
-    /// within `ready_timeout` seconds. `confinement`: `capability`,
-    /// `drop-capability` (CAP_A,CAP_B or all), `no-new-privileges` (yes|no),
-    /// `private-users-ownership` (auto|idmap|chown), `bind` (a JSON list of
-    /// `ro:SPEC`/`rw:SPEC`, SPEC as `--bind=` takes it).
-    fn start_machine(
-        &self,
-        name: &str,
-        properties: &[String],
-        private_users: &str,
-        network: &str,
-        confinement: &std::collections::HashMap<String, String>,
-        ready_timeout: u32,
-    ) -> zbus::Result<(String, bool)>;
-    /// Sends `signal` to the machine's init (poweroff, reboot, halt) and,
-    /// when `wait`, waits until the machine is gone.
-    fn signal_machine(&self, name: &str, signal: i32, wait: bool) -> zbus::Result<()>;
-    /// Stops the machine's unit.
-    fn terminate_machine(&self, name: &str) -> zbus::Result<()>;
-    /// Sends a signal to the machine's init (`leader`) or all its processes (`all`).
-    fn kill_machine(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
-    /// Changes limits live; with `save`, also in /etc/wharf/machines/NAME.toml.
-    fn set_machine_properties(&self, name: &str, properties: &[String], save: bool) -> zbus::Result<()>;
     /// Running machines (all machined knows, whoever started them).
     fn list_machines(&self) -> zbus::Result<Vec<MachineInfo>>;
     /// One running machine, with its limits.
     fn get_machine(&self, name: &str) -> zbus::Result<MachineInfo>;
-    /// Starts the machine at boot, or not.
-    fn enable_machine(&self, name: &str, enable: bool) -> zbus::Result<()>;
-    /// Binds the host path `source` (absolute) at `destination` (absolute)
-    /// in the running machine, idmapped when it has a user namespace;
-    /// `mkdir` creates a missing mount point.
-    fn bind_mount_machine(
-        &self,
-        name: &str,
-        source: &str,
-        destination: &str,
-        read_only: bool,
-        mkdir: bool,
-    ) -> zbus::Result<()>;
-    /// Copies the host path `source` to `destination` in the machine (both absolute).
-    fn copy_to_machine(&self, name: &str, source: &str, destination: &str) -> zbus::Result<()>;
-    /// Copies `source` in the machine to the host path `destination` (both absolute).
-    fn copy_from_machine(&self, name: &str, source: &str, destination: &str) -> zbus::Result<()>;
-    /// A login prompt on a new terminal of the machine: its master side and path.
-    fn open_login(&self, name: &str) -> zbus::Result<(zbus::OwnedFd, String)>;
-    /// Runs a command (empty: the user's shell) inside the machine with the
-    /// caller's descriptors and `environment` (VAR=VALUE, taken literally),
-    /// and returns its exit status. With `pty`, it gets
-    /// a terminal of its own (of `size` ROWSxCOLUMNS) relayed to `stdin`/`stdout`.
-    #[allow(clippy::too_many_arguments)]
-    fn shell(
-        &self,
-        name: &str,
-        user: &str,
-        command: &[String],
-        environment: &[String],
-        stdin: zbus::Fd<'_>,
-        stdout: zbus::Fd<'_>,
-        stderr: zbus::Fd<'_>,
-        pty: bool,
-        size: &str,
-    ) -> zbus::Result<i32>;
-    /// Sets the size limit of an image (`name` empty: of the pool, all
-    /// images together) to `limit` bytes (`u64::MAX`: none), where the
-    /// file system has quota groups (btrfs).
-    fn set_image_limit(&self, name: &str, limit: u64) -> zbus::Result<()>;
-    /// Removes the hidden images, or with `all` every image, that are not
-    /// read-only; refused (nothing removed) while a machine runs off one.
-    /// Returns each image removed with the bytes it took (0: unknown).
-    fn clean_images(&self, all: bool) -> zbus::Result<Vec<(String, u64)>>;
     /// The imports and exports wharfd runs now.
     fn list_transfers(&self) -> zbus::Result<Vec<TransferEntry>>;
-    /// Stops a transfer; what it built is removed.
-    fn cancel_transfer(&self, id: u32) -> zbus::Result<()>;
+}
+
+changes! {
+    MachineProxy {
+        /// Marks an image read-only, or writable again.
+        fn mark_read_only("MarkReadOnly", image: &str, read_only: bool) -> ();
+        /// Copies an image under a new name; returns the new image's path.
+        fn clone_image("CloneImage", name: &str, new_name: &str, read_only: bool) -> String;
+        /// Renames an image; returns its new path.
+        fn rename_image("RenameImage", name: &str, new_name: &str) -> String;
+        /// Deletes an image; returns the path it had.
+        fn remove_image("RemoveImage", name: &str) -> String;
+        /// Imports a tar archive read from `fd`; returns the image's path.
+        fn import_tar("ImportTar", fd: zbus::Fd<'_>, name: &str) -> String;
+        /// Imports a raw image read from `fd`; returns the image's path.
+        fn import_raw("ImportRaw", fd: zbus::Fd<'_>, name: &str) -> String;
+        /// Imports a tar archive or a raw image, told apart by content; returns the image's path.
+        fn import_image("ImportImage", fd: zbus::Fd<'_>, name: &str) -> String;
+        /// Imports the directory tree open as `fd`; returns the image's path.
+        fn import_fs("ImportFs", fd: zbus::Fd<'_>, name: &str) -> String;
+        /// Downloads an image (`format`: raw or tar) checked as `verify` says
+        /// (no, checksum, signature); returns the image's path.
+        fn pull_image("PullImage", url: &str, name: &str, format: &str, verify: &str, flags: u64) -> String;
+        /// Writes a directory image as a tar archive to `fd`.
+        fn export_tar("ExportTar", name: &str, fd: zbus::Fd<'_>, compression: &str) -> ();
+        /// Writes a raw image to `fd`.
+        fn export_raw("ExportRaw", name: &str, fd: zbus::Fd<'_>, compression: &str) -> ();
+        /// Boots a machine; returns its unit and whether its init reported ready
+        /// within `ready_timeout` seconds. `confinement`: `capability`,
+        /// `drop-capability` (CAP_A,CAP_B or all), `no-new-privileges` (yes|no),
+        /// `private-users-ownership` (auto|idmap|chown), `bind` (a JSON list of
+        /// `ro:SPEC`/`rw:SPEC`, SPEC as `--bind=` takes it).
+        fn start_machine(
+            "StartMachine",
+            name: &str,
+            properties: &[String],
+            private_users: &str,
+            network: &str,
+            confinement: &std::collections::HashMap<String, String>,
+            ready_timeout: u32,
+        ) -> (String, bool);
+        /// Sends `signal` to the machine's init (poweroff, reboot, halt) and,
+        /// when `wait`, waits until the machine is gone.
+        fn signal_machine("SignalMachine", name: &str, signal: i32, wait: bool) -> ();
+        /// Stops the machine's unit.
+        fn terminate_machine("TerminateMachine", name: &str) -> ();
+        /// Sends a signal to the machine's init (`leader`) or all its processes (`all`).
+        fn kill_machine("KillMachine", name: &str, whom: &str, signal: i32) -> ();
+        /// Changes limits live; with `save`, also in /etc/wharf/machines/NAME.toml.
+        fn set_machine_properties("SetMachineProperties", name: &str, properties: &[String], save: bool) -> ();
+        /// Starts the machine at boot, or not.
+        fn enable_machine("EnableMachine", name: &str, enable: bool) -> ();
+        /// Binds the host path `source` (absolute) at `destination` (absolute)
+        /// in the running machine, idmapped when it has a user namespace;
+        /// `mkdir` creates a missing mount point.
+        fn bind_mount_machine(
+            "BindMountMachine",
+            name: &str,
+            source: &str,
+            destination: &str,
+            read_only: bool,
+            mkdir: bool,
+        ) -> ();
+        /// Copies the host path `source` to `destination` in the machine (both absolute).
+        fn copy_to_machine("CopyToMachine", name: &str, source: &str, destination: &str) -> ();
+        /// Copies `source` in the machine to the host path `destination` (both absolute).
+        fn copy_from_machine("CopyFromMachine", name: &str, source: &str, destination: &str) -> ();
+        /// A login prompt on a new terminal of the machine: its master side and path.
+        fn open_login("OpenLogin", name: &str) -> (zbus::OwnedFd, String);
+        /// Runs a command (empty: the user's shell) inside the machine with the
+        /// caller's descriptors and `environment` (VAR=VALUE, taken literally),
+        /// and returns its exit status. With `pty`, it gets
+        /// a terminal of its own (of `size` ROWSxCOLUMNS) relayed to `stdin`/`stdout`.
+        fn shell(
+            "Shell",
+            name: &str,
+            user: &str,
+            command: &[String],
+            environment: &[String],
+            stdin: zbus::Fd<'_>,
+            stdout: zbus::Fd<'_>,
+            stderr: zbus::Fd<'_>,
+            pty: bool,
+            size: &str,
+        ) -> i32;
+        /// Sets the size limit of an image (`name` empty: of the pool, all
+        /// images together) to `limit` bytes (`u64::MAX`: none), where the
+        /// file system has quota groups (btrfs).
+        fn set_image_limit("SetImageLimit", name: &str, limit: u64) -> ();
+        /// Removes the hidden images, or with `all` every image, that are not
+        /// read-only; refused (nothing removed) while a machine runs off one.
+        /// Returns each image removed with the bytes it took (0: unknown).
+        fn clean_images("CleanImages", all: bool) -> Vec<(String, u64)>;
+        /// Stops a transfer; what it built is removed.
+        fn cancel_transfer("CancelTransfer", id: u32) -> ();
+    }
 }
 
 /// An import or export in flight, as `machine list-transfers` shows it.
@@ -659,17 +729,43 @@ pub mod fleet_flags {
 
 /// Client side of `org.wharf1.Fleet`.
 #[zbus::proxy(interface = "org.wharf1.Fleet", default_service = "org.wharf1", default_path = "/org/wharf1")]
-pub trait Fleet {
-    /// Applies (or with CHECK, plans) a fleet file given as text; `file` is
-    /// its absolute path, against which relative image paths are taken.
-    /// Returns whether the plan was carried out, and its steps in the order
-    /// they run (or would run).
-    fn apply(&self, text: &str, file: &str, flags: u64) -> zbus::Result<(bool, Vec<PlanStep>)>;
+pub trait Fleet {}
+
+changes! {
+    FleetProxy {
+        /// Applies (or with CHECK, plans) a fleet file given as text; `file` is
+        /// its absolute path, against which relative image paths are taken.
+        /// Returns whether the plan was carried out, and its steps in the order
+        /// they run (or would run).
+        fn apply("Apply", text: &str, file: &str, flags: u64) -> (bool, Vec<PlanStep>);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_change_asks_polkit_about_its_action_and_the_rest_do_not() {
+        // The client's list of changes (those that may ask for a password)
+        // is the daemon's list of methods with a polkit action.
+        for (interface, changes) in [
+            ("org.wharf1.Portable", PortableProxy::CHANGES),
+            ("org.wharf1.Machine", MachineProxy::CHANGES),
+            ("org.wharf1.Fleet", FleetProxy::CHANGES),
+        ] {
+            for member in changes {
+                assert!(crate::daemon::auth::action_for(interface, member).is_some(), "{interface}.{member}");
+            }
+            let xml = include_str!("../dbus/org.wharf1.xml");
+            let start = xml.find(&format!("<interface name=\"{interface}\"")).unwrap();
+            let body = &xml[start..start + xml[start..].find("</interface>").unwrap()];
+            for method in body.split("<method name=\"").skip(1).map(|rest| &rest[..rest.find('"').unwrap()]) {
+                let asks = crate::daemon::auth::action_for(interface, method).is_some();
+                assert_eq!(changes.contains(&method), asks, "{interface}.{method}");
+            }
+        }
+    }
 
     #[test]
     fn users_see_the_words_without_the_os_error_number() {

@@ -29,6 +29,8 @@ pub struct Caller {
     pub pid_check: &'static str,
     /// The caller's unique name on the bus (`:1.42`).
     pub bus_name: String,
+    /// The polkit action that authorized a caller other than root.
+    pub authorized_by: Option<&'static str>,
 }
 
 impl Caller {
@@ -65,7 +67,7 @@ impl Caller {
             }
         }
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name);
-        Ok(Caller { uid, user, pid, cmdline, pid_check, bus_name: sender.to_string() })
+        Ok(Caller { uid, user, pid, cmdline, pid_check, bus_name: sender.to_string(), authorized_by: None })
     }
 }
 

@@ -430,6 +430,9 @@ fn caller_fields(caller: &Caller, fields: &mut Fields) {
     fields.push("WHARF_CALLER_CMDLINE", serde_json::to_string(&caller.cmdline).expect("strings serialise"));
     fields.push("WHARF_CALLER_PID_CHECK", caller.pid_check);
     fields.push("WHARF_BUS_NAME", caller.bus_name.clone());
+    if let Some(action) = caller.authorized_by {
+        fields.push("WHARF_POLKIT_ACTION", action);
+    }
 }
 
 /// The fields every entry starts with.
@@ -716,6 +719,7 @@ mod tests {
             cmdline: vec!["sh".into(), "-c".into(), "portable attach a\nMESSAGE_ID=forged".into()],
             pid_check: "pidfd",
             bus_name: ":1.7".into(),
+            authorized_by: None,
         }
     }
 
@@ -791,6 +795,16 @@ mod tests {
         assert_eq!(fields.get("WHARF_ACTION"), Some("detach"));
         assert_eq!(fields.get("WHARF_REASON"), Some("needs root"));
         assert_eq!(fields.get("WHARF_SUPPRESSED"), Some("3"));
+        assert_eq!(fields.get("WHARF_POLKIT_ACTION"), None);
+    }
+
+    #[test]
+    fn a_caller_polkit_let_in_is_recorded_with_the_action() {
+        let admin = Caller { uid: 1000, authorized_by: Some("org.wharf1.portable.attach"), ..caller() };
+        let mut fields = Fields::default();
+        caller_fields(&admin, &mut fields);
+        assert_eq!(fields.get("WHARF_CALLER_UID"), Some("1000"));
+        assert_eq!(fields.get("WHARF_POLKIT_ACTION"), Some("org.wharf1.portable.attach"));
     }
 
     #[test]

@@ -582,6 +582,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
     cli.move_all_into_command();
     let format = Format::new(&cli.output);
     let bus = system_bus().await?;
+    let _agent = super::authorization(&cli.output);
     let machine = within(MachineProxy::new(&bus)).await?;
     let show = !cli.output.quiet && !format.is_json();
     match cli.command {

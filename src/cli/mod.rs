@@ -1,6 +1,7 @@
 //! The command lines of `portable`, `machine` and `wharfd`: argument parsing, calls to
 //! wharfd over D-Bus, and output for people (tables) or scripts (`--json`).
 
+mod agent;
 pub mod fleet;
 pub mod history;
 pub mod machine;
@@ -124,6 +125,16 @@ pub(crate) fn exit_status_for_signal(signal: i32) -> u8 {
 /// no `(os error N)`, control characters escaped.
 pub(crate) fn one_line(message: &str) -> String {
     crate::api::user_text(message)
+}
+
+/// What `portable` and `machine` do before their calls to wharfd: unless
+/// `--no-ask-password`, the calls that change state let polkit ask for a
+/// password, on this terminal through an agent kept while it runs.
+#[must_use = "the agent stops when dropped"]
+pub(crate) fn authorization(output: &output::OutputArgs) -> Option<impl Drop> {
+    let interactive = !output.no_ask_password;
+    crate::api::allow_interactive_authorization(interactive);
+    agent::start(interactive)
 }
 
 pub(crate) async fn system_bus() -> Result<zbus::Connection, CliError> {

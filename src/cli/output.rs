@@ -28,9 +28,8 @@ pub struct OutputArgs {
     /// Accepted as portablectl and machinectl accept it: wharf never pages.
     #[arg(long, global = true)]
     pub no_pager: bool,
-    /// Accepted as machinectl accepts it: wharf never asks for a password
-    /// (wharfd lets root change state and refuses everyone else; it does
-    /// not ask polkit).
+    /// Do not let polkit ask for a password: a caller other than root is
+    /// then let in only where polkit's rules allow it without one.
     #[arg(long, global = true)]
     pub no_ask_password: bool,
 }

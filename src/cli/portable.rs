@@ -258,6 +258,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::SUCCESS);
     }
     let bus = system_bus().await?;
+    let _agent = super::authorization(&cli.output);
     let portable = within(PortableProxy::new(&bus)).await?;
     match command {
         Command::List => {

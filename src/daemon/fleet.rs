@@ -6,7 +6,7 @@ use std::sync::Arc;
 use zbus::Connection;
 use zbus::message::Header;
 
-use super::auth::require_root;
+use super::auth::authorize;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
 use crate::api::{BusError, PlanStep, fleet_flags};
@@ -33,7 +33,7 @@ impl FleetInterface {
 #[zbus::interface(name = "org.wharf1.Fleet")]
 impl FleetInterface {
     /// Plans and (unless CHECK) applies a fleet file, all or nothing, with
-    /// one systemd reload. Root only, also for CHECK: the plan reveals the
+    /// one systemd reload. Root or polkit's `org.wharf1.fleet.apply`, also for CHECK: the plan reveals the
     /// host's state and reads the images.
     async fn apply(
         &self,
@@ -43,7 +43,7 @@ impl FleetInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(bool, Vec<PlanStep>), BusError> {
-        let caller = require_root(connection, &header, "applying a fleet file").await?;
+        let caller = authorize(connection, &header, "applying a fleet file").await?;
         let audit = Call::new(Kind::FleetApply, caller)
             .field("WHARF_FLEET_FILE", &file)
             .field("WHARF_FLEET_SHA256", crate::audit::sha256_hex(text.as_bytes()))

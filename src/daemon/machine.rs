@@ -10,7 +10,7 @@ use zbus::Connection;
 use zbus::message::Header;
 use zbus_systemd::machine1::ManagerProxy as Machined;
 
-use super::auth::require_root;
+use super::auth::authorize;
 use super::manager::{heartbeat, progress_reporter};
 use super::portable::mark_read_only;
 use super::transfer;
@@ -109,7 +109,7 @@ impl MachineInterface {
         T: Send + Effects + 'static,
         W: FnOnce(&Store, Progress<'_>) -> Result<T, Error> + Send + 'static,
     {
-        let caller = require_root(connection, header, what).await?;
+        let caller = authorize(connection, header, what).await?;
         let audit = Call::new(kind, caller).image(&self.store.pool, name);
         let registration = transfer
             .map(|(kind, remote)| self.daemon.transfers.register(kind, name, &remote, &transfer::caller_of(header)));
@@ -186,7 +186,7 @@ impl MachineInterface {
             .collect())
     }
 
-    /// Marks a machine image read-only (or writable again). Root only.
+    /// Marks a machine image read-only (or writable again). Root, or polkit's `org.wharf1.machine.manage`.
     async fn mark_read_only(
         &self,
         image: String,
@@ -194,14 +194,14 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let caller = require_root(connection, &header, "marking an image read-only").await?;
+        let caller = authorize(connection, &header, "marking an image read-only").await?;
         let audit = Call::new(Kind::ReadOnly, caller).domain(Domain::Machine).image(&Pool::machines(), &image);
         let result = self.daemon.blocking(move || mark_read_only(&Pool::machines(), &image, read_only)).await;
         audit.field("WHARF_READ_ONLY", if read_only { "yes" } else { "no" }).finish(&result).await;
         result
     }
 
-    /// Copies an image under a new name. Root only.
+    /// Copies an image under a new name. Root, or polkit's `org.wharf1.machine.manage`.
     async fn clone_image(
         &self,
         name: String,
@@ -217,7 +217,7 @@ impl MachineInterface {
         cloned.map(|p| p.display().to_string())
     }
 
-    /// Renames an image; refused while its machine runs. Root only.
+    /// Renames an image; refused while its machine runs. Root, or polkit's `org.wharf1.machine.manage`.
     async fn rename_image(
         &self,
         name: String,
@@ -225,7 +225,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        let caller = require_root(connection, &header, "renaming an image").await?;
+        let caller = authorize(connection, &header, "renaming an image").await?;
         let audit = Call::new(Kind::Rename, caller).image(&self.store.pool, &name).field("WHARF_NEW_NAME", &new_name);
         let result = async {
             self.require_stopped(connection, &name, "renaming its image").await?;
@@ -237,14 +237,14 @@ impl MachineInterface {
         Ok(result?.display().to_string())
     }
 
-    /// Deletes an image; refused while its machine runs or when read-only. Root only.
+    /// Deletes an image; refused while its machine runs or when read-only. Root, or polkit's `org.wharf1.machine.manage`.
     async fn remove_image(
         &self,
         name: String,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        let caller = require_root(connection, &header, "removing an image").await?;
+        let caller = authorize(connection, &header, "removing an image").await?;
         let audit = Call::new(Kind::ImageRemove, caller).image_now(&self.store.pool, &name).await;
         let result = async {
             self.require_stopped(connection, &name, "removing its image").await?;
@@ -257,7 +257,7 @@ impl MachineInterface {
     }
 
     /// Imports a tar archive (plain, xz, gzip or zstd) the caller opened and
-    /// passes as `fd`, as the directory image `name`. Root only.
+    /// passes as `fd`, as the directory image `name`. Root, or polkit's `org.wharf1.machine.manage`.
     async fn import_tar(
         &self,
         fd: zbus::OwnedFd,
@@ -268,7 +268,7 @@ impl MachineInterface {
         self.import_with(connection, &header, fd, name, "import-tar", Store::import_tar).await
     }
 
-    /// Imports a raw image (plain, xz, gzip or zstd) passed as `fd`. Root only.
+    /// Imports a raw image (plain, xz, gzip or zstd) passed as `fd`. Root, or polkit's `org.wharf1.machine.manage`.
     async fn import_raw(
         &self,
         fd: zbus::OwnedFd,
@@ -280,7 +280,7 @@ impl MachineInterface {
     }
 
     /// Imports a tar archive or a raw image, told apart by content (plain,
-    /// xz, gzip or zstd), passed as `fd`. Root only.
+    /// xz, gzip or zstd), passed as `fd`. Root, or polkit's `org.wharf1.machine.manage`.
     async fn import_image(
         &self,
         fd: zbus::OwnedFd,
@@ -293,7 +293,7 @@ impl MachineInterface {
 
     /// Downloads an image from `url` (`format`: `raw` or `tar`), checked as
     /// `verify` says (`no`, `checksum`, `signature`; empty: `signature`),
-    /// into the machine pool as `name` (empty: from the URL). Root only.
+    /// into the machine pool as `name` (empty: from the URL). Root, or polkit's `org.wharf1.machine.manage`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn pull_image(
         &self,
@@ -314,7 +314,7 @@ impl MachineInterface {
         super::pull::pull(&self.daemon, &self.store, connection, &header, request).await
     }
 
-    /// Imports the directory tree the caller opened and passes as `fd`. Root only.
+    /// Imports the directory tree the caller opened and passes as `fd`. Root, or polkit's `org.wharf1.machine.manage`.
     async fn import_fs(
         &self,
         fd: zbus::OwnedFd,
@@ -384,7 +384,7 @@ impl MachineInterface {
     }
 
     /// Sets the size limit of an image (`name` empty: of the pool) to
-    /// `limit` bytes (`u64::MAX`: none), on btrfs. Root only.
+    /// `limit` bytes (`u64::MAX`: none), on btrfs. Root, or polkit's `org.wharf1.machine.manage`.
     async fn set_image_limit(
         &self,
         name: String,
@@ -392,19 +392,19 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "setting a size limit").await?;
+        authorize(connection, &header, "setting a size limit").await?;
         set_store_limit(&self.daemon, self.store.clone(), name, limit).await
     }
 
     /// Removes the hidden images (or all) that are not read-only; refused
-    /// while a machine runs off one of them. Root only.
+    /// while a machine runs off one of them. Root, or polkit's `org.wharf1.machine.manage`.
     async fn clean_images(
         &self,
         all: bool,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<(String, u64)>, BusError> {
-        require_root(connection, &header, "cleaning the machine images").await?;
+        authorize(connection, &header, "cleaning the machine images").await?;
         let running = running_machines(connection).await?;
         let store = self.store.clone();
         Ok(self.daemon.blocking(move || store.clean(all, &running)).await?)
@@ -415,18 +415,18 @@ impl MachineInterface {
         self.daemon.transfers.list()
     }
 
-    /// Stops a transfer; its call fails and what it built is removed. Root only.
+    /// Stops a transfer; its call fails and what it built is removed. Root, or polkit's `org.wharf1.machine.manage`.
     async fn cancel_transfer(
         &self,
         id: u32,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "cancelling a transfer").await?;
+        authorize(connection, &header, "cancelling a transfer").await?;
         self.daemon.transfers.cancel(id)
     }
 
-    /// Boots a machine with wharf's launcher in a transient unit. Root only.
+    /// Boots a machine with wharf's launcher in a transient unit. Root, or polkit's `org.wharf1.machine.manage`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn start_machine(
         &self,
@@ -439,8 +439,8 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(String, bool), BusError> {
-        let audit = Call::new(Kind::MachineStart, require_root(connection, &header, "starting a machine").await?)
-            .machine(&name);
+        let audit =
+            Call::new(Kind::MachineStart, authorize(connection, &header, "starting a machine").await?).machine(&name);
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let properties = parse_properties(&properties)?;
@@ -499,7 +499,7 @@ impl MachineInterface {
     }
 
     /// Signals the machine's init (SIGRTMIN+4 poweroff, SIGINT reboot,
-    /// SIGRTMIN+3 halt); with `wait`, until it is gone. Root only.
+    /// SIGRTMIN+3 halt); with `wait`, until it is gone. Root, or polkit's `org.wharf1.machine.manage`.
     async fn signal_machine(
         &self,
         name: String,
@@ -508,7 +508,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let audit = Call::new(Kind::MachinePoweroff, require_root(connection, &header, "signalling a machine").await?)
+        let audit = Call::new(Kind::MachinePoweroff, authorize(connection, &header, "signalling a machine").await?)
             .machine(&name)
             .field("WHARF_SIGNAL", signal.to_string());
         let _busy = self.daemon.busy();
@@ -520,16 +520,15 @@ impl MachineInterface {
         result
     }
 
-    /// Stops the machine's unit. Root only.
+    /// Stops the machine's unit. Root, or polkit's `org.wharf1.machine.manage`.
     async fn terminate_machine(
         &self,
         name: String,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let audit =
-            Call::new(Kind::MachineTerminate, require_root(connection, &header, "terminating a machine").await?)
-                .machine(&name);
+        let audit = Call::new(Kind::MachineTerminate, authorize(connection, &header, "terminating a machine").await?)
+            .machine(&name);
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let (systemd, machined) = Self::clients(connection).await?;
@@ -538,7 +537,7 @@ impl MachineInterface {
         result
     }
 
-    /// Sends a signal to the machine's init or all its processes. Root only.
+    /// Sends a signal to the machine's init or all its processes. Root, or polkit's `org.wharf1.machine.manage`.
     async fn kill_machine(
         &self,
         name: String,
@@ -547,7 +546,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let audit = Call::new(Kind::MachineKill, require_root(connection, &header, "signalling a machine").await?)
+        let audit = Call::new(Kind::MachineKill, authorize(connection, &header, "signalling a machine").await?)
             .machine(&name)
             .field("WHARF_SIGNAL", signal.to_string())
             .field("WHARF_KILL_WHOM", &whom);
@@ -557,7 +556,7 @@ impl MachineInterface {
         result
     }
 
-    /// Changes limits live (`save`: also for later starts). Root only.
+    /// Changes limits live (`save`: also for later starts). Root, or polkit's `org.wharf1.machine.manage`.
     async fn set_machine_properties(
         &self,
         name: String,
@@ -566,10 +565,9 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let audit =
-            Call::new(Kind::SetProperty, require_root(connection, &header, "changing a machine's limits").await?)
-                .machine(&name)
-                .field("WHARF_SAVE", if save { "yes" } else { "no" });
+        let audit = Call::new(Kind::SetProperty, authorize(connection, &header, "changing a machine's limits").await?)
+            .machine(&name)
+            .field("WHARF_SAVE", if save { "yes" } else { "no" });
         let audit = properties.iter().fold(audit, |a, p| a.field("WHARF_PROPERTY", p));
         let properties = audit.check(parse_properties(&properties))?;
         let (systemd, machined) = Self::clients(connection).await?;
@@ -637,7 +635,7 @@ impl MachineInterface {
         Ok(info)
     }
 
-    /// Starts the machine at boot, or not. Root only.
+    /// Starts the machine at boot, or not. Root, or polkit's `org.wharf1.machine.manage`.
     async fn enable_machine(
         &self,
         name: String,
@@ -645,12 +643,12 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "enabling a machine").await?;
+        authorize(connection, &header, "enabling a machine").await?;
         let (systemd, _) = Self::clients(connection).await?;
         Ok(self.machines.set_enabled(&systemd, &name, enable).await?)
     }
 
-    /// Binds a host path into the running machine. Root only.
+    /// Binds a host path into the running machine. Root, or polkit's `org.wharf1.machine.manage`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn bind_mount_machine(
         &self,
@@ -662,11 +660,11 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "binding into a machine").await?;
+        authorize(connection, &header, "binding into a machine").await?;
         self.files(connection, &header, &name, Operation::Bind, &source, &destination, read_only, mkdir).await
     }
 
-    /// Copies a host path into the running machine. Root only.
+    /// Copies a host path into the running machine. Root, or polkit's `org.wharf1.machine.manage`.
     async fn copy_to_machine(
         &self,
         name: String,
@@ -675,11 +673,11 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "copying into a machine").await?;
+        authorize(connection, &header, "copying into a machine").await?;
         self.files(connection, &header, &name, Operation::CopyTo, &source, &destination, false, false).await
     }
 
-    /// Copies a path of the running machine to the host. Root only.
+    /// Copies a path of the running machine to the host. Root, or polkit's `org.wharf1.machine.manage`.
     async fn copy_from_machine(
         &self,
         name: String,
@@ -688,19 +686,19 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "copying from a machine").await?;
+        authorize(connection, &header, "copying from a machine").await?;
         self.files(connection, &header, &name, Operation::CopyFrom, &destination, &source, false, false).await
     }
 
     /// A login prompt on a new terminal in the machine (through machined,
-    /// which asks the container's systemd for a getty). Root only.
+    /// which asks the container's systemd for a getty). Root, or polkit's `org.wharf1.machine.shell`.
     async fn open_login(
         &self,
         name: String,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(zbus::OwnedFd, String), BusError> {
-        require_root(connection, &header, "logging into a machine").await?;
+        authorize(connection, &header, "logging into a machine").await?;
         let (_, machined) = Self::clients(connection).await?;
         machined
             .open_machine_login(name.clone())
@@ -712,7 +710,7 @@ impl MachineInterface {
     /// environment variables (VAR=VALUE, taken literally), and returns its
     /// exit status. The command's processes count toward the machine's
     /// limits; they are all stopped when the command ends or the caller
-    /// leaves the bus. Root only.
+    /// leaves the bus. Root, or polkit's `org.wharf1.machine.shell`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn shell(
         &self,
@@ -728,7 +726,7 @@ impl MachineInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<i32, BusError> {
-        require_root(connection, &header, "running a command in a machine").await?;
+        authorize(connection, &header, "running a command in a machine").await?;
         for variable in &environment {
             crate::machine::enter::check_variable(variable).map_err(BusError::InvalidArgument)?;
         }

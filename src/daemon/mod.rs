@@ -2,7 +2,7 @@
 //! privileged work. It serves `org.wharf1` on the system bus and exits once it
 //! has been idle for a while; the bus starts it again on the next call.
 
-mod auth;
+pub(crate) mod auth;
 mod commit;
 mod fleet;
 mod machine;

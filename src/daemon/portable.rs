@@ -8,7 +8,7 @@ use zbus::Connection;
 use zbus::OwnedVariant;
 use zbus::message::Header;
 
-use super::auth::require_root;
+use super::auth::authorize;
 use super::commit::Operation;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
@@ -35,8 +35,8 @@ impl PortableInterface {
         Systemd::new(connection).await.map_err(failed)
     }
 
-    /// What every call that changes attachments starts with: the caller is
-    /// root (`what` names the call in a refusal), and no other such call
+    /// What every call that changes attachments starts with: the caller may
+    /// ([`authorize`]; `what` names the call in a refusal), and no other such call
     /// runs until the returned guard is dropped.
     async fn begin_change(
         &self,
@@ -57,7 +57,7 @@ impl PortableInterface {
         header: &Header<'_>,
         what: &str,
     ) -> Result<GroupedChange, BusError> {
-        let caller = require_root(connection, header, what).await?;
+        let caller = authorize(connection, header, what).await?;
         let busy = self.daemon.busy();
         let heartbeat = heartbeat(connection, header);
         let systemd = self.systemd(connection).await?;
@@ -204,7 +204,7 @@ impl PortableInterface {
 impl PortableInterface {
     /// Sets the size limit of an image (`image` empty: of the pool's
     /// /var/lib/portables) to `limit` bytes (`u64::MAX`: none), on btrfs,
-    /// as portablectl set-limit. Root only.
+    /// as portablectl set-limit. Root, or polkit's `org.wharf1.portable.attach`.
     async fn set_image_limit(
         &self,
         image: String,
@@ -212,7 +212,7 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        require_root(connection, &header, "setting a size limit").await?;
+        authorize(connection, &header, "setting a size limit").await?;
         let store = crate::machine::store::Store::portables();
         super::machine::set_store_limit(&self.daemon, store, image, limit).await
     }
@@ -309,7 +309,7 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<ImageInfo, BusError> {
-        require_root(connection, &header, "inspecting an image through wharfd").await?;
+        authorize(connection, &header, "inspecting an image through wharfd").await?;
         let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
         self.daemon
             .blocking(move || {
@@ -319,7 +319,7 @@ impl PortableInterface {
             .await
     }
 
-    /// Attaches an image's units with a sandbox profile. Root only.
+    /// Attaches an image's units with a sandbox profile. Root, or polkit's `org.wharf1.portable.attach`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn attach_image(
         &self,
@@ -338,7 +338,7 @@ impl PortableInterface {
     /// [`Self::attach_image`] with options: `extensions` (`as`: extension
     /// images, names or paths, stacked on the image in order, as
     /// portablectl's extension option) and `image-policy` (`s`: the policy
-    /// the image must satisfy and the attachment is pinned to). Root only.
+    /// the image must satisfy and the attachment is pinned to). Root, or polkit's `org.wharf1.portable.attach`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn attach_image_with_options(
         &self,
@@ -356,7 +356,7 @@ impl PortableInterface {
     }
 
     /// Attaches several images (each with its own prefixes) in one
-    /// transaction with one reload: all or none. Root only.
+    /// transaction with one reload: all or none. Root, or polkit's `org.wharf1.portable.attach`.
     async fn attach_images(
         &self,
         images: Vec<String>,
@@ -382,7 +382,7 @@ impl PortableInterface {
     }
 
     /// Detaches an image (only its units matching `prefixes`, when given),
-    /// removing exactly the files wharf wrote for it. Root only.
+    /// removing exactly the files wharf wrote for it. Root, or polkit's `org.wharf1.portable.attach`.
     async fn detach_image(
         &self,
         image: String,
@@ -396,7 +396,7 @@ impl PortableInterface {
     }
 
     /// [`Self::detach_image`] of an image attached with exactly these
-    /// extensions (empty: with any). Root only.
+    /// extensions (empty: with any). Root, or polkit's `org.wharf1.portable.attach`.
     async fn detach_image_with_extensions(
         &self,
         image: String,
@@ -411,7 +411,7 @@ impl PortableInterface {
     }
 
     /// Detaches several images in one transaction with one reload: all or
-    /// none. Root only.
+    /// none. Root, or polkit's `org.wharf1.portable.attach`.
     async fn detach_images(
         &self,
         images: Vec<String>,
@@ -433,7 +433,7 @@ impl PortableInterface {
     }
 
     /// Replaces the attached version of an image by this one, restarting
-    /// the units that were running. Root only.
+    /// the units that were running. Root, or polkit's `org.wharf1.portable.attach`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn reattach_image(
         &self,
@@ -450,7 +450,7 @@ impl PortableInterface {
     }
 
     /// [`Self::reattach_image`] with the options of
-    /// [`Self::attach_image_with_options`]. Root only.
+    /// [`Self::attach_image_with_options`]. Root, or polkit's `org.wharf1.portable.attach`.
     #[allow(clippy::too_many_arguments)] // the D-Bus signature, plus caller context
     async fn reattach_image_with_options(
         &self,
@@ -487,14 +487,14 @@ impl PortableInterface {
         self.image_state(image, extensions, connection).await
     }
 
-    /// Deletes an image; refused while attached or read-only. Root only.
+    /// Deletes an image; refused while attached or read-only. Root, or polkit's `org.wharf1.portable.attach`.
     async fn remove_image(
         &self,
         image: String,
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, BusError> {
-        let caller = require_root(connection, &header, "removing an image").await?;
+        let caller = authorize(connection, &header, "removing an image").await?;
         let _exclusive = self.daemon.change_lock("removing an image").await?;
         let audit = Call::new(Kind::Remove, caller).image_now(&self.host.pool, &image).await;
         let host = self.host.clone();
@@ -505,7 +505,7 @@ impl PortableInterface {
 
     /// Downloads an image (raw, or a tar archive made a directory) from
     /// `url` into /var/lib/portables as `name` (empty: from the URL),
-    /// checked as `verify` says. Root only.
+    /// checked as `verify` says. Root, or polkit's `org.wharf1.portable.attach`.
     async fn pull_image(
         &self,
         url: String,
@@ -521,7 +521,7 @@ impl PortableInterface {
         super::pull::pull(&self.daemon, &store, connection, &header, request).await
     }
 
-    /// Marks an image read-only (or writable again). Root only.
+    /// Marks an image read-only (or writable again). Root, or polkit's `org.wharf1.portable.attach`.
     async fn mark_read_only(
         &self,
         image: String,
@@ -529,7 +529,7 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), BusError> {
-        let caller = require_root(connection, &header, "marking an image read-only").await?;
+        let caller = authorize(connection, &header, "marking an image read-only").await?;
         let audit = Call::new(Kind::ReadOnly, caller).domain(Domain::Portable).image(&Pool::portables(), &image);
         let result = self.daemon.blocking(move || mark_read_only(&Pool::portables(), &image, read_only)).await;
         audit.field("WHARF_READ_ONLY", if read_only { "yes" } else { "no" }).finish(&result).await;

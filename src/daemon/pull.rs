@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use zbus::Connection;
 use zbus::message::Header;
 
-use super::auth::require_root;
+use super::auth::authorize;
 use super::manager::{heartbeat, progress_reporter};
 use super::{Daemon, failed};
 use crate::api::{BusError, pull_flags};
@@ -64,7 +64,7 @@ pub(crate) async fn pull(
     header: &Header<'_>,
     request: Request,
 ) -> Result<String, BusError> {
-    let caller = require_root(connection, header, "pulling an image").await?;
+    let caller = authorize(connection, header, "pulling an image").await?;
     let source = Source::parse(&request.url);
     let name = match (&source, request.name.is_empty()) {
         (Ok(source), true) => source.local_name(),

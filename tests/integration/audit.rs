@@ -149,7 +149,7 @@ fn portable_changes(tb: &Testbed) {
     assert_eq!(refusal["message_id"], REFUSED);
     assert_eq!(refusal["uid"], 65534);
     assert_eq!(refusal["cmdline"], serde_json::json!(["portable", "detach", "audita.raw"]));
-    assert!(field(refusal, "REASON").contains("needs root"), "{refusal}");
+    assert!(field(refusal, "REASON").contains("needs authorization for org.wharf1.portable.attach"), "{refusal}");
     let detach = &entries[4];
     assert_eq!(detach["cmdline"], serde_json::json!(["portable", "detach", "/var/lib/portables/audita.raw"]));
     assert!(values(detach, "CHANGE").contains(&"unlink /etc/systemd/system/audita.service".to_string()), "{detach}");

@@ -226,7 +226,10 @@ fn bad_files(tb: &Testbed) {
         tb.fails("test -e /var/lib/wharf/fleet.json");
     }
     let out = tb.sh_nobody("portable apply --check /srv/fleet/host.toml");
-    assert!(out.stderr.contains("access denied: applying a fleet file needs root"), "{out}");
+    assert!(
+        out.stderr.contains("access denied: applying a fleet file needs authorization for org.wharf1.fleet.apply"),
+        "{out}"
+    );
 }
 
 /// Check mode writes nothing, not even the decompressed copy of an xz

@@ -90,7 +90,7 @@ fn unprivileged_callers(tb: &Testbed) {
     assert_eq!(refused.code, Some(1), "{refused}");
     assert_eq!(
         refused.stderr.trim(),
-        "portable: access denied: marking an image read-only needs root (caller is uid 65534)"
+        "portable: access denied: marking an image read-only needs authorization for org.wharf1.portable.attach (caller is uid 65534)"
     );
     assert_eq!(tb.ok("stat -c %a /var/lib/portables/guarded.raw").trim(), "644");
 

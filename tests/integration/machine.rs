@@ -569,7 +569,10 @@ fn bad_starts(tb: &Testbed) {
     }
     tb.ok("rm -rf /var/lib/machines/noinit /var/lib/machines/f28u.raw /srv/f28u-usr /srv/f28u.squashfs");
     let out = tb.sh_nobody("machine start f28");
-    assert_eq!(out.stderr.trim(), "machine: access denied: starting a machine needs root (caller is uid 65534)");
+    assert_eq!(
+        out.stderr.trim(),
+        "machine: access denied: starting a machine needs authorization for org.wharf1.machine.manage (caller is uid 65534)"
+    );
 }
 
 fn enable_at_boot(tb: &Testbed) {
@@ -1077,7 +1080,7 @@ fn shell_environment(tb: &Testbed) {
     assert!(!out.success(), "{out}");
     assert_eq!(
         out.stderr.trim(),
-        "machine: access denied: running a command in a machine needs root (caller is uid 65534)"
+        "machine: access denied: running a command in a machine needs authorization for org.wharf1.machine.shell (caller is uid 65534)"
     );
     assert_eq!(tb.ok("systemctl list-units --all --no-legend 'wharf-shell-*' | wc -l").trim(), "0");
     tb.ok("machine poweroff f28");
@@ -1204,7 +1207,7 @@ fn bind_into_running(tb: &Testbed) {
     assert!(!tb.host_path("/etc/x").exists());
     let out = tb.sh_nobody("machine bind f28 /srv/live /mnt/x --mkdir");
     assert!(!out.success() && out.stderr.trim().lines().count() == 1, "{out}");
-    assert!(out.stderr.contains("root"), "{out}");
+    assert!(out.stderr.contains("needs authorization for org.wharf1.machine.manage"), "{out}");
     let after = mounts(tb);
     assert_eq!(after, before, "a bind or refusal changed the host's mounts");
     assert!(!tb.ok("findmnt -rn -o TARGET").contains("/mnt/x"));
@@ -1285,7 +1288,10 @@ fn copy_to_and_from(tb: &Testbed) {
     }
     assert!(!tb.host_path("/srv/cp/x").exists());
     let out = tb.sh_nobody("machine copy-to f28 /srv/cp/data /root/nobody");
-    assert!(!out.success() && out.stderr.trim().lines().count() == 1 && out.stderr.contains("root"), "{out}");
+    assert!(
+        !out.success() && out.stderr.trim().lines().count() == 1 && out.stderr.contains("org.wharf1.machine.manage"),
+        "{out}"
+    );
     let out = tb.sh_nobody("machine copy-from f28 /etc/shadow /tmp/shadow");
     assert!(!out.success() && !tb.host_path("/tmp/shadow").exists(), "{out}");
     assert!(!inside(tb, &leader, "test -e /root/nobody").success());
@@ -1556,7 +1562,12 @@ fn transfers(tb: &Testbed) {
     ] {
         let out = tb.sh_nobody(&format!("machine {args}"));
         assert_eq!(out.code, Some(1), "{out}");
-        assert_eq!(out.stderr.trim(), format!("machine: access denied: {what} needs root (caller is uid 65534)"));
+        assert_eq!(
+            out.stderr.trim(),
+            format!(
+                "machine: access denied: {what} needs authorization for org.wharf1.machine.manage (caller is uid 65534)"
+            )
+        );
     }
     let out = tb.ok("set -e; d=$(mktemp -d); mkfifo $d/in; sleep 120 > $d/in & writer=$!; \
          machine import-raw $d/in slowimg 2> $d/err & importer=$!; \

@@ -22,6 +22,7 @@ mod machine;
 mod many;
 mod network;
 mod packaging;
+mod polkit;
 mod portable;
 mod portablectl;
 mod pull;
@@ -156,6 +157,7 @@ fn main() -> ExitCode {
     trials.extend(deadline::trials(&shared));
     trials.extend(security::trials(&shared));
     trials.extend(schema::trials(&shared));
+    trials.extend(polkit::trials(&shared));
 
     let conclusion = libtest_mimic::run(&args, trials);
     let shared = Arc::into_inner(shared).expect("all tests are done");

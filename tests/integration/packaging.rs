@@ -77,6 +77,7 @@ fn installed_tree() -> Result<(), Failed> {
         ("dbus/org.wharf1.conf", "usr/share/dbus-1/system.d/org.wharf1.conf".to_string()),
         ("dbus/org.wharf1.service", "usr/share/dbus-1/system-services/org.wharf1.service".to_string()),
         ("dbus/org.wharf1.xml", "usr/share/dbus-1/interfaces/org.wharf1.xml".to_string()),
+        ("units/org.wharf1.policy", "usr/share/polkit-1/actions/org.wharf1.policy".to_string()),
     ];
     // Every profile of the repository, each of its files: a profile added
     // to units/profiles but not to meson.build is caught here.

@@ -292,7 +292,7 @@ fn check_plans(tb: &Testbed) {
     assert!(refused.stderr.contains("foobar.service' of image") && refused.stderr.contains("is active"), "{refused}");
     let out = tb.sh_nobody("portable attach --check foobar_2.raw");
     assert_eq!(out.code, Some(1), "{out}");
-    assert!(out.stderr.contains("needs root"), "{out}");
+    assert!(out.stderr.contains("needs authorization for org.wharf1.portable.attach"), "{out}");
     let files = tb.unit_files("foobar* *.wants");
     let planned = tb.ok("portable detach --check --json --now foobar_1.raw");
     assert_eq!(tb.unit_files("foobar* *.wants"), files);
@@ -434,7 +434,12 @@ fn unprivileged(tb: &Testbed) {
     ] {
         let out = tb.sh_nobody(command);
         assert_eq!(out.code, Some(1), "{out}");
-        assert_eq!(out.stderr.trim(), format!("portable: access denied: {what} needs root (caller is uid 65534)"));
+        assert_eq!(
+            out.stderr.trim(),
+            format!(
+                "portable: access denied: {what} needs authorization for org.wharf1.portable.attach (caller is uid 65534)"
+            )
+        );
     }
     // Looking is allowed.
     let out = tb.sh_nobody("portable is-attached foobar.raw");

@@ -84,7 +84,10 @@ fn import_export_cycle(tb: &Testbed) {
 
     // Only root changes the store.
     let out = tb.sh_nobody(&format!("machine import-tar {archive} sneaky"));
-    assert_eq!(out.stderr.trim(), "machine: access denied: importing an image needs root (caller is uid 65534)");
+    assert_eq!(
+        out.stderr.trim(),
+        "machine: access denied: importing an image needs authorization for org.wharf1.machine.manage (caller is uid 65534)"
+    );
 }
 
 fn raw_imports(tb: &Testbed) {

@@ -28,6 +28,7 @@ pub const EXPECTED: &[(&str, u32)] = &[
     ("usr/share/dbus-1/system.d/org.wharf1.conf", 0o644),
     ("usr/share/dbus-1/system-services/org.wharf1.service", 0o644),
     ("usr/share/dbus-1/interfaces/org.wharf1.xml", 0o644),
+    ("usr/share/polkit-1/actions/org.wharf1.policy", 0o644),
     ("usr/lib/wharf/profiles/default/service.conf", 0o644),
     ("usr/lib/wharf/profiles/nonetwork/service.conf", 0o644),
     ("usr/lib/wharf/profiles/strict/service.conf", 0o644),

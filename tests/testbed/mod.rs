@@ -71,8 +71,10 @@ impl Release {
     /// masquerading of machines on veth and zones, libcurl for wharfd's
     /// fetcher, gpg for the pull tests' throwaway signing keys, openssl and
     /// ca-certificates for their throwaway certificate authority (made with
-    /// the one, put in the system's CA store with the other), and zsh and
-    /// fish to run the completions wharf installs for them.
+    /// the one, put in the system's CA store with the other), zsh and fish
+    /// to run the completions wharf installs for them, and polkitd (with
+    /// JavaScript rules, and pkttyagent) and logind to authorize callers
+    /// other than root: every trial runs with polkit there, as on most hosts.
     pub fn packages(self) -> Vec<&'static str> {
         // Each release's root is cached apart (its key includes the release).
         let libcurl = match self {
@@ -97,6 +99,10 @@ impl Release {
             "ca-certificates",
             "zsh",
             "fish",
+            "polkitd",
+            // What polkitd depends on as default-logind | logind, which
+            // debootstrap does not resolve.
+            "libpam-systemd",
         ];
         packages.push(libcurl);
         packages
