@@ -230,6 +230,9 @@ pub trait Portable {
     fn mark_read_only(&self, image: &str, read_only: bool) -> zbus::Result<()>;
     /// Downloads an image into the portable pool; returns its path.
     fn pull_image(&self, url: &str, name: &str, verify: &str, flags: u64) -> zbus::Result<String>;
+    /// Pulls an image from an OCI registry into the portable pool (a
+    /// squashfs with a unit made from its config if it has none); returns its path.
+    fn pull_oci_image(&self, reference: &str, name: &str, flags: u64) -> zbus::Result<String>;
     /// Inspects an image the caller opened and passes as `fd`; `image` is its
     /// path, for messages. Unit texts are included when `cat` is true.
     fn inspect_image(&self, image: &str, fd: zbus::Fd<'_>, prefixes: &[String], cat: bool) -> zbus::Result<ImageInfo>;
@@ -501,6 +504,10 @@ pub mod pull_flags {
     /// read-only, in use, or elsewhere in the search path).
     pub const FORCE: u64 = 1 << 1;
     pub const ALL: u64 = READ_ONLY | FORCE;
+    /// `PullOciImage` only: speak plain HTTP to the registry (loopback
+    /// registries always are).
+    pub const INSECURE: u64 = 1 << 2;
+    pub const OCI_ALL: u64 = ALL | INSECURE;
 }
 
 /// Client side of `org.wharf1.Machine`.
@@ -527,6 +534,8 @@ pub trait Machine {
     /// Downloads an image (`format`: raw or tar) checked as `verify` says
     /// (no, checksum, signature); returns the image's path.
     fn pull_image(&self, url: &str, name: &str, format: &str, verify: &str, flags: u64) -> zbus::Result<String>;
+    /// Pulls an image from an OCI registry as a directory image; returns its path.
+    fn pull_oci_image(&self, reference: &str, name: &str, flags: u64) -> zbus::Result<String>;
     /// Writes a directory image as a tar archive to `fd`.
     fn export_tar(&self, name: &str, fd: zbus::Fd<'_>, compression: &str) -> zbus::Result<()>;
     /// Writes a raw image to `fd`.

@@ -6,6 +6,7 @@ mod auth;
 mod fleet;
 mod machine;
 mod manager;
+mod oci;
 mod portable;
 mod pull;
 mod transfer;

@@ -20,6 +20,7 @@ mod interrupt;
 mod machine;
 mod many;
 mod network;
+mod oci;
 mod packaging;
 mod portable;
 mod portablectl;
@@ -143,6 +144,7 @@ fn main() -> ExitCode {
     trials.extend(crash::trials(&shared));
     trials.extend(store::trials(&shared));
     trials.extend(pull::trials(&shared));
+    trials.extend(oci::trials(&shared));
     trials.extend(interrupt::trials(&shared));
     trials.extend(machine::trials(&shared));
     trials.extend(network::trials(&shared));

@@ -69,8 +69,10 @@ impl Release {
     /// python3 so that Ansible can manage testbeds as hosts (and serve
     /// images over HTTP to pulls), nftables for the port forwarding and
     /// masquerading of machines on veth and zones, libcurl for wharfd's
-    /// fetcher, gpg for the pull tests' throwaway signing keys, and zsh and
-    /// fish to run the completions wharf installs for them.
+    /// fetcher, gpg for the pull tests' throwaway signing keys, zsh and
+    /// fish to run the completions wharf installs for them, and a registry
+    /// (docker-registry), skopeo to push to it and squashfs-tools for the
+    /// registry pulls.
     pub fn packages(self) -> Vec<&'static str> {
         // Each release's root is cached apart (its key includes the release).
         let libcurl = match self {
@@ -93,6 +95,9 @@ impl Release {
             "gpgv",
             "zsh",
             "fish",
+            "docker-registry",
+            "skopeo",
+            "squashfs-tools",
         ];
         packages.push(libcurl);
         packages
