@@ -245,6 +245,8 @@ fn build_tree(
         }
         // systemd mounts over these in a portable service's namespace; a
         // read-only image cannot get them later.
+        crate::machine::layer::ensure_files(root, &["etc/machine-id", "etc/resolv.conf"])
+            .map_err(|source| StoreError::Io { name: name.to_string(), path: root.to_path_buf(), source })?;
         crate::machine::layer::ensure_dirs(root, &["proc", "sys", "dev", "run", "tmp", "var/tmp", "etc"])
             .map_err(|source| StoreError::Io { name: name.to_string(), path: root.to_path_buf(), source })?;
     }

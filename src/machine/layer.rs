@@ -352,6 +352,23 @@ pub fn has_units(root: &Path, prefix: &str) -> bool {
     })
 }
 
+/// Makes empty files (root's, 0644) at `paths` where the tree has
+/// nothing: the mount points of the files a profile binds in
+/// (`/etc/machine-id`, `/etc/resolv.conf`), which a read-only image
+/// cannot get later. A symlink there is left as it is.
+pub fn ensure_files(root: &Path, paths: &[&str]) -> io::Result<()> {
+    let root_fd = rustix::fs::open(root, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    for path in paths {
+        let parts = parts_of(path);
+        let Some((name, dir_parts)) = parts.split_last() else { continue };
+        let dir = archive::open_in_root_creating(&root_fd, dir_parts)?;
+        if stat_at(&dir, name)?.is_none() {
+            write_file(root, path, b"")?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the directories `paths` where the tree lacks them (`tmp` and
 /// `var/tmp` sticky and world-writable, as they are).
 pub fn ensure_dirs(root: &Path, paths: &[&str]) -> io::Result<()> {
@@ -547,13 +564,23 @@ mod tests {
         std::fs::create_dir_all(dir.join("outside")).unwrap();
         std::fs::create_dir_all(root.join("usr/lib")).unwrap();
         std::os::unix::fs::symlink(dir.join("outside"), root.join("usr/lib/systemd")).unwrap();
-        write_file(&root, "usr/lib/systemd/system/app.service", b"[Service]\n").unwrap();
+        // The symlink means the image's own path of that name, which it
+        // has not: refused, and nothing written outside.
+        assert!(write_file(&root, "usr/lib/systemd/system/app.service", b"[Service]\n").is_err());
         assert!(std::fs::read_dir(dir.join("outside")).unwrap().next().is_none(), "written outside");
+        // Where it has it, the file goes there.
+        std::fs::remove_file(root.join("usr/lib/systemd")).unwrap();
+        std::fs::create_dir_all(root.join("opt/sd")).unwrap();
+        std::os::unix::fs::symlink("/opt/sd", root.join("usr/lib/systemd")).unwrap();
+        write_file(&root, "usr/lib/systemd/system/app.service", b"[Service]\n").unwrap();
+        assert!(root.join("opt/sd/system/app.service").is_file());
         assert!(has_units(&root, "app"));
         assert!(!has_units(&root, "other"));
         assert_eq!(read_file(&root, "usr/lib/systemd/system/app.service").as_deref(), Some("[Service]\n"));
         assert_eq!(read_file(&root, "etc/os-release"), None);
         ensure_dirs(&root, &["tmp", "var/tmp", "proc"]).unwrap();
+        ensure_files(&root, &["etc/machine-id"]).unwrap();
+        assert_eq!(std::fs::read(root.join("etc/machine-id")).unwrap(), b"");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(root.join("var/tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
         std::fs::remove_dir_all(&dir).unwrap();

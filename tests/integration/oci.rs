@@ -56,8 +56,17 @@ fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-fn add(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+/// A header owned by root, of the epoch.
+fn header() -> tar::Header {
     let mut header = tar::Header::new_gnu();
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header
+}
+
+fn add(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let mut header = header();
     header.set_size(data.len() as u64);
     header.set_mode(mode);
     header.set_entry_type(tar::EntryType::Regular);
@@ -65,7 +74,7 @@ fn add(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) 
 }
 
 fn dir(builder: &mut tar::Builder<Vec<u8>>, path: &str) {
-    let mut header = tar::Header::new_gnu();
+    let mut header = header();
     header.set_size(0);
     header.set_mode(0o755);
     header.set_entry_type(tar::EntryType::Directory);
@@ -73,7 +82,7 @@ fn dir(builder: &mut tar::Builder<Vec<u8>>, path: &str) {
 }
 
 fn symlink(builder: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
-    let mut header = tar::Header::new_gnu();
+    let mut header = header();
     header.set_size(0);
     header.set_mode(0o777);
     header.set_entry_type(tar::EntryType::Symlink);
@@ -82,9 +91,8 @@ fn symlink(builder: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
 
 /// The OCI layout at /srv/oci/layout: `v1` (the image), `pinned` (the same
 /// with an annotation: another manifest digest) and `multi` (an index
-/// naming only another architecture). Returns (digest of the first
-/// layer's blob, digest of the `pinned` manifest).
-fn build_layout(tb: &Testbed) -> (String, String) {
+/// naming only another architecture).
+fn build_layout(tb: &Testbed) {
     // The testbed's own /bin/sh and what it loads, resolved inside it.
     tb.ok("rm -rf /srv/oci && mkdir -p /srv/oci/rootfs && \
            for f in /bin/sh /etc/ld.so.cache $(ldd /bin/sh | grep -o '/[^ ]*'); do \
@@ -175,8 +183,6 @@ fn build_layout(tb: &Testbed) -> (String, String) {
         "manifests": [named(image, "v1"), named(pinned.clone(), "pinned"), named(index, "multi")],
     });
     std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
-    let digest = |d: &serde_json::Value| d["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    (digest(&layers[0]), digest(&pinned))
 }
 
 /// Nothing of a pull of `name` is left in either pool, and no fetcher.
@@ -202,20 +208,45 @@ fn refused(tb: &Testbed, command: &str, name: &str, reasons: &[&str]) {
 }
 
 fn pulls(tb: &Testbed) {
-    // The packaged registry (its default config: the file system under
-    // /var/lib/docker-registry, port 5000) as a transient unit of the test.
+    // The packaged registry, as a transient unit of the test, with the
+    // file system storage of its default config but without the htpasswd
+    // authentication Debian's default config adds.
     tb.sh("systemctl disable --now docker-registry.service");
-    tb.ok("systemd-run --unit=wharf-test-registry /usr/bin/docker-registry serve /etc/docker/registry/config.yml");
-    tb.ok(&format!(
-        "for i in $(seq 300); do python3 -c 'import urllib.request; urllib.request.urlopen(\"http://{REGISTRY}/v2/\")' \
-         >/dev/null 2>&1 && exit 0; sleep 0.1; done; journalctl -u wharf-test-registry; exit 1"
-    ));
-    let (lower_blob, pinned) = build_layout(tb);
+    std::fs::create_dir_all(tb.host_path("/srv/oci-registry")).unwrap();
+    std::fs::write(
+        tb.host_path("/srv/oci-registry/config.yml"),
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/docker-registry\nhttp:\n  addr: 127.0.0.1:5000\n",
+    )
+    .unwrap();
+    tb.ok("systemd-run --unit=wharf-test-registry /usr/bin/docker-registry serve /srv/oci-registry/config.yml");
+    // And as Debian configures it (Basic authentication), on another port.
+    tb.ok("systemd-run --unit=wharf-test-registry-basic -E REGISTRY_HTTP_ADDR=127.0.0.1:5001 \
+           /usr/bin/docker-registry serve /etc/docker/registry/config.yml");
+    for port in [5000, 5001] {
+        tb.ok(&format!(
+            "for i in $(seq 300); do python3 -c 'import urllib.request, urllib.error\ntry: urllib.request.urlopen(\"http://127.0.0.1:{port}/v2/\")\nexcept urllib.error.HTTPError: pass' \
+             >/dev/null 2>&1 && exit 0; sleep 0.1; done; journalctl -u wharf-test-registry; exit 1"
+        ));
+    }
+    build_layout(tb);
     for (tag, all) in [("v1", ""), ("pinned", ""), ("multi", "--all")] {
         tb.ok(&format!(
             "skopeo --insecure-policy copy -q {all} --dest-tls-verify=false oci:/srv/oci/layout:{tag} docker://{REGISTRY}/wharf/app:{tag}"
         ));
     }
+    // skopeo writes the manifests anew: their digests (and the first
+    // layer's) are what the registry has.
+    let raw = |tag: &str| {
+        format!("skopeo --insecure-policy inspect --raw --tls-verify=false docker://{REGISTRY}/wharf/app:{tag}")
+    };
+    let pinned = tb.ok(&format!("{} | sha256sum | cut -d' ' -f1", raw("pinned"))).trim().to_string();
+    let lower_blob = tb
+        .ok(&format!(
+            "{} | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"layers\"][0][\"digest\"][7:])'",
+            raw("v1")
+        ))
+        .trim()
+        .to_string();
 
     // A machine: the tree the three layers mean.
     let out = tb.ok(&format!("machine pull-oci {REGISTRY}/wharf/app:v1 ociapp"));
@@ -247,7 +278,12 @@ fn pulls(tb: &Testbed) {
         "{unit}"
     );
     assert!(unit.contains("# ExposedPorts: 8080/tcp") && unit.contains("WorkingDirectory=/data"), "{unit}");
-    tb.ok("systemctl start app.service");
+    let started = tb.sh("systemctl start app.service");
+    assert!(
+        started.success(),
+        "{started}\n{}",
+        tb.sh("journalctl -q -u app.service; systemctl cat app.service").stdout
+    );
     tb.ok(
         "for i in $(seq 300); do journalctl -q -o cat -u app.service | grep -qx 'oci entrypoint ran: hello from the config in /data' \
          && exit 0; sleep 0.1; done; journalctl -u app.service; exit 1",
@@ -280,6 +316,13 @@ fn pulls(tb: &Testbed) {
         "ocimulti",
         &[&format!("no manifest for linux/{ours} (it has: linux/{other})")],
     );
+    // A registry that wants credentials wharf does not have.
+    refused(
+        tb,
+        "machine pull-oci 127.0.0.1:5001/wharf/app:v1 ociauth",
+        "ociauth",
+        &["the registry wants Basic authentication"],
+    );
     // Bad references, and only root pulls.
     refused(tb, "machine pull-oci wharf/app ocibad", "ocibad", &["the registry must be named first"]);
     refused(tb, "machine pull-oci http://127.0.0.1:5000/wharf/app ocibad", "ocibad", &["no scheme"]);
@@ -307,5 +350,5 @@ fn pulls(tb: &Testbed) {
         );
     }
     tb.ok(&format!("cp /srv/oci/saved-blob {blob_file}"));
-    tb.ok("systemctl stop wharf-test-registry; rm -rf /srv/oci /var/lib/docker-registry/docker");
+    tb.ok("systemctl stop wharf-test-registry wharf-test-registry-basic; rm -rf /srv/oci /srv/oci-registry /var/lib/docker-registry/docker");
 }

@@ -97,6 +97,10 @@ impl Release {
             "fish",
             "docker-registry",
             "skopeo",
+            // What skopeo's containers-common depends on is a virtual
+            // package (container-network-stack), which debootstrap cannot
+            // choose a provider for.
+            "netavark",
             "squashfs-tools",
         ];
         packages.push(libcurl);
