@@ -300,6 +300,9 @@ changes! {
         fn mark_read_only("MarkReadOnly", image: &str, read_only: bool) -> ();
         /// Downloads an image into the portable pool; returns its path.
         fn pull_image("PullImage", url: &str, name: &str, verify: &str, flags: u64) -> String;
+        /// Pulls an image from an OCI registry into the portable pool (a
+        /// squashfs with a unit made from its config if it has none); returns its path.
+        fn pull_oci_image("PullOciImage", reference: &str, name: &str, flags: u64) -> String;
         /// Attaches an image's units (those matching `prefixes`, or its own).
         fn attach_image(
             "AttachImage",
@@ -567,6 +570,10 @@ pub mod pull_flags {
     /// read-only, in use, or elsewhere in the search path).
     pub const FORCE: u64 = 1 << 1;
     pub const ALL: u64 = READ_ONLY | FORCE;
+    /// `PullOciImage` only: speak plain HTTP to the registry (loopback
+    /// registries always are).
+    pub const INSECURE: u64 = 1 << 2;
+    pub const OCI_ALL: u64 = ALL | INSECURE;
 }
 
 /// Client side of `org.wharf1.Machine`.
@@ -603,6 +610,8 @@ changes! {
         /// Downloads an image (`format`: raw or tar) checked as `verify` says
         /// (no, checksum, signature); returns the image's path.
         fn pull_image("PullImage", url: &str, name: &str, format: &str, verify: &str, flags: u64) -> String;
+        /// Pulls an image from an OCI registry as a directory image; returns its path.
+        fn pull_oci_image("PullOciImage", reference: &str, name: &str, flags: u64) -> String;
         /// Writes a directory image as a tar archive to `fd`.
         fn export_tar("ExportTar", name: &str, fd: zbus::Fd<'_>, compression: &str) -> ();
         /// Writes a raw image to `fd`.

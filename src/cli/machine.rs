@@ -155,6 +155,10 @@ pub enum Command {
     PullRaw(super::pull::PullArgs),
     /// Download a tar archive (plain, xz, gzip, zstd or bzip2) as a directory image, and verify it.
     PullTar(super::pull::PullArgs),
+    /// Pull an image from an OCI (Docker) registry as a directory image:
+    /// every blob verified by its digest, the layers applied with their
+    /// whiteouts, the image config kept in the image.
+    PullOci(super::pull::OciPullArgs),
     /// Import a directory tree as a directory image.
     ImportFs {
         /// The tree, copied with its owners, modes, times and extended attributes.
@@ -641,6 +645,12 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
         Command::PullRaw(ref pull) | Command::PullTar(ref pull) => {
             let kind = if matches!(cli.command, Command::PullTar(_)) { "tar" } else { "raw" };
             let call = machine.pull_image(&pull.url, pull.name_for_daemon(), kind, &pull.verify, pull.flags());
+            let what = Transfer { tool: "machine", verb: "pull", name: pull.local_name(), scratch: None };
+            let path = transfer(&bus, show, what, call).await?;
+            emit_path(format, cli.output.quiet, "Pulled", &path)?;
+        }
+        Command::PullOci(ref pull) => {
+            let call = machine.pull_oci_image(&pull.reference, pull.name_for_daemon(), pull.flags());
             let what = Transfer { tool: "machine", verb: "pull", name: pull.local_name(), scratch: None };
             let path = transfer(&bus, show, what, call).await?;
             emit_path(format, cli.output.quiet, "Pulled", &path)?;

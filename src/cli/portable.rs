@@ -221,6 +221,10 @@ pub enum Command {
     History(super::history::HistoryArgs),
     /// Download an image (raw, or a tar archive of a tree) into /var/lib/portables, and verify it.
     Pull(super::pull::PullArgs),
+    /// Pull an image from an OCI (Docker) registry into /var/lib/portables
+    /// as a squashfs NAME.raw, every blob verified by its digest; an image
+    /// without units for NAME gets NAME.service made from its config.
+    PullOci(super::pull::OciPullArgs),
     /// Set the size limit of an image, or without IMAGE of all images in
     /// /var/lib/portables together, where the file system allows it (btrfs
     /// quota groups, as portablectl set-limit).
@@ -400,6 +404,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pull(pull) => {
             let show = !cli.output.quiet && !format.is_json();
             let call = portable.pull_image(&pull.url, pull.name_for_daemon(), &pull.verify, pull.flags());
+            let what =
+                super::progress::Transfer { tool: "portable", verb: "pull", name: pull.local_name(), scratch: None };
+            let path = super::progress::transfer(&bus, show, what, call).await?;
+            if !cli.output.quiet || format.is_json() {
+                format.emit(&serde_json::json!({ "path": path }), |_| format!("Pulled {path}."))?;
+            }
+        }
+        Command::PullOci(pull) => {
+            let show = !cli.output.quiet && !format.is_json();
+            let call = portable.pull_oci_image(&pull.reference, pull.name_for_daemon(), pull.flags());
             let what =
                 super::progress::Transfer { tool: "portable", verb: "pull", name: pull.local_name(), scratch: None };
             let path = super::progress::transfer(&bus, show, what, call).await?;

@@ -42,3 +42,49 @@ impl PullArgs {
         })
     }
 }
+
+/// What `machine pull-oci` and `portable pull-oci` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OciPullArgs {
+    /// REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]; the registry always first
+    /// (a host name with a dot, a :PORT, or localhost), the tag latest by default.
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+    /// Image name; by default the repository's last component.
+    pub name: Option<String>,
+    /// Speak plain HTTP to the registry (a registry on localhost or
+    /// 127.0.0.0/8 always is spoken to so); without it, https:// with the
+    /// system's CA certificates.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Mark the image read-only once it is pulled.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Replace an image of that name, once the new one is verified (not a
+    /// read-only one, one in use, or one outside the pool's first directory).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl OciPullArgs {
+    /// The flags of PullOciImage.
+    pub fn flags(&self) -> u64 {
+        use crate::api::pull_flags;
+        (if self.read_only { pull_flags::READ_ONLY } else { 0 })
+            | (if self.force { pull_flags::FORCE } else { 0 })
+            | (if self.insecure { pull_flags::INSECURE } else { 0 })
+    }
+
+    pub fn name_for_daemon(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    /// The image's name as wharfd will take it, for messages.
+    pub fn local_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            crate::pull::oci::Reference::parse(&self.reference)
+                .map(|r| r.local_name())
+                .unwrap_or_else(|_| self.reference.clone())
+        })
+    }
+}

@@ -59,7 +59,8 @@ pub(crate) fn action_for(interface: &str, member: &str) -> Option<Action> {
             | "RemoveImage"
             | "MarkReadOnly"
             | "SetImageLimit"
-            | "PullImage",
+            | "PullImage"
+            | "PullOciImage",
         ) => Some(Action::PortableAttach),
         ("org.wharf1.Machine", "Shell" | "OpenLogin") => Some(Action::MachineShell),
         (
@@ -73,6 +74,7 @@ pub(crate) fn action_for(interface: &str, member: &str) -> Option<Action> {
             | "ImportImage"
             | "ImportFs"
             | "PullImage"
+            | "PullOciImage"
             | "ExportTar"
             | "ExportRaw"
             | "StartMachine"

@@ -314,6 +314,21 @@ impl MachineInterface {
         super::pull::pull(&self.daemon, &self.store, connection, &header, request).await
     }
 
+    /// Pulls `reference` (`REGISTRY/REPOSITORY[:TAG][@DIGEST]`) from an OCI
+    /// registry into the machine pool as a directory image `name` (empty:
+    /// the repository's last component). Root, or polkit's `org.wharf1.machine.manage`.
+    async fn pull_oci_image(
+        &self,
+        reference: String,
+        name: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let request = super::oci::Request { reference, name, flags, portable: false };
+        super::oci::pull(&self.daemon, &self.store, connection, &header, request).await
+    }
+
     /// Imports the directory tree the caller opened and passes as `fd`. Root, or polkit's `org.wharf1.machine.manage`.
     async fn import_fs(
         &self,
@@ -1023,6 +1038,11 @@ fn store_bus_error(error: &Error, message: String) -> BusError {
             | crate::pull::Error::Signature { .. }
             | crate::pull::Error::Mismatch { .. } => BusError::BadImage(message),
             crate::pull::Error::Fetch { .. } | crate::pull::Error::Setup(_) => BusError::Failed(message),
+            crate::pull::Error::Oci { reason, .. } => match &**reason {
+                crate::pull::oci::OciError::Reference { .. } => BusError::InvalidArgument(message),
+                crate::pull::oci::OciError::Auth(_) => BusError::Failed(message),
+                _ => BusError::BadImage(message),
+            },
         },
     }
 }

@@ -7,6 +7,7 @@ mod commit;
 mod fleet;
 mod machine;
 mod manager;
+mod oci;
 mod portable;
 mod pull;
 mod transfer;

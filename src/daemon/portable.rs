@@ -521,6 +521,23 @@ impl PortableInterface {
         super::pull::pull(&self.daemon, &store, connection, &header, request).await
     }
 
+    /// Pulls `reference` from an OCI registry into /var/lib/portables as
+    /// `name` (empty: the repository's last component): a squashfs, with
+    /// `NAME.service` made from the image config when the image has no
+    /// unit of its own. Root, or polkit's `org.wharf1.portable.attach`.
+    async fn pull_oci_image(
+        &self,
+        reference: String,
+        name: String,
+        flags: u64,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, BusError> {
+        let store = crate::machine::store::Store::portables();
+        let request = super::oci::Request { reference, name, flags, portable: true };
+        super::oci::pull(&self.daemon, &store, connection, &header, request).await
+    }
+
     /// Marks an image read-only (or writable again). Root, or polkit's `org.wharf1.portable.attach`.
     async fn mark_read_only(
         &self,

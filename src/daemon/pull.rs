@@ -116,7 +116,7 @@ pub(crate) async fn pull(
     Ok(result?.display().to_string())
 }
 
-fn pulling(name: &str, source: Error) -> BusError {
+pub(super) fn pulling(name: &str, source: Error) -> BusError {
     BusError::from(StoreError::Pull { name: name.to_string(), source })
 }
 
@@ -178,35 +178,52 @@ async fn first_found(
 }
 
 async fn fetch_small(daemon: &Arc<Daemon>, systemd: &Systemd, url: &str) -> Result<Vec<u8>, Failure> {
+    fetch_small_limited(daemon, systemd, url, SMALL_FILE_LIMIT).await
+}
+
+/// A whole file of at most `limit` bytes.
+pub(super) async fn fetch_small_limited(
+    daemon: &Arc<Daemon>,
+    systemd: &Systemd,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, Failure> {
     let fetcher = Fetcher::start(systemd, url).await.map_err(|e| match e {
         Error::Fetch { reason, .. } => reason,
         other => Failure::Start(other.to_string()),
     })?;
     let unit = fetcher.unit.clone();
-    let read = daemon.blocking(move || fetcher.read_all(SMALL_FILE_LIMIT)).await;
+    let read = daemon.blocking(move || fetcher.read_all(limit)).await;
     stop_fetcher(systemd, &unit).await;
     read
 }
 
 /// Stops a fetcher's unit: gone already when its download ended, still
 /// running when the pull stopped reading first.
-async fn stop_fetcher(systemd: &Systemd, unit: &str) {
+pub(super) async fn stop_fetcher(systemd: &Systemd, unit: &str) {
     if let Err(e) = systemd.stop(&[unit.to_string()], false).await {
         tracing::debug!(unit, "the fetcher was gone: {e}");
     }
 }
 
 /// A `wharfd fetch` in a transient unit of its own, its output on a pipe.
-struct Fetcher {
-    unit: String,
-    body: File,
+pub(super) struct Fetcher {
+    pub(super) unit: String,
+    pub(super) body: File,
     /// Its reports, read to their end (the fetcher's) by a thread.
-    reports: std::thread::JoinHandle<Vec<Report>>,
-    size: Arc<AtomicU64>,
+    pub(super) reports: std::thread::JoinHandle<Vec<Report>>,
+    pub(super) size: Arc<AtomicU64>,
 }
 
 impl Fetcher {
     async fn start(systemd: &Systemd, url: &str) -> Result<Fetcher, Error> {
+        Fetcher::start_with(systemd, url, None).await
+    }
+
+    /// A fetcher that sends `headers` (given on its standard input, not on
+    /// its command line) and reports the response headers a registry
+    /// pull needs.
+    pub(super) async fn start_with(systemd: &Systemd, url: &str, headers: Option<&[String]>) -> Result<Fetcher, Error> {
         use std::sync::atomic::AtomicU32;
         static SERIAL: AtomicU32 = AtomicU32::new(0);
         let start_failed = |reason: String| Error::Fetch { url: url.to_string(), reason: Failure::Start(reason) };
@@ -214,7 +231,11 @@ impl Fetcher {
         let (body, body_end) = pipe().map_err(|e| start_failed(e.to_string()))?;
         let (reports, reports_end) = pipe().map_err(|e| start_failed(e.to_string()))?;
         let exe = std::env::current_exe().map_err(|e| start_failed(e.to_string()))?;
-        let argv = vec![exe.to_string_lossy().into_owned(), "fetch".into(), url.to_string()];
+        let mut argv = vec![exe.to_string_lossy().into_owned(), "fetch".into()];
+        if headers.is_some() {
+            argv.push("--headers".into());
+        }
+        argv.extend(["--".into(), url.to_string()]);
         let descriptor = |fd: File| crate::systemd::descriptor(std::os::fd::OwnedFd::from(fd).into());
         let mut properties = vec![
             ("Description".into(), crate::systemd::text(&format!("wharf download of {url}"))),
@@ -224,6 +245,17 @@ impl Fetcher {
             ("StandardOutputFileDescriptor".into(), descriptor(body_end).map_err(|e| start_failed(e.to_string()))?),
             ("StandardErrorFileDescriptor".into(), descriptor(reports_end).map_err(|e| start_failed(e.to_string()))?),
         ];
+        if let Some(headers) = headers {
+            // A few short lines: they fit in the pipe before anyone reads.
+            let (input, mut input_end) = pipe().map_err(|e| start_failed(e.to_string()))?;
+            let text: String = headers.iter().map(|h| format!("{h}\n")).collect();
+            input_end.write_all(text.as_bytes()).map_err(|e| start_failed(e.to_string()))?;
+            drop(input_end);
+            properties.push((
+                "StandardInputFileDescriptor".into(),
+                descriptor(input).map_err(|e| start_failed(e.to_string()))?,
+            ));
+        }
         properties.extend(sandbox());
         systemd
             .start_transient(&unit, properties, Deadlines::get().job)
@@ -280,7 +312,7 @@ fn sandbox() -> Vec<(String, zbus::OwnedVariant)> {
 /// wharf does not trust: what it says is read only up to what a real
 /// fetcher ever says, so that one subverted cannot fill wharfd's memory or
 /// journal.
-fn read_reports(reports: impl Read, size: &AtomicU64) -> Vec<Report> {
+pub(super) fn read_reports(reports: impl Read, size: &AtomicU64) -> Vec<Report> {
     let mut all = Vec::new();
     for line in BufReader::new(reports.take(REPORTS_LIMIT)).lines() {
         let Ok(line) = line else { break };
@@ -297,7 +329,7 @@ fn read_reports(reports: impl Read, size: &AtomicU64) -> Vec<Report> {
     all
 }
 
-fn pipe() -> std::io::Result<(File, File)> {
+pub(super) fn pipe() -> std::io::Result<(File, File)> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     Ok((File::from(read), File::from(write)))
 }

@@ -75,7 +75,7 @@ fn pax_xattrs(xattrs: &[(OsString, Vec<u8>)]) -> Vec<u8> {
 
 /// `/proc/self/fd/N`: the very file a descriptor holds (O_PATH descriptors
 /// cannot read attributes or contents themselves).
-fn proc_path(fd: &OwnedFd) -> PathBuf {
+pub(crate) fn proc_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
@@ -291,7 +291,7 @@ pub fn unpack(mut reader: impl Read, root: &Path) -> io::Result<()> {
 }
 
 /// Reads until `buffer` is full or the data ends; returns how much came.
-fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match reader.read(&mut buffer[filled..]) {
@@ -308,7 +308,7 @@ fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
 /// its checksum field (octal, up to a NUL, blanks around) is the sum of
 /// its bytes with that field taken as blanks. An all-zero block (the end
 /// of an empty archive) passes too.
-fn is_header(block: &[u8; 512]) -> bool {
+pub(crate) fn is_header(block: &[u8; 512]) -> bool {
     if block.iter().all(|&b| b == 0) {
         return true;
     }
@@ -319,7 +319,7 @@ fn is_header(block: &[u8; 512]) -> bool {
 }
 
 /// The extended attributes an entry's PAX header carries that an import sets.
-fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
+pub(crate) fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     let mut xattrs = Vec::new();
     let Some(extensions) = entry.pax_extensions()? else { return Ok(xattrs) };
     for extension in extensions {
@@ -385,7 +385,7 @@ fn finish(root: &OwnedFd, path: &Path, xattrs: &[(OsString, Vec<u8>)], mtime: Op
 /// Creates a device node or FIFO entry below `root`; its parent directory is
 /// resolved by the kernel inside `root` (RESOLVE_IN_ROOT), so a symlink
 /// unpacked earlier cannot send the node onto the host.
-fn make_node<R: Read>(root: &rustix::fd::OwnedFd, entry: &tar::Entry<'_, R>) -> io::Result<()> {
+pub(crate) fn make_node<R: Read>(root: &rustix::fd::OwnedFd, entry: &tar::Entry<'_, R>) -> io::Result<()> {
     use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps};
     let path = entry.path()?.into_owned();
     let mut parts = Vec::new();
@@ -435,7 +435,10 @@ fn make_node<R: Read>(root: &rustix::fd::OwnedFd, entry: &tar::Entry<'_, R>) -> 
 /// Opens the directory `parts` below `root`, creating missing levels (a tar
 /// need not list a node's parent before the node), each step resolved by
 /// the kernel inside `root`.
-fn open_in_root_creating(root: &rustix::fd::OwnedFd, parts: &[std::ffi::OsString]) -> io::Result<rustix::fd::OwnedFd> {
+pub(crate) fn open_in_root_creating(
+    root: &rustix::fd::OwnedFd,
+    parts: &[std::ffi::OsString],
+) -> io::Result<rustix::fd::OwnedFd> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     let open = |path: &Path| {
         let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };

@@ -36,6 +36,7 @@ pub mod enter;
 pub mod files;
 pub mod init;
 pub mod launcher;
+pub mod layer;
 pub mod lock;
 pub mod name;
 pub mod network;

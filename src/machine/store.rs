@@ -672,6 +672,75 @@ impl Store {
         }
     }
 
+    /// Builds an image with `build` in a new directory under a temporary
+    /// name (`build` gets its path); the image gets its name when the result
+    /// is committed. With `squash`, the tree becomes a squashfs `NAME.raw`
+    /// made by mksquashfs (the tree is then removed), or stays a directory
+    /// where squashfs-tools is not installed, as the log says.
+    pub fn stage_built(
+        &self,
+        machine: &str,
+        squash: bool,
+        build: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<Staged> {
+        let result = self.stage_built_cancellable(machine, squash, build);
+        self.or_cancelled(machine, result)
+    }
+
+    fn stage_built_cancellable(
+        &self,
+        machine: &str,
+        squash: bool,
+        build: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<Staged> {
+        let replacing =
+            if self.replace { self.replaceable(machine)? } else { self.check_free(machine).map(|()| Vec::new())? };
+        let locks = self.lock_new(machine)?;
+        let home = self.home(machine)?;
+        let mut tree = Temp::new(home, machine);
+        fs::create_dir(&tree.path).map_err(io_error(machine, &tree.path))?;
+        fs::set_permissions(&tree.path, fs::Permissions::from_mode(0o755)).map_err(io_error(machine, &tree.path))?;
+        build(&tree.path)?;
+        fix_root_mode(machine, &tree.path)?;
+        self.check_cancel(machine)?;
+        if squash {
+            let mut raw = Temp::new(home, machine).holding(locks);
+            raw.replacing = replacing;
+            match mksquashfs(&tree.path, &raw.path) {
+                Ok(()) => {
+                    drop(tree);
+                    self.check_cancel(machine)?;
+                    let target = self.target(machine, ImageKind::Squashfs);
+                    return Ok(Staged { temp: raw, target, name: machine.to_string(), digest: None });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!(
+                        machine,
+                        "mksquashfs is not installed (squashfs-tools): the image stays a directory"
+                    );
+                    drop(raw);
+                    tree._locks = None;
+                    return self.finish_tree(tree, machine, replacing_of(self, machine)?);
+                }
+                Err(e) => {
+                    return Err(Error::Invalid { name: machine.to_string(), reason: format!("mksquashfs: {e}") });
+                }
+            }
+        }
+        let mut tree = tree.holding(locks);
+        tree.replacing = replacing;
+        let target = self.target(machine, ImageKind::Directory);
+        Ok(Staged { temp: tree, target, name: machine.to_string(), digest: None })
+    }
+
+    /// A built tree that stays a directory, holding its name's locks.
+    fn finish_tree(&self, tree: Temp, machine: &str, replacing: Vec<PathBuf>) -> Result<Staged> {
+        let mut tree = tree.holding(self.lock_new(machine)?);
+        tree.replacing = replacing;
+        let target = self.target(machine, ImageKind::Directory);
+        Ok(Staged { temp: tree, target, name: machine.to_string(), digest: None })
+    }
+
     /// Imports a directory tree as it is.
     pub fn import_fs(&self, source: &Path, machine: &str, progress: Progress<'_>) -> Result<PathBuf> {
         self.check_free(machine)?;
@@ -783,6 +852,28 @@ impl Store {
             }
         }
     }
+}
+
+/// The images of `machine` a forced build replaces (none otherwise).
+fn replacing_of(store: &Store, machine: &str) -> Result<Vec<PathBuf>> {
+    if store.replace { store.replaceable(machine) } else { Ok(Vec::new()) }
+}
+
+/// Makes the squashfs `raw` of the tree at `tree`, as a portable image:
+/// owners, modes, extended attributes and device nodes as they are.
+fn mksquashfs(tree: &Path, raw: &Path) -> io::Result<()> {
+    let out = std::process::Command::new("mksquashfs")
+        .arg(tree)
+        .arg(raw)
+        .args(["-noappend", "-no-progress", "-quiet"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let line = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    Err(io::Error::other(format!("{} ({line})", out.status)))
 }
 
 /// A tar archive has `ustar` at byte 257 of its first header.

@@ -20,7 +20,18 @@ const MAX_REDIRECTS: u32 = 8;
 pub struct FetchArgs {
     /// The http:// or https:// URL to download.
     pub url: String,
+    /// Read request headers from standard input (one `Name: value` a
+    /// line, to its end; a registry's token is no argument every user can
+    /// see), and report the response headers a registry pull needs.
+    #[arg(long)]
+    pub headers: bool,
 }
+
+/// The response headers a fetcher with `--headers` reports.
+pub const REPORTED_HEADERS: &[&str] = &["www-authenticate", "content-type", "docker-content-digest"];
+/// At most this many request headers, each at most this long.
+const MAX_REQUEST_HEADERS: usize = 16;
+const MAX_HEADER_LEN: usize = 16 << 10;
 
 /// Why a download did not deliver its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +74,8 @@ pub enum Report {
     Size(u64),
     Done(u64),
     Failed(u32, String),
+    /// A response header (its name in lower case), with `--headers`.
+    Header(String, String),
 }
 
 impl Report {
@@ -71,6 +84,10 @@ impl Report {
         match word {
             "size" => rest.trim().parse().ok().map(Report::Size),
             "done" => rest.trim().parse().ok().map(Report::Done),
+            "header" => {
+                let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(Report::Header(name.to_string(), value.to_string()))
+            }
             "failed" => {
                 let (status, reason) = rest.split_once(' ').unwrap_or((rest, ""));
                 Some(Report::Failed(status.parse().unwrap_or(0), reason.to_string()))
@@ -84,6 +101,7 @@ impl Report {
             Report::Size(size) => format!("size {size}\n"),
             Report::Done(bytes) => format!("done {bytes}\n"),
             Report::Failed(status, reason) => format!("failed {status} {}\n", reason.replace('\n', " ")),
+            Report::Header(name, value) => format!("header {name} {}\n", value.replace(['\n', '\r'], " ")),
         }
     }
 }
@@ -96,7 +114,7 @@ pub fn outcome(reports: &[Report], received: u64) -> Result<(), Failure> {
             Report::Failed(status, _) if (400..600).contains(status) => return Err(Failure::Http(*status)),
             Report::Failed(_, reason) => return Err(Failure::Transfer(reason.clone())),
             Report::Done(sent) if *sent == received => return Ok(()),
-            Report::Done(_) | Report::Size(_) => {}
+            Report::Done(_) | Report::Size(_) | Report::Header(..) => {}
         }
     }
     Err(Failure::Ended)
@@ -107,7 +125,18 @@ pub fn main(args: FetchArgs) -> ExitCode {
         // Nothing else can be told if standard error is gone.
         let _ = std::io::stderr().write_all(report.line().as_bytes());
     };
-    match fetch(&args.url, &report) {
+    let headers = if args.headers {
+        match request_headers(std::io::stdin().lock()) {
+            Ok(headers) => headers,
+            Err(reason) => {
+                report(Report::Failed(0, reason));
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    match fetch(&args.url, args.headers.then_some(headers.as_slice()), &report) {
         Ok(bytes) => {
             report(Report::Done(bytes));
             ExitCode::SUCCESS
@@ -119,9 +148,32 @@ pub fn main(args: FetchArgs) -> ExitCode {
     }
 }
 
+/// The request headers on standard input: `Name: value` lines.
+fn request_headers(input: impl std::io::Read) -> Result<Vec<String>, String> {
+    use std::io::BufRead;
+    let mut headers = Vec::new();
+    for line in std::io::BufReader::new(input.take((MAX_REQUEST_HEADERS * MAX_HEADER_LEN) as u64)).lines() {
+        let line = line.map_err(|e| format!("cannot read the request headers: {e}"))?;
+        if line.is_empty() {
+            continue;
+        }
+        let valid = line
+            .split_once(": ")
+            .is_some_and(|(name, _)| !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            && line.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if !valid || line.len() > MAX_HEADER_LEN || headers.len() == MAX_REQUEST_HEADERS {
+            return Err("the request headers are not headers".into());
+        }
+        headers.push(line);
+    }
+    Ok(headers)
+}
+
 /// Downloads `url` to standard output; the bytes sent, or (HTTP status or
-/// 0, reason).
-fn fetch(url: &str, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
+/// 0, reason). With `headers` (a registry's request), those are sent,
+/// the response headers a pull needs are reported, and the body of an
+/// error status is dropped (its status is what counts).
+fn fetch(url: &str, headers: Option<&[String]>, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
     let setup = |e: curl::Error| (0, describe(&e));
     let mut output =
         std::io::stdout().as_fd().try_clone_to_owned().map(std::fs::File::from).map_err(|e| (0, e.to_string()))?;
@@ -129,7 +181,17 @@ fn fetch(url: &str, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
     easy.url(url).map_err(setup)?;
     easy.follow_location(true).map_err(setup)?;
     easy.max_redirections(MAX_REDIRECTS).map_err(setup)?;
-    easy.fail_on_error(true).map_err(setup)?;
+    easy.fail_on_error(headers.is_none()).map_err(setup)?;
+    if let Some(headers) = headers {
+        let mut list = curl::easy::List::new();
+        for header in headers {
+            list.append(header).map_err(setup)?;
+        }
+        easy.http_headers(list).map_err(setup)?;
+    }
+    let registry = headers.is_some();
+    // The status of the response being received (a redirect's first).
+    let status = std::cell::Cell::new(0u32);
     easy.connect_timeout(CONNECT_TIMEOUT).map_err(setup)?;
     // A stall, not a slow link, is what ends a download.
     easy.low_speed_limit(1).map_err(setup)?;
@@ -141,15 +203,41 @@ fn fetch(url: &str, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
     let performed = {
         let mut transfer = easy.transfer();
         transfer
-            .write_function(|data| match output.write_all(data) {
-                Ok(()) => {
-                    sent += data.len() as u64;
-                    Ok(data.len())
+            .write_function(|data| {
+                if registry && status.get() >= 400 {
+                    // An error page: its status says all (and is reported).
+                    return Ok(data.len());
                 }
-                // Fewer bytes taken than given: libcurl stops with a write error.
-                Err(_) => Ok(0),
+                match output.write_all(data) {
+                    Ok(()) => {
+                        sent += data.len() as u64;
+                        Ok(data.len())
+                    }
+                    // Fewer bytes taken than given: libcurl stops with a write error.
+                    Err(_) => Ok(0),
+                }
             })
             .map_err(setup)?;
+        if registry {
+            transfer
+                .header_function(|line| {
+                    let line = String::from_utf8_lossy(line);
+                    let line = line.trim_end();
+                    if let Some(rest) = line.strip_prefix("HTTP/") {
+                        let code = rest.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                        status.set(code);
+                    } else if let Some((name, value)) = line.split_once(':') {
+                        let name = name.trim().to_ascii_lowercase();
+                        if (REPORTED_HEADERS.contains(&name.as_str()) && status.get() < 300)
+                            || name == "www-authenticate"
+                        {
+                            report(Report::Header(name, value.trim().chars().take(4096).collect()));
+                        }
+                    }
+                    true
+                })
+                .map_err(setup)?;
+        }
         transfer
             .progress_function(|total, _, _, _| {
                 if !size_told && total > 0.0 {
@@ -162,6 +250,10 @@ fn fetch(url: &str, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
         transfer.perform()
     };
     match performed {
+        Ok(()) if registry && status.get() >= 400 => {
+            let code = status.get();
+            Err((code, format!("the registry answered HTTP {code}")))
+        }
         Ok(()) => Ok(sent),
         Err(e) if e.is_http_returned_error() => {
             let status = easy.response_code().unwrap_or(0);
@@ -243,6 +335,16 @@ mod tests {
         let line = Report::Failed(0, "a\nb".into()).line();
         assert_eq!(line, "failed 0 a b\n");
         assert_eq!(Report::parse("thread 'main' panicked"), None);
+    }
+
+    #[test]
+    fn request_headers_are_header_lines_only() {
+        let headers = request_headers(&b"Accept: a/b, c/d\nAuthorization: Bearer x.y\n\n"[..]).unwrap();
+        assert_eq!(headers, ["Accept: a/b, c/d", "Authorization: Bearer x.y"]);
+        assert!(request_headers(&b"no colon\n"[..]).is_err());
+        assert!(request_headers(&b"A: b\rX-Evil: 1\n"[..]).is_err());
+        let header = Report::Header("www-authenticate".into(), "Bearer realm=\"x\"".into());
+        assert_eq!(Report::parse(header.line().trim_end()), Some(header));
     }
 
     #[test]

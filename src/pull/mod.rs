@@ -11,6 +11,7 @@
 //! checked against the import keyring.
 
 pub mod fetch;
+pub mod oci;
 pub mod signature;
 pub mod source;
 pub mod sums;
@@ -71,6 +72,9 @@ pub enum Error {
     Mismatch { url: String, sums: String, got: String, expected: String },
     #[error("{0}")]
     Setup(String),
+    /// A registry pull refused: `what` names the reference, manifest or blob.
+    #[error("{what}: {reason}")]
+    Oci { what: String, reason: Box<oci::OciError> },
 }
 
 /// Lower-case hex of a digest.

@@ -21,6 +21,7 @@ mod interrupt;
 mod machine;
 mod many;
 mod network;
+mod oci;
 mod packaging;
 mod polkit;
 mod portable;
@@ -146,6 +147,7 @@ fn main() -> ExitCode {
     trials.extend(store::trials(&shared));
     trials.extend(pull::trials(&shared));
     trials.extend(https::trials(&shared));
+    trials.extend(oci::trials(&shared));
     trials.extend(interrupt::trials(&shared));
     trials.extend(machine::trials(&shared));
     trials.extend(network::trials(&shared));

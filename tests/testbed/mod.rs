@@ -72,9 +72,11 @@ impl Release {
     /// fetcher, gpg for the pull tests' throwaway signing keys, openssl and
     /// ca-certificates for their throwaway certificate authority (made with
     /// the one, put in the system's CA store with the other), zsh and fish
-    /// to run the completions wharf installs for them, and polkitd (with
+    /// to run the completions wharf installs for them, polkitd (with
     /// JavaScript rules, and pkttyagent) and logind to authorize callers
-    /// other than root: every trial runs with polkit there, as on most hosts.
+    /// other than root (every trial runs with polkit there, as on most
+    /// hosts), and a registry (docker-registry), skopeo to push to it and
+    /// squashfs-tools for the registry pulls.
     pub fn packages(self) -> Vec<&'static str> {
         // Each release's root is cached apart (its key includes the release).
         let libcurl = match self {
@@ -103,6 +105,13 @@ impl Release {
             // What polkitd depends on as default-logind | logind, which
             // debootstrap does not resolve.
             "libpam-systemd",
+            "docker-registry",
+            "skopeo",
+            // What skopeo's containers-common depends on is a virtual
+            // package (container-network-stack), which debootstrap cannot
+            // choose a provider for.
+            "netavark",
+            "squashfs-tools",
         ];
         packages.push(libcurl);
         packages
