@@ -19,8 +19,8 @@ use zbus::Connection;
 use zbus::message::Header;
 
 use super::auth::authorize;
-use super::manager::{heartbeat, progress_reporter};
-use super::pull::{Fetcher, pulling, stop_fetcher};
+use super::manager::progress_reporter;
+use super::pull::{Fetcher, Running, pulling, stop_fetcher};
 use super::{Daemon, failed};
 use crate::api::{BusError, pull_flags};
 use crate::audit::{Call, Kind};
@@ -64,30 +64,21 @@ pub(crate) async fn pull(
         _ => request.name.clone(),
     };
     let audit = Call::new(Kind::Import, caller).image(&store.pool, &name).field("WHARF_URL", request.reference.clone());
-    let registration =
-        daemon.transfers.register("pull-oci", &name, &request.reference, &super::transfer::caller_of(header));
-    let _heartbeat = heartbeat(connection, header);
-    let _watch = super::transfer::cancel_when_caller_leaves(connection, &registration).await;
+    let running =
+        Running::begin(daemon, store, connection, header, ("pull-oci", &name, &request.reference), request.flags).await;
+    let Running { ref registration, ref store, .. } = running;
     let progress: Shared<Reporter> = Arc::new(Mutex::new(Box::new(registration.track(progress_reporter(
         connection,
         header,
         &format!("pull {name}"),
     )))));
-    let force = request.flags & pull_flags::FORCE != 0;
-    let store = store.clone().with_cancel(registration.cancel_flag());
-    let store = if force { store.replacing() } else { store };
     let result = async {
         if request.flags & !pull_flags::OCI_ALL != 0 {
             let unknown = request.flags & !pull_flags::OCI_ALL;
             return Err(BusError::InvalidArgument(format!("unknown flags {unknown:#x}")));
         }
         let reference = reference.map_err(|e| pulling(&name, Error::Argument(e.to_string())))?;
-        {
-            let (store, name) = (store.clone(), name.clone());
-            daemon
-                .blocking(move || if force { store.replaceable(&name).map(drop) } else { store.check_free(&name) })
-                .await?;
-        }
+        running.check_name(daemon, &name).await?;
         let systemd = Systemd::new(connection).await.map_err(failed)?;
         let insecure = request.flags & pull_flags::INSECURE != 0;
         let mut registry = Registry {

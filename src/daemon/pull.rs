@@ -71,28 +71,17 @@ pub(crate) async fn pull(
         _ => request.name.clone(),
     };
     let audit = Call::new(Kind::Import, caller).image(&store.pool, &name).field("WHARF_URL", request.url.clone());
-    let registration =
-        daemon.transfers.register(request.kind, &name, &request.url, &super::transfer::caller_of(header));
-    let _heartbeat = heartbeat(connection, header);
-    let _watch = super::transfer::cancel_when_caller_leaves(connection, &registration).await;
+    let running =
+        Running::begin(daemon, store, connection, header, (request.kind, &name, &request.url), request.flags).await;
+    let Running { ref registration, ref store, .. } = running;
     let mut progress = registration.track(progress_reporter(connection, header, &format!("pull {name}")));
-    let force = request.flags & pull_flags::FORCE != 0;
-    let store = store.clone().with_cancel(registration.cancel_flag());
-    let store = if force { store.replacing() } else { store };
     let result = async {
         if request.flags & !pull_flags::ALL != 0 {
             return Err(BusError::InvalidArgument(format!("unknown flags {:#x}", request.flags & !pull_flags::ALL)));
         }
         let source = source.map_err(|e| pulling(&name, e))?;
         let verify: Verify = request.verify.parse().map_err(|e| pulling(&name, e))?;
-        {
-            let (store, name) = (store.clone(), name.clone());
-            // Before anything is downloaded: the name must be free, or
-            // (forced) hold only what may be replaced.
-            daemon
-                .blocking(move || if force { store.replaceable(&name).map(drop) } else { store.check_free(&name) })
-                .await?;
-        }
+        running.check_name(daemon, &name).await?;
         let systemd = Systemd::new(connection).await.map_err(failed)?;
         let expected = expected_digest(daemon, &systemd, &source, verify).await.map_err(|e| pulling(&name, e))?;
         let fetcher = Fetcher::start(&systemd, source.url()).await.map_err(|e| pulling(&name, e))?;
@@ -114,6 +103,47 @@ pub(crate) async fn pull(
     tracing::debug!(id = registration.id(), name, ok = result.is_ok(), "transfer ended");
     audit.finish(&result).await;
     Ok(result?.display().to_string())
+}
+
+/// What a pull holds while it runs: its entry in list-transfers, the
+/// client's heartbeat, the watch that cancels it when the caller leaves,
+/// and the store it writes to (cancelled with it; replacing with `--force`).
+pub(super) struct Running {
+    pub(super) registration: super::transfer::Registration,
+    pub(super) store: Store,
+    pub(super) force: bool,
+    _heartbeat: Option<zruntime::Task<(), zruntime::Shared>>,
+    _watch: Option<zruntime::Task<(), zruntime::Shared>>,
+}
+
+impl Running {
+    /// Registers the pull (`kind`, local name, remote) of `flags`.
+    pub(super) async fn begin(
+        daemon: &Daemon,
+        store: &Store,
+        connection: &Connection,
+        header: &Header<'_>,
+        (kind, name, remote): (&'static str, &str, &str),
+        flags: u64,
+    ) -> Running {
+        let registration = daemon.transfers.register(kind, name, remote, &super::transfer::caller_of(header));
+        let heartbeat = heartbeat(connection, header);
+        let watch = super::transfer::cancel_when_caller_leaves(connection, &registration).await;
+        let force = flags & pull_flags::FORCE != 0;
+        let store = store.clone().with_cancel(registration.cancel_flag());
+        let store = if force { store.replacing() } else { store };
+        Running { registration, store, force, _heartbeat: heartbeat, _watch: watch }
+    }
+
+    /// Before anything is downloaded: the name must be free, or (forced)
+    /// hold only what may be replaced.
+    pub(super) async fn check_name(&self, daemon: &Arc<Daemon>, name: &str) -> Result<(), BusError> {
+        let (store, name, force) = (self.store.clone(), name.to_string(), self.force);
+        daemon
+            .blocking(move || if force { store.replaceable(&name).map(drop) } else { store.check_free(&name) })
+            .await?;
+        Ok(())
+    }
 }
 
 pub(super) fn pulling(name: &str, source: Error) -> BusError {
