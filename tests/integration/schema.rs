@@ -275,6 +275,9 @@ fn portable_documents(tb: &Testbed) {
     c.run("pull", &format!("pull --verify=no {PORTABLE_SERVER}/schemapull_1.raw"), Expect::Ok);
     c.run("pull", &format!("pull --verify=no {PORTABLE_SERVER}/missing_1.raw"), Expect::Fails);
     tb.ok("systemctl stop wharf-schema-httpd && portable remove schemapull_1.raw");
+    // No registry answers there: the error document (a pull that works is
+    // the OCI trial's).
+    c.run("pull-oci", "pull-oci 127.0.0.1:9/none/app:v1 schemaoci", Expect::Fails);
 
     c.run("detach", "detach --check --now schemasvc_1.raw", Expect::Ok);
     c.run("detach", "detach --now schemasvc_1.raw", Expect::Ok);
@@ -352,6 +355,7 @@ fn machine_documents(tb: &Testbed) {
     c.run("pull-raw", &format!("pull-raw --verify=no {MACHINE_SERVER}/schemapr.raw"), Expect::Ok);
     c.run("pull-tar", &format!("pull-tar --verify=no {MACHINE_SERVER}/schemapt.tar"), Expect::Ok);
     c.run("pull-tar", &format!("pull-tar --verify=no {MACHINE_SERVER}/missing.tar"), Expect::Fails);
+    c.run("pull-oci", "pull-oci 127.0.0.1:9/none/app:v1 schemaoci", Expect::Fails);
     tb.ok("systemctl stop wharf-schema-mhttpd && machine remove schemapr schemapt");
     c.run("list-transfers", "list-transfers", Expect::Ok);
     c.run("cancel-transfer", "cancel-transfer 4242", Expect::Fails);
