@@ -156,7 +156,19 @@ async fn ask_polkit(connection: &Connection, sender: &str, action: Action, flags
         Err(_) => return Answer::Absent,
     };
     let subject = ("system-bus-name", HashMap::from([("name", Variant::from(sender))]));
-    match authority.check_authorization(&subject, action.id(), &HashMap::new(), flags, "").await {
+    // A polkitd that never answers must not hold the call for good: a
+    // password may take the caller a while (the longer deadline), a plain
+    // check does not. Out of time is a refusal, not "no polkit".
+    let deadlines = crate::systemd::Deadlines::get();
+    let limit = if flags & ALLOW_USER_INTERACTION != 0 { deadlines.undo } else { deadlines.call };
+    let details = HashMap::new();
+    let check = authority.check_authorization(&subject, action.id(), &details, flags, "");
+    let answer = match crate::systemd::until(std::time::Instant::now() + limit, check).await {
+        Ok(Some(answer)) => answer,
+        Ok(None) => return Answer::Failed(format!("it did not answer within {} s", limit.as_secs())),
+        Err(e) => return Answer::Failed(e.to_string()),
+    };
+    match answer {
         Ok((true, _, _)) => Answer::Yes,
         Ok((false, _, _)) => Answer::No,
         Err(zbus::Error::MethodError(name, description, _)) if is_polkit_error(name.as_str()) => {

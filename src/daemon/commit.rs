@@ -104,9 +104,7 @@ impl Commits {
         drop(exclusive);
         ready(&result).ok_or_else(|| BusError::Failed(format!("{what}: the change applied with others gave no result")))
     }
-}
 
-impl Commits {
     /// Takes request `id` out of the queue; false when a group took it.
     fn withdraw(&self, id: u64) -> bool {
         let mut waiting = self.lock();

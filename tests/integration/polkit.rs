@@ -173,6 +173,23 @@ fn without_polkit(tb: &Testbed) {
     // polkit back: the group's user is let in again.
     tb.ok("systemctl unmask polkit.service");
     wait_for_verdict(tb, "polkadmin", true);
+
+    // A polkitd that stops answering: the call is refused when its time is
+    // up (WHARF_CALL_TIMEOUT, 3 s here), not held for good, and root's
+    // calls never wait for it.
+    tb.ok("mkdir -p /run/systemd/system/wharfd.service.d && \
+         printf '[Service]\\nEnvironment=WHARF_CALL_TIMEOUT=3\\n' > /run/systemd/system/wharfd.service.d/50-polkit-test.conf && \
+         systemctl daemon-reload && systemctl stop wharfd.service");
+    tb.ok("kill -STOP $(systemctl show -P MainPID polkit.service)");
+    let out = as_user(tb, "polkadmin", &format!("timeout 30 portable --no-ask-password attach {IMAGE}"));
+    tb.ok(&format!("timeout 30 portable attach {IMAGE} && timeout 30 portable detach {IMAGE}"));
+    tb.ok("kill -CONT $(systemctl show -P MainPID polkit.service)");
+    tb.ok("rm -rf /run/systemd/system/wharfd.service.d/50-polkit-test.conf && systemctl daemon-reload && \
+         systemctl stop wharfd.service");
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("needs authorization for org.wharf1.portable.attach"), "{out}");
+    assert!(out.stderr.trim_end().ends_with("polkit: it did not answer within 3 s"), "{out}");
+    assert_eq!(attached_state(tb), "detached");
     let out = as_user(tb, "polkadmin", &format!("portable attach {IMAGE}"));
     assert!(out.success(), "{out}");
     assert_eq!(attached_state(tb), "attached");
