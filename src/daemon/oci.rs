@@ -28,7 +28,7 @@ use crate::machine::store::{Error as StoreError, Store};
 use crate::pull::Error;
 use crate::pull::fetch::{Failure, Report};
 use crate::pull::oci::{self, Descriptor, Digest, Manifest, OciError, Reference};
-use crate::systemd::Systemd;
+use crate::systemd::{Deadlines, Systemd};
 
 /// Where the image config is kept inside the image.
 pub const CONFIG_IN_IMAGE: &str = "usr/lib/wharf/oci-config.json";
@@ -85,7 +85,7 @@ pub(crate) async fn pull(
             daemon,
             systemd: &systemd,
             base: reference.base_url(insecure),
-            allow_http: insecure || reference.is_loopback(),
+            plain_http: reference.plain_http(insecure),
             reference: &reference,
             token: None,
             cancel: registration.cancel_flag(),
@@ -254,7 +254,7 @@ struct Registry<'a> {
     systemd: &'a Systemd,
     reference: &'a Reference,
     base: String,
-    allow_http: bool,
+    plain_http: oci::PlainHttp,
     token: Option<String>,
     cancel: Arc<AtomicBool>,
 }
@@ -373,7 +373,9 @@ impl Registry<'_> {
             if let Some(token) = &self.token {
                 headers.push(format!("Authorization: Bearer {token}"));
             }
-            let fetcher = Fetcher::start_with(self.systemd, url, Some(&headers)).await?;
+            // Manifests and configs are small: a deadline ends a drip-fed one.
+            let max_time = matches!(sink, Sink::Memory(_)).then(|| Deadlines::get().small_download);
+            let fetcher = Fetcher::start_with(self.systemd, url, Some(&headers), max_time).await?;
             let unit = fetcher.unit.clone();
             let cancel = self.cancel.clone();
             let sink_now = sink.clone();
@@ -393,7 +395,7 @@ impl Registry<'_> {
                         )),
                     })?;
                     let token_url = challenge
-                        .token_url(&self.reference.repository, self.allow_http)
+                        .token_url(&self.reference.repository, self.plain_http)
                         .map_err(|reason| Error::Oci { what: url.to_string(), reason: Box::new(reason) })?;
                     let answer = super::pull::fetch_small_limited(self.daemon, self.systemd, &token_url, TOKEN_LIMIT)
                         .await

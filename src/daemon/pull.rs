@@ -218,7 +218,8 @@ pub(super) async fn fetch_small_limited(
     url: &str,
     limit: u64,
 ) -> Result<Vec<u8>, Failure> {
-    let fetcher = Fetcher::start(systemd, url).await.map_err(|e| match e {
+    let deadline = Some(Deadlines::get().small_download);
+    let fetcher = Fetcher::start_with(systemd, url, None, deadline).await.map_err(|e| match e {
         Error::Fetch { reason, .. } => reason,
         other => Failure::Start(other.to_string()),
     })?;
@@ -247,13 +248,18 @@ pub(super) struct Fetcher {
 
 impl Fetcher {
     async fn start(systemd: &Systemd, url: &str) -> Result<Fetcher, Error> {
-        Fetcher::start_with(systemd, url, None).await
+        Fetcher::start_with(systemd, url, None, None).await
     }
 
     /// A fetcher that sends `headers` (given on its standard input, not on
     /// its command line) and reports the response headers a registry
-    /// pull needs.
-    pub(super) async fn start_with(systemd: &Systemd, url: &str, headers: Option<&[String]>) -> Result<Fetcher, Error> {
+    /// pull needs; it ends after `max_time` if that is given.
+    pub(super) async fn start_with(
+        systemd: &Systemd,
+        url: &str,
+        headers: Option<&[String]>,
+        max_time: Option<std::time::Duration>,
+    ) -> Result<Fetcher, Error> {
         use std::sync::atomic::AtomicU32;
         static SERIAL: AtomicU32 = AtomicU32::new(0);
         let start_failed = |reason: String| Error::Fetch { url: url.to_string(), reason: Failure::Start(reason) };
@@ -264,6 +270,9 @@ impl Fetcher {
         let mut argv = vec![exe.to_string_lossy().into_owned(), "fetch".into()];
         if headers.is_some() {
             argv.push("--headers".into());
+        }
+        if let Some(max_time) = max_time {
+            argv.push(format!("--max-time={}", max_time.as_secs().max(1)));
         }
         argv.extend(["--".into(), url.to_string()]);
         let descriptor = |fd: File| crate::systemd::descriptor(std::os::fd::OwnedFd::from(fd).into());
@@ -380,7 +389,8 @@ fn receive(
     let stop = AtomicBool::new(false);
     let Fetcher { body, reports, size, .. } = fetcher;
     let (staged, teed) = std::thread::scope(|scope| {
-        let tee = scope.spawn(|| tee(body, tee_end, &size, &stop, store.cancel.as_deref(), progress));
+        let (hash, stop, size) = (expected.is_some(), &stop, &size);
+        let tee = scope.spawn(move || tee(body, tee_end, hash, size, stop, store.cancel.as_deref(), progress));
         let staged = stage(store, store_end, name, format);
         // A refused stage needs no more of an unchecked download. A checked
         // one is read to its end all the same: that the file is not the
@@ -415,14 +425,14 @@ fn receive(
     // empty image).
     crate::pull::fetch::outcome(&reports, teed.bytes).map_err(fetch_failed)?;
     if let Some((expected, sums)) = expected
-        && teed.digest != expected
+        && teed.digest != Some(expected)
     {
         return Err(pulling(
             name,
             Error::Mismatch {
                 url: url.to_string(),
                 sums,
-                got: crate::pull::hex(&teed.digest),
+                got: crate::pull::hex(&teed.digest.unwrap_or_default()),
                 expected: crate::pull::hex(&expected),
             },
         ));
@@ -440,31 +450,34 @@ fn stage(store: &Store, input: File, name: &str, format: Format) -> Result<Stage
 }
 
 struct Teed {
-    digest: [u8; 32],
+    /// SHA-256 of the whole download, when it was asked for.
+    digest: Option<[u8; 32]>,
     bytes: u64,
     /// The reading stopped before the end (the stage was refused, or the
     /// pull cancelled).
     abandoned: bool,
 }
 
-/// Copies the download to the store's pipe, hashing every byte. When the
+/// Copies the download to the store's pipe, hashing every byte when
+/// `hash` (a pull with `--verify=no` has no digest to compare). When the
 /// store stops reading early (an image ends before its file does) the rest
 /// is still read and hashed: the digest is of the whole file.
 fn tee(
     mut body: File,
     into: File,
+    hash: bool,
     size: &AtomicU64,
     stop: &AtomicBool,
     cancel: Option<&AtomicBool>,
     progress: Progress<'_>,
 ) -> std::io::Result<Teed> {
-    let mut hasher = Sha256::new();
+    let mut hasher = hash.then(Sha256::new);
     let mut into = Some(into);
     let mut buffer = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
     loop {
         if stop.load(Ordering::SeqCst) || cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
-            return Ok(Teed { digest: hasher.finalize().into(), bytes, abandoned: true });
+            return Ok(Teed { digest: hasher.map(|h| h.finalize().into()), bytes, abandoned: true });
         }
         // Waited for a little at a time, so that a stalled server does not
         // hold up a cancel or a refusal.
@@ -479,7 +492,9 @@ fn tee(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buffer[..n]);
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&buffer[..n]);
+        }
         bytes += n as u64;
         progress(bytes, size.load(Ordering::Relaxed));
         if let Some(pipe) = &mut into
@@ -488,7 +503,7 @@ fn tee(
             into = None;
         }
     }
-    Ok(Teed { digest: hasher.finalize().into(), bytes, abandoned: false })
+    Ok(Teed { digest: hasher.map(|h| h.finalize().into()), bytes, abandoned: false })
 }
 
 #[cfg(test)]

@@ -260,20 +260,6 @@ pub struct Staged {
     digest: Option<String>,
 }
 
-/// A reader that hashes what it gives.
-struct Hashing<R> {
-    inner: R,
-    hasher: sha2::Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        sha2::Digest::update(&mut self.hasher, &buf[..n]);
-        Ok(n)
-    }
-}
-
 impl Staged {
     /// What the image is (a directory, or the kind of a raw image).
     pub fn kind(&self) -> Result<ImageKind> {
@@ -624,8 +610,8 @@ impl Store {
         let mut file = File::create_new(&temp.path).map_err(io_error(machine, &temp.path))?;
         // Hashed on the way: the audit entry of the import records the
         // image's digest, which reading 1 GiB again would cost seconds.
-        let mut reader = Hashing { inner: reader, hasher: sha2::Sha256::default() };
-        crate::fs::copy_sparse(&mut reader, &mut file).map_err(|e| match e {
+        let mut reader = reader;
+        let (_, digest) = crate::fs::copy_sparse_hashed(&mut reader, &mut file).map_err(|e| match e {
             crate::fs::CopyError::Read(e) => {
                 Error::Invalid { name: machine.to_string(), reason: format!("cannot decompress the image: {e}") }
             }
@@ -645,7 +631,7 @@ impl Store {
         }
         let target = self.target(machine, kind);
         self.check_cancel(machine)?;
-        let digest = crate::pull::hex(&sha2::Digest::finalize(reader.hasher));
+        let digest = crate::pull::hex(&digest);
         Ok(Staged { temp, target, name: machine.to_string(), digest: Some(digest) })
     }
 

@@ -25,6 +25,9 @@ pub struct FetchArgs {
     /// see), and report the response headers a registry pull needs.
     #[arg(long)]
     pub headers: bool,
+    /// End the download after this many seconds, complete or not.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_time: Option<u64>,
 }
 
 /// The response headers a fetcher with `--headers` reports.
@@ -136,7 +139,8 @@ pub fn main(args: FetchArgs) -> ExitCode {
     } else {
         Vec::new()
     };
-    match fetch(&args.url, args.headers.then_some(headers.as_slice()), &report) {
+    let max_time = args.max_time.map(Duration::from_secs);
+    match fetch(&args.url, args.headers.then_some(headers.as_slice()), max_time, &report) {
         Ok(bytes) => {
             report(Report::Done(bytes));
             ExitCode::SUCCESS
@@ -173,7 +177,12 @@ fn request_headers(input: impl std::io::Read) -> Result<Vec<String>, String> {
 /// 0, reason). With `headers` (a registry's request), those are sent,
 /// the response headers a pull needs are reported, and the body of an
 /// error status is dropped (its status is what counts).
-fn fetch(url: &str, headers: Option<&[String]>, report: &dyn Fn(Report)) -> Result<u64, (u32, String)> {
+fn fetch(
+    url: &str,
+    headers: Option<&[String]>,
+    max_time: Option<Duration>,
+    report: &dyn Fn(Report),
+) -> Result<u64, (u32, String)> {
     let setup = |e: curl::Error| (0, describe(&e));
     let mut output =
         std::io::stdout().as_fd().try_clone_to_owned().map(std::fs::File::from).map_err(|e| (0, e.to_string()))?;
@@ -196,6 +205,10 @@ fn fetch(url: &str, headers: Option<&[String]>, report: &dyn Fn(Report)) -> Resu
     // A stall, not a slow link, is what ends a download.
     easy.low_speed_limit(1).map_err(setup)?;
     easy.low_speed_time(STALL).map_err(setup)?;
+    if let Some(max_time) = max_time {
+        easy.timeout(max_time).map_err(setup)?;
+    }
+    let started = std::time::Instant::now();
     easy.useragent(concat!("wharf/", env!("CARGO_PKG_VERSION"))).map_err(setup)?;
     easy.progress(true).map_err(setup)?;
     let mut sent = 0u64;
@@ -260,9 +273,15 @@ fn fetch(url: &str, headers: Option<&[String]>, report: &dyn Fn(Report)) -> Resu
             Err((status, describe(&e)))
         }
         Err(e) if e.is_write_error() => Err((0, "wharfd stopped reading the download".into())),
-        Err(e) if e.is_operation_timedout() && sent > 0 => {
-            Err((0, format!("the server sent nothing for {} s after {sent} bytes", STALL.as_secs())))
-        }
+        Err(e) if e.is_operation_timedout() => match max_time.filter(|&max| started.elapsed() >= max) {
+            Some(max) => {
+                Err((0, format!("the server did not send it all within {} s ({sent} bytes came)", max.as_secs())))
+            }
+            None if sent > 0 => {
+                Err((0, format!("the server sent nothing for {} s after {sent} bytes", STALL.as_secs())))
+            }
+            None => Err((0, describe(&e))),
+        },
         Err(e) if e.is_peer_failed_verification() || e.is_ssl_cacert() || e.is_ssl_certproblem() => {
             // The host that failed, which a redirect may have changed.
             let failed_at = easy.effective_url().ok().flatten().unwrap_or(url).to_string();

@@ -81,6 +81,10 @@ pub struct Deadlines {
     /// How long started units are watched for an early failure:
     /// `WHARF_SETTLE_MS` milliseconds, default 1000.
     pub settle: Duration,
+    /// One small download (a SHA256SUMS, a signature, a registry's token,
+    /// manifest or config): `WHARF_SMALL_DOWNLOAD_TIMEOUT` seconds, default
+    /// 60. A server that drips bytes never stalls, so only a deadline ends it.
+    pub small_download: Duration,
 }
 
 impl Deadlines {
@@ -94,6 +98,9 @@ impl Deadlines {
                 job: Duration::from_secs(number("WHARF_JOB_TIMEOUT").filter(|&n| n > 0).unwrap_or(90)),
                 undo: number("WHARF_UNDO_TIMEOUT").filter(|&n| n > 0).map_or(call * 5, Duration::from_secs),
                 settle: Duration::from_millis(number("WHARF_SETTLE_MS").unwrap_or(1000)),
+                small_download: Duration::from_secs(
+                    number("WHARF_SMALL_DOWNLOAD_TIMEOUT").filter(|&n| n > 0).unwrap_or(60),
+                ),
             }
         })
     }

@@ -271,7 +271,7 @@ fn machine_stress(tb: &Testbed) {
 }
 
 /// A drop-in for wharfd.service, in place for the next start of wharfd.
-fn configure_wharfd(tb: &Testbed, dropin: &str) {
+pub(crate) fn configure_wharfd(tb: &Testbed, dropin: &str) {
     // /run is the container's own tmpfs, out of the host's sight: written from inside.
     tb.ok(&format!(
         "mkdir -p /run/systemd/system/wharfd.service.d && cat >/run/systemd/system/wharfd.service.d/50-test.conf <<'EOF'\n{dropin}EOF"
@@ -279,7 +279,7 @@ fn configure_wharfd(tb: &Testbed, dropin: &str) {
     tb.ok("systemctl daemon-reload && systemctl stop wharfd.service && systemctl reset-failed wharfd.service; true");
 }
 
-fn unconfigure_wharfd(tb: &Testbed) {
+pub(crate) fn unconfigure_wharfd(tb: &Testbed) {
     tb.ok("rm -rf /run/systemd/system/wharfd.service.d; systemctl daemon-reload; systemctl stop wharfd.service; \
          systemctl reset-failed wharfd.service; true");
 }

@@ -7,7 +7,11 @@
 //! the attacks: a blob changed in the registry's storage, a manifest that
 //! is not the one its pinned digest names, a digest the registry does not
 //! have, an index without this host's architecture, a caller that is not
-//! root. Each fails in one line and leaves nothing.
+//! root. Each fails in one line and leaves nothing. Last, a registry that
+//! wants Bearer tokens from a token server of the test's, as Docker Hub
+//! does: the pull asks for the token and uses it; a token server that
+//! answers junk, signs with another key, drips its answer, or a realm off
+//! the loopback over plain HTTP, is refused in one line.
 
 use std::io::Write;
 use std::path::Path;
@@ -185,6 +189,131 @@ fn build_layout(tb: &Testbed) {
     std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
 }
 
+/// A token server as distribution's token auth expects one: for
+/// `GET /token?service=S&scope=repository:NAME:ACTIONS` it answers a JWT
+/// (RS256, its certificate in `x5c`) granting those actions, signed by
+/// `token.key`. What it does is read from `mode` at each request: `good`,
+/// `junk` (no token), `otherkey` (signed by a key the registry does not
+/// trust) or `drip` (a byte a second). It logs each request's path.
+const TOKEN_SERVER: &str = r#"
+import base64, json, subprocess, time, urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+DIR = "/srv/oci-token"
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def certificate():
+    return "".join(l for l in open(DIR + "/token.crt").read().splitlines() if "-----" not in l)
+def token(key, scope, service):
+    _, name, actions = scope.split(":")
+    now = int(time.time())
+    header = {"typ": "JWT", "alg": "RS256", "x5c": [certificate()]}
+    claims = {"iss": "wharf-test-issuer", "sub": "", "aud": service, "exp": now + 300, "nbf": now - 60,
+              "iat": now, "jti": str(time.time_ns()),
+              "access": [{"type": "repository", "name": name, "actions": actions.split(",")}]}
+    signing = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing.encode(),
+                               capture_output=True, check=True).stdout
+    return signing + "." + b64url(signature)
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(DIR + "/requests", "a") as log:
+            log.write(self.path + "\n")
+        mode = open(DIR + "/mode").read().strip()
+        if mode == "drip":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(1)
+            return
+        if mode == "junk":
+            body = b"<html>no token here</html>"
+        else:
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            key = DIR + ("/other.key" if mode == "otherkey" else "/token.key")
+            body = json.dumps({"token": token(key, query["scope"][0], query["service"][0]), "expires_in": 300}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", 5003), Handler).serve_forever()
+"#;
+
+/// Waits until something answers HTTP at `url` (any status).
+#[track_caller]
+fn wait_for_http(tb: &Testbed, url: &str, unit: &str) {
+    tb.ok(&format!(
+        "for i in $(seq 300); do python3 -c 'import urllib.request, urllib.error\ntry: urllib.request.urlopen(\"{url}\")\nexcept urllib.error.HTTPError: pass' \
+         >/dev/null 2>&1 && exit 0; sleep 0.1; done; journalctl -u {unit}; exit 1"
+    ));
+}
+
+fn token_auth(tb: &Testbed) {
+    tb.ok("mkdir -p /srv/oci-token && cd /srv/oci-token && \
+           openssl req -x509 -newkey rsa:2048 -nodes -keyout token.key -out token.crt -days 2 -subj /CN=wharf-test-token 2>/dev/null && \
+           openssl genrsa -out other.key 2048 2>/dev/null && echo junk > mode");
+    std::fs::write(tb.host_path("/srv/oci-token/server.py"), TOKEN_SERVER).unwrap();
+    // The anonymous registry's storage, behind token auth.
+    std::fs::write(
+        tb.host_path("/srv/oci-token/config.yml"),
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/docker-registry\nhttp:\n  addr: 127.0.0.1:5002\n\
+         auth:\n  token:\n    realm: http://127.0.0.1:5003/token\n    service: wharf-test\n    issuer: wharf-test-issuer\n\
+         \x20   rootcertbundle: /srv/oci-token/token.crt\n",
+    )
+    .unwrap();
+    tb.ok("systemd-run --unit=wharf-test-token python3 /srv/oci-token/server.py");
+    tb.ok("systemd-run --unit=wharf-test-registry-token /usr/bin/docker-registry serve /srv/oci-token/config.yml");
+    // The same, but its realm is a token server elsewhere, over plain HTTP.
+    tb.ok("systemd-run --unit=wharf-test-registry-elsewhere -E REGISTRY_HTTP_ADDR=127.0.0.1:5004 \
+           -E REGISTRY_AUTH_TOKEN_REALM=http://192.0.2.1/token /usr/bin/docker-registry serve /srv/oci-token/config.yml");
+    wait_for_http(tb, "http://127.0.0.1:5003/token", "wharf-test-token");
+    for port in [5002, 5004] {
+        wait_for_http(tb, &format!("http://127.0.0.1:{port}/v2/"), "wharf-test-registry-token");
+    }
+    // Without a token the registry refuses: what gets in used one.
+    let anonymous = tb.ok(
+        "python3 -c 'import urllib.request, urllib.error\ntry: urllib.request.urlopen(\"http://127.0.0.1:5002/v2/wharf/app/manifests/v1\")\n\
+         except urllib.error.HTTPError as e: print(e.code, e.headers[\"WWW-Authenticate\"])'",
+    );
+    assert!(anonymous.starts_with("401 Bearer realm=\"http://127.0.0.1:5003/token\""), "{anonymous}");
+    tb.ok("echo good > /srv/oci-token/mode && : > /srv/oci-token/requests");
+
+    let out = tb.ok("machine pull-oci 127.0.0.1:5002/wharf/app:v1 ocitoken");
+    assert_eq!(out.trim(), "Pulled /var/lib/machines/ocitoken.");
+    tb.ok("grep -q 'hello from the config' /var/lib/machines/ocitoken/usr/lib/wharf/oci-config.json");
+    let asked = tb.ok("cat /srv/oci-token/requests");
+    assert!(
+        asked
+            .lines()
+            .all(|line| line.contains("service=wharf-test") && line.contains("scope=repository%3Awharf%2Fapp%3Apull")),
+        "the token was asked for this repository's pull: {asked}"
+    );
+    tb.ok("machine remove ocitoken");
+    nothing_left(tb, "ocitoken");
+
+    let pull = "machine pull-oci 127.0.0.1:5002/wharf/app:v1 ocitoken";
+    tb.ok("echo junk > /srv/oci-token/mode");
+    refused(tb, pull, "ocitoken", &["http://127.0.0.1:5003/token", "the token server's answer is no token"]);
+    tb.ok("echo otherkey > /srv/oci-token/mode");
+    refused(tb, pull, "ocitoken", &["the registry refused its own token (HTTP 401)"]);
+    // A token server that drips its answer never stalls: the small
+    // downloads' deadline (3 s here) ends it.
+    crate::deadline::configure_wharfd(tb, "[Service]\nEnvironment=WHARF_SMALL_DOWNLOAD_TIMEOUT=3\n");
+    tb.ok("echo drip > /srv/oci-token/mode");
+    refused(tb, pull, "ocitoken", &["http://127.0.0.1:5003/token", "did not send it all within 3 s"]);
+    crate::deadline::unconfigure_wharfd(tb);
+    refused(
+        tb,
+        "machine pull-oci 127.0.0.1:5004/wharf/app:v1 ocitoken",
+        "ocitoken",
+        &["'http://192.0.2.1/token' is plain HTTP off this host"],
+    );
+    tb.ok("systemctl stop wharf-test-token wharf-test-registry-token wharf-test-registry-elsewhere; rm -rf /srv/oci-token");
+}
+
 /// Nothing of a pull of `name` is left in either pool, and no fetcher.
 #[track_caller]
 fn nothing_left(tb: &Testbed, name: &str) {
@@ -223,10 +352,7 @@ fn pulls(tb: &Testbed) {
     tb.ok("systemd-run --unit=wharf-test-registry-basic -E REGISTRY_HTTP_ADDR=127.0.0.1:5001 \
            /usr/bin/docker-registry serve /etc/docker/registry/config.yml");
     for port in [5000, 5001] {
-        tb.ok(&format!(
-            "for i in $(seq 300); do python3 -c 'import urllib.request, urllib.error\ntry: urllib.request.urlopen(\"http://127.0.0.1:{port}/v2/\")\nexcept urllib.error.HTTPError: pass' \
-             >/dev/null 2>&1 && exit 0; sleep 0.1; done; journalctl -u wharf-test-registry; exit 1"
-        ));
+        wait_for_http(tb, &format!("http://127.0.0.1:{port}/v2/"), "wharf-test-registry");
     }
     build_layout(tb);
     for (tag, all) in [("v1", ""), ("pinned", ""), ("multi", "--all")] {
@@ -323,6 +449,7 @@ fn pulls(tb: &Testbed) {
         "ociauth",
         &["the registry wants Basic authentication"],
     );
+    token_auth(tb);
     // Bad references, and only root pulls.
     refused(tb, "machine pull-oci wharf/app ocibad", "ocibad", &["the registry must be named first"]);
     refused(tb, "machine pull-oci http://127.0.0.1:5000/wharf/app ocibad", "ocibad", &["no scheme"]);

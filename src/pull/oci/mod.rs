@@ -160,8 +160,18 @@ impl Reference {
 
     /// A registry on this host's loopback, spoken to over plain HTTP.
     pub fn is_loopback(&self) -> bool {
-        let host = self.host();
-        host == "localhost" || host == "::1" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        is_loopback_host(self.host())
+    }
+
+    /// Where this registry's plain-HTTP rule comes from.
+    pub fn plain_http(&self, insecure: bool) -> PlainHttp {
+        if insecure {
+            PlainHttp::Allowed
+        } else if self.is_loopback() {
+            PlainHttp::LoopbackOnly
+        } else {
+            PlainHttp::Refused
+        }
     }
 
     /// `http://` for a loopback registry or with `--insecure`, else `https://`.
@@ -487,8 +497,9 @@ impl Challenge {
 
     /// The URL of the token for a Bearer challenge, for pulling
     /// `repository`. The realm must be a web URL, https unless plain HTTP
-    /// is allowed.
-    pub fn token_url(&self, repository: &str, allow_http: bool) -> Result<String, OciError> {
+    /// is allowed: a loopback registry may send wharf to a token server
+    /// on the loopback, not to one anywhere over plain HTTP.
+    pub fn token_url(&self, repository: &str, plain_http: PlainHttp) -> Result<String, OciError> {
         if !self.scheme.eq_ignore_ascii_case("bearer") {
             return Err(OciError::Auth(format!(
                 "the registry wants {} authentication; wharf pulls anonymously or with a Bearer token",
@@ -496,7 +507,16 @@ impl Challenge {
             )));
         }
         let realm = self.param("realm").ok_or_else(|| OciError::Auth("its Bearer challenge names no realm".into()))?;
-        let web = realm.starts_with("https://") || (allow_http && realm.starts_with("http://"));
+        if let (PlainHttp::LoopbackOnly, Some(rest)) = (plain_http, realm.strip_prefix("http://"))
+            && !is_loopback_host(url_host(rest))
+        {
+            return Err(OciError::Auth(format!(
+                "its token realm '{}' is plain HTTP off this host: only a token server on the loopback may be \
+                 spoken to without TLS (or pull with --insecure)",
+                printable(realm)
+            )));
+        }
+        let web = realm.starts_with("https://") || (plain_http != PlainHttp::Refused && realm.starts_with("http://"));
         if !web || realm.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(OciError::Auth(format!("its token realm '{}' is not an https:// URL", printable(realm))));
         }
@@ -513,6 +533,34 @@ impl Challenge {
         url.push_str(&format!("scope={}", percent_encode(scope)));
         Ok(url)
     }
+}
+
+/// Whether a registry's conversation may use plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// `--insecure`: anywhere.
+    Allowed,
+    /// A loopback registry: only with this host's loopback.
+    LoopbackOnly,
+    Refused,
+}
+
+/// `localhost`, `::1` or an address in 127.0.0.0/8.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host == "::1"
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+}
+
+/// The host of a URL's authority (what follows its `scheme://`), without
+/// user information, port or brackets.
+fn url_host(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        return bracketed.split_once(']').map_or(bracketed, |(host, _)| host);
+    }
+    authority.rsplit_once(':').map_or(authority, |(host, _)| host)
 }
 
 /// The token a token server answered: `token` or `access_token`. It goes
@@ -735,26 +783,48 @@ mod tests {
         assert_eq!(challenge.scheme, "Bearer");
         assert_eq!(challenge.param("service"), Some("registry.docker.io"));
         assert_eq!(
-            challenge.token_url("library/debian", false).unwrap(),
+            challenge.token_url("library/debian", PlainHttp::Refused).unwrap(),
             "https://auth.docker.io/token?service=registry.docker.io&scope=repository%3Alibrary%2Fdebian%3Apull"
         );
         // Without a scope, the pull's own; quoted commas and escapes hold.
         let challenge = Challenge::parse(r#"Bearer realm="https://h/t?a=1", service="a,\"b""#).unwrap();
         assert_eq!(challenge.param("service"), Some("a,\"b"));
         assert_eq!(
-            challenge.token_url("x/y", false).unwrap(),
+            challenge.token_url("x/y", PlainHttp::Refused).unwrap(),
             "https://h/t?a=1&service=a%2C%22b&scope=repository%3Ax%2Fy%3Apull"
         );
         // A plain-HTTP realm only where plain HTTP is allowed.
         let plain = Challenge::parse(r#"Bearer realm="http://127.0.0.1:5001/token""#).unwrap();
-        assert!(plain.token_url("a", false).unwrap_err().to_string().contains("not an https:// URL"));
-        assert_eq!(plain.token_url("a", true).unwrap(), "http://127.0.0.1:5001/token?scope=repository%3Aa%3Apull");
+        assert!(plain.token_url("a", PlainHttp::Refused).unwrap_err().to_string().contains("not an https:// URL"));
+        for allowed in [PlainHttp::LoopbackOnly, PlainHttp::Allowed] {
+            assert_eq!(
+                plain.token_url("a", allowed).unwrap(),
+                "http://127.0.0.1:5001/token?scope=repository%3Aa%3Apull"
+            );
+        }
+        // A loopback registry cannot send wharf over plain HTTP elsewhere,
+        // whatever the URL's user information or brackets say.
+        for elsewhere in [
+            "http://192.0.2.1/token",
+            "http://127.0.0.1@192.0.2.1/token",
+            "http://[2001:db8::1]:80/t",
+            "http://localhost.example.com/t",
+        ] {
+            let challenge = Challenge::parse(&format!(r#"Bearer realm="{elsewhere}""#)).unwrap();
+            let refused = challenge.token_url("a", PlainHttp::LoopbackOnly).unwrap_err().to_string();
+            assert!(refused.contains("plain HTTP off this host"), "{elsewhere}: {refused}");
+            assert!(challenge.token_url("a", PlainHttp::Allowed).is_ok());
+        }
+        for loopback in ["http://localhost:5003/t", "http://[::1]:5003/t", "http://127.0.0.2/t?x=@evil"] {
+            let challenge = Challenge::parse(&format!(r#"Bearer realm="{loopback}""#)).unwrap();
+            assert!(challenge.token_url("a", PlainHttp::LoopbackOnly).is_ok(), "{loopback}");
+        }
         let basic = Challenge::parse(r#"Basic realm="Registry""#).unwrap();
-        assert!(basic.token_url("a", false).unwrap_err().to_string().contains("Basic authentication"));
+        assert!(basic.token_url("a", PlainHttp::Refused).unwrap_err().to_string().contains("Basic authentication"));
         assert!(Challenge::parse(r#"Bearer realm="https://h/t"#).is_none(), "an unterminated quote");
-        assert!(Challenge::parse(r#"Bearer service="s""#).unwrap().token_url("a", false).is_err());
+        assert!(Challenge::parse(r#"Bearer service="s""#).unwrap().token_url("a", PlainHttp::Refused).is_err());
         let file = Challenge::parse(r#"Bearer realm="file:///etc/shadow""#).unwrap();
-        assert!(file.token_url("a", true).is_err());
+        assert!(file.token_url("a", PlainHttp::Allowed).is_err());
     }
 
     #[test]
