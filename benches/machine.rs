@@ -34,9 +34,10 @@ use testbed::{BootOptions, Release, Testbed, images, run_host};
 const WAIT_BOOTED: &str = "for i in $(seq 1500); do \
     [ \"$(machinectl show f28 -p State --value 2>/dev/null)\" = running ] && \
     [ \"$(systemctl -M f28 is-system-running 2>/dev/null)\" = running ] && exit 0; sleep 0.02; done; exit 1";
-/// Waits until machined has forgotten f28.
-const WAIT_GONE: &str =
-    "for i in $(seq 1500); do machinectl show f28 >/dev/null 2>&1 || exit 0; sleep 0.02; done; exit 1";
+/// Waits until machined has forgotten f28 and nspawn has ended (machined
+/// can forget the machine while nspawn still holds the image's lock).
+const WAIT_GONE: &str = "for i in $(seq 1500); do machinectl show f28 >/dev/null 2>&1 || \
+    { systemctl is-active -q systemd-nspawn@f28.service || exit 0; }; sleep 0.02; done; exit 1";
 
 fn main() -> ExitCode {
     let mut table = Table::new("machine benchmarks (medians of alternating runs in one testbed)");
