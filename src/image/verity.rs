@@ -438,25 +438,25 @@ pub fn verify(image: &Path, file: &Arc<File>, protected: &Protected) -> Result<(
         Ok(()) => return Ok(()),
         Err(Mismatch::Data { block }) => (role.clone(), format!("block {block} differs")),
         Err(Mismatch::Tree) => (format!("{role}-verity"), "its hash tree is not that of the data".to_string()),
+        // UUIDs that do not carry the hash tree's root hash were not made
+        // from it (random ones, or a tree made again after a change): the
+        // root hash is not known rather than mismatched.
+        Err(Mismatch::RootHash { .. }) if protected.source == Source::PartitionUuids => {
+            let side = sidecar(image, if role == "usr" { "usrhash" } else { "roothash" });
+            return Err(invalid(
+                image,
+                format!(
+                    "the root hash of its {role} partition is not known: its partition UUIDs are not derived from it as systemd-repart derives them (give it in {})",
+                    side.display()
+                ),
+            ));
+        }
         Err(Mismatch::RootHash { found }) => (
             role.clone(),
             format!("its root hash is {found}, not {} ({})", protected.root_hash_hex(), protected.source),
         ),
     };
     Err(Error::VerityMismatch { image: image.to_path_buf(), partition, reason })
-}
-
-/// Whether this kernel can set up dm-verity devices (device-mapper with
-/// the verity target built in or loadable).
-pub fn kernel_has_dm_verity() -> bool {
-    let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
-    let mapper = misc.lines().any(|l| l.split_whitespace().nth(1) == Some("device-mapper"));
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let module = Path::new("/lib/modules").join(release.trim()).join("kernel/drivers/md");
-    let loadable = std::fs::read_dir(module)
-        .map(|dir| dir.flatten().any(|e| e.file_name().to_string_lossy().starts_with("dm-verity")))
-        .unwrap_or(false);
-    (mapper || loadable) && (Path::new("/sys/module/dm_verity").exists() || loadable)
 }
 
 #[cfg(test)]

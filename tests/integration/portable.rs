@@ -202,7 +202,7 @@ fn verity_image(tb: &Testbed) {
     let (other_hash, _) = verity_disk(&root, &pool.join("foobar_9.raw"), false);
     refused(
         "portable attach foobar_9.raw",
-        "the root hash of its root partition is not known (give it in /var/lib/portables/foobar_9.roothash)",
+        "the root hash of its root partition is not known: its partition UUIDs are not derived from it as systemd-repart derives them (give it in /var/lib/portables/foobar_9.roothash)",
     );
     // A wrong one beside it: the partition does not match it.
     std::fs::write(pool.join("foobar_9.roothash"), format!("{hash}\n")).unwrap();
