@@ -218,6 +218,18 @@ fn verity_image(tb: &Testbed) {
     assert!(dropin().contains(&format!("\nRootHash={other_hash}\n")), "{}", dropin());
     tb.ok("portable detach foobar_9.raw");
     tb.ok("rm /var/lib/portables/foobar_8.raw /var/lib/portables/foobar_9.raw /var/lib/portables/foobar_9.roothash");
+    // A signature partition: its root hash is used, and its signature goes
+    // along for systemd to check (wharf has no key to check it with); the
+    // pin is `signed`.
+    let json = r#"{"rootHash":"@ROOTHASH@","signature":"MIIBdGVzdA==","certificateFingerprint":"00"}"#;
+    let (signed_hash, _) = super::images::verity_disk_signed(&root, &pool.join("foobar_9.raw"), false, Some(json));
+    tb.ok("portable attach foobar_9.raw");
+    let text = dropin();
+    assert!(text.contains(&format!("\nRootHash={signed_hash}\nRootHashSignature=base64:MIIBdGVzdA==\n")), "{text}");
+    if version >= 254 {
+        assert!(text.contains("\nRootImagePolicy=root=signed"), "{text}");
+    }
+    tb.ok("portable detach foobar_9.raw && rm /var/lib/portables/foobar_9.raw");
 
     // The root hash from the UUIDs, pinned; systemd takes it.
     tb.ok("portable attach foobar_7.raw");
