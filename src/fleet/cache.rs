@@ -292,10 +292,18 @@ mod tests {
         assert!(cache.lookup(&image, &["foobar".into()], None).is_none());
         assert!(cache.lookup(&image, &[], Some("ab")).is_none());
 
-        // Through disk and back.
+        // Through disk and back, with a GPT image's verity pin.
+        let mut gpt = source(&image);
+        gpt.kind = ImageKind::Gpt;
+        gpt.verity = Some(crate::portable::plan::VerityPin { root_hash: "ab".repeat(32), signature: None });
+        cache.remember_settled(&image, Identity::of_file(&image), &[], None, &gpt, std::time::Duration::ZERO);
         cache.save(&dir).unwrap();
         let loaded = ImageCache::load(&dir);
-        assert!(loaded.lookup(&image, &[], None).is_some());
+        assert_eq!(loaded.lookup(&image, &[], None).unwrap().verity, gpt.verity);
+        // A GPT entry of a wharf that did not look for verity is read again.
+        let mut old = loaded.clone();
+        old.entries.get_mut(&image).unwrap().verity_read = false;
+        assert!(old.lookup(&image, &[], None).is_none());
 
         // Rewritten in place with the same size: its change time moves on.
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -935,6 +935,18 @@ mod tests {
              LogExtraFields=PORTABLE_NAME_AND_VERSION=foobar\nLogExtraFields=PORTABLE_EXTENSION=foobar-ext.raw\n\
              LogExtraFields=PORTABLE_EXTENSION=more\nLogExtraFields=PORTABLE_EXTENSION=last.raw\n"
         );
+        // A verity-protected image: its root hash, and a signature of it.
+        let mut verity = raw("/p/foobar.raw", &["foobar.service", "foobar.socket"]);
+        let hash = "ab".repeat(32);
+        verity.verity = Some(VerityPin { root_hash: hash.clone(), signature: Some("MIIB+/a=".into()) });
+        let dropin = portable_dropin(&verity, &verity.units[0], false, &Pins::default());
+        assert!(
+            dropin.contains(&format!(
+                "\nRootImage=/p/foobar.raw\nRootHash={hash}\nRootHashSignature=base64:MIIB+/a=\nEnvironment="
+            )),
+            "{dropin}"
+        );
+        assert!(!portable_dropin(&verity, &verity.units[1], false, &Pins::default()).contains("RootHash"));
         // A unit of a file extension cannot be linked: it is copied.
         let symlink = host.options(CopyMode::Symlink, false, false);
         let mut dir_source = source.clone();
