@@ -199,6 +199,11 @@ pub enum Command {
         /// default), idmap (or fail), or chown (shift the image once).
         #[arg(long, value_name = "auto|idmap|chown")]
         private_users_ownership: Option<String>,
+        /// An image policy in systemd's syntax (systemd.image-policy(7)),
+        /// e.g. root=verity:=absent, that the image is checked against
+        /// before it boots.
+        #[arg(long, value_name = "POLICY")]
+        image_policy: Option<String>,
         /// Network: host (the default: the host's), private (only
         /// loopback), veth (a veth pair ve-NAME/host0, addressed from
         /// wharf's pool, masqueraded), bridge:BRIDGE (the host end joins
@@ -667,6 +672,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             properties,
             private_users,
             private_users_ownership,
+            image_policy,
             network,
             ports,
             capability,
@@ -696,6 +702,7 @@ async fn run(mut cli: Cli) -> Result<ExitCode, CliError> {
             let confinement: std::collections::HashMap<String, String> = [
                 ("port", ports),
                 ("private-users-ownership", private_users_ownership),
+                ("image-policy", image_policy),
                 ("capability", capability),
                 ("drop-capability", drop_capability),
                 ("no-new-privileges", no_new_privileges),

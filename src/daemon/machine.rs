@@ -503,6 +503,7 @@ impl MachineInterface {
             environment,
             // 0: queued, not waited for (machine start --no-block).
             ready_timeout: std::time::Duration::from_secs(u64::from(ready_timeout)),
+            image_policy: confinement.remove("image-policy"),
         };
         if let Some(key) = confinement.keys().next() {
             return Err(BusError::InvalidArgument(format!("unknown confinement option '{key}'")));
@@ -999,7 +1000,12 @@ pub(crate) fn machine_bus_error(error: &ops::Error, message: String) -> BusError
             E::Running(_) | E::Locked { .. } | E::NotOurs { .. } => BusError::Busy(message),
             E::NetworkSetup { .. } => BusError::Conflict(message),
             E::NotRunning(_) => BusError::NoSuchImage(message),
-            E::NoInit { .. } | E::CannotBoot { .. } | E::NoRootPartition { .. } => BusError::BadImage(message),
+            E::NoInit { .. }
+            | E::CannotBoot { .. }
+            | E::NoRootPartition { .. }
+            | E::ImagePolicyRefuses { .. }
+            | E::ImagePolicyOnDirectory { .. } => BusError::BadImage(message),
+            E::ImagePolicy { .. } => BusError::InvalidArgument(message),
             E::Systemd { .. } | E::Machined { .. } | E::StartFailed { .. } | E::StopTimeout(..) | E::Io { .. } => {
                 BusError::Failed(message)
             }

@@ -242,7 +242,9 @@ pub(crate) fn image_bus_error(error: &crate::image::Error, message: String) -> B
         | E::WrongDigest { .. }
         | E::NoExtensionRelease { .. }
         | E::ExtensionRelease { .. }
-        | E::ExtensionMismatch { .. } => BusError::BadImage(message),
+        | E::ExtensionMismatch { .. }
+        | E::Verity { .. }
+        | E::VerityMismatch { .. } => BusError::BadImage(message),
         E::DigestOfDirectory(_) => BusError::InvalidArgument(message),
         E::NeedsPrivilege { .. } => BusError::AccessDenied(message),
         E::XzTargetExists { .. } => BusError::Conflict(message),

@@ -82,6 +82,13 @@ struct Entry {
     /// The policy derived from the image as read (none for a directory).
     #[serde(default)]
     derived_policy: Option<crate::image::policy::DerivedPolicy>,
+    /// The root hash a verity-protected GPT image was checked against.
+    #[serde(default)]
+    verity: Option<crate::portable::plan::VerityPin>,
+    /// Whether `verity` was looked for (a wharf that did not look kept
+    /// none for a verity image): a GPT entry without it is read again.
+    #[serde(default)]
+    verity_read: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +135,9 @@ impl ImageCache {
         if entry.kind.is_file() && entry.derived_policy.is_none() {
             return None;
         }
+        if entry.kind == ImageKind::Gpt && !entry.verity_read {
+            return None;
+        }
         if let Some(pooled) = &entry.image_file
             && Identity::of_file(&entry.image).as_ref() != Some(pooled)
         {
@@ -146,6 +156,7 @@ impl ImageCache {
             image_policy: None,
             derived_policy: entry.derived_policy.clone(),
             derived_extension_policy: None,
+            verity: entry.verity.clone(),
         })
     }
 
@@ -207,6 +218,8 @@ impl ImageCache {
                 .map(|u| CachedUnit { name: u.name.clone(), path: u.path.clone(), contents: u.contents.clone() })
                 .collect(),
             derived_policy: source.derived_policy.clone(),
+            verity: source.verity.clone(),
+            verity_read: true,
         };
         if self.entries.get(path) != Some(&entry) {
             self.entries.insert(path.to_path_buf(), entry);
@@ -261,6 +274,7 @@ mod tests {
             image_policy: None,
             derived_policy: Some(crate::image::policy::DerivedPolicy::of_file_system("squashfs")),
             derived_extension_policy: None,
+            verity: None,
         }
     }
 
@@ -278,10 +292,18 @@ mod tests {
         assert!(cache.lookup(&image, &["foobar".into()], None).is_none());
         assert!(cache.lookup(&image, &[], Some("ab")).is_none());
 
-        // Through disk and back.
+        // Through disk and back, with a GPT image's verity pin.
+        let mut gpt = source(&image);
+        gpt.kind = ImageKind::Gpt;
+        gpt.verity = Some(crate::portable::plan::VerityPin { root_hash: "ab".repeat(32), signature: None });
+        cache.remember_settled(&image, Identity::of_file(&image), &[], None, &gpt, std::time::Duration::ZERO);
         cache.save(&dir).unwrap();
         let loaded = ImageCache::load(&dir);
-        assert!(loaded.lookup(&image, &[], None).is_some());
+        assert_eq!(loaded.lookup(&image, &[], None).unwrap().verity, gpt.verity);
+        // A GPT entry of a wharf that did not look for verity is read again.
+        let mut old = loaded.clone();
+        old.entries.get_mut(&image).unwrap().verity_read = false;
+        assert!(old.lookup(&image, &[], None).is_none());
 
         // Rewritten in place with the same size: its change time moves on.
         std::thread::sleep(std::time::Duration::from_millis(20));

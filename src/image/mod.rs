@@ -19,6 +19,7 @@ pub mod slice;
 pub mod squashfs;
 pub mod tree;
 pub mod units;
+pub mod verity;
 pub mod xz;
 
 pub use inspect::{Inspection, Opened, Partition, inspect};
@@ -92,6 +93,10 @@ pub enum Error {
     },
     #[error("extension '{}' does not match image '{}': {reason}", extension.display(), image.display())]
     ExtensionMismatch { extension: PathBuf, image: PathBuf, reason: Box<extension::Mismatch> },
+    #[error("image '{}': verity: {reason}", image.display())]
+    Verity { image: PathBuf, reason: String },
+    #[error("{partition} partition of image '{}' does not match its verity hash: {reason}", image.display())]
+    VerityMismatch { image: PathBuf, partition: String, reason: String },
     #[error("image '{}': '{}' already exists and was not decompressed from this image; remove or rename one of them", image.display(), target.display())]
     XzTargetExists { image: PathBuf, target: PathBuf },
 }

@@ -163,6 +163,37 @@ impl ImagePolicy {
     }
 }
 
+/// The protection a partition `role` of an image with partitions `roles`
+/// has as systemd counts it: `signed` with a verity and a signature
+/// partition beside it, `verity` with a verity partition, else
+/// `unprotected`. `signatures_checked`: whoever opens the image checks the
+/// signature (systemd does); where nobody does, a signed partition counts
+/// only as `verity`.
+pub fn protection(roles: &[&str], role: &str, signatures_checked: bool) -> &'static str {
+    let has = |suffix: &str| roles.contains(&format!("{role}{suffix}").as_str());
+    match (has("-verity"), has("-verity-sig")) {
+        (true, true) if signatures_checked => "signed",
+        (true, _) => "verity",
+        _ => "unprotected",
+    }
+}
+
+impl ImagePolicy {
+    /// Why the policy refuses a partitioned image with partitions `roles`
+    /// (verity and signature partitions follow their data partition), or
+    /// `None` if it allows every one.
+    pub fn refuses_partitions(&self, roles: &[&str], signatures_checked: bool) -> Option<String> {
+        roles
+            .iter()
+            .filter(|role| DESIGNATORS.contains(role) && !role.ends_with("-verity") && !role.ends_with("-verity-sig"))
+            // A partition the policy leaves unused is no obstacle where it
+            // is present (systemd ignores it), but a root or /usr one is
+            // what the image is used for.
+            .filter(|role| matches!(**role, "root" | "usr") || !self.flags_of(role).iter().any(|f| f == "unused"))
+            .find_map(|role| self.refuses(role, protection(roles, role, signatures_checked), None))
+    }
+}
+
 /// Partitions a service's image may carry that systemd does not mount for
 /// it (its default policy for `RootImage=` leaves them unused).
 const NOT_MOUNTED_FOR_SERVICES: &[&str] = &["esp", "xbootldr", "swap"];
@@ -339,6 +370,25 @@ mod tests {
         assert!(ImagePolicy::parse("~").unwrap().refuses_absence("usr").is_none());
         assert!(policy.names_file_systems());
         assert!(!ImagePolicy::parse("root=verity:=absent").unwrap().names_file_systems());
+    }
+
+    #[test]
+    fn partitioned_images_are_checked_by_their_protection() {
+        let roles = ["esp", "root", "root-verity", "root-verity-sig", "other"];
+        assert_eq!(protection(&roles, "root", true), "signed");
+        assert_eq!(protection(&roles, "root", false), "verity", "a signature nobody checks is no signature");
+        assert_eq!(protection(&["root", "root-verity"], "root", true), "verity");
+        assert_eq!(protection(&["root"], "root", true), "unprotected");
+        let policy = ImagePolicy::parse("root=signed:esp=unused+absent").unwrap();
+        assert_eq!(policy.refuses_partitions(&roles, true), None);
+        assert_eq!(
+            policy.refuses_partitions(&roles, false).unwrap(),
+            "its root partition is verity, the policy allows signed"
+        );
+        assert!(policy.refuses_partitions(&["root"], true).unwrap().contains("is unprotected"));
+        assert!(ImagePolicy::parse("-").unwrap().refuses_partitions(&["root"], true).is_some(), "root unused");
+        let absent = ImagePolicy::parse("root=verity:esp=absent").unwrap();
+        assert!(absent.refuses_partitions(&roles, false).unwrap().contains("esp partition"), "present, not absent");
     }
 
     #[test]

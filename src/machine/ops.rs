@@ -78,6 +78,16 @@ pub enum Error {
         "machine '{machine}': the GPT disk has no root partition for {architecture} (a /usr partition alone does not boot)"
     )]
     NoRootPartition { machine: String, architecture: &'static str },
+    #[error("machine '{machine}': {source}")]
+    ImagePolicy {
+        machine: String,
+        #[source]
+        source: crate::image::policy::Error,
+    },
+    #[error("machine '{machine}': an image policy applies to image files; a directory image has no partitions")]
+    ImagePolicyOnDirectory { machine: String },
+    #[error("machine '{machine}': the image does not satisfy the image policy '{policy}': {why}")]
+    ImagePolicyRefuses { machine: String, policy: String, why: String },
     #[error("machine '{machine}' failed to start: {reason} (see journalctl -u {unit})")]
     StartFailed { machine: String, unit: String, reason: String },
     #[error("machine '{0}' did not stop within {1:?}")]
@@ -152,6 +162,9 @@ pub struct StartRequest {
     pub environment: Vec<String>,
     /// How long to wait for the container's init to report ready.
     pub ready_timeout: Duration,
+    /// An image policy in systemd's syntax the image must satisfy
+    /// (`--image-policy=`).
+    pub image_policy: Option<String>,
 }
 
 impl StartRequest {
@@ -170,6 +183,7 @@ impl StartRequest {
             binds: Vec::new(),
             environment: Vec::new(),
             ready_timeout,
+            image_policy: None,
         }
     }
 }
@@ -211,6 +225,7 @@ impl Machines {
         let (store, config_dir, name) = (self.store.clone(), self.config_dir.clone(), machine.clone());
         let nspawn_dirs = self.nspawn_dirs.clone();
         let request_binds = request.binds.clone();
+        let image_policy = request.image_policy.clone();
         let (image, kind, config) = zruntime::unblock(move || -> Result<_> {
             let image = store.locate(&name)?;
             let kind = ImageKind::detect(&image)?;
@@ -220,9 +235,7 @@ impl Machines {
             ) {
                 return Err(Error::CannotBoot { machine: name, kind });
             }
-            if kind == ImageKind::Gpt {
-                check_root_partition(&name, &image)?;
-            }
+            check_image(&name, &image, kind, image_policy.as_deref())?;
             check_init(&name, &image, kind)?;
             // Refused here, before any unit exists, when nspawn (or a wharf
             // machine of another name) runs the image; the launcher takes
@@ -591,19 +604,61 @@ pub(crate) fn exit_statuses(codes: &[i32]) -> OwnedVariant {
         .expect("numbers hold no descriptor")
 }
 
-/// Refuses a GPT disk whose partition for this architecture is a /usr one:
-/// there is no root file system to boot.
-fn check_root_partition(machine: &str, image: &Path) -> Result<()> {
+/// Refuses, before any unit exists, an image that cannot boot as it is: a
+/// GPT disk whose partition for this architecture is a /usr one (there is
+/// no root file system), one that `policy` does not allow, and one whose
+/// root partition does not match its verity data (each block is checked
+/// against the hash tree and the tree against the root hash; the launcher
+/// checks again through the descriptor it boots from).
+fn check_image(machine: &str, image: &Path, kind: ImageKind, policy: Option<&str>) -> Result<()> {
+    use crate::image::policy::ImagePolicy;
+    let policy = policy
+        .map(|text| ImagePolicy::parse(text).map_err(|source| Error::ImagePolicy { machine: machine.into(), source }))
+        .transpose()?;
+    let refused = |why: String| Error::ImagePolicyRefuses {
+        machine: machine.into(),
+        policy: policy.as_ref().map(|p| p.as_str().to_string()).unwrap_or_default(),
+        why,
+    };
+    match kind {
+        ImageKind::Gpt => {}
+        ImageKind::Directory if policy.is_some() => {
+            return Err(Error::ImagePolicyOnDirectory { machine: machine.into() });
+        }
+        _ => {
+            if let Some(why) = policy.as_ref().and_then(|p| p.refuses("root", "unprotected", Some(kind.as_str()))) {
+                return Err(refused(why));
+            }
+            return Ok(());
+        }
+    }
     let file = std::fs::File::open(image).map_err(|source| Error::Io { path: image.to_path_buf(), source })?;
-    let layout = crate::image::gpt::layout(image, &std::sync::Arc::new(file))?;
-    if layout.has_root() {
-        Ok(())
-    } else {
-        Err(Error::NoRootPartition {
+    let file = std::sync::Arc::new(file);
+    let layout = crate::image::gpt::layout(image, &file)?;
+    if !layout.has_root() {
+        return Err(Error::NoRootPartition {
             machine: machine.to_string(),
             architecture: crate::image::gpt::host_architecture(),
-        })
+        });
     }
+    if let Some(policy) = &policy {
+        // The partitions of other architectures are not this machine's.
+        let roles: Vec<&str> = layout
+            .partitions
+            .iter()
+            .filter(|p| p.architecture.as_deref().is_none_or(|a| a == crate::image::gpt::host_architecture()))
+            .map(|p| p.role.as_str())
+            .collect();
+        // The launcher checks the data against the root hash; nothing
+        // checks a signature of it, so a signed root counts as verity.
+        if let Some(why) = policy.refuses_partitions(&roles, false) {
+            return Err(refused(why));
+        }
+    }
+    if let Some(protected) = crate::image::verity::find(image, &file, &layout, None)? {
+        crate::image::verity::verify(image, &file, &protected)?;
+    }
+    Ok(())
 }
 
 /// Refuses an image with nothing to run as PID 1, before any unit exists.

@@ -71,6 +71,7 @@ impl RawImage {
             move |source: std::io::Error| RawError::Io { path, what, source }
         };
         let kind = ImageKind::detect(path)?;
+        let mut checked = None;
         let (fs_kind, extent, marked_read_only) = if kind == ImageKind::Gpt {
             let file = std::sync::Arc::new(std::fs::File::open(path).map_err(fail("opening the image"))?);
             let layout = crate::image::gpt::layout(path, &file)?;
@@ -78,8 +79,24 @@ impl RawImage {
                 let architecture = crate::image::gpt::host_architecture();
                 return Err(RawError::NoRootPartition { path: path.to_path_buf(), architecture });
             }
+            // A verity-protected root is checked whole, through the
+            // descriptor the loop device is then attached with, so that
+            // what boots is what was checked (short of a write to the file
+            // while it runs, which only dm-verity would catch: this kernel
+            // may have none), and is read-only, as verity is.
+            let verity = crate::image::verity::find(path, &file, &layout, None)?;
+            if let Some(protected) = &verity {
+                crate::image::verity::verify(path, &file, protected)?;
+                tracing::info!(
+                    image = %path.display(),
+                    root_hash = protected.root_hash_hex(),
+                    source = %protected.source,
+                    "the root partition matches its verity hash"
+                );
+                checked = Some(file);
+            }
             let root = layout.chosen();
-            (layout.fs, Some((root.offset, root.size)), layout.read_only)
+            (layout.fs, Some((root.offset, root.size)), layout.read_only || verity.is_some())
         } else {
             (kind, None, false)
         };
@@ -88,8 +105,16 @@ impl RawImage {
         let read_only =
             always_read_only(fs_kind) || marked_read_only || crate::image::readonly::is_read_only(path, &meta);
 
-        let backing =
-            std::fs::OpenOptions::new().read(true).write(!read_only).open(path).map_err(fail("opening the image"))?;
+        let backing = match checked {
+            Some(file) => file,
+            None => std::sync::Arc::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(!read_only)
+                    .open(path)
+                    .map_err(fail("opening the image"))?,
+            ),
+        };
         let options = LoopOptions { read_only, extent };
         let loop_device = LoopDevice::attach(&backing, options).map_err(fail("attaching a loop device"))?;
         let mount = mount_detached(fstype, loop_device.path(), read_only).map_err(fail("mounting"))?;

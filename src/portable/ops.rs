@@ -228,6 +228,10 @@ fn read_source_as(
         Some(_) => None,
         None => derive_image_policy(&path, kind, &file)?,
     };
+    let verity = match kind {
+        ImageKind::Gpt => verity_pin(&path, &file)?,
+        _ => None,
+    };
     let mut opened = open(&path, file, kind)?;
     let os_release = read_os_release(&path, opened.tree.as_mut())?;
     let prefixes = choose_prefixes(&path, &name, &request.prefixes, &os_release)?;
@@ -253,7 +257,28 @@ fn read_source_as(
         extensions.push(Extension { image: ext.path, kind: ext.kind, units: added });
     }
     let derived_extension_policy = crate::image::policy::DerivedPolicy::union(&extension_policies);
-    Ok(Source { image: path, kind, units, extensions, image_policy, derived_policy, derived_extension_policy })
+    Ok(Source { image: path, kind, units, extensions, image_policy, derived_policy, derived_extension_policy, verity })
+}
+
+/// The root hash of a GPT image whose root (or /usr) partition has a
+/// verity partition beside it, once every block of the partition has been
+/// checked against it: the attachment is pinned to it (`RootHash=`), so a
+/// tampered image is refused now, and one changed or swapped later does
+/// not open for the service. The signature partition's signature goes
+/// along where it signs that root hash (systemd checks it when it opens
+/// the image).
+fn verity_pin(path: &Path, file: &std::fs::File) -> Result<Option<crate::portable::plan::VerityPin>> {
+    use crate::image::verity;
+    let file = std::sync::Arc::new(file.try_clone().map_err(crate::image::Error::io(path))?);
+    let layout = crate::image::gpt::layout(path, &file)?;
+    let Some(protected) = verity::find(path, &file, &layout, None)? else {
+        return Ok(None);
+    };
+    verity::verify(path, &file, &protected)?;
+    let signature =
+        protected.signature.as_ref().filter(|s| s.root_hash == protected.root_hash).map(|s| s.signature.clone());
+    tracing::debug!(image = %path.display(), root_hash = protected.root_hash_hex(), source = %protected.source, "verity checked");
+    Ok(Some(crate::portable::plan::VerityPin { root_hash: protected.root_hash_hex(), signature }))
 }
 
 /// The image policy a file image satisfies as it is, which its attachment
@@ -284,7 +309,7 @@ fn check_image_policy(
     partitions: &[crate::image::inspect::Partition],
     text: &str,
 ) -> Result<String> {
-    use crate::image::policy::{DESIGNATORS, ImagePolicy};
+    use crate::image::policy::ImagePolicy;
     let policy = ImagePolicy::parse(text)?;
     let image = path.display().to_string();
     if !kind.is_file() {
@@ -297,20 +322,9 @@ fn check_image_policy(
         }
         return Ok(policy.as_str().to_string());
     }
-    let has = |role: &str| partitions.iter().any(|p| p.role == role);
-    for partition in partitions {
-        let role = partition.role.as_str();
-        if !DESIGNATORS.contains(&role) || role.ends_with("-verity") || role.ends_with("-verity-sig") {
-            continue;
-        }
-        let protection = match (has(&format!("{role}-verity")), has(&format!("{role}-verity-sig"))) {
-            (true, true) => "signed",
-            (true, false) => "verity",
-            _ => "unprotected",
-        };
-        if let Some(why) = policy.refuses(role, protection, None) {
-            return Err(refused(why));
-        }
+    let roles: Vec<&str> = partitions.iter().map(|p| p.role.as_str()).collect();
+    if let Some(why) = policy.refuses_partitions(&roles, true) {
+        return Err(refused(why));
     }
     Ok(policy.as_str().to_string())
 }

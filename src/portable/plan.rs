@@ -72,6 +72,20 @@ pub struct Source {
     /// reads them (`AttachOptions::pin`).
     pub derived_policy: Option<DerivedPolicy>,
     pub derived_extension_policy: Option<DerivedPolicy>,
+    /// The root hash of a verity-protected GPT image, checked against the
+    /// image when it was read: written as `RootHash=`, so that the service
+    /// opens only these bytes.
+    pub verity: Option<VerityPin>,
+}
+
+/// What pins a verity-protected image's contents in its attachment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerityPin {
+    /// Hex, as `RootHash=` takes it.
+    pub root_hash: String,
+    /// The base64 PKCS#7 signature of the root hash from the image's
+    /// signature partition, for `RootHashSignature=base64:`.
+    pub signature: Option<String>,
 }
 
 /// The policies a source's services are pinned to.
@@ -187,6 +201,12 @@ pub fn portable_dropin(source: &Source, unit: &UnitFile, bind_os_release: bool, 
         let root = if source.kind.is_file() { "RootImage" } else { "RootDirectory" };
         let name = source.portable_name();
         text.push_str(&format!("[Service]\n{root}={image}\n"));
+        if let Some(verity) = &source.verity {
+            text.push_str(&format!("RootHash={}\n", verity.root_hash));
+            if let Some(signature) = &verity.signature {
+                text.push_str(&format!("RootHashSignature=base64:{signature}\n"));
+            }
+        }
         // Stacked in the order given, as systemd stacks each list.
         let list = |files: bool| -> Vec<String> {
             source
@@ -656,6 +676,7 @@ mod tests {
             image_policy: None,
             derived_policy: None,
             derived_extension_policy: None,
+            verity: None,
         }
     }
 
@@ -699,6 +720,7 @@ mod tests {
             image_policy: None,
             derived_policy: None,
             derived_extension_policy: None,
+            verity: None,
         };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Auto, true, false)).unwrap();
         assert!(
@@ -733,6 +755,7 @@ mod tests {
             image_policy: None,
             derived_policy: None,
             derived_extension_policy: None,
+            verity: None,
         };
         host.attach(std::slice::from_ref(&source), &host.options(CopyMode::Mixed, false, false)).unwrap();
         let unit = host.root.join("etc/systemd/system/foobar.service");
@@ -912,6 +935,18 @@ mod tests {
              LogExtraFields=PORTABLE_NAME_AND_VERSION=foobar\nLogExtraFields=PORTABLE_EXTENSION=foobar-ext.raw\n\
              LogExtraFields=PORTABLE_EXTENSION=more\nLogExtraFields=PORTABLE_EXTENSION=last.raw\n"
         );
+        // A verity-protected image: its root hash, and a signature of it.
+        let mut verity = raw("/p/foobar.raw", &["foobar.service", "foobar.socket"]);
+        let hash = "ab".repeat(32);
+        verity.verity = Some(VerityPin { root_hash: hash.clone(), signature: Some("MIIB+/a=".into()) });
+        let dropin = portable_dropin(&verity, &verity.units[0], false, &Pins::default());
+        assert!(
+            dropin.contains(&format!(
+                "\nRootImage=/p/foobar.raw\nRootHash={hash}\nRootHashSignature=base64:MIIB+/a=\nEnvironment="
+            )),
+            "{dropin}"
+        );
+        assert!(!portable_dropin(&verity, &verity.units[1], false, &Pins::default()).contains("RootHash"));
         // A unit of a file extension cannot be linked: it is copied.
         let symlink = host.options(CopyMode::Symlink, false, false);
         let mut dir_source = source.clone();

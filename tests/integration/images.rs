@@ -490,3 +490,94 @@ fn bad_images(tb: &Testbed) {
         assert!(!out.success(), "portablectl accepted {name}: {out}");
     }
 }
+
+/// A GPT disk image at `out` whose root partition holds the file system
+/// image `fs` (padded to whole 4 KiB blocks) and whose root-verity
+/// partition holds its hash tree, made by `veritysetup format` (cryptsetup,
+/// on the host: the same tool and on-disk format for every testbed
+/// release). With `repart_uuids`, the partition UUIDs carry the root hash
+/// as systemd-repart writes them (data: its first 128 bits, hash: its
+/// last); else they are random. With `signature`, a root-verity-sig
+/// partition holds that JSON (NUL-padded to 4 KiB), `@ROOTHASH@` replaced by
+/// the root hash. Returns the root hash and the root partition's offset in
+/// the disk.
+pub fn verity_disk(fs: &Path, out: &Path, repart_uuids: bool) -> (String, u64) {
+    verity_disk_signed(fs, out, repart_uuids, None)
+}
+
+pub fn verity_disk_signed(fs: &Path, out: &Path, repart_uuids: bool, signature: Option<&str>) -> (String, u64) {
+    let data = out.with_extension("data");
+    let tree = out.with_extension("tree");
+    std::fs::copy(fs, &data).unwrap();
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(len.next_multiple_of(4096)).unwrap();
+    let _ = std::fs::remove_file(&tree);
+    let formatted =
+        run_host(Command::new("veritysetup").arg("format").arg(&data).arg(&tree), "veritysetup format").unwrap();
+    let text = String::from_utf8_lossy(&formatted.stdout).into_owned();
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| panic!("no root hash in {text}"));
+    let uuid = |hex: &str| format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+    let (_, verity_type, signature_type) = dps_types();
+    let sig = out.with_extension("sig");
+    if let Some(json) = signature {
+        let mut bytes = json.replace("@ROOTHASH@", &hash).into_bytes();
+        bytes.resize(4096, 0);
+        std::fs::write(&sig, bytes).unwrap();
+    }
+    let sectors = |path: &Path| std::fs::metadata(path).unwrap().len().div_ceil(512);
+    let (data_sectors, tree_sectors) = (sectors(&data), sectors(&tree));
+    let tree_start = (2048 + data_sectors).next_multiple_of(2048);
+    let sig_start = (tree_start + tree_sectors).next_multiple_of(2048);
+    let uuids =
+        |n: usize| if repart_uuids { format!(", uuid={}", uuid(&hash[n * 32..n * 32 + 32])) } else { String::new() };
+    let script = format!(
+        "label: gpt\nstart=2048, size={data_sectors}, type={}, name=root{}\nstart={tree_start}, size={tree_sectors}, type={verity_type}, name=root-verity{}\n",
+        root_types().0,
+        uuids(0),
+        uuids(1),
+    ) + &if signature.is_some() {
+        format!("start={sig_start}, size=8, type={signature_type}, name=root-verity-sig\n")
+    } else {
+        String::new()
+    };
+    let _ = std::fs::remove_file(out);
+    let file = std::fs::File::create(out).unwrap();
+    file.set_len((sig_start + 8 + 2048) * 512).unwrap();
+    drop(file);
+    let mut sfdisk = Command::new("sfdisk");
+    sfdisk.args(["-q", out.to_str().unwrap()]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = sfdisk.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk refused {script}");
+    let mut parts = vec![(&data, 2048), (&tree, tree_start)];
+    if signature.is_some() {
+        parts.push((&sig, sig_start));
+    }
+    for (part, start) in parts {
+        run_host(
+            Command::new("dd").arg(format!("if={}", part.display())).arg(format!("of={}", out.display())).args([
+                "bs=512",
+                &format!("seek={start}"),
+                "conv=notrunc",
+                "status=none",
+            ]),
+            "copying a partition in",
+        )
+        .unwrap();
+        std::fs::remove_file(part).unwrap();
+    }
+    (hash, 2048 * 512)
+}
+
+/// Flips every bit of the byte at `offset` of the file at `path`.
+pub fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    file.write_all_at(&[!byte[0]], offset).unwrap();
+}

@@ -20,6 +20,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "machine::private_network_has_only_loopback", private_network),
         exclusive_trial(shared, "machine::chown_fallback_shifts_the_image_once", chown_fallback),
         exclusive_trial(shared, "machine::raw_squashfs_and_ext4_images_boot_and_detach", raw_images),
+        exclusive_trial(shared, "machine::a_verity_gpt_image_boots_checked_and_a_tampered_one_does_not", verity_image),
         exclusive_trial(shared, "machine::bad_input_fails_in_one_line_and_leaves_nothing", bad_input),
         exclusive_trial(shared, "machine::start_shell_limits_and_poweroff_through_wharfd", machine_cli),
         exclusive_trial(shared, "machine::imported_tar_xz_and_raw_xz_images_start", imported_images_start),
@@ -304,6 +305,92 @@ fn raw_images(tb: &Testbed) {
     std::fs::remove_file(&squashfs).unwrap();
     std::fs::remove_file(&ext4).unwrap();
     std::fs::remove_file(&gpt).unwrap();
+}
+
+/// A GPT disk whose root partition has a root-verity partition beside it:
+/// every block of the root partition is checked against the hash tree, and
+/// the tree against the root hash (from the partition UUIDs, as
+/// systemd-repart writes them), by `machine start` before any unit exists
+/// and by the launcher again through the descriptor it attaches the loop
+/// device with; it then boots read-only. `--image-policy=` is checked
+/// against the image first. One flipped byte of the root partition is
+/// refused in one line naming the partition, by both, leaving nothing.
+fn verity_image(tb: &Testbed) {
+    use super::images::{flip_byte, verity_disk};
+    prepare(tb);
+    let tree = tb.host_path(IMAGE);
+    let squashfs = tb.host_path("/var/tmp/f28v.squashfs");
+    let built = std::process::Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&squashfs)
+        .args(["-noappend", "-quiet", "-no-progress", "-noI", "-noId", "-noD", "-noF", "-noX", "-no-xattrs"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "mksquashfs");
+    let disk = tb.host_path("/var/lib/machines/f28v.raw");
+    let (_, data_at) = verity_disk(&squashfs, &disk, true);
+    let image = "/var/lib/machines/f28v.raw";
+    let before = mounts(tb);
+
+    for policy in ["", "--image-policy=root=verity:=absent", "--image-policy=root=verity+signed+unprotected"] {
+        start(tb, "f28v", policy);
+        let leader = leader(tb, "f28v");
+        assert_running_inside(tb, &leader, "wharf-f28v");
+        let root = tb.ok(&format!("nsenter -t {leader} -a findmnt -n -o FSTYPE,OPTIONS /"));
+        assert!(root.starts_with("squashfs") && root.contains(" ro,"), "{root}");
+        let logged = tb.ok("journalctl -u wharf-f28v --no-pager");
+        assert!(logged.contains("the root partition matches its verity hash"), "{logged}");
+        tb.ok("systemctl stop wharf-f28v");
+        assert_nothing_left(tb, image, "f28v", None);
+    }
+
+    let refused = |command: &str, reason: &str| {
+        let out = tb.fails(command);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{command}: {out}");
+        assert!(out.stderr.starts_with(reason), "{command}: wanted {reason:?}: {out}");
+        assert_gone(tb, "f28v");
+        assert_nothing_left(tb, image, "f28v", None);
+        assert_eq!(mounts(tb), before, "{command}: the testbed's mounts changed");
+    };
+    refused(
+        "machine start f28v --image-policy=root=signed",
+        "machine: machine 'f28v': the image does not satisfy the image policy 'root=signed': its root partition is verity, the policy allows signed",
+    );
+    refused(
+        "machine start f28v --image-policy=root=bogus",
+        "machine: machine 'f28v': image policy 'root=bogus': 'bogus' is not a partition policy flag",
+    );
+    refused(
+        "machine start f28 --image-policy=root=verity",
+        "machine: machine 'f28': an image policy applies to image files",
+    );
+
+    flip_byte(&disk, data_at + 40 * 4096 + 1);
+    refused(
+        "machine start f28v",
+        &format!("machine: root partition of image '{image}' does not match its verity hash: block 40 differs"),
+    );
+    // The launcher itself refuses it too (had it changed after the check).
+    let out = tb.sh(&format!("/usr/lib/wharf/wharfd launch --machine f28v --image {image}"));
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!(
+            "wharfd launch: machine 'f28v': root partition of image '{image}' does not match its verity hash: block 40 differs"
+        )
+    );
+    assert_nothing_left(tb, image, "f28v", None);
+    assert_eq!(tb.ok("ls /sys/class/block | grep '^dm-'; true").trim(), "", "device-mapper devices left");
+
+    // An unprotected GPT disk of the same tree, where verity is required.
+    gpt_disk(&squashfs, &disk, "root");
+    refused(
+        "machine start f28v --image-policy=root=verity",
+        "machine: machine 'f28v': the image does not satisfy the image policy 'root=verity': its root partition is unprotected, the policy allows verity",
+    );
+    std::fs::remove_file(&disk).unwrap();
+    std::fs::remove_file(&squashfs).unwrap();
 }
 
 /// Writes a GPT disk image `disk` holding the file system image `part` as

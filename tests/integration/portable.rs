@@ -22,6 +22,7 @@ pub fn trials(shared: &Arc<Shared>) -> Vec<Trial> {
         exclusive_trial(shared, "portable::attach_start_detach_an_ext4_image", attach_ext4),
         exclusive_trial(shared, "portable::attach_start_detach_an_erofs_image", attach_erofs),
         exclusive_trial(shared, "portable::attach_start_detach_a_gpt_disk_image", attach_gpt),
+        exclusive_trial(shared, "portable::a_verity_image_is_checked_and_pinned_to_its_root_hash", verity_image),
         exclusive_trial(shared, "portable::attach_start_detach_a_raw_xz_image", attach_xz),
         exclusive_trial(shared, "portable::now_and_enable_start_and_stop_with_attach", now_and_enable),
         exclusive_trial(shared, "portable::reattach_restarts_running_units_on_the_new_version", reattach_running),
@@ -137,6 +138,159 @@ fn attach_gpt(tb: &Testbed) {
     clean_slate(tb);
     pool_image(tb, "foobar.raw", "gpt", "7");
     attach_run_detach(tb, "foobar.raw", "RootImage", "7");
+}
+
+/// Whether the testbed's kernel has device-mapper, without which systemd
+/// cannot open a verity-protected image for a service at all (it fails the
+/// NAMESPACE step, whatever the drop-in says).
+fn kernel_has_device_mapper(tb: &Testbed) -> bool {
+    tb.sh("grep -qw device-mapper /proc/misc").success()
+}
+
+/// Waits for a service whose start forks and then fails in the child (a
+/// simple service refused at the NAMESPACE step), and returns its exit status.
+fn failed_status(tb: &Testbed, unit: &str) -> String {
+    let failed = tb.sh(&format!("timeout 30 sh -c 'until systemctl is-failed -q {unit}; do sleep 0.1; done'"));
+    assert!(failed.success(), "{unit} did not fail: {failed}");
+    let status = show(tb, unit, "ExecMainStatus");
+    tb.ok(&format!("systemctl reset-failed {unit}"));
+    status
+}
+
+/// Nothing of an image is open: no loop device of it, no device-mapper
+/// device at all.
+#[track_caller]
+fn assert_nothing_open(tb: &Testbed, image: &str) {
+    assert_eq!(tb.loop_devices(image), Vec::<String>::new(), "loop devices of {image} left");
+    assert_eq!(tb.ok("ls /sys/class/block | grep '^dm-'; true").trim(), "", "device-mapper devices left");
+}
+
+/// A GPT image with a root-verity partition: attach checks every block of
+/// its root partition against the hash tree and the tree against the root
+/// hash (from the partition UUIDs, as systemd-repart writes them, or a
+/// .roothash file beside the image), and pins the attachment to that root
+/// hash (`RootHash=`, which systemd cannot learn from the UUIDs itself) and
+/// from systemd 254 on also to `root=verity`. A tampered image is refused
+/// in one line naming the partition, before anything is written; one
+/// tampered or swapped under the attachment is refused by systemd at start
+/// and by a reattach, until a reattach of a file that passes pins that.
+fn verity_image(tb: &Testbed) {
+    use super::images::{flip_byte, verity_disk};
+    clean_slate(tb);
+    let version: u32 = tb.ok("systemctl --version").split_whitespace().nth(1).unwrap().parse().unwrap();
+    let root = tb.host_path("/var/tmp/verity-root.squashfs");
+    images::foobar(&root, "squashfs", "7").unwrap();
+    let pool = tb.host_path("/var/lib/portables");
+    let (hash, data_at) = verity_disk(&root, &pool.join("foobar_7.raw"), true);
+    let dropin = || tb.ok("cat /etc/systemd/system/foobar.service.d/20-portable.conf");
+    let refused = |command: &str, reason: &str| {
+        let out = tb.fails(command);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{command}: {out}");
+        assert!(out.stderr.contains(reason), "{command}: wanted {reason:?}: {out}");
+        assert_no_foobar_units(tb);
+    };
+
+    // One flipped byte in the root partition: refused, naming it.
+    std::fs::copy(pool.join("foobar_7.raw"), pool.join("foobar_8.raw")).unwrap();
+    flip_byte(&pool.join("foobar_8.raw"), data_at + 3 * 4096 + 17);
+    refused(
+        "portable attach foobar_8.raw",
+        "root partition of image '/var/lib/portables/foobar_8.raw' does not match its verity hash: block 3 differs",
+    );
+    assert_nothing_open(tb, "/var/lib/portables/foobar_8.raw");
+    // Random UUIDs and nothing beside it: the root hash is not known.
+    let (other_hash, _) = verity_disk(&root, &pool.join("foobar_9.raw"), false);
+    refused(
+        "portable attach foobar_9.raw",
+        "the root hash of its root partition is not known: its partition UUIDs are not derived from it as systemd-repart derives them (give it in /var/lib/portables/foobar_9.roothash)",
+    );
+    // A wrong one beside it: the partition does not match it.
+    std::fs::write(pool.join("foobar_9.roothash"), format!("{hash}\n")).unwrap();
+    refused(
+        "portable attach foobar_9.raw",
+        &format!(
+            "root partition of image '/var/lib/portables/foobar_9.raw' does not match its verity hash: its root hash is {other_hash}, not {hash} (from /var/lib/portables/foobar_9.roothash)"
+        ),
+    );
+    // The right one: attached, pinned to it.
+    std::fs::write(pool.join("foobar_9.roothash"), format!("{other_hash}\n")).unwrap();
+    tb.ok("portable attach foobar_9.raw");
+    assert!(dropin().contains(&format!("\nRootHash={other_hash}\n")), "{}", dropin());
+    tb.ok("portable detach foobar_9.raw");
+    tb.ok("rm /var/lib/portables/foobar_8.raw /var/lib/portables/foobar_9.raw /var/lib/portables/foobar_9.roothash");
+    // A signature partition: its root hash is used, and its signature goes
+    // along for systemd to check (wharf has no key to check it with); the
+    // pin is `signed`.
+    let json = r#"{"rootHash":"@ROOTHASH@","signature":"MIIBdGVzdA==","certificateFingerprint":"00"}"#;
+    let (signed_hash, _) = super::images::verity_disk_signed(&root, &pool.join("foobar_9.raw"), false, Some(json));
+    tb.ok("portable attach foobar_9.raw");
+    let text = dropin();
+    assert!(text.contains(&format!("\nRootHash={signed_hash}\nRootHashSignature=base64:MIIBdGVzdA==\n")), "{text}");
+    if version >= 254 {
+        assert!(text.contains("\nRootImagePolicy=root=signed"), "{text}");
+    }
+    tb.ok("portable detach foobar_9.raw && rm /var/lib/portables/foobar_9.raw");
+
+    // The root hash from the UUIDs, pinned; systemd takes it.
+    tb.ok("portable attach foobar_7.raw");
+    let text = dropin();
+    assert!(text.contains(&format!("\nRootImage=/var/lib/portables/foobar_7.raw\nRootHash={hash}\n")), "{text}");
+    assert!(!text.contains("RootHashSignature="), "no signature partition: {text}");
+    let derived = match version {
+        v if v >= 258 => Some("root=verity+squashfs:=absent"),
+        v if v >= 254 => Some("root=verity:=absent"),
+        _ => None,
+    };
+    if let Some(policy) = derived {
+        assert!(text.contains(&format!("\nRootImagePolicy={policy}\n")), "{text}");
+    }
+    assert_eq!(show(tb, "foobar.service", "RootHash").to_lowercase(), hash);
+    let runs = kernel_has_device_mapper(tb);
+    tb.ok("systemctl start foobar.service");
+    if runs {
+        assert!(os_release_seen_by(tb, "foobar.service").contains("VERSION_ID=7"));
+        tb.ok("systemctl stop foobar.service");
+    } else {
+        // systemd sets up dm-verity for it with the pinned root hash, and
+        // cannot on a kernel without device-mapper.
+        assert_eq!(failed_status(tb, "foobar.service"), "226");
+    }
+
+    // Tampered under the attachment: a reattach refuses it and keeps the
+    // attachment as it was.
+    flip_byte(&pool.join("foobar_7.raw"), data_at + 5 * 4096);
+    let out = tb.fails("portable reattach foobar_7.raw");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out}");
+    assert!(
+        out.stderr.contains(
+            "root partition of image '/var/lib/portables/foobar_7.raw' does not match its verity hash: block 5 differs"
+        ),
+        "{out}"
+    );
+    assert_eq!(dropin(), text, "a refused reattach changed the attachment");
+    tb.ok("systemctl start foobar.service");
+    assert_eq!(failed_status(tb, "foobar.service"), "226", "systemd ran a tampered image");
+    assert_nothing_open(tb, "/var/lib/portables/foobar_7.raw");
+
+    // Swapped for an unprotected image of the same service: systemd
+    // refuses it (the root hash, and the policy from 254 on), until a
+    // reattach pins the new file as it is, which then runs.
+    let swapped = pool.join(".foobar_7.swap");
+    super::images::gpt_disk(&swapped, &[(super::images::root_types().0, "root", Some(&root))]);
+    tb.ok("mv /var/lib/portables/.foobar_7.swap /var/lib/portables/foobar_7.raw");
+    tb.ok("systemctl start foobar.service");
+    assert_eq!(failed_status(tb, "foobar.service"), "226", "systemd ran a swapped image past its pin");
+    tb.ok("portable reattach foobar_7.raw");
+    let text = dropin();
+    assert!(!text.contains("RootHash="), "{text}");
+    tb.ok("systemctl start foobar.service");
+    assert!(os_release_seen_by(tb, "foobar.service").contains("VERSION_ID=7"));
+    tb.ok("systemctl stop foobar.service");
+    tb.ok("portable detach foobar_7.raw");
+    assert_no_foobar_units(tb);
+    assert_nothing_open(tb, "/var/lib/portables/foobar_7.raw");
+    std::fs::remove_file(&root).unwrap();
+    tb.ok("rm -f /var/lib/portables/foobar_7.raw");
 }
 
 /// portablectl refuses .raw.xz; wharf decompresses it into the pool once
