@@ -64,6 +64,29 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A small file that comes with an image (a sidecar), read only if it is a
+/// regular file of at most `limit` bytes; `None` when it does not exist.
+/// Opened without blocking and checked through the open descriptor: its
+/// owner may have put a FIFO there (an open or read that never returns) or
+/// a link to an endless device.
+pub fn read_small_regular(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = match OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("it is larger than {limit} bytes")));
+    }
+    Ok(Some(bytes))
+}
+
 /// Size of the runs of zeros [`copy_sparse`] leaves as holes.
 const HOLE_BLOCK: usize = 64 * 1024;
 
@@ -234,6 +257,24 @@ mod sparse_tests {
         let (_, empty) = copy_sparse_hashed(&mut &[][..], &mut File::create(&path).unwrap()).unwrap();
         assert_eq!(empty, <[u8; 32]>::from(sha2::Sha256::digest(b"")));
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn small_regular_files_only() {
+        let dir = std::env::temp_dir().join(format!("wharf-small-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        std::fs::write(&file, b"0123456789").unwrap();
+        assert_eq!(read_small_regular(&file, 10).unwrap().unwrap(), b"0123456789");
+        assert!(read_small_regular(&file, 9).unwrap_err().to_string().contains("larger than 9 bytes"));
+        assert!(read_small_regular(&dir.join("missing"), 10).unwrap().is_none());
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_small_regular(&fifo, 10).unwrap_err().to_string().contains("not a regular file"));
+        let endless = dir.join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &endless).unwrap();
+        assert!(read_small_regular(&endless, 10).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

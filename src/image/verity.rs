@@ -37,10 +37,11 @@ const SUPERBLOCK_LEN: usize = 512;
 /// A bound on the JSON of a signature partition (systemd writes one 4 KiB
 /// block; a forged partition cannot make wharf read more).
 const MAX_SIGNATURE_JSON: u64 = 64 * 1024;
-/// A bound on the hash tree held in memory while checking (a 64 GiB
-/// partition of 4 KiB blocks has a 512 MiB tree level): beyond it the
-/// image is refused rather than checked.
-const MAX_TREE_BYTES: u64 = 1 << 30;
+/// A bound on the hash tree held in memory while checking (a 32 GiB
+/// partition of 4 KiB blocks has a 256 MiB tree level; a sparse file can
+/// claim any size for nothing): beyond it the image is refused rather than
+/// checked.
+const MAX_TREE_BYTES: u64 = 256 << 20;
 /// The xattr and sidecar suffixes systemd reads the root hash from.
 pub const ROOT_HASH_XATTR: &str = "user.verity.roothash";
 
@@ -403,14 +404,16 @@ fn root_hash(
         ));
     }
     let side = sidecar(image, suffix);
-    match std::fs::read(&side) {
-        Ok(bytes) => {
+    // A root hash is 64 hex digits and a newline; whoever placed the image
+    // placed this file too, so it is read as a small regular file only.
+    match crate::fs::read_small_regular(&side, 4096) {
+        Ok(Some(bytes)) => {
             let text = String::from_utf8_lossy(&bytes).into_owned();
             let hash = parse_root_hash(&text).map_err(|why| invalid(image, format!("{}: {why}", side.display())))?;
             return Ok((hash, Source::Sidecar(side)));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(side)(e)),
+        Ok(None) => {}
+        Err(e) => return Err(invalid(image, format!("{}: {e}", side.display()))),
     }
     if let Some(signature) = signature {
         return Ok((signature.root_hash, Source::SignaturePartition));

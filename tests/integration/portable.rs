@@ -212,6 +212,18 @@ fn verity_image(tb: &Testbed) {
             "root partition of image '/var/lib/portables/foobar_9.raw' does not match its verity hash: its root hash is {other_hash}, not {hash} (from /var/lib/portables/foobar_9.roothash)"
         ),
     );
+    // A FIFO or an endless device in its place: refused at once, not
+    // waited on or read for ever.
+    for hostile in
+        ["mkfifo /var/lib/portables/foobar_9.roothash", "ln -s /dev/zero /var/lib/portables/foobar_9.roothash"]
+    {
+        tb.ok(&format!("rm -f /var/lib/portables/foobar_9.roothash && {hostile}"));
+        let out = tb.fails("timeout 60 portable attach foobar_9.raw");
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{hostile}: {out}");
+        assert!(out.stderr.contains("foobar_9.roothash: it is"), "{hostile}: {out}");
+        assert_nothing_open(tb, "/var/lib/portables/foobar_9.raw");
+    }
+    tb.ok("rm /var/lib/portables/foobar_9.roothash");
     // The right one: attached, pinned to it.
     std::fs::write(pool.join("foobar_9.roothash"), format!("{other_hash}\n")).unwrap();
     tb.ok("portable attach foobar_9.raw");
