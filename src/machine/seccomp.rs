@@ -362,6 +362,21 @@ mod tests {
         no_audit().unwrap();
     }
 
+    #[test]
+    fn built_programs_survive_the_pipe_and_garbage_does_not_load() {
+        let compiled = compile(crate::machine::capability::DEFAULT).unwrap();
+        let size = std::mem::size_of::<nix::libc::sock_filter>();
+        assert!(!compiled.allow.is_empty() && compiled.allow.len() % size == 0);
+        assert!(!compiled.audit.is_empty() && compiled.audit.len() % size == 0);
+        let back = Compiled::from_bytes(&compiled.to_bytes()).expect("its own bytes");
+        assert_eq!((back.allow, back.audit), (compiled.allow.clone(), compiled.audit.clone()));
+        assert!(Compiled::from_bytes(&[1, 2, 3]).is_none());
+        assert!(Compiled::from_bytes(&u64::MAX.to_ne_bytes()).is_none());
+        // Refused before the kernel is asked: nothing is loaded here.
+        assert!(load(&[]).is_err());
+        assert!(load(&compiled.allow[..size - 1]).is_err());
+    }
+
     /// What the child checks, once its filter is in place: the exit status
     /// says which check failed (0: none).
     const CHILD: &str = "WHARF_SECCOMP_TEST_CHILD";
