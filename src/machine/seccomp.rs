@@ -299,7 +299,7 @@ impl Compiled {
 fn load(program: &[u8]) -> std::io::Result<()> {
     use nix::libc::{SECCOMP_SET_MODE_FILTER, SYS_seccomp, c_ushort, sock_filter, sock_fprog, syscall};
     let size = std::mem::size_of::<sock_filter>();
-    if program.is_empty() || program.len() % size != 0 {
+    if program.is_empty() || !program.len().is_multiple_of(size) {
         return Err(std::io::Error::other(format!("a program of {} bytes is no BPF program", program.len())));
     }
     let filters: Vec<sock_filter> = program
@@ -366,8 +366,8 @@ mod tests {
     fn built_programs_survive_the_pipe_and_garbage_does_not_load() {
         let compiled = compile(crate::machine::capability::DEFAULT).unwrap();
         let size = std::mem::size_of::<nix::libc::sock_filter>();
-        assert!(!compiled.allow.is_empty() && compiled.allow.len() % size == 0);
-        assert!(!compiled.audit.is_empty() && compiled.audit.len() % size == 0);
+        assert!(!compiled.allow.is_empty() && compiled.allow.len().is_multiple_of(size));
+        assert!(!compiled.audit.is_empty() && compiled.audit.len().is_multiple_of(size));
         let back = Compiled::from_bytes(&compiled.to_bytes()).expect("its own bytes");
         assert_eq!((back.allow, back.audit), (compiled.allow.clone(), compiled.audit.clone()));
         assert!(Compiled::from_bytes(&[1, 2, 3]).is_none());
