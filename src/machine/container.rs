@@ -82,6 +82,8 @@ pub(crate) struct Plan {
     pub capabilities: CapabilitySet,
     /// Whether the init runs with no_new_privs set.
     pub no_new_privileges: bool,
+    /// The init's system call filters, built for `capabilities`.
+    pub seccomp: super::seccomp::Compiled,
     /// `VAR=VALUE` for the init, checked by `launcher::parse_assignment`.
     pub environment: Vec<String>,
     pub payload_cgroups: Vec<PathBuf>,
@@ -417,7 +419,7 @@ fn init(plan: &Plan) -> Result<Infallible, StepError> {
     let env =
         init_environment(&plan.uuid, &plan.environment).into_iter().map(cstring).collect::<Result<Vec<_>, _>>()?;
     // Last: from here on only execve runs, and the filter allows it.
-    super::seccomp::install(plan.capabilities).map_err(step("installing the init's system call filter"))?;
+    plan.seccomp.install().map_err(step("installing the init's system call filter"))?;
     nix::unistd::execve(&path, std::slice::from_ref(&path), &env).map_err(step(format!("executing {}", plan.init)))
 }
 
