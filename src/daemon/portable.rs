@@ -213,7 +213,7 @@ impl PortableInterface {
         image: String,
         extensions: Vec<String>,
         connection: &Connection,
-    ) -> Result<(String, String, HostView), BusError> {
+    ) -> Result<(String, String, Arc<HostView>), BusError> {
         let _busy = self.daemon.busy();
         let systemd = self.systemd(connection).await?;
         let view = self.daemon.snapshot.read(&self.host, &systemd).await?;
@@ -221,7 +221,7 @@ impl PortableInterface {
         self.daemon
             .blocking(move || {
                 let (path, state) = ops::state_in_view(&host, &view, &image, &extensions)?;
-                Ok((path, state.to_string(), (*view).clone()))
+                Ok((path, state.to_string(), view))
             })
             .await
     }

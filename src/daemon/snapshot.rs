@@ -25,11 +25,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use futures_util::Stream;
+use futures_util::future::{Either, select};
 use zbus::{Connection, MatchRule, MessageStream};
 
 use crate::api::BusError;
@@ -70,6 +71,8 @@ pub(crate) struct Snapshot {
     shared: Arc<Mutex<Shared>>,
     signals: Arc<Mutex<Option<Signals>>>,
     started: zruntime::lock::Mutex<bool>,
+    /// Notified when a change has published its view.
+    began: zruntime::Event,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -136,6 +139,7 @@ impl Snapshot {
         // Signals queued while the view was read, applied in order: the
         // last one of a unit is as new as the view, or newer.
         self.drain();
+        self.began.notify(usize::MAX);
         InFlight { shared: self.shared.clone() }
     }
 
@@ -143,10 +147,12 @@ impl Snapshot {
     /// change in flight, or read now.
     pub(crate) async fn read(&self, host: &Host, systemd: &Systemd) -> Result<Arc<HostView>, BusError> {
         // A change that began while the host was read may have changed it
-        // under the read: then its view is the answer. Three tries at most;
-        // the last read stands, as a read did before there were views.
+        // under the read: then its view is the answer, at once (the read's
+        // calls to PID 1 may come after the change's reload). Three tries at
+        // most; the last read stands, as a read did before there were views.
         for _ in 0..3 {
             self.drain();
+            let began = self.began.listen();
             let (generation, view) = {
                 let shared = lock(&self.shared);
                 (shared.generation, shared.view.clone())
@@ -156,7 +162,9 @@ impl Snapshot {
             {
                 return Ok(view);
             }
-            let fresh = HostView::read(host, systemd).await?;
+            let fresh = HostView::read(host, systemd);
+            let Either::Left((fresh, _)) = select(pin!(fresh), began).await else { continue };
+            let fresh = fresh?;
             if lock(&self.shared).generation == generation {
                 return Ok(Arc::new(fresh));
             }

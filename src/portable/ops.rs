@@ -1427,6 +1427,55 @@ mod tests {
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 
+    /// Reattaches applied together share one transaction and one reload;
+    /// one whose plan fails gets its error alone, and one that touches the
+    /// units another does is left for its caller to apply alone.
+    #[test]
+    fn reattaches_applied_together_fail_alone() {
+        let host = host("reattach-each", UNIT);
+        add_image(&host, "barbaz");
+        let systemd = FakeManager::default();
+        let requests: Vec<ImageRequest> = ["foobar", "barbaz"]
+            .iter()
+            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
+            .collect();
+        let attached =
+            attach_each(&host, &systemd, requests, "default", CopyMode::Copy, ENABLE_NOW, Box::new(|_, _| {}));
+        zbus::block_on(attached).unwrap();
+        // No units: its plan fails.
+        std::fs::create_dir_all(host.root.join("var/lib/portables/empty/usr/lib")).unwrap();
+        std::fs::write(host.root.join("var/lib/portables/empty/usr/lib/os-release"), "ID=x\nPORTABLE_PREFIXES=empty\n")
+            .unwrap();
+        systemd.calls.lock().unwrap().clear();
+        let requests: Vec<ImageRequest> = ["foobar", "empty", "barbaz", "foobar"]
+            .iter()
+            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
+            .collect();
+        let results = zbus::block_on(reattach_each(
+            &host,
+            &systemd,
+            requests,
+            "default",
+            CopyMode::Copy,
+            Actions::default(),
+            Box::new(|_, _| {}),
+        ))
+        .unwrap();
+        assert_eq!(systemd.calls().iter().filter(|c| c.starts_with("reload")).count(), 1, "{:?}", systemd.calls());
+        let [foobar, empty, barbaz, again] = &results[..] else { panic!("{} results", results.len()) };
+        let foobar = foobar.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(foobar.units, ["foobar.service"]);
+        assert_eq!(foobar.restarted, ["foobar.service"], "it ran: it runs again");
+        assert!(foobar.changes.iter().all(|c| !c.path.contains("barbaz")), "{:?}", foobar.changes);
+        let barbaz = barbaz.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(barbaz.units, ["barbaz.service"]);
+        assert!(barbaz.changes.iter().all(|c| !c.path.contains("foobar")), "{:?}", barbaz.changes);
+        assert!(matches!(empty, Some(Err(Error::NoUnits(_)))), "{empty:?}");
+        assert!(again.is_none(), "the second reattach of foobar went with the first");
+        assert_eq!(systemd.running(), ["barbaz.service", "foobar.service"]);
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
     /// A planned attach and detach (`--check`) touch neither the files nor
     /// systemd, and report exactly the changes the real ones then make.
     #[test]
