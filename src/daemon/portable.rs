@@ -517,7 +517,7 @@ impl PortableInterface {
 
     /// [`Self::get_image_state_with_extensions`], and the image's attached
     /// units: whether they are below /run, and for each its name, systemd's
-    /// ActiveState and its UnitFileState (what `is-attached --json` shows;
+    /// ActiveState and its UnitFileState (what `is-attached` shows in JSON;
     /// anyone may ask PID 1 the same).
     async fn get_image_units(
         &self,
