@@ -289,6 +289,14 @@ pub trait Portable {
     fn get_image_state(&self, image: &str) -> zbus::Result<(String, String)>;
     /// The image's path and state as attached with exactly these extensions.
     fn get_image_state_with_extensions(&self, image: &str, extensions: &[String]) -> zbus::Result<(String, String)>;
+    /// The image's path and state, whether it is attached below /run, and
+    /// its attached units: (name, ActiveState, UnitFileState).
+    #[allow(clippy::type_complexity)] // the D-Bus signature
+    fn get_image_units(
+        &self,
+        image: &str,
+        extensions: &[String],
+    ) -> zbus::Result<(String, String, bool, Vec<(String, String, String)>)>;
 }
 
 changes! {

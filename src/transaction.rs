@@ -306,6 +306,15 @@ impl Transaction {
         self.on_rollback = units;
     }
 
+    /// Adds the steps of `other`, planned on its own (for another caller's
+    /// request), after this one's, so that both apply, journal and roll
+    /// back as one; neither is applied yet.
+    pub fn append(&mut self, other: Transaction) {
+        debug_assert!(self.actions.is_empty() && other.actions.is_empty(), "appending to an applied transaction");
+        self.steps.extend(other.steps);
+        self.on_rollback.extend(other.on_rollback);
+    }
+
     fn journal_path(&self) -> PathBuf {
         self.journal_dir.join(format!("{}.json", self.id))
     }

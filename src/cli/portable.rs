@@ -366,22 +366,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let (pool, cwd) = (Pool::portables(), current_dir()?);
             let image = pool.argument_for_daemon(&image, &cwd);
             let extensions: Vec<String> = extensions.iter().map(|e| pool.argument_for_daemon(e, &cwd)).collect();
-            let (path, state) = if extensions.is_empty() {
+            if format.is_json() {
+                // The units and their states from wharfd, which answers from
+                // the host as the last finished change left it; the unit
+                // files and drop-ins are read here, as the caller may read them.
+                let (path, state, runtime, units) = within(portable.get_image_units(&image, &extensions)).await?;
+                let status = crate::portable::status::status_of(&Host::system(), &path, &state, runtime, units).await;
+                let status = status.map_err(|e: crate::portable::Error| CliError::Daemon(e.into()))?;
+                format.emit(&AttachedView::new(&status), |_| String::new())?;
+                return Ok(if status.attached { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            }
+            let (_, state) = if extensions.is_empty() {
                 within(portable.get_image_state(&image)).await?
             } else {
                 within(portable.get_image_state_with_extensions(&image, &extensions)).await?
             };
             let attached = state != "detached";
-            if format.is_json() {
-                // The details are read here, as the caller may read them:
-                // unit files and systemd's states are the host's public facts.
-                let status = async {
-                    let systemd = crate::systemd::Systemd::new(&bus).await?;
-                    crate::portable::status::status(&Host::system(), &systemd, &path, &state).await
-                };
-                let status = status.await.map_err(|e: crate::portable::Error| CliError::Daemon(e.into()))?;
-                format.emit(&AttachedView::new(&status), |_| String::new())?;
-            } else if !cli.output.quiet {
+            if !cli.output.quiet {
                 println!("{state}");
             }
             return Ok(if attached { ExitCode::SUCCESS } else { ExitCode::from(1) });

@@ -237,6 +237,7 @@ mod tests {
             ("org.wharf1.Portable", "ListImages"),
             ("org.wharf1.Portable", "GetImageState"),
             ("org.wharf1.Portable", "GetImageStateWithExtensions"),
+            ("org.wharf1.Portable", "GetImageUnits"),
             ("org.wharf1.Portable", "InspectImage"),
             ("org.wharf1.Machine", "ListImages"),
             ("org.wharf1.Machine", "ListMachines"),

@@ -1,14 +1,16 @@
-//! Group commit of attaches and detaches.
+//! Group commit of attaches, detaches and reattaches.
 //!
 //! A change of attachments holds the change lock while it plans, writes and
 //! reloads systemd; the reload of PID 1 is what costs most. Requests that
 //! arrive meanwhile wait in a queue, and the first of them to get the lock
 //! applies every request waiting: requests that can share a transaction
-//! (attaches with the same profile, copy mode and flags; detaches with the
-//! same flags) are applied together, with one reload, and each caller gets
-//! its own result. A group that fails is applied again one request at a
-//! time, so that a failing image fails only its own request, with the host
-//! put back as it was for it alone.
+//! (attaches, and reattaches, with the same profile, copy mode and flags;
+//! detaches with the same flags) are applied together, with one reload, and
+//! each caller gets its own result. A group that fails is applied again one
+//! request at a time, so that a failing image fails only its own request,
+//! with the host put back as it was for it alone. Reattaches are planned
+//! one by one before they are applied together: one whose plan fails fails
+//! alone at once, without costing the others a second try.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -26,6 +28,7 @@ use crate::systemd::Systemd;
 pub(crate) enum Operation {
     Attach { profile: String, copy: CopyMode, actions: Actions },
     Detach { actions: Actions },
+    Reattach { profile: String, copy: CopyMode, actions: Actions },
 }
 
 impl Operation {
@@ -34,7 +37,9 @@ impl Operation {
     /// there is none to share; extensions and policies are the caller's own.
     fn groups(&self, request: &ImageRequest) -> bool {
         let actions = match self {
-            Operation::Attach { actions, .. } | Operation::Detach { actions } => actions,
+            Operation::Attach { actions, .. } | Operation::Detach { actions } | Operation::Reattach { actions, .. } => {
+                actions
+            }
         };
         !actions.check && !actions.no_reload && request.extensions.is_empty() && request.image_policy.is_none()
     }
@@ -99,8 +104,11 @@ impl Commits {
         if let Some(done) = ready(&result) {
             return Ok(done);
         }
+        let in_flight = daemon.snapshot.begin(host, systemd.connection(), systemd).await;
         let batch = self.take_all();
         apply_all(host, systemd, batch).await;
+        // Reads read the host again before any caller has its result.
+        drop(in_flight);
         drop(exclusive);
         ready(&result).ok_or_else(|| BusError::Failed(format!("{what}: the change applied with others gave no result")))
     }
@@ -159,6 +167,26 @@ async fn apply_group(host: &Host, systemd: &Systemd, mut group: Vec<Waiting>) {
                 ops::attach_each(host, systemd, requests, profile, *copy, *actions, shared).await
             }
             Operation::Detach { actions } => ops::detach_each(host, systemd, requests, *actions).await,
+            Operation::Reattach { profile, copy, actions } => {
+                let result = ops::reattach_each(host, systemd, requests, profile, *copy, *actions, shared).await;
+                match result {
+                    Ok(results) => {
+                        let mut alone = Vec::new();
+                        for (waiting, result) in group.into_iter().zip(results) {
+                            match result {
+                                Some(result) => {
+                                    let _ = waiting.reply.send(result);
+                                }
+                                // It touches what another of the group did.
+                                None => alone.push(waiting),
+                            }
+                        }
+                        group = alone;
+                    }
+                    Err(error) => tracing::info!("a group of reattaches failed ({error}): applying them one by one"),
+                }
+                return apply_alone(host, systemd, group).await;
+            }
         };
         match result {
             Ok(outcomes) => {
@@ -172,6 +200,11 @@ async fn apply_group(host: &Host, systemd: &Systemd, mut group: Vec<Waiting>) {
             Err(error) => tracing::info!("a group of changes failed ({error}): applying them one by one"),
         }
     }
+    apply_alone(host, systemd, group).await
+}
+
+/// Applies each request on its own transaction.
+async fn apply_alone(host: &Host, systemd: &Systemd, group: Vec<Waiting>) {
     for waiting in group {
         let Waiting { operation, request, progress, reply } = waiting;
         let result = match operation {
@@ -179,6 +212,9 @@ async fn apply_group(host: &Host, systemd: &Systemd, mut group: Vec<Waiting>) {
                 ops::attach(host, systemd, vec![request], &profile, copy, actions, progress).await
             }
             Operation::Detach { actions } => ops::detach_with_extensions(host, systemd, request, actions).await,
+            Operation::Reattach { profile, copy, actions } => {
+                ops::reattach(host, systemd, request, &profile, copy, actions, progress).await
+            }
         };
         // The caller hung up: its result has no one to go to.
         let _ = reply.send(result);

@@ -60,7 +60,8 @@ impl FleetInterface {
         let _busy = self.daemon.busy();
         let _heartbeat = heartbeat(connection, &header);
         let _exclusive = self.daemon.change_lock("applying a fleet file").await?;
-        let systemd = Systemd::new(connection).await.map_err(failed)?;
+        let systemd = Systemd::new(connection).await.map_err(failed)?.observed(self.daemon.snapshot.observer());
+        let _in_flight = self.daemon.snapshot.begin(&crate::portable::ops::Host::system(), connection, &systemd).await;
         let progress = Box::new(progress_reporter(connection, &header, "decompress"));
         let machined = zbus_systemd::machine1::ManagerProxy::new(connection).await?;
         let machines = MachineContext { machines: &self.machines, machined: &machined, systemd: &systemd };

@@ -10,6 +10,7 @@ mod manager;
 mod oci;
 mod portable;
 mod pull;
+mod snapshot;
 mod transfer;
 pub(crate) mod watchdog;
 
@@ -49,6 +50,8 @@ pub(crate) struct Daemon {
     pub(crate) portable_lock: zruntime::lock::Mutex<()>,
     /// Attaches and detaches waiting for that lock, applied together.
     pub(crate) commits: commit::Commits,
+    /// What reads answer from while a change holds that lock.
+    pub(crate) snapshot: snapshot::Snapshot,
     /// Imports and exports in flight (`machine list-transfers`).
     pub(crate) transfers: transfer::Transfers,
 }
@@ -81,7 +84,7 @@ impl Daemon {
 
     /// Takes the lock every change of portable attachments holds, waiting
     /// behind another change at most `WHARF_LOCK_TIMEOUT` seconds (default
-    /// 600); reads never take it.
+    /// 600); reads never take it (see [`snapshot`]).
     pub(crate) async fn change_lock(&self, what: &str) -> Result<zruntime::lock::MutexGuard<'_, ()>, BusError> {
         let seconds = std::env::var("WHARF_LOCK_TIMEOUT").ok().and_then(|v| v.trim().parse::<u64>().ok());
         let timeout = Duration::from_secs(seconds.filter(|&s| s > 0).unwrap_or(600));

@@ -17,6 +17,7 @@ use crate::audit::{Call, Caller, Domain, Kind};
 use crate::image::{Pool, readonly};
 use crate::portable::ops::{self, Actions, Host, ImageRequest};
 use crate::portable::plan::CopyMode;
+use crate::portable::view::HostView;
 use crate::portable::{Error, State};
 use crate::systemd::Systemd;
 
@@ -46,7 +47,8 @@ impl PortableInterface {
     ) -> Result<Change<'_>, BusError> {
         let grouped = self.begin_grouped_change(connection, header, what).await?;
         let exclusive = self.daemon.change_lock(what).await?;
-        Ok(Change { grouped, _exclusive: exclusive })
+        let in_flight = self.daemon.snapshot.begin(&self.host, connection, &grouped.systemd).await;
+        Ok(Change { grouped, _in_flight: in_flight, _exclusive: exclusive })
     }
 
     /// [`Self::begin_change`] of a change that takes the lock itself, with
@@ -60,7 +62,8 @@ impl PortableInterface {
         let caller = authorize(connection, header, what).await?;
         let busy = self.daemon.busy();
         let heartbeat = heartbeat(connection, header);
-        let systemd = self.systemd(connection).await?;
+        // Its own jobs' state changes are not news for reads (see snapshot).
+        let systemd = self.systemd(connection).await?.observed(self.daemon.snapshot.observer());
         Ok(GroupedChange { _busy: busy, _heartbeat: heartbeat, systemd, caller })
     }
 }
@@ -68,6 +71,8 @@ impl PortableInterface {
 /// A state-changing call in progress; see [`PortableInterface::begin_change`].
 struct Change<'a> {
     grouped: GroupedChange,
+    // Dropped before the lock: reads read the host again first.
+    _in_flight: super::snapshot::InFlight,
     _exclusive: zruntime::lock::MutexGuard<'a, ()>,
 }
 
@@ -176,14 +181,18 @@ impl PortableInterface {
         connection: &Connection,
         header: &Header<'_>,
     ) -> Result<OperationResult, BusError> {
-        let change = self.begin_change(connection, header, "reattaching an image").await?;
+        let what = "reattaching an image";
+        let change = self.begin_grouped_change(connection, header, what).await?;
         let audit = Call::new(Kind::Reattach, change.caller.clone()).image(&self.host.pool, &request.image);
         let audit = with_extensions(audit, &request.extensions);
         let (actions, copy) = audit.check(check_flags(flags).and_then(|a| Ok((a, self::copy_mode(&copy_mode)?))))?;
         let progress = Box::new(progress_reporter(connection, header, &format!("decompress {}", request.image)));
-        let profile = profile_or_default(&profile);
-        let result = ops::reattach(&self.host, &change.systemd, request, profile, copy, actions, progress).await;
-        record(audit.profile(profile), flags, &result).await;
+        let profile = profile_or_default(&profile).to_string();
+        let operation = Operation::Reattach { profile: profile.clone(), copy, actions };
+        let commits = &self.daemon.commits;
+        let submitted = (operation, request, progress as ops::ProgressFn);
+        let result = commits.submit(&self.daemon, &self.host, &change.systemd, what, submitted).await?;
+        record(audit.profile(&profile), flags, &result).await;
         Ok(result?.into())
     }
 
@@ -193,10 +202,28 @@ impl PortableInterface {
         extensions: Vec<String>,
         connection: &Connection,
     ) -> Result<(String, String), BusError> {
+        let (path, state, _) = self.image_units(image, extensions, connection).await?;
+        Ok((path, state))
+    }
+
+    /// The image's path and state, and its attached units with systemd's
+    /// states of them, from the host as the last finished change left it.
+    async fn image_units(
+        &self,
+        image: String,
+        extensions: Vec<String>,
+        connection: &Connection,
+    ) -> Result<(String, String, Arc<HostView>), BusError> {
         let _busy = self.daemon.busy();
         let systemd = self.systemd(connection).await?;
-        let (path, state) = ops::state_with_extensions(&self.host, &systemd, &image, &extensions).await?;
-        Ok((path, state.to_string()))
+        let view = self.daemon.snapshot.read(&self.host, &systemd).await?;
+        let host = self.host.clone();
+        self.daemon
+            .blocking(move || {
+                let (path, state) = ops::state_in_view(&host, &view, &image, &extensions)?;
+                Ok((path, state.to_string(), view))
+            })
+            .await
     }
 }
 
@@ -226,7 +253,8 @@ impl PortableInterface {
     ) -> Result<Vec<PortableImageEntry>, BusError> {
         let _busy = self.daemon.busy();
         let systemd = self.systemd(connection).await?;
-        let (states, theirs) = ops::states_and_portabled(&self.host, &systemd).await?;
+        let view = self.daemon.snapshot.read(&self.host, &systemd).await?;
+        let (states, theirs) = (view.states(), view.portabled_images());
         let pool = self.host.pool.clone();
         let attached: Vec<String> = states.keys().cloned().collect();
         let (entries, states) = self
@@ -485,6 +513,29 @@ impl PortableInterface {
         #[zbus(connection)] connection: &Connection,
     ) -> Result<(String, String), BusError> {
         self.image_state(image, extensions, connection).await
+    }
+
+    /// [`Self::get_image_state_with_extensions`], and the image's attached
+    /// units: whether they are below /run, and for each its name, systemd's
+    /// ActiveState and its UnitFileState (what `is-attached` shows in JSON;
+    /// anyone may ask PID 1 the same).
+    async fn get_image_units(
+        &self,
+        image: String,
+        extensions: Vec<String>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(String, String, bool, Vec<(String, String, String)>), BusError> {
+        let (path, state, view) = self.image_units(image, extensions, connection).await?;
+        let mine: Vec<_> = view.wharf.of(&path).collect();
+        let runtime = mine.first().is_some_and(|a| a.runtime);
+        let units = mine
+            .into_iter()
+            .map(|a| {
+                let file_state = view.files.get(&a.unit).cloned().unwrap_or_default();
+                (a.unit.clone(), view.active_state(&a.unit).to_string(), file_state)
+            })
+            .collect();
+        Ok((path, state, runtime, units))
     }
 
     /// Deletes an image; refused while attached or read-only. Root, or polkit's `org.wharf1.portable.attach`.

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod portabled;
 pub mod profile;
 pub mod status;
+pub mod view;
 
 pub use attachments::{Attachment, Attachments};
 

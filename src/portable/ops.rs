@@ -13,6 +13,7 @@ use super::plan::{
 };
 use super::portabled;
 use super::profile::Profile;
+use super::view::HostView;
 use super::{Error, State};
 use crate::executor::Executor;
 use crate::image::inspect::{choose_prefixes, image_name, open, read_os_release};
@@ -624,13 +625,6 @@ pub(crate) fn add_unlink_steps(root: &Path, units: &[String], tx: &mut Transacti
     }
 }
 
-/// The attachments of an image given by name or path. A detached image's
-/// file may be gone already, so attachments are also matched by file name.
-fn attachments_of(host: &Host, image: &str) -> Result<(String, Vec<Attachment>)> {
-    let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
-    attachments_among(host, existing, image)
-}
-
 /// `error`, unless it says `image` is not attached and portabled attached
 /// it: then that it is portabled's to detach.
 fn theirs_or(host: &Host, image: &str, error: Error) -> Error {
@@ -638,11 +632,19 @@ fn theirs_or(host: &Host, image: &str, error: Error) -> Error {
         return error;
     }
     match portabled::scan(&host.root) {
-        Ok(theirs) => match attachments_among(host, Attachments(theirs), image) {
-            Ok((path, _)) => Error::PortabledAttachment(path),
-            Err(_) => error,
-        },
+        Ok(theirs) => theirs_among(host, theirs, image, error),
         Err(source) => Error::Io { path: portabled::attached_dir(&host.root, false), source },
+    }
+}
+
+/// [`theirs_or`] among portabled's attachments scanned already.
+fn theirs_among(host: &Host, theirs: Vec<Attachment>, image: &str, error: Error) -> Error {
+    if !matches!(error, Error::NotAttached(_)) {
+        return error;
+    }
+    match attachments_among(host, Attachments(theirs), image) {
+        Ok((path, _)) => Error::PortabledAttachment(path),
+        Err(_) => error,
     }
 }
 
@@ -700,6 +702,18 @@ fn matching_extensions(
     image: &str,
     extensions: &[String],
 ) -> Result<Vec<Attachment>> {
+    matching_extensions_by(host, found, image, extensions, &|a| attached_extensions(&host.root, a))
+}
+
+/// [`matching_extensions`], with the extensions of each attachment as
+/// `extensions_of` says.
+fn matching_extensions_by(
+    host: &Host,
+    found: Vec<Attachment>,
+    image: &str,
+    extensions: &[String],
+    extensions_of: &dyn Fn(&Attachment) -> Result<Vec<String>>,
+) -> Result<Vec<Attachment>> {
     if extensions.is_empty() {
         return Ok(found);
     }
@@ -716,7 +730,7 @@ fn matching_extensions(
     let mut matching = Vec::new();
     let mut attached_with = Vec::new();
     for attachment in found {
-        let attached = attached_extensions(&host.root, &attachment)?;
+        let attached = extensions_of(&attachment)?;
         if attached.len() == matchers.len() && attached.iter().zip(&matchers).all(|(path, m)| names(m, path)) {
             matching.push(attachment);
         } else {
@@ -754,12 +768,6 @@ fn matching_prefixes(found: Vec<Attachment>, image: &str, prefixes: &[String]) -
         return Err(Error::NoUnitsMatch { image: image.to_string(), prefixes: prefixes.join(", ") });
     }
     Ok(matching)
-}
-
-/// Units among `units` that are enabled, by whether they are runtime.
-async fn enabled_units(systemd: &impl UnitManager, units: &[String]) -> Result<Vec<String>> {
-    let states = systemd.unit_file_states(units).await?;
-    Ok(units.iter().filter(|u| states.get(*u).is_some_and(|s| s.starts_with("enabled"))).cloned().collect())
 }
 
 async fn active_units(systemd: &impl UnitManager, units: &[String]) -> Result<Vec<(String, String)>> {
@@ -992,72 +1000,167 @@ pub async fn reattach(
     profile: &str,
     copy: CopyMode,
     actions: Actions,
-    mut progress: ProgressFn,
+    progress: ProgressFn,
 ) -> Result<Outcome> {
+    let mut results = reattach_each(host, systemd, vec![request], profile, copy, actions, progress).await?;
+    match results.pop().flatten() {
+        Some(result) => result,
+        None => unreachable!("a reattach alone overlaps no other"),
+    }
+}
+
+/// A reattach's steps, and what they do.
+type PlannedReattach = (Transaction, ReattachPlan);
+
+/// One request's part of a (grouped) reattach, planned on its own.
+struct ReattachPlan {
+    image: String,
+    /// The new image's units.
+    units: Vec<String>,
+    /// The old version's attachments (units of the same names, or of an
+    /// image with the same name prefix, or of this image).
+    old: Vec<Attachment>,
+    /// Old units the new image does not bring.
+    dropped: Vec<String>,
+    replaced: Vec<String>,
+}
+
+impl ReattachPlan {
+    /// Every unit and image the plan touches: two plans that share one
+    /// cannot be applied as one transaction.
+    fn touches(&self) -> impl Iterator<Item = &String> {
+        self.units.iter().chain(self.old.iter().flat_map(|a| [&a.unit, &a.image])).chain(std::iter::once(&self.image))
+    }
+}
+
+fn plan_reattach(
+    host: &Host,
+    request: &ImageRequest,
+    existing: &Attachments,
+    (profile, copy, actions, bind_os_release, pin): (&str, CopyMode, Actions, bool, PinLevel),
+    progress: &mut ProgressFn,
+) -> Result<(Transaction, ReattachPlan)> {
+    let source = source_for(host, request, progress, actions.check)?;
+    let new_prefix = image_name(&source.image)?.prefix().to_string();
+    // The old version: whatever image holds units of the same names, or
+    // an attached image with the same name prefix; or this image itself,
+    // attached with other settings (its units restart in the new sandbox).
+    let old_images: Vec<String> = {
+        let mut images: Vec<String> = existing
+            .0
+            .iter()
+            .filter(|a| {
+                source.units.iter().any(|u| u.name == a.unit)
+                    || image_name(Path::new(&a.image)).is_ok_and(|n| n.prefix() == new_prefix)
+            })
+            .map(|a| a.image.clone())
+            .collect();
+        images.sort();
+        images.dedup();
+        images
+    };
+    let old: Vec<Attachment> = existing.0.iter().filter(|a| old_images.contains(&a.image)).cloned().collect();
+    let runtime = old.first().map_or(actions.runtime, |a| a.runtime);
+    let options = AttachOptions {
+        profile: Profile::find(&host.root, profile)?,
+        copy,
+        runtime,
+        force: actions.force,
+        bind_os_release,
+        // A reattach pins an attachment made unpinned.
+        pin,
+        keep_unpinned: false,
+    };
+    let mut tx = Transaction::new(&host.journal_dir);
+    // Old units the new image does not bring go, disabled first; the
+    // others are rewritten by the attach steps.
+    let dropped: Vec<DetachUnit> = old
+        .iter()
+        .filter(|a| !source.units.iter().any(|u| u.name == a.unit))
+        .map(|a| plan_detach_unit(&host.root, a))
+        .collect::<Result<_>>()?;
+    report_kept(&dropped);
+    add_unlink_steps(&host.root, &dropped.iter().map(|d| d.unit.clone()).collect::<Vec<_>>(), &mut tx);
+    add_detach_steps(&dropped, &mut tx);
+    let units = plan_attach(&host.root, std::slice::from_ref(&source), &options, existing, &old_images, &mut tx)?;
+    if actions.enable {
+        add_enable_steps(&unit_dir(&host.root, runtime), std::slice::from_ref(&source), &mut tx)?;
+    }
+    let replaced: Vec<String> = old_images.iter().filter(|i| **i != source.image_str()).cloned().collect();
+    let dropped = dropped.into_iter().map(|d| d.unit).collect();
+    Ok((tx, ReattachPlan { image: source.image_str(), units, old, dropped, replaced }))
+}
+
+/// [`reattach`] of requests from several callers, with one transaction and
+/// one reload: each request is planned on its own, and one whose plan fails
+/// gets its error alone while the others go ahead together. A request that
+/// touches what an earlier one does is left out (`None`): it is the
+/// caller's to apply alone. Applying the others together either works for
+/// all of them or fails as a whole (the host put back as it was).
+pub async fn reattach_each(
+    host: &Host,
+    systemd: &impl UnitManager,
+    requests: Vec<ImageRequest>,
+    profile: &str,
+    copy: CopyMode,
+    actions: Actions,
+    mut progress: ProgressFn,
+) -> Result<Vec<Option<Result<Outcome>>>> {
     actions.check()?;
-    check_extension_support(host, systemd, std::slice::from_ref(&request)).await?;
-    check_image_policy_support(systemd, std::slice::from_ref(&request)).await?;
+    check_extension_support(host, systemd, &requests).await?;
+    check_image_policy_support(systemd, &requests).await?;
     let planning_host = host.clone();
     let profile = profile.to_string();
     let bind_os_release = binds_os_release(systemd).await?;
     let pin = pin_level(systemd).await?;
-    let planned = blocking(move || -> Result<_> {
+    let planned = blocking(move || -> Result<Vec<Option<Result<PlannedReattach>>>> {
         let host = planning_host;
-        let source = source_for(&host, &request, &mut progress, actions.check)?;
         let existing = Attachments::scan(&host.root).map_err(|source| Error::Io { path: host.root.clone(), source })?;
-        let new_prefix = image_name(&source.image)?.prefix().to_string();
-        // The old version: whatever image holds units of the same names, or
-        // an attached image with the same name prefix; or this image itself,
-        // attached with other settings (its units restart in the new sandbox).
-        let old_images: Vec<String> = {
-            let mut images: Vec<String> = existing
-                .0
-                .iter()
-                .filter(|a| {
-                    source.units.iter().any(|u| u.name == a.unit)
-                        || image_name(Path::new(&a.image)).is_ok_and(|n| n.prefix() == new_prefix)
-                })
-                .map(|a| a.image.clone())
-                .collect();
-            images.sort();
-            images.dedup();
-            images
-        };
-        let old: Vec<Attachment> = existing.0.iter().filter(|a| old_images.contains(&a.image)).cloned().collect();
-        let runtime = old.first().map_or(actions.runtime, |a| a.runtime);
-        let options = AttachOptions {
-            profile: Profile::find(&host.root, &profile)?,
-            copy,
-            runtime,
-            force: actions.force,
-            bind_os_release,
-            // A reattach pins an attachment made unpinned.
-            pin,
-            keep_unpinned: false,
-        };
-        let mut tx = Transaction::new(&host.journal_dir);
-        // Old units the new image does not bring go, disabled first; the
-        // others are rewritten by the attach steps.
-        let dropped: Vec<DetachUnit> = old
+        let settings = (profile.as_str(), copy, actions, bind_os_release, pin);
+        let mut touched: std::collections::HashSet<String> = std::collections::HashSet::new();
+        Ok(requests
             .iter()
-            .filter(|a| !source.units.iter().any(|u| u.name == a.unit))
-            .map(|a| plan_detach_unit(&host.root, a))
-            .collect::<Result<_>>()?;
-        report_kept(&dropped);
-        add_unlink_steps(&host.root, &dropped.iter().map(|d| d.unit.clone()).collect::<Vec<_>>(), &mut tx);
-        add_detach_steps(&dropped, &mut tx);
-        let units = plan_attach(&host.root, std::slice::from_ref(&source), &options, &existing, &old_images, &mut tx)?;
-        if actions.enable {
-            add_enable_steps(&unit_dir(&host.root, runtime), std::slice::from_ref(&source), &mut tx)?;
-        }
-        let replaced: Vec<String> = old_images.iter().filter(|i| **i != source.image_str()).cloned().collect();
-        Ok((tx, units, old, dropped, replaced))
+            .map(|request| match plan_reattach(&host, request, &existing, settings, &mut progress) {
+                Ok((_, plan)) if plan.touches().any(|t| touched.contains(t)) => None,
+                Ok(planned) => {
+                    touched.extend(planned.1.touches().cloned());
+                    Some(Ok(planned))
+                }
+                Err(error) => Some(Err(error)),
+            })
+            .collect())
     })
     .await?;
-    let (tx, units, old, dropped, replaced) = planned;
-    let old_units: Vec<String> = old.iter().map(|a| a.unit.clone()).collect();
-    let dropped_units: Vec<String> = dropped.iter().map(|d| d.unit.clone()).collect();
+    let mut plans: Vec<(Transaction, ReattachPlan)> = Vec::new();
+    // Per request: its plan's index in `plans`, or its own result.
+    let mut slots: Vec<Option<std::result::Result<usize, Error>>> = Vec::new();
+    for plan in planned {
+        slots.push(plan.map(|p| {
+            p.map(|plan| {
+                plans.push(plan);
+                plans.len() - 1
+            })
+        }));
+    }
+    let outcomes = apply_reattaches(systemd, plans, actions).await?;
+    let mut outcomes: Vec<Option<Outcome>> = outcomes.into_iter().map(Some).collect();
+    Ok(slots
+        .into_iter()
+        .map(|slot| slot.map(|planned| planned.map(|at| outcomes[at].take().expect("each plan's outcome once"))))
+        .collect())
+}
 
+/// Applies reattach plans as one transaction with one reload; an outcome per plan.
+async fn apply_reattaches(
+    systemd: &impl UnitManager,
+    plans: Vec<(Transaction, ReattachPlan)>,
+    actions: Actions,
+) -> Result<Vec<Outcome>> {
+    let (txs, plans): (Vec<Transaction>, Vec<ReattachPlan>) = plans.into_iter().unzip();
+    let mut txs = txs.into_iter();
+    let Some(mut tx) = txs.next() else { return Ok(Vec::new()) };
+    txs.for_each(|other| tx.append(other));
+    let old_units: Vec<String> = plans.iter().flat_map(|p| p.old.iter().map(|a| a.unit.clone())).collect();
     // Without a reload systemd still runs the old definitions: restarting
     // them would restart the old version, so what runs is left running.
     let running: Vec<String> = if actions.no_reload {
@@ -1065,17 +1168,47 @@ pub async fn reattach(
     } else {
         active_units(systemd, &old_units).await?.into_iter().map(|(u, _)| u).collect()
     };
-    let running_dropped: Vec<String> = running.iter().filter(|u| dropped_units.contains(u)).cloned().collect();
-    let restart: Vec<String> = running.iter().filter(|u| units.contains(u)).cloned().collect();
-    let newly_started: Vec<String> =
-        if actions.now { startable(&units).into_iter().filter(|u| !restart.contains(u)).collect() } else { Vec::new() };
+    // Per plan: what it restarts (old units running that the new image
+    // brings) and what it starts (`--now`).
+    let restarts: Vec<(Vec<String>, Vec<String>)> = plans
+        .iter()
+        .map(|plan| {
+            let restart: Vec<String> = running.iter().filter(|u| plan.units.contains(u)).cloned().collect();
+            let started = if actions.now {
+                startable(&plan.units).into_iter().filter(|u| !restart.contains(u)).collect()
+            } else {
+                Vec::new()
+            };
+            (restart, started)
+        })
+        .collect();
+    let dropped: Vec<&String> = plans.iter().flat_map(|p| &p.dropped).collect();
+    let running_dropped: Vec<String> = running.iter().filter(|u| dropped.contains(u)).cloned().collect();
+    let restart: Vec<String> = restarts.iter().flat_map(|(r, _)| r.clone()).collect();
+    let newly_started: Vec<String> = restarts.iter().flat_map(|(_, s)| s.clone()).collect();
+    let outcomes = |changes: Vec<Change>, plans: &[ReattachPlan]| -> Vec<Outcome> {
+        let owned: Vec<Owned> = plans
+            .iter()
+            .map(|p| Owned { image: p.image.clone(), units: p.units.iter().chain(&p.dropped).cloned().collect() })
+            .collect();
+        let split = split_outcome(Outcome { changes, ..Outcome::default() }, &owned);
+        split
+            .into_iter()
+            .zip(plans.iter().zip(&restarts))
+            .map(|(outcome, (plan, (restart, started)))| Outcome {
+                changes: outcome.changes,
+                units: plan.units.clone(),
+                restarted: [restart.clone(), started.clone()].concat(),
+                replaced: plan.replaced.clone(),
+            })
+            .collect()
+    };
 
     if actions.check {
-        return Ok(Outcome { changes: tx.preview(), units, restarted: [restart, newly_started].concat(), replaced });
+        return Ok(outcomes(tx.preview(), &plans));
     }
     // Journaled before any unit is touched: a recovery after a crash stops
     // what the new version started and restarts the old version's units.
-    let mut tx = tx;
     tx.on_rollback(UnitsOnRollback {
         stop: newly_started.clone(),
         restart: running.clone(),
@@ -1097,8 +1230,9 @@ pub async fn reattach(
     }
     .await;
     let changes = conclude(change, result, "reattach").await?;
-    tracing::info!(units = ?units, restarted = ?restart, "reattached");
-    Ok(Outcome { changes, units, restarted: [restart, newly_started].concat(), replaced })
+    let images: Vec<&String> = plans.iter().map(|p| &p.image).collect();
+    tracing::info!(?images, restarted = ?restart, "reattached");
+    Ok(outcomes(changes, &plans))
 }
 
 /// The state of every image attached on the host, keyed by image path.
@@ -1112,34 +1246,8 @@ pub async fn states_and_portabled(
     host: &Host,
     systemd: &impl UnitManager,
 ) -> Result<(HashMap<String, State>, std::collections::BTreeSet<String>)> {
-    let scan_root = host.root.clone();
-    // portabled's attachments count too: `list` shows every attached image.
-    let (attachments, portabled_images) = blocking(move || -> std::io::Result<_> {
-        let mut all = Attachments::scan(&scan_root)?;
-        let theirs = portabled::scan(&scan_root)?;
-        let images = theirs.iter().map(|a| a.image.clone()).collect();
-        all.0.extend(theirs);
-        Ok((all, images))
-    })
-    .await
-    .map_err(|source| Error::Io { path: host.root.clone(), source })?;
-    let units: Vec<String> = attachments.0.iter().map(|a| a.unit.clone()).collect();
-    let active: Vec<String> = active_units(systemd, &units).await?.into_iter().map(|(u, _)| u).collect();
-    let enabled = enabled_units(systemd, &units).await?;
-    let mut states: HashMap<String, State> = HashMap::new();
-    for attachment in &attachments.0 {
-        let state = match (active.contains(&attachment.unit), enabled.contains(&attachment.unit), attachment.runtime) {
-            (true, _, false) => State::Running,
-            (true, _, true) => State::RunningRuntime,
-            (false, true, false) => State::Enabled,
-            (false, true, true) => State::EnabledRuntime,
-            (false, false, false) => State::Attached,
-            (false, false, true) => State::AttachedRuntime,
-        };
-        let entry = states.entry(attachment.image.clone()).or_insert(state);
-        *entry = (*entry).max(state);
-    }
-    Ok((states, portabled_images))
+    let view = HostView::read(host, systemd).await?;
+    Ok((view.states(), view.portabled_images()))
 }
 
 /// `states` plus, for each attached decompressed copy, the `.raw.xz` it
@@ -1168,23 +1276,26 @@ pub async fn state_with_extensions(
     image: &str,
     extensions: &[String],
 ) -> Result<(String, State)> {
-    let lookup_host = host.clone();
-    let (name, extensions) = (image.to_string(), extensions.to_vec());
-    let found = blocking(move || {
-        let (path, found) = attachments_of(&lookup_host, &name).map_err(|e| theirs_or(&lookup_host, &name, e))?;
-        match matching_extensions(&lookup_host, found, &path, &extensions) {
+    let view = HostView::read(host, systemd).await?;
+    let (host, image, extensions) = (host.clone(), image.to_string(), extensions.to_vec());
+    blocking(move || state_in_view(&host, &view, &image, &extensions)).await
+}
+
+/// [`state_with_extensions`] as `view` has it: the file system is read only
+/// to find the image named (in the search path, or the `.raw.xz` a copy
+/// was made from).
+pub fn state_in_view(host: &Host, view: &HostView, image: &str, extensions: &[String]) -> Result<(String, State)> {
+    let extensions_of = |a: &Attachment| Ok(view.extensions.get(&a.unit).cloned().unwrap_or_default());
+    let found = attachments_among(host, view.wharf.clone(), image)
+        .map_err(|e| theirs_among(host, view.portabled.clone(), image, e))
+        .and_then(|(path, found)| match matching_extensions_by(host, found, &path, extensions, &extensions_of) {
             Ok(found) => Ok((path, found)),
             Err(Error::OtherExtensions { .. }) => Err(Error::NotAttached(path)),
             Err(e) => Err(e),
-        }
-    });
-    match found.await {
-        Err(Error::PortabledAttachment(path)) => {
-            let state = states(host, systemd).await?.get(&path).copied().unwrap_or(State::Detached);
-            Ok((path, state))
-        }
-        Ok((path, _)) => {
-            let state = states(host, systemd).await?.get(&path).copied().unwrap_or(State::Detached);
+        });
+    match found {
+        Err(Error::PortabledAttachment(path)) | Ok((path, _)) => {
+            let state = view.states().get(&path).copied().unwrap_or(State::Detached);
             Ok((path, state))
         }
         Err(Error::NotAttached(path)) => Ok((path, State::Detached)),
@@ -1327,6 +1438,55 @@ mod tests {
         assert_eq!(detached[1].units, ["barbaz.service"]);
         assert!(detached[1].changes.iter().all(|c| c.path.contains("barbaz")), "{:?}", detached[1].changes);
         assert_eq!(files(&host).iter().filter(|f| f.contains(".service")).count(), 0, "{:?}", files(&host));
+        std::fs::remove_dir_all(&host.root).unwrap();
+    }
+
+    /// Reattaches applied together share one transaction and one reload;
+    /// one whose plan fails gets its error alone, and one that touches the
+    /// units another does is left for its caller to apply alone.
+    #[test]
+    fn reattaches_applied_together_fail_alone() {
+        let host = host("reattach-each", UNIT);
+        add_image(&host, "barbaz");
+        let systemd = FakeManager::default();
+        let requests: Vec<ImageRequest> = ["foobar", "barbaz"]
+            .iter()
+            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
+            .collect();
+        let attached =
+            attach_each(&host, &systemd, requests, "default", CopyMode::Copy, ENABLE_NOW, Box::new(|_, _| {}));
+        zbus::block_on(attached).unwrap();
+        // No units: its plan fails.
+        std::fs::create_dir_all(host.root.join("var/lib/portables/empty/usr/lib")).unwrap();
+        std::fs::write(host.root.join("var/lib/portables/empty/usr/lib/os-release"), "ID=x\nPORTABLE_PREFIXES=empty\n")
+            .unwrap();
+        systemd.calls.lock().unwrap().clear();
+        let requests: Vec<ImageRequest> = ["foobar", "empty", "barbaz", "foobar"]
+            .iter()
+            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
+            .collect();
+        let results = zbus::block_on(reattach_each(
+            &host,
+            &systemd,
+            requests,
+            "default",
+            CopyMode::Copy,
+            Actions::default(),
+            Box::new(|_, _| {}),
+        ))
+        .unwrap();
+        assert_eq!(systemd.calls().iter().filter(|c| c.starts_with("reload")).count(), 1, "{:?}", systemd.calls());
+        let [foobar, empty, barbaz, again] = &results[..] else { panic!("{} results", results.len()) };
+        let foobar = foobar.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(foobar.units, ["foobar.service"]);
+        assert_eq!(foobar.restarted, ["foobar.service"], "it ran: it runs again");
+        assert!(foobar.changes.iter().all(|c| !c.path.contains("barbaz")), "{:?}", foobar.changes);
+        let barbaz = barbaz.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(barbaz.units, ["barbaz.service"]);
+        assert!(barbaz.changes.iter().all(|c| !c.path.contains("foobar")), "{:?}", barbaz.changes);
+        assert!(matches!(empty, Some(Err(Error::NoUnits(_)))), "{empty:?}");
+        assert!(again.is_none(), "the second reattach of foobar went with the first");
+        assert_eq!(systemd.running(), ["barbaz.service", "foobar.service"]);
         std::fs::remove_dir_all(&host.root).unwrap();
     }
 

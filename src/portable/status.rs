@@ -51,39 +51,61 @@ pub struct UnitStatus {
 pub async fn status(host: &Host, systemd: &impl UnitManager, path: &str, state: &str) -> Result<ImageStatus> {
     let root = host.root.clone();
     let image = path.to_string();
-    let (units, runtime, profile) = zruntime::unblock(move || -> std::io::Result<_> {
-        let attachments = Attachments::scan(&root)?;
-        let mine: Vec<_> = attachments.of(&image).cloned().collect();
-        let runtime = mine.first().is_some_and(|a| a.runtime);
-        let dir = unit_dir(&root, runtime);
-        let profile = mine.iter().find_map(|a| profile_of(&root, &dir.join(format!("{}.d", a.unit)), &a.unit));
-        let units: Vec<(String, String)> = mine
-            .into_iter()
-            .map(|a| {
-                let text = unit_text(&dir.join(&a.unit));
-                (a.unit, text)
-            })
-            .collect();
-        Ok((units, runtime, profile))
-    })
-    .await
-    .map_err(|source| super::Error::Io { path: host.root.clone(), source })?;
-    let names: Vec<String> = units.iter().map(|(name, _)| name.clone()).collect();
-    let templates = |name: &str| name.contains("@.");
-    let loadable: Vec<String> = names.iter().filter(|n| !templates(n)).cloned().collect();
+    let mine = zruntime::unblock(move || Attachments::scan(&root).map(|a| a.of(&image).cloned().collect::<Vec<_>>()))
+        .await
+        .map_err(|source| super::Error::Io { path: host.root.clone(), source })?;
+    let runtime = mine.first().is_some_and(|a| a.runtime);
+    let names: Vec<String> = mine.into_iter().map(|a| a.unit).collect();
+    let loadable: Vec<String> = names.iter().filter(|n| !template(n)).cloned().collect();
     let active = systemd.unit_states(&loadable).await?;
     let files = systemd.unit_file_states(&names).await?;
-    let units = units
+    let units = names
         .into_iter()
-        .map(|(name, text)| UnitStatus {
-            active_state: active
+        .map(|name| {
+            let active_state = active
                 .iter()
                 .find(|s| s.name == name)
-                .map_or_else(|| "inactive".to_string(), |s| s.active_state.clone()),
-            unit_file_state: files.get(&name).cloned().unwrap_or_default(),
+                .map_or_else(|| "inactive".to_string(), |s| s.active_state.clone());
+            let file_state = files.get(&name).cloned().unwrap_or_default();
+            (name, active_state, file_state)
+        })
+        .collect();
+    status_of(host, path, state, runtime, units).await
+}
+
+/// A template (`foo@.service`): neither loaded, started nor enabled by itself.
+fn template(name: &str) -> bool {
+    name.contains("@.")
+}
+
+/// [`status`] of the attached `units` as wharfd's view has them (name,
+/// ActiveState, UnitFileState): the unit files and profile drop-ins are
+/// read here, with the caller's rights.
+pub async fn status_of(
+    host: &Host,
+    path: &str,
+    state: &str,
+    runtime: bool,
+    units: Vec<(String, String, String)>,
+) -> Result<ImageStatus> {
+    let root = host.root.clone();
+    let names: Vec<String> = units.iter().map(|(name, ..)| name.clone()).collect();
+    let (texts, profile) = zruntime::unblock(move || {
+        let dir = unit_dir(&root, runtime);
+        let profile = names.iter().find_map(|unit| profile_of(&root, &dir.join(format!("{unit}.d")), unit));
+        let texts: Vec<String> = names.iter().map(|unit| unit_text(&dir.join(unit))).collect();
+        (texts, profile)
+    })
+    .await;
+    let units = units
+        .into_iter()
+        .zip(texts)
+        .map(|((name, active_state, unit_file_state), text)| UnitStatus {
+            active_state,
+            unit_file_state,
             installable: super::install::parse(&name, &text).is_ok_and(|install| !install.links.is_empty()),
             stays_up: stays_up(&text),
-            template: templates(&name),
+            template: template(&name),
             name,
         })
         .collect();

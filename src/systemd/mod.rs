@@ -244,6 +244,27 @@ pub struct Systemd {
     manager: ManagerProxy<'static>,
     /// The deadline of each call made through this handle.
     call_timeout: Duration,
+    /// Told of the units of every job queued through this handle.
+    observer: Option<JobObserver>,
+}
+
+/// What is told of the units of the jobs a [`Systemd`] queues, before it
+/// queues them.
+#[derive(Clone)]
+pub struct JobObserver(std::sync::Arc<Observe>);
+
+type Observe = dyn Fn(&[String]) + Send + Sync;
+
+impl JobObserver {
+    pub fn new(observe: impl Fn(&[String]) + Send + Sync + 'static) -> JobObserver {
+        JobObserver(std::sync::Arc::new(observe))
+    }
+}
+
+impl std::fmt::Debug for JobObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobObserver")
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -271,17 +292,27 @@ impl Systemd {
     pub async fn new(connection: &Connection) -> Result<Systemd> {
         let call_timeout = Deadlines::get().call;
         let manager = bounded(call_timeout, "connecting to the manager", ManagerProxy::new(connection)).await?;
-        Ok(Systemd { manager, call_timeout })
+        Ok(Systemd { manager, call_timeout, observer: None })
+    }
+
+    /// The same manager, telling `observer` of the units of its jobs.
+    pub fn observed(self, observer: JobObserver) -> Systemd {
+        Systemd { observer: Some(observer), ..self }
+    }
+
+    /// Asks PID 1 to send its signals (units' PropertiesChanged among them).
+    pub async fn subscribe_signals(&self) -> Result<()> {
+        self.subscribe().await
     }
 
     /// The same manager, with the patience of undoing: calls wait up to
     /// [`Deadlines::undo`], so that a rollback goes through once a bus that
     /// stopped answering answers again.
     pub fn undoing(&self) -> Systemd {
-        Systemd { manager: self.manager.clone(), call_timeout: Deadlines::get().undo }
+        Systemd { manager: self.manager.clone(), call_timeout: Deadlines::get().undo, observer: self.observer.clone() }
     }
 
-    fn connection(&self) -> &Connection {
+    pub(crate) fn connection(&self) -> &Connection {
         self.manager.inner().connection()
     }
 
@@ -744,6 +775,9 @@ impl Systemd {
     async fn jobs(&self, verb: JobVerb, units: &[String], wait: bool) -> Result<()> {
         if units.is_empty() {
             return Ok(());
+        }
+        if let Some(JobObserver(observe)) = &self.observer {
+            observe(units);
         }
         if !wait {
             for unit in units {

@@ -647,7 +647,7 @@ fn batch_attach(tb: &Testbed) {
 /// unit whose start waits for a host unit the test releases, once the
 /// journal says that every request waits.
 fn group_commit(tb: &Testbed) {
-    let reset = "systemctl stop gate.service 'grp*.service' 2>/dev/null; \
+    let reset = "systemctl stop gate.service 'grp*.service' 2>/dev/null; systemctl reset-failed 'grp*' 2>/dev/null; \
          rm -rf /run/gate-open /var/tmp/grp /etc/systemd/system/gate.service /etc/systemd/system/grp* \
          /etc/systemd/system.attached/grp* /etc/systemd/system/*.wants/grp* /etc/portables/grp* /var/lib/portables/grp*; \
          systemctl daemon-reload; systemctl reset-failed; true";
@@ -668,8 +668,29 @@ fn group_commit(tb: &Testbed) {
     .unwrap();
     let names: Vec<String> = (1..=7).map(|i| format!("grp{i}")).collect();
     for name in &names {
-        images::foobar_as(&tb.host_path(&format!("/var/lib/portables/{name}")), name, "foobar-hello.service").unwrap();
+        let image = tb.host_path(&format!("/var/lib/portables/{name}"));
+        images::foobar_as(&image, name, "foobar-hello.service").unwrap();
+        // Running once started, until stopped: what reads must tell apart.
+        std::fs::write(
+            image.join(format!("usr/lib/systemd/system/{name}.service")),
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/bin/busybox true\n",
+        )
+        .unwrap();
     }
+    // An image whose reattach fails in its plan: it has no units any more.
+    let bad = tb.host_path("/var/lib/portables/grpbad");
+    images::foobar_as(&bad, "grpbad", "foobar-hello.service").unwrap();
+    std::fs::remove_file(bad.join("usr/lib/systemd/system/grpbad.service")).unwrap();
+    // A hostile image whose service fails and restarts without end: a
+    // storm of state changes, which must not stall wharfd nor show up in
+    // the states of other images.
+    let evil = tb.host_path("/var/lib/portables/grpevil");
+    images::foobar_as(&evil, "grpevil", "foobar-hello.service").unwrap();
+    std::fs::write(
+        evil.join("usr/lib/systemd/system/grpevil.service"),
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/usr/bin/busybox false\nRestart=always\nRestartSec=20ms\n",
+    )
+    .unwrap();
     tb.ok("systemctl daemon-reload && mkdir -p /var/tmp/grp");
     // Until the journal after cursor $1 says that $2 requests wait.
     std::fs::write(
@@ -678,9 +699,10 @@ fn group_commit(tb: &Testbed) {
          -ge \"$2\" ]; do sleep 0.1; done\n",
     )
     .unwrap();
-    // Runs `verb` of each image at once behind the gate; returns when all
-    // ended, with the time the gate opened.
-    let behind_the_gate = |verb: &str, images: &[String]| -> String {
+    // Runs `verb` of each image at once behind the gate, then `during`
+    // while they all wait; returns when all ended, with the time the gate
+    // opened.
+    let behind_the_gate_and = |verb: &str, images: &[String], during: &str| -> String {
         let calls: String = images
             .iter()
             .map(|i| {
@@ -692,16 +714,18 @@ fn group_commit(tb: &Testbed) {
              portable attach --now grpgate > /var/tmp/grp/gate.out 2>&1 & gate=$!; \
              timeout 60 sh -c 'until [ \"$(systemctl show -P ActiveState gate.service)\" = activating ]; do sleep 0.1; done' \
              || {{ echo the gate never held the lock; cat /var/tmp/grp/gate.out; exit 1; }}; \
-             timeout 10 portable list > /dev/null; timeout 10 portable is-attached grpgate > /dev/null; \
+             timeout 10 portable list > /dev/null; {{ timeout 10 portable is-attached grpgate > /dev/null || test $? = 1; }}; \
              cursor=$(journalctl -n1 --show-cursor -q -o cat | sed -n 's/^-- cursor: //p'); \
              {calls} \
              timeout 60 sh /var/tmp/grp/waiting.sh \"$cursor\" {n} \
              || {{ echo not all waited; journalctl -q --after-cursor=\"$cursor\"; tail -n +1 /var/tmp/grp/*.out; exit 1; }}; \
+             {during} \
              since=$(date +%s.%N); touch /run/gate-open; wait $gate; wait; echo $since",
             n = images.len()
         );
         tb.ok(&script).trim().to_string()
     };
+    let behind_the_gate = |verb: &str, images: &[String]| behind_the_gate_and(verb, images, "");
     let result = |image: &str| -> (String, String) {
         (
             tb.ok(&format!("cat /var/tmp/grp/{image}.rc")).trim().to_string(),
@@ -728,6 +752,111 @@ fn group_commit(tb: &Testbed) {
     for name in attached {
         tb.ok(&format!("systemctl start {name}.service"));
     }
+    tb.ok("systemctl stop grpgate.service && portable detach grpgate");
+    tb.ok("portable attach grpevil && systemctl start --no-block grpevil.service");
+
+    // Reattaches that wait share one reload too; grpbad's fails alone, in
+    // one line. Meanwhile (the change lock held, seven changes waiting)
+    // reads answer at once, from the host as the last finished change left
+    // it: the gate's attach, in flight, is not seen yet; units started and
+    // stopped with plain systemctl are.
+    let mut reattached = attached.to_vec();
+    reattached.push("grpbad".to_string());
+    let nobody = "setpriv --reuid=nobody --regid=nogroup --clear-groups";
+    let read_as = |who: &str, what: &str, out: &str| {
+        format!(
+            "(set +e; s=$(date +%s%N); timeout 10 {who} portable {what} > /var/tmp/grp/{out} 2>&1; \
+             echo $? >> /var/tmp/grp/{out}; e=$(date +%s%N); echo $(( (e - s) / 1000 )) >> /var/tmp/grp/read-us);"
+        )
+    };
+    let read = |what: &str, out: &str| read_as("", what, out);
+    let wharfd = "$(busctl call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus GetNameOwner s org.wharf1 | cut -d'\"' -f2)";
+    let forged = "/org/freedesktop/systemd1/unit/grp3_2eservice org.freedesktop.DBus.Properties PropertiesChanged \
+                  'sa{sv}as' org.freedesktop.systemd1.Unit 1 ActiveState s active 0";
+    let during = [
+        "rm -f /var/tmp/grp/read-us;".to_string(),
+        read("list", "list-held"),
+        read("is-attached grpgate", "gate-held"),
+        read("--json is-attached grp1", "grp1-running"),
+        "systemctl stop grp2.service;".to_string(),
+        read("--json is-attached grp2", "grp2-stopped"),
+        read("list", "list-stopped"),
+        "systemctl start grp2.service;".to_string(),
+        read("--json is-attached grp2", "grp2-started"),
+        // A local user's forged signals, sent to wharfd and to everyone.
+        "systemctl stop grp3.service;".to_string(),
+        format!("{nobody} busctl emit --destination={wharfd} {forged};"),
+        format!("{nobody} busctl emit {forged};"),
+        read("is-attached grp3", "grp3-forged"),
+        read_as(nobody, "--json is-attached grp1", "grp1-nobody"),
+        "systemctl start grp3.service;".to_string(),
+    ]
+    .concat();
+    let since = behind_the_gate_and("reattach --profile=strict", &reattached, &during);
+    let held = |out: &str| -> (String, String) {
+        let text = tb.ok(&format!("cat /var/tmp/grp/{out}"));
+        let (body, rc) = text.trim_end().rsplit_once('\n').unwrap_or(("", text.trim()));
+        (rc.to_string(), body.to_string())
+    };
+    let json = |out: &str| -> serde_json::Value {
+        let (rc, body) = held(out);
+        assert!(rc == "0" || rc == "1", "{out}: {rc} {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{out}: {e}: {body}"))
+    };
+    let list_state = |out: &str, image: &str| -> String {
+        let (rc, body) = held(out);
+        assert_eq!(rc, "0", "{out}: {body}");
+        let line =
+            body.lines().find(|l| l.split_whitespace().next() == Some(image)).unwrap_or_else(|| panic!("{body}"));
+        line.split_whitespace()
+            .find(|w| {
+                w.starts_with("running")
+                    || w.starts_with("attached")
+                    || w.starts_with("detached")
+                    || w.starts_with("enabled")
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        held("gate-held"),
+        ("1".to_string(), "detached".to_string()),
+        "the change in flight showed before it ended"
+    );
+    assert_eq!(list_state("list-held", "grpgate"), "detached");
+    assert_eq!(list_state("list-held", "grp1"), "running");
+    let grp1 = json("grp1-running");
+    assert_eq!(grp1["state"], "running", "{grp1}");
+    assert_eq!(grp1["units"][0]["active_state"], "active", "{grp1}");
+    let grp2 = json("grp2-stopped");
+    assert_eq!(grp2["state"], "attached", "stopped by systemctl: {grp2}");
+    assert_eq!(grp2["units"][0]["active_state"], "inactive", "{grp2}");
+    assert_eq!(list_state("list-stopped", "grp2"), "attached");
+    assert_eq!(json("grp2-started")["state"], "running", "started by systemctl");
+    assert_eq!(held("grp3-forged"), ("0".to_string(), "attached".to_string()), "a forged signal counted");
+    let theirs = json("grp1-nobody");
+    assert_eq!(
+        (&theirs["state"], &theirs["units"][0]["active_state"]),
+        (&grp1["state"], &grp1["units"][0]["active_state"])
+    );
+    assert_eq!(theirs["units"][0]["unit_file_state"], grp1["units"][0]["unit_file_state"], "{theirs}");
+    let slowest = tb.ok("sort -n /var/tmp/grp/read-us | tail -1").trim().parse::<u64>().unwrap();
+    assert!(slowest < 5_000_000, "a read took {slowest} us with the change lock held");
+    for name in attached {
+        let (rc, out) = result(name);
+        assert_eq!(rc, "0", "{name}: {out}");
+        let status = tb.ok(&format!("portable --json is-attached {name}"));
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(status["profile"], "strict", "{name}: {status}");
+        assert_eq!(status["state"], "running", "{name} runs again on its new version: {status}");
+    }
+    let (rc, out) = result("grpbad");
+    assert_ne!(rc, "0", "{out}");
+    assert_eq!(out.trim_end().lines().count(), 1, "{out}");
+    assert!(out.contains("grpbad"), "{out}");
+    assert_eq!(reloads_since(tb, &since), 1, "one reload for the six reattaches");
+    assert_eq!(tb.ok("portable is-attached grpgate").trim(), "running", "the change shows once it is done");
+    tb.ok("systemctl stop grpevil.service; portable detach grpevil");
 
     // grp7 is not attached: its detach fails, alone, in one line.
     tb.ok("systemctl stop 'grp[0-9].service' grpgate.service && portable detach grpgate");
