@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures_util::Stream;
 use futures_util::future::{Either, select};
-use zbus::{Connection, MatchRule, MessageStream};
+use zbus::{Connection, MessageStream};
 
 use crate::api::BusError;
 use crate::portable::ops::Host;
@@ -179,15 +179,7 @@ impl Snapshot {
         if *started {
             return Ok(());
         }
-        let rule = MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender("org.freedesktop.systemd1")
-            .interface("org.freedesktop.DBus.Properties")
-            .member("PropertiesChanged")
-            .path_namespace("/org/freedesktop/systemd1/unit")
-            .arg(0, "org.freedesktop.systemd1.Unit")
-            .build()
-            .map_err(|e| e.to_string())?;
+        let rule = crate::systemd::unit_changes_rule().map_err(|e| e.to_string())?;
         let stream = MessageStream::for_match_rule(rule, connection, std::num::NonZeroUsize::new(SIGNAL_QUEUE))
             .await
             .map_err(|e| e.to_string())?;

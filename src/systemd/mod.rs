@@ -522,15 +522,7 @@ impl Systemd {
         let deadline = Instant::now() + timeout;
         self.subscribe().await?;
         // Subscribed first, then the states read: a change between the two is not missed.
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender("org.freedesktop.systemd1")
-            .interface("org.freedesktop.DBus.Properties")
-            .member("PropertiesChanged")
-            .path_namespace("/org/freedesktop/systemd1/unit")
-            .arg(0, "org.freedesktop.systemd1.Unit")
-            .build()
-            .map_err(call("watching units"))?;
+        let rule = unit_changes_rule().map_err(call("watching units"))?;
         let mut changes = self
             .bounded("watching units", zbus::MessageStream::for_match_rule(rule, self.connection(), Some(STATE_QUEUE)))
             .await?;
@@ -898,6 +890,19 @@ async fn bounded<T>(
         Some(Err(source)) => Err(Error::Call { what, source }),
         None => Err(Error::NoAnswer { what, seconds: timeout.as_secs() }),
     }
+}
+
+/// PID 1's PropertiesChanged signals of units' Unit interface (their
+/// states), as a match rule.
+pub fn unit_changes_rule() -> zbus::Result<zbus::MatchRule<'static>> {
+    zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.systemd1")
+        .interface("org.freedesktop.DBus.Properties")
+        .member("PropertiesChanged")
+        .path_namespace("/org/freedesktop/systemd1/unit")
+        .arg(0, "org.freedesktop.systemd1.Unit")
+        .build()
 }
 
 #[cfg(test)]
