@@ -1400,6 +1400,11 @@ mod tests {
         check: false,
     };
 
+    /// A plain request for each of `images`, as waiting callers send them.
+    fn image_requests(images: &[&str]) -> Vec<ImageRequest> {
+        images.iter().map(|image| ImageRequest { image: image.to_string(), ..Default::default() }).collect()
+    }
+
     /// Requests applied together (group commit) share one transaction and
     /// one reload, and each gets an outcome of its own units and changes.
     #[test]
@@ -1407,10 +1412,7 @@ mod tests {
         let host = host("each", UNIT);
         add_image(&host, "barbaz");
         let systemd = FakeManager::default();
-        let requests: Vec<ImageRequest> = ["foobar", "barbaz"]
-            .iter()
-            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
-            .collect();
+        let requests = image_requests(&["foobar", "barbaz"]);
         let outcomes = zbus::block_on(attach_each(
             &host,
             &systemd,
@@ -1449,10 +1451,7 @@ mod tests {
         let host = host("reattach-each", UNIT);
         add_image(&host, "barbaz");
         let systemd = FakeManager::default();
-        let requests: Vec<ImageRequest> = ["foobar", "barbaz"]
-            .iter()
-            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
-            .collect();
+        let requests = image_requests(&["foobar", "barbaz"]);
         let attached =
             attach_each(&host, &systemd, requests, "default", CopyMode::Copy, ENABLE_NOW, Box::new(|_, _| {}));
         zbus::block_on(attached).unwrap();
@@ -1461,10 +1460,7 @@ mod tests {
         std::fs::write(host.root.join("var/lib/portables/empty/usr/lib/os-release"), "ID=x\nPORTABLE_PREFIXES=empty\n")
             .unwrap();
         systemd.calls.lock().unwrap().clear();
-        let requests: Vec<ImageRequest> = ["foobar", "empty", "barbaz", "foobar"]
-            .iter()
-            .map(|image| ImageRequest { image: image.to_string(), ..Default::default() })
-            .collect();
+        let requests = image_requests(&["foobar", "empty", "barbaz", "foobar"]);
         let results = zbus::block_on(reattach_each(
             &host,
             &systemd,

@@ -205,6 +205,17 @@ fn dps_types() -> (&'static str, &'static str, &'static str) {
 
 pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
+/// A new file of `bytes` at `out`, partitioned by sfdisk from `script`.
+fn partitioned(out: &Path, bytes: u64, script: &str) {
+    let _ = std::fs::remove_file(out);
+    std::fs::File::create(out).unwrap().set_len(bytes).unwrap();
+    let mut sfdisk = Command::new("sfdisk");
+    sfdisk.args(["-q", out.to_str().unwrap()]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = sfdisk.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk refused {script}");
+}
+
 /// A GPT disk image at `out` with one partition per `(type, label, content)`
 /// (content: a file to copy in, or `None` for 64 KiB of zeros), made with
 /// sfdisk on the host.
@@ -219,15 +230,7 @@ pub fn gpt_disk(out: &Path, partitions: &[(&str, &str, Option<&Path>)]) {
         layout.push((start, *content));
         start += sectors.div_ceil(2048) * 2048;
     }
-    let _ = std::fs::remove_file(out);
-    let file = std::fs::File::create(out).unwrap();
-    file.set_len((start + 2048) * 512).unwrap();
-    drop(file);
-    let mut sfdisk = Command::new("sfdisk");
-    sfdisk.args(["-q", out.to_str().unwrap()]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    let mut child = sfdisk.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk refused {script}");
+    partitioned(out, (start + 2048) * 512, &script);
     for (start, content) in layout {
         if let Some(content) = content {
             run_host(
@@ -544,15 +547,7 @@ pub fn verity_disk_signed(fs: &Path, out: &Path, repart_uuids: bool, signature: 
     } else {
         String::new()
     };
-    let _ = std::fs::remove_file(out);
-    let file = std::fs::File::create(out).unwrap();
-    file.set_len((sig_start + 8 + 2048) * 512).unwrap();
-    drop(file);
-    let mut sfdisk = Command::new("sfdisk");
-    sfdisk.args(["-q", out.to_str().unwrap()]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    let mut child = sfdisk.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk refused {script}");
+    partitioned(out, (sig_start + 8 + 2048) * 512, &script);
     let mut parts = vec![(&data, 2048), (&tree, tree_start)];
     if signature.is_some() {
         parts.push((&sig, sig_start));

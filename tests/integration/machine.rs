@@ -265,6 +265,19 @@ fn chown_fallback(tb: &Testbed) {
     tb.ok(&format!("rm -rf {copy}"));
 }
 
+/// An uncompressed squashfs of `tree` at `out` (quick to build, and what
+/// the loop device then reads as is), made on the host.
+fn squashfs_of(tree: &std::path::Path, out: &std::path::Path) {
+    let built = std::process::Command::new("mksquashfs")
+        .arg(tree)
+        .arg(out)
+        .args(["-noappend", "-quiet", "-no-progress", "-noI", "-noId", "-noD", "-noF", "-noX", "-no-xattrs"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "mksquashfs of {}", tree.display());
+}
+
 /// squashfs (read-only) and ext4 (writable) file system images of f28,
 /// through a loop device that is gone when the unit has stopped.
 fn raw_images(tb: &Testbed) {
@@ -272,14 +285,7 @@ fn raw_images(tb: &Testbed) {
     let tree = tb.host_path(IMAGE);
     let squashfs = tb.host_path("/var/lib/machines/f28s.raw");
     let ext4 = tb.host_path("/var/lib/machines/f28e.raw");
-    let built = std::process::Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(&squashfs)
-        .args(["-noappend", "-quiet", "-no-progress", "-noI", "-noId", "-noD", "-noF", "-noX", "-no-xattrs"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(built.success(), "mksquashfs");
+    squashfs_of(&tree, &squashfs);
     let file = std::fs::File::create(&ext4).unwrap();
     file.set_len(1 << 30).unwrap();
     let built =
@@ -320,14 +326,7 @@ fn verity_image(tb: &Testbed) {
     prepare(tb);
     let tree = tb.host_path(IMAGE);
     let squashfs = tb.host_path("/var/tmp/f28v.squashfs");
-    let built = std::process::Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(&squashfs)
-        .args(["-noappend", "-quiet", "-no-progress", "-noI", "-noId", "-noD", "-noF", "-noX", "-no-xattrs"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(built.success(), "mksquashfs");
+    squashfs_of(&tree, &squashfs);
     let disk = tb.host_path("/var/lib/machines/f28v.raw");
     let (_, data_at) = verity_disk(&squashfs, &disk, true);
     let image = "/var/lib/machines/f28v.raw";
